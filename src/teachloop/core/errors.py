@@ -1,0 +1,140 @@
+"""The one exception tree of teachloop.
+
+Every error a user can cause or meet is a ``TeachloopError``. Each class also
+subclasses the stdlib exception it resembles, so callers that catch
+``ValueError`` or ``LookupError`` keep working, and carries the HTTP status it
+renders to. The app renders them in exactly one place (``app/errors.py``); the
+CLI prints ``str(err)`` on one line and exits non-zero.
+
+    TeachloopError                       500  (RuntimeError)
+    ├── InvalidInput                     400  (ValueError)      bad request / bad config field
+    │   ├── ConfigurationError           400                    settings, URLs, missing extras
+    │   └── PayloadTooLarge              413                    prompt longer than the context, body too big
+    ├── Unauthorized                     401  (PermissionError) missing, unknown or revoked API key
+    ├── Forbidden                        403  (PermissionError) authenticated but not allowed
+    ├── NotFound                         404  (LookupError)     unknown id *in the caller's organisation*
+    ├── Conflict                         409  (ValueError)      immutable version clash, duplicate name
+    ├── ServiceUnavailable               503  (RuntimeError)    database unreachable, engine not loaded
+    └── ModelError                       500  (RuntimeError)    a model cache that is corrupt or half-written
+
+Errors are picklable (they cross process boundaries in the job queue) and keep
+the name of the offending parameter in ``param`` so HTTP renders it in the
+OpenAI error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TeachloopError(RuntimeError):
+    """Base of every teachloop error.
+
+    Attributes:
+        message: one line that says what is wrong and, where possible, what to do.
+        param: the name of the offending input field, if any (e.g. ``"max_tokens"``).
+        status: the HTTP status this error renders to.
+        code: a stable machine-readable code (e.g. ``"not_found"``).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.param))
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a JSON-able dict in the OpenAI error shape's inner object."""
+        return {"message": self.message, "type": self.code, "param": self.param, "code": self.code}
+
+
+def _rebuild(cls: type[TeachloopError], message: str, param: str | None) -> TeachloopError:
+    return cls(message, param=param)
+
+
+class InvalidInput(TeachloopError, ValueError):
+    """The request or configuration is malformed or out of range (HTTP 400)."""
+
+    status = 400
+    code = "invalid_request_error"
+
+
+class ConfigurationError(InvalidInput):
+    """A setting, URL or optional dependency is wrong or missing (HTTP 400)."""
+
+    code = "configuration_error"
+
+
+class PayloadTooLarge(InvalidInput):
+    """The input is larger than allowed, e.g. a prompt longer than the context window (HTTP 413)."""
+
+    status = 413
+    code = "context_length_exceeded"
+
+
+class Unauthorized(TeachloopError, PermissionError):
+    """No API key, an unknown one, or a revoked one (HTTP 401)."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(TeachloopError, PermissionError):
+    """The caller is authenticated but their role does not allow this (HTTP 403)."""
+
+    status = 403
+    code = "permission_denied"
+
+
+class NotFound(TeachloopError, LookupError):
+    """The named thing does not exist in the caller's organisation (HTTP 404).
+
+    Raised identically whether the thing is absent or belongs to another
+    organisation, so the existence of other tenants' objects cannot be inferred.
+    """
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(TeachloopError, ValueError):
+    """The write clashes with existing state, e.g. an immutable version with other content (HTTP 409)."""
+
+    status = 409
+    code = "conflict"
+
+
+class ServiceUnavailable(TeachloopError):
+    """A dependency (database, engine, worker) cannot be reached right now (HTTP 503)."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+class ModelError(TeachloopError):
+    """A model cannot be loaded: corrupt cache, unsupported architecture (HTTP 500)."""
+
+    status = 500
+    code = "model_error"
+
+
+__all__ = [
+    "Conflict",
+    "ConfigurationError",
+    "Forbidden",
+    "InvalidInput",
+    "ModelError",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "TeachloopError",
+    "Unauthorized",
+]

@@ -1,0 +1,80 @@
+"""Sampling parameters and sampled sequences, the engine's sampling contract.
+
+Logprob convention (used by every engine and by ``Engine.logprobs``): the
+logprob of a sampled token is ``log softmax(logits)[token]`` of the *unscaled*
+model distribution -- temperature 1, no top-k / top-p truncation -- at the
+position that produced it. This is the policy the trainer differentiates, so
+the ratio ``exp(logprobs_train - logprobs_sampler)`` is 1 for an unchanged
+adapter whatever temperature was used to sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+StopReason = Literal["stop", "length"]
+
+
+class SamplingParams(BaseModel):
+    """How to sample one or more continuations.
+
+    ``stop`` follows the Tinker convention: ``None`` stops at the model's EOS
+    token(s); a non-empty list of strings or token ids replaces EOS as the stop
+    condition; an empty list disables stopping except by ``max_tokens``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(default=128, ge=1, le=1_000_000, description="New tokens at most.")
+    temperature: float = Field(default=1.0, ge=0.0, le=100.0, description="0 means greedy (argmax).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass kept.")
+    top_k: int = Field(default=-1, ge=-1, description="Keep the k most likely tokens; -1 keeps all.")
+    stop: tuple[str, ...] | tuple[int, ...] | None = Field(
+        default=None, description="Stop strings or stop token ids; None means the model's EOS."
+    )
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling; None is random.")
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_not_zero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("top_k must be -1 (disabled) or >= 1")
+        return v
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _normalise_stop(cls, v: object) -> object:
+        if isinstance(v, str):
+            return (v,)
+        if isinstance(v, list):
+            if v and not (all(isinstance(x, str) for x in v) or all(isinstance(x, int) for x in v)):
+                raise ValueError("stop must be all strings or all token ids")
+            if any(isinstance(x, str) and not x for x in v):
+                raise ValueError("stop strings must be non-empty")
+            return tuple(v)
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class SampledSequence:
+    """One sampled continuation.
+
+    Attributes:
+        tokens: the new token ids, including the token that triggered a stop
+            (EOS, a stop token id, or the last token of a stop string).
+        logprobs: ``logprobs[i]`` is the unscaled-model logprob of ``tokens[i]``
+            (see the module docstring), one per token.
+        stop_reason: ``"stop"`` if a stop condition ended it, ``"length"`` if
+            ``max_tokens`` did.
+    """
+
+    tokens: list[int]
+    logprobs: list[float]
+    stop_reason: StopReason
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+__all__ = ["SampledSequence", "SamplingParams", "StopReason"]

@@ -1,0 +1,88 @@
+"""Settings: where teachloop keeps its state and which parts it runs on.
+
+Read from environment variables once per call of ``Settings.from_env()``; never
+cached globally, so tests can point ``TEACHLOOP_HOME`` at a temporary folder.
+Every variable, its default and meaning is listed in ``SETTINGS`` (and in
+``docs/configuration.md``, which a test keeps in sync).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from teachloop.core.errors import ConfigurationError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+#: name -> (default, meaning). Defaults that depend on TEACHLOOP_HOME are shown symbolically.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "TEACHLOOP_HOME": ("~/.teachloop", "folder for the embedded database, blobs and the model cache"),
+    "TEACHLOOP_MODEL_CACHE": ("$TEACHLOOP_HOME/models", "folder of converted models (safetensors + tokenizer)"),
+    "TEACHLOOP_DATABASE_URL": (
+        "sqlite:///$TEACHLOOP_HOME/teachloop.db",
+        "SQLAlchemy URL; postgresql://... for production (needs the 'postgres' extra)",
+    ),
+    "TEACHLOOP_BLOB_URL": ("$TEACHLOOP_HOME/blobs", "local folder or any fsspec URL (s3://bucket/prefix, ...)"),
+    "TEACHLOOP_MODEL": (DEFAULT_MODEL, "base model served and trained by default: a cached name, a folder or a hub id"),
+    "TEACHLOOP_ENGINE": ("torch", "sampling/training backend: torch, vllm (GPU) or fake (tests)"),
+    "TEACHLOOP_DEVICE": ("auto", "auto, cpu or cuda[:N]"),
+    "TEACHLOOP_HOST": ("127.0.0.1", "address the API binds to"),
+    "TEACHLOOP_PORT": ("8000", "port the API binds to"),
+    "TEACHLOOP_RAY_ADDRESS": ("", "Ray cluster address for distributed rollouts (empty: in-process)"),
+}
+
+
+class Settings(BaseModel):
+    """Resolved settings. Build with ``Settings.from_env()`` or directly in tests."""
+
+    model_config = ConfigDict(frozen=True)
+
+    home: Path = Field(description="Folder for the embedded database, blobs and model cache.")
+    model_cache: Path = Field(description="Folder holding one sub-folder per converted model.")
+    database_url: str = Field(description="SQLAlchemy database URL.")
+    blob_url: str = Field(description="Root of the blob store: a local path or an fsspec URL.")
+    model: str = Field(default=DEFAULT_MODEL, description="Default base model name, folder or hub id.")
+    engine: Literal["torch", "vllm", "fake"] = Field(default="torch", description="Engine backend.")
+    device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
+    host: str = Field(default="127.0.0.1", description="API bind address.")
+    port: int = Field(default=8000, ge=1, le=65535, description="API port.")
+    ray_address: str = Field(default="", description="Ray address; empty means in-process.")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``); raises ``ConfigurationError`` on bad values."""
+        env = dict(os.environ if environ is None else environ)
+        home = Path(env.get("TEACHLOOP_HOME") or "~/.teachloop").expanduser()
+        engine = env.get("TEACHLOOP_ENGINE", "torch")
+        if engine not in ("torch", "vllm", "fake"):
+            raise ConfigurationError(
+                f"TEACHLOOP_ENGINE must be one of torch, vllm, fake; got {engine!r}", param="TEACHLOOP_ENGINE"
+            )
+        port_raw = env.get("TEACHLOOP_PORT", "8000")
+        try:
+            port = int(port_raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"TEACHLOOP_PORT must be an integer, got {port_raw!r}", param="TEACHLOOP_PORT"
+            ) from None
+        if not 1 <= port <= 65535:
+            raise ConfigurationError(f"TEACHLOOP_PORT must be 1..65535, got {port}", param="TEACHLOOP_PORT")
+        return cls(
+            home=home,
+            model_cache=Path(env.get("TEACHLOOP_MODEL_CACHE") or home / "models").expanduser(),
+            database_url=env.get("TEACHLOOP_DATABASE_URL") or f"sqlite:///{home / 'teachloop.db'}",
+            blob_url=env.get("TEACHLOOP_BLOB_URL") or str(home / "blobs"),
+            model=env.get("TEACHLOOP_MODEL") or DEFAULT_MODEL,
+            engine=engine,  # type: ignore[arg-type]
+            device=env.get("TEACHLOOP_DEVICE", "auto"),
+            host=env.get("TEACHLOOP_HOST", "127.0.0.1"),
+            port=port,
+            ray_address=env.get("TEACHLOOP_RAY_ADDRESS", ""),
+        )
+
+
+__all__ = ["DEFAULT_MODEL", "SETTINGS", "Settings"]
