@@ -1,0 +1,40 @@
+"""The teachloop schema: every table, one module per concern.
+
+Importing this package registers every table on ``Base.metadata`` (Alembic's
+``env.py`` and the schema tests rely on that). A new concern adds a module
+here, imports it below, and ships a migration in ``store/migrations/versions``.
+"""
+
+from teachloop.store.schema.audit import AuditEvent
+from teachloop.store.schema.base import (
+    GLOBAL_TABLE,
+    Base,
+    JSONType,
+    OrgOwned,
+    Timestamps,
+    UTCDateTime,
+    id_column,
+    ref_column,
+    utc_now,
+)
+from teachloop.store.schema.jobs import JobRow, JobStatus
+from teachloop.store.schema.tenancy import ApiKey, Membership, Organisation, User
+
+__all__ = [
+    "GLOBAL_TABLE",
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "JSONType",
+    "JobRow",
+    "JobStatus",
+    "Membership",
+    "OrgOwned",
+    "Organisation",
+    "Timestamps",
+    "UTCDateTime",
+    "User",
+    "id_column",
+    "ref_column",
+    "utc_now",
+]

@@ -1,0 +1,75 @@
+"""Fixtures shared by every test package.
+
+- ``postgres_url``: a throwaway PostgreSQL database for the test session, created
+  on the server at ``TEACHLOOP_TEST_POSTGRES_URL`` (default: trust auth on
+  127.0.0.1:5432 as ``postgres``, then ``root``) and dropped at the end. If the
+  server is unreachable the tests that need it FAIL, so CI cannot pass by
+  skipping them; set ``TEACHLOOP_SKIP_POSTGRES=1`` to skip them locally.
+- ``teachloop_home``: an empty ``TEACHLOOP_HOME`` for the test, with the other
+  location and key variables cleared so the developer's own setup never leaks in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+_DEFAULT_SERVERS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
+_ISOLATED_VARS = (
+    "TEACHLOOP_DATABASE_URL",
+    "TEACHLOOP_BLOB_URL",
+    "TEACHLOOP_MODEL_CACHE",
+    "TEACHLOOP_API_KEY",
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database that lives for the test session."""
+    if os.environ.get("TEACHLOOP_SKIP_POSTGRES") == "1":
+        pytest.skip("TEACHLOOP_SKIP_POSTGRES=1")
+    try:
+        import psycopg
+    except ImportError:
+        pytest.fail("PostgreSQL tests need psycopg: pip install -e '.[dev,postgres]'")
+    configured = os.environ.get("TEACHLOOP_TEST_POSTGRES_URL")
+    servers = (configured,) if configured else _DEFAULT_SERVERS
+    errors: list[str] = []
+    for server in servers:
+        try:
+            admin = psycopg.connect(server, autocommit=True, connect_timeout=5)
+        except psycopg.Error as err:
+            errors.append(f"{server}: {str(err).strip().splitlines()[0]}")
+            continue
+        break
+    else:
+        pytest.fail(
+            "PostgreSQL is unreachable ("
+            + "; ".join(errors)
+            + "); start it, point TEACHLOOP_TEST_POSTGRES_URL "
+            "at a server, or set TEACHLOOP_SKIP_POSTGRES=1 to skip these tests locally"
+        )
+    name = f"teachloop_t_{secrets.token_hex(5)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(server)
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def teachloop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TEACHLOOP_HOME for this test (other location variables unset)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TEACHLOOP_HOME", str(home))
+    for var in _ISOLATED_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return home
