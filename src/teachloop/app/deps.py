@@ -1,0 +1,54 @@
+"""``AppDeps``: everything the HTTP app needs, built once and passed in.
+
+The app never reaches for globals or environment variables: ``create_app(deps)``
+gets one of these (tests build it on an in-memory database). Later layers add
+optional fields here (the engine, the deployment registry, ...) rather than new
+constructor arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from teachloop.core.settings import Settings
+from teachloop.store.blobs import BlobStore
+from teachloop.store.db import Database
+from teachloop.store.queue import JobQueue
+
+
+@dataclass
+class AppDeps:
+    """The app's dependencies.
+
+    Attributes:
+        settings: the resolved settings.
+        database: the system of record (migrated).
+        blobs: where adapters and dataset snapshots live.
+        queue: the job queue over ``database`` (derived, not passed).
+    """
+
+    settings: Settings
+    database: Database
+    blobs: BlobStore
+    queue: JobQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = JobQueue(self.database)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AppDeps:
+        """Connect to the configured database (which must be migrated) and blob store."""
+        database = Database.connect(settings.database_url)
+        try:
+            database.require_migrated()
+            return cls(settings=settings, database=database, blobs=BlobStore(settings.blob_url))
+        except BaseException:
+            database.close()
+            raise
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.database.close()
+
+
+__all__ = ["AppDeps"]

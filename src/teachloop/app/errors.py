@@ -1,0 +1,96 @@
+"""The one place HTTP errors are rendered, in OpenAI's error shape.
+
+Every error response is ``{"error": {"message", "type", "param", "code"}}``:
+
+- a ``TeachloopError`` renders with its own ``status`` and ``to_dict()``;
+- request validation errors (bad field, malformed JSON) are 400, naming the
+  parameter in ``param``;
+- unknown routes are 404 and wrong methods 405, in the same shape;
+- anything else is a 500 that says only that the server log has the details
+  (the traceback is logged, never sent).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from teachloop.core.errors import InvalidInput, NotFound, TeachloopError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error response with body ``{"error": error}``."""
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def render(err: TeachloopError) -> JSONResponse:
+    """The response for a teachloop error."""
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return error_response(err.status, err.to_dict(), headers)
+
+
+def _validation_error(errors: list[dict[str, Any]]) -> InvalidInput:
+    if not errors:
+        return InvalidInput("invalid request")
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ())]
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", first.get("msg", ""))
+        return InvalidInput(f"malformed JSON body: {reason}")
+    param = ".".join(loc[1:]) if len(loc) > 1 else None
+    where = loc[0] if loc else "request"
+    subject = param or ("request body" if where == "body" else where)
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return InvalidInput(f"{subject}: {first.get('msg', 'invalid value')}{more}", param=param)
+
+
+async def _on_teachloop_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TeachloopError)
+    return render(exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return render(_validation_error(list(exc.errors())))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return render(NotFound(f"no route {request.method} {request.url.path}"))
+    if exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(405, InvalidInput(message).to_dict(), dict(exc.headers or {}))
+    message = str(exc.detail) if exc.detail else "request failed"
+    kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+    body = {"message": message, "type": kind, "param": None, "code": kind}
+    return error_response(exc.status_code, body, dict(exc.headers or {}))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = {
+        "message": "internal server error; the server log has the details",
+        "type": "internal_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    return error_response(500, body)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers above on ``app``."""
+    app.add_exception_handler(TeachloopError, _on_teachloop_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+__all__ = ["error_response", "install_error_handlers", "render"]

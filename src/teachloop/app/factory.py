@@ -1,0 +1,40 @@
+"""``create_app(deps)``: the ASGI app -- routers, authentication and error rendering.
+
+The factory wires; it holds no state of its own and opens nothing: the caller
+builds ``AppDeps`` and closes them. Every router in ``routes.PROTECTED`` is
+mounted behind ``require_principal``; only ``routes.PUBLIC`` (``/healthz``) is open.
+There are no interactive docs pages (they would load scripts from a CDN); the
+OpenAPI document is served, authenticated, at ``/api/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+from teachloop import __version__
+from teachloop.app.auth import require_principal
+from teachloop.app.deps import AppDeps
+from teachloop.app.errors import install_error_handlers
+from teachloop.app.routes import PROTECTED, PUBLIC
+
+
+def create_app(deps: AppDeps) -> FastAPI:
+    """The teachloop HTTP app over ``deps``."""
+    app = FastAPI(
+        title="teachloop",
+        version=__version__,
+        description="Serve, reward, train and redeploy LoRA-adapted language models in one loop.",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.deps = deps
+    install_error_handlers(app)
+    for router in PUBLIC:
+        app.include_router(router)
+    for router in PROTECTED:
+        app.include_router(router, dependencies=[Depends(require_principal)])
+    return app
+
+
+__all__ = ["create_app"]
