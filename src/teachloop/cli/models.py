@@ -1,0 +1,174 @@
+"""``teachloop models``: pull, list, verify and remove models in the local model cache.
+
+A thin layer over ``teachloop.engine.models`` (imported inside each command so
+``--help`` stays fast): it draws progress and tables, and turns errors into one line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from teachloop.cli._common import console, err_console, handle_errors, settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from teachloop.engine.models import ModelInfo, PullProgress
+
+app = typer.Typer(
+    help="Manage the local model cache (converted base models).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_STAGE_LABEL = {"download": "download", "convert": "convert (dequantise)", "write": "write + hash"}
+
+
+@app.command("pull")
+def pull(
+    name: str = typer.Argument(
+        "smollm2-135m-instruct", help="A known model name or a Hugging Face hub id org/name."
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace a cached copy, even a corrupt one."),
+) -> None:
+    """Download and convert a model into the cache (the default model unless NAME is given)."""
+    with handle_errors():
+        from teachloop.engine.models import pull_model
+
+        cfg = settings()
+        with _ProgressView() as view:
+            path = pull_model(cfg, name, force=force, progress=view.update)
+        console.print(f"[green]ok[/] {name}: {path}", highlight=False)
+
+
+@app.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+) -> None:
+    """List the models in the cache with their size and status."""
+    with handle_errors():
+        from teachloop.engine.models import list_models
+
+        cfg = settings()
+        models = list_models(cfg)
+        if as_json:
+            for m in models:
+                typer.echo(json.dumps(_info_dict(m)))
+            return
+        if not models:
+            console.print(f"no models in {cfg.model_cache}; run `teachloop models pull`", highlight=False)
+            return
+        from rich.table import Table
+
+        table = Table(title=f"models in {cfg.model_cache}", title_justify="left")
+        table.add_column("name", no_wrap=True)
+        table.add_column("status", overflow="fold")
+        table.add_column("size", justify="right", no_wrap=True)
+        table.add_column("source", overflow="fold")
+        table.add_column("created (UTC)", no_wrap=True)
+        for m in models:
+            status = "[green]ok[/]" if m.status == "ok" else f"[red]corrupt[/]: {m.problem}"
+            table.add_row(m.name, status, _human(m.size), m.source, m.created_at[:16].replace("T", " "))
+        console.print(table)
+
+
+@app.command("verify")
+def verify(name: str = typer.Argument(..., help="A cached model name.")) -> None:
+    """Check every file of a cached model against the sizes and sha256 in its manifest."""
+    with handle_errors():
+        from teachloop.engine.models import verify_model
+
+        with _ProgressView() as view:
+            info = verify_model(settings(), name, progress=view.update)
+        console.print(f"[green]ok[/] {info.name}: {_human(info.size)}, every file matches its sha256", highlight=False)
+
+
+@app.command("rm")
+def rm(name: str = typer.Argument(..., help="A cached model name.")) -> None:
+    """Delete a model from the cache (pull it again to get it back)."""
+    with handle_errors():
+        from teachloop.engine.models import remove_model
+
+        path = remove_model(settings(), name)
+        console.print(f"removed {name} ({path})", highlight=False)
+
+
+class _ProgressView:
+    """Rich progress bars on a terminal, one plain line per stage otherwise (both on stderr)."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._said: set[str] = set()
+
+    def __enter__(self) -> _ProgressView:
+        if err_console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description:<22}"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=False,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            for stage, task in self._tasks.items():
+                if exc[0] is None and stage != "write":
+                    self._progress.update(task, completed=self._progress.tasks[task].total or 1)
+            self._progress.stop()
+
+    def update(self, event: PullProgress) -> None:
+        if self._progress is None:
+            if event.message and event.stage not in self._said:
+                self._said.add(event.stage)
+                err_console.print(f"{_STAGE_LABEL[event.stage]}: {event.message}", highlight=False)
+            return
+        task = self._tasks.get(event.stage)
+        if task is None:
+            for other in self._tasks.values():  # a new stage means the earlier ones are done
+                self._progress.update(other, completed=self._progress.tasks[other].total or 1)
+            task = self._progress.add_task(_STAGE_LABEL[event.stage], total=event.total)
+            self._tasks[event.stage] = task
+        if event.total is not None:
+            self._progress.update(task, total=event.total, completed=event.done or 0)
+
+
+def _info_dict(m: ModelInfo) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "path": str(m.path),
+        "size": m.size,
+        "status": m.status,
+        "source": m.source,
+        "created_at": m.created_at,
+        "problem": m.problem,
+    }
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+__all__ = ["app"]
