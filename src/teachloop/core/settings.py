@@ -28,7 +28,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     ),
     "TEACHLOOP_BLOB_URL": ("$TEACHLOOP_HOME/blobs", "local folder or any fsspec URL (s3://bucket/prefix, ...)"),
     "TEACHLOOP_MODEL": (DEFAULT_MODEL, "base model served and trained by default: a cached name, a folder or a hub id"),
-    "TEACHLOOP_ENGINE": ("torch", "sampling/training backend: torch, vllm (GPU) or fake (tests)"),
+    "TEACHLOOP_ENGINE": ("torch", "sampling/training backend: torch (CPU or CUDA) or fake (unit tests)"),
     "TEACHLOOP_DEVICE": ("auto", "auto, cpu or cuda[:N]"),
     "TEACHLOOP_HOST": ("127.0.0.1", "address the API binds to"),
     "TEACHLOOP_PORT": ("8000", "port the API binds to"),
@@ -46,7 +46,7 @@ class Settings(BaseModel):
     database_url: str = Field(description="SQLAlchemy database URL.")
     blob_url: str = Field(description="Root of the blob store: a local path or an fsspec URL.")
     model: str = Field(default=DEFAULT_MODEL, description="Default base model name, folder or hub id.")
-    engine: Literal["torch", "vllm", "fake"] = Field(default="torch", description="Engine backend.")
+    engine: Literal["torch", "fake"] = Field(default="torch", description="Engine backend.")
     device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
     host: str = Field(default="127.0.0.1", description="API bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
@@ -58,9 +58,9 @@ class Settings(BaseModel):
         env = dict(os.environ if environ is None else environ)
         home = Path(env.get("TEACHLOOP_HOME") or "~/.teachloop").expanduser()
         engine = env.get("TEACHLOOP_ENGINE", "torch")
-        if engine not in ("torch", "vllm", "fake"):
+        if engine not in ("torch", "fake"):
             raise ConfigurationError(
-                f"TEACHLOOP_ENGINE must be one of torch, vllm, fake; got {engine!r}", param="TEACHLOOP_ENGINE"
+                f"TEACHLOOP_ENGINE must be torch or fake; got {engine!r}", param="TEACHLOOP_ENGINE"
             )
         port_raw = env.get("TEACHLOOP_PORT", "8000")
         try:

@@ -1,0 +1,313 @@
+"""Batched sampling with a KV cache, shared prefill and continuous batching.
+
+A ``DecodeBatch`` holds the sequences being generated. ``add`` prefills new
+prompts (all prompts of one call in one packed forward; the ``n`` samples of a
+prompt share that prefill -- its keys/values are written once into each of
+their cache rows) and samples their first token; ``step`` advances every
+active sequence by one token in one forward pass, whatever adapter each uses.
+New requests can be added between any two steps (continuous batching), and a
+finished sequence leaves the batch at once, so rows are always dense.
+
+Logprob convention: see ``core/sampling.py`` -- the returned logprob of a token
+is under the unscaled model distribution (temperature 1, no truncation).
+
+This module knows nothing about chat templates; stop *strings* are checked
+with a ``decode`` callable the engine passes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from teachloop.core.errors import InvalidInput, PayloadTooLarge
+from teachloop.core.sampling import SampledSequence, SamplingParams, StopReason
+from teachloop.engine.llama import KVCache, LlamaForward, Segments, row_plan, token_rows
+
+
+@dataclass
+class SampleRequest:
+    """One prompt to sample ``n`` continuations of.
+
+    Attributes:
+        prompt: prompt token ids.
+        n: continuations wanted; they share the prompt's prefill.
+        params: sampling parameters.
+        adapter: adapter name, or None for the base model.
+        generator: RNG for this request; None builds one from ``params.seed``.
+        top_logprobs: also record the k most likely tokens at each step.
+        on_token: called as ``on_token(sample_index, token, logprob)`` for
+            every new token (streaming).
+        key: anything the caller wants back on the results.
+    """
+
+    prompt: Sequence[int]
+    n: int = 1
+    params: SamplingParams = field(default_factory=SamplingParams)
+    adapter: str | None = None
+    generator: torch.Generator | None = None
+    top_logprobs: int = 0
+    on_token: Callable[[int, int, float], None] | None = None
+    key: Any = None
+
+
+@dataclass
+class _Seq:
+    request: SampleRequest
+    index: int  # which of the request's n samples
+    gen: torch.Generator
+    max_tokens: int
+    stop_ids: frozenset[int]
+    stop_strs: tuple[str, ...]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    stop_reason: StopReason | None = None
+
+    def result(self) -> SampledSequence:
+        extras: dict[str, object] = {"top_logprobs": self.top} if self.request.top_logprobs else {}
+        return SampledSequence(list(self.tokens), list(self.logprobs), self.stop_reason or "length", extras)
+
+
+class DecodeBatch:
+    """The running batch of one engine: add requests, step, collect finished sequences."""
+
+    def __init__(
+        self,
+        fw: LlamaForward,
+        *,
+        eos_token_ids: Sequence[int],
+        decode: Callable[[list[int]], str],
+        context_length: int,
+        device: Any = "cpu",
+        initial_capacity: int = 256,
+    ) -> None:
+        self.fw = fw
+        self.eos = frozenset(int(t) for t in eos_token_ids)
+        self.decode = decode
+        self.context_length = context_length
+        self.device = torch.device(device)
+        self.cache = KVCache(
+            len(fw.blocks), fw.kv_heads, fw.head_dim, rows=8, capacity=initial_capacity,
+            dtype=fw.embed.dtype, device=self.device,
+        )
+        self.rows: list[_Seq] = []  # row i of the cache belongs to rows[i]
+        self._pending: list[int] = []  # the last sampled token of each row, not yet in the cache
+        self._plan: Any = None
+
+    # ------------------------------------------------------------------ public
+    @property
+    def active(self) -> int:
+        """Sequences still generating."""
+        return len(self.rows)
+
+    def validate(self, req: SampleRequest) -> None:
+        """Raise ``InvalidInput``/``PayloadTooLarge`` for a request this batch cannot run."""
+        if req.n < 1:
+            raise InvalidInput("n must be at least 1", param="n")
+        if not req.prompt:
+            raise InvalidInput("the prompt is empty", param="prompt")
+        vocab = self.fw.vocab
+        bad = [t for t in req.prompt if not 0 <= int(t) < vocab]
+        if bad:
+            raise InvalidInput(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})", param="prompt")
+        if len(req.prompt) >= self.context_length:
+            raise PayloadTooLarge(
+                f"the prompt has {len(req.prompt)} tokens; the model's context is {self.context_length} tokens",
+                param="prompt",
+            )
+        if req.adapter is not None and req.adapter not in self.fw.adapter_names():
+            raise InvalidInput(f"unknown adapter {req.adapter!r}", param="adapter")
+        if req.top_logprobs < 0 or req.top_logprobs > 20:
+            raise InvalidInput("top_logprobs must be between 0 and 20", param="top_logprobs")
+
+    def add(self, requests: Sequence[SampleRequest]) -> list[_Seq]:
+        """Prefill ``requests`` (one packed forward) and sample their first tokens.
+
+        Returns every new sequence; those that already finished (a one-token
+        stop) are not kept in the batch.
+        """
+        for req in requests:
+            self.validate(req)
+        if not requests:
+            return []
+        fw, cache = self.fw, self.cache
+        lens = [len(r.prompt) for r in requests]
+        first_row = len(self.rows)
+        total_rows = first_row + sum(r.n for r in requests)
+        need_cap = max(lens) + 1
+        if total_rows > cache.rows or need_cap > cache.capacity:
+            cache.grow(rows=max(total_rows, cache.rows * 2 if total_rows > cache.rows else 0), capacity=need_cap)
+        # rows for each request, contiguous
+        row_start: list[int] = []
+        r0 = first_row
+        for req in requests:
+            row_start.append(r0)
+            r0 += req.n
+        offsets = [0]
+        for n in lens:
+            offsets.append(offsets[-1] + n)
+
+        def sink(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+            kc, vc = cache.k[layer], cache.v[layer]
+            for j, req in enumerate(requests):
+                a, b = offsets[j], offsets[j + 1]
+                rs = slice(row_start[j], row_start[j] + req.n)
+                kc[rs, :, : lens[j]] = k[a:b].transpose(0, 1).unsqueeze(0)
+                vc[rs, :, : lens[j]] = v[a:b].transpose(0, 1).unsqueeze(0)
+
+        tokens = torch.tensor([int(t) for r in requests for t in r.prompt], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            hidden = fw.forward_packed(
+                tokens, Segments(lens), token_rows([r.adapter for r in requests], lens, self.device), kv_sink=sink
+            )
+            last = hidden[torch.tensor(offsets[1:], device=self.device) - 1]
+            logits = fw.logits(last, row_plan([r.adapter for r in requests], self.device))
+        new: list[_Seq] = []
+        for j, req in enumerate(requests):
+            gen = req.generator or _generator(req.params.seed, self.device)
+            stops = req.params.stop
+            stop_ids = self.eos if stops is None else frozenset(t for t in stops if isinstance(t, int))
+            stop_strs = () if stops is None else tuple(t for t in stops if isinstance(t, str))
+            room = self.context_length - lens[j]
+            for i in range(req.n):
+                new.append(_Seq(req, i, gen, min(req.params.max_tokens, room), stop_ids, stop_strs))
+            cache.lengths[row_start[j] : row_start[j] + req.n] = lens[j]
+        cache.n = total_rows
+        self.rows.extend(new)
+        self._pending.extend([0] * len(new))
+        expanded = logits.repeat_interleave(torch.tensor([r.n for r in requests], device=self.device), dim=0)
+        self._sample_into(list(range(first_row, total_rows)), expanded)
+        self._plan = None
+        self._retire()
+        return new
+
+    def step(self) -> list[_Seq]:
+        """Advance every active sequence by one token; returns the sequences that finished."""
+        if not self.rows:
+            return []
+        if self._plan is None:
+            self._plan = row_plan([s.request.adapter for s in self.rows], self.device)
+        tokens = torch.tensor(self._pending, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            hidden = self.fw.decode_step(tokens, self.cache, self._plan)
+            logits = self.fw.logits(hidden, self._plan)
+        self._sample_into(list(range(len(self.rows))), logits)
+        return self._retire()
+
+    def run(self) -> None:
+        """Step until every sequence has finished."""
+        while self.rows:
+            self.step()
+
+    # ---------------------------------------------------------------- internals
+    def _sample_into(self, row_ids: list[int], logits: torch.Tensor) -> None:
+        """Choose the next token of each row in ``row_ids`` from ``logits`` (aligned rows)."""
+        logprobs = torch.log_softmax(logits, dim=-1)
+        groups: dict[int, list[int]] = {}
+        for pos, r in enumerate(row_ids):
+            groups.setdefault(id(self.rows[r].gen), []).append(pos)
+        chosen = torch.empty(len(row_ids), dtype=torch.long, device=logits.device)
+        for positions in groups.values():
+            seq0 = self.rows[row_ids[positions[0]]]
+            idx = torch.tensor(positions, device=logits.device)
+            sub = logits.index_select(0, idx)
+            params_same = all(self.rows[row_ids[p]].request.params == seq0.request.params for p in positions)
+            if params_same:
+                chosen[idx] = _choose(sub, seq0.request.params, seq0.gen)
+            else:
+                for k, p in enumerate(positions):
+                    chosen[p] = _choose(sub[k : k + 1], self.rows[row_ids[p]].request.params, seq0.gen)[0]
+        token_lp = logprobs.gather(-1, chosen[:, None]).squeeze(-1)
+        chosen_l, lp_l = chosen.tolist(), token_lp.tolist()
+        want_top = max((self.rows[r].request.top_logprobs for r in row_ids), default=0)
+        top_v: list[list[float]] | None = None
+        top_i: list[list[int]] | None = None
+        if want_top:
+            values, indices = logprobs.topk(want_top, dim=-1)
+            top_v, top_i = values.tolist(), indices.tolist()
+        for pos, r in enumerate(row_ids):
+            seq = self.rows[r]
+            tok, lp = chosen_l[pos], lp_l[pos]
+            seq.tokens.append(tok)
+            seq.logprobs.append(lp)
+            k = seq.request.top_logprobs
+            if k and top_v is not None and top_i is not None:
+                seq.top.append(list(zip(top_i[pos][:k], top_v[pos][:k], strict=True)))
+            self._pending[r] = tok
+            if seq.request.on_token is not None:
+                seq.request.on_token(seq.index, tok, lp)
+            seq.stop_reason = self._stop_reason(seq, tok)
+
+    def _stop_reason(self, seq: _Seq, tok: int) -> StopReason | None:
+        if tok in seq.stop_ids:
+            return "stop"
+        if seq.stop_strs:
+            tail = self.decode(seq.tokens[-(max(len(s) for s in seq.stop_strs) + 8) :])
+            if any(s in tail for s in seq.stop_strs):
+                return "stop"
+        if len(seq.tokens) >= seq.max_tokens:
+            return "length"
+        return None
+
+    def _retire(self) -> list[_Seq]:
+        """Drop finished rows from the batch (swap-with-last keeps rows dense)."""
+        done = [i for i, s in enumerate(self.rows) if s.stop_reason is not None]
+        finished = [self.rows[i] for i in done]
+        for i in sorted(done, reverse=True):
+            last = len(self.rows) - 1
+            self.cache.remove(i)
+            self.rows[i] = self.rows[last]
+            self._pending[i] = self._pending[last]
+            self.rows.pop()
+            self._pending.pop()
+        if done:
+            self._plan = None
+        return finished
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def _choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
+    """Next tokens ``[rows]`` for ``logits`` ``[rows, vocab]`` under ``params``."""
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    scores = logits / params.temperature
+    if params.top_k > 0 and params.top_k < scores.shape[-1]:
+        kth = scores.topk(params.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        cum = probs.cumsum(-1)
+        drop = (cum - probs) > params.top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def sample_all(
+    batch: DecodeBatch, requests: Sequence[SampleRequest]
+) -> list[list[SampledSequence]]:
+    """Run ``requests`` to completion on an empty ``batch``; results per request, in sample order."""
+    seqs = batch.add(requests)
+    batch.run()
+    out: list[list[SampledSequence]] = [[] for _ in requests]
+    index = {id(r): j for j, r in enumerate(requests)}
+    for s in seqs:
+        out[index[id(s.request)]].append(s.result())
+    return out
+
+
+__all__ = ["DecodeBatch", "SampleRequest", "sample_all"]

@@ -1,0 +1,577 @@
+"""The torch engine: one Hugging Face base model in memory, named PEFT LoRA adapters on it.
+
+Sampling, logprobs and training all run through ``LlamaForward`` (the lean
+functional forward over the same weights); PEFT owns the adapter parameters,
+their initialisation, the on-disk format and merging. Works on CPU (float32,
+oneDNN-prepacked weights) and CUDA. All public methods are serialised by one
+re-entrant lock, so a serving scheduler and a trainer can share one engine;
+``batch()`` hands out the continuous-batching ``DecodeBatch`` for serving.
+
+It knows nothing about chat templates, storage or HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from teachloop.core.errors import Conflict, InvalidInput, ModelError, NotFound
+from teachloop.core.sampling import SampledSequence, SamplingParams
+from teachloop.core.training import (
+    RL_LOSSES,
+    AdamParams,
+    Datum,
+    ForwardBackwardResult,
+    LoraSpec,
+    LossConfig,
+    LossFn,
+    OptimStepResult,
+)
+from teachloop.engine.base import AdapterInfo, LogprobsFor
+from teachloop.engine.llama import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES, LlamaForward, Segments, single
+from teachloop.engine.losses import TokenInputs, compute_loss
+from teachloop.engine.packing import plan_packing
+from teachloop.engine.sampler import DecodeBatch, SampleRequest, sample_all
+
+CHECKPOINT_FORMAT = 1
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+@dataclass
+class _Adapter:
+    spec: LoraSpec
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.AdamW
+    step: int = 0
+    accumulated: int = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InvalidInput(f"unknown device {device!r}; use auto, cpu or cuda[:N]", param="device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("device cuda requested but no CUDA GPU is available", param="device")
+    return dev
+
+
+class TorchEngine:
+    """``Engine`` on PyTorch. Build with ``TorchEngine(path)`` for a local Hugging Face model folder."""
+
+    def __init__(self, model_path: str | Path, *, device: str = "auto", pack: bool | None = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(model_path)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a model folder (no config.json); run `teachloop models pull`")
+        self._path = path
+        self.device = resolve_device(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise ModelError(f"cannot load the model at {path}: {err}".splitlines()[0]) from None
+        model.requires_grad_(False)
+        model.eval()
+        self.hf: Any = model.to(self.device)  # type: ignore[arg-type]
+        self._peft: Any = None
+        self.fw = LlamaForward(self.hf, pack=pack)
+        self._adapters: dict[str, _Adapter] = {}
+        self._lock = threading.RLock()
+        eos: set[int] = set()
+        gen_eos = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
+        for value in (gen_eos, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, list):
+                eos.update(int(v) for v in value)
+        self._eos = sorted(eos)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def model_name(self) -> str:
+        """The model folder."""
+        return str(self._path)
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size of the model."""
+        return int(self.fw.vocab)
+
+    @property
+    def context_length(self) -> int:
+        """``max_position_embeddings`` of the model."""
+        return int(getattr(self.hf.config, "max_position_embeddings", 2048))
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """EOS token ids (generation config and tokenizer)."""
+        return list(self._eos)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the engine lock (for callers that drive a ``DecodeBatch`` step by step)."""
+        with self._lock:
+            yield
+
+    # --------------------------------------------------------------- adapters
+    def _check_name(self, name: str) -> None:
+        if not name or len(name) > 128 or not set(name) <= _NAME_OK:
+            raise InvalidInput(
+                f"adapter name {name!r} must be 1-128 characters of letters, digits, '-', '_', '.', ':'",
+                param="adapter",
+            )
+
+    def _get(self, name: str) -> _Adapter:
+        state = self._adapters.get(name)
+        if state is None:
+            raise NotFound(f"adapter {name!r} is not loaded on this engine")
+        return state
+
+    def _lora_config(self, spec: LoraSpec) -> Any:
+        from peft import LoraConfig
+
+        targets: list[str] = []
+        if spec.train_attn:
+            targets += ATTN_MODULES
+        if spec.train_mlp:
+            targets += MLP_MODULES
+        if spec.train_unembed:
+            targets += UNEMBED_MODULES
+        return LoraConfig(
+            r=spec.rank,
+            lora_alpha=spec.alpha,  # type: ignore[arg-type]
+            lora_dropout=spec.dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    def _register(self, name: str, spec: LoraSpec) -> _Adapter:
+        params: list[torch.nn.Parameter] = []
+        for pname, p in self._peft.named_parameters():
+            if f".lora_A.{name}." in pname or f".lora_B.{name}." in pname:
+                p.requires_grad_(True)
+                params.append(p)
+        if not params:
+            raise ModelError(f"adapter {name!r} has no LoRA parameters on this model")
+        optimizer = torch.optim.AdamW(params, lr=AdamParams().learning_rate, foreach=False)
+        state = _Adapter(spec, params, optimizer)
+        self._adapters[name] = state
+        self.fw.refresh_adapters()
+        return state
+
+    def _info(self, name: str, state: _Adapter) -> AdapterInfo:
+        return AdapterInfo(name, state.spec, state.step, sum(p.numel() for p in state.params))
+
+    def create_adapter(self, name: str, spec: LoraSpec) -> AdapterInfo:
+        """A fresh LoRA adapter (A random, B zero), deterministic when ``spec.seed`` is set."""
+        self._check_name(name)
+        with self._lock:
+            if name in self._adapters:
+                raise Conflict(f"adapter {name!r} already exists on this engine")
+            config = self._lora_config(spec)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(spec.seed if spec.seed is not None else int.from_bytes(os.urandom(4), "little"))
+                self._inject(name, config)
+            return self._info(name, self._register(name, spec))
+
+    def _inject(self, name: str, config: Any) -> None:
+        import warnings
+
+        from peft import get_peft_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self._peft is None:
+                self._peft = get_peft_model(self.hf, config, adapter_name=name)
+            else:
+                self._peft.add_adapter(name, config)
+        self._peft.base_model.model.requires_grad_(False)
+        for state in self._adapters.values():
+            for p in state.params:
+                p.requires_grad_(True)
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove ``name`` and its optimizer state."""
+        with self._lock:
+            self._get(name)
+            del self._adapters[name]
+            self._peft.delete_adapter(name)
+            self.fw.refresh_adapters()
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        """Adapters on this engine, by name."""
+        with self._lock:
+            return [self._info(n, s) for n, s in sorted(self._adapters.items())]
+
+    def has_adapter(self, name: str) -> bool:
+        """Whether ``name`` is loaded."""
+        return name in self._adapters
+
+    def save_adapter(self, name: str, path: Path) -> Path:
+        """Write ``name`` in PEFT format into folder ``path`` (created; replaced atomically)."""
+        with self._lock:
+            self._get(name)
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=path.parent))
+            try:
+                self._peft.save_pretrained(str(tmp), selected_adapters=[name])
+                src = tmp / name if (tmp / name).is_dir() else tmp
+                cfg_path = src / "adapter_config.json"
+                cfg = json.loads(cfg_path.read_text())
+                cfg["base_model_name_or_path"] = str(self._path)
+                cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+                _replace_dir(src, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return path
+
+    def load_adapter(self, name: str, path: Path) -> AdapterInfo:
+        """Load a PEFT adapter folder as ``name`` (replacing an adapter of that name)."""
+        self._check_name(name)
+        path = Path(path)
+        cfg_file = path / "adapter_config.json"
+        if not cfg_file.is_file():
+            raise NotFound(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
+        spec = _spec_from_peft(json.loads(cfg_file.read_text()))
+        with self._lock:
+            if name in self._adapters:
+                self.delete_adapter(name)
+            self._inject(name, self._lora_config(spec))
+            from peft.utils import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            weights_file = path / "adapter_model.safetensors"
+            if not weights_file.is_file():
+                raise NotFound(f"{path} has no adapter_model.safetensors")
+            state_dict = load_file(str(weights_file), device=str(self.device))
+            result = set_peft_model_state_dict(self._peft, state_dict, adapter_name=name)
+            missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+            if missing:
+                self._peft.delete_adapter(name)
+                raise ModelError(f"adapter at {path} does not fit this base model (e.g. {missing[0]})")
+            return self._info(name, self._register(name, spec))
+
+    def save_checkpoint(self, name: str, path: Path) -> Path:
+        """Adapter (PEFT format) + optimizer state + step counter into folder ``path``, atomically."""
+        with self._lock:
+            state = self._get(name)
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=path.parent))
+            try:
+                self.save_adapter(name, tmp / "adapter")
+                torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+                meta = {"format": CHECKPOINT_FORMAT, "step": state.step, "spec": state.spec.model_dump()}
+                (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2))
+                _replace_dir(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return path
+
+    def load_checkpoint(self, name: str, path: Path) -> AdapterInfo:
+        """Restore a checkpoint written by ``save_checkpoint`` as adapter ``name``."""
+        path = Path(path)
+        meta_file = path / "checkpoint.json"
+        if not meta_file.is_file():
+            raise NotFound(f"{path} is not a teachloop checkpoint (no checkpoint.json)")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ModelError(f"checkpoint {path} has format {meta.get('format')}, expected {CHECKPOINT_FORMAT}")
+        with self._lock:
+            info = self.load_adapter(name, path / "adapter")
+            state = self._adapters[name]
+            state.spec = LoraSpec.model_validate(meta["spec"])
+            opt_state = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
+            state.optimizer.load_state_dict(opt_state)
+            state.step = int(meta["step"])
+            return AdapterInfo(name, state.spec, state.step, info.trainable_params)
+
+    def merge_adapter(self, name: str, path: Path) -> Path:
+        """Export base + ``name`` merged into a standalone Hugging Face model folder."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        with self._lock:
+            self._get(name)
+            path = Path(path)
+            with tempfile.TemporaryDirectory() as tmp:
+                self.save_adapter(name, Path(tmp) / "adapter")
+                base = AutoModelForCausalLM.from_pretrained(str(self._path), dtype=torch.float32)
+                if self._adapters[name].spec.train_unembed and getattr(base.config, "tie_word_embeddings", False):
+                    # merging into a tied unembedding would also move the input embedding: untie first
+                    base.lm_head.weight = torch.nn.Parameter(base.get_input_embeddings().weight.detach().clone())  # type: ignore[operator]
+                    base.config.tie_word_embeddings = False
+                merged = PeftModel.from_pretrained(base, str(Path(tmp) / "adapter")).merge_and_unload()
+                out = Path(tempfile.mkdtemp(prefix=".tmp-merge-", dir=path.parent if path.parent.exists() else None))
+                try:
+                    merged.save_pretrained(str(out))
+                    self.tokenizer.save_pretrained(str(out))
+                    _replace_dir(out, path)
+                finally:
+                    shutil.rmtree(out, ignore_errors=True)
+            return path
+
+    # --------------------------------------------------------------- sampling
+    def batch(self) -> DecodeBatch:
+        """A fresh continuous-batching ``DecodeBatch`` on this engine (drive it under ``locked()``)."""
+        return DecodeBatch(
+            self.fw,
+            eos_token_ids=self._eos,
+            decode=lambda toks: str(self.tokenizer.decode(toks, skip_special_tokens=False)),
+            context_length=self.context_length,
+            device=self.device,
+        )
+
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        params: SamplingParams,
+        adapter: str | None = None,
+        *,
+        top_logprobs: int = 0,
+    ) -> list[list[SampledSequence]]:
+        """``n`` continuations of each prompt; all prompts prefilled in one pass, samples share it.
+
+        One RNG seeded from ``params.seed`` drives the whole call, so the same
+        call with the same seed returns the same sequences.
+        """
+        if adapter is not None:
+            self._check_name(adapter)
+        with self._lock:
+            if adapter is not None:
+                self._get(adapter)
+            gen = torch.Generator(device=self.device)
+            if params.seed is None:
+                gen.seed()
+            else:
+                gen.manual_seed(params.seed)
+            reqs = [
+                SampleRequest(list(p), n, params, adapter, generator=gen, top_logprobs=top_logprobs) for p in prompts
+            ]
+            return sample_all(self.batch(), reqs)
+
+    def logprobs(self, sequences: Sequence[Sequence[int]], adapter: str | None = None) -> list[list[float]]:
+        """``out[i][t]`` = log p(seq[t + 1] | seq[: t + 1]) under ``adapter`` (None: the base)."""
+        batch = []
+        for i, seq in enumerate(sequences):
+            if len(seq) < 2:
+                raise InvalidInput(f"sequence {i} needs at least two tokens to score", param="sequences")
+            batch.append(Datum(list(seq[:-1]), list(seq[1:])))
+        if not batch:
+            return []
+        result = self.forward(batch, "cross_entropy", adapter=adapter)
+        return result.logprobs
+
+    # --------------------------------------------------------------- training
+    def forward_backward(
+        self,
+        batch: Sequence[Datum],
+        loss: LossFn,
+        config: LossConfig | None = None,
+        *,
+        adapter: str,
+        logprobs_for: LogprobsFor = "all",
+    ) -> ForwardBackwardResult:
+        """Compute ``loss`` over ``batch`` under ``adapter`` and add its gradient to the adapter's."""
+        with self._lock:
+            state = self._get(adapter)
+            result = self._run(batch, loss, config or LossConfig(), adapter, logprobs_for, backward=True)
+            state.accumulated += 1
+            return result
+
+    def forward(
+        self,
+        batch: Sequence[Datum],
+        loss: LossFn,
+        config: LossConfig | None = None,
+        *,
+        adapter: str | None,
+        logprobs_for: LogprobsFor = "all",
+    ) -> ForwardBackwardResult:
+        """Loss, logprobs and metrics of ``batch`` without gradients."""
+        with self._lock:
+            if adapter is not None:
+                self._get(adapter)
+            return self._run(batch, loss, config or LossConfig(), adapter, logprobs_for, backward=False)
+
+    def _validate(self, batch: Sequence[Datum], loss: LossFn, config: LossConfig) -> None:
+        if not batch:
+            raise InvalidInput("the batch is empty", param="batch")
+        vocab = self.vocab_size
+        for i, d in enumerate(batch):
+            if not isinstance(d, Datum):
+                raise InvalidInput(f"batch[{i}] is not a Datum", param="batch")
+            if d.num_tokens > self.context_length:
+                raise InvalidInput(
+                    f"batch[{i}] has {d.num_tokens} tokens; the context is {self.context_length}", param="batch"
+                )
+            for name in ("input_tokens", "target_tokens"):
+                toks = getattr(d, name)
+                if min(toks) < 0 or max(toks) >= vocab:
+                    raise InvalidInput(f"batch[{i}].{name} has a token id outside [0, {vocab})", param=name)
+            if loss in RL_LOSSES and (d.advantages is None or d.sampler_logprobs is None):
+                raise InvalidInput(f"loss {loss!r} needs advantages and sampler_logprobs on batch[{i}]", param="batch")
+        if loss == "dpo" and len(batch) % 2:
+            raise InvalidInput("dpo needs (chosen, rejected) pairs: an even number of datums", param="batch")
+        config.clip_bounds(loss)
+
+    def _run(
+        self,
+        batch: Sequence[Datum],
+        loss: LossFn,
+        config: LossConfig,
+        adapter: str | None,
+        logprobs_for: LogprobsFor,
+        backward: bool,
+    ) -> ForwardBackwardResult:
+        self._validate(batch, loss, config)
+        dev = self.device
+        plan = plan_packing([d.input_tokens for d in batch])
+        # which positions of each datum get a logprob
+        sel_rows: list[int] = []
+        sel_targets: list[int] = []
+        sel_datum: list[int] = []
+        sel_pos: list[tuple[int, int]] = []
+        for i, d in enumerate(batch):
+            w = d.weights
+            for t in range(d.num_tokens):
+                if logprobs_for == "all" or w is None or w[t] != 0:
+                    sel_rows.append(plan.rows[i][t])
+                    sel_targets.append(d.target_tokens[t])
+                    sel_datum.append(i)
+                    sel_pos.append((i, t))
+
+        def per_token(field: str) -> torch.Tensor | None:
+            values = [getattr(batch[i], field) for i in range(len(batch))]
+            if any(v is None for v in values):
+                return None
+            return torch.tensor([values[i][t] for i, t in sel_pos], dtype=torch.float32, device=dev)
+
+        weights = torch.tensor(
+            [1.0 if batch[i].weights is None else batch[i].weights[t] for i, t in sel_pos],  # type: ignore[index]
+            dtype=torch.float32, device=dev,
+        )
+        tokens = torch.tensor(plan.tokens, dtype=torch.long, device=dev)
+        segs = Segments(plan.lens, plan.parent)
+        rows_t = torch.tensor(sel_rows, dtype=torch.long, device=dev)
+        targets_t = torch.tensor(sel_targets, dtype=torch.long, device=dev)
+        need_ref = loss == "dpo" or (loss in RL_LOSSES and config.kl_coef > 0)
+        ref = per_token("reference_logprobs") if need_ref else None
+        if need_ref and ref is None:
+            with torch.no_grad():
+                h_ref = self.fw.forward_packed(tokens, segs, single(None))
+                ref, _ = self.fw.token_logprobs(h_ref.index_select(0, rows_t), targets_t, None)
+                del h_ref
+        grad_ctx = torch.enable_grad() if backward else torch.no_grad()
+        with grad_ctx:
+            hidden = self.fw.forward_packed(tokens, segs, single(adapter), training=backward)
+            lp, ent = self.fw.token_logprobs(
+                hidden.index_select(0, rows_t), targets_t, adapter, training=backward, with_entropy=True
+            )
+            inputs = TokenInputs(
+                weights=weights,
+                datum=torch.tensor(sel_datum, dtype=torch.long, device=dev),
+                n_datums=len(batch),
+                advantages=per_token("advantages"),
+                sampler_logprobs=per_token("sampler_logprobs"),
+                reference_logprobs=ref,
+            )
+            total, metrics = compute_loss(loss, config, lp, inputs)
+            if backward:
+                if not total.requires_grad:
+                    raise InvalidInput("the loss does not depend on the adapter (all weights zero?)", param="batch")
+                total.backward()
+        if ent is not None and ent.numel():
+            mask = weights != 0
+            metrics["entropy:mean"] = float((ent * mask).sum() / mask.sum().clamp_min(1))
+        metrics["packed_tokens:sum"] = float(len(plan.tokens))
+        lp_list = lp.detach().tolist()
+        out: list[list[float]] = [[math.nan] * d.num_tokens for d in batch]
+        for (i, t), v in zip(sel_pos, lp_list, strict=True):
+            out[i][t] = v
+        return ForwardBackwardResult(
+            loss=float(total.detach()), logprobs=out, metrics=metrics, num_tokens=sum(d.num_tokens for d in batch)
+        )
+
+    def optim_step(self, adapter: str, params: AdamParams) -> OptimStepResult:
+        """AdamW on the gradients accumulated since the last step; zeroes them; step counter + 1."""
+        with self._lock:
+            state = self._get(adapter)
+            if state.accumulated == 0:
+                raise InvalidInput(
+                    f"adapter {adapter!r} has no accumulated gradient; call forward_backward first", param="adapter"
+                )
+            for group in state.optimizer.param_groups:
+                group["lr"] = params.learning_rate
+                group["betas"] = (params.beta1, params.beta2)
+                group["eps"] = params.eps
+                group["weight_decay"] = params.weight_decay
+            for p in state.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            max_norm = params.grad_clip_norm if params.grad_clip_norm > 0 else float("inf")
+            norm = float(torch.nn.utils.clip_grad_norm_(state.params, max_norm))
+            state.optimizer.step()
+            state.optimizer.zero_grad(set_to_none=True)
+            calls, state.accumulated = state.accumulated, 0
+            state.step += 1
+            return OptimStepResult(
+                step=state.step,
+                grad_norm=norm,
+                metrics={"lr": params.learning_rate, "grad_norm": norm, "accumulated_calls": float(calls)},
+            )
+
+
+def _spec_from_peft(cfg: dict[str, Any]) -> LoraSpec:
+    targets = cfg.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    names = {t.split(".")[-1] for t in targets}
+    try:
+        return LoraSpec(
+            rank=int(cfg.get("r", 8)),
+            alpha=float(cfg.get("lora_alpha", 8)),
+            dropout=float(cfg.get("lora_dropout", 0.0)),
+            train_attn=bool(names & set(ATTN_MODULES)),
+            train_mlp=bool(names & set(MLP_MODULES)),
+            train_unembed=bool(names & set(UNEMBED_MODULES)),
+        )
+    except ValueError as err:
+        raise ModelError(f"unsupported adapter_config.json: {err}".splitlines()[0]) from None
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Move folder ``src`` to ``dest``, replacing ``dest`` with at most a moment where neither exists."""
+    dest = Path(dest)
+    staging = dest.with_name(f".{dest.name}.new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging) if src.parent != dest.parent else os.replace(src, staging)
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, dest)
+
+
+__all__ = ["CHECKPOINT_FORMAT", "TorchEngine", "resolve_device"]
