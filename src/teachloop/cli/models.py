@@ -81,7 +81,7 @@ def verify(name: str = typer.Argument(..., help="A cached model name.")) -> None
     with handle_errors():
         from teachloop.engine.models import verify_model
 
-        with _ProgressView() as view:
+        with _ProgressView({"write": "hash"}) as view:
             info = verify_model(settings(), name, progress=view.update)
         console.print(f"[green]ok[/] {info.name}: {_human(info.size)}, every file matches its sha256", highlight=False)
 
@@ -99,7 +99,8 @@ def rm(name: str = typer.Argument(..., help="A cached model name.")) -> None:
 class _ProgressView:
     """Rich progress bars on a terminal, one plain line per stage otherwise (both on stderr)."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: dict[str, str] | None = None) -> None:
+        self._labels = {**_STAGE_LABEL, **(labels or {})}
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._said: set[str] = set()
@@ -111,15 +112,21 @@ class _ProgressView:
                 DownloadColumn,
                 Progress,
                 SpinnerColumn,
+                Task,
                 TextColumn,
                 TimeElapsedColumn,
             )
+            from rich.text import Text
+
+            class SizeColumn(DownloadColumn):
+                def render(self, task: Task) -> Text:
+                    return super().render(task) if task.fields.get("bytes", True) else Text("")
 
             self._progress = Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description:<22}"),
                 BarColumn(),
-                DownloadColumn(),
+                SizeColumn(),
                 TimeElapsedColumn(),
                 console=err_console,
                 transient=False,
@@ -138,13 +145,15 @@ class _ProgressView:
         if self._progress is None:
             if event.message and event.stage not in self._said:
                 self._said.add(event.stage)
-                err_console.print(f"{_STAGE_LABEL[event.stage]}: {event.message}", highlight=False)
+                err_console.print(f"{self._labels[event.stage]}: {event.message}", highlight=False)
             return
         task = self._tasks.get(event.stage)
         if task is None:
             for other in self._tasks.values():  # a new stage means the earlier ones are done
                 self._progress.update(other, completed=self._progress.tasks[other].total or 1)
-            task = self._progress.add_task(_STAGE_LABEL[event.stage], total=event.total)
+            task = self._progress.add_task(
+                self._labels[event.stage], total=event.total, bytes=event.stage != "convert"
+            )
             self._tasks[event.stage] = task
         if event.total is not None:
             self._progress.update(task, total=event.total, completed=event.done or 0)

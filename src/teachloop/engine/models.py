@@ -27,6 +27,7 @@ adapters or chat templates; torch and transformers are imported only to convert.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -626,12 +627,21 @@ def _quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    getattr(hf_logging, "disable_progress_bar")()  # noqa: B009 - untyped in transformers
+    # The GGUF loader uses plain tqdm, which ignores the switch above; silence it for this block only.
+    gguf_utils: Any = None
+    with contextlib.suppress(ImportError):
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    plain_tqdm = getattr(gguf_utils, "tqdm", None)
+    if plain_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(plain_tqdm, disable=True)
     try:
         yield
     finally:
+        if plain_tqdm is not None:
+            gguf_utils.tqdm = plain_tqdm
         if was_enabled:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+            getattr(hf_logging, "enable_progress_bar")()  # noqa: B009 - untyped in transformers
 
 
 def _pull_hub(source: HubSource, out: Path, report: ProgressCallback) -> dict[str, Any]:

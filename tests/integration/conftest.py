@@ -1,0 +1,47 @@
+"""Shared fixtures of the integration suites: the real default model, pulled once per checkout.
+
+``default_model_dir`` (session scope) is the folder of SmolLM2-135M-Instruct in the
+shared model cache ``$TEACHLOOP_MODEL_CACHE`` or, by default, ``<repo>/.cache/models``.
+The first run downloads 93 MB and converts (~30 s); later runs find it in well under
+a second. Concurrent test processes wait on the cache's lock instead of converting twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
+    sys.path.insert(0, str(REPO))
+
+from teachloop.core.settings import DEFAULT_MODEL, Settings  # noqa: E402
+
+
+def shared_model_cache() -> Path:
+    """The model cache the test suites share: ``$TEACHLOOP_MODEL_CACHE`` or ``<repo>/.cache/models``."""
+    return Path(os.environ.get("TEACHLOOP_MODEL_CACHE") or REPO / ".cache" / "models")
+
+
+@pytest.fixture(scope="session")
+def model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings with a throw-away home, the shared model cache and the default model."""
+    home = tmp_path_factory.mktemp("teachloop-home")
+    return Settings.from_env(
+        {
+            "TEACHLOOP_HOME": str(home),
+            "TEACHLOOP_MODEL_CACHE": str(shared_model_cache()),
+            "TEACHLOOP_MODEL": DEFAULT_MODEL,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(model_settings: Settings) -> Path:
+    """The converted default model's folder (pulled on first use)."""
+    from teachloop.engine.models import ensure_default_model
+
+    return ensure_default_model(model_settings, progress=True)
