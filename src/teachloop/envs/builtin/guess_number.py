@@ -1,0 +1,85 @@
+"""Guess the number: a multi-turn game with a tool.
+
+The model finds a secret integer in ``[1, high]``. It may call the ``guess``
+tool (the environment executes it and answers "higher", "lower" or
+"correct"), or, for models without tool calling, write ``guess: N`` and the
+environment answers as the user. An assistant turn with neither ends the
+game; it is graded on its final ``answer: N``. Reward 1.0 for the right
+number, minus ``penalty`` per guess beyond the binary-search bound, floored at 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from teachloop.core.chat import Message
+from teachloop.core.rl import Task
+from teachloop.envs.base import Environment, system, user
+from teachloop.envs.extract import last_number
+from teachloop.envs.graders import FunctionGrader
+from teachloop.envs.tools import tool
+
+_GUESS = re.compile(r"guess\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
+
+
+def _hint(n: int, secret: int, state: dict[str, Any]) -> str:
+    state["guesses"] = state.get("guesses", 0) + 1
+    return "correct" if n == secret else ("higher" if secret > n else "lower")
+
+
+@tool
+def guess(number: int, task: Task, state: dict[str, Any]) -> str:
+    """Guess the secret number; the reply says whether the secret is higher, lower or correct.
+
+    Args:
+        number: your guess.
+    """
+    return _hint(number, int(task.info["secret"]), state)
+
+
+class GuessNumber(Environment):
+    """Find a secret number with higher/lower hints (tool or 'guess: N'), then give 'answer: N'."""
+
+    name = "guess_number"
+    version = "1.0.0"
+    tools = (guess,)
+
+    def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05):
+        self.high, self.size, self.penalty = high, size, penalty
+        self.bound = math.ceil(math.log2(high)) + 1
+        self.max_turns = 2 * self.bound + 2
+        self.grader = FunctionGrader(self._reward, name="guess_number", timeout_s=5)
+
+    def _reward(self, completion: str, messages: tuple[Message, ...], info: dict[str, Any]) -> float:
+        found = last_number(completion)
+        if found is None or found != str(info["secret"]):
+            return 0.0
+        guesses = sum(len(m.tool_calls) for m in messages) + sum(
+            1 for m in messages if m.role == "assistant" and _GUESS.search(m.content))
+        return max(0.5, 1.0 - self.penalty * max(0, guesses - self.bound))
+
+    def tasks(self, seed: int = 0) -> Iterator[Task]:
+        rng = random.Random(f"guess_number:{seed}:{self.high}")
+        i = 0
+        while self.size is None or i < self.size:
+            secret = rng.randint(1, self.high)
+            prompt = (system(f"Find the secret integer between 1 and {self.high}. Use the guess tool or write "
+                             "'guess: N'; you are told higher or lower. When sure, reply 'answer: N'."),
+                      user("I have picked a number. Start guessing."))
+            yield Task(id=f"guess_number-{seed}-{i}", prompt=prompt, answer=str(secret), info={"secret": secret},
+                       tools=(guess.spec,))
+            i += 1
+
+    def reference(self, task: Task) -> str:
+        return f"answer: {task.answer}"
+
+    async def env_response(self, task: Task, messages: list[Message], state: dict[str, Any]) -> list[Message] | None:
+        said = messages[-1].content
+        found = _GUESS.findall(said)
+        if not found or re.search(r"answer\s*:", said, re.IGNORECASE):
+            return None
+        return [user(_hint(int(found[-1]), int(task.info["secret"]), state))]

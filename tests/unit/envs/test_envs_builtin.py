@@ -1,0 +1,127 @@
+"""Built-in environments: deterministic tasks, reference scores top, wrong answers zero, the games play."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import pytest
+
+from teachloop.core.chat import Message, ToolCall
+from teachloop.envs import (
+    BUILTINS,
+    Arithmetic,
+    Countdown,
+    Environment,
+    GuessNumber,
+    JsonExtract,
+    Sample,
+    ScriptedCompleter,
+)
+from teachloop.envs.builtin.countdown import evaluate
+from teachloop.envs.rollout import run_episode
+
+
+def score(env: Environment, task: Any, text: str) -> float:
+    s = asyncio.run(env.score(Sample.of(task, text)))
+    assert s.failure is None, s.failure
+    return s.value
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_same_seed_same_tasks_other_seed_other_tasks(name: str) -> None:
+    env = BUILTINS[name]()
+    a, b, c = env.take(6, seed=1), env.take(6, seed=1), env.take(6, seed=2)
+    assert [t.hash for t in a] == [t.hash for t in b]
+    assert [t.hash for t in a] != [t.hash for t in c]
+    assert len({t.id for t in a}) == 6
+    assert (type(env).__doc__ or "").strip()
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_reference_scores_top_and_nonsense_scores_zero(name: str) -> None:
+    env = BUILTINS[name]()
+    for task in env.take(5, seed=3):
+        assert score(env, task, env.reference(task) or "") == 1.0
+        assert score(env, task, "I don't know") == 0.0
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4, 5])
+def test_arithmetic_levels_are_correct_and_integer(level: int) -> None:
+    for task in Arithmetic(level).take(20, seed=level):
+        expr = task.info["expression"]
+        assert re.fullmatch(r"[\d\s()+\-*/]+", expr)
+        assert eval(expr) == int(task.answer or "x")  # the expression is built from digits and operators only
+
+
+def test_arithmetic_options_and_bad_options() -> None:
+    env = Arithmetic(digits=3, operators="*", terms=2, size=3)
+    tasks = list(env.tasks())
+    assert len(tasks) == 3 and all("*" in t.info["expression"] for t in tasks)
+    with pytest.raises(ValueError):
+        Arithmetic(operators="%")
+    with pytest.raises(ValueError):
+        Arithmetic(level=9)
+
+
+def test_countdown_accepts_other_solutions_and_rejects_reused_numbers() -> None:
+    env = Countdown()
+    task = env.take(1, seed=5)[0]
+    nums, target = task.info["numbers"], task.info["target"]
+    assert evaluate(task.answer or "")[0] == target
+    assert score(env, task, f"answer: {task.answer} = {target}") == 1.0
+    reuse = " + ".join([str(nums[0])] * 2)
+    assert score(env, task, f"answer: {reuse}") == 0.0
+    assert score(env, task, "answer: __import__('os')") == 0.0
+
+
+def test_json_extract_partial_credit_and_schema_violations() -> None:
+    env = JsonExtract()
+    task = env.take(1, seed=2)[0]
+    rec = dict(task.info["expected"])
+    assert score(env, task, f"Here you go:\n```json\n{json.dumps(rec)}\n```") == 1.0
+    rec["age"] += 1
+    assert score(env, task, json.dumps(rec)) == 0.75
+    rec["extra"] = 1
+    assert score(env, task, json.dumps(rec)) == 0.0
+
+
+def binary_search(high: int, use_tool: bool) -> ScriptedCompleter:
+    def script(messages: list[Message]) -> Any:
+        lo, hi, last = 1, high, None
+        for m in messages:
+            if m.role == "assistant":
+                last = int(json.loads(m.tool_calls[0].arguments)["number"]) if m.tool_calls else int(m.content.split(":")[1])
+            elif m.role in ("tool", "user") and last is not None:
+                if m.content == "correct":
+                    return f"answer: {last}"
+                lo, hi = (last + 1, hi) if m.content == "higher" else (lo, last - 1)
+        guess = (lo + hi) // 2
+        if use_tool:
+            call = ToolCall(id=f"c{len(messages)}", name="guess", arguments=json.dumps({"number": guess}))
+            return Message(role="assistant", tool_calls=(call,))
+        return f"guess: {guess}"
+
+    return ScriptedCompleter(script)
+
+
+@pytest.mark.parametrize("use_tool", [True, False])
+def test_guess_number_is_won_by_binary_search_with_the_tool_or_in_text(use_tool: bool) -> None:
+    env = GuessNumber(high=100)
+    for task in env.take(3, seed=4):
+        t = asyncio.run(run_episode(env, task, binary_search(100, use_tool)))
+        assert t.failure is None and t.reward == 1.0, t.messages
+        assert t.completion == f"answer: {task.answer}"
+        assert (t.metadata.get("tool_calls", 0) > 0) == use_tool
+
+
+def test_guess_number_penalises_wasted_guesses_and_wrong_answers() -> None:
+    env = GuessNumber(high=100, penalty=0.1)
+    task = env.take(1)[0]
+    secret = int(task.answer or 0)
+    wasted = [Message(role="assistant", content=f"guess: {secret + 1}") for _ in range(env.bound + 2)]
+    sample = Sample(task, (*task.prompt, *wasted, Message(role="assistant", content=f"answer: {secret}")))
+    assert asyncio.run(env.score(sample)).value == pytest.approx(0.8)
+    assert score(env, task, f"answer: {secret + 1}") == 0.0
