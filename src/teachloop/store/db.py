@@ -210,7 +210,8 @@ class Database:
         """A session in one transaction: committed if the block succeeds, rolled back if it raises.
 
         ``write=False`` opens a read transaction (SQLite: deferred, not holding the
-        write lock) and always rolls back, so nothing it does persists.
+        write lock) and always rolls back, so nothing it does persists; the objects
+        it loaded stay readable afterwards (detached), as after a commit.
         """
         session = self._sessions()
         try:
@@ -219,7 +220,8 @@ class Database:
             yield session
             if write:
                 session.commit()
-            else:
+            else:  # detach first, so the rows read stay readable after the rollback
+                session.expunge_all()
                 session.rollback()
         except exc.DBAPIError as err:
             _quiet_rollback(session)

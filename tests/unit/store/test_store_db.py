@@ -127,6 +127,15 @@ def test_read_session_never_persists(db: Database) -> None:
         assert Tenancy(s).list_orgs() == []
 
 
+def test_rows_read_stay_readable_after_the_session(db: Database) -> None:
+    with db.session() as s:
+        Tenancy(s).create_org("kept")
+    for write in (True, False):
+        with db.session(write=write) as s:
+            [org] = Tenancy(s).list_orgs()
+        assert org.name == "kept" and org.created_at is not None
+
+
 def test_integrity_errors_become_conflicts(db: Database) -> None:
     with db.session() as s:
         s.add(Organisation(name="twice"))

@@ -1,0 +1,230 @@
+"""``teachloop up``, ``serve`` and ``worker``: the long-running processes.
+
+- ``up``: everything on one machine -- migrate the database, create the first
+  organisation and key if there is none, make sure the default model is
+  pulled, then serve the API with an in-process worker.
+- ``serve``: the API only (the database must already be migrated).
+- ``worker``: a worker only, for scaling out next to ``serve`` on PostgreSQL.
+
+These commands start threads and the server's event loop; nothing below
+``cli/`` does. Stop them with Ctrl+C or SIGTERM: the worker finishes its
+current job's bookkeeping and the server drains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import typer
+
+from teachloop import __version__
+from teachloop.cli._common import console, err_console, settings
+from teachloop.cli.admin import errors
+from teachloop.core.errors import ConfigurationError
+from teachloop.core.settings import Settings
+
+if TYPE_CHECKING:  # heavy imports stay inside the commands
+    from teachloop.app import AppDeps
+
+app = typer.Typer()
+
+_HOST_HELP = "Address to bind (default: $TEACHLOOP_HOST or 127.0.0.1)."
+_PORT_HELP = "Port to listen on (default: $TEACHLOOP_PORT or 8000)."
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration context otherwise
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or a one-line error saying what to change."""
+    if not 1 <= port <= 65535:
+        raise ConfigurationError(f"port must be 1..65535, got {port}", param="port")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}; pick another with --port or TEACHLOOP_PORT",
+            param="port",
+        ) from None
+    return sock
+
+
+def _ensure_model(config: Settings) -> None:
+    """Pull the default model unless it is cached (a no-op when the engine does not provide it yet)."""
+    try:
+        from teachloop.engine.models import ensure_default_model
+    except ImportError:
+        err_console.print("note: this build cannot pull models (teachloop.engine.models missing); skipping")
+        return
+    console.print(f"checking the model {config.model!r} (pulled on first run) ...", highlight=False)
+    path = ensure_default_model(config, progress=True)
+    console.print(f"model ready at {path}", highlight=False)
+
+
+def _banner(deps: AppDeps, host: str, port: int, worker: str) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    lines = [
+        f"[bold]teachloop {__version__}[/] is serving at {url}",
+        f"  health    {url}/healthz",
+        f"  API       {url}/api/whoami  (header: Authorization: Bearer $TEACHLOOP_API_KEY)",
+        f"  worker    {worker}",
+        f"  database  {deps.database.display_url}",
+        f"  blobs     {deps.blobs.url}",
+        "  API keys  `teachloop admin keys create` (first run: `teachloop admin init`)",
+        "Press Ctrl+C to stop.",
+    ]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _run_server(deps: AppDeps, host: str, port: int, *, worker: bool) -> None:
+    """Serve ``deps`` on ``host:port`` (with an in-process worker thread if asked) until stopped."""
+    import uvicorn
+
+    from teachloop.app import create_app, job_handlers
+    from teachloop.store import Worker
+
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    sock: socket.socket | None = None
+    try:
+        sock = _listen(host, port)
+        described = "none in this process; start some with `teachloop worker`"
+        if worker:
+            handlers = job_handlers(deps)
+            runner = Worker(deps.queue, handlers)
+            thread = threading.Thread(
+                target=runner.run_forever, args=(stop,), name="teachloop-worker", daemon=True
+            )
+            described = f"in-process ({runner.worker_id}; kinds: {', '.join(sorted(handlers))})"
+        _banner(deps, host, port, described)
+        server = uvicorn.Server(uvicorn.Config(create_app(deps), log_level="info", access_log=False))
+        if thread is not None:
+            thread.start()
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal:
+            # turn both into KeyboardInterrupt so the cleanup below runs and we exit 0.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+        console.print("stopped", highlight=False)
+    finally:
+        stop.set()
+        if thread is not None and thread.is_alive():
+            thread.join(timeout=30)
+        if sock is not None:
+            sock.close()
+        deps.close()
+
+
+@app.command()
+def up(
+    host: str | None = typer.Option(None, "--host", help=_HOST_HELP, show_default=False),
+    port: int | None = typer.Option(None, "--port", help=_PORT_HELP, show_default=False),
+    no_worker: bool = typer.Option(False, "--no-worker", help="Do not run a worker in this process."),
+    skip_model: bool = typer.Option(
+        False,
+        "--skip-model",
+        envvar="TEACHLOOP_SKIP_MODEL_PULL",
+        help="Do not check or pull the default model.",
+    ),
+) -> None:
+    """Start teachloop on this machine: database, first key, model, API and worker."""
+    from teachloop.app import AppDeps
+    from teachloop.cli.admin import show_new_key
+    from teachloop.store import BlobStore, Database, bootstrap
+
+    with errors():
+        _logging()
+        config = settings()
+        host, port = host or config.host, port or config.port
+        _listen(host, port).close()  # fail before the model pull, not after it
+        database = Database.connect(config.database_url)
+        try:
+            database.migrate()
+            with database.session() as session:
+                first = bootstrap(session)
+            if first.key is not None:
+                console.print(f"first run: created organisation {first.org.name!r}", highlight=False)
+                show_new_key(first.key.secret, first.org.name, first.owner.email, "owner")
+            if not skip_model:
+                _ensure_model(config)
+            deps = AppDeps(config, database, BlobStore(config.blob_url))
+        except BaseException:
+            database.close()
+            raise
+        _run_server(deps, host, port, worker=not no_worker)
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, "--host", help=_HOST_HELP, show_default=False),
+    port: int | None = typer.Option(None, "--port", help=_PORT_HELP, show_default=False),
+) -> None:
+    """Serve the API only (no worker, no migrations: run `teachloop up` or `teachloop admin init` first)."""
+    from teachloop.app import AppDeps
+
+    with errors():
+        _logging()
+        config = settings()
+        deps = AppDeps.from_settings(config)
+        _run_server(deps, host or config.host, port or config.port, worker=False)
+
+
+@app.command()
+def worker(
+    worker_id: str | None = typer.Option(
+        None, "--id", help="Name of this worker in job leases (default: host:pid:random)."
+    ),
+    poll_interval: float = typer.Option(
+        1.0, "--poll-interval", min=0.01, help="Seconds between polls when idle."
+    ),
+    lease_seconds: float = typer.Option(
+        60.0, "--lease", min=1.0, help="Seconds a job stays leased without a heartbeat."
+    ),
+) -> None:
+    """Run a worker only: claims and runs background jobs (several may run against PostgreSQL)."""
+    from teachloop.app import AppDeps, job_handlers
+    from teachloop.store import Worker
+
+    with errors():
+        _logging()
+        deps = AppDeps.from_settings(settings())
+        stop = threading.Event()
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            err_console.print(
+                f"{signal.Signals(signum).name}: stopping after the current job (again to abort)"
+            )
+            stop.set()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        handlers = job_handlers(deps)
+        runner = Worker(deps.queue, handlers, worker_id, poll_interval, lease_seconds=lease_seconds)
+        console.print(
+            f"worker {runner.worker_id} on {deps.database.display_url} (kinds: {', '.join(sorted(handlers))})",
+            highlight=False,
+        )
+        try:
+            runner.run_forever(stop)
+        finally:
+            deps.close()
+
+
+__all__ = ["app"]
