@@ -89,6 +89,7 @@ class Renderer:
             else None
         )
         self.end_of_turn: str | None = self._probe_end_of_turn()
+        self._stop_ids: list[int] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, name: str | None = None) -> Renderer:
@@ -125,6 +126,11 @@ class Renderer:
 
     def stop_token_ids(self) -> list[int]:
         """Token ids that end an assistant turn (each stop sequence that is a single token)."""
+        if self._stop_ids is None:
+            self._stop_ids = self._find_stop_token_ids()
+        return list(self._stop_ids)
+
+    def _find_stop_token_ids(self) -> list[int]:
         out: list[int] = []
         for s in self.stop_sequences():
             ids = self.encode(s)
