@@ -16,7 +16,7 @@ from teachloop.app import AppDeps, create_app, require_principal
 from teachloop.core.errors import Conflict
 from teachloop.core.settings import Settings
 from teachloop.core.tenancy import Role
-from teachloop.store import ApiKeys, BlobStore, Database, bootstrap
+from teachloop.store import ApiKeys, BlobStore, Database, bootstrap, head_revision
 
 
 def _settings(tmp_path: Path, url: str) -> Settings:
@@ -107,7 +107,7 @@ def test_healthz_reports_an_unusable_database(tmp_path: Path) -> None:
         response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable"
-    assert "expected 0001" in response.json()["database"]
+    assert f"expected {head_revision()}" in response.json()["database"]
 
 
 def test_whoami(client: TestClient, owner_key: str, deps: AppDeps) -> None:
@@ -209,3 +209,12 @@ def test_unexpected_errors_are_500_without_internals(client: TestClient, owner_k
     error = _error(response, 500)
     assert "hunter2" not in response.text and "RuntimeError" not in response.text
     assert error["type"] == "internal_error"
+
+
+def test_requests_record_when_a_key_was_last_used(client: TestClient, owner_key: str, deps: AppDeps) -> None:
+    with deps.database.session(write=False) as s:
+        principal = ApiKeys(s).authenticate(owner_key, touch=False)
+        assert ApiKeys(s).get(principal.org_id, principal.key_id).last_used_at is None
+    assert client.get("/api/whoami", headers=_auth(owner_key)).status_code == 200
+    with deps.database.session(write=False) as s:
+        assert ApiKeys(s).get(principal.org_id, principal.key_id).last_used_at is not None

@@ -104,10 +104,11 @@ class ApiKeys:
         self.audit.record(org_id, actor, "api_key.create", key.id, {"name": name, "role": role.value})
         return CreatedKey(key, plaintext)
 
-    def authenticate(self, plaintext: str | None) -> Principal:
+    def authenticate(self, plaintext: str | None, *, touch: bool = True) -> Principal:
         """The principal a key stands for; ``Unauthorized`` with the reason otherwise.
 
-        Refreshes ``last_used_at`` (at most once a minute), so call it in a write session.
+        With ``touch`` (in a write session) it also refreshes ``last_used_at``, at
+        most once a minute; with ``touch=False`` it only reads (see ``touch``).
         """
         if not plaintext or not plaintext.strip():
             raise Unauthorized(
@@ -130,11 +131,24 @@ class ApiKeys:
             )
             if still_member is None:
                 raise Unauthorized(f"the API key's user is no longer in its organisation; {_CREATE_HINT}")
-        now = utc_now()
-        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-            key.last_used_at = now
+        if touch and self.is_stale(key.id):
+            key.last_used_at = utc_now()
             self.session.flush()
         return Principal(org_id=key.org_id, user_id=key.user_id, key_id=key.id, role=key.role_enum)
+
+    def is_stale(self, key_id: str) -> bool:
+        """Whether the key's ``last_used_at`` is due a refresh (cheap right after ``authenticate``)."""
+        key = self.session.get(ApiKey, key_id)  # from the identity map when just authenticated
+        return key is not None and (
+            key.last_used_at is None or utc_now() - key.last_used_at >= LAST_USED_RESOLUTION
+        )
+
+    def touch(self, key_id: str) -> None:
+        """Record that the key was used now, if it is stale (for callers that authenticated read-only)."""
+        key = self.session.get(ApiKey, key_id)
+        if key is not None and self.is_stale(key_id):
+            key.last_used_at = utc_now()
+            self.session.flush()
 
     def get(self, org_id: str, key_id: str) -> ApiKey:
         """The organisation's key with this id; ``NotFound`` otherwise."""
