@@ -22,5 +22,7 @@ def test_the_contract_later_layers_build_on() -> None:
     import teachloop.app as app
     import teachloop.store as store
 
-    assert {"Database", "BlobStore", "JobQueue", "Worker", "ApiKeys", "Tenancy", "AuditLog"} <= set(store.__all__)
-    assert {"AppDeps", "create_app", "require_principal", "CurrentPrincipal", "job_handlers"} <= set(app.__all__)
+    store_names = {"Database", "BlobStore", "JobQueue", "Worker", "ApiKeys", "Tenancy", "AuditLog"}
+    app_names = {"AppDeps", "create_app", "require_principal", "CurrentPrincipal", "job_handlers"}
+    assert store_names <= set(store.__all__)
+    assert app_names <= set(app.__all__)
