@@ -17,7 +17,9 @@ from teachloop.store.schema.base import (
     ref_column,
     utc_now,
 )
+from teachloop.store.schema.environments import EnvironmentEval, EnvironmentVersion
 from teachloop.store.schema.jobs import JobRow, JobStatus
+from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
 from teachloop.store.schema.tenancy import ApiKey, Membership, Organisation, User
 
 __all__ = [
@@ -25,13 +27,18 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "EnvironmentEval",
+    "EnvironmentVersion",
     "JSONType",
     "JobRow",
     "JobStatus",
     "Membership",
     "OrgOwned",
     "Organisation",
+    "RunCheckpoint",
+    "RunMetric",
     "Timestamps",
+    "TrainingRun",
     "UTCDateTime",
     "User",
     "id_column",
