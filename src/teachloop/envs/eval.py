@@ -7,7 +7,8 @@ episodes with a 95% confidence interval, plus every failure by task.
 Interval method: Student-t on per-task mean rewards. Episodes of one task are
 correlated, so the task is the independent unit: with k tasks whose mean
 rewards have sample standard deviation s, the interval is
-``mean ± t(0.975, k-1) · s / sqrt(k)``. With one task there is no interval
+``mean ± t(0.975, k-1) · s / sqrt(k)``, clipped to the environment's reward
+range (a t-interval is symmetric; rewards are bounded). With one task there is no interval
 (``ci_low``/``ci_high`` are ``None``). Failed episodes count as reward 0 in
 the mean (a failure is a bad outcome, not a missing one) and are listed in
 ``failures``. This module knows nothing of the store: the CLI stores reports.
@@ -28,7 +29,7 @@ from teachloop.core.sampling import SamplingParams
 from teachloop.envs.base import Environment
 from teachloop.envs.rollout import rollout
 
-CI_METHOD = "student-t over per-task mean rewards (tasks are the independent units), 95%"
+CI_METHOD = "95% student-t over per-task mean rewards (tasks are the independent units), clipped to the reward range"
 # two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -89,12 +90,15 @@ class EvalReport(BaseModel):
 
 
 def report_from_groups(groups: list[TrajectoryGroup], *, env: str, model: str = "", seed: int = 0,
-                       seconds: float = 0.0, metadata: dict[str, Any] | None = None) -> EvalReport:
-    """Summarise rollout groups into an ``EvalReport``."""
+                       seconds: float = 0.0, metadata: dict[str, Any] | None = None,
+                       reward_range: tuple[float, float] | None = None) -> EvalReport:
+    """Summarise rollout groups into an ``EvalReport`` (the interval clipped to ``reward_range`` if given)."""
     if not groups:
         raise ValueError("no episodes to summarise")
     task_means = {g.task.id: statistics.fmean(g.rewards) for g in groups}
     mean, lo, hi = mean_ci95(list(task_means.values()))
+    if reward_range is not None and lo is not None and hi is not None:
+        lo, hi = max(lo, reward_range[0]), min(hi, reward_range[1])
     grouped: Counter[tuple[str, str, str]] = Counter()
     for g in groups:
         for t in g.trajectories:
@@ -133,7 +137,7 @@ async def evaluate(
                            max_concurrent_groups=max_concurrent_groups)
     params = params or env.sampling
     return report_from_groups(groups, env=label or env.name, model=model, seed=seed,
-                              seconds=time.perf_counter() - started,
+                              seconds=time.perf_counter() - started, reward_range=env.reward_range,
                               metadata={"sampling": params.model_dump(mode="json")})
 
 

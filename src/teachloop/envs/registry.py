@@ -116,18 +116,19 @@ def package_entry_points(root: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in eps.items()}
 
 
-def _forget_foreign(module_name: str, root: Path) -> None:
-    """Drop an already-imported top-level package of the same name that lives elsewhere."""
+def _forget(module_name: str) -> None:
+    """Drop an already-imported top-level package, so a folder is always loaded from its current files."""
     top = module_name.split(".")[0]
-    mod = sys.modules.get(top)
-    file = getattr(mod, "__file__", None) if mod else None
-    if mod is not None and (file is None or root.resolve() not in Path(file).resolve().parents):
-        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-            del sys.modules[name]
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
 
 
 def load_package(root: Path, name: str | None = None, **kwargs: Any) -> Environment:
-    """The environment a package folder declares (the one named ``name`` if it declares several)."""
+    """The environment a package folder declares (the one named ``name`` if it declares several).
+
+    The folder's top-level module is imported afresh each time (an earlier import of the same name is
+    dropped from ``sys.modules``), so an edited package is never served from a stale import.
+    """
     eps = package_entry_points(root)
     if name is None and len(eps) > 1:
         raise InvalidInput(f"{root} declares several environments {sorted(eps)}; name one")
@@ -137,7 +138,7 @@ def load_package(root: Path, name: str | None = None, **kwargs: Any) -> Environm
     src = root / "src" if (root / "src").is_dir() else root
     if str(src.resolve()) not in sys.path:
         sys.path.insert(0, str(src.resolve()))
-    _forget_foreign(eps[key], src)
+    _forget(eps[key].partition(":")[0])
     importlib.invalidate_caches()
     return instantiate(import_target(eps[key]), kwargs, f"{root}:{key}")
 

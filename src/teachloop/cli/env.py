@@ -1,0 +1,461 @@
+"""``teachloop env``: write, check, evaluate and publish RL environments.
+
+Local commands (``new``, ``check``, ``eval`` without storing) need no database.
+Hub commands (``publish``, ``list``, ``info NAME@VERSION``, ``yank``) and stored
+eval results use the configured database and blob store (``teachloop admin
+init`` first). Every environment that is evaluated or published is resolved to
+a digest, printed and recorded, never to a floating "latest". Heavy imports
+(SQLAlchemy, the engine, environments) happen inside commands, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from teachloop.cli._common import console, err_console, handle_errors, settings
+from teachloop.core.errors import ConfigurationError, InvalidInput, TeachloopError
+
+if TYPE_CHECKING:
+    from teachloop.core.rl import ChatCompleter
+    from teachloop.envs import CheckReport, Environment, EvalReport
+    from teachloop.store import BlobStore, Database
+
+app = typer.Typer(help="Write, check, evaluate and publish RL environments.", no_args_is_help=True)
+
+_ORG_HELP = "Organisation name or id (default: the only organisation)."
+ACTOR = "cli"
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """``handle_errors()`` with messages shown literally (no rich markup)."""
+    with handle_errors():
+        try:
+            yield
+        except TeachloopError as err:
+            raise type(err)(escape(err.message), param=err.param) from None
+
+
+# -- resolution ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Resolved:
+    """An environment ready to run, and what pins it."""
+
+    env: Environment
+    label: str
+    name: str
+    version: str | None
+    digest: str
+
+
+def _is_hub_ref(ref: str) -> bool:
+    return "@" in ref and not ref.startswith(("rg:", "vf:")) and not Path(ref.partition("?")[0]).exists()
+
+
+def local_digest(ref: str, env: Environment) -> str:
+    """The content digest of a local environment: its package files, grader files, or its code and config."""
+    from teachloop.core.rl import content_hash
+    from teachloop.envs.manifest import package_hash
+
+    base = Path(ref.partition("?")[0])
+    if base.is_dir():
+        return package_hash(base)
+    if base.is_file():
+        files = [base, *(p for p in (base.with_suffix(".jsonl"),) if p.is_file())]
+        return "sha256:" + hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+    import inspect
+
+    source = inspect.getsourcefile(type(env)) or ""
+    code = Path(source).read_bytes() if source and Path(source).is_file() else b""
+    return content_hash({"ref": ref, "class": f"{type(env).__module__}.{type(env).__qualname__}",
+                         "version": type(env).version, "code": hashlib.sha256(code).hexdigest()})
+
+
+def _fetch(blobs: BlobStore, row: Any, cache: Path) -> Path:
+    """The package folder of a published version, extracted once into the cache and verified."""
+    from teachloop.envs.manifest import package_hash
+
+    dest = cache / row.digest.removeprefix("sha256:")
+    if dest.is_dir() and package_hash(dest) == row.digest:
+        return dest
+    data = blobs.get_bytes(row.blob_key)
+    tmp = Path(tempfile.mkdtemp(prefix=".env-", dir=cache))
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(tmp, filter="data")  # refuses absolute paths, '..', links out of the folder
+    if package_hash(tmp) != row.digest:
+        raise ConfigurationError(f"the archive of {row.ref} does not match its digest {row.digest}")
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def resolve(ref: str, org: str | None, **kwargs: Any) -> Resolved:
+    """A local reference (name, path, rg:, vf:, module:attr) or a published NAME@VERSION, pinned by digest."""
+    from teachloop.envs import load
+    from teachloop.envs.registry import load_package
+
+    if not _is_hub_ref(ref):
+        env = load(ref, **kwargs)
+        return Resolved(env, ref, env.name, None, local_digest(ref, env))
+    with hub(org) as h:
+        from teachloop.store.repos.environments import EnvironmentRegistry
+
+        row = EnvironmentRegistry(h.session).resolve(h.org_id, ref)
+        cache = settings().home / "envs"
+        cache.mkdir(parents=True, exist_ok=True)
+        folder = _fetch(h.blobs, row, cache)
+        if row.yanked:
+            err_console.print(f"[yellow]warning:[/] {escape(row.ref)} is yanked: {escape(row.yank_reason or '')}")
+        return Resolved(load_package(folder, **kwargs), row.ref, row.name, row.version, row.digest)
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hub:
+    """An open write session on the configured database, the blob store and the chosen organisation."""
+
+    session: Any
+    blobs: BlobStore
+    org_id: str
+    org_name: str
+
+
+def _database() -> Database:
+    from teachloop.store import Database
+
+    db = Database.connect(settings().database_url)
+    try:
+        db.require_migrated()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+@contextlib.contextmanager
+def hub(org: str | None) -> Iterator[Hub]:
+    """The hub for one command: commits when the block succeeds, rolls back otherwise."""
+    from teachloop.store import BlobStore, Tenancy
+
+    cfg = settings()
+    db = _database()
+    try:
+        with db.session() as session:
+            tenancy = Tenancy(session)
+            if org:
+                chosen = tenancy.find_org(org)
+            else:
+                orgs = tenancy.list_orgs()
+                if not orgs:
+                    raise ConfigurationError("there is no organisation yet; run `teachloop admin init`")
+                if len(orgs) > 1:
+                    raise InvalidInput(f"there are {len(orgs)} organisations; pass --org", param="org")
+                chosen = orgs[0]
+            yield Hub(session, BlobStore(cfg.blob_url), chosen.id, chosen.name)
+    finally:
+        db.close()
+
+
+def archive(root: Path) -> bytes:
+    """A reproducible .tar.gz of a package folder (the files ``package_hash`` covers; fixed times and owners)."""
+    from teachloop.envs.manifest import package_files
+
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w",
+                                                                           format=tarfile.PAX_FORMAT) as tar:
+        for path in package_files(root):
+            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            data = path.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# -- rendering --------------------------------------------------------------------------------------
+
+
+def _print_check(report: CheckReport) -> None:
+    table = Table(title=f"env check {report.target}", title_justify="left")
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    colour = {"pass": "green", "fail": "red", "skip": "dim"}
+    for r in report.results:
+        table.add_row(r.name, f"[{colour[r.status]}]{r.status}[/]", escape(r.message))
+    console.print(table)
+
+
+def _print_eval(report: EvalReport, digest: str) -> None:
+    ci = "n/a (one task)" if report.ci_low is None else f"[{report.ci_low:.3f}, {report.ci_high:.3f}]"
+    console.print(f"[bold]{escape(report.env)}[/] ({digest[:19]}…) on {escape(report.model)}: mean reward "
+                  f"[bold]{report.mean:.3f}[/], 95% CI {ci}  ({report.n_tasks} tasks × {report.group_size}, "
+                  f"{report.seconds:.1f}s)", highlight=False)
+    console.print(f"[dim]interval: {report.ci_method}[/]", highlight=False)
+    if report.failures:
+        table = Table(title=f"failed episodes: {sum(report.failure_counts.values())}", title_justify="left")
+        for col in ("task", "kind", "count", "message"):
+            table.add_column(col, overflow="fold")
+        for f in report.failures[:50]:
+            table.add_row(f.task_id, f.kind, str(f.count), escape(f.message[:300]))
+        console.print(table)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+@app.command("new")
+def new(
+    name: str = typer.Argument(..., help="Environment name: lower case letters, digits, '-' or '_'."),
+    directory: Path | None = typer.Option(None, "--dir", help="Where to create the package (default: ./NAME)."),
+) -> None:
+    """Scaffold an environment package: pyproject with the entry point, the env module, a test."""
+    with errors():
+        from teachloop.envs import scaffold
+
+        root = scaffold(name, directory)
+        console.print(f"[green]created[/] {root}: edit src/{name.replace('-', '_')}/env.py, then "
+                      f"`teachloop env check {root}`", highlight=False)
+
+
+@app.command("check")
+def check(
+    target: str = typer.Argument(..., help="A package folder, an environment name, rg:..., vf:... or a grader JSON."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the tasks checked."),
+    n: int = typer.Option(8, "-n", help="Tasks to check."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Run the publish-time checks and name each one that fails (exit status 1 if any does)."""
+    with errors():
+        from teachloop.envs import check_environment
+
+        report = asyncio.run(check_environment(target, n_tasks=n, seed=seed))
+        if as_json:
+            typer.echo(json.dumps(report.to_dict()))
+        else:
+            _print_check(report)
+        if not report.ok:
+            err_console.print(f"[bold red]failed:[/] {', '.join(r.name for r in report.failed)}", highlight=False)
+            raise typer.Exit(1)
+
+
+def _engine_completer(model: str | None, adapter: str | None) -> ChatCompleter:
+    try:
+        from teachloop.engine import EngineCompleter, load_engine
+        from teachloop.render import renderer_for
+    except ImportError as err:
+        raise ConfigurationError(f"the engine is not available here ({err}); pass --base-url URL") from None
+    engine = load_engine(settings(), model)
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigurationError("the configured engine has no tokenizer (TEACHLOOP_ENGINE=fake?); pass --base-url URL")
+    name = None
+    if adapter:
+        if not Path(adapter).is_dir():
+            raise InvalidInput(f"--adapter must be a saved adapter folder, got {adapter!r}", param="adapter")
+        name = engine.load_adapter("eval", Path(adapter)).name
+    return EngineCompleter(engine, renderer_for(tokenizer), adapter=name)
+
+
+@app.command("eval")
+def eval_(
+    target: str = typer.Argument(..., help="NAME[@VERSION], a package folder, rg:..., vf:... or a grader JSON."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model: the engine's base model, or the name sent to --base-url."),
+    adapter: str | None = typer.Option(None, "--adapter", "-a", help="A saved LoRA adapter folder (engine only)."),
+    n: int = typer.Option(50, "-n", min=1, help="Tasks to run."),
+    group_size: int = typer.Option(1, "--group-size", "-g", min=1, help="Episodes per task."),
+    base_url: str | None = typer.Option(None, "--base-url", help="An OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar=["TEACHLOOP_API_KEY", "OPENAI_API_KEY"],
+                                       help="Bearer key for --base-url.", show_envvar=True),
+    seed: int = typer.Option(0, "--seed", help="Task seed."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Default: the environment's."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0 = greedy)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds per episode."),
+    concurrency: int = typer.Option(16, "--concurrency", min=1, help="Task groups run at once."),
+    judge_base_url: str | None = typer.Option(None, "--judge-base-url", help="Endpoint for model graders in grader JSON."),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="Judge model name for --judge-base-url."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    output: Path | None = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Store the result in the database (if initialised)."),
+) -> None:
+    """Run N tasks against the engine or an endpoint; print mean reward with a 95% CI and failures; store it."""
+    with errors():
+        from teachloop.envs import OpenAICompleter, evaluate
+
+        kwargs: dict[str, Any] = {}
+        if judge_base_url:
+            kwargs["judge"] = OpenAICompleter(judge_base_url, judge_model or "judge", api_key=api_key)
+        resolved = resolve(target, org, **kwargs)
+        env = resolved.env
+        model_name = model or settings().model
+        completer = (OpenAICompleter(base_url, model_name, api_key=api_key) if base_url
+                     else _engine_completer(model, adapter))
+        params = env.sampling.model_copy(update={"temperature": temperature,
+                                                  **({"max_tokens": max_tokens} if max_tokens else {})})
+        label = f"{base_url} {model_name}" if base_url else model_name + (f" + {adapter}" if adapter else "")
+        with console.status(f"running {n} × {group_size} episodes of {resolved.label}…"):
+            report = asyncio.run(evaluate(env, completer, n=n, group_size=group_size, seed=seed, params=params,
+                                          timeout_s=timeout, max_concurrent_groups=concurrency,
+                                          label=resolved.label, model=label))
+        report = report.model_copy(update={"metadata": {**report.metadata, "env_digest": resolved.digest}})
+        _print_eval(report, resolved.digest)
+        if output:
+            output.write_text(json.dumps(report.model_dump(mode="json"), indent=2))
+        if store:
+            _store_eval(resolved, report, org)
+
+
+def _store_eval(resolved: Resolved, report: EvalReport, org: str | None) -> None:
+    from teachloop.store.repos.environments import EnvironmentRegistry
+
+    try:
+        with hub(org) as h:
+            row = EnvironmentRegistry(h.session).record_eval(
+                h.org_id, env_name=resolved.label if resolved.version is None else resolved.name,
+                env_version=resolved.version, env_digest=resolved.digest, model=report.model,
+                report=report.model_dump(mode="json"), actor=ACTOR)
+            console.print(f"[dim]stored as {row.id} in organisation {escape(h.org_name)}[/]", highlight=False)
+    except ConfigurationError as err:
+        err_console.print(f"[yellow]not stored:[/] {escape(err.message)}", highlight=False)
+
+
+@app.command("publish")
+def publish(
+    path: Path = typer.Argument(Path("."), help="The package folder (default: here)."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Check, archive and store an immutable version (semver + content hash) owned by your organisation."""
+    with errors():
+        from teachloop.envs import build_manifest, check_environment
+        from teachloop.envs.registry import load_package
+        from teachloop.store.repos.environments import EnvironmentRegistry
+
+        if not (path / "pyproject.toml").is_file():
+            raise InvalidInput(f"{path} is not a package folder (no pyproject.toml)", param="path")
+        report = asyncio.run(check_environment(str(path)))
+        if not report.ok:
+            _print_check(report)
+            raise InvalidInput(f"refusing to publish: check failed ({', '.join(r.name for r in report.failed)})")
+        manifest = build_manifest(path, load_package(path))
+        data = archive(path)
+        with hub(org) as h:
+            blob_key = h.blobs.put_content(data)
+            row, created = EnvironmentRegistry(h.session).publish(
+                h.org_id, name=manifest.name, version=manifest.version, digest=manifest.content_hash,
+                manifest=manifest.model_dump(mode="json"), blob_key=blob_key, actor=ACTOR)
+            where = escape(h.org_name)
+        if created:
+            console.print(f"[green]published[/] {row.ref} ({row.digest}) in {where}", highlight=False)
+        else:
+            console.print(f"already published: {row.ref} with the same content ({row.digest}); nothing changed",
+                          highlight=False)
+
+
+@app.command("list")
+def list_(
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of tables."),
+) -> None:
+    """List installed environments and your organisation's published versions."""
+    with errors():
+        from teachloop.envs import available
+
+        local = available()
+        published: list[Any] = []
+        note = ""
+        try:
+            from teachloop.store.repos.environments import EnvironmentRegistry
+
+            with hub(org) as h:
+                published = EnvironmentRegistry(h.session).versions(h.org_id)
+        except ConfigurationError as err:
+            note = err.message
+        if as_json:
+            for e in local.values():
+                typer.echo(json.dumps({"name": e.name, "source": e.source, "version": e.version, "target": e.target}))
+            for r in published:
+                typer.echo(json.dumps({"name": r.name, "version": r.version, "digest": r.digest, "yanked": r.yanked}))
+            return
+        table = Table(title="installed environments", title_justify="left")
+        for col in ("name", "version", "source", "target"):
+            table.add_column(col, overflow="fold")
+        for e in local.values():
+            table.add_row(e.name, e.version or "", e.source, e.target)
+        console.print(table)
+        if note:
+            console.print(f"[dim]published versions not shown: {escape(note)}[/]", highlight=False)
+            return
+        table = Table(title="published versions", title_justify="left")
+        for col in ("name", "version", "digest", "status", "published"):
+            table.add_column(col, overflow="fold")
+        for r in published:
+            status = "[red]yanked[/]" if r.yanked else "[green]live[/]"
+            table.add_row(r.name, r.version, r.digest[:19] + "…", status, r.created_at.strftime("%Y-%m-%d %H:%M"))
+        console.print(table if published else "[dim]no published versions[/]")
+
+
+@app.command("info")
+def info(
+    ref: str = typer.Argument(..., help="NAME[@VERSION] (published) or a local reference."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Show an environment: its manifest and digest, and a sample task."""
+    with errors():
+        if _is_hub_ref(ref):
+            from teachloop.store.repos.environments import EnvironmentRegistry
+
+            with hub(org) as h:
+                row = EnvironmentRegistry(h.session).resolve(h.org_id, ref)
+                facts = {"ref": row.ref, "digest": row.digest, "yanked": row.yanked, "yank_reason": row.yank_reason,
+                         "published_by": row.published_by, "created_at": row.created_at.isoformat(),
+                         "manifest": row.manifest}
+                evals = [{"model": e.model, "mean": e.mean, "ci": [e.ci_low, e.ci_high], "n_tasks": e.n_tasks,
+                          "at": e.created_at.isoformat()}
+                         for e in EnvironmentRegistry(h.session).evals(h.org_id, row.name, limit=5)
+                         if e.env_digest == row.digest]
+            console.print_json(json.dumps({**facts, "recent_evals": evals}))
+            return
+        resolved = resolve(ref, org)
+        task = resolved.env.take(1)
+        facts = {**resolved.env.describe(), "ref": ref, "digest": resolved.digest,
+                 "sample_task": task[0].model_dump(mode="json") if task else None}
+        console.print_json(json.dumps(facts, default=str))
+
+
+@app.command("yank")
+def yank(
+    ref: str = typer.Argument(..., help="NAME@VERSION to yank."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (shown to anyone who resolves it)."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Yank a published version: it stays resolvable by exact version but is never picked for a bare name."""
+    with errors():
+        from teachloop.store.repos.environments import EnvironmentRegistry
+
+        with hub(org) as h:
+            row = EnvironmentRegistry(h.session).yank(h.org_id, ref, reason=reason, actor=ACTOR)
+            console.print(f"[yellow]yanked[/] {row.ref} ({row.digest})", highlight=False)
+
+
+__all__ = ["app", "archive", "local_digest", "resolve"]
