@@ -155,3 +155,14 @@ def test_env_check_catches_a_missing_license(tmp_path: Path) -> None:
     pyproject.write_text(pyproject.read_text().replace('license = "Apache-2.0"\n', ""))
     report = asyncio.run(check_environment(str(root), offline=False))
     assert [r.name for r in report.failed] == ["manifest"] and "license" in report.failed[0].message
+
+
+def test_pyproject_registers_every_builtin_under_the_entry_point_group() -> None:
+    import tomllib
+
+    from teachloop.envs import BUILTINS, ENTRY_POINT_GROUP
+
+    root = Path(__file__).resolve().parents[3]
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    eps = data["project"]["entry-points"][ENTRY_POINT_GROUP]
+    assert eps == {name: f"{cls.__module__}:{cls.__name__}" for name, cls in BUILTINS.items()}
