@@ -1,0 +1,1 @@
+"""capital-lookup: a teachloop example environment with a tool and a weighted grader."""
