@@ -117,16 +117,22 @@ def resolve(ref: str, org: str | None, **kwargs: Any) -> Resolved:
     if not _is_hub_ref(ref):
         env = load(ref, **kwargs)
         return Resolved(env, ref, env.name, None, local_digest(ref, env))
-    with hub(org) as h:
-        from teachloop.store.repos.environments import EnvironmentRegistry
+    folder, row = _fetch_published(ref, org, with_row=True)
+    return Resolved(load_package(folder, **kwargs), row.ref, row.name, row.version, row.digest)
 
+
+def _fetch_published(ref: str, org: str | None, *, with_row: bool = False) -> Any:
+    """The verified package folder of the published version ``ref`` names (and its row, if asked)."""
+    from teachloop.store.repos.environments import EnvironmentRegistry
+
+    with hub(org) as h:
         row = EnvironmentRegistry(h.session).resolve(h.org_id, ref)
         cache = settings().home / "envs"
         cache.mkdir(parents=True, exist_ok=True)
         folder = _fetch(h.blobs, row, cache)
         if row.yanked:
             err_console.print(f"[yellow]warning:[/] {escape(row.ref)} is yanked: {escape(row.yank_reason or '')}")
-        return Resolved(load_package(folder, **kwargs), row.ref, row.name, row.version, row.digest)
+    return (folder, row) if with_row else folder
 
 
 # -- the store --------------------------------------------------------------------------------------
@@ -245,11 +251,14 @@ def check(
     seed: int = typer.Option(0, "--seed", help="Seed of the tasks checked."),
     n: int = typer.Option(8, "-n", help="Tasks to check."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
 ) -> None:
     """Run the publish-time checks and name each one that fails (exit status 1 if any does)."""
     with errors():
         from teachloop.envs import check_environment
 
+        if _is_hub_ref(target):  # re-check a published version: its archive, fetched and verified
+            target = str(_fetch_published(target, org))
         report = asyncio.run(check_environment(target, n_tasks=n, seed=seed))
         if as_json:
             typer.echo(json.dumps(report.to_dict()))

@@ -71,6 +71,9 @@ def test_publish_list_info_yank_and_immutability(home: Path) -> None:
     assert {"name": "word-rev", "version": "0.1.0", "digest": digest.group(0), "yanked": False} in rows
     assert {r["name"] for r in rows} >= {"arithmetic", "countdown", "json_extract", "guess_number"}
 
+    rechecked = run("check", "word-rev@0.1.0")  # the published archive, fetched and verified
+    assert rechecked.exit_code == 0 and "concurrent_episodes" in rechecked.output, rechecked.output
+
     info = run("info", "word-rev@0.1.0")
     assert info.exit_code == 0 and json.loads(info.stdout)["manifest"]["license"] == "Apache-2.0"
 

@@ -192,3 +192,10 @@ def test_ranking_judge_scores_a_group_and_fails_it_whole_on_a_bad_reply() -> Non
     assert [s.value for s in scores] == [1.0, 0.2, 0.4]
     scores = asyncio.run(judge.grade_group(samples))
     assert all(s.failure is not None and "2 scores for 3" in s.failure.message for s in scores)
+
+
+def test_sample_from_a_logged_conversation() -> None:
+    messages = [Message(role="user", content="What is 26 - 15?"), Message(role="assistant", content="26 - 15 = 11")]
+    s = Sample.from_conversation(messages, answer="11")
+    assert s.task.prompt == (messages[0],) and s.completion == "26 - 15 = 11"
+    assert asyncio.run(Numeric().grade(s)).value == 1.0

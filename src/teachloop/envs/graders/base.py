@@ -60,6 +60,17 @@ class Sample:
         return cls(task, (*task.prompt, Message(role="assistant", content=completion)))
 
     @classmethod
+    def from_conversation(
+        cls, messages: Sequence[Message], *, answer: str | None = None, info: dict[str, Any] | None = None,
+        id: str = "conversation",
+    ) -> Sample:
+        """A sample of a logged conversation (e.g. product traffic): everything before the last
+        assistant message is the task's prompt; ``answer``/``info`` are what graders compare against."""
+        last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=len(messages))
+        task = Task(id=id, prompt=tuple(messages[:last]), answer=answer, info=dict(info or {}))
+        return cls(task, tuple(messages))
+
+    @classmethod
     def from_trajectory(cls, task: Task, trajectory: Trajectory) -> Sample:
         """The sample a trajectory of ``task`` grades as."""
         return cls(task, trajectory.messages, trajectory.turns)
