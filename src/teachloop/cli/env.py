@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from teachloop.cli._common import console, err_console, handle_errors, settings
-from teachloop.core.errors import ConfigurationError, InvalidInput, TeachloopError
+from teachloop.core.errors import ConfigurationError, InvalidInput, ServiceUnavailable, TeachloopError
 
 if TYPE_CHECKING:
     from teachloop.core.rl import ChatCompleter
@@ -345,7 +345,7 @@ def _store_eval(resolved: Resolved, report: EvalReport, org: str | None) -> None
                 env_version=resolved.version, env_digest=resolved.digest, model=report.model,
                 report=report.model_dump(mode="json"), actor=ACTOR)
             console.print(f"[dim]stored as {row.id} in organisation {escape(h.org_name)}[/]", highlight=False)
-    except ConfigurationError as err:
+    except (ConfigurationError, ServiceUnavailable) as err:
         err_console.print(f"[yellow]not stored:[/] {escape(err.message)}", highlight=False)
 
 
@@ -398,7 +398,7 @@ def list_(
 
             with hub(org) as h:
                 published = EnvironmentRegistry(h.session).versions(h.org_id)
-        except ConfigurationError as err:
+        except (ConfigurationError, ServiceUnavailable) as err:
             note = err.message
         if as_json:
             for e in local.values():
