@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from teachloop.core.errors import TeachloopError
 from teachloop.core.settings import Settings
@@ -30,7 +31,7 @@ def settings() -> Settings:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``message`` as an error line and return an Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -52,3 +53,45 @@ def is_tty() -> bool:
 
 
 __all__ = ["console", "err_console", "fail", "handle_errors", "is_tty", "settings"]
+
+
+class StoreContext:
+    """The configured database (migrated), blob store and chosen organisation, for one command.
+
+    Use as a context manager; the database connections are closed on exit.
+    """
+
+    def __init__(self, org: str | None = None) -> None:
+        from teachloop.core.errors import ConfigurationError, InvalidInput
+        from teachloop.store import BlobStore, Database, Tenancy
+
+        self.settings = settings()
+        self.database = Database.connect(self.settings.database_url)
+        try:
+            self.database.require_migrated()
+            with self.database.session(write=False) as session:
+                tenancy = Tenancy(session)
+                if org:
+                    chosen = tenancy.find_org(org)
+                else:
+                    orgs = tenancy.list_orgs()
+                    if not orgs:
+                        raise ConfigurationError("there is no organisation yet; run `teachloop admin init`")
+                    if len(orgs) > 1:
+                        raise InvalidInput(f"there are {len(orgs)} organisations; pass --org", param="org")
+                    chosen = orgs[0]
+                self.org_id: str = chosen.id
+                self.org_name: str = chosen.name
+        except BaseException:
+            self.database.close()
+            raise
+        self.blobs = BlobStore(self.settings.blob_url)
+
+    def __enter__(self) -> StoreContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.database.close()
+
+
+__all__ += ["StoreContext"]

@@ -26,18 +26,21 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("teachloop.cli.models", "models"),
     ("teachloop.cli.admin", "admin"),
     ("teachloop.cli.env", "env"),
+    ("teachloop.cli.train", None),  # train
+    ("teachloop.cli.train:runs_app", "runs"),
 ]
 
 
 def _register() -> None:
     for module_name, group in _GROUPS:
+        module_name, _, attr = module_name.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:  # a group whose module is not written yet
             if err.name == module_name:
                 continue
             raise
-        sub = getattr(module, "app")
+        sub = getattr(module, attr or "app")
         if group is None:
             for command in sub.registered_commands:
                 app.registered_commands.append(command)

@@ -97,6 +97,14 @@ class Engine(Protocol):
         """Adapters currently loaded."""
         ...
 
+    def copy_adapter(self, src: str, dst: str) -> AdapterInfo:
+        """Copy ``src``'s weights into ``dst`` (created with the same spec if missing)."""
+        ...
+
+    def has_adapter(self, name: str) -> bool:
+        """Whether an adapter named ``name`` is loaded."""
+        ...
+
     def save_adapter(self, name: str, path: Path) -> Path:
         """Write the adapter in PEFT format (adapter_config.json + adapter_model.safetensors)."""
         ...

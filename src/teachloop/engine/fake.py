@@ -105,6 +105,16 @@ class FakeEngine:
         """Whether ``name`` is loaded."""
         return name in self._adapters
 
+    def copy_adapter(self, src: str, dst: str) -> AdapterInfo:
+        """Copy ``src``'s weights into ``dst`` (created if missing)."""
+        s = self._get(src)
+        if dst not in self._adapters:
+            self.create_adapter(dst, s.spec)
+        with torch.no_grad():
+            self._adapters[dst].A.copy_(s.A)
+            self._adapters[dst].B.copy_(s.B)
+        return self._info(dst)
+
     def save_adapter(self, name: str, path: Path) -> Path:
         """Adapter tensors + spec into folder ``path``."""
         s = self._get(name)

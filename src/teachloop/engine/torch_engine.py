@@ -224,6 +224,22 @@ class TorchEngine:
         """Whether ``name`` is loaded."""
         return name in self._adapters
 
+    def copy_adapter(self, src: str, dst: str) -> AdapterInfo:
+        """Make ``dst`` an exact copy of ``src``'s weights (created if missing); optimizer state not copied."""
+        self._check_name(dst)
+        with self._lock:
+            source = self._get(src)
+            if dst not in self._adapters:
+                self.create_adapter(dst, source.spec)
+            target = self._get(dst)
+            named = dict(self._peft.named_parameters())
+            with torch.no_grad():
+                for pname, p in named.items():
+                    if f".lora_A.{src}." in pname or f".lora_B.{src}." in pname:
+                        twin = pname.replace(f".{src}.", f".{dst}.")
+                        named[twin].copy_(p)
+            return self._info(dst, target)
+
     def save_adapter(self, name: str, path: Path) -> Path:
         """Write ``name`` in PEFT format into folder ``path`` (created; replaced atomically)."""
         with self._lock:

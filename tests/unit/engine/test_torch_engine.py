@@ -351,3 +351,13 @@ def test_bad_training_input_is_rejected_and_changes_nothing(engine: TorchEngine)
     with pytest.raises(InvalidInput, match="adapter name"):
         engine.create_adapter("bad name!", LoraSpec())
     assert all(p.grad is None for p in engine._adapters["a"].params)
+
+
+def test_copy_adapter_is_an_exact_snapshot(engine: TorchEngine) -> None:
+    engine.create_adapter("a", LoraSpec(rank=4, seed=0))
+    _perturb(engine, "a")
+    seq = [*_prompt(engine), 40, 41]
+    engine.copy_adapter("a", "snap")
+    assert engine.logprobs([seq], "snap")[0] == pytest.approx(engine.logprobs([seq], "a")[0], abs=1e-6)
+    _perturb(engine, "a", seed=2)  # training the original leaves the snapshot alone
+    assert engine.logprobs([seq], "snap")[0] != pytest.approx(engine.logprobs([seq], "a")[0], abs=1e-4)

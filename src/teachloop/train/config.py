@@ -1,0 +1,275 @@
+"""Training run configuration: one validated model, from TOML plus ``--section.field value`` overrides.
+
+A config file looks like::
+
+    name = "arith-grpo"
+    algorithm = "grpo"          # grpo | sft | dpo
+    steps = 50
+
+    [lora]
+    rank = 16
+
+    [optim]
+    lr = 2e-4
+
+    [rl]
+    env = "arithmetic"
+    env_args = { level = 2 }
+    prompts_per_step = 4
+    group_size = 8
+    max_tokens = 32
+
+Every field can also be set on the command line (``--rl.group_size 8``,
+``--optim.lr=1e-4``, ``--steps 10``). Errors name the field and the allowed
+values (``InvalidInput`` with ``param`` set to the dotted field path). This
+module knows nothing about engines, stores or environments beyond their names.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from teachloop.core.errors import InvalidInput
+from teachloop.core.settings import DEFAULT_MODEL
+from teachloop.core.training import AdamParams, LoraSpec, LossConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSection(_Section):
+    """The LoRA adapter being trained."""
+
+    rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(default=32.0, gt=0, description="LoRA alpha (update scaled by alpha/rank).")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
+    attn: bool = Field(default=True, description="Adapt attention projections.")
+    mlp: bool = Field(default=True, description="Adapt MLP projections.")
+    unembed: bool = Field(default=False, description="Adapt the unembedding.")
+
+    def spec(self, seed: int) -> LoraSpec:
+        """As the engine's ``LoraSpec``."""
+        return LoraSpec(rank=self.rank, alpha=self.alpha, dropout=self.dropout, train_attn=self.attn,
+                        train_mlp=self.mlp, train_unembed=self.unembed, seed=seed)
+
+
+class OptimSection(_Section):
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.99, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0, description="Global grad-norm clip; 0 is off.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(default="constant", description="LR decay after warmup.")
+    warmup_steps: int = Field(default=0, ge=0)
+
+    def at(self, step: int, total: int) -> AdamParams:
+        """AdamW parameters for optimizer step ``step`` (0-based) of ``total``."""
+        import math
+
+        lr = self.lr
+        if self.warmup_steps and step < self.warmup_steps:
+            lr = self.lr * (step + 1) / self.warmup_steps
+        elif self.schedule != "constant" and total > self.warmup_steps:
+            frac = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
+            lr = self.lr * (1 - frac if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac)))
+        return AdamParams(learning_rate=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                          weight_decay=self.weight_decay, grad_clip_norm=self.grad_clip)
+
+
+class RLSection(_Section):
+    """GRPO-family RL against an environment."""
+
+    env: str = Field(description="Environment: a built-in or installed name, name@version, rg:..., or a path.")
+    env_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the environment.")
+    task_seed: int = Field(default=0, description="Seed of the training task stream.")
+    prompts_per_step: int = Field(default=4, ge=1, le=4096, description="Tasks (groups) per optimizer step.")
+    group_size: int = Field(default=8, ge=2, le=1024, description="Completions per task.")
+    max_tokens: int = Field(default=256, ge=1, description="New tokens per model turn at most.")
+    temperature: float = Field(default=1.0, gt=0, le=5)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    loss: Literal["ppo", "importance_sampling", "cispo"] = Field(default="ppo", description="Policy loss.")
+    clip_low: float | None = Field(default=None, ge=0, description="Lower ratio clip (loss default if unset).")
+    clip_high: float | None = Field(default=None, ge=0, description="Upper ratio clip (loss default if unset).")
+    kl_coef: float = Field(default=0.0, ge=0, description="k3 KL to the base model (adapter disabled).")
+    advantage: Literal["grpo", "no_std"] = Field(
+        default="grpo", description="grpo: (r - mean) / std per group; no_std: r - mean (Dr. GRPO)."
+    )
+    drop_zero_variance: bool = Field(default=True, description="Skip groups whose rewards are all equal.")
+    loss_agg: Literal["token_mean", "seq_mean"] = Field(
+        default="token_mean", description="Normalise the loss per token of the batch, or per sequence."
+    )
+    overlap: bool = Field(
+        default=False, description="Sample step t+1 while step t trains (one step off-policy, IS-corrected)."
+    )
+    episode_timeout_s: float | None = Field(default=None, gt=0, description="Per-episode timeout.")
+
+    def loss_config(self) -> LossConfig:
+        """As the engine's ``LossConfig``."""
+        return LossConfig(clip_low=self.clip_low, clip_high=self.clip_high, kl_coef=self.kl_coef)
+
+
+class DataSection(_Section):
+    """Datasets for SFT (chat JSONL) and DPO (preference pairs JSONL)."""
+
+    train: str = Field(description="Path of the training JSONL.")
+    eval: str | None = Field(default=None, description="Held-out JSONL; default: a holdout split of train.")
+    holdout_frac: float = Field(default=0.05, ge=0, lt=1, description="Held-out share of train when eval is unset.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Rows per optimizer step.")
+    max_seq_len: int = Field(default=2048, ge=8, description="Rows longer than this (in tokens) are skipped.")
+    max_skipped_frac: float = Field(default=0.05, ge=0, le=1, description="Refuse to start above this skip share.")
+    train_on: Literal["last_assistant", "all_assistant"] = Field(default="all_assistant")
+    dpo_beta: float = Field(default=0.1, gt=0, description="DPO beta.")
+
+
+class EvalSection(_Section):
+    """Held-out evaluation, run before the first step and after the last."""
+
+    env: str | None = Field(default=None, description="Environment to evaluate on (default: rl.env for grpo).")
+    env_args: dict[str, Any] | None = Field(default=None, description="Its arguments (default: rl.env_args).")
+    tasks: int = Field(default=100, ge=0, description="Held-out tasks (0 disables environment eval).")
+    seed: int = Field(default=1_000_003, description="Seed of the held-out task stream (disjoint from training).")
+    max_tokens: int | None = Field(default=None, ge=1, description="New tokens per turn (default: rl.max_tokens).")
+    every: int = Field(default=0, ge=0, description="Also evaluate every N steps (0: before and after only).")
+
+
+class TrainConfig(BaseModel):
+    """A whole training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="run", min_length=1, max_length=200)
+    algorithm: Literal["grpo", "sft", "dpo"] = Field(description="Training algorithm.")
+    model: str = Field(default=DEFAULT_MODEL, description="Base model (cached name, folder or hub id).")
+    seed: int = Field(default=0, description="Seed of adapter init, data order and sampling.")
+    steps: int = Field(default=100, ge=1, le=10_000_000, description="Optimizer steps.")
+    checkpoint_every: int = Field(default=10, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    lora: LoraSection = Field(default_factory=LoraSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    rl: RLSection | None = None
+    data: DataSection | None = None
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _sections_fit_algorithm(self) -> TrainConfig:
+        if self.algorithm == "grpo" and self.rl is None:
+            raise ValueError("algorithm 'grpo' needs an [rl] section with rl.env")
+        if self.algorithm in ("sft", "dpo") and self.data is None:
+            raise ValueError(f"algorithm {self.algorithm!r} needs a [data] section with data.train")
+        return self
+
+    def eval_env(self) -> tuple[str, dict[str, Any]] | None:
+        """The environment of the held-out evaluation, if any."""
+        if self.eval.tasks == 0:
+            return None
+        if self.eval.env is not None:
+            return self.eval.env, dict(self.eval.env_args or {})
+        if self.rl is not None:
+            return self.rl.env, dict(self.eval.env_args if self.eval.env_args is not None else self.rl.env_args)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (what the run record stores)."""
+        return json.loads(self.model_dump_json())
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise InvalidInput(f"--{dotted}: {p} is not a section", param=dotted)
+    node[parts[-1]] = value
+
+
+def _parse_value(raw: str) -> Any:
+    """A flag value: TOML scalar/inline table/array syntax when it parses, else the plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--rl.group_size", "8", "--optim.lr=1e-4"]`` -> nested dict of overrides."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise InvalidInput(f"unexpected argument {arg!r}; overrides look like --section.field VALUE", param=arg)
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise InvalidInput(f"--{key} needs a value", param=key)
+            value = args[i + 1]
+            i += 1
+        _set_path(out, key.replace("-", "_"), _parse_value(value))
+        i += 1
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read ``path`` (TOML) and apply ``overrides``; errors name the field and what is allowed."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"config file {path} does not exist", param="config") from None
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidInput(f"{path} is not valid TOML: {err}", param="config") from None
+    return validate_config(_merge(raw, overrides or {}))
+
+
+def validate_config(raw: dict[str, Any]) -> TrainConfig:
+    """A ``TrainConfig`` from a plain dict, with field-naming errors."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "config"
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            section = _section_of(first["loc"])
+            allowed = ", ".join(sorted(section.model_fields)) if section else ""
+            msg = f"unknown field; allowed here: {allowed}"
+        raise InvalidInput(f"config field {loc}: {msg}", param=loc) from None
+
+
+def _section_of(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    sections: dict[str, type[BaseModel]] = {
+        "lora": LoraSection, "optim": OptimSection, "rl": RLSection, "data": DataSection, "eval": EvalSection,
+    }
+    if len(loc) == 1:
+        return TrainConfig
+    return sections.get(str(loc[0]))
+
+
+__all__ = [
+    "DataSection",
+    "EvalSection",
+    "LoraSection",
+    "OptimSection",
+    "RLSection",
+    "TrainConfig",
+    "load_config",
+    "parse_overrides",
+    "validate_config",
+]

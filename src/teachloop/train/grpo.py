@@ -1,0 +1,175 @@
+"""GRPO-family RL: group rollouts through the engine, group advantages, a policy-gradient step.
+
+One step: take ``prompts_per_step`` tasks from the seeded task stream (the
+tasks of step ``t`` depend only on ``t``), sample ``group_size`` episodes of
+each through ``EngineCompleter`` (one batched engine call, prompt prefilled
+once per group), compute group advantages, turn every model turn into a
+``Datum`` carrying the sampler's logprobs (no re-tokenisation, no second
+forward pass for the old policy), and call ``forward_backward`` with PPO-clip,
+importance sampling or CISPO, then ``optim_step``.
+
+With ``overlap`` the rollouts of step ``t + 1`` are sampled from a snapshot of
+the adapter taken before step ``t`` updates it, while step ``t`` trains; they
+are one step off-policy and the loss's importance ratio against the stored
+sampler logprobs corrects for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from teachloop.core.rl import Task, TrajectoryGroup
+from teachloop.core.sampling import SamplingParams
+from teachloop.core.training import Datum
+from teachloop.engine.base import Engine
+from teachloop.engine.completer import EngineCompleter
+from teachloop.envs.rollout import rollout
+from teachloop.render import Renderer
+from teachloop.train.advantages import assign
+from teachloop.train.config import OptimSection, RLSection
+from teachloop.train.envref import ResolvedEnv
+
+
+@dataclass
+class Batch:
+    """The training data of one RL step and the figures describing it."""
+
+    datums: list[Datum]
+    stats: dict[str, float]
+
+
+def build_batch(groups: list[TrajectoryGroup], rl: RLSection) -> Batch:
+    """Advantages per group, then one Datum per model turn of every kept trajectory."""
+    rewards = [[t.reward for t in g.trajectories] for g in groups]
+    advs, dropped = assign(rewards, rl.advantage, rl.drop_zero_variance)
+    seqs: list[tuple[list[int], list[int], list[float], list[float]]] = []
+    comp_tokens = truncated = turns_total = 0
+    for g, group_adv in zip(groups, advs, strict=True):
+        if group_adv is None:
+            continue
+        for traj, a in zip(g.trajectories, group_adv, strict=True):
+            for turn in traj.turns:
+                if not turn.tokens:
+                    continue
+                p, c = list(turn.prompt_tokens), list(turn.tokens)
+                seqs.append((p + c, [0] * len(p) + [1] * len(c), [0.0] * len(p) + [a] * len(c),
+                             [0.0] * len(p) + list(turn.logprobs)))
+                comp_tokens += len(c)
+                truncated += turn.stop_reason == "length"
+                turns_total += 1
+    datums = []
+    n_seq = len(seqs)
+    for tokens, mask, adv, old in seqs:
+        n_c = sum(mask)
+        w = 1.0 / comp_tokens if rl.loss_agg == "token_mean" else 1.0 / (n_c * n_seq)
+        datums.append(Datum.from_sequence(tokens, [m * w for m in mask], advantages=adv, sampler_logprobs=old))
+    flat = [r for rs in rewards for r in rs]
+    failures = sum(t.failure is not None for g in groups for t in g.trajectories)
+    all_lens = [len(turn.tokens) for g in groups for t in g.trajectories for turn in t.turns]
+    stats = {
+        "reward_mean": statistics.fmean(flat) if flat else 0.0,
+        "reward_std": statistics.pstdev(flat) if len(flat) > 1 else 0.0,
+        "groups_dropped": float(dropped),
+        "groups": float(len(groups)),
+        "failures": float(failures),
+        "completion_len_mean": statistics.fmean(all_lens) if all_lens else 0.0,
+        "truncated_frac": truncated / turns_total if turns_total else 0.0,
+        "train_turns": float(turns_total),
+    }
+    return Batch(datums, stats)
+
+
+class GRPO:
+    """The RL algorithm of a run; ``step`` performs one optimizer step."""
+
+    def __init__(self, *, rl: RLSection, optim: OptimSection, total_steps: int, seed: int, env: ResolvedEnv,
+                 engine: Engine, renderer: Renderer, adapter: str) -> None:
+        self.rl, self.optim, self.total, self.seed = rl, optim, total_steps, seed
+        self.env, self.engine, self.renderer, self.adapter = env, engine, renderer, adapter
+        self.sampler = f"{adapter}:sampler" if rl.overlap else adapter
+        self.completer = EngineCompleter(engine, renderer, adapter=self.sampler)
+        self._pending: asyncio.Task[tuple[list[TrajectoryGroup], float]] | None = None
+        self._pending_step = -1
+
+    def tasks_for(self, step: int) -> list[Task]:
+        """The tasks of optimizer step ``step`` (a pure function of the task seed and the step)."""
+        n = self.rl.prompts_per_step
+        return list(itertools.islice(self.env.env.tasks(self.rl.task_seed), step * n, (step + 1) * n))
+
+    def params_for(self, step: int) -> SamplingParams:
+        """Sampling parameters of step ``step``, seeded by (run seed, step) so a resumed step resamples alike."""
+        return SamplingParams(max_tokens=self.rl.max_tokens, temperature=self.rl.temperature, top_p=self.rl.top_p,
+                              seed=(self.seed * 1_000_003 + step) % (2**31))
+
+    async def _rollouts(self, step: int) -> tuple[list[TrajectoryGroup], float]:
+        tasks = self.tasks_for(step)
+        if not tasks:
+            raise RuntimeError(f"environment {self.env.ref} ran out of tasks at step {step}")
+        t0 = time.perf_counter()
+        groups = await rollout(self.env.env, tasks, self.completer, group_size=self.rl.group_size,
+                               params=self.params_for(step), timeout_s=self.rl.episode_timeout_s,
+                               max_concurrent_groups=len(tasks))
+        return groups, time.perf_counter() - t0
+
+    async def step(self, step: int) -> dict[str, Any]:
+        """Roll out, score and train one step; returns its metrics."""
+        t0 = time.perf_counter()
+        if self.rl.overlap:
+            if self._pending is None or self._pending_step != step:
+                self.engine.copy_adapter(self.adapter, self.sampler)
+                self._pending = asyncio.ensure_future(self._rollouts(step))
+            groups, rollout_s = await self._pending
+            self._pending = None
+            if step + 1 < self.total:  # sample step t+1 from the current (pre-update) weights while t trains
+                self.engine.copy_adapter(self.adapter, self.sampler)
+                self._pending = asyncio.ensure_future(self._rollouts(step + 1))
+                self._pending_step = step + 1
+        else:
+            groups, rollout_s = await self._rollouts(step)
+        batch = build_batch(groups, self.rl)
+        t1 = time.perf_counter()
+        metrics: dict[str, Any] = dict(batch.stats)
+        if batch.datums:
+            fb = await asyncio.to_thread(self.engine.forward_backward, batch.datums, self.rl.loss,
+                                         self.rl.loss_config(), adapter=self.adapter, logprobs_for="weighted")
+            opt = await asyncio.to_thread(self.engine.optim_step, self.adapter, self.optim.at(step, self.total))
+            metrics.update({
+                "loss": fb.loss, "grad_norm": opt.grad_norm, "lr": opt.metrics.get("lr", 0.0),
+                "kl": fb.metrics.get("kl:mean", fb.metrics.get("kl_sampler:mean", 0.0)),
+                "entropy": fb.metrics.get("entropy:mean", 0.0),
+                "clip_frac": fb.metrics.get("clip_frac:mean", 0.0),
+                "ratio_mean": fb.metrics.get("ratio:mean", 1.0),
+                "trained": 1.0,
+            })
+        else:
+            metrics["trained"] = 0.0  # every group had zero reward variance: nothing to learn from
+        done = time.perf_counter()
+        comp_tokens = sum(len(turn.tokens) for g in groups for t in g.trajectories for turn in t.turns)
+        metrics.update({
+            "step_seconds": done - t0, "rollout_seconds": rollout_s, "train_seconds": done - t1,
+            "completion_tokens": float(comp_tokens), "tokens_per_s": comp_tokens / max(done - t0, 1e-9),
+        })
+        return metrics
+
+    async def close(self) -> None:
+        """Cancel a prefetch still running (overlap) and drop the sampler snapshot."""
+        if self._pending is not None:
+            self._pending.cancel()
+            try:
+                await self._pending
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._pending = None
+        if self.rl.overlap and self.sampler != self.adapter:
+            try:
+                self.engine.delete_adapter(self.sampler)
+            except Exception:
+                pass
+
+
+__all__ = ["GRPO", "Batch", "build_batch"]

@@ -1,0 +1,244 @@
+"""The run driver: validate and pin inputs, create or resume the run, step, evaluate, checkpoint, finish.
+
+``Trainer.prepare`` resolves the environment(s) to digests and loads and
+renders the datasets (skipping and counting rows that don't fit) *before* any
+compute is spent; a bad config, a missing or yanked environment version, or a
+dataset over the skip threshold is refused there. ``run`` then creates the run
+record (or resumes one from its last checkpoint), evaluates on held-out data
+before the first step, runs the steps (metrics stored per step, checkpoints
+every ``checkpoint_every`` steps), evaluates after the last step, stores the
+final adapter, and marks the run completed -- or failed, with the error.
+
+The trainer is async (the CLI runs it with ``asyncio.run``); engine calls run
+in worker threads. It takes its collaborators explicitly (``TrainerDeps``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from teachloop.core.errors import InvalidInput
+from teachloop.core.sampling import SamplingParams
+from teachloop.engine.base import Engine
+from teachloop.engine.completer import EngineCompleter
+from teachloop.envs.eval import evaluate as evaluate_env
+from teachloop.render import Renderer
+from teachloop.store.blobs import BlobStore
+from teachloop.store.db import Database
+from teachloop.train.config import TrainConfig, validate_config
+from teachloop.train.data import LoadedData, load_dpo, load_sft, split_holdout
+from teachloop.train.envref import ResolvedEnv, resolve_env
+from teachloop.train.grpo import GRPO
+from teachloop.train.runs import RunInfo, RunStore
+from teachloop.train.supervised import DPO, SFT
+
+#: Called with (event, payload): "run" {run}, "eval" {step, values}, "step" {step, values}, "checkpoint" {step}.
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class Algorithm(Protocol):
+    """What the trainer drives."""
+
+    async def step(self, step: int) -> dict[str, Any]:
+        """One optimizer step; returns its metrics."""
+        ...
+
+
+@dataclass
+class TrainerDeps:
+    """Everything a run needs, passed explicitly.
+
+    Attributes:
+        engine: the engine holding the base model.
+        renderer: the base model's chat renderer.
+        database: the system of record.
+        blobs: the blob store (checkpoints, adapters, environment archives).
+        org_id: the organisation the run belongs to.
+        env_cache: folder for extracted environment archives.
+    """
+
+    engine: Engine
+    renderer: Renderer
+    database: Database
+    blobs: BlobStore
+    org_id: str
+    env_cache: Path
+
+
+@dataclass
+class Prepared:
+    """Inputs pinned before compute: the environments and datasets with their digests."""
+
+    train_env: ResolvedEnv | None
+    eval_env: ResolvedEnv | None
+    data: LoadedData | None
+    eval_data: LoadedData | None
+
+    def inputs(self) -> dict[str, Any]:
+        """What the run record stores about its inputs."""
+        out: dict[str, Any] = {}
+        for key, env in (("env", self.train_env), ("eval_env", self.eval_env)):
+            if env is not None:
+                out[key] = {"ref": env.ref, "name": env.name, "version": env.version, "digest": env.digest}
+        for key, data in (("dataset", self.data), ("eval_dataset", self.eval_data)):
+            if data is not None:
+                out[key] = {"digest": data.digest, "rows": data.total, "used": len(data.items),
+                            "skipped": dict(data.skipped)}
+        return out
+
+
+class Trainer:
+    """Runs one training run end to end (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, deps: TrainerDeps, *, listener: Listener | None = None) -> None:
+        self.config = config
+        self.deps = deps
+        self.runs = RunStore(deps.database, deps.blobs)
+        self.listener = listener or (lambda event, payload: None)
+        self._prepared: Prepared | None = None
+
+    # ---------------------------------------------------------------- prepare
+    def _resolve(self, ref: str, kwargs: dict[str, Any]) -> ResolvedEnv:
+        with self.deps.database.session(write=False) as s:
+            return resolve_env(ref, session=s, blobs=self.deps.blobs, org_id=self.deps.org_id,
+                               cache=self.deps.env_cache, **kwargs)
+
+    def prepare(self) -> Prepared:
+        """Resolve environments and load datasets; raises ``InvalidInput``/``NotFound`` before any compute."""
+        cfg = self.config
+        train_env = self._resolve(cfg.rl.env, cfg.rl.env_args) if cfg.rl is not None else None
+        eval_ref = cfg.eval_env()
+        eval_env = None
+        if eval_ref is not None:
+            same = cfg.rl is not None and eval_ref == (cfg.rl.env, cfg.rl.env_args)
+            eval_env = train_env if same else self._resolve(*eval_ref)
+        data = eval_data = None
+        if cfg.data is not None:
+            d = cfg.data
+            loader = load_sft if cfg.algorithm == "sft" else load_dpo
+            kw: dict[str, Any] = {"max_seq_len": min(d.max_seq_len, self.deps.engine.context_length),
+                                  "max_skipped_frac": d.max_skipped_frac}
+            if cfg.algorithm == "sft":
+                kw["train_on"] = d.train_on
+            data = loader(Path(d.train), self.deps.renderer, **kw)
+            if d.eval:
+                eval_data = loader(Path(d.eval), self.deps.renderer, **kw)
+        self._prepared = Prepared(train_env, eval_env, data, eval_data)
+        return self._prepared
+
+    # -------------------------------------------------------------------- run
+    def _algorithm(self, prepared: Prepared, adapter: str) -> Algorithm:
+        cfg = self.config
+        common: dict[str, Any] = {"optim": cfg.optim, "total_steps": cfg.steps, "seed": cfg.seed, "engine": self.deps.engine,
+                  "adapter": adapter}
+        if cfg.algorithm == "grpo":
+            assert cfg.rl is not None and prepared.train_env is not None
+            return GRPO(rl=cfg.rl, env=prepared.train_env, renderer=self.deps.renderer, **common)
+        assert cfg.data is not None and prepared.data is not None
+        items = prepared.data.items
+        if prepared.eval_data is not None:
+            train, holdout = items, prepared.eval_data.items
+        else:
+            train, holdout = split_holdout(items, cfg.data.holdout_frac, cfg.seed)
+        cls = SFT if cfg.algorithm == "sft" else DPO
+        return cls(data=cfg.data, train=train, holdout=holdout, **common)  # type: ignore[arg-type]
+
+    async def _evaluate(self, algo: Algorithm, prepared: Prepared, adapter: str) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        own = getattr(algo, "evaluate", None)
+        if own is not None:
+            values.update(await own())
+        if prepared.eval_env is not None:
+            cfg = self.config
+            max_tokens = cfg.eval.max_tokens or (cfg.rl.max_tokens if cfg.rl else 256)
+            completer = EngineCompleter(self.deps.engine, self.deps.renderer, adapter=adapter)
+            report = await evaluate_env(
+                prepared.eval_env.env, completer, n=cfg.eval.tasks, seed=cfg.eval.seed,
+                params=SamplingParams(max_tokens=max_tokens, temperature=0.0), max_concurrent_groups=cfg.eval.tasks,
+                label=prepared.eval_env.ref,
+            )
+            values.update({"reward_mean": report.mean, "reward_ci_low": report.ci_low,
+                           "reward_ci_high": report.ci_high, "eval_tasks": float(report.n_tasks),
+                           "eval_failures": float(sum(report.failure_counts.values())),
+                           "eval_seconds": report.seconds})
+        return values
+
+    async def run(self, *, resume: str | None = None) -> RunInfo:
+        """Run (or resume) to completion; returns the finished run record."""
+        org = self.deps.org_id
+        engine = self.deps.engine
+        if resume is not None:
+            run = self.runs.get(org, resume)
+            self.config = validate_config(run.config)
+        prepared = self._prepared or self.prepare()
+        cfg = self.config
+        if resume is None:
+            run = self.runs.create(org, cfg, prepared.inputs())
+            start = 0
+        else:
+            pinned = run.inputs
+            now = prepared.inputs()
+            for key in ("env", "eval_env", "dataset"):
+                if key in pinned and pinned[key].get("digest") != now.get(key, {}).get("digest"):
+                    raise InvalidInput(
+                        f"run {run.id} trained on {key} digest {pinned[key].get('digest')}, but it now resolves to "
+                        f"{now.get(key, {}).get('digest')}; refusing to resume on different inputs", param=key)
+        adapter = f"run:{run.id}"
+        if engine.has_adapter(adapter):  # type: ignore[attr-defined]
+            engine.delete_adapter(adapter)
+        with tempfile.TemporaryDirectory(prefix="teachloop-resume-") as tmp:
+            if resume is not None:
+                start = self.runs.resume_point(org, run.id, Path(tmp) / "ckpt")
+                if start > 0:
+                    engine.load_checkpoint(adapter, Path(tmp) / "ckpt")
+            if resume is None or start == 0:
+                engine.create_adapter(adapter, cfg.lora.spec(cfg.seed))
+        self.runs.start(org, run.id)
+        self.listener("run", {"run": self.runs.get(org, run.id), "start": start})
+        algo = self._algorithm(prepared, adapter)
+        try:
+            if start == 0:
+                await self._record_eval(algo, prepared, adapter, run.id, 0)
+            for step in range(start, cfg.steps):
+                values = await algo.step(step)
+                self.runs.record(org, run.id, step + 1, "train", values)
+                self.listener("step", {"step": step + 1, "values": values})
+                last = step + 1 == cfg.steps
+                if not last and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                    self._checkpoint(run.id, adapter, step + 1)
+                if not last and cfg.eval.every and (step + 1) % cfg.eval.every == 0:
+                    await self._record_eval(algo, prepared, adapter, run.id, step + 1)
+            await self._record_eval(algo, prepared, adapter, run.id, cfg.steps)
+            self._checkpoint(run.id, adapter, cfg.steps)
+            with tempfile.TemporaryDirectory(prefix="teachloop-adapter-") as tmp:
+                engine.save_adapter(adapter, Path(tmp) / "adapter")
+                key = self.runs.save_adapter(org, run.id, Path(tmp) / "adapter")
+            self.runs.finish(org, run.id, "completed", final_adapter_key=key)
+        except BaseException as err:
+            status = "cancelled" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+            self.runs.finish(org, run.id, status, error=f"{type(err).__name__}: {err}"[:2000])
+            raise
+        finally:
+            close = getattr(algo, "close", None)
+            if close is not None:
+                await close()
+        return self.runs.get(org, run.id)
+
+    async def _record_eval(self, algo: Algorithm, prepared: Prepared, adapter: str, run_id: str, step: int) -> None:
+        values = await self._evaluate(algo, prepared, adapter)
+        if values:
+            self.runs.record(self.deps.org_id, run_id, step, "eval", values)
+            self.listener("eval", {"step": step, "values": values})
+
+    def _checkpoint(self, run_id: str, adapter: str, step: int) -> None:
+        with tempfile.TemporaryDirectory(prefix="teachloop-ckpt-") as tmp:
+            self.deps.engine.save_checkpoint(adapter, Path(tmp) / "ckpt")
+            self.runs.save_checkpoint(self.deps.org_id, run_id, step, Path(tmp) / "ckpt")
+        self.listener("checkpoint", {"step": step})
+
+
+__all__ = ["Algorithm", "Listener", "Prepared", "Trainer", "TrainerDeps"]
