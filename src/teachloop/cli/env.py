@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import hashlib
 import io
 import json
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,85 +52,55 @@ def errors() -> Iterator[None]:
 # -- resolution ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Resolved:
-    """An environment ready to run, and what pins it."""
-
-    env: Environment
-    label: str
-    name: str
-    version: str | None
-    digest: str
-
-
 def _is_hub_ref(ref: str) -> bool:
-    return "@" in ref and not ref.startswith(("rg:", "vf:")) and not Path(ref.partition("?")[0]).exists()
+    from teachloop.train.envref import is_hub_ref
+
+    return is_hub_ref(ref)
+
+
+#: An environment ready to run and what pins it (``train.envref.ResolvedEnv``: env, ref, name, version, digest).
+Resolved = Any
 
 
 def local_digest(ref: str, env: Environment) -> str:
-    """The content digest of a local environment: its package files, grader files, or its code and config."""
-    from teachloop.core.rl import content_hash
-    from teachloop.envs.manifest import package_hash
+    """The content digest of a local environment (see ``train.envref.local_digest``)."""
+    from teachloop.train.envref import local_digest as digest
 
-    base = Path(ref.partition("?")[0])
-    if base.is_dir():
-        return package_hash(base)
-    if base.is_file():
-        files = [base, *(p for p in (base.with_suffix(".jsonl"),) if p.is_file())]
-        return "sha256:" + hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
-    import inspect
-
-    source = inspect.getsourcefile(type(env)) or ""
-    code = Path(source).read_bytes() if source and Path(source).is_file() else b""
-    return content_hash({"ref": ref, "class": f"{type(env).__module__}.{type(env).__qualname__}",
-                         "version": type(env).version, "code": hashlib.sha256(code).hexdigest()})
-
-
-def _fetch(blobs: BlobStore, row: Any, cache: Path) -> Path:
-    """The package folder of a published version, extracted once into the cache and verified."""
-    from teachloop.envs.manifest import package_hash
-
-    dest = cache / row.digest.removeprefix("sha256:")
-    if dest.is_dir() and package_hash(dest) == row.digest:
-        return dest
-    data = blobs.get_bytes(row.blob_key)
-    tmp = Path(tempfile.mkdtemp(prefix=".env-", dir=cache))
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(tmp, filter="data")  # refuses absolute paths, '..', links out of the folder
-    if package_hash(tmp) != row.digest:
-        raise ConfigurationError(f"the archive of {row.ref} does not match its digest {row.digest}")
-    if dest.exists():
-        import shutil
-
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+    return digest(ref, env)
 
 
 def resolve(ref: str, org: str | None, **kwargs: Any) -> Resolved:
     """A local reference (name, path, rg:, vf:, module:attr) or a published NAME@VERSION, pinned by digest."""
-    from teachloop.envs import load
-    from teachloop.envs.registry import load_package
+    from teachloop.train.envref import is_hub_ref, resolve_env
 
-    if not _is_hub_ref(ref):
-        env = load(ref, **kwargs)
-        return Resolved(env, ref, env.name, None, local_digest(ref, env))
-    folder, row = _fetch_published(ref, org, with_row=True)
-    return Resolved(load_package(folder, **kwargs), row.ref, row.name, row.version, row.digest)
+    if not is_hub_ref(ref):
+        return resolve_env(ref, **kwargs)
+    with hub(org) as h:
+        resolved = resolve_env(ref, session=h.session, blobs=h.blobs, org_id=h.org_id,
+                               cache=settings().home / "envs", allow_yanked=True, **kwargs)
+    if resolved.version is not None and _yanked(ref, org):
+        err_console.print(f"[yellow]warning:[/] {escape(resolved.ref)} is yanked")
+    return resolved
 
 
-def _fetch_published(ref: str, org: str | None, *, with_row: bool = False) -> Any:
-    """The verified package folder of the published version ``ref`` names (and its row, if asked)."""
+def _yanked(ref: str, org: str | None) -> bool:
     from teachloop.store.repos.environments import EnvironmentRegistry
 
     with hub(org) as h:
+        return bool(EnvironmentRegistry(h.session).resolve(h.org_id, ref).yanked)
+
+
+def _fetch_published(ref: str, org: str | None) -> Path:
+    """The verified package folder of the published version ``ref`` names."""
+    from teachloop.store.repos.environments import EnvironmentRegistry
+    from teachloop.train.envref import fetch_package
+
+    with hub(org) as h:
         row = EnvironmentRegistry(h.session).resolve(h.org_id, ref)
-        cache = settings().home / "envs"
-        cache.mkdir(parents=True, exist_ok=True)
-        folder = _fetch(h.blobs, row, cache)
+        folder = fetch_package(h.blobs, row.blob_key, row.digest, settings().home / "envs")
         if row.yanked:
             err_console.print(f"[yellow]warning:[/] {escape(row.ref)} is yanked: {escape(row.yank_reason or '')}")
-    return (folder, row) if with_row else folder
+    return folder
 
 
 # -- the store --------------------------------------------------------------------------------------
@@ -323,10 +291,10 @@ def eval_(
         params = env.sampling.model_copy(update={"temperature": temperature,
                                                   **({"max_tokens": max_tokens} if max_tokens else {})})
         label = f"{base_url} {model_name}" if base_url else model_name + (f" + {adapter}" if adapter else "")
-        with console.status(f"running {n} × {group_size} episodes of {resolved.label}…"):
+        with console.status(f"running {n} × {group_size} episodes of {resolved.ref}…"):
             report = asyncio.run(evaluate(env, completer, n=n, group_size=group_size, seed=seed, params=params,
                                           timeout_s=timeout, max_concurrent_groups=concurrency,
-                                          label=resolved.label, model=label))
+                                          label=resolved.ref, model=label))
         report = report.model_copy(update={"metadata": {**report.metadata, "env_digest": resolved.digest}})
         _print_eval(report, resolved.digest)
         if output:
@@ -341,7 +309,7 @@ def _store_eval(resolved: Resolved, report: EvalReport, org: str | None) -> None
     try:
         with hub(org) as h:
             row = EnvironmentRegistry(h.session).record_eval(
-                h.org_id, env_name=resolved.label if resolved.version is None else resolved.name,
+                h.org_id, env_name=resolved.ref if resolved.version is None else resolved.name,
                 env_version=resolved.version, env_digest=resolved.digest, model=report.model,
                 report=report.model_dump(mode="json"), actor=ACTOR)
             console.print(f"[dim]stored as {row.id} in organisation {escape(h.org_name)}[/]", highlight=False)

@@ -17,6 +17,7 @@ sampler logprobs corrects for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import statistics
 import time
@@ -160,10 +161,8 @@ class GRPO:
         """Cancel a prefetch still running (overlap) and drop the sampler snapshot."""
         if self._pending is not None:
             self._pending.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pending
-            except (asyncio.CancelledError, Exception):
-                pass
             self._pending = None
         if self.rl.overlap and self.sampler != self.adapter:
             try:
