@@ -122,12 +122,17 @@ def _printer(total: int) -> Any:
 def runs_list(
     org: str = typer.Option(None, "--org", help="Organisation (name or id)."),
     limit: int = typer.Option(20, "--limit", min=1, help="Newest runs to show."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
     """Training runs, newest first."""
     from teachloop.train.runs import RunStore
 
     with handle_errors(), StoreContext(org) as store:
         runs = RunStore(store.database, store.blobs).list_runs(store.org_id, limit)
+        if as_json:
+            for r in runs:
+                typer.echo(json.dumps(r.__dict__, default=str))
+            return
         table = Table(title=f"runs in {store.org_name}", title_justify="left")
         for col in ("id", "name", "algorithm", "status", "step", "created"):
             table.add_column(col)
