@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +185,9 @@ def runs_show(
         if curve:
             console.print(f"{curve_key}: {sparkline([c for c in curve if c is not None])}")
         if plot is not None:
-            series = {f"train {curve_key}": [(float(s), float(v[curve_key])) for s, v in train if curve_key in v]}
+            series: dict[str, Sequence[tuple[float, float]]] = {f"train {curve_key}": [(float(s), float(v[curve_key])) for s, v in train if curve_key in v]}
             eval_key = "reward_mean" if any("reward_mean" in v for _, v in evals) else "heldout_nll"
-            points = {f"eval {eval_key}": [(float(s), float(v[eval_key])) for s, v in evals if eval_key in v]}
+            points: dict[str, Sequence[tuple[float, float]]] = {f"eval {eval_key}": [(float(s), float(v[eval_key])) for s, v in evals if eval_key in v]}
             plot.write_text(svg_plot(series, points=points, title=f"{run.name} ({run.id})", y_label=curve_key))
             console.print(f"wrote {plot}")
 

@@ -7,6 +7,8 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -48,7 +50,7 @@ def upgrade() -> None:
     op.create_index("ix_training_runs_org_id", "training_runs", ["org_id"])
     op.create_index("ix_training_runs_org_created", "training_runs", ["org_id", "created_at"])
     for table, prefix_cols in (("run_metrics", ("step", "phase")), ("run_checkpoints", ("step",))):
-        cols = [
+        cols: list[sa.Column[Any]] = [
             sa.Column("id", ID, nullable=False),
             sa.Column("run_id", ID, nullable=False),
             sa.Column("step", sa.Integer(), nullable=False),
