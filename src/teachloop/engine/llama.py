@@ -264,6 +264,41 @@ class _PackedLinear(torch.autograd.Function):
         return grad.matmul(weight), None, None, None
 
 
+class _TokenLogprob(torch.autograd.Function):
+    """Fused unembedding + log-softmax + target gather for rows whose unembedding has no LoRA.
+
+    Forward: ``lp[i] = (h W^T)[i, t_i] - logsumexp_j (h W^T)[i, j]`` and the
+    detached entropy; it keeps the chunk's logits (turned into softmax
+    probabilities in place) instead of recomputing them, so the backward is one
+    in-place pass plus one matmul: ``dh = g * (p - onehot(t)) W`` negated.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, packed: Any, targets: torch.Tensor) -> Any:
+        if packed is not None:
+            logits = torch.ops.mkldnn._linear_pointwise(h.contiguous(), packed, None, "none", [], "")
+        else:
+            logits = h.matmul(weight.t())
+        lse = torch.logsumexp(logits, dim=-1)
+        logp = logits.sub_(lse[:, None])  # in place: logits become log-probabilities
+        lp = logp.gather(-1, targets[:, None]).squeeze(-1)
+        probs = logp.exp()
+        ent = -(probs * logp).sum(-1)
+        del logits, logp
+        ctx.save_for_backward(probs, weight, targets)
+        ctx.mark_non_differentiable(ent)
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx: Any, grad_lp: torch.Tensor, grad_ent: Any) -> Any:
+        probs, weight, targets = ctx.saved_tensors
+        # d lp / d logits = onehot - p; scale rows by the incoming gradient
+        g = probs.neg_()
+        g.scatter_add_(-1, targets[:, None], torch.ones_like(targets, dtype=g.dtype)[:, None])
+        g.mul_(grad_lp[:, None])
+        return g.matmul(weight), None, None, None
+
+
 def _base_linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
     if proj.packed is not None and x.dim() == 2 and x.dtype == torch.float32:
         return _PackedLinear.apply(x, proj.weight, proj.packed, proj.bias)  # type: ignore[no-any-return]
@@ -549,9 +584,11 @@ class LlamaForward:
         """Logprob of each ``targets[i]`` under the logits of ``hidden[i]``, chunked over rows.
 
         Never materialises ``[N, vocab]`` float32 logits for more than ``chunk``
-        rows at a time; with autograd on, each chunk is checkpointed so its
-        logits are recomputed in the backward pass instead of kept. Returns
-        ``(logprobs [N], entropy [N] or None)``; entropy is detached.
+        rows at a time. Without LoRA on the unembedding a fused autograd
+        function keeps each chunk's softmax for the backward (one vocab-sized
+        tensor per chunk of rows); with it, each chunk is checkpointed and its
+        logits recomputed in the backward. Returns ``(logprobs [N], entropy [N]
+        or None)``; entropy is detached.
         """
         rows = single(adapter)
         out: list[torch.Tensor] = []
@@ -569,9 +606,12 @@ class LlamaForward:
                 ent = lse.detach() - (torch.softmax(d, dim=-1) * d).sum(-1)
             return lp, ent
 
+        fused = adapter is None or adapter not in self.lm_head.lora
         for lo in range(0, hidden.shape[0], chunk):
             h, t = hidden[lo : lo + chunk], targets[lo : lo + chunk]
-            if grad:
+            if fused:
+                lp, ent = _TokenLogprob.apply(h, self.lm_head.weight, self.lm_head.packed, t)
+            elif grad:
                 lp, ent = torch.utils.checkpoint.checkpoint(piece, h, t, use_reentrant=False)
             else:
                 lp, ent = piece(h, t)

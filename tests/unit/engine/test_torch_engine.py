@@ -212,8 +212,9 @@ def _rl_batch(engine: TorchEngine) -> list[Datum]:
         ("dpo", LossConfig(dpo_beta=0.5)),
     ],
 )
-def test_loss_gradients_match_naive_reference(engine: TorchEngine, loss: str, cfg: LossConfig) -> None:
-    engine.create_adapter("a", LoraSpec(rank=4, seed=0, train_unembed=True))
+@pytest.mark.parametrize("unembed", [True, False], ids=["lora-unembed", "fused-unembed"])
+def test_loss_gradients_match_naive_reference(engine: TorchEngine, loss: str, cfg: LossConfig, unembed: bool) -> None:
+    engine.create_adapter("a", LoraSpec(rank=4, seed=0, train_unembed=unembed))
     _perturb(engine, "a")
     batch = _rl_batch(engine)
     if loss == "cross_entropy":

@@ -1,0 +1,168 @@
+"""GRPO step time and memory: teachloop vs Hugging Face TRL ``GRPOTrainer`` on the same work, same run.
+
+The same task (arithmetic, two-digit + and -, graded on the last number of the
+reply), the same model (SmolLM2-135M-Instruct, float32, CPU), LoRA r=16 /
+alpha 32 on attention and MLP, 4 prompts x 8 completions per step, 32 max new
+tokens, temperature 1, the same learning rate, no KL term (TRL beta=0), no
+vLLM. Both normalise advantages per group, clip the ratio at 0.8/1.2 and
+average the loss over tokens (TRL's default ``loss_type="dapo"``); teachloop
+keeps zero-variance groups here so both train on all 32 sequences. TRL runs
+with its defaults otherwise (gradient checkpointing on).
+
+Each contender runs in its own subprocess (its peak RSS is its own); the
+contenders alternate round by round; the first step of every worker is a
+warm-up and is not counted. Figures: median seconds per step, completion
+tokens per second (completion tokens / step time), peak RSS, and the ratios.
+
+    python bench/grpo_vs_trl.py                    # 2 rounds x 4 timed steps each
+    python bench/grpo_vs_trl.py --rounds 1 --steps 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS, GROUP, MAX_NEW, LR, RANK, ALPHA = 4, 8, 32, 2e-4, 16, 32
+LEVEL = 2
+
+
+def _model_dir() -> Path:
+    from teachloop.core.settings import Settings
+    from teachloop.engine.models import ensure_default_model
+
+    return ensure_default_model(Settings.from_env())
+
+
+def run_teachloop(steps: int) -> dict[str, Any]:
+    from teachloop.engine.torch_engine import TorchEngine
+    from teachloop.render import Renderer
+    from teachloop.train.config import OptimSection, RLSection
+    from teachloop.train.envref import resolve_env
+    from teachloop.train.grpo import GRPO
+    from teachloop.train.config import LoraSection
+
+    path = _model_dir()
+    engine = TorchEngine(path, device="cpu")
+    renderer = Renderer.from_pretrained(path)
+    engine.create_adapter("bench", LoraSection(rank=RANK, alpha=ALPHA).spec(seed=0))
+    rl = RLSection(env="arithmetic", env_args={"level": LEVEL}, prompts_per_step=PROMPTS, group_size=GROUP,
+                   max_tokens=MAX_NEW, temperature=1.0, loss="ppo", drop_zero_variance=False)
+    algo = GRPO(rl=rl, optim=OptimSection(lr=LR, grad_clip=1.0), total_steps=steps, seed=0,
+                env=resolve_env("arithmetic", level=LEVEL), engine=engine, renderer=renderer, adapter="bench")
+    times, tokens, rewards = [], [], []
+
+    async def go() -> None:
+        for s in range(steps):
+            m = await algo.step(s)
+            times.append(m["step_seconds"])
+            tokens.append(m["completion_tokens"])
+            rewards.append(m["reward_mean"])
+
+    asyncio.run(go())
+    return {"step_seconds": times, "completion_tokens": tokens, "reward_mean": rewards}
+
+
+def run_trl(steps: int) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from teachloop.envs import Arithmetic, to_trl_reward
+
+    path = _model_dir()
+    env = Arithmetic(level=LEVEL)
+    tasks = env.take(PROMPTS * (steps + 2), seed=0)
+    data = Dataset.from_list([{"prompt": [m.to_openai() for m in t.prompt], "answer": t.answer} for t in tasks])
+    reward = to_trl_reward(env.grader, answer_column="answer")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    times: list[float] = []
+    lengths: list[float] = []
+    rewards: list[float] = []
+
+    class Timer(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"] * PROMPTS * GROUP)
+                rewards.append(logs.get("reward", 0.0))
+
+    args = GRPOConfig(
+        output_dir=os.environ.get("TMPDIR", "/tmp") + "/trl-bench", per_device_train_batch_size=PROMPTS * GROUP,
+        num_generations=GROUP, max_completion_length=MAX_NEW, learning_rate=LR, beta=0.0, use_vllm=False,
+        temperature=1.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        bf16=False, seed=0, dataloader_num_workers=0,
+    )
+    peft = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok,
+                          peft_config=peft, callbacks=[Timer()])
+    trainer.train()
+    return {"step_seconds": times, "completion_tokens": lengths, "reward_mean": rewards}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (each contender once per round)")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per worker (plus one warm-up step)")
+    ap.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
+    ap.add_argument("--worker", choices=["teachloop", "trl"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        fig = (run_teachloop if args.worker == "teachloop" else run_trl)(args.steps + 1)
+        fig["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(fig))
+        return
+    _model_dir()
+    raw: dict[str, list[dict[str, Any]]] = {"teachloop": [], "trl": []}
+    for rnd in range(args.rounds):
+        for who in (["teachloop", "trl"] if rnd % 2 == 0 else ["trl", "teachloop"]):
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--worker", who, "--steps", str(args.steps)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{who} failed:\n{proc.stderr[-4000:]}")
+            fig = json.loads(proc.stdout.strip().splitlines()[-1])
+            raw[who].append(fig)
+            print(f"round {rnd + 1} {who:9s}: steps {[round(s, 1) for s in fig['step_seconds']]} "
+                  f"rss {fig['peak_rss_mb']:.0f} MB  ({time.perf_counter() - t0:.0f} s wall)", file=sys.stderr)
+    summary: dict[str, dict[str, float]] = {}
+    for who, figs in raw.items():
+        secs = [s for f in figs for s in f["step_seconds"][1:]]
+        toks = [t for f in figs for t in f["completion_tokens"][1:]]
+        tps = [t / s for f in figs for t, s in zip(f["completion_tokens"][1:], f["step_seconds"][1:], strict=False)]
+        summary[who] = {"median_step_s": statistics.median(secs), "completion_tokens_per_s": statistics.median(tps),
+                        "mean_completion_tokens": statistics.fmean(toks) if toks else 0.0,
+                        "peak_rss_mb": max(f["peak_rss_mb"] for f in figs), "timed_steps": len(secs)}
+    t, r = summary["teachloop"], summary["trl"]
+    print("\n| contender | timed steps | median s/step | completion tokens/s | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for who, s in summary.items():
+        print(f"| {who} | {s['timed_steps']:.0f} | {s['median_step_s']:.2f} | {s['completion_tokens_per_s']:.1f} "
+              f"| {s['peak_rss_mb']:.0f} |")
+    print(f"\nstep time teachloop / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.25)")
+    print(f"peak RSS  teachloop / TRL = {t['peak_rss_mb'] / r['peak_rss_mb']:.3f} (target <= 0.5)")
+    print(f"completion tokens/s teachloop / TRL = {t['completion_tokens_per_s'] / r['completion_tokens_per_s']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"raw": raw, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
