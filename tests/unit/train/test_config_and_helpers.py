@@ -86,3 +86,11 @@ def test_sft_rows_that_do_not_fit_are_skipped_and_counted(tmp_path: Path, render
     assert (data.total, len(data.items), dict(data.skipped)) == (20, 18, {"invalid_json": 1, "template": 1})
     with pytest.raises(InvalidInput, match="2 of 20 rows"):
         load_sft(f, renderer, max_seq_len=512, max_skipped_frac=0.05)
+
+
+@pytest.mark.parametrize("name", ["grpo-arithmetic.toml", "sft-chat.toml", "dpo-prefs.toml"])
+def test_example_configs_validate(name: str) -> None:
+    root = Path(__file__).resolve().parents[3]
+    cfg = load_config(root / "examples" / "train" / name)
+    if cfg.data is not None:
+        assert (root / cfg.data.train).is_file()
