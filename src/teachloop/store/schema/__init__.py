@@ -17,18 +17,24 @@ from teachloop.store.schema.base import (
     ref_column,
     utc_now,
 )
+from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange
 from teachloop.store.schema.environments import EnvironmentEval, EnvironmentVersion
 from teachloop.store.schema.jobs import JobRow, JobStatus
 from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
 from teachloop.store.schema.tenancy import ApiKey, Membership, Organisation, User
+from teachloop.store.schema.traces import Feedback, Trace
 
 __all__ = [
     "GLOBAL_TABLE",
+    "AdapterVersion",
     "ApiKey",
     "AuditEvent",
     "Base",
+    "Deployment",
+    "DeploymentChange",
     "EnvironmentEval",
     "EnvironmentVersion",
+    "Feedback",
     "JSONType",
     "JobRow",
     "JobStatus",
@@ -38,6 +44,7 @@ __all__ = [
     "RunCheckpoint",
     "RunMetric",
     "Timestamps",
+    "Trace",
     "TrainingRun",
     "UTCDateTime",
     "User",
