@@ -9,11 +9,16 @@ constructor arguments.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from teachloop.core.settings import Settings
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.store.queue import JobQueue
+
+if TYPE_CHECKING:  # the engine and serving runtime are built by the CLI (torch stays unimported here)
+    from teachloop.engine.base import Engine
+    from teachloop.serve.service import Serving
 
 
 @dataclass
@@ -24,12 +29,17 @@ class AppDeps:
         settings: the resolved settings.
         database: the system of record (migrated).
         blobs: where adapters and dataset snapshots live.
+        engine: the loaded engine, when this process has one (shared by serving and training).
+        serving: the serving runtime (``serve.Serving``); None gives one without an engine
+            (deployments, traces and feedback work; chat completions answer 503).
         queue: the job queue over ``database`` (derived, not passed).
     """
 
     settings: Settings
     database: Database
     blobs: BlobStore
+    engine: Engine | None = None
+    serving: Serving | None = None
     queue: JobQueue = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,7 +57,9 @@ class AppDeps:
             raise
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Stop serving (if any), then release the database connections."""
+        if self.serving is not None:
+            self.serving.close()
         self.database.close()
 
 

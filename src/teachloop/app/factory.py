@@ -3,6 +3,9 @@
 The factory wires; it holds no state of its own and opens nothing: the caller
 builds ``AppDeps`` and closes them. Every router in ``routes.PROTECTED`` is
 mounted behind ``require_principal``; only ``routes.PUBLIC`` (``/healthz``) is open.
+The serving routers (``/v1``, ``/api/deployments``, ``/api/traces``, ...) find the
+``serve.Serving`` runtime on ``app.state.serving``: ``deps.serving``, or one without
+an engine (it starts no threads) when the caller built none.
 There are no interactive docs pages (they would load scripts from a CDN); the
 OpenAPI document is served, authenticated, at ``/api/openapi.json``.
 """
@@ -16,6 +19,7 @@ from teachloop.app.auth import require_principal
 from teachloop.app.deps import AppDeps
 from teachloop.app.errors import install_error_handlers
 from teachloop.app.routes import PROTECTED, PUBLIC
+from teachloop.serve.service import Serving
 
 
 def create_app(deps: AppDeps) -> FastAPI:
@@ -29,6 +33,7 @@ def create_app(deps: AppDeps) -> FastAPI:
         redoc_url=None,
     )
     app.state.deps = deps
+    app.state.serving = deps.serving or Serving(deps.database, deps.blobs)
     install_error_handlers(app)
     for router in PUBLIC:
         app.include_router(router)

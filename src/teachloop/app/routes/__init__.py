@@ -3,8 +3,9 @@
 from fastapi import APIRouter
 
 from teachloop.app.routes import meta
+from teachloop.serve import openai_api, rest
 
 PUBLIC: list[APIRouter] = [meta.public]
-PROTECTED: list[APIRouter] = [meta.api]
+PROTECTED: list[APIRouter] = [meta.api, openai_api.router, rest.router]
 
 __all__ = ["PROTECTED", "PUBLIC"]

@@ -1,0 +1,67 @@
+"""teachloop.serve (layer L3): OpenAI-compatible inference with adapters, batching, traces and feedback.
+
+- ``Serving`` (``service``): model name -> deployment -> adapter version ->
+  rendered prompt -> ``Scheduler`` job -> replies -> durable trace.
+- ``Scheduler`` (``scheduler``): one thread per engine, continuous batching of
+  every request whatever its adapter.
+- ``AdapterPool`` / ``publish_adapter`` (``adapters``): adapter versions in the
+  blob store and on the engine.
+- ``TraceWriter`` (``traces``): one writer thread, group commits, a response
+  only after its trace committed.
+- HTTP routers: ``openai_api.router`` (``/v1``) and ``rest.router`` (``/api``),
+  mounted by the app behind its authentication; ``export`` writes traces as
+  OpenAI JSONL or a Hugging Face dataset.
+
+The registry itself (adapter versions, deployments, traces, feedback) is in
+``store.repos.deployments`` and ``store.repos.traces``. Nothing here imports
+torch at import time; the scheduler imports the engine's sampler when it starts.
+"""
+
+from teachloop.serve.adapters import AdapterPool, engine_name, folder_digest, publish_adapter
+from teachloop.serve.export import chat_row, export_hf, export_jsonl, iter_traces
+from teachloop.serve.scheduler import (
+    AsyncSink,
+    BatchingEngine,
+    GenerationJob,
+    Scheduler,
+    SchedulerStats,
+    TokenSink,
+)
+from teachloop.serve.service import (
+    ChatInput,
+    ChatRun,
+    ModelNotFound,
+    Reply,
+    Serving,
+    ServingConfig,
+    Target,
+    canary_bucket,
+)
+from teachloop.serve.traces import TraceWriter, TraceWriterStats
+
+__all__ = [
+    "AdapterPool",
+    "AsyncSink",
+    "BatchingEngine",
+    "ChatInput",
+    "ChatRun",
+    "GenerationJob",
+    "ModelNotFound",
+    "Reply",
+    "Scheduler",
+    "SchedulerStats",
+    "Serving",
+    "ServingConfig",
+    "Target",
+    "TokenSink",
+    "TraceWriter",
+    "TraceWriterStats",
+    "canary_bucket",
+    "chat_row",
+    "engine_name",
+    "export_hf",
+    "export_jsonl",
+    "folder_digest",
+    "iter_traces",
+    "publish_adapter",
+]

@@ -1,0 +1,458 @@
+"""``Serving``: a chat request from model name to sampled replies and a durable trace.
+
+``Serving`` ties the parts together: it resolves the ``model`` a client names
+(a deployment of the caller's organisation, or the served base model id) to
+what serves it, renders the messages with the model's chat template, holds
+the adapter version on the engine (``AdapterPool``), runs the job on the
+``Scheduler`` and, once the replies are complete, writes the trace through the
+``TraceWriter`` and waits for its commit. ``open_chat`` returns a ``ChatRun``;
+the OpenAI layer reads its events (streaming) or its results, builds the
+response, and calls ``record`` before answering.
+
+Deployments are read from the database on every request, so a change made by
+any process (REST, ``teachloop deploy``, the loop) applies to the next request
+without a restart; requests already running keep the adapter they started
+with, which is unloaded once none holds it. A canary arm is chosen by a hash of
+(deployment, ``user``) -- the same user always gets the same arm at a given
+percentage -- or at random when the request has no ``user``.
+
+Without an engine (``engine=None``) the registry, traces and feedback work and
+chat completions answer 503. Threads start in ``start`` and stop in ``close``;
+nothing starts on construction. This module knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from teachloop.core.chat import Message, ToolSpec
+from teachloop.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable, TeachloopError
+from teachloop.core.ids import new_id
+from teachloop.core.sampling import SampledSequence, SamplingParams
+from teachloop.core.tenancy import Principal
+from teachloop.render.renderer import Renderer
+from teachloop.serve.adapters import AdapterPool
+from teachloop.serve.scheduler import AsyncSink, BatchingEngine, GenerationJob, Scheduler, SinkEvent
+from teachloop.serve.text import TextStream, TokenText, cut_at_stops
+from teachloop.serve.traces import TraceWriter
+from teachloop.store.blobs import BlobStore
+from teachloop.store.db import Database
+from teachloop.store.repos.deployments import AdapterVersions, Deployments
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(NotFound):
+    """The ``model`` is neither a deployment of the caller's organisation nor a served base model (404)."""
+
+    code = "model_not_found"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Limits and knobs of a serving process.
+
+    Attributes:
+        max_rows: rows (sequences) decoded together at most; a request takes ``n`` rows.
+        max_queue: requests waiting for rows at most; more are refused with 503.
+        max_n: largest ``n`` accepted.
+        default_max_tokens: reply length when the request sets none (capped by the context).
+        max_loaded_adapters: adapter versions kept on the engine at once.
+        sync_interval_s: how often deployments are re-read to preload and unload adapters.
+        capture_traces: store every completion (turn off only to measure its cost).
+    """
+
+    max_rows: int = 32
+    max_queue: int = 256
+    max_n: int = 16
+    default_max_tokens: int = 512
+    max_loaded_adapters: int = 8
+    sync_interval_s: float = 2.0
+    capture_traces: bool = True
+
+
+@dataclass(frozen=True)
+class Target:
+    """What serves a request: the base model, and for a deployment its adapter version and arm."""
+
+    model: str
+    base_model: str
+    deployment_id: str | None = None
+    deployment_revision: int | None = None
+    arm: str | None = None
+    adapter_version_id: str | None = None
+    adapter_ref: str | None = None
+    digest: str | None = None
+    blob_key: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """``system_fingerprint``: ``tl-base`` or ``tl-`` and 12 hex digits of the adapter digest."""
+        return "tl-base" if self.digest is None else "tl-" + self.digest.removeprefix("sha256:")[:12]
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    """A validated chat request, independent of the HTTP shape it came in."""
+
+    model: str
+    messages: list[Message]
+    tools: list[ToolSpec] | None = None
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    user: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    stream: bool = False
+    include_usage: bool = False
+    trace_messages: list[dict[str, Any]] = field(default_factory=list)
+    trace_tools: list[dict[str, Any]] | None = None
+    trace_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One finished choice: the parsed assistant message and its tokens (stop token removed)."""
+
+    index: int
+    message: Message
+    finish_reason: str
+    tokens: list[int]
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]] | None
+    completion_tokens: int
+
+
+def canary_bucket(deployment_id: str, user: str) -> int:
+    """The user's bucket 0-99 for a deployment's canary split (stable across processes)."""
+    digest = hashlib.sha256(f"{deployment_id}\0{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+class Serving:
+    """The serving runtime of one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        database: Database,
+        blobs: BlobStore,
+        *,
+        engine: BatchingEngine | None = None,
+        renderer: Renderer | None = None,
+        base_model: str | None = None,
+        config: ServingConfig | None = None,
+    ) -> None:
+        if engine is not None and (renderer is None or not base_model):
+            raise InvalidInput("serving an engine needs its renderer and base model id", param="renderer")
+        self.database = database
+        self.blobs = blobs
+        self.engine = engine
+        self.renderer = renderer
+        self.base_model = base_model if engine is not None else None
+        self.config = config or ServingConfig()
+        self.scheduler = (
+            Scheduler(engine, max_rows=self.config.max_rows, max_queue=self.config.max_queue)
+            if engine is not None else None
+        )
+        self.pool = AdapterPool(engine, blobs, max_loaded=self.config.max_loaded_adapters) if engine else None
+        self.traces = TraceWriter(database)
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        self._stop_ids: list[int] = []
+        self._stop_texts: list[str] = []
+        self.token_text = TokenText(renderer.tokenizer) if renderer is not None else None
+        if renderer is not None and engine is not None:
+            self._stop_ids = sorted(set(renderer.stop_token_ids()) | set(engine.eos_token_ids))
+            self._stop_texts = list(dict.fromkeys([*renderer.stop_sequences(), *map(self._decode1, self._stop_ids)]))
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a reply (the template's end-of-turn and the model's EOS)."""
+        return list(self._stop_ids)
+
+    def _decode1(self, token: int) -> str:
+        assert self.renderer is not None
+        return self.renderer.decode([token])
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the trace writer, the scheduler and the adapter maintenance thread."""
+        self.traces.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
+            self._stop.clear()
+            self._maintenance = threading.Thread(target=self._maintain, name="teachloop-adapters", daemon=True)
+            self._maintenance.start()
+
+    def close(self) -> None:
+        """Stop accepting work: fail what is queued or running, flush the traces, stop the threads."""
+        self._stop.set()
+        if self.pool is not None:
+            self.pool.needs_sync.set()
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self._maintenance is not None:
+            self._maintenance.join(10)
+        self.traces.close()
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether chat completions can run (an engine is loaded and the scheduler runs)."""
+        return self.scheduler is not None and self.scheduler.running
+
+    def _maintain(self) -> None:
+        assert self.pool is not None
+        while not self._stop.is_set():
+            try:
+                self.sync_adapters()
+            except TeachloopError as err:
+                log.warning("adapter sync failed: %s", err)
+            except Exception:
+                log.exception("adapter sync failed")
+            self.pool.needs_sync.wait(self.config.sync_interval_s)
+
+    def sync_adapters(self) -> None:
+        """Load the adapter versions deployments serve now; unload idle ones nothing serves any more."""
+        if self.pool is None or self.base_model is None:
+            return
+        with self.database.session(write=False) as session:
+            wanted = {v.digest: v.blob_key for v in Deployments(session).served_versions(self.base_model)}
+        self.pool.sync(wanted)
+
+    # ------------------------------------------------------------------ resolution
+    def served_models(self) -> list[str]:
+        """Base model ids this process serves without an adapter."""
+        return [self.base_model] if self.base_model else []
+
+    def resolve(self, org_id: str, model: str, user: str | None = None) -> Target:
+        """What serves ``model`` for this organisation; ``ModelNotFound`` (404) when nothing does."""
+        with self.database.session(write=False) as session:
+            dep = Deployments(session).find(org_id, model)
+            if dep is None:
+                if model in self.served_models():
+                    return Target(model=model, base_model=model)
+                raise ModelNotFound(
+                    f"the model {model!r} does not exist or you do not have access to it", param="model"
+                )
+            version_id, arm = dep.adapter_version_id, "primary"
+            if dep.canary_version_id and dep.canary_percent > 0:
+                bucket = canary_bucket(dep.id, user) if user else random.randrange(100)
+                if bucket < dep.canary_percent:
+                    version_id, arm = dep.canary_version_id, "canary"
+            target = Target(
+                model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
+                arm=arm,
+            )
+            if version_id is None:
+                return target
+            version = AdapterVersions(session).get(org_id, version_id)
+            return Target(
+                model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
+                arm=arm, adapter_version_id=version.id, adapter_ref=version.ref, digest=version.digest,
+                blob_key=version.blob_key,
+            )
+
+    # ------------------------------------------------------------------ chat
+    async def open_chat(self, principal: Principal, chat: ChatInput) -> ChatRun:
+        """Resolve, render, hold the adapter and queue the job; the caller must ``close`` the run."""
+        started = time.perf_counter()
+        created = datetime.now(UTC)
+        prepared = await asyncio.to_thread(self._prepare, principal.org_id, chat)
+        target, prompt, params, adapter = prepared
+        sink = AsyncSink()
+        job = GenerationJob(prompt, chat.n, params, adapter, sink, top_logprobs=chat.top_logprobs if chat.logprobs else 0)
+        try:
+            assert self.scheduler is not None
+            self.scheduler.submit(job)
+        except BaseException:
+            if adapter is not None and self.pool is not None:
+                self.pool.release(adapter)
+            raise
+        return ChatRun(self, principal, chat, target, prompt, job, sink, adapter, started, created)
+
+    def _prepare(self, org_id: str, chat: ChatInput) -> tuple[Target, list[int], SamplingParams, str | None]:
+        target = self.resolve(org_id, chat.model, chat.user)
+        if self.engine is None or self.renderer is None or not self.can_generate:
+            raise ServiceUnavailable("no model is loaded on this server; chat completions are unavailable")
+        if target.base_model != self.base_model:
+            raise ServiceUnavailable(
+                f"model {chat.model!r} runs on base model {target.base_model!r}, which this server does not serve "
+                f"(it serves {self.base_model!r})"
+            )
+        context = self.engine.context_length
+        if chat.n > min(self.config.max_n, self.config.max_rows):
+            raise InvalidInput(f"n must be at most {min(self.config.max_n, self.config.max_rows)}", param="n")
+        if chat.max_tokens is not None and chat.max_tokens > context:
+            raise InvalidInput(
+                f"max_tokens is {chat.max_tokens}; this model's context is {context} tokens", param="max_tokens"
+            )
+        prompt = self.renderer.build_prompt(chat.messages, chat.tools)
+        if len(prompt) >= context:
+            raise PayloadTooLarge(
+                f"this model's maximum context length is {context} tokens; the messages take {len(prompt)} tokens",
+                param="messages",
+            )
+        room = context - len(prompt)
+        wanted = chat.max_tokens if chat.max_tokens is not None else self.config.default_max_tokens
+        stop: tuple[str, ...] | tuple[int, ...]
+        stop = (*chat.stop, *self._stop_texts) if chat.stop else tuple(self._stop_ids)
+        params = SamplingParams(
+            max_tokens=min(wanted, room),
+            temperature=chat.temperature if chat.top_p > 0 else 0.0,
+            top_p=chat.top_p if chat.top_p > 0 else 1.0,
+            stop=stop,
+            seed=chat.seed,
+        )
+        adapter = None
+        if target.digest is not None and target.blob_key is not None:
+            assert self.pool is not None
+            adapter = self.pool.acquire(target.digest, target.blob_key)
+        return target, prompt, params, adapter
+
+    def text_stream(self, chat: ChatInput) -> TextStream:
+        """A ``TextStream`` with this request's stop tokens and strings."""
+        assert self.renderer is not None
+        return TextStream(self.renderer.decode, stop_ids=self._stop_ids, stops=(*chat.stop, *self._stop_texts))
+
+    def reply(self, chat: ChatInput, index: int, seq: SampledSequence) -> Reply:
+        """The assistant message of one sampled sequence (tool calls parsed when tools were offered)."""
+        assert self.renderer is not None
+        tokens, logprobs = list(seq.tokens), list(seq.logprobs)
+        top = seq.extras.get("top_logprobs") if seq.extras else None
+        tops: list[list[tuple[int, float]]] | None = list(top) if isinstance(top, list) else None
+        stops = set(self._stop_ids)
+        cut = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+        visible = tokens[:cut]
+        text, _ = cut_at_stops(self.renderer.decode(visible), (*chat.stop, *self._stop_texts))
+        if chat.tools:
+            message = self.renderer.parse_reply(text, chat.tools)
+        else:  # no tools offered: the text is the content, exactly as streamed
+            message = Message(role="assistant", content=text)
+        finish: str = seq.stop_reason
+        if finish != "length" and message.tool_calls:
+            finish = "tool_calls"
+        return Reply(
+            index=index, message=message, finish_reason=finish, tokens=visible, logprobs=logprobs[:cut],
+            top=tops[:cut] if tops is not None else None, completion_tokens=len(tokens),
+        )
+
+
+class ChatRun:
+    """One chat request in flight: its events, its replies, its trace."""
+
+    def __init__(
+        self,
+        serving: Serving,
+        principal: Principal,
+        chat: ChatInput,
+        target: Target,
+        prompt: list[int],
+        job: GenerationJob,
+        sink: AsyncSink,
+        adapter: str | None,
+        started: float,
+        created: datetime,
+    ) -> None:
+        self.serving = serving
+        self.principal = principal
+        self.chat = chat
+        self.target = target
+        self.prompt_tokens = len(prompt)
+        self.trace_id = new_id("tr")
+        self.created = created
+        self.ttft_ms: float | None = None
+        self._job = job
+        self._sink = sink
+        self._adapter = adapter
+        self._started = started
+        self._finished = False
+        self._closed = False
+
+    @property
+    def completion_id(self) -> str:
+        """The OpenAI completion id: ``chatcmpl-<trace id>``."""
+        return f"chatcmpl-{self.trace_id}"
+
+    async def events(self) -> AsyncIterator[SinkEvent]:
+        """Token batches, then one ``done`` (or raises the generation's error)."""
+        while True:
+            kind, payload = await self._sink.queue.get()
+            if kind == "error":
+                self._finished = True
+                raise payload
+            if kind == "tokens" and self.ttft_ms is None:
+                self.ttft_ms = (time.perf_counter() - self._started) * 1000
+            yield kind, payload
+            if kind == "done":
+                self._finished = True
+                return
+
+    async def replies(self) -> list[Reply]:
+        """Wait for every choice and parse them."""
+        async for kind, payload in self.events():
+            if kind == "done":
+                return [self.serving.reply(self.chat, i, seq) for i, seq in enumerate(payload)]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def record(self, replies: list[Reply]) -> None:
+        """Write the trace and wait until it is committed (call before answering)."""
+        if not self.serving.config.capture_traces:
+            return
+        chat, target = self.chat, self.target
+        completion = sum(r.completion_tokens for r in replies)
+        values = {
+            "id": self.trace_id,
+            "org_id": self.principal.org_id,
+            "key_id": self.principal.key_id,
+            "model": chat.model,
+            "deployment_id": target.deployment_id,
+            "deployment_revision": target.deployment_revision,
+            "arm": target.arm,
+            "adapter_version_id": target.adapter_version_id,
+            "base_model": target.base_model,
+            "messages": chat.trace_messages,
+            "tools": chat.trace_tools,
+            "choices": [
+                {"index": r.index, "message": r.message.to_openai(), "finish_reason": r.finish_reason,
+                 "completion_tokens": r.completion_tokens}
+                for r in replies
+            ],
+            "params": chat.trace_params,
+            "finish_reason": replies[0].finish_reason if replies else "stop",
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "latency_ms": (time.perf_counter() - self._started) * 1000,
+            "ttft_ms": self.ttft_ms,
+            "stream": chat.stream,
+            "user": chat.user,
+            "request_metadata": dict(chat.metadata),
+            "created_at": self.created,
+        }
+        await self.serving.traces.write(values)
+
+    def close(self) -> None:
+        """Cancel the job if it is still running and let go of the adapter (idempotent, never blocks)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._finished and self.serving.scheduler is not None:
+            self.serving.scheduler.cancel(self._job)
+        if self._adapter is not None and self.serving.pool is not None:
+            self.serving.pool.release(self._adapter)
+
+
+__all__ = ["ChatInput", "ChatRun", "ModelNotFound", "Reply", "Serving", "ServingConfig", "Target", "canary_bucket"]

@@ -1,0 +1,165 @@
+"""Trace capture: one writer thread, group commits, and an acknowledgement per trace.
+
+``TraceWriter(database)`` owns a thread that takes trace rows (dicts of
+``store.schema.Trace`` columns) from a queue and writes everything waiting in
+one transaction: while one commit runs, the next batch gathers, so under load
+many traces share a commit and an idle server commits each trace at once
+(no timer). ``submit`` returns a ``concurrent.futures.Future`` the writer
+resolves only after the transaction holding that row has committed; ``write``
+awaits it from a coroutine. The HTTP layer answers a request only once its
+trace's future resolved, so a crash (even SIGKILL) never loses the trace of an
+answered call: committed means in the database file (SQLite WAL) or on the
+server (PostgreSQL).
+
+If a batch fails, its rows are retried one by one, so one bad row fails only
+its own request. After ``close`` nothing more is accepted (``ServiceUnavailable``);
+rows already queued are written first. This module knows nothing of HTTP or
+engines; it writes rows it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from teachloop.core.errors import ServiceUnavailable
+from teachloop.store.db import Database
+from teachloop.store.repos.traces import Traces
+from teachloop.store.schema.traces import Trace
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class TraceWriterStats:
+    """What the writer has done so far."""
+
+    pending: int
+    rows_written: int
+    commits: int
+    rows_per_commit: float
+    commit_ms_mean: float
+    failures: int
+
+
+def trace_row(values: dict[str, Any]) -> Trace:
+    """A ``Trace`` from column values; JSON columns given as None stay SQL NULL."""
+    return Trace(**{k: v for k, v in values.items() if v is not None or k not in ("tools",)})
+
+
+class TraceWriter:
+    """Batches trace inserts off the request path (see the module docstring)."""
+
+    def __init__(self, database: Database, *, max_batch: int = 256, name: str = "teachloop-traces") -> None:
+        self.database = database
+        self.max_batch = max_batch
+        self.name = name
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._rows = self._commits = self._failures = 0
+        self._commit_ms = 0.0
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        self._queue.put(_STOP)
+        if thread is not None:
+            thread.join(timeout)
+
+    def submit(self, values: dict[str, Any]) -> Future[None]:
+        """Queue one trace row; the future resolves once it is committed (or fails with the write's error)."""
+        future: Future[None] = Future()
+        with self._lock:
+            if self._closed or self._thread is None:
+                raise ServiceUnavailable("trace capture is not running; the request was not answered")
+            self._queue.put((values, future))
+        return future
+
+    async def write(self, values: dict[str, Any]) -> None:
+        """Queue one trace row and wait until it is committed."""
+        await asyncio.wrap_future(self.submit(values))
+
+    def stats(self) -> TraceWriterStats:
+        """Rows and commits so far."""
+        return TraceWriterStats(
+            pending=self._queue.qsize(),
+            rows_written=self._rows,
+            commits=self._commits,
+            rows_per_commit=self._rows / self._commits if self._commits else 0.0,
+            commit_ms_mean=self._commit_ms,
+            failures=self._failures,
+        )
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[dict[str, Any], Future[None]]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            with self.database.session() as session:
+                Traces(session).add_many(trace_row(values) for values, _ in batch)
+        except Exception as err:
+            if len(batch) > 1:
+                for one in batch:
+                    self._write([one])
+                return
+            self._failures += 1
+            log.error("could not store trace %s: %s", batch[0][0].get("id"), err)
+            _settle(batch[0][1], err)
+            return
+        ms = (time.perf_counter() - t0) * 1000
+        self._commit_ms = ms if self._commits == 0 else 0.9 * self._commit_ms + 0.1 * ms
+        self._commits += 1
+        self._rows += len(batch)
+        for _, future in batch:
+            _settle(future, None)
+
+
+def _settle(future: Future[None], error: BaseException | None) -> None:
+    if future.set_running_or_notify_cancel():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+__all__ = ["TraceWriter", "TraceWriterStats", "trace_row"]
