@@ -28,6 +28,8 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("teachloop.cli.env", "env"),
     ("teachloop.cli.train", None),  # train
     ("teachloop.cli.train:runs_app", "runs"),
+    ("teachloop.cli.deploy", "deploy"),
+    ("teachloop.cli.traces", "traces"),
 ]
 
 

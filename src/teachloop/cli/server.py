@@ -2,9 +2,14 @@
 
 - ``up``: everything on one machine -- migrate the database, create the first
   organisation and key if there is none, make sure the default model is
-  pulled, then serve the API with an in-process worker.
-- ``serve``: the API only (the database must already be migrated).
+  pulled, then serve the API (inference included) with an in-process worker.
+- ``serve``: the API and inference only (the database must already be migrated).
 - ``worker``: a worker only, for scaling out next to ``serve`` on PostgreSQL.
+
+Inference (``/v1/chat/completions``) runs when the configured model
+(``TEACHLOOP_MODEL``) is in the cache: the engine is loaded and the serving
+scheduler and trace writer start with the server. Without the model, or with
+``--no-inference``, the rest of the API runs and chat completions answer 503.
 
 These commands start threads and the server's event loop; nothing below
 ``cli/`` does. Stop them with Ctrl+C or SIGTERM: the worker finishes its
@@ -73,13 +78,48 @@ def _ensure_model(config: Settings) -> None:
     console.print(f"model ready at {path}", highlight=False)
 
 
-def _banner(deps: AppDeps, host: str, port: int, worker: str) -> None:
+def _start_serving(deps: AppDeps, config: Settings, *, inference: bool) -> str:
+    """Build and start ``deps.serving`` (with the engine when the model is there); returns the banner line."""
+    from teachloop.core.errors import TeachloopError
+    from teachloop.serve import Serving
+
+    reason = "off (--no-inference)"
+    if inference and config.engine != "torch":
+        reason = f"off (TEACHLOOP_ENGINE={config.engine} cannot serve)"
+    elif inference:
+        try:
+            from teachloop.engine.models import resolve_model
+
+            path = resolve_model(config, config.model, download=False)
+        except TeachloopError as err:
+            reason = f"off ({err})"
+        else:
+            from teachloop.engine.torch_engine import TorchEngine
+            from teachloop.render import Renderer
+
+            console.print(f"loading {config.model!r} for inference ...", highlight=False)
+            engine = TorchEngine(path, device=config.device)
+            deps.engine = engine
+            deps.serving = Serving(
+                deps.database, deps.blobs, engine=engine, renderer=Renderer.from_pretrained(path),
+                base_model=config.model,
+            )
+            deps.serving.start()
+            limits = deps.serving.config
+            return f"{config.model} on {engine.device} (batch up to {limits.max_rows} rows, traces on)"
+    deps.serving = Serving(deps.database, deps.blobs)
+    deps.serving.start()
+    return reason
+
+
+def _banner(deps: AppDeps, host: str, port: int, worker: str, inference: str) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
     lines = [
         f"[bold]teachloop {__version__}[/] is serving at {url}",
         f"  health    {url}/healthz",
         f"  API       {url}/api/whoami  (header: Authorization: Bearer $TEACHLOOP_API_KEY)",
+        f"  OpenAI    {url}/v1  (inference: {inference})",
         f"  worker    {worker}",
         f"  database  {deps.database.display_url}",
         f"  blobs     {deps.blobs.url}",
@@ -90,7 +130,7 @@ def _banner(deps: AppDeps, host: str, port: int, worker: str) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def _run_server(deps: AppDeps, host: str, port: int, *, worker: bool) -> None:
+def _run_server(deps: AppDeps, host: str, port: int, *, worker: bool, inference: bool = True) -> None:
     """Serve ``deps`` on ``host:port`` (with an in-process worker thread if asked) until stopped."""
     import uvicorn
 
@@ -102,6 +142,7 @@ def _run_server(deps: AppDeps, host: str, port: int, *, worker: bool) -> None:
     sock: socket.socket | None = None
     try:
         sock = _listen(host, port)
+        serving = _start_serving(deps, deps.settings, inference=inference)
         described = "none in this process; start some with `teachloop worker`"
         if worker:
             handlers = job_handlers(deps)
@@ -110,7 +151,7 @@ def _run_server(deps: AppDeps, host: str, port: int, *, worker: bool) -> None:
                 target=runner.run_forever, args=(stop,), name="teachloop-worker", daemon=True
             )
             described = f"in-process ({runner.worker_id}; kinds: {', '.join(sorted(handlers))})"
-        _banner(deps, host, port, described)
+        _banner(deps, host, port, described, serving)
         server = uvicorn.Server(uvicorn.Config(create_app(deps), log_level="info", access_log=False))
         if thread is not None:
             thread.start()
@@ -141,6 +182,7 @@ def up(
         envvar="TEACHLOOP_SKIP_MODEL_PULL",
         help="Do not check or pull the default model.",
     ),
+    no_inference: bool = typer.Option(False, "--no-inference", help="Do not load the model; /v1 answers 503."),
 ) -> None:
     """Start teachloop on this machine: database, first key, model, API and worker."""
     from teachloop.app import AppDeps
@@ -166,22 +208,23 @@ def up(
         except BaseException:
             database.close()
             raise
-        _run_server(deps, host, port, worker=not no_worker)
+        _run_server(deps, host, port, worker=not no_worker, inference=not no_inference)
 
 
 @app.command()
 def serve(
     host: str | None = typer.Option(None, "--host", help=_HOST_HELP, show_default=False),
     port: int | None = typer.Option(None, "--port", help=_PORT_HELP, show_default=False),
+    no_inference: bool = typer.Option(False, "--no-inference", help="Do not load the model; /v1 answers 503."),
 ) -> None:
-    """Serve the API only (no worker, no migrations: run `teachloop up` or `teachloop admin init` first)."""
+    """Serve the API and inference (no worker, no migrations: run `teachloop up` or `teachloop admin init` first)."""
     from teachloop.app import AppDeps
 
     with errors():
         _logging()
         config = settings()
         deps = AppDeps.from_settings(config)
-        _run_server(deps, host or config.host, port or config.port, worker=False)
+        _run_server(deps, host or config.host, port or config.port, worker=False, inference=not no_inference)
 
 
 @app.command()

@@ -1,0 +1,219 @@
+"""``teachloop deploy``: adapter versions and deployments (what each model name serves).
+
+These commands talk to the database and blob store directly
+(``TEACHLOOP_DATABASE_URL``, ``TEACHLOOP_BLOB_URL``), like ``teachloop admin``.
+A running server reads deployments on every request, so a change applies to
+the next request without a restart (and its adapter is preloaded within a
+couple of seconds); requests already running finish on the version they started
+with. The REST API (``/api/deployments``) does the same over HTTP.
+
+An adapter reference (``--adapter``, ``--canary``) is ``NAME@N``, ``NAME`` (its
+newest version), an ``av_...`` id, or a local PEFT folder, which is first
+pushed as the next version of the adapter named like the deployment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from teachloop.cli._common import StoreContext, console
+from teachloop.cli.admin import errors
+from teachloop.core.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from teachloop.store import BlobStore
+    from teachloop.store.schema import AdapterVersion, Deployment
+
+app = typer.Typer(help="Deployments: which base model and adapter version each model name serves.", no_args_is_help=True)
+
+_ORG_HELP = "Organisation name or id (default: the only organisation)."
+_REF_HELP = "NAME@N, NAME (newest version), an av_... id, or a PEFT folder to push first."
+ACTOR = "cli"
+
+
+def _version(session: Session, blobs: BlobStore, org_id: str, ref: str, name: str, base: str) -> AdapterVersion:
+    """The adapter version ``ref`` names; a folder is pushed as the next version of adapter ``name``."""
+    from teachloop.serve.adapters import publish_adapter
+    from teachloop.store.repos.deployments import AdapterVersions
+
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        version, created = publish_adapter(
+            session, blobs, org_id, name=name, folder=folder, base_model=base, actor=ACTOR
+        )
+        console.print(f"{'pushed' if created else 'already stored:'} adapter {version.ref} ({version.digest[:19]}…)",
+                      highlight=False)
+        return version
+    return AdapterVersions(session).resolve(org_id, ref)
+
+
+def _show(session: Session, org_id: str, rows: list[Deployment]) -> None:
+    from teachloop.store.repos.deployments import AdapterVersions
+
+    ids = {i for d in rows for i in (d.adapter_version_id, d.canary_version_id) if i}
+    versions = AdapterVersions(session).by_ids(org_id, ids)
+    table = Table("name", "base model", "adapter", "canary", "revision", "updated")
+    for d in rows:
+        adapter = versions[d.adapter_version_id].ref if d.adapter_version_id else "(base)"
+        canary = f"{versions[d.canary_version_id].ref} @ {d.canary_percent}%" if d.canary_version_id else "-"
+        table.add_row(d.name, d.base_model, adapter, canary, str(d.revision), d.updated_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@app.command("push")
+def push(
+    name: str = typer.Argument(..., help="Adapter name (versions are numbered 1, 2, ... per name)."),
+    folder: Path = typer.Argument(..., help="A PEFT adapter folder (adapter_config.json + weights)."),
+    base: str | None = typer.Option(None, "--base", help="Base model it was trained on (default: TEACHLOOP_MODEL)."),
+    run: str | None = typer.Option(None, "--run", help="Id of the training run that made it."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Store a PEFT folder as the next version of an adapter (same content: the existing version)."""
+    from teachloop.serve.adapters import publish_adapter
+
+    with errors(), StoreContext(org) as ctx:
+        with ctx.database.session() as session:
+            version, created = publish_adapter(
+                session, ctx.blobs, ctx.org_id, name=name, folder=folder, base_model=base or ctx.settings.model,
+                source_run_id=run, actor=ACTOR,
+            )
+        state = "stored" if created else "already stored as"
+        console.print(f"{state} adapter {version.ref} ({version.id}, {version.digest})", highlight=False)
+
+
+@app.command("adapters")
+def adapters(
+    name: str | None = typer.Argument(None, help="Only versions of this adapter."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """List adapter versions."""
+    from teachloop.store.repos.deployments import AdapterVersions
+
+    with errors(), StoreContext(org) as ctx:
+        with ctx.database.session(write=False) as session:
+            rows = AdapterVersions(session).list(ctx.org_id, name)
+        table = Table("adapter", "id", "digest", "base model", "run", "created")
+        for v in rows:
+            table.add_row(v.ref, v.id, v.digest[:19] + "…", v.base_model, v.source_run_id or "-",
+                          v.created_at.strftime("%Y-%m-%d %H:%M"))
+        console.print(table)
+
+
+@app.command("create")
+def create(
+    name: str = typer.Argument(..., help="The deployment name clients pass as `model`."),
+    base: str | None = typer.Option(None, "--base", help="Base model id (default: TEACHLOOP_MODEL)."),
+    adapter: str | None = typer.Option(None, "--adapter", help=f"Adapter to serve: {_REF_HELP} (default: none)."),
+    canary: str | None = typer.Option(None, "--canary", help=f"Canary adapter: {_REF_HELP}"),
+    canary_percent: int = typer.Option(0, "--canary-percent", min=0, max=100, help="Share of users on the canary."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Create a deployment."""
+    from teachloop.store.repos.deployments import Deployments, DeploymentState
+
+    with errors():
+        if canary_percent and canary is None:
+            raise InvalidInput("--canary-percent needs --canary", param="canary_percent")
+        with StoreContext(org) as ctx, ctx.database.session() as session:
+            base_model = base or ctx.settings.model
+            org_id, blobs = ctx.org_id, ctx.blobs
+            primary = _version(session, blobs, org_id, adapter, name, base_model) if adapter else None
+            second = _version(session, blobs, org_id, canary, name, base_model) if canary else None
+            state = DeploymentState(base_model, primary.id if primary else None, second.id if second else None,
+                                    canary_percent if second else 0)
+            row = Deployments(session).create(org_id, name, state, actor=ACTOR)
+            _show(session, org_id, [row])
+
+
+@app.command("update")
+def update(
+    name: str = typer.Argument(..., help="The deployment to change."),
+    adapter: str | None = typer.Option(None, "--adapter", help=f"New adapter: {_REF_HELP} `base` serves no adapter."),
+    canary: str | None = typer.Option(None, "--canary", help=f"New canary: {_REF_HELP} `none` ends the canary."),
+    canary_percent: int | None = typer.Option(None, "--canary-percent", min=0, max=100, help="Share on the canary."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Change a deployment's adapter and/or canary (applies to the next request; no restart)."""
+    from dataclasses import replace
+
+    from teachloop.store.repos.deployments import Deployments, DeploymentState
+
+    with errors():
+        if adapter is None and canary is None and canary_percent is None:
+            raise InvalidInput("nothing to change: pass --adapter, --canary and/or --canary-percent", param="adapter")
+        with StoreContext(org) as ctx, ctx.database.session() as session:
+            org_id, blobs = ctx.org_id, ctx.blobs
+            repo = Deployments(session)
+            state = DeploymentState.of(repo.get(org_id, name))
+            if adapter is not None:
+                version = None if adapter == "base" else _version(session, blobs, org_id, adapter, name, state.base_model)
+                state = replace(state, adapter_version_id=version.id if version else None)
+            if canary is not None:
+                if canary == "none":
+                    state = replace(state, canary_version_id=None, canary_percent=0)
+                else:
+                    version = _version(session, blobs, org_id, canary, name, state.base_model)
+                    state = replace(state, canary_version_id=version.id)
+            if canary_percent is not None:
+                state = replace(state, canary_percent=canary_percent)
+            row, changed = repo.update(org_id, name, state, actor=ACTOR)
+            if not changed:
+                console.print(f"deployment {name!r} already serves that; nothing changed", highlight=False)
+            _show(session, org_id, [row])
+
+
+@app.command("rollback")
+def rollback(
+    name: str = typer.Argument(..., help="The deployment to roll back."),
+    to: int | None = typer.Option(None, "--to", min=1, help="Revision to restore (default: the previous state)."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Restore the state before the current one (or revision --to) as a new revision."""
+    from teachloop.store.repos.deployments import Deployments
+
+    with errors(), StoreContext(org) as ctx, ctx.database.session() as session:
+        row = Deployments(session).rollback(ctx.org_id, name, to_revision=to, actor=ACTOR)
+        _show(session, ctx.org_id, [row])
+
+
+@app.command("list")
+def list_(org: str | None = typer.Option(None, "--org", help=_ORG_HELP)) -> None:
+    """List deployments."""
+    from teachloop.store.repos.deployments import Deployments
+
+    with errors(), StoreContext(org) as ctx, ctx.database.session(write=False) as session:
+        _show(session, ctx.org_id, Deployments(session).list(ctx.org_id))
+
+
+@app.command("history")
+def history(
+    name: str = typer.Argument(..., help="The deployment."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Every change of a deployment, newest first."""
+    from teachloop.store.repos.deployments import AdapterVersions, Deployments
+
+    with errors():
+        with StoreContext(org) as ctx, ctx.database.session(write=False) as session:
+            changes = Deployments(session).history(ctx.org_id, name)
+            ids = {c.state.get(k) for c in changes for k in ("adapter_version_id", "canary_version_id")}
+            versions = AdapterVersions(session).by_ids(ctx.org_id, {i for i in ids if i})
+        table = Table("revision", "action", "adapter", "canary", "actor", "at")
+        for c in changes:
+            primary, second = c.state.get("adapter_version_id"), c.state.get("canary_version_id")
+            action = c.action + (f" to r{c.restored_from}" if c.restored_from else "")
+            table.add_row(
+                str(c.revision), action, versions[primary].ref if primary in versions else "(base)",
+                f"{versions[second].ref} @ {c.state.get('canary_percent')}%" if second in versions else "-",
+                c.actor, c.at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        console.print(table)
+
+
+__all__ = ["app"]
