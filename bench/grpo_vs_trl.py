@@ -46,10 +46,9 @@ def _model_dir() -> Path:
 def run_teachloop(steps: int) -> dict[str, Any]:
     from teachloop.engine.torch_engine import TorchEngine
     from teachloop.render import Renderer
-    from teachloop.train.config import OptimSection, RLSection
+    from teachloop.train.config import LoraSection, OptimSection, RLSection
     from teachloop.train.envref import resolve_env
     from teachloop.train.grpo import GRPO
-    from teachloop.train.config import LoraSection
 
     path = _model_dir()
     engine = TorchEngine(path, device="cpu")

@@ -31,7 +31,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   else
     # Prefer a CPU build that pip can already see (a local wheel or mirror); else the CPU index.
     url=$("${PIP[@]}" install --dry-run --quiet --no-deps --report - torch==2.13.0 2>/dev/null \
-          | "$VENV/bin/python" -c 'import json,sys; r=json.load(sys.stdin)["install"]; print(r[0]["download_info"]["url"] if r else "")' || true)
+          | "$VENV/bin/python" -c 'import json,sys,urllib.parse as u; r=json.load(sys.stdin)["install"]; print(u.unquote(r[0]["download_info"]["url"]) if r else "")' || true)
     if [[ "$url" == *"+cpu"* ]]; then
       echo "setup: no GPU, installing CPU torch==2.13.0 from $url"
       "${PIP[@]}" install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true

@@ -127,8 +127,8 @@ class ModelError(TeachloopError):
 
 
 __all__ = [
-    "Conflict",
     "ConfigurationError",
+    "Conflict",
     "Forbidden",
     "InvalidInput",
     "ModelError",

@@ -10,10 +10,10 @@ membership, not by order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """A member's role in an organisation."""
 
     OWNER = "owner"

@@ -165,10 +165,8 @@ class GRPO:
                 await self._pending
             self._pending = None
         if self.rl.overlap and self.sampler != self.adapter:
-            try:
+            with contextlib.suppress(Exception):  # nothing left to clean up
                 self.engine.delete_adapter(self.sampler)
-            except Exception:
-                pass
 
 
 __all__ = ["GRPO", "Batch", "build_batch"]

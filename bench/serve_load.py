@@ -1,0 +1,325 @@
+"""Serving under load: concurrent streaming chat clients over HTTP vs plain transformers ``generate``.
+
+Workload (SmolLM2-135M-Instruct, float32, CPU; greedy, at most ``--max-tokens`` new tokens,
+stopping at the end of the turn): short chat questions. Measured in the same run:
+
+* ``baseline``: the same requests served one at a time by ``model.generate`` in this
+  process (no HTTP), ``--baseline-requests`` of them.
+* ``serve c=N``: N client tasks each sending ``--requests-per-client`` streaming requests
+  back to back to ``teachloop``'s ``/v1/chat/completions`` (a server in a subprocess,
+  uvicorn + the serving scheduler + trace capture), for N in ``--levels``.
+* ``serve c=N, traces off``: the same N-client runs on a second server with trace capture
+  turned off, to measure what durable traces cost in median latency.
+
+Figures: aggregate output tokens/s (completion tokens / wall time), p50 and p99 latency,
+p50 time to first token. Targets (issue 5): at 16 clients >= 6x the baseline's tokens/s;
+trace capture adds <= 5% to median latency.
+
+    python bench/serve_load.py                     # about 4-6 minutes on 2 CPU cores
+    python bench/serve_load.py --levels 1,4 --requests-per-client 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = [
+    "What is 26 - 15?", "Name three primary colors.", "What is the capital of Italy?",
+    "Give me a synonym for happy.", "How many legs does a spider have?", "What is 48 + 37?",
+    "Write a haiku about rain.", "What does a thermometer measure?", "Translate 'thank you' into French.",
+    "What is the boiling point of water in Celsius?", "Name a mammal that can fly.", "What is 9 times 7?",
+    "Which planet is known as the red planet?", "What is the opposite of cold?", "Spell the word 'banana' backwards.",
+    "What season comes after winter?",
+]
+
+
+def _model_dir() -> Path:
+    from teachloop.core.settings import Settings
+    from teachloop.engine.models import ensure_default_model
+
+    env = dict(os.environ)
+    if not env.get("TEACHLOOP_MODEL_CACHE") and (REPO / ".cache" / "models").is_dir():
+        env["TEACHLOOP_MODEL_CACHE"] = str(REPO / ".cache" / "models")
+    return ensure_default_model(Settings.from_env(env))
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+@dataclass
+class Row:
+    name: str
+    requests: int
+    tokens: int
+    wall_s: float
+    tokens_per_s: float
+    p50_ms: float
+    p99_ms: float
+    ttft_p50_ms: float
+
+
+def _row(name: str, results: list[tuple[float, float, int]], wall: float) -> Row:
+    latencies = [r[0] * 1000 for r in results]
+    tokens = sum(r[2] for r in results)
+    return Row(name, len(results), tokens, wall, tokens / wall, statistics.median(latencies), _pct(latencies, 0.99),
+               statistics.median(r[1] * 1000 for r in results))
+
+
+# ---------------------------------------------------------------------------------------------- the server
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Server mode (a subprocess of the benchmark): teachloop's app on the default model."""
+    import uvicorn
+
+    from teachloop.app import AppDeps, create_app
+    from teachloop.core.settings import DEFAULT_MODEL, Settings
+    from teachloop.engine.torch_engine import TorchEngine
+    from teachloop.render import Renderer
+    from teachloop.serve import Serving, ServingConfig
+    from teachloop.store import BlobStore, Database, bootstrap
+
+    home = Path(args.home)
+    model_dir = _model_dir()
+    settings = Settings(home=home, model_cache=model_dir.parent, database_url=f"sqlite:///{home / 'bench.db'}",
+                        blob_url=str(home / "blobs"))
+    database = Database(settings.database_url)
+    database.migrate()
+    with database.session() as session:
+        first = bootstrap(session, "bench", "bench@localhost")
+    assert first.key is not None
+    blobs = BlobStore(settings.blob_url)
+    engine = TorchEngine(model_dir, device="cpu")
+    serving = Serving(database, blobs, engine=engine, renderer=Renderer.from_pretrained(model_dir),
+                      base_model=DEFAULT_MODEL, config=ServingConfig(capture_traces=args.traces == "on"))
+    serving.start()
+    app = create_app(AppDeps(settings, database, blobs, engine=engine, serving=serving))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning",
+                                           access_log=False))
+
+    def announce() -> None:
+        while not server.started:
+            time.sleep(0.05)
+        Path(args.ready).write_text(first.key.secret if first.key else "")
+
+    threading.Thread(target=announce, daemon=True).start()
+    try:
+        server.run()
+    finally:
+        stats = serving.traces.stats()
+        print(json.dumps({"trace_commits": stats.commits, "trace_rows": stats.rows_written}), flush=True)
+        serving.close()
+        database.close()
+
+
+class ServerProcess:
+    def __init__(self, traces: str) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="teachloop-bench-")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.ready = Path(self.tmp.name) / "ready"
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", "--home", self.tmp.name, "--port", str(self.port),
+             "--traces", traces, "--ready", str(self.ready)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def wait(self) -> str:
+        deadline = time.monotonic() + 300
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start:\n{self.proc.stdout.read() if self.proc.stdout else ''}")
+            time.sleep(0.1)
+        return self.ready.read_text()
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=60)
+        self.tmp.cleanup()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- the clients
+
+
+async def _one(http: Any, url: str, key: str, question: str, max_tokens: int) -> tuple[float, float, int]:
+    from teachloop.core.settings import DEFAULT_MODEL
+
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    async with http.stream("POST", f"{url}/v1/chat/completions", json=body,
+                           headers={"Authorization": f"Bearer {key}"}) as r:
+        if r.status_code != 200:
+            raise SystemExit(f"request failed: {r.status_code} {await r.aread()!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    return end - t0, (first or end) - t0, tokens
+
+
+async def _level(url: str, key: str, clients: int, per_client: int, max_tokens: int) -> tuple[list[Any], float]:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as http:
+        await _one(http, url, key, QUESTIONS[0], 4)  # warm the connection and the server
+
+        async def client(c: int) -> list[tuple[float, float, int]]:
+            out = []
+            for i in range(per_client):
+                out.append(await _one(http, url, key, QUESTIONS[(c * per_client + i) % len(QUESTIONS)], max_tokens))
+            return out
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(client(c) for c in range(clients)))
+        wall = time.perf_counter() - t0
+    return [r for rs in results for r in rs], wall
+
+
+def run_server_levels(traces: str, levels: list[int], per_client: int, max_tokens: int) -> list[Row]:
+    server = ServerProcess(traces)
+    key = server.wait()
+    url = f"http://127.0.0.1:{server.port}"
+    rows = []
+    try:
+        for clients in levels:
+            results, wall = asyncio.run(_level(url, key, clients, per_client, max_tokens))
+            suffix = "" if traces == "on" else ", traces off"
+            rows.append(_row(f"serve c={clients}{suffix}", results, wall))
+            print(f"  {rows[-1].name}: {rows[-1].tokens_per_s:.1f} tok/s", file=sys.stderr, flush=True)
+    finally:
+        tail = server.stop().strip().splitlines()
+        if tail and traces == "on":
+            print(f"  server: {tail[-1]}", file=sys.stderr)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- the baseline
+
+
+def baseline(requests: int, max_tokens: int) -> Row:
+    """The same requests, one at a time, through plain transformers ``generate``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    from teachloop.render import Renderer
+
+    model_dir = _model_dir()
+    renderer = Renderer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    stops = renderer.stop_token_ids()
+
+    class FirstToken(BaseStreamer):
+        def __init__(self) -> None:
+            self.calls = 0
+            self.first: float | None = None
+
+        def put(self, value: Any) -> None:
+            self.calls += 1
+            if self.calls == 2 and self.first is None:  # call 1 is the prompt
+                self.first = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    def one(question: str) -> tuple[float, float, int]:
+        ids = renderer.build_prompt([{"role": "user", "content": question}])
+        streamer = FirstToken()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=max_tokens, do_sample=False, eos_token_id=stops,
+                                 pad_token_id=stops[0], streamer=streamer)
+        end = time.perf_counter()
+        return end - t0, (streamer.first or end) - t0, int(out.shape[1] - len(ids))
+
+    one(QUESTIONS[0])  # warm up
+    t0 = time.perf_counter()
+    results = [one(QUESTIONS[i % len(QUESTIONS)]) for i in range(requests)]
+    return _row("baseline generate, 1 at a time", results, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def report(rows: list[Row]) -> str:
+    lines = ["| run | requests | output tokens | tokens/s | p50 latency ms | p99 latency ms | p50 TTFT ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.requests} | {r.tokens} | {r.tokens_per_s:.1f} | {r.p50_ms:.0f} | {r.p99_ms:.0f} "
+                     f"| {r.ttft_p50_ms:.0f} |")
+    base = rows[0]
+    lines.append("")
+    by_name = {r.name: r for r in rows}
+    for r in rows[1:]:
+        if "traces off" not in r.name:
+            lines.append(f"- {r.name}: {r.tokens_per_s / base.tokens_per_s:.1f}x the baseline's tokens/s")
+    for r in rows:
+        if r.name.endswith(", traces off"):
+            on = by_name[r.name.removesuffix(", traces off")]
+            lines.append(f"- trace capture at {on.name.removeprefix('serve ')}: median latency {on.p50_ms:.0f} ms on vs "
+                         f"{r.p50_ms:.0f} ms off ({(on.p50_ms / r.p50_ms - 1) * 100:+.1f}%)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,4,16", help="client counts (default 1,4,16)")
+    parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument("--baseline-requests", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--traces-off-levels", default="4,16", help="levels re-run with trace capture off")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--traces", default="on", help=argparse.SUPPRESS)
+    parser.add_argument("--ready", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args)
+        return
+    levels = [int(x) for x in args.levels.split(",") if x]
+    off_levels = [int(x) for x in args.traces_off_levels.split(",") if x]
+    print("baseline ...", file=sys.stderr, flush=True)
+    rows = [baseline(args.baseline_requests, args.max_tokens)]
+    print(f"  {rows[0].tokens_per_s:.1f} tok/s", file=sys.stderr, flush=True)
+    print("teachloop serve, traces on ...", file=sys.stderr, flush=True)
+    rows += run_server_levels("on", levels, args.requests_per_client, args.max_tokens)
+    if off_levels:
+        print("teachloop serve, traces off ...", file=sys.stderr, flush=True)
+        rows += run_server_levels("off", off_levels, args.requests_per_client, args.max_tokens)
+    print(report(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
