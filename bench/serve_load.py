@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -121,7 +122,8 @@ def serve(args: argparse.Namespace) -> None:
 
     threading.Thread(target=announce, daemon=True).start()
     try:
-        server.run()
+        with contextlib.suppress(KeyboardInterrupt):  # the benchmark stops us with SIGINT
+            server.run()
     finally:
         stats = serving.traces.stats()
         print(json.dumps({"trace_commits": stats.commits, "trace_rows": stats.rows_written}), flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from tests._tiny import tiny_llama
 
 from teachloop.app import AppDeps, create_app
 from teachloop.core.settings import Settings
@@ -25,7 +26,6 @@ from teachloop.render import Renderer
 from teachloop.serve import Serving, ServingConfig
 from teachloop.store import ApiKeys, BlobStore, Database, Tenancy
 from teachloop.store.repos.traces import Traces
-from tests._tiny import tiny_llama
 
 
 def _free_port() -> int:
