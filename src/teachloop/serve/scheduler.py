@@ -259,8 +259,8 @@ class Scheduler:
     def cancel(self, job: GenerationJob) -> None:
         """Stop working on ``job`` (its sink gets nothing more)."""
         with self._cv:
-            if job.cancelled:
-                return
+            if job.cancelled or (job not in self._active and job not in self._queue):
+                return  # finished, failed or never submitted: nothing to stop
             job.cancelled = True
             self._counts["cancelled"] += 1
             with suppress(ValueError):

@@ -29,6 +29,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -375,12 +376,10 @@ class ChatRun:
         self.trace_id = new_id("tr")
         self.created = created
         self.ttft_ms: float | None = None
-        self._job = job
         self._sink = sink
-        self._adapter = adapter
         self._started = started
-        self._finished = False
-        self._closed = False
+        # runs on close(), or when the run is garbage-collected unclosed (a stream dropped before it began)
+        self._release = weakref.finalize(self, _release, serving.scheduler, serving.pool, job, adapter)
 
     @property
     def completion_id(self) -> str:
@@ -392,13 +391,11 @@ class ChatRun:
         while True:
             kind, payload = await self._sink.queue.get()
             if kind == "error":
-                self._finished = True
                 raise payload
             if kind == "tokens" and self.ttft_ms is None:
                 self.ttft_ms = (time.perf_counter() - self._started) * 1000
             yield kind, payload
             if kind == "done":
-                self._finished = True
                 return
 
     async def replies(self) -> list[Reply]:
@@ -446,13 +443,14 @@ class ChatRun:
 
     def close(self) -> None:
         """Cancel the job if it is still running and let go of the adapter (idempotent, never blocks)."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._finished and self.serving.scheduler is not None:
-            self.serving.scheduler.cancel(self._job)
-        if self._adapter is not None and self.serving.pool is not None:
-            self.serving.pool.release(self._adapter)
+        self._release()
+
+
+def _release(scheduler: Scheduler | None, pool: AdapterPool | None, job: GenerationJob, adapter: str | None) -> None:
+    if scheduler is not None:
+        scheduler.cancel(job)  # a no-op for a finished job
+    if adapter is not None and pool is not None:
+        pool.release(adapter)
 
 
 __all__ = ["ChatInput", "ChatRun", "ModelNotFound", "Reply", "Serving", "ServingConfig", "Target", "canary_bucket"]

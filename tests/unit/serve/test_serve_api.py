@@ -193,3 +193,12 @@ def test_a_full_queue_is_refused_with_503_and_others_keep_working(
     serving.scheduler.stop()
     r = client.post(CHAT, json=_body(), headers=auth(tenants.acme.member))
     assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
+
+
+def test_stats_show_load_and_throughput(client: TestClient, tenants: Tenants) -> None:
+    client.post(CHAT, json=_body("one two three"), headers=auth(tenants.acme.member))
+    stats = client.get("/api/serving/stats", headers=auth(tenants.acme.viewer)).json()
+    scheduler = stats["scheduler"]
+    assert scheduler["running"] and scheduler["queued"] == 0 and scheduler["active_rows"] == 0
+    assert scheduler["tokens_total"] > 0 and scheduler["tokens_per_s"] > 0 and scheduler["requests_completed"] == 1
+    assert stats["traces"]["rows_written"] == 1 and stats["model"] == BASE

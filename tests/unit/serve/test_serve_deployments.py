@@ -227,5 +227,42 @@ def test_no_route_reveals_another_organisations_deployments_adapters_or_traces(
     assert "secret" not in str(client.get("/v1/models", headers=auth(acme.owner)).json())
     stats = client.get("/api/serving/stats", headers=auth(acme.owner)).json()
     assert "gbot" not in str(stats) and "secret" not in str(stats)
+    # names are per organisation: acme may create its own "secret" (no 409 that would reveal globex's)
+    assert client.post("/api/deployments", json={"name": "secret"}, headers=auth(acme.owner)).status_code == 201
+    assert _ask(client, acme.owner, model="secret").json()["choices"][0]["message"]["content"] == "hi"
     # and globex still sees its own
     assert len(client.get("/api/traces", headers=auth(globex.owner)).json()["data"]) == 1
+
+
+def test_a_run_dropped_without_close_still_lets_go_of_its_adapter_and_job(
+    client: TestClient, tenants: Tenants, database: Database, blobs: BlobStore, tmp_path: Path, serving: Serving,
+    engine: EchoEngine,
+) -> None:
+    """A stream the client abandons before it starts is never iterated; the run's finalizer cleans up."""
+    import asyncio
+    import gc
+
+    from teachloop.core.chat import Message
+    from teachloop.core.tenancy import Principal, Role
+    from teachloop.serve import ChatInput
+
+    acme = tenants.acme
+    _publish(database, blobs, acme.org_id, tmp_path, "v1: ")
+    client.post("/api/deployments", json={"name": "support", "adapter": "bot@1"}, headers=auth(acme.member))
+    engine.step_delay = 0.02
+    principal = Principal(acme.org_id, None, "key_x", Role.MEMBER)
+    chat = ChatInput(model="support", messages=[Message(role="user", content="word " * 80)], stream=True)
+    assert serving.pool is not None and serving.scheduler is not None
+
+    async def open_and_drop() -> None:
+        run = await serving.open_chat(principal, chat)
+        assert [a.refs for a in serving.pool.loaded()] == [1]  # type: ignore[union-attr]
+        del run
+
+    asyncio.run(open_and_drop())
+    gc.collect()
+    assert [a.refs for a in serving.pool.loaded()] == [0]
+    deadline = time.monotonic() + 5
+    while serving.scheduler.stats().active_rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert serving.scheduler.stats().active_rows == 0 and serving.scheduler.stats().requests_cancelled == 1
