@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from teachloop.cli._common import StoreContext, console
 from teachloop.cli.admin import errors
@@ -116,7 +116,8 @@ def list_(
                 for t in rows:
                     typer.echo(json.dumps(trace_json(t, feedback_of[t.id]), ensure_ascii=False))
                 return
-            table = Table("trace", "created", "model", "adapter", "tokens", "ms", "feedback", "reply")
+            table = Table("created", "model", "adapter", "tokens", "ms", "feedback", "reply")
+            table.columns.insert(0, Column("trace", no_wrap=True, min_width=29))
             for t in rows:
                 scores = [f"{f.score:g}" for f in feedback_of[t.id] if f.score is not None]
                 labels = [f.label for f in feedback_of[t.id] if f.label]

@@ -202,3 +202,14 @@ def test_stats_show_load_and_throughput(client: TestClient, tenants: Tenants) ->
     assert scheduler["running"] and scheduler["queued"] == 0 and scheduler["active_rows"] == 0
     assert scheduler["tokens_total"] > 0 and scheduler["tokens_per_s"] > 0 and scheduler["requests_completed"] == 1
     assert stats["traces"]["rows_written"] == 1 and stats["model"] == BASE
+
+
+def test_streaming_several_choices(client: TestClient, tenants: Tenants) -> None:
+    r = client.post(CHAT, json=_body("one two", stream=True, n=2), headers=auth(tenants.acme.member))
+    chunks = _sse(r)[:-1]
+    texts = {0: "", 1: ""}
+    for c in chunks:
+        for choice in c["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content", "")
+    assert texts == {0: "one two", 1: "one two"}
+    assert sorted(ch["index"] for ch in chunks[-1]["choices"] if ch["finish_reason"] == "stop") == [0, 1]
