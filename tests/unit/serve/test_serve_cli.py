@@ -127,7 +127,7 @@ def test_traces_list_show_and_export(home: Path, tmp_path: Path) -> None:
     assert listed("--since", "150m") == [ids[2], ids[1]]
     assert listed("--until", (datetime.now(UTC) - timedelta(minutes=150)).isoformat()) == [ids[0]]
     assert listed("--corrected") == [ids[1]] and listed("--label", "good") == [ids[0]]
-    assert "answer 2" in run("traces", "list")
+    assert all(trace_id in run("traces", "list") for trace_id in ids)  # ids are never truncated
     shown = run("traces", "show", f"chatcmpl-{ids[1]}")
     assert ids[1] in shown and '"fixed"' in shown
     out = run("traces", "export", str(tmp_path / "sft.jsonl"), "--feedback", "--corrections")
