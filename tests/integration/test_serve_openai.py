@@ -16,7 +16,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from tests._tiny import tiny_llama
 
 from teachloop.app import AppDeps, create_app
 from teachloop.core.settings import Settings
@@ -26,6 +25,7 @@ from teachloop.render import Renderer
 from teachloop.serve import Serving, ServingConfig
 from teachloop.store import ApiKeys, BlobStore, Database, Tenancy
 from teachloop.store.repos.traces import Traces
+from tests._tiny import tiny_llama
 
 
 def _free_port() -> int:
@@ -196,3 +196,44 @@ def test_default_model_over_http(default_model_dir: Path, tmp_path: Path) -> Non
         streamed = client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, max_tokens=16,  # type: ignore[arg-type]
                                                   temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+
+
+def test_a_deployed_peft_adapter_serves_and_swaps_back_over_http(tiny: Server, tmp_path: Path) -> None:
+    """A real PEFT folder: published, deployed over REST, served in the same batch as the base, swapped away."""
+    import httpx
+    import torch
+
+    from teachloop.core.training import LoraSpec
+    from teachloop.engine.torch_engine import TorchEngine
+    from teachloop.serve import publish_adapter
+
+    trainer = TorchEngine(tiny.serving.engine.model_name, device="cpu")  # type: ignore[union-attr]
+    trainer.create_adapter("a", LoraSpec(rank=4, seed=2))
+    with torch.no_grad():
+        for p in trainer._adapters["a"].params:
+            p.add_(0.2 * torch.randn_like(p))
+    folder = trainer.save_adapter("a", tmp_path / "peft")
+    with tiny.database.session() as s:
+        version, _ = publish_adapter(s, tiny.serving.blobs, tiny.org_id, name="tuned", folder=folder, base_model="tiny")
+    rest = tiny.url.removesuffix("/v1") + "/api"
+    headers = {"Authorization": f"Bearer {tiny.key}"}
+    r = httpx.post(f"{rest}/deployments", json={"name": "support", "adapter": "tuned@1"}, headers=headers)
+    assert r.status_code == 201, r.text
+    client = _client(tiny)
+    ask = {"messages": [{"role": "user", "content": "Hello there!"}], "max_tokens": 10, "temperature": 0}
+
+    async def both() -> tuple[str, str]:
+        aclient = openai.AsyncOpenAI(base_url=tiny.url, api_key=tiny.key, max_retries=0)
+        tuned, base = await asyncio.gather(
+            aclient.chat.completions.create(model="support", **ask),  # type: ignore[call-overload]
+            aclient.chat.completions.create(model="tiny", **ask),  # type: ignore[call-overload]
+        )
+        await aclient.close()
+        assert tuned.system_fingerprint == "tl-" + version.digest[7:19] and base.system_fingerprint == "tl-base"
+        return tuned.choices[0].message.content or "", base.choices[0].message.content or ""
+
+    tuned_text, base_text = asyncio.run(both())
+    assert tuned_text != base_text
+    r = httpx.patch(f"{rest}/deployments/support", json={"adapter": None}, headers=headers)
+    assert r.status_code == 200
+    assert client.chat.completions.create(model="support", **ask).choices[0].message.content == base_text  # type: ignore[call-overload]
