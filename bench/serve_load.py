@@ -8,14 +8,15 @@ stopping at the end of the turn): short chat questions. Measured in the same run
 * ``serve c=N``: N client tasks each sending ``--requests-per-client`` streaming requests
   back to back to ``teachloop``'s ``/v1/chat/completions`` (a server in a subprocess,
   uvicorn + the serving scheduler + trace capture), for N in ``--levels``.
-* ``serve c=N, traces off``: the same N-client runs on a second server with trace capture
-  turned off, to measure what durable traces cost in median latency.
+* trace capture on vs off at N clients (``--traces-off-levels``): on the same server,
+  rounds alternate capture on, off, off, on (ABBA, so a drift in machine load cancels
+  out), and the median latencies of the pooled on and off requests are compared.
 
 Figures: aggregate output tokens/s (completion tokens / wall time), p50 and p99 latency,
 p50 time to first token. Targets (issue 5): at 16 clients >= 6x the baseline's tokens/s;
 trace capture adds <= 5% to median latency.
 
-    python bench/serve_load.py                     # about 4-6 minutes on 2 CPU cores
+    python bench/serve_load.py                     # about 4-5 minutes on 2 CPU cores
     python bench/serve_load.py --levels 1,4 --requests-per-client 2 --json out.json
 """
 
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ def _row(name: str, results: list[tuple[float, float, int]], wall: float) -> Row
 def serve(args: argparse.Namespace) -> None:
     """Server mode (a subprocess of the benchmark): teachloop's app on the default model."""
     import uvicorn
+    from fastapi import APIRouter
 
     from teachloop.app import AppDeps, create_app
     from teachloop.core.settings import DEFAULT_MODEL, Settings
@@ -112,6 +114,15 @@ def serve(args: argparse.Namespace) -> None:
                       base_model=DEFAULT_MODEL, config=ServingConfig(capture_traces=args.traces == "on"))
     serving.start()
     app = create_app(AppDeps(settings, database, blobs, engine=engine, serving=serving))
+    bench = APIRouter()
+
+    @bench.post("/bench/capture")
+    def capture(on: bool) -> dict[str, bool]:
+        """Turn trace capture on or off between rounds (benchmark servers only)."""
+        serving.config = replace(serving.config, capture_traces=on)
+        return {"capture_traces": on}
+
+    app.include_router(bench)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning",
                                            access_log=False))
 
@@ -204,20 +215,34 @@ async def _level(url: str, key: str, clients: int, per_client: int, max_tokens: 
     return [r for rs in results for r in rs], wall
 
 
-def run_server_levels(traces: str, levels: list[int], per_client: int, max_tokens: int) -> list[Row]:
-    server = ServerProcess(traces)
+def run_server(levels: list[int], cost_levels: list[int], per_client: int, max_tokens: int) -> list[Row]:
+    """The load levels with trace capture on, then the ABBA capture on/off rounds, on one server."""
+    import httpx
+
+    server = ServerProcess("on")
     key = server.wait()
     url = f"http://127.0.0.1:{server.port}"
     rows = []
     try:
         for clients in levels:
             results, wall = asyncio.run(_level(url, key, clients, per_client, max_tokens))
-            suffix = "" if traces == "on" else ", traces off"
-            rows.append(_row(f"serve c={clients}{suffix}", results, wall))
+            rows.append(_row(f"serve c={clients}", results, wall))
             print(f"  {rows[-1].name}: {rows[-1].tokens_per_s:.1f} tok/s", file=sys.stderr, flush=True)
+        for clients in cost_levels:
+            pooled: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
+            walls = {True: 0.0, False: 0.0}
+            for on in (True, False, False, True):
+                httpx.post(f"{url}/bench/capture", params={"on": on}, timeout=10).raise_for_status()
+                results, wall = asyncio.run(_level(url, key, clients, per_client, max_tokens))
+                pooled[on] += results
+                walls[on] += wall
+            for on in (True, False):
+                rows.append(_row(f"c={clients} traces {'on' if on else 'off'} (ABBA)", pooled[on], walls[on]))
+            print(f"  c={clients}: median {rows[-2].p50_ms:.0f} ms on, {rows[-1].p50_ms:.0f} ms off",
+                  file=sys.stderr, flush=True)
     finally:
         tail = server.stop().strip().splitlines()
-        if tail and traces == "on":
+        if tail:
             print(f"  server: {tail[-1]}", file=sys.stderr)
     return rows
 
@@ -281,13 +306,13 @@ def report(rows: list[Row]) -> str:
     lines.append("")
     by_name = {r.name: r for r in rows}
     for r in rows[1:]:
-        if "traces off" not in r.name:
+        if r.name.startswith("serve "):
             lines.append(f"- {r.name}: {r.tokens_per_s / base.tokens_per_s:.1f}x the baseline's tokens/s")
     for r in rows:
-        if r.name.endswith(", traces off"):
-            on = by_name[r.name.removesuffix(", traces off")]
-            lines.append(f"- trace capture at {on.name.removeprefix('serve ')}: median latency {on.p50_ms:.0f} ms on vs "
-                         f"{r.p50_ms:.0f} ms off ({(on.p50_ms / r.p50_ms - 1) * 100:+.1f}%)")
+        if r.name.endswith("traces on (ABBA)"):
+            off = by_name[r.name.replace("traces on", "traces off")]
+            lines.append(f"- trace capture at {r.name.split()[0]}: median latency {r.p50_ms:.0f} ms on vs "
+                         f"{off.p50_ms:.0f} ms off ({(r.p50_ms / off.p50_ms - 1) * 100:+.1f}%)")
     return "\n".join(lines)
 
 
@@ -297,7 +322,7 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=3)
     parser.add_argument("--baseline-requests", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--traces-off-levels", default="4,16", help="levels re-run with trace capture off")
+    parser.add_argument("--traces-off-levels", default="4,16", help="levels of the ABBA capture on/off rounds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
@@ -313,11 +338,8 @@ def main() -> None:
     print("baseline ...", file=sys.stderr, flush=True)
     rows = [baseline(args.baseline_requests, args.max_tokens)]
     print(f"  {rows[0].tokens_per_s:.1f} tok/s", file=sys.stderr, flush=True)
-    print("teachloop serve, traces on ...", file=sys.stderr, flush=True)
-    rows += run_server_levels("on", levels, args.requests_per_client, args.max_tokens)
-    if off_levels:
-        print("teachloop serve, traces off ...", file=sys.stderr, flush=True)
-        rows += run_server_levels("off", off_levels, args.requests_per_client, args.max_tokens)
+    print("teachloop serve ...", file=sys.stderr, flush=True)
+    rows += run_server(levels, off_levels, args.requests_per_client, args.max_tokens)
     print(report(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
