@@ -1,7 +1,7 @@
 """``teachloop traces``: list, show and export the captured completions and their feedback.
 
-Reads the database directly (like ``teachloop admin``). Filters: ``--model``
-(deployment name or base model id), ``--since`` / ``--until`` (ISO 8601 date or
+Reads the database directly (like ``teachloop admin``). Filters: ``--model`` (or ``--deployment``:
+deployment name or base model id), ``--since`` / ``--until`` (ISO 8601 date or
 time, UTC if no zone, or an age such as ``30m``, ``6h``, ``7d``), ``--feedback``
 / ``--no-feedback``, ``--min-score`` / ``--max-score``, ``--label``,
 ``--corrected``, ``--user``, ``--meta KEY=VALUE`` (repeatable). ``export``
@@ -35,7 +35,7 @@ _ORG_HELP = "Organisation name or id (default: the only organisation)."
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
-ModelOpt = typer.Option(None, "--model", "-m", help="Deployment name or base model id.")
+ModelOpt = typer.Option(None, "--model", "--deployment", "-m", help="Deployment name or base model id.")
 SinceOpt = typer.Option(None, "--since", help="From (ISO 8601, or an age: 30m, 6h, 7d).")
 UntilOpt = typer.Option(None, "--until", help="Before (ISO 8601, or an age).")
 FeedbackOpt = typer.Option(None, "--feedback/--no-feedback", help="Only traces with (without) feedback.")

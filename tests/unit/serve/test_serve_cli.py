@@ -120,7 +120,7 @@ def test_traces_list_show_and_export(home: Path, tmp_path: Path) -> None:
     def listed(*args: str) -> list[str]:
         return [json.loads(line)["id"] for line in run("traces", "list", "--json", *args).splitlines()]
 
-    assert listed("--model", "support") == [ids[1], ids[0]]
+    assert listed("--model", "support") == [ids[1], ids[0]] == listed("--deployment", "support")
     assert listed("--feedback") == [ids[1], ids[0]] and listed("--no-feedback") == [ids[2]]
     assert listed("--min-score", "0.5") == [ids[0]] and listed("--max-score", "0.5") == [ids[1]]
     assert listed("--meta", "app=web") == [ids[2], ids[0]]
