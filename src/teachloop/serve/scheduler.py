@@ -171,6 +171,9 @@ class SchedulerStats:
     tokens_total: int
     steps_total: int
     step_ms_mean: float
+    prefills_total: int
+    prefill_ms_mean: float
+    engine_busy_s: float
     requests_completed: int
     requests_failed: int
     requests_rejected: int
@@ -205,8 +208,11 @@ class Scheduler:
         self._stopping = False
         self._rate_window = rate_window_s
         self._ticks: deque[tuple[float, int]] = deque()
-        self._counts = {"tokens": 0, "steps": 0, "completed": 0, "failed": 0, "rejected": 0, "cancelled": 0}
+        self._counts = {"tokens": 0, "steps": 0, "prefills": 0, "completed": 0, "failed": 0, "rejected": 0,
+                        "cancelled": 0}
         self._step_ms = 0.0
+        self._prefill_ms = 0.0
+        self._busy_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -285,6 +291,9 @@ class Scheduler:
                 tokens_total=self._counts["tokens"],
                 steps_total=self._counts["steps"],
                 step_ms_mean=self._step_ms,
+                prefills_total=self._counts["prefills"],
+                prefill_ms_mean=self._prefill_ms,
+                engine_busy_s=self._busy_s,
                 requests_completed=self._counts["completed"],
                 requests_failed=self._counts["failed"],
                 requests_rejected=self._counts["rejected"],
@@ -355,17 +364,24 @@ class Scheduler:
             if requests:
                 for req in requests:
                     self._active[req.key] = None
+                t0 = time.perf_counter()
                 for seq in batch.add(requests):
                     seq.request.key._seqs[seq.index] = seq
                     if seq.stop_reason is not None:
                         finished.append(seq)
+                self._prefill_ms = self._timed("prefills", self._prefill_ms, t0)
             if batch.active:
                 t0 = time.perf_counter()
                 finished.extend(batch.step())
-                ms = (time.perf_counter() - t0) * 1000
-                self._step_ms = ms if self._counts["steps"] == 0 else 0.9 * self._step_ms + 0.1 * ms
-                self._counts["steps"] += 1
+                self._step_ms = self._timed("steps", self._step_ms, t0)
         return finished
+
+    def _timed(self, counter: str, mean_ms: float, t0: float) -> float:
+        """Count one pass that began at ``t0``; returns the updated moving mean of its duration (ms)."""
+        seconds = time.perf_counter() - t0
+        self._busy_s += seconds
+        self._counts[counter] += 1
+        return seconds * 1000 if self._counts[counter] == 1 else 0.9 * mean_ms + 0.1 * seconds * 1000
 
     def _deliver(self, finished: list[SeqLike]) -> None:
         """Hand this tick's tokens, then finished results, to the sinks."""
