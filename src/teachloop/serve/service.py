@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -261,19 +261,20 @@ class Serving:
             if version_id is None:
                 return target
             version = AdapterVersions(session).get(org_id, version_id)
-            return Target(
-                model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
-                arm=arm, adapter_version_id=version.id, adapter_ref=version.ref, digest=version.digest,
-                blob_key=version.blob_key,
-            )
+            return replace(target, adapter_version_id=version.id, adapter_ref=version.ref, digest=version.digest,
+                           blob_key=version.blob_key)
 
     # ------------------------------------------------------------------ chat
     async def open_chat(self, principal: Principal, chat: ChatInput) -> ChatRun:
         """Resolve, render, hold the adapter and queue the job; the caller must ``close`` the run."""
         started = time.perf_counter()
         created = datetime.now(UTC)
-        prepared = await asyncio.to_thread(self._prepare, principal.org_id, chat)
-        target, prompt, params, adapter = prepared
+        pending = asyncio.get_running_loop().run_in_executor(None, self._prepare, principal.org_id, chat)
+        try:
+            target, prompt, params, adapter = await asyncio.shield(pending)
+        except asyncio.CancelledError:  # the caller left while the adapter loaded: let go of it when it is done
+            pending.add_done_callback(self._release_prepared)
+            raise
         sink = AsyncSink()
         job = GenerationJob(prompt, chat.n, params, adapter, sink, top_logprobs=chat.top_logprobs if chat.logprobs else 0)
         try:
@@ -284,6 +285,12 @@ class Serving:
                 self.pool.release(adapter)
             raise
         return ChatRun(self, principal, chat, target, prompt, job, sink, adapter, started, created)
+
+    def _release_prepared(self, done: asyncio.Future[tuple[Target, list[int], SamplingParams, str | None]]) -> None:
+        if not done.cancelled() and done.exception() is None and self.pool is not None:
+            adapter = done.result()[3]
+            if adapter is not None:
+                self.pool.release(adapter)
 
     def _prepare(self, org_id: str, chat: ChatInput) -> tuple[Target, list[int], SamplingParams, str | None]:
         target = self.resolve(org_id, chat.model, chat.user)
