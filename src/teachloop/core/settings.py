@@ -32,7 +32,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "TEACHLOOP_DEVICE": ("auto", "auto, cpu or cuda[:N]"),
     "TEACHLOOP_HOST": ("127.0.0.1", "address the API binds to"),
     "TEACHLOOP_PORT": ("8000", "port the API binds to"),
-    "TEACHLOOP_RAY_ADDRESS": ("", "Ray cluster address for distributed rollouts (empty: in-process)"),
+    "TEACHLOOP_API_KEY": ("", "API key the CLI's HTTP commands and the SDK send (never stored in plain text)"),
+    "TEACHLOOP_SKIP_MODEL_PULL": ("", "set to 1 to start `teachloop up` without pulling the default model"),
 }
 
 
@@ -50,7 +51,6 @@ class Settings(BaseModel):
     device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
     host: str = Field(default="127.0.0.1", description="API bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
-    ray_address: str = Field(default="", description="Ray address; empty means in-process.")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -81,7 +81,6 @@ class Settings(BaseModel):
             device=env.get("TEACHLOOP_DEVICE", "auto"),
             host=env.get("TEACHLOOP_HOST", "127.0.0.1"),
             port=port,
-            ray_address=env.get("TEACHLOOP_RAY_ADDRESS", ""),
         )
 
 
