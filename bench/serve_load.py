@@ -4,19 +4,21 @@ Workload (SmolLM2-135M-Instruct, float32, CPU; greedy, at most ``--max-tokens`` 
 stopping at the end of the turn): short chat questions. Measured in the same run:
 
 * ``baseline``: the same requests served one at a time by ``model.generate`` in this
-  process (no HTTP), ``--baseline-requests`` of them.
+  process (no HTTP).
 * ``serve c=N``: N client tasks each sending ``--requests-per-client`` streaming requests
-  back to back to ``teachloop``'s ``/v1/chat/completions`` (a server in a subprocess,
+  back to back to ``teachloop``'s ``/v1/chat/completions`` (a server in a subprocess:
   uvicorn + the serving scheduler + trace capture), for N in ``--levels``.
 * trace capture on vs off at N clients (``--traces-off-levels``): on the same server,
-  rounds alternate capture on, off, off, on (ABBA, so a drift in machine load cancels
-  out), and the median latencies of the pooled on and off requests are compared.
+  rounds alternate capture on, off, off, on (ABBA), and the median latencies of the
+  pooled on and off requests are compared.
 
-Figures: aggregate output tokens/s (completion tokens / wall time), p50 and p99 latency,
-p50 time to first token. Targets (issue 5): at 16 clients >= 6x the baseline's tokens/s;
-trace capture adds <= 5% to median latency.
+The machine may be shared, so the baseline and the levels are interleaved: each of
+``--rounds`` rounds runs ``--baseline-requests`` baseline requests, then every level;
+figures pool the rounds. Figures: aggregate output tokens/s (completion tokens / wall
+time), p50 and p99 latency, p50 time to first token. Targets (issue 5): at 16 clients
+>= 6x the baseline's tokens/s; trace capture adds <= 5% to median latency.
 
-    python bench/serve_load.py                     # about 4-5 minutes on 2 CPU cores
+    python bench/serve_load.py                     # about 6 minutes on 2 CPU cores
     python bench/serve_load.py --levels 1,4 --requests-per-client 2 --json out.json
 """
 
@@ -215,82 +217,92 @@ async def _level(url: str, key: str, clients: int, per_client: int, max_tokens: 
     return [r for rs in results for r in rs], wall
 
 
-def run_server(levels: list[int], cost_levels: list[int], per_client: int, max_tokens: int) -> list[Row]:
-    """The load levels with trace capture on, then the ABBA capture on/off rounds, on one server."""
+def run(levels: list[int], cost_levels: list[int], rounds: int, base_requests: int, per_client: int,
+        max_tokens: int) -> list[Row]:
+    """Interleaved rounds of baseline and serving levels, then the ABBA capture on/off rounds, on one server."""
     import httpx
 
     server = ServerProcess("on")
     key = server.wait()
     url = f"http://127.0.0.1:{server.port}"
-    rows = []
+    base = Baseline(max_tokens)
+    pooled: dict[str, list[tuple[float, float, int]]] = {}
+    walls: dict[str, float] = {}
+
+    def add(name: str, results: list[tuple[float, float, int]], wall: float) -> None:
+        pooled.setdefault(name, []).extend(results)
+        walls[name] = walls.get(name, 0.0) + wall
+        print(f"  {name}: {sum(r[2] for r in results) / wall:.1f} tok/s", file=sys.stderr, flush=True)
+
     try:
-        for clients in levels:
-            results, wall = asyncio.run(_level(url, key, clients, per_client, max_tokens))
-            rows.append(_row(f"serve c={clients}", results, wall))
-            print(f"  {rows[-1].name}: {rows[-1].tokens_per_s:.1f} tok/s", file=sys.stderr, flush=True)
+        for r in range(rounds):
+            add("baseline generate, 1 at a time", *base.run(base_requests, offset=r * base_requests))
+            for clients in levels:
+                add(f"serve c={clients}", *asyncio.run(_level(url, key, clients, per_client, max_tokens)))
         for clients in cost_levels:
-            pooled: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
-            walls = {True: 0.0, False: 0.0}
             for on in (True, False, False, True):
                 httpx.post(f"{url}/bench/capture", params={"on": on}, timeout=10).raise_for_status()
-                results, wall = asyncio.run(_level(url, key, clients, per_client, max_tokens))
-                pooled[on] += results
-                walls[on] += wall
-            for on in (True, False):
-                rows.append(_row(f"c={clients} traces {'on' if on else 'off'} (ABBA)", pooled[on], walls[on]))
-            print(f"  c={clients}: median {rows[-2].p50_ms:.0f} ms on, {rows[-1].p50_ms:.0f} ms off",
-                  file=sys.stderr, flush=True)
+                name = f"c={clients} traces {'on' if on else 'off'} (ABBA)"
+                add(name, *asyncio.run(_level(url, key, clients, per_client, max_tokens)))
     finally:
         tail = server.stop().strip().splitlines()
         if tail:
             print(f"  server: {tail[-1]}", file=sys.stderr)
-    return rows
+    return [_row(name, results, walls[name]) for name, results in pooled.items()]
 
 
 # ---------------------------------------------------------------------------------------------- the baseline
 
 
-def baseline(requests: int, max_tokens: int) -> Row:
-    """The same requests, one at a time, through plain transformers ``generate``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.generation.streamers import BaseStreamer
+class Baseline:
+    """The same requests, one at a time, through plain transformers ``generate`` in this process."""
 
-    from teachloop.render import Renderer
+    def __init__(self, max_tokens: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
 
-    model_dir = _model_dir()
-    renderer = Renderer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    stops = renderer.stop_token_ids()
+        from teachloop.render import Renderer
 
-    class FirstToken(BaseStreamer):
-        def __init__(self) -> None:
-            self.calls = 0
-            self.first: float | None = None
+        model_dir = _model_dir()
+        self.torch = torch
+        self.renderer = Renderer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.stops = self.renderer.stop_token_ids()
+        self.max_tokens = max_tokens
+        self.one(QUESTIONS[0])  # warm up
 
-        def put(self, value: Any) -> None:
-            self.calls += 1
-            if self.calls == 2 and self.first is None:  # call 1 is the prompt
-                self.first = time.perf_counter()
+    def one(self, question: str) -> tuple[float, float, int]:
+        from transformers.generation.streamers import BaseStreamer
 
-        def end(self) -> None:
-            pass
+        class FirstToken(BaseStreamer):
+            calls = 0
+            first: float | None = None
 
-    def one(question: str) -> tuple[float, float, int]:
-        ids = renderer.build_prompt([{"role": "user", "content": question}])
+            def put(self, value: Any) -> None:
+                self.calls += 1
+                if self.calls == 2:  # call 1 is the prompt
+                    self.first = time.perf_counter()
+
+            def end(self) -> None:
+                pass
+
+        torch = self.torch
+        ids = self.renderer.build_prompt([{"role": "user", "content": question}])
         streamer = FirstToken()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=max_tokens, do_sample=False, eos_token_id=stops,
-                                 pad_token_id=stops[0], streamer=streamer)
+            out = self.model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=self.max_tokens, do_sample=False, eos_token_id=self.stops, pad_token_id=self.stops[0],
+                streamer=streamer,
+            )
         end = time.perf_counter()
         return end - t0, (streamer.first or end) - t0, int(out.shape[1] - len(ids))
 
-    one(QUESTIONS[0])  # warm up
-    t0 = time.perf_counter()
-    results = [one(QUESTIONS[i % len(QUESTIONS)]) for i in range(requests)]
-    return _row("baseline generate, 1 at a time", results, time.perf_counter() - t0)
+    def run(self, requests: int, offset: int = 0) -> tuple[list[tuple[float, float, int]], float]:
+        t0 = time.perf_counter()
+        results = [self.one(QUESTIONS[(offset + i) % len(QUESTIONS)]) for i in range(requests)]
+        return results, time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -320,7 +332,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="1,4,16", help="client counts (default 1,4,16)")
     parser.add_argument("--requests-per-client", type=int, default=3)
-    parser.add_argument("--baseline-requests", type=int, default=8)
+    parser.add_argument("--baseline-requests", type=int, default=4, help="baseline requests per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of baseline + every level")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--traces-off-levels", default="4,16", help="levels of the ABBA capture on/off rounds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -335,11 +348,7 @@ def main() -> None:
         return
     levels = [int(x) for x in args.levels.split(",") if x]
     off_levels = [int(x) for x in args.traces_off_levels.split(",") if x]
-    print("baseline ...", file=sys.stderr, flush=True)
-    rows = [baseline(args.baseline_requests, args.max_tokens)]
-    print(f"  {rows[0].tokens_per_s:.1f} tok/s", file=sys.stderr, flush=True)
-    print("teachloop serve ...", file=sys.stderr, flush=True)
-    rows += run_server(levels, off_levels, args.requests_per_client, args.max_tokens)
+    rows = run(levels, off_levels, args.rounds, args.baseline_requests, args.requests_per_client, args.max_tokens)
     print(report(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
