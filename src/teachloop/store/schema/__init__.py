@@ -17,9 +17,11 @@ from teachloop.store.schema.base import (
     ref_column,
     utc_now,
 )
+from teachloop.store.schema.datasets import Dataset, DatasetRow
 from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange
 from teachloop.store.schema.environments import EnvironmentEval, EnvironmentVersion
 from teachloop.store.schema.jobs import JobRow, JobStatus
+from teachloop.store.schema.loops import Loop, LoopIteration, TraceScore
 from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
 from teachloop.store.schema.tenancy import ApiKey, Membership, Organisation, User
 from teachloop.store.schema.traces import Feedback, Trace
@@ -30,6 +32,8 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "Dataset",
+    "DatasetRow",
     "Deployment",
     "DeploymentChange",
     "EnvironmentEval",
@@ -38,6 +42,8 @@ __all__ = [
     "JSONType",
     "JobRow",
     "JobStatus",
+    "Loop",
+    "LoopIteration",
     "Membership",
     "OrgOwned",
     "Organisation",
@@ -45,6 +51,7 @@ __all__ = [
     "RunMetric",
     "Timestamps",
     "Trace",
+    "TraceScore",
     "TrainingRun",
     "UTCDateTime",
     "User",
