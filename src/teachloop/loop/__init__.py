@@ -1,0 +1,120 @@
+"""teachloop.loop (layer L3): the autopilot from live traffic to a better deployed model.
+
+Per deployment, a ``LoopConfig`` says where training data comes from
+(traces with feedback, traces scored by an environment's grader, expert
+labels, owned datasets), how it is curated (filters, PII scrubbing, exact and
+near-duplicate removal, a fixed holdout split), when to train (every N new
+usable examples or on a schedule), how (SFT, DPO or GRPO through ``train``),
+the eval gate (a paired test against the deployed version), the promotion
+rules (canary, then everyone; automatic rollback on a drop) and a daily
+training budget. ``LoopRunner.tick`` does one pass; every iteration is
+recorded with its data, run, figures, decision and reason.
+
+The loop uses ``train`` directly and changes deployments only through the
+store's deployment registry (``store.repos.deployments``), which serving
+reads on every request; it never imports ``serve``, ``app`` or ``cli``.
+"""
+
+from teachloop.loop.config import (
+    AlgorithmConfig,
+    BudgetConfig,
+    CurationConfig,
+    DatasetSource,
+    FeedbackSource,
+    GateConfig,
+    GateEnv,
+    GraderSource,
+    LabelsSource,
+    LoopConfig,
+    PromotionConfig,
+    References,
+    TriggerConfig,
+    check_references,
+    load_loop_config,
+    validate_loop_config,
+)
+from teachloop.loop.curation import Curated, CurationReport, curate, holdout_side, near_duplicates, scrub_text
+from teachloop.loop.export import FORMATS, dataset_json, export_dataset
+from teachloop.loop.gate import (
+    GateDecision,
+    PairedTest,
+    Suite,
+    decide,
+    likelihood_suite,
+    paired_bootstrap,
+    reward_suite,
+    sign_test,
+)
+from teachloop.loop.promotion import Verdict, judge
+from teachloop.loop.runner import LoopRunner, TickResult
+from teachloop.loop.scoring import AnswerFinder, score_new_traffic
+from teachloop.loop.service import (
+    JOB_KIND,
+    configure_loop,
+    enqueue_tick,
+    history,
+    set_enabled,
+    status,
+)
+from teachloop.loop.sources import Candidate, collect
+from teachloop.loop.trafficenv import TrafficPrompts
+from teachloop.loop.training import BudgetExceeded, TrainDeps, WarmStart, adapter_digest, snapshot
+from teachloop.loop.trigger import budget_left, due
+
+__all__ = [
+    "FORMATS",
+    "JOB_KIND",
+    "AlgorithmConfig",
+    "AnswerFinder",
+    "BudgetConfig",
+    "BudgetExceeded",
+    "Candidate",
+    "Curated",
+    "CurationConfig",
+    "CurationReport",
+    "DatasetSource",
+    "FeedbackSource",
+    "GateConfig",
+    "GateDecision",
+    "GateEnv",
+    "GraderSource",
+    "LabelsSource",
+    "LoopConfig",
+    "LoopRunner",
+    "PairedTest",
+    "PromotionConfig",
+    "References",
+    "Suite",
+    "TickResult",
+    "TrafficPrompts",
+    "TrainDeps",
+    "TriggerConfig",
+    "Verdict",
+    "WarmStart",
+    "adapter_digest",
+    "budget_left",
+    "check_references",
+    "collect",
+    "configure_loop",
+    "curate",
+    "dataset_json",
+    "decide",
+    "due",
+    "enqueue_tick",
+    "export_dataset",
+    "history",
+    "holdout_side",
+    "judge",
+    "likelihood_suite",
+    "load_loop_config",
+    "near_duplicates",
+    "paired_bootstrap",
+    "reward_suite",
+    "score_new_traffic",
+    "scrub_text",
+    "set_enabled",
+    "sign_test",
+    "snapshot",
+    "status",
+    "validate_loop_config",
+]

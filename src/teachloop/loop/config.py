@@ -1,0 +1,457 @@
+"""The loop config of one deployment: one validated model, from TOML or JSON (REST).
+
+A config looks like::
+
+    deployment = "calc"
+
+    [[sources]]                 # traces scored by an environment's grader
+    kind = "grader"
+    env = "arithmetic"
+    env_args = { level = 1 }
+    answer = "lookup"           # or "metadata:answer"
+    min_score = 1.0             # a reply scoring >= this is a good example
+
+    [[sources]]                 # traces with feedback >= a score, and corrections
+    kind = "feedback"
+    min_score = 0.8
+
+    [curation]
+    holdout_frac = 0.1
+
+    [trigger]
+    every = 64                  # new usable examples
+
+    [algorithm]
+    kind = "grpo"               # sft | dpo | grpo
+    train = { steps = 20, optim = { lr = 5e-4 }, rl = { prompts_per_step = 4, group_size = 8 } }
+
+    [gate]
+    environments = [{ env = "arithmetic", env_args = { level = 1 }, tasks = 100 }]
+
+    [promotion]
+    canary_percent = 25
+
+    [budget]
+    train_minutes_per_day = 60
+
+``validate_loop_config`` checks the shape, ranges and cross-field rules
+(errors are ``InvalidInput`` naming the dotted field, e.g. ``trigger.every``);
+``check_references`` then checks what the config names against the store --
+the deployment, every environment (resolved to a digest) and dataset -- and
+refuses an expert-label source while there is no ``labels`` table. Nothing
+is written by either. This module knows nothing of engines or training runs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import Session
+
+from teachloop.core.errors import InvalidInput, TeachloopError
+from teachloop.core.rl import content_hash
+from teachloop.store.blobs import BlobStore
+from teachloop.store.repos.datasets import Datasets
+from teachloop.store.repos.deployments import Deployments
+from teachloop.store.schema.datasets import Dataset
+from teachloop.store.schema.deployments import Deployment
+from teachloop.train.config import validate_config
+from teachloop.train.envref import ResolvedEnv, resolve_env
+
+#: The fields of the training config the loop sets itself.
+LOOP_OWNED = {"algorithm", "model", "name"}
+LOOP_OWNED_DATA = {"train", "eval"}
+LOOP_OWNED_RL = {"env", "env_args"}
+
+
+Signal = Literal["grader", "feedback"]
+SIGNALS: tuple[Signal, ...] = ("grader", "feedback")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Source(_Section):
+    license: str = Field(default="LicenseRef-proprietary", min_length=1, max_length=100,
+                         description="License the rows are used under (SPDX id or LicenseRef-...).")
+
+
+class FeedbackSource(_Source):
+    """Traces with feedback: well-rated replies, corrections, and (for DPO) good/bad pairs."""
+
+    kind: Literal["feedback"]
+    min_score: float = Field(default=1.0, description="Feedback score at or above which a reply is good.")
+    max_score: float = Field(default=0.0, description="Feedback score at or below which a reply is bad (DPO).")
+    corrections: bool = Field(default=True, description="Use corrected outputs (SFT rows; DPO chosen over the reply).")
+    label: str | None = Field(default=None, description="Only feedback with this label.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeedbackSource:
+        if self.max_score >= self.min_score:
+            raise ValueError("max_score must be below min_score")
+        return self
+
+
+class GraderSource(_Source):
+    """Traces scored by an environment's grader (the online reward)."""
+
+    kind: Literal["grader"]
+    env: str = Field(min_length=1, description="Environment whose grader scores the traffic.")
+    env_args: dict[str, Any] = Field(default_factory=dict, description="Its constructor arguments.")
+    answer: str = Field(default="lookup", description="'lookup' (find the prompt among the env's tasks) or "
+                                                      "'metadata:KEY' (the request metadata carries it).")
+    lookup_tasks: int = Field(default=10_000, ge=1, le=1_000_000, description="Tasks indexed for 'lookup'.")
+    lookup_seed: int = Field(default=0, description="Seed of the task stream indexed for 'lookup'.")
+    min_score: float = Field(default=1.0, description="Grader score at or above which a reply is good.")
+    max_score: float = Field(default=0.0, description="Grader score at or below which a reply is bad (DPO).")
+
+    @model_validator(mode="after")
+    def _answer(self) -> GraderSource:
+        if self.answer != "lookup" and not (self.answer.startswith("metadata:") and len(self.answer) > 9):
+            raise ValueError("answer must be 'lookup' or 'metadata:KEY'")
+        if self.max_score >= self.min_score:
+            raise ValueError("max_score must be below min_score")
+        return self
+
+
+class LabelsSource(_Source):
+    """Expert labels (a ``labels`` table, when the workforce package provides one)."""
+
+    kind: Literal["labels"]
+    project: str | None = Field(default=None, description="Only labels of this project.")
+
+
+class DatasetSource(_Source):
+    """A dataset snapshot the organisation owns."""
+
+    kind: Literal["dataset"]
+    dataset: str = Field(min_length=1, description="NAME@N, NAME (newest) or a ds_... id.")
+
+
+Source = Annotated[FeedbackSource | GraderSource | LabelsSource | DatasetSource, Field(discriminator="kind")]
+
+
+class CurationConfig(_Section):
+    """How candidate rows become a snapshot."""
+
+    metadata: dict[str, str] = Field(default_factory=dict, description="Trace metadata pairs that must all match.")
+    exclude_metadata: dict[str, str] = Field(default_factory=dict, description="Pairs that exclude a trace.")
+    min_score: float | None = Field(default=None, description="Drop rows scored below this.")
+    max_score: float | None = Field(default=None, description="Drop rows scored above this.")
+    dedupe: bool = Field(default=True, description="Drop exact duplicates (normalised text).")
+    near_dup_threshold: float | None = Field(default=0.9, gt=0, le=1,
+                                             description="Drop rows whose MinHash Jaccard to a kept one is >= this.")
+    pii: bool = Field(default=True, description="Scrub PII (emails, phones, cards, URLs, credentials) with scrubadub.")
+    holdout_frac: float = Field(default=0.1, ge=0, le=0.5, description="Share of prompts held out (fixed by hash).")
+    holdout_seed: int = Field(default=0, description="Salt of the holdout hash.")
+    max_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="Newest rows kept at most.")
+    max_chars: int = Field(default=16_000, ge=1, description="Drop rows longer than this (characters).")
+
+
+class TriggerConfig(_Section):
+    """When an iteration starts: every N new usable examples and/or on a schedule."""
+
+    every: int | None = Field(default=64, description="Start after this many new usable examples.")
+    interval_minutes: float | None = Field(default=None, description="Start this long after the last iteration.")
+    min_examples: int = Field(default=8, ge=1, description="Never train on fewer training rows than this.")
+    check_seconds: float = Field(default=30.0, gt=0, le=86_400, description="How often `loop run` ticks.")
+
+
+class AlgorithmConfig(_Section):
+    """What trains the candidate: ``train`` is passed through to the training config."""
+
+    kind: Literal["sft", "dpo", "grpo"]
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (steps, lora, optim, rl, data).")
+    warm_start: bool = Field(default=True, description="Start from the deployed adapter (else from the base).")
+
+
+class GateEnv(_Section):
+    """An environment the candidate is evaluated on."""
+
+    env: str = Field(min_length=1)
+    env_args: dict[str, Any] = Field(default_factory=dict)
+    tasks: int = Field(default=100, ge=1, le=10_000)
+    seed: int = Field(default=1_000_003, description="Seed of the held-out task stream.")
+
+
+class GateConfig(_Section):
+    """The eval gate: candidate vs deployed, paired per example."""
+
+    metric: Literal["reward", "likelihood"] = Field(
+        default="reward", description="reward: grader reward of greedy replies on the holdout prompts; "
+                                      "likelihood: log-likelihood of the holdout replies (or DPO margins).")
+    test: Literal["bootstrap", "sign"] = Field(default="bootstrap", description="Paired test.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_improvement: float = Field(default=0.0, ge=0, description="The lower confidence bound must exceed this.")
+    max_regression: float = Field(default=0.05, ge=0, description="No suite's mean may drop by more than this.")
+    holdout: bool = Field(default=True, description="Evaluate on the snapshot's holdout split.")
+    holdout_max: int = Field(default=200, ge=1, le=100_000, description="Holdout rows evaluated at most.")
+    environments: list[GateEnv] = Field(default_factory=list)
+    max_tokens: int = Field(default=64, ge=1, le=8192, description="Reply length of greedy evaluation.")
+    bootstrap_samples: int = Field(default=10_000, ge=100, le=1_000_000)
+
+
+class PromotionConfig(_Section):
+    """Canary first, then full promotion; rollback on a drop of online figures."""
+
+    canary_percent: int = Field(default=10, ge=0, le=100, description="0 promotes at once (the watch still runs).")
+    canary_min_requests: int = Field(default=50, ge=1, description="Canary requests before deciding.")
+    canary_min_minutes: float = Field(default=0.0, ge=0)
+    signals: list[Signal] = Field(default_factory=lambda: list(SIGNALS), min_length=1,
+                                  description="Online signals watched: grader and/or feedback.")
+    min_samples: int = Field(default=20, ge=1, description="Scored requests per arm before a signal counts.")
+    max_drop: float = Field(default=0.05, ge=0, description="Roll back when a signal falls by more than this.")
+    watch_requests: int = Field(default=100, ge=0, description="Requests watched after full promotion (0: none).")
+
+
+class BudgetConfig(_Section):
+    """Training time allowed per day (UTC)."""
+
+    train_minutes_per_day: float = Field(default=60.0, gt=0, le=1440)
+
+
+class LoopConfig(BaseModel):
+    """The whole loop of one deployment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deployment: str = Field(min_length=1, max_length=100)
+    enabled: bool = True
+    sources: list[Source] = Field(min_length=1)
+    curation: CurationConfig = Field(default_factory=CurationConfig)
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+    algorithm: AlgorithmConfig
+    gate: GateConfig = Field(default_factory=GateConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    def grader_source(self) -> GraderSource | None:
+        """The first grader source (it also scores the online reward)."""
+        return next((s for s in self.sources if isinstance(s, GraderSource)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (what the loop row stores)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def digest(self) -> str:
+        """Content digest of the config."""
+        return content_hash(self.to_dict())
+
+
+def _cross_checks(cfg: LoopConfig) -> None:
+    """Rules that span sections; ``InvalidInput`` naming the field."""
+    t = cfg.trigger
+    if t.every is None and t.interval_minutes is None:
+        raise InvalidInput("config field trigger: set every (new examples) and/or interval_minutes", param="trigger")
+    if t.every is not None and t.every < 1:
+        raise InvalidInput(f"config field trigger.every: must be at least 1, got {t.every}", param="trigger.every")
+    if t.every is not None and t.every > cfg.curation.max_rows:
+        raise InvalidInput(f"config field trigger.every: {t.every} new examples can never arrive in a snapshot of at "
+                           f"most curation.max_rows = {cfg.curation.max_rows}", param="trigger.every")
+    if t.interval_minutes is not None and t.interval_minutes <= 0:
+        raise InvalidInput("config field trigger.interval_minutes: must be positive", param="trigger.interval_minutes")
+    if t.min_examples > cfg.curation.max_rows:
+        raise InvalidInput(f"config field trigger.min_examples: above curation.max_rows ({cfg.curation.max_rows})",
+                           param="trigger.min_examples")
+    kind = cfg.algorithm.kind
+    kinds = {s.kind for s in cfg.sources}
+    if kind == "grpo" and not kinds & {"grader", "dataset"}:
+        raise InvalidInput("config field algorithm.kind: grpo trains on traffic prompts an environment can grade; "
+                           "add a grader source (or a prompts dataset)", param="algorithm.kind")
+    if cfg.gate.metric == "reward" and cfg.gate.holdout and cfg.grader_source() is None and not cfg.gate.environments:
+        raise InvalidInput("config field gate.metric: reward needs a grader source or gate.environments; "
+                           "use metric = 'likelihood'", param="gate.metric")
+    if not cfg.gate.holdout and not cfg.gate.environments:
+        raise InvalidInput("config field gate.holdout: is off and gate.environments is empty; the gate needs "
+                           "one of them", param="gate.holdout")
+    if cfg.gate.holdout and cfg.curation.holdout_frac == 0:
+        raise InvalidInput("config field curation.holdout_frac: gate.holdout needs a holdout share above 0",
+                           param="curation.holdout_frac")
+    if "grader" in cfg.promotion.signals and cfg.grader_source() is None:
+        raise InvalidInput("config field promotion.signals: 'grader' needs a grader source", param="promotion.signals")
+    _check_train(cfg)
+
+
+def _check_train(cfg: LoopConfig) -> None:
+    train = dict(cfg.algorithm.train)
+    for key in LOOP_OWNED & set(train):
+        raise InvalidInput(f"config field algorithm.train.{key}: set by the loop; remove it",
+                           param=f"algorithm.train.{key}")
+    for section, owned in (("data", LOOP_OWNED_DATA), ("rl", LOOP_OWNED_RL)):
+        value = train.get(section)
+        if value is not None and not isinstance(value, dict):
+            raise InvalidInput(f"config field algorithm.train.{section}: must be a table", param=f"algorithm.train.{section}")
+        for key in owned & set(value or {}):
+            raise InvalidInput(f"config field algorithm.train.{section}.{key}: set by the loop; remove it",
+                               param=f"algorithm.train.{section}.{key}")
+    kind = cfg.algorithm.kind
+    if kind == "grpo" and "data" in train:
+        raise InvalidInput("config field algorithm.train.data: grpo takes an rl section, not data",
+                           param="algorithm.train.data")
+    if kind != "grpo" and "rl" in train:
+        raise InvalidInput(f"config field algorithm.train.rl: {kind} takes a data section, not rl",
+                           param="algorithm.train.rl")
+    probe = training_dict(cfg, model="probe", name="probe", env="arithmetic", env_args={}, data_path="probe.jsonl")
+    try:
+        validate_config(probe)
+    except InvalidInput as err:
+        field = err.param or "config"
+        message = str(err).replace(f"config field {field}", "").lstrip(": ")
+        raise InvalidInput(f"config field algorithm.train.{field}: {message}", param=f"algorithm.train.{field}") from None
+
+
+def training_dict(cfg: LoopConfig, *, model: str, name: str, env: str | None, env_args: dict[str, Any] | None,
+                  data_path: str | None, eval_path: str | None = None) -> dict[str, Any]:
+    """The training config (as a dict for ``train.validate_config``) of one iteration."""
+    train = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.algorithm.train.items()}
+    out: dict[str, Any] = {**train, "algorithm": cfg.algorithm.kind, "model": model, "name": name}
+    out.setdefault("checkpoint_every", 0)
+    out["eval"] = {**train.get("eval", {}), "tasks": 0}  # the loop's gate evaluates
+    if cfg.algorithm.kind == "grpo":
+        out["rl"] = {**train.get("rl", {}), "env": env, "env_args": env_args or {}}
+    else:
+        data = {**train.get("data", {}), "train": data_path}
+        if eval_path is not None:
+            data["eval"] = eval_path
+        else:
+            data["holdout_frac"] = 0.0
+        out["data"] = data
+    return out
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if p in ("feedback", "grader", "labels", "dataset") and parts and parts[-1].isdigit():
+            continue  # the discriminator tag of a source
+        parts.append(str(p))
+    return ".".join(parts) or "config"
+
+
+def validate_loop_config(raw: dict[str, Any]) -> LoopConfig:
+    """A ``LoopConfig`` from a plain dict; ``InvalidInput`` naming the field."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("a loop config is a table/object", param="config")
+    try:
+        cfg = LoopConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = _loc(first["loc"])
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif first["type"] == "union_tag_invalid":
+            msg = "kind must be one of feedback, grader, labels, dataset"
+        raise InvalidInput(f"config field {loc}: {msg}", param=loc) from None
+    _cross_checks(cfg)
+    return cfg
+
+
+def load_loop_config(path: Path, overrides: dict[str, Any] | None = None) -> LoopConfig:
+    """Read a TOML loop config (``overrides`` replace top-level keys, e.g. the deployment)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"loop config {path} does not exist", param="config") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InvalidInput(f"{path} is not valid TOML: {err}", param="config") from None
+    return validate_loop_config({**raw, **(overrides or {})})
+
+
+@dataclass(frozen=True)
+class References:
+    """What a config names, resolved against the store.
+
+    Attributes:
+        deployment: the deployment row.
+        source_envs: resolved environment per source index (grader sources).
+        gate_envs: resolved environment per gate environment.
+        datasets: dataset row per source index (dataset sources).
+    """
+
+    deployment: Deployment
+    source_envs: dict[int, ResolvedEnv]
+    gate_envs: list[ResolvedEnv]
+    datasets: dict[int, Dataset]
+
+
+def labels_table_exists(session: Session) -> bool:
+    """Whether the database has a ``labels`` table (expert labels)."""
+    return bool(sa_inspect(session.connection()).has_table("labels"))
+
+
+def _resolve(ref: str, args: dict[str, Any], field: str, session: Session, blobs: BlobStore, org_id: str,
+             cache: Path) -> ResolvedEnv:
+    try:
+        return resolve_env(ref, session=session, blobs=blobs, org_id=org_id, cache=cache, **args)
+    except TeachloopError as err:
+        raise InvalidInput(f"config field {field}: {err}", param=field) from None
+    except Exception as err:  # an environment constructor that rejects its arguments
+        raise InvalidInput(f"config field {field}: cannot load {ref!r}: {err}", param=field) from None
+
+
+_KIND_FOR = {"sft": "chat", "dpo": "pairs", "grpo": "prompts"}
+
+
+def check_references(cfg: LoopConfig, session: Session, *, blobs: BlobStore, org_id: str, cache: Path) -> References:
+    """Resolve the deployment, environments and datasets ``cfg`` names; ``InvalidInput`` naming the field."""
+    deployment = Deployments(session).find(org_id, cfg.deployment)
+    if deployment is None:
+        raise InvalidInput(f"config field deployment: deployment {cfg.deployment!r} not found", param="deployment")
+    source_envs: dict[int, ResolvedEnv] = {}
+    datasets: dict[int, Dataset] = {}
+    for i, src in enumerate(cfg.sources):
+        if isinstance(src, GraderSource):
+            source_envs[i] = _resolve(src.env, src.env_args, f"sources.{i}.env", session, blobs, org_id, cache)
+            if source_envs[i].env.multi_turn:
+                raise InvalidInput(f"config field sources.{i}.env: {src.env} is multi-turn; the loop grades "
+                                   "single-turn traffic", param=f"sources.{i}.env")
+        elif isinstance(src, LabelsSource):
+            if not labels_table_exists(session):
+                raise InvalidInput(f"config field sources.{i}.kind: no expert-label source yet (this installation "
+                                   "has no labels table)", param=f"sources.{i}.kind")
+        elif isinstance(src, DatasetSource):
+            try:
+                ds = Datasets(session).resolve(org_id, src.dataset)
+            except TeachloopError as err:
+                raise InvalidInput(f"config field sources.{i}.dataset: {err}", param=f"sources.{i}.dataset") from None
+            want = _KIND_FOR[cfg.algorithm.kind]
+            if ds.kind != want and not (want == "prompts" and ds.kind == "chat"):
+                raise InvalidInput(f"config field sources.{i}.dataset: {ds.ref} holds {ds.kind} rows; "
+                                   f"{cfg.algorithm.kind} needs {want}", param=f"sources.{i}.dataset")
+            datasets[i] = ds
+    gate_envs = [
+        _resolve(g.env, g.env_args, f"gate.environments.{i}.env", session, blobs, org_id, cache)
+        for i, g in enumerate(cfg.gate.environments)
+    ]
+    return References(deployment, source_envs, gate_envs, datasets)
+
+
+__all__ = [
+    "AlgorithmConfig",
+    "BudgetConfig",
+    "CurationConfig",
+    "DatasetSource",
+    "FeedbackSource",
+    "GateConfig",
+    "GateEnv",
+    "GraderSource",
+    "LabelsSource",
+    "LoopConfig",
+    "PromotionConfig",
+    "References",
+    "Source",
+    "TriggerConfig",
+    "check_references",
+    "labels_table_exists",
+    "load_loop_config",
+    "training_dict",
+    "validate_loop_config",
+]

@@ -1,0 +1,232 @@
+"""The eval gate: the candidate adapter vs the deployed one, paired per example, at a stated confidence.
+
+Both models answer the *same* examples, so each example gives one paired
+difference ``candidate - baseline`` (higher is better):
+
+* **reward suites** -- greedy replies to the snapshot's holdout prompts (rows
+  that carry a reference answer, re-posed by the grader's environment) and
+  to ``tasks`` held-out tasks of each configured environment, each reply
+  scored by the environment's grader;
+* **likelihood suite** (``metric = "likelihood"``) -- per holdout row, the
+  mean log-probability of its reply tokens (SFT rows) or the log-probability
+  margin of chosen over rejected (DPO pairs).
+
+The decision pools the differences of the *deciding* suites (the reward
+suites for ``metric = "reward"``, the likelihood suite otherwise) and runs a
+one-sided paired test at ``confidence``:
+
+* ``bootstrap`` (default): paired bootstrap of the mean difference
+  (``bootstrap_samples`` resamples of the per-example differences, fixed
+  seed); passes when the lower confidence bound exceeds ``min_improvement``.
+  Its p-value is the share of resampled means at or below ``min_improvement``.
+* ``sign``: exact one-sided sign test on the non-zero differences (McNemar's
+  exact test when rewards are 0/1); passes when p <= 1 - confidence and the
+  mean difference exceeds ``min_improvement``.
+
+Every suite is also a guard: the candidate is refused if any suite's mean
+drops by more than ``max_regression``. An equal candidate never passes (its
+differences are all zero). The decision record names the test, the figures
+of every suite and the reason. This module knows nothing of the store; the
+suites take ``ChatCompleter``s and an engine, so tests run on fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from teachloop.core.rl import ChatCompleter, Task
+from teachloop.core.sampling import SamplingParams
+from teachloop.engine.base import Engine
+from teachloop.envs import Environment, rollout
+from teachloop.loop.config import GateConfig
+from teachloop.render import Renderer
+
+BOOTSTRAP_SEED = 20_240_601
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The outcome of a one-sided paired test of ``mean(candidate - baseline) > min_improvement``."""
+
+    method: str
+    n: int
+    mean_diff: float
+    lower_bound: float | None
+    p_value: float
+    confidence: float
+    min_improvement: float
+    passed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored in the decision record."""
+        return dict(self.__dict__)
+
+
+def paired_bootstrap(diffs: Sequence[float], *, confidence: float, min_improvement: float = 0.0,
+                     samples: int = 10_000, seed: int = BOOTSTRAP_SEED) -> PairedTest:
+    """One-sided paired bootstrap of the mean difference (see the module docstring)."""
+    import numpy as np
+
+    method = f"paired bootstrap of the mean difference, one-sided, {samples} resamples, seed {seed}"
+    if not diffs:
+        return PairedTest(method, 0, 0.0, None, 1.0, confidence, min_improvement, False)
+    d = np.asarray(diffs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    chunk = max(1, 2_000_000 // len(d))
+    for start in range(0, samples, chunk):
+        stop = min(samples, start + chunk)
+        idx = rng.integers(0, len(d), size=(stop - start, len(d)))
+        means[start:stop] = d[idx].mean(axis=1)
+    lower = float(np.quantile(means, 1 - confidence))
+    p = float((means <= min_improvement).mean())
+    mean = float(d.mean())
+    return PairedTest(method, len(d), mean, lower, p, confidence, min_improvement, lower > min_improvement)
+
+
+def sign_test(diffs: Sequence[float], *, confidence: float, min_improvement: float = 0.0) -> PairedTest:
+    """Exact one-sided sign test on the non-zero differences (see the module docstring)."""
+    wins = sum(1 for x in diffs if x > 0)
+    losses = sum(1 for x in diffs if x < 0)
+    n = wins + losses
+    p = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+    mean = statistics.fmean(diffs) if diffs else 0.0
+    passed = n > 0 and p <= 1 - confidence and mean > min_improvement
+    return PairedTest(f"exact sign test, one-sided ({wins} better, {losses} worse, {len(diffs) - n} ties)",
+                      len(diffs), mean, None, p, confidence, min_improvement, passed)
+
+
+def paired_test(method: str, diffs: Sequence[float], cfg: GateConfig) -> PairedTest:
+    """The configured test on ``diffs``."""
+    if method == "sign":
+        return sign_test(diffs, confidence=cfg.confidence, min_improvement=cfg.min_improvement)
+    return paired_bootstrap(diffs, confidence=cfg.confidence, min_improvement=cfg.min_improvement,
+                            samples=cfg.bootstrap_samples)
+
+
+@dataclass
+class Suite:
+    """Per-example scores of both models on one set of examples (higher is better)."""
+
+    name: str
+    metric: str
+    ids: list[str]
+    baseline: list[float]
+    candidate: list[float]
+    deciding: bool = True
+
+    @property
+    def diffs(self) -> list[float]:
+        """Per-example ``candidate - baseline``."""
+        return [c - b for b, c in zip(self.baseline, self.candidate, strict=True)]
+
+    def summary(self) -> dict[str, Any]:
+        """Means and size (as stored in the decision record)."""
+        n = len(self.ids)
+        return {"name": self.name, "metric": self.metric, "n": n, "deciding": self.deciding,
+                "baseline_mean": statistics.fmean(self.baseline) if n else None,
+                "candidate_mean": statistics.fmean(self.candidate) if n else None,
+                "mean_diff": statistics.fmean(self.diffs) if n else None}
+
+
+@dataclass
+class GateDecision:
+    """Whether the candidate passed, why, and the figures behind it."""
+
+    passed: bool
+    reason: str
+    test: PairedTest | None
+    suites: list[Suite] = field(default_factory=list)
+    baseline: str = ""
+    candidate: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision record stored on the iteration."""
+        return {"passed": self.passed, "reason": self.reason, "test": self.test.to_json() if self.test else None,
+                "suites": [s.summary() for s in self.suites], "baseline": self.baseline, "candidate": self.candidate}
+
+
+def decide(suites: Sequence[Suite], cfg: GateConfig, *, baseline: str = "", candidate: str = "") -> GateDecision:
+    """Pool the deciding suites, run the paired test, apply the regression guards."""
+    suites = [s for s in suites if s.ids]
+    deciding = [s for s in suites if s.deciding]
+    if not deciding:
+        return GateDecision(False, "no examples to compare on (empty holdout and no environments)", None, list(suites),
+                            baseline, candidate)
+    diffs = [d for s in deciding for d in s.diffs]
+    test = paired_test(cfg.test, diffs, cfg)
+    for s in suites:
+        drop = -statistics.fmean(s.diffs)
+        if drop > cfg.max_regression:
+            return GateDecision(False, f"{s.name} ({s.metric}) fell by {drop:.4g} > max_regression "
+                                       f"{cfg.max_regression:g}", test, list(suites), baseline, candidate)
+    figures = f"mean diff {test.mean_diff:+.4g} over {test.n} paired examples, p = {test.p_value:.3g}"
+    if test.lower_bound is not None:
+        figures += f", {cfg.confidence:.0%} lower bound {test.lower_bound:+.4g}"
+    if test.passed:
+        reason = f"better at {cfg.confidence:.0%} confidence ({figures})"
+    else:
+        reason = f"not better at {cfg.confidence:.0%} confidence with min improvement {cfg.min_improvement:g} ({figures})"
+    return GateDecision(test.passed, reason, test, list(suites), baseline, candidate)
+
+
+async def reward_suite(name: str, env: Environment, tasks: Sequence[Task], baseline: ChatCompleter,
+                       candidate: ChatCompleter, *, max_tokens: int, deciding: bool = True) -> Suite:
+    """Greedy replies of both models to ``tasks``, scored by ``env``."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    n = max(1, len(tasks))
+    base = await rollout(env, tasks, baseline, group_size=1, params=params, max_concurrent_groups=n)
+    cand = await rollout(env, tasks, candidate, group_size=1, params=params, max_concurrent_groups=n)
+    return Suite(name, "reward", [t.id for t in tasks], [g.rewards[0] for g in base], [g.rewards[0] for g in cand],
+                 deciding)
+
+
+def _logprob(engine: Engine, renderer: Renderer, messages: list[Any], adapter: str | None) -> tuple[float, float]:
+    """(mean, sum) of the log-probabilities of the last reply's tokens."""
+    from teachloop.core.chat import Message
+
+    msgs = [Message(role=m["role"], content=m.get("content") or "") for m in messages]
+    tokens, mask = renderer.build_supervised(msgs, train_on="last_assistant")
+    lps = engine.logprobs([tokens], adapter)[0]
+    picked = [lp for lp, m in zip(lps, mask[1:], strict=False) if m]
+    return sum(picked) / max(1, len(picked)), sum(picked)
+
+
+def _score_row(engine: Engine, renderer: Renderer, row: dict[str, Any], adapter: str | None) -> float:
+    if "chosen" in row:
+        prompt = list(row["prompt"])
+        _, chosen = _logprob(engine, renderer, [*prompt, row["chosen"]], adapter)
+        _, rejected = _logprob(engine, renderer, [*prompt, row["rejected"]], adapter)
+        return float(chosen - rejected)
+    mean, _ = _logprob(engine, renderer, list(row["messages"]), adapter)
+    return float(mean)
+
+
+async def likelihood_suite(rows: Sequence[dict[str, Any]], engine: Engine, renderer: Renderer,
+                           baseline: str | None, candidate: str) -> Suite:
+    """Mean reply log-probability (chat rows) or chosen-over-rejected margin (pairs) under both adapters."""
+    def run() -> tuple[list[float], list[float]]:
+        return ([_score_row(engine, renderer, r, baseline) for r in rows],
+                [_score_row(engine, renderer, r, candidate) for r in rows])
+
+    base, cand = await asyncio.to_thread(run)
+    metric = "dpo_margin" if rows and "chosen" in rows[0] else "mean_logprob"
+    return Suite("holdout", metric, [str(i) for i in range(len(rows))], base, cand)
+
+
+__all__ = [
+    "GateDecision",
+    "PairedTest",
+    "Suite",
+    "decide",
+    "likelihood_suite",
+    "paired_bootstrap",
+    "paired_test",
+    "reward_suite",
+    "sign_test",
+]

@@ -1,0 +1,160 @@
+"""The loop and dataset REST API under ``/api``.
+
+- ``GET /api/loops``; ``PUT /api/loops/{deployment}`` (the loop config as
+  JSON; refused with the field named, nothing changed, when invalid or when it
+  names a missing deployment, environment or dataset); ``GET
+  /api/loops/{deployment}`` (status: phase, serving state, online figures,
+  latest iteration); ``GET /api/loops/{deployment}/iterations``;
+  ``POST /api/loops/{deployment}/pause|resume``; ``POST
+  /api/loops/{deployment}/tick`` (queue one tick for the worker).
+- ``GET /api/datasets`` (``?name=``), ``GET /api/datasets/{ref}``, ``GET
+  /api/datasets/{ref}/rows`` (``?split=&offset=&limit=``): snapshots and their
+  rows with lineage. ``{ref}`` is ``NAME@N``, ``NAME`` or a ``ds_...`` id.
+
+Every route is scoped to the caller's organisation; reads need a viewer key,
+writes a member key. The app authenticates first (``request.state.principal``)
+and keeps its dependencies on ``app.state.deps`` (``database``, ``blobs``,
+``settings``, ``queue``); this module reads them there and never imports the
+app. It knows HTTP shapes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+
+from teachloop.core.errors import InvalidInput, ServiceUnavailable, Unauthorized
+from teachloop.core.tenancy import Principal, Role
+from teachloop.loop import service
+from teachloop.loop.export import dataset_json, row_json
+from teachloop.store.db import Database
+from teachloop.store.repos.datasets import Datasets
+from teachloop.store.repos.deployments import Deployments
+from teachloop.store.repos.loops import Loops
+
+router = APIRouter(prefix="/api", tags=["loop"])
+
+
+def _principal(request: Request, role: Role, action: str) -> Principal:
+    from teachloop.core.errors import Forbidden
+
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        raise Unauthorized("this route needs an API key (Authorization: Bearer <key>)")
+    if not principal.role.at_least(role):
+        raise Forbidden(f"{action} needs the {role.value} role or higher; this key has {principal.role.value}")
+    return principal
+
+
+def reader(request: Request) -> Principal:
+    """The caller, at least a viewer."""
+    return _principal(request, Role.VIEWER, "reading loops and datasets")
+
+
+def writer(request: Request) -> Principal:
+    """The caller, at least a member."""
+    return _principal(request, Role.MEMBER, "changing a loop")
+
+
+class _Ctx:
+    def __init__(self, request: Request) -> None:
+        deps = getattr(request.app.state, "deps", None)
+        database = getattr(deps, "database", None)
+        if not isinstance(database, Database):
+            raise ServiceUnavailable("the loop API is not configured on this server")
+        self.database: Database = database
+        self.blobs = deps.blobs  # type: ignore[union-attr]
+        self.settings = deps.settings  # type: ignore[union-attr]
+        self.queue = deps.queue  # type: ignore[union-attr]
+
+
+Reader = Annotated[Principal, Depends(reader)]
+Writer = Annotated[Principal, Depends(writer)]
+Ctx = Annotated[_Ctx, Depends(_Ctx)]
+
+
+@router.get("/loops")
+def list_loops(principal: Reader, ctx: Ctx) -> dict[str, Any]:
+    """The organisation's loops."""
+    with ctx.database.session(write=False) as s:
+        deps = {d.id: d.name for d in Deployments(s).list(principal.org_id)}
+        return {"data": [service.loop_json(lp, deps.get(lp.deployment_id, "?")) for lp in Loops(s).list(principal.org_id)]}
+
+
+@router.put("/loops/{deployment}")
+async def put_loop(deployment: str, principal: Writer, ctx: Ctx,
+                   body: dict[str, Any] = Body(..., description="The loop config (see docs/loop.md).")) -> dict[str, Any]:
+    """Create or replace the loop of ``deployment``; a bad config is refused with the field named."""
+    given = body.get("deployment", deployment)
+    if given != deployment:
+        raise InvalidInput(f"config field deployment: {given!r} does not match the path's {deployment!r}",
+                           param="deployment")
+    raw = {**body, "deployment": deployment}
+    out, created = await asyncio.to_thread(
+        service.configure_loop, ctx.database, ctx.blobs, principal.org_id, raw,
+        cache=ctx.settings.home / "envs", actor=principal.key_id)
+    return {**out, "created": created}
+
+
+@router.get("/loops/{deployment}")
+def get_loop(deployment: str, principal: Reader, ctx: Ctx) -> dict[str, Any]:
+    """The loop's status: phase, what the deployment serves, online figures, latest iteration."""
+    return service.status(ctx.database, principal.org_id, deployment)
+
+
+@router.get("/loops/{deployment}/iterations")
+def list_iterations(deployment: str, principal: Reader, ctx: Ctx,
+                    limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+    """Every iteration, newest first: data, run, eval figures, decision and reason."""
+    return {"data": service.history(ctx.database, principal.org_id, deployment, limit=limit)}
+
+
+@router.post("/loops/{deployment}/pause")
+def pause_loop(deployment: str, principal: Writer, ctx: Ctx) -> dict[str, Any]:
+    """Stop starting iterations (a candidate in canary or watch is still judged when resumed)."""
+    return service.set_enabled(ctx.database, principal.org_id, deployment, False)
+
+
+@router.post("/loops/{deployment}/resume")
+def resume_loop(deployment: str, principal: Writer, ctx: Ctx) -> dict[str, Any]:
+    """Start ticking again."""
+    return service.set_enabled(ctx.database, principal.org_id, deployment, True)
+
+
+@router.post("/loops/{deployment}/tick", status_code=202)
+def tick_loop(deployment: str, principal: Writer, ctx: Ctx) -> dict[str, Any]:
+    """Queue one tick of the loop for a worker (the worker queues the following ones)."""
+    with ctx.database.session(write=False) as s:
+        service.find_loop(s, principal.org_id, deployment)
+    return {"job_id": service.enqueue_tick(ctx.queue, principal.org_id, deployment)}
+
+
+@router.get("/datasets")
+def list_datasets(principal: Reader, ctx: Ctx, name: str | None = None,
+                  limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    """The organisation's dataset snapshots, newest first."""
+    with ctx.database.session(write=False) as s:
+        return {"data": [dataset_json(d) for d in Datasets(s).list(principal.org_id, name, limit=limit)]}
+
+
+@router.get("/datasets/{ref}")
+def get_dataset(ref: str, principal: Reader, ctx: Ctx) -> dict[str, Any]:
+    """One snapshot's record (digest, counts, licenses, how it was made)."""
+    with ctx.database.session(write=False) as s:
+        return dataset_json(Datasets(s).resolve(principal.org_id, ref))
+
+
+@router.get("/datasets/{ref}/rows")
+def dataset_rows(ref: str, principal: Reader, ctx: Ctx, split: str | None = None,
+                 offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    """Rows of a snapshot with their lineage, in order."""
+    with ctx.database.session(write=False) as s:
+        repo = Datasets(s)
+        dataset = repo.resolve(principal.org_id, ref)
+        rows = repo.rows(principal.org_id, dataset.id, split)
+        return {"data": [row_json(r) for r in rows[offset : offset + limit]], "total": len(rows)}
+
+
+__all__ = ["reader", "router", "writer"]

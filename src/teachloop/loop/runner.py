@@ -1,0 +1,420 @@
+"""``LoopRunner``: the loop of one deployment, one ``tick`` at a time.
+
+A tick:
+
+1. reads the loop's stored config and re-checks what it names (deployment,
+   environments, datasets); a loop that is disabled or whose references broke
+   does nothing (the reason is noted on the loop);
+2. scores the deployment's new traffic with the grader source's environment
+   (the online reward, ``trace_scores``);
+3. advances a candidate in ``canary`` (promote, roll back or wait, per
+   ``promotion.judge``) or in ``watch`` after full promotion (roll back on a
+   drop, else back to ``idle``);
+4. when ``idle``, counts the new usable examples since the loop's cursor and,
+   if the trigger is due and today's training budget allows, runs an
+   iteration: snapshot -> train -> gate -> canary.
+
+An iteration that fails -- no usable data, a training run that fails, an
+eval that raises -- is recorded with status ``failed`` (or ``skipped`` when
+there were too few rows) and the reason; the deployment is untouched, the
+cursor moves past the data it saw, and the next trigger starts a new one.
+The deployment is changed only through ``loop.promotion`` (the store's
+deployment registry), so serving processes pick the change up on their next
+request. An iteration left ``running`` by a process that died is marked
+failed after ``STALE_MINUTES`` without progress.
+
+``run_forever`` ticks every ``trigger.check_seconds`` until stopped. Listeners
+receive ``(event, payload)`` for a live view. The runner holds the engine
+for training and evaluation; the CLI and the worker build it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from teachloop.core.errors import ConfigurationError, Conflict, NotFound, ServiceUnavailable, TeachloopError
+from teachloop.engine.completer import EngineCompleter
+from teachloop.loop import promotion
+from teachloop.loop.config import LoopConfig, References, check_references, validate_loop_config
+from teachloop.loop.curation import curate
+from teachloop.loop.gate import GateDecision, Suite, decide, likelihood_suite, reward_suite
+from teachloop.loop.scoring import AnswerFinder, score_new_traffic
+from teachloop.loop.sources import collect
+from teachloop.loop.training import TrainDeps, holdout_env, publish_candidate, snapshot, train_candidate
+from teachloop.loop.trigger import budget_left, day_start, due
+from teachloop.store.repos.deployments import AdapterVersions, Deployments
+from teachloop.store.repos.loops import Loops, OnlineFigures
+from teachloop.store.schema.base import utc_now
+from teachloop.store.schema.deployments import AdapterVersion
+from teachloop.store.schema.loops import Loop, LoopIteration
+
+STALE_MINUTES = 60
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class TickResult:
+    """What one tick did."""
+
+    phase: str
+    scored: int = 0
+    new_examples: int = 0
+    iteration: int | None = None
+    status: str | None = None
+    note: str = ""
+
+
+class LoopRunner:
+    """Runs the loop of ``deployment`` (see the module docstring)."""
+
+    def __init__(self, deps: TrainDeps, deployment: str, *, listener: Listener | None = None,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self.deps = deps
+        self.deployment = deployment
+        self.listener = listener or (lambda event, payload: None)
+        self.clock = clock
+        self._finder: tuple[str, AnswerFinder] | None = None
+        self.check_seconds = 30.0
+
+    # ------------------------------------------------------------------ state
+    def _load(self) -> tuple[Loop, LoopConfig, References]:
+        d = self.deps
+        with d.database.session(write=False) as s:
+            dep = Deployments(s).get(d.org_id, self.deployment)
+            loop = Loops(s).for_deployment(d.org_id, dep.id)
+            if loop is None:
+                raise NotFound(f"deployment {self.deployment!r} has no loop; configure one with `teachloop loop set`",
+                               param="deployment")
+            cfg = validate_loop_config(loop.config)
+            refs = check_references(cfg, s, blobs=d.blobs, org_id=d.org_id, cache=d.env_cache)
+        if d.base_model is not None and dep.base_model != d.base_model:
+            raise ConfigurationError(f"deployment {dep.name!r} serves base model {dep.base_model!r}; this process's "
+                                     f"engine runs {d.base_model!r}", param="deployment")
+        return loop, cfg, refs
+
+    def _update_loop(self, loop_id: str, **fields: Any) -> None:
+        with self.deps.database.session() as s:
+            Loops(s).update(self.deps.org_id, loop_id, **fields)
+
+    def _update_it(self, it_id: str, **fields: Any) -> LoopIteration:
+        with self.deps.database.session() as s:
+            return Loops(s).update_iteration(self.deps.org_id, it_id, **fields)
+
+    def _emit(self, event: str, **payload: Any) -> None:
+        self.listener(event, payload)
+
+    # ------------------------------------------------------------------ tick
+    async def tick(self) -> TickResult:
+        """One pass of the loop (see the module docstring)."""
+        try:
+            loop, cfg, refs = self._load()
+        except TeachloopError as err:
+            with contextlib.suppress(TeachloopError), self.deps.database.session() as s:
+                dep = Deployments(s).find(self.deps.org_id, self.deployment)
+                row = Loops(s).for_deployment(self.deps.org_id, dep.id) if dep else None
+                if row is not None:
+                    row.note = f"paused: {err}"[:2000]
+            self._emit("paused", reason=str(err))
+            return TickResult("paused", note=str(err))
+        now = self.clock()
+        self.check_seconds = cfg.trigger.check_seconds
+        self._update_loop(loop.id, last_tick_at=now, note=None)
+        if not loop.enabled:
+            return TickResult(loop.phase, note="loop disabled")
+        scored = await self._score(loop, cfg, refs)
+        result = TickResult(loop.phase, scored=scored)
+        if loop.phase in ("canary", "watch") and loop.active_iteration_id:
+            result.note = await asyncio.to_thread(self._advance, loop, cfg, refs)
+            result.phase = self._phase(loop.id)
+            return result
+        if self._running(loop):
+            result.note = "an iteration is running"
+            return result
+        new = self.new_examples(loop, cfg, refs)
+        result.new_examples = new
+        with self.deps.database.session(write=False) as s:
+            last = next(iter(Loops(s).iterations(self.deps.org_id, loop.id, limit=1)), None)
+            spent = Loops(s).train_seconds_since(self.deps.org_id, loop.id, day_start(now))
+        reason = due(cfg.trigger, new_examples=new, last_started=last.started_at if last else None, now=now)
+        self._emit("tick", scored=scored, new_examples=new, due=reason, phase=loop.phase)
+        if reason is None:
+            return result
+        left = budget_left(cfg.budget, spent)
+        if left <= 0:
+            result.note = f"trigger due ({reason}) but today's training budget is spent"
+            return result
+        it = await self.run_iteration(loop, cfg, refs, reason, budget_s=left)
+        result.iteration, result.status, result.phase = it.number, it.status, self._phase(loop.id)
+        result.note = it.reason or ""
+        return result
+
+    def _phase(self, loop_id: str) -> str:
+        with self.deps.database.session(write=False) as s:
+            return Loops(s).get(self.deps.org_id, loop_id).phase
+
+    def _running(self, loop: Loop) -> bool:
+        with self.deps.database.session() as s:
+            repo = Loops(s)
+            running = [i for i in repo.iterations(self.deps.org_id, loop.id, limit=5) if i.status == "running"]
+            stale = self.clock() - timedelta(minutes=STALE_MINUTES)
+            for it in running:
+                if it.updated_at < stale:
+                    repo.update_iteration(self.deps.org_id, it.id, status="failed", finished_at=self.clock(),
+                                          reason=f"interrupted at {it.stage} (no progress for {STALE_MINUTES} min)")
+            return any(i.updated_at >= stale for i in running)
+
+    async def _score(self, loop: Loop, cfg: LoopConfig, refs: References) -> int:
+        src = cfg.grader_source()
+        if src is None:
+            return 0
+        env = refs.source_envs[cfg.sources.index(src)]
+        key = f"{env.digest}:{src.answer}:{src.lookup_tasks}:{src.lookup_seed}"
+        if self._finder is None or self._finder[0] != key:
+            self._finder = (key, AnswerFinder(src, env.env))
+        n = await score_new_traffic(self.deps.database, self.deps.org_id, loop.id, refs.deployment.id, env,
+                                    self._finder[1])
+        if n:
+            self._emit("scored", count=n)
+        return n
+
+    def new_examples(self, loop: Loop, cfg: LoopConfig, refs: References) -> int:
+        """Usable examples from traces newer than the loop's cursor (after filters, before dedupe)."""
+        with self.deps.database.session(write=False) as s:
+            cands = collect(s, cfg, refs, org_id=self.deps.org_id, loop_id=loop.id)
+        cur = cfg.curation
+        fresh = [c for c in cands if c.created_at is not None and (loop.cursor is None or c.created_at > loop.cursor)]
+        return sum(1 for c in fresh if all(str(c.metadata.get(k)) == v for k, v in cur.metadata.items())
+                   and not any(str(c.metadata.get(k)) == v for k, v in cur.exclude_metadata.items()))
+
+    # ------------------------------------------------------------------ iteration
+    async def run_iteration(self, loop: Loop, cfg: LoopConfig, refs: References, reason: str, *,
+                            budget_s: float) -> LoopIteration:
+        """Snapshot, train, gate and (if better) start the canary; failures are the iteration's outcome."""
+        d = self.deps
+        dep = refs.deployment
+        with d.database.session() as s:
+            it = Loops(s).start_iteration(d.org_id, loop.id, reason, baseline_version_id=dep.adapter_version_id,
+                                          revisions={"before": dep.revision})
+        self._emit("iteration", number=it.number, trigger=reason)
+        stage = "data"
+        run_adapter: str | None = None
+        try:
+            with d.database.session(write=False) as s:
+                cands = collect(s, cfg, refs, org_id=d.org_id, loop_id=loop.id)
+            newest = max((c.created_at for c in cands if c.created_at is not None), default=loop.cursor)
+            self._update_loop(loop.id, cursor=newest)
+            report = curate(cands, cfg.curation)
+            counts = report.counts()
+            if counts["train"] < cfg.trigger.min_examples:
+                return self._finish(it, "skipped", f"only {counts['train']} training rows after curation "
+                                                   f"(trigger.min_examples {cfg.trigger.min_examples})", counts=counts)
+            ds = await asyncio.to_thread(snapshot, d.database, d.blobs, d.org_id, cfg, report.rows,
+                                         {"loop_id": loop.id, "iteration": it.number, "curation": counts})
+            self._update_it(it.id, dataset_id=ds.id, dataset_digest=ds.digest, counts=counts, stage="train")
+            self._emit("stage", number=it.number, stage="train", dataset=ds.ref, counts=counts)
+            stage = "train"
+            baseline = self._version(dep.adapter_version_id)
+            started = self.clock()
+
+            def on_step(step: int, values: dict[str, Any]) -> None:
+                self._emit("train_step", number=it.number, step=step, values=values)
+                if step % 5 == 0:
+                    self._update_it(it.id, train_seconds=(self.clock() - started).total_seconds())
+
+            try:
+                run = await train_candidate(d, cfg, refs, report.rows, name=f"{cfg.deployment}-loop-{it.number}",
+                                            warm_start=baseline if cfg.algorithm.warm_start else None,
+                                            budget_s=budget_s, on_step=on_step,
+                                            on_run=lambda run_id: self._update_it(it.id, run_id=run_id))
+            finally:
+                self._update_it(it.id, train_seconds=(self.clock() - started).total_seconds())
+            run_adapter = f"run:{run.id}"
+            self._update_it(it.id, run_id=run.id, stage="gate")
+            stage = "gate"
+            self._emit("stage", number=it.number, stage="gate", run=run.id)
+            holdout = [r.candidate.content for r in report.rows if r.split == "holdout"][: cfg.gate.holdout_max]
+            decision = await self.gate(cfg, refs, holdout, baseline, run_adapter)
+            self._update_it(it.id, gate=decision.to_json())
+            self._emit("gate", number=it.number, decision=decision.to_json())
+            if not decision.passed:
+                return self._finish(it, "rejected", decision.reason)
+            stage = "promote"
+            version = await asyncio.to_thread(
+                publish_candidate, d.database, d.blobs, d.org_id, dep.name, dep.base_model, run,
+                {"loop_id": loop.id, "iteration": it.number, "dataset": ds.digest})
+            return self._start_canary(loop, cfg, it, version, decision)
+        except Exception as err:
+            msg = f"{stage} failed: {type(err).__name__}: {err}"[:2000]
+            self._emit("failed", number=it.number, stage=stage, error=msg)
+            return self._finish(it, "failed", msg + "; the deployment is unchanged")
+        finally:
+            if run_adapter is not None and d.engine.has_adapter(run_adapter):
+                with contextlib.suppress(Exception):
+                    d.engine.delete_adapter(run_adapter)
+
+    def _finish(self, it: LoopIteration, status: str, reason: str, **fields: Any) -> LoopIteration:
+        row = self._update_it(it.id, status=status, reason=reason, finished_at=self.clock(), stage="done", **fields)
+        self._emit("outcome", number=it.number, status=status, reason=reason)
+        return row
+
+    def _version(self, version_id: str | None) -> AdapterVersion | None:
+        if version_id is None:
+            return None
+        with self.deps.database.session(write=False) as s:
+            return AdapterVersions(s).get(self.deps.org_id, version_id)
+
+    async def gate(self, cfg: LoopConfig, refs: References, holdout: list[dict[str, Any]],
+                   baseline: AdapterVersion | None, candidate: str) -> GateDecision:
+        """Evaluate the candidate against the deployed version (or the base) and decide."""
+        d = self.deps
+        base_name = None
+        loaded = False
+        if baseline is not None:
+            base_name = "loop-base-" + baseline.digest.removeprefix("sha256:")[:16]
+            if not d.engine.has_adapter(base_name):
+                with tempfile.TemporaryDirectory(prefix="teachloop-gate-") as tmp:
+                    folder = d.blobs.get_dir(baseline.blob_key, Path(tmp) / "adapter")
+                    d.engine.load_adapter(base_name, folder)
+                loaded = True
+        try:
+            g = cfg.gate
+            suites: list[Suite] = []
+            base_c = EngineCompleter(d.engine, d.renderer, adapter=base_name)
+            cand_c = EngineCompleter(d.engine, d.renderer, adapter=candidate)
+            if g.holdout and holdout:
+                if g.metric == "reward":
+                    env = holdout_env(cfg, refs, holdout)
+                    if env is not None:
+                        tasks = list(env.tasks())
+                        suites.append(await reward_suite("holdout", env, tasks, base_c, cand_c, max_tokens=g.max_tokens))
+                else:
+                    suites.append(await likelihood_suite(holdout, d.engine, d.renderer, base_name, candidate))
+            for spec, env_ref in zip(g.environments, refs.gate_envs, strict=True):
+                tasks = env_ref.env.take(spec.tasks, spec.seed)
+                suites.append(await reward_suite(env_ref.ref, env_ref.env, tasks, base_c, cand_c,
+                                                 max_tokens=g.max_tokens, deciding=g.metric == "reward"))
+            return decide(suites, g, baseline=baseline.ref if baseline else "base", candidate=candidate)
+        finally:
+            if loaded and base_name is not None:
+                with contextlib.suppress(Exception):
+                    d.engine.delete_adapter(base_name)
+
+    # ------------------------------------------------------------------ promotion
+    def _start_canary(self, loop: Loop, cfg: LoopConfig, it: LoopIteration, version: AdapterVersion,
+                      decision: GateDecision) -> LoopIteration:
+        d, p = self.deps, cfg.promotion
+        now = self.clock()
+        with d.database.session() as s:
+            row = promotion.start_canary(s, d.org_id, cfg.deployment, version.id, p.canary_percent)
+            revisions = {**it.revisions, "canary" if p.canary_percent else "promoted": row.revision}
+            phase = "canary" if p.canary_percent else ("watch" if p.watch_requests else "idle")
+            Loops(s).update_iteration(d.org_id, it.id, candidate_version_id=version.id, revisions=revisions,
+                                      canary={"started_at": now.isoformat(), "percent": p.canary_percent,
+                                              **({} if p.canary_percent else {"promoted_at": now.isoformat()})},
+                                      status="canary" if p.canary_percent else "promoted", stage=phase,
+                                      reason=decision.reason)
+            Loops(s).update(d.org_id, loop.id, phase=phase, active_iteration_id=it.id if phase != "idle" else None)
+        event = "canary" if p.canary_percent else "promoted"
+        self._emit(event, number=it.number, version=version.ref, percent=p.canary_percent, reason=decision.reason)
+        with d.database.session(write=False) as s:
+            return Loops(s).iteration(d.org_id, it.id)
+
+    def _advance(self, loop: Loop, cfg: LoopConfig, refs: References) -> str:
+        """Judge the active candidate's canary or watch; promote, roll back or wait."""
+        d, p = self.deps, cfg.promotion
+        assert loop.active_iteration_id is not None
+        with d.database.session(write=False) as s:
+            repo = Loops(s)
+            it = repo.iteration(d.org_id, loop.active_iteration_id)
+            dep = Deployments(s).get(d.org_id, cfg.deployment)
+        key = "canary" if loop.phase == "canary" else "promoted"
+        if dep.revision != it.revisions.get(key):
+            self._end(loop, it, "superseded", f"the deployment was changed outside the loop (revision {dep.revision}); "
+                                              "left as it is")
+            return "superseded"
+        now = self.clock()
+        cand_id = it.candidate_version_id
+        started = datetime.fromisoformat(it.canary["started_at"])
+        with d.database.session(write=False) as s:
+            repo = Loops(s)
+            if loop.phase == "canary":
+                base = repo.online(d.org_id, loop.id, dep.id, since=started, arm="primary")
+                cand = repo.online(d.org_id, loop.id, dep.id, since=started, arm="canary", adapter_version_id=cand_id)
+            else:
+                promoted = datetime.fromisoformat(it.canary["promoted_at"])
+                base = self._baseline(repo, loop, dep.id, it, promoted, p.min_samples)
+                cand = repo.online(d.org_id, loop.id, dep.id, since=promoted, adapter_version_id=cand_id)
+        minutes = (now - started).total_seconds() / 60
+        if loop.phase == "canary":
+            verdict = promotion.judge(p, base, cand, min_requests=p.canary_min_requests, minutes=minutes,
+                                      min_minutes=p.canary_min_minutes, phase="canary")
+        else:
+            verdict = promotion.judge(p, base, cand, min_requests=p.watch_requests, phase="watch after promotion")
+        figures = {"baseline": base.to_json(), "candidate": cand.to_json(), "verdict": verdict.reason}
+        if verdict.action == "wait":
+            self._update_it(it.id, canary={**it.canary, loop.phase: figures})
+            return verdict.reason
+        with d.database.session() as s:
+            repo = Loops(s)
+            if verdict.action == "rollback":
+                row = promotion.roll_back(s, d.org_id, cfg.deployment, int(it.revisions["before"]))
+                repo.update_iteration(d.org_id, it.id, status="rolled_back", stage="done", reason=verdict.reason,
+                                      finished_at=now, canary={**it.canary, loop.phase: figures},
+                                      revisions={**it.revisions, "rolled_back": row.revision})
+                repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
+                event = "rolled_back"
+            elif loop.phase == "canary":
+                row = promotion.promote(s, d.org_id, cfg.deployment, str(cand_id))
+                watching = p.watch_requests > 0
+                repo.update_iteration(d.org_id, it.id, status="promoted", stage="watch" if watching else "done",
+                                      reason=verdict.reason, finished_at=None if watching else now,
+                                      canary={**it.canary, "canary": figures, "promoted_at": now.isoformat()},
+                                      revisions={**it.revisions, "promoted": row.revision})
+                repo.update(d.org_id, loop.id, phase="watch" if watching else "idle",
+                            active_iteration_id=it.id if watching else None)
+                event = "promoted"
+            else:
+                repo.update_iteration(d.org_id, it.id, stage="done", finished_at=now, reason=verdict.reason,
+                                      canary={**it.canary, "watch": figures})
+                repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
+                event = "watched"
+        self._emit(event, number=it.number, reason=verdict.reason, figures=figures)
+        return verdict.reason
+
+    def _baseline(self, repo: Loops, loop: Loop, deployment_id: str, it: LoopIteration, promoted: datetime,
+                  min_samples: int) -> OnlineFigures:
+        """The previous version's online figures: its traffic since the iteration began (or all of it)."""
+        prev = it.baseline_version_id
+        recent = repo.online(self.deps.org_id, loop.id, deployment_id, since=it.started_at, until=promoted,
+                             adapter_version_id=prev)
+        if recent.graded >= min_samples or recent.feedback >= min_samples:
+            return recent
+        return repo.online(self.deps.org_id, loop.id, deployment_id, until=promoted, adapter_version_id=prev)
+
+    def _end(self, loop: Loop, it: LoopIteration, status: str, reason: str) -> None:
+        with self.deps.database.session() as s:
+            Loops(s).update_iteration(self.deps.org_id, it.id, status=status, stage="done", reason=reason,
+                                      finished_at=self.clock())
+            Loops(s).update(self.deps.org_id, loop.id, phase="idle", active_iteration_id=None)
+        self._emit(status, number=it.number, reason=reason)
+
+    # ------------------------------------------------------------------ forever
+    async def run_forever(self, stop: asyncio.Event, *, interval_s: float | None = None) -> None:
+        """Tick until ``stop`` is set (every ``trigger.check_seconds`` unless ``interval_s``)."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except (Conflict, ServiceUnavailable) as err:  # another ticker won a race, or the database is busy
+                self._emit("paused", reason=str(err))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s or self.check_seconds)
+
+
+__all__ = ["STALE_MINUTES", "Listener", "LoopRunner", "TickResult"]

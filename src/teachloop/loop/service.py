@@ -1,0 +1,151 @@
+"""Loop operations shared by the CLI, the REST API and the worker: configure, read, enqueue.
+
+* ``configure_loop`` validates a config (shape, then every reference against
+  the store) and stores it as the deployment's loop -- all or nothing: a bad
+  config changes nothing.
+* ``loop_json`` / ``iteration_json`` / ``status`` / ``history`` present a
+  loop and its iterations: the data used (dataset and digest, counts), the
+  run, the gate's figures and the decision with its reason, the canary.
+* ``set_enabled`` pauses or resumes a loop; ``enqueue_tick`` queues a ``loop``
+  job for the worker (one tick; the handler queues the next).
+
+Every call is scoped to an organisation. Knows nothing of HTTP or engines.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from teachloop.core.errors import NotFound
+from teachloop.loop.config import LoopConfig, check_references, validate_loop_config
+from teachloop.store.blobs import BlobStore
+from teachloop.store.db import Database
+from teachloop.store.queue import JobQueue
+from teachloop.store.repos.datasets import Datasets
+from teachloop.store.repos.deployments import AdapterVersions, Deployments
+from teachloop.store.repos.loops import Loops
+from teachloop.store.schema.base import utc_now
+from teachloop.store.schema.datasets import Dataset
+from teachloop.store.schema.loops import Loop, LoopIteration
+from teachloop.store.schema.runs import TrainingRun
+
+JOB_KIND = "loop"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def configure_loop(database: Database, blobs: BlobStore, org_id: str, raw: dict[str, Any], *, cache: Path,
+                   actor: str = "system") -> tuple[dict[str, Any], bool]:
+    """Validate ``raw`` and store it as its deployment's loop; returns (loop JSON, created)."""
+    cfg = validate_loop_config(raw)
+    with database.session() as s:
+        refs = check_references(cfg, s, blobs=blobs, org_id=org_id, cache=cache)
+        loop, created = Loops(s).configure(org_id, refs.deployment.id, cfg.to_dict(), cfg.digest,
+                                           enabled=cfg.enabled, actor=actor)
+        return loop_json(loop, cfg.deployment), created
+
+
+def find_loop(session: Any, org_id: str, deployment: str) -> Loop:
+    """The loop of ``deployment``; ``NotFound`` when the deployment or its loop is missing."""
+    dep = Deployments(session).get(org_id, deployment)
+    loop = Loops(session).for_deployment(org_id, dep.id)
+    if loop is None:
+        raise NotFound(f"deployment {deployment!r} has no loop; configure one first", param="deployment")
+    return loop
+
+
+def loop_json(loop: Loop, deployment: str) -> dict[str, Any]:
+    """A loop as the API and the CLI present it."""
+    return {"id": loop.id, "deployment": deployment, "enabled": loop.enabled, "phase": loop.phase,
+            "active_iteration_id": loop.active_iteration_id, "config": loop.config, "config_digest": loop.config_digest,
+            "cursor": _iso(loop.cursor), "last_tick_at": _iso(loop.last_tick_at), "note": loop.note,
+            "created_at": _iso(loop.created_at), "updated_at": _iso(loop.updated_at)}
+
+
+def iteration_json(it: LoopIteration, *, dataset: Dataset | None = None, run: TrainingRun | None = None,
+                   versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """An iteration: data used, run, eval figures, decision and reason, canary."""
+    refs = versions or {}
+    return {
+        "id": it.id, "number": it.number, "trigger": it.trigger, "status": it.status, "stage": it.stage,
+        "reason": it.reason,
+        "dataset": {"id": it.dataset_id, "ref": dataset.ref if dataset else None, "digest": it.dataset_digest,
+                    "rows": dataset.row_count if dataset else None} if it.dataset_id else None,
+        "counts": it.counts,
+        "run": {"id": it.run_id, "status": run.status if run else None, "steps": run.step if run else None,
+                "error": run.error if run else None} if it.run_id else None,
+        "baseline": refs.get(it.baseline_version_id or "", "base"),
+        "candidate": refs.get(it.candidate_version_id or "") if it.candidate_version_id else None,
+        "gate": it.gate, "canary": it.canary, "revisions": it.revisions, "train_seconds": it.train_seconds,
+        "started_at": _iso(it.started_at), "finished_at": _iso(it.finished_at),
+    }
+
+
+def history(database: Database, org_id: str, deployment: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """Every iteration of the deployment's loop, newest first."""
+    with database.session(write=False) as s:
+        loop = find_loop(s, org_id, deployment)
+        rows = Loops(s).iterations(org_id, loop.id, limit=limit)
+        ds = {i: Datasets(s).get(org_id, i) for i in {r.dataset_id for r in rows if r.dataset_id}}
+        run_ids = [r.run_id for r in rows if r.run_id]
+        runs = {r.id: r for r in s.scalars(select(TrainingRun).where(TrainingRun.id.in_(run_ids)))}
+        ids = {i for r in rows for i in (r.baseline_version_id, r.candidate_version_id) if i}
+        versions = {v.id: v.ref for v in AdapterVersions(s).by_ids(org_id, ids).values()}
+        return [iteration_json(r, dataset=ds.get(r.dataset_id or ""), run=runs.get(r.run_id or ""), versions=versions)
+                for r in rows]
+
+
+def status(database: Database, org_id: str, deployment: str) -> dict[str, Any]:
+    """The loop, its latest iteration, and the deployment's online figures of the last 24 hours."""
+    with database.session(write=False) as s:
+        loop = find_loop(s, org_id, deployment)
+        dep = Deployments(s).get(org_id, deployment)
+        repo = Loops(s)
+        since = utc_now() - timedelta(days=1)
+        current = repo.online(org_id, loop.id, dep.id, since=since, adapter_version_id=dep.adapter_version_id,
+                              arm="primary")
+        serving = {"revision": dep.revision, "adapter_version_id": dep.adapter_version_id,
+                   "canary_version_id": dep.canary_version_id, "canary_percent": dep.canary_percent}
+        versions = AdapterVersions(s).by_ids(org_id, {i for i in (dep.adapter_version_id, dep.canary_version_id) if i})
+        serving["adapter"] = versions[dep.adapter_version_id].ref if dep.adapter_version_id else "base"
+        serving["canary"] = versions[dep.canary_version_id].ref if dep.canary_version_id else None
+        out = loop_json(loop, deployment)
+    out["serving"] = serving
+    out["online_24h"] = current.to_json()
+    latest = history(database, org_id, deployment, limit=1)
+    out["latest_iteration"] = latest[0] if latest else None
+    return out
+
+
+def set_enabled(database: Database, org_id: str, deployment: str, enabled: bool) -> dict[str, Any]:
+    """Pause (False) or resume (True) a loop."""
+    with database.session() as s:
+        loop = find_loop(s, org_id, deployment)
+        cfg = LoopConfig.model_validate({**loop.config, "enabled": enabled})
+        loop = Loops(s).update(org_id, loop.id, enabled=enabled, config=cfg.to_dict(), config_digest=cfg.digest)
+        return loop_json(loop, deployment)
+
+
+def enqueue_tick(queue: JobQueue, org_id: str, deployment: str, *, delay_s: float = 0.0) -> str:
+    """Queue one ``loop`` tick of ``deployment`` for the worker; returns the job id."""
+    run_after = utc_now() + timedelta(seconds=delay_s) if delay_s > 0 else None
+    return queue.enqueue(JOB_KIND, {"deployment": deployment}, org_id, run_after=run_after, max_attempts=1)
+
+
+__all__ = [
+    "JOB_KIND",
+    "configure_loop",
+    "enqueue_tick",
+    "find_loop",
+    "history",
+    "iteration_json",
+    "loop_json",
+    "set_enabled",
+    "status",
+]

@@ -1,0 +1,260 @@
+"""One iteration's data and candidate: snapshot the curated rows, train, publish the adapter version.
+
+* ``snapshot`` turns curated rows into ``NewRow``s (content + lineage),
+  writes the canonical JSONL to the blob store (content-addressed) and
+  records the immutable ``Dataset`` (``<deployment>-loop``, next version).
+* ``train_candidate`` writes the train split (and for SFT/DPO the holdout) to
+  JSONL files in a scratch folder and runs ``train.Trainer`` with the
+  iteration's ``TrainConfig``: SFT/DPO read the files as ``data.train`` /
+  ``data.eval``; GRPO trains on ``loop.trafficenv:TrafficPrompts`` over the
+  prompts file (its digest pinned in the environment arguments), graded by the
+  grader source's environment. With ``warm_start`` the candidate starts from
+  the deployed adapter version (``WarmStart`` makes the trainer's fresh
+  adapter a copy of it). A training-time budget is enforced between steps:
+  past it the run is stopped (``BudgetExceeded``) and recorded as failed.
+* ``publish_candidate`` stores the run's final adapter as the next version of
+  the adapter named like the deployment (content-keyed blob first, then the
+  ``AdapterVersion`` row -- the commit point), with ``source_run_id``.
+
+Knows nothing of the gate, promotion or HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from teachloop.core.errors import TeachloopError
+from teachloop.engine.base import AdapterInfo, Engine
+from teachloop.loop.config import LoopConfig, References, training_dict
+from teachloop.loop.curation import Curated
+from teachloop.loop.sources import KIND_OF
+from teachloop.loop.trafficenv import TrafficPrompts, file_digest
+from teachloop.render import Renderer
+from teachloop.store.blobs import BlobStore
+from teachloop.store.db import Database
+from teachloop.store.repos.datasets import Datasets, NewRow, encode_snapshot
+from teachloop.store.repos.deployments import AdapterVersions
+from teachloop.store.schema.datasets import Dataset
+from teachloop.store.schema.deployments import AdapterVersion
+from teachloop.train.config import validate_config
+from teachloop.train.envref import fetch_package
+from teachloop.train.runs import RunInfo
+from teachloop.train.trainer import Trainer, TrainerDeps
+
+TRAFFIC_ENV = "teachloop.loop.trafficenv:TrafficPrompts"
+
+
+class BudgetExceeded(TeachloopError):
+    """The day's training budget ran out during a run."""
+
+
+def adapter_digest(path: Path) -> str:
+    """``sha256:<hex>`` over every file of an adapter folder (relative names and contents, in name order).
+
+    The same algorithm as ``serve.adapters.folder_digest`` (a test keeps them equal), so the
+    loop and ``teachloop deploy push`` record the same digest for the same folder.
+    """
+    root = Path(path)
+    outer = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        inner = hashlib.sha256(file.read_bytes())
+        outer.update(file.relative_to(root).as_posix().encode() + b"\0" + inner.digest())
+    return "sha256:" + outer.hexdigest()
+
+
+def new_rows(rows: Sequence[Curated]) -> list[NewRow]:
+    """Curated rows as dataset rows with their lineage."""
+    out = []
+    for r in rows:
+        c, lin = r.candidate, r.candidate.lineage
+        out.append(NewRow(content=c.content, split=r.split, source_kind=c.source_kind,
+                          source_trace_id=lin.get("source_trace_id"), source_row_id=lin.get("source_row_id"),
+                          expert_id=lin.get("expert_id"), env_ref=lin.get("env_ref"),
+                          env_version=lin.get("env_version"), env_digest=lin.get("env_digest"), score=c.score,
+                          license=lin.get("license") or "LicenseRef-proprietary"))
+    return out
+
+
+def snapshot(database: Database, blobs: BlobStore, org_id: str, cfg: LoopConfig, rows: Sequence[Curated],
+             source: dict[str, Any]) -> Dataset:
+    """Record the curated rows as the next immutable version of ``<deployment>-loop``."""
+    kind = KIND_OF[cfg.algorithm.kind]
+    records = new_rows(rows)
+    data, _ = encode_snapshot(kind, records)
+    key = blobs.put_content(data)
+    with database.session() as s:
+        dataset, _ = Datasets(s).create(org_id, name=f"{cfg.deployment}-loop"[:100], kind=kind, rows=records,
+                                        blob_key=key, source=source, actor="loop")
+        return dataset
+
+
+class WarmStart:
+    """An engine whose next ``create_adapter`` loads a given PEFT folder instead of a fresh adapter.
+
+    The trainer creates its run's adapter with ``create_adapter``; wrapped in
+    ``WarmStart(engine, folder)`` that adapter starts as a copy of ``folder``
+    (whose LoRA shape wins over the config's ``[lora]``). Every other call goes
+    to the wrapped engine.
+    """
+
+    def __init__(self, engine: Engine, folder: Path) -> None:
+        self._engine = engine
+        self._folder = folder
+        self.used = False
+
+    def create_adapter(self, name: str, spec: Any) -> AdapterInfo:
+        if self.used:
+            return self._engine.create_adapter(name, spec)
+        self.used = True
+        return self._engine.load_adapter(name, self._folder)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._engine, attr)
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def grader_env_ref(cfg: LoopConfig, refs: References, database: Database, blobs: BlobStore, org_id: str,
+                   cache: Path) -> tuple[str, dict[str, Any]]:
+    """(a locally loadable reference, its arguments) of the grader source's environment."""
+    src = cfg.grader_source()
+    if src is None:
+        raise TeachloopError("grpo needs a grader source to score the traffic prompts")
+    index = cfg.sources.index(src)
+    env = refs.source_envs[index]
+    if env.version is None:
+        return env.ref, dict(src.env_args)
+    from teachloop.store.repos.environments import EnvironmentRegistry
+
+    with database.session(write=False) as s:
+        row = EnvironmentRegistry(s).resolve(org_id, env.ref)
+    return str(fetch_package(blobs, row.blob_key, row.digest, cache)), dict(src.env_args)
+
+
+@dataclass
+class TrainDeps:
+    """What the loop needs to train and evaluate.
+
+    Attributes:
+        engine: the engine holding the base model (may be shared with serving).
+        renderer: its chat renderer.
+        database: the system of record.
+        blobs: the blob store.
+        org_id: the organisation.
+        env_cache: folder for extracted environment archives.
+        base_model: the base model id the engine runs; when set, a deployment of another base model is refused.
+    """
+
+    engine: Engine
+    renderer: Renderer
+    database: Database
+    blobs: BlobStore
+    org_id: str
+    env_cache: Path
+    base_model: str | None = None
+
+
+async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, rows: Sequence[Curated], *,
+                          name: str, warm_start: AdapterVersion | None, budget_s: float,
+                          on_step: Callable[[int, dict[str, Any]], None] | None = None,
+                          on_run: Callable[[str], None] | None = None) -> RunInfo:
+    """Train the iteration's candidate (see the module docstring); raises on failure (the run is marked failed)."""
+    train = [r.candidate.content for r in rows if r.split == "train"]
+    holdout = [r.candidate.content for r in rows if r.split == "holdout"]
+    dep = refs.deployment
+    with tempfile.TemporaryDirectory(prefix="teachloop-loop-") as tmp:
+        folder = Path(tmp)
+        env = env_args = data_path = eval_path = None
+        if cfg.algorithm.kind == "grpo":
+            path = _write_jsonl(folder / "prompts.jsonl", [{"messages": r["messages"], "answer": r.get("answer"),
+                                                            "info": r.get("info", {})} for r in train])
+            inner, inner_args = grader_env_ref(cfg, refs, deps.database, deps.blobs, deps.org_id, deps.env_cache)
+            env, env_args = TRAFFIC_ENV, {"path": str(path), "digest": file_digest(path), "env": inner,
+                                          "env_args": inner_args}
+        else:
+            data_path = str(_write_jsonl(folder / "train.jsonl", train))
+            if holdout:
+                eval_path = str(_write_jsonl(folder / "holdout.jsonl", holdout))
+        tc = validate_config(training_dict(cfg, model=dep.base_model, name=name, env=env, env_args=env_args,
+                                           data_path=data_path, eval_path=eval_path))
+        engine: Engine = deps.engine
+        if warm_start is not None:
+            init = deps.blobs.get_dir(warm_start.blob_key, folder / "init")
+            engine = cast(Engine, WarmStart(deps.engine, init))
+        started = time.monotonic()
+
+        def listen(event: str, payload: dict[str, Any]) -> None:
+            if event == "run" and on_run is not None:
+                on_run(payload["run"].id)
+            if event != "step":
+                return
+            if on_step is not None:
+                on_step(payload["step"], payload["values"])
+            spent = time.monotonic() - started
+            if spent > budget_s and payload["step"] < tc.steps:
+                raise BudgetExceeded(f"training budget exhausted after {spent / 60:.1f} min at step "
+                                     f"{payload['step']}/{tc.steps} (budget.train_minutes_per_day)")
+
+        trainer = Trainer(tc, TrainerDeps(engine=engine, renderer=deps.renderer, database=deps.database,
+                                          blobs=deps.blobs, org_id=deps.org_id, env_cache=deps.env_cache),
+                          listener=listen)
+        return await trainer.run()
+
+
+def publish_candidate(database: Database, blobs: BlobStore, org_id: str, deployment: str, base_model: str,
+                      run: RunInfo, info: dict[str, Any]) -> AdapterVersion:
+    """Store the run's final adapter as the next version of adapter ``deployment``."""
+    if not run.final_adapter_key:
+        raise TeachloopError(f"run {run.id} has no final adapter")
+    with tempfile.TemporaryDirectory(prefix="teachloop-publish-") as tmp:
+        folder = blobs.get_dir(run.final_adapter_key, Path(tmp) / "adapter")
+        digest = adapter_digest(folder)
+        key = f"orgs/{org_id}/adapters/{digest.removeprefix('sha256:')}"
+        if not blobs.exists(key):
+            blobs.put_dir(key, folder)
+    with database.session() as s:
+        version, _ = AdapterVersions(s).publish(org_id, name=deployment, digest=digest, blob_key=key,
+                                                base_model=base_model, source_run_id=run.id, info=info, actor="loop")
+        return version
+
+
+def holdout_env(cfg: LoopConfig, refs: References, rows: Sequence[dict[str, Any]]) -> TrafficPrompts | None:
+    """The holdout rows that carry an answer, as an environment graded by the grader source's env."""
+    src = cfg.grader_source()
+    if src is None:
+        return None
+    inner = refs.source_envs[cfg.sources.index(src)].env
+    prompts = []
+    for r in rows:
+        if r.get("answer") is None or "messages" not in r:
+            continue
+        msgs = list(r["messages"])
+        if msgs and msgs[-1].get("role") == "assistant":
+            msgs = msgs[:-1]
+        prompts.append({"messages": msgs, "answer": r["answer"], "info": r.get("info", {})})
+    return TrafficPrompts.from_rows(prompts, inner) if prompts else None
+
+
+__all__ = [
+    "TRAFFIC_ENV",
+    "BudgetExceeded",
+    "TrainDeps",
+    "WarmStart",
+    "adapter_digest",
+    "grader_env_ref",
+    "holdout_env",
+    "new_rows",
+    "publish_candidate",
+    "snapshot",
+    "train_candidate",
+]

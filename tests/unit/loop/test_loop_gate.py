@@ -1,0 +1,104 @@
+"""The paired gate: a better candidate passes, an equal or worse one does not; the trigger and budget."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from teachloop.core.chat import Message
+from teachloop.envs import Arithmetic, ScriptedCompleter
+from teachloop.loop import BudgetConfig, GateConfig, TriggerConfig, budget_left, decide, due, reward_suite
+from teachloop.loop.gate import Suite, paired_bootstrap, sign_test
+from teachloop.loop.trigger import day_start
+
+
+def _gate(**kw: Any) -> GateConfig:
+    return GateConfig(**{"bootstrap_samples": 2000, **kw})
+
+
+def test_bootstrap_passes_a_clearly_better_candidate_and_refuses_equal_or_worse() -> None:
+    better = [1.0] * 30 + [0.0] * 70  # 30 of 100 examples fixed, none broken
+    t = paired_bootstrap(better, confidence=0.95)
+    assert t.passed and t.lower_bound is not None and t.lower_bound > 0 and t.p_value < 0.05
+    assert "paired bootstrap" in t.method
+    assert not paired_bootstrap([0.0] * 100, confidence=0.95).passed
+    assert not paired_bootstrap([-1.0] * 10 + [0.0] * 90, confidence=0.95).passed
+    noisy = [1.0, -1.0] * 50 + [1.0]  # one net win in 101: not enough
+    assert not paired_bootstrap(noisy, confidence=0.95).passed
+    assert not paired_bootstrap(better, confidence=0.95, min_improvement=0.5).passed
+    assert not paired_bootstrap([], confidence=0.95).passed
+    assert paired_bootstrap(better, confidence=0.95) == paired_bootstrap(better, confidence=0.95)  # seeded
+
+
+def test_sign_test_is_exact() -> None:
+    t = sign_test([1.0] * 6 + [0.0] * 4, confidence=0.95)
+    assert t.p_value == pytest.approx(1 / 64) and t.passed
+    assert not sign_test([1.0] * 4, confidence=0.95).passed  # p = 1/16 > 0.05
+    assert not sign_test([0.0] * 10, confidence=0.95).passed
+    assert not sign_test([1.0, -1.0] * 10, confidence=0.95).passed
+
+
+def _suite(name: str, base: list[float], cand: list[float], deciding: bool = True) -> Suite:
+    return Suite(name, "reward", [str(i) for i in range(len(base))], base, cand, deciding)
+
+
+def test_decide_pools_deciding_suites_and_guards_every_suite() -> None:
+    holdout = _suite("holdout", [0.0] * 40, [1.0] * 20 + [0.0] * 20)
+    env = _suite("arithmetic", [0.5] * 40, [0.5] * 40)
+    ok = decide([holdout, env], _gate(), baseline="calc@1", candidate="run:x")
+    assert ok.passed and "better at 95% confidence" in ok.reason and ok.test is not None and ok.test.n == 80
+    record = ok.to_json()
+    assert record["test"]["method"].startswith("paired bootstrap") and record["baseline"] == "calc@1"
+    assert [s["name"] for s in record["suites"]] == ["holdout", "arithmetic"]
+    worse_env = _suite("arithmetic", [1.0] * 40, [0.0] * 10 + [1.0] * 30, deciding=False)
+    refused = decide([holdout, worse_env], _gate(max_regression=0.1))
+    assert not refused.passed and "arithmetic (reward) fell by 0.25" in refused.reason
+    equal = decide([_suite("holdout", [1.0, 0.0] * 20, [1.0, 0.0] * 20)], _gate())
+    assert not equal.passed and "not better" in equal.reason
+    empty = decide([], _gate())
+    assert not empty.passed and "no examples" in empty.reason
+    sign = decide([holdout], _gate(test="sign"))
+    assert sign.passed and sign.test is not None and sign.test.method.startswith("exact sign test")
+
+
+def test_reward_suite_scores_both_models_on_the_same_tasks() -> None:
+    env = Arithmetic(level=1)
+    tasks = env.take(40, seed=5)
+    answers = {t.prompt[-1].content: t.answer for t in tasks}
+
+    def right(messages: list[Message]) -> str:
+        return f"answer: {answers[messages[-1].content]}"
+
+    def wrong(messages: list[Message]) -> str:
+        return "answer: 999"
+
+    suite = asyncio.run(reward_suite("arithmetic", env, tasks, ScriptedCompleter(wrong), ScriptedCompleter(right),
+                                     max_tokens=8))
+    assert suite.ids == [t.id for t in tasks] and suite.baseline == [0.0] * 40 and suite.candidate == [1.0] * 40
+    assert decide([suite], _gate()).passed
+    same = asyncio.run(reward_suite("arithmetic", env, tasks, ScriptedCompleter(right), ScriptedCompleter(right),
+                                    max_tokens=8))
+    assert not decide([same], _gate()).passed
+
+
+NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def test_trigger_every_n_new_examples_or_on_a_schedule() -> None:
+    every = TriggerConfig(every=10, min_examples=2)
+    assert due(every, new_examples=9, last_started=None, now=NOW) is None
+    assert "10 new usable examples" in str(due(every, new_examples=10, last_started=None, now=NOW))
+    sched = TriggerConfig(every=None, interval_minutes=30, min_examples=3)
+    assert due(sched, new_examples=5, last_started=NOW - timedelta(minutes=10), now=NOW) is None
+    assert "schedule" in str(due(sched, new_examples=5, last_started=NOW - timedelta(minutes=31), now=NOW))
+    assert due(sched, new_examples=2, last_started=NOW - timedelta(hours=5), now=NOW) is None  # nothing new enough
+    assert "first run" in str(due(sched, new_examples=3, last_started=None, now=NOW))
+
+
+def test_budget_is_per_utc_day() -> None:
+    assert budget_left(BudgetConfig(train_minutes_per_day=10), 120.0) == 480.0
+    assert budget_left(BudgetConfig(train_minutes_per_day=1), 120.0) == 0.0
+    assert day_start(NOW) == datetime(2026, 3, 1, tzinfo=UTC)

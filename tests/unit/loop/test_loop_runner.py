@@ -1,0 +1,229 @@
+"""The loop end to end on fakes: online scoring, an iteration (snapshot, run, gate), canary, promotion,
+automatic rollback through the deployment registry, and failures recorded as the iteration's outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from tests.unit.loop.conftest import (
+    DEPLOYMENT,
+    Store,
+    add_trace,
+    arithmetic_traffic,
+    deps_for,
+    grpo_config,
+    sft_config,
+)
+from tests.unit.loop.fakes import FailingEngine, OracleEngine
+
+from teachloop.envs import Arithmetic
+from teachloop.loop import LoopRunner, configure_loop, history, status
+from teachloop.render import Renderer
+from teachloop.store.repos.datasets import Datasets
+from teachloop.store.repos.deployments import Deployments
+from teachloop.store.repos.loops import Loops
+from teachloop.store.repos.traces import Traces
+from teachloop.store.schema.loops import TraceScore
+
+LONG = {"rl": {"prompts_per_step": 2, "group_size": 2, "max_tokens": 16}, "steps": 2, "lora": {"rank": 4}}
+
+
+def _runner(store: Store, engine: Any, renderer: Renderer, events: list[tuple[str, dict[str, Any]]] | None = None,
+            ) -> LoopRunner:
+    listener = (lambda e, p: events.append((e, p))) if events is not None else None
+    return LoopRunner(deps_for(store, engine, renderer), DEPLOYMENT, listener=listener)
+
+
+def _tick(runner: LoopRunner) -> Any:
+    return asyncio.run(runner.tick())
+
+
+def _dep(store: Store) -> Any:
+    with store.db.session(write=False) as s:
+        return Deployments(s).get(store.org_id, DEPLOYMENT)
+
+
+def _configure(store: Store, raw: dict[str, Any]) -> None:
+    configure_loop(store.db, store.blobs, store.org_id, raw, cache=store.cache)
+
+
+def test_online_scoring_finds_answers_by_task_lookup_or_metadata(store: Store, fake_engine: Any,
+                                                                  renderer: Renderer) -> None:
+    _configure(store, grpo_config(trigger={"every": 1000}))
+    ok = arithmetic_traffic(store, 6, correct_every=2)
+    stranger = add_trace(store, "What is the capital of France?", "Paris")
+    result = _tick(_runner(store, fake_engine, renderer))
+    assert result.scored == 7 and result.iteration is None
+    with store.db.session(write=False) as s:
+        scores = {t.trace_id: t for t in s.query(TraceScore)}
+    assert [scores[i].score for i in ok] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert scores[stranger].score is None and scores[stranger].failure == "no reference answer"
+    assert scores[ok[0]].env_digest.startswith("sha256:")
+    assert _tick(_runner(store, fake_engine, renderer)).scored == 0  # each trace graded once
+    raw = grpo_config(trigger={"every": 1000})
+    raw["sources"] = [{"kind": "grader", "env": "arithmetic", "answer": "metadata:expected"}]
+    _configure(store, raw)
+    with store.db.session() as s:
+        s.query(TraceScore).delete()
+    tid = add_trace(store, "How much is seven and five?", "twelve, so 12", metadata={"expected": "12"})
+    _tick(_runner(store, fake_engine, renderer))
+    with store.db.session(write=False) as s:
+        assert s.query(TraceScore).filter_by(trace_id=tid).one().score == 1.0
+
+
+def test_a_failed_training_run_is_the_iterations_outcome_and_the_loop_carries_on(
+    store: Store, renderer: Renderer
+) -> None:
+    engine = FailingEngine(vocab_size=len(renderer.tokenizer), eos_token_id=renderer.stop_token_ids()[0])
+    _configure(store, sft_config(trigger={"every": 6, "min_examples": 2}, gate={"metric": "likelihood"}))
+    arithmetic_traffic(store, 12, correct_every=1)
+    before = _dep(store)
+    events: list[tuple[str, dict[str, Any]]] = []
+    result = _tick(_runner(store, engine, renderer, events))
+    assert result.iteration == 1 and result.status == "failed"
+    after = _dep(store)
+    assert (after.revision, after.adapter_version_id, after.canary_version_id) == (before.revision, None, None)
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "failed" and "train failed" in it["reason"] and "optimizer failure" in it["reason"]
+    assert it["run"]["status"] == "failed" and it["dataset"]["digest"].startswith("sha256:")
+    assert it["counts"]["train"] > 0 and "deployment is unchanged" in it["reason"]
+    assert any(e == "failed" for e, _ in events)
+    assert _tick(_runner(store, engine, renderer)).iteration is None  # cursor moved: nothing new yet
+    arithmetic_traffic(store, 8, correct_every=1, seed=9)
+    assert _tick(_runner(store, engine, renderer)).iteration == 2  # the next trigger starts a new iteration
+
+
+def test_too_little_data_is_skipped_not_trained(store: Store, fake_engine: Any, renderer: Renderer) -> None:
+    _configure(store, sft_config(trigger={"every": 3, "min_examples": 50}, gate={"metric": "likelihood"}))
+    arithmetic_traffic(store, 6, correct_every=1)
+    result = _tick(_runner(store, fake_engine, renderer))
+    assert result.status == "skipped" and "min_examples 50" in result.note
+    with store.db.session(write=False) as s:
+        assert Datasets(s).list(store.org_id) == []
+
+
+def test_an_iteration_that_is_not_better_is_rejected(store: Store, renderer: Renderer) -> None:
+    engine = OracleEngine(renderer, wrong_adapters=["ignored"])
+    engine.wrong_adapters = _AllAdapters()  # the candidate answers as badly as the base
+    _configure(store, grpo_config(algorithm={"kind": "grpo", "train": LONG}, gate={"max_tokens": 16}))
+    arithmetic_traffic(store, 20)
+    result = _tick(_runner(store, engine, renderer))
+    assert result.status == "rejected" and "not better" in result.note
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["gate"]["test"]["mean_diff"] == 0.0 and it["gate"]["passed"] is False
+    assert _dep(store).revision == 1
+
+
+class _AllAdapters:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _iterate_to_canary(store: Store, renderer: Renderer, **over: Any) -> tuple[LoopRunner, OracleEngine, Any]:
+    engine = OracleEngine(renderer)
+    _configure(store, grpo_config(algorithm={"kind": "grpo", "train": LONG},
+                                  gate={"max_tokens": 16, "environments": [{"env": "arithmetic", "env_args": {"level": 1},
+                                                                            "tasks": 20}]}, **over))
+    arithmetic_traffic(store, 20, correct_every=2)
+    runner = _runner(store, engine, renderer)
+    result = _tick(runner)
+    assert result.iteration == 1, result
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    return runner, engine, it
+
+
+def _serve(store: Store, engine: OracleEngine, n: int, *, version: str | None, arm: str, good: bool,
+           feedback: float | None = None) -> None:
+    """Traffic served by ``version`` on ``arm``: right answers when ``good``, optionally with user feedback."""
+    for task in Arithmetic(level=1).take(n, seed=77):
+        answer = int(task.answer or 0)
+        tid = add_trace(store, task.prompt[-1].content, f"answer: {answer if good else answer + 3}", arm=arm,
+                        adapter_version_id=version)
+        if feedback is not None:
+            with store.db.session() as s:
+                Traces(s).add_feedback(store.org_id, tid, score=feedback)
+
+
+def test_a_better_candidate_goes_to_canary_then_is_rolled_back_on_a_feedback_drop(
+    store: Store, renderer: Renderer
+) -> None:
+    runner, engine, it = _iterate_to_canary(store, renderer, promotion={"signals": ["feedback"]})
+    assert it["status"] == "canary" and it["gate"]["passed"] and "better at 95%" in it["reason"]
+    assert it["gate"]["test"]["method"].startswith("paired bootstrap")
+    assert {s["name"] for s in it["gate"]["suites"]} == {"holdout", "arithmetic"}
+    assert it["run"]["status"] == "completed" and it["candidate"] == f"{DEPLOYMENT}@1"
+    dep = _dep(store)
+    assert dep.canary_version_id is not None and dep.canary_percent == 50 and dep.adapter_version_id is None
+    assert dep.revision == it["revisions"]["canary"] == 2
+    with store.db.session(write=False) as s:
+        version = s.get(type(Deployments(s).adapters.get(store.org_id, dep.canary_version_id)), dep.canary_version_id)
+        assert version is not None and version.source_run_id == it["run"]["id"]
+    # the canary serves; users rate it far below the primary arm
+    _serve(store, engine, 6, version=None, arm="primary", good=True, feedback=1.0)
+    _serve(store, engine, 6, version=dep.canary_version_id, arm="canary", good=True, feedback=0.0)
+    result = _tick(runner)
+    assert result.phase == "idle"
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "rolled_back" and "feedback score fell from 1.000 to 0.000 during the canary" in it["reason"]
+    dep = _dep(store)
+    assert (dep.adapter_version_id, dep.canary_version_id, dep.canary_percent) == (None, None, 0)
+    with store.db.session(write=False) as s:
+        last = Deployments(s).history(store.org_id, DEPLOYMENT)[0]
+    assert last.action == "rollback" and last.restored_from == 1 and last.actor == "loop"
+
+
+def test_a_good_canary_is_promoted_and_a_drop_after_promotion_rolls_back(store: Store, renderer: Renderer) -> None:
+    runner, engine, it = _iterate_to_canary(store, renderer)
+    cand = _dep(store).canary_version_id
+    _serve(store, engine, 6, version=None, arm="primary", good=True)
+    _serve(store, engine, 6, version=cand, arm="canary", good=True)
+    waiting = _tick(runner)
+    assert waiting.phase == "watch"
+    dep = _dep(store)
+    assert (dep.adapter_version_id, dep.canary_version_id) == (cand, None)
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "promoted" and "canary passed: grader 1.000 -> 1.000" in it["reason"]
+    assert it["canary"]["canary"]["candidate"]["grader_mean"] == 1.0
+    # after full promotion the online grader score falls below the previous version's (1.0 during the canary)
+    _serve(store, engine, 3, version=cand, arm="primary", good=True)
+    assert _tick(runner).phase == "watch"  # 3 < watch_requests 4 and min_samples 4: still watching
+    _serve(store, engine, 6, version=cand, arm="primary", good=False)
+    assert _tick(runner).phase == "idle"
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "rolled_back" and "grader score fell from 1.000 to 0.333 during the watch" in it["reason"]
+    dep = _dep(store)
+    assert (dep.adapter_version_id, dep.canary_version_id) == (None, None)
+    assert it["revisions"]["rolled_back"] == dep.revision
+
+
+def test_status_and_a_change_made_outside_the_loop(store: Store, renderer: Renderer) -> None:
+    runner, engine, it = _iterate_to_canary(store, renderer)
+    st = status(store.db, store.org_id, DEPLOYMENT)
+    assert st["phase"] == "canary" and st["serving"]["canary"] == f"{DEPLOYMENT}@1"
+    assert st["latest_iteration"]["number"] == 1
+    with store.db.session() as s:  # an operator ends the canary by hand
+        Deployments(s).rollback(store.org_id, DEPLOYMENT, to_revision=1, actor="ops")
+    _tick(runner)
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "superseded" and "changed outside the loop" in it["reason"]
+    assert _dep(store).revision == 3
+    with store.db.session(write=False) as s:
+        assert Loops(s).list(store.org_id)[0].phase == "idle"
+
+
+def test_a_broken_reference_pauses_the_loop_without_changing_anything(store: Store, fake_engine: Any,
+                                                                       renderer: Renderer) -> None:
+    raw = grpo_config()
+    raw["sources"].append({"kind": "dataset", "dataset": "seed-data"})
+    with pytest.raises(Exception, match="seed-data"):
+        _configure(store, raw)
+    _configure(store, grpo_config())
+    with store.db.session() as s:  # the stored config now names a dataset that does not exist
+        loop = Loops(s).list(store.org_id)[0]
+        loop.config = {**loop.config, "sources": [*loop.config["sources"], {"kind": "dataset", "dataset": "gone"}]}
+    result = _tick(_runner(store, fake_engine, renderer))
+    assert result.phase == "paused" and "sources.1.dataset" in result.note
+    with store.db.session(write=False) as s:
+        assert "paused" in str(Loops(s).list(store.org_id)[0].note)
