@@ -21,13 +21,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests._tiny import tiny_llama
 from typer.testing import CliRunner
 
 from teachloop.cli.main import app
 from teachloop.core.settings import Settings
 from teachloop.store import Database
 from teachloop.store.schema.traces import Trace
+from tests._tiny import tiny_llama
 
 KEY = re.compile(r"tl_[a-z2-7]{12}_[a-z2-7]{52}")
 

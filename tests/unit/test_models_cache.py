@@ -17,7 +17,6 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
     sys.path.insert(0, _ROOT)
 
-from tests._tiny import tiny_llama  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from teachloop.core.errors import InvalidInput, ModelError, NotFound  # noqa: E402
@@ -33,6 +32,7 @@ from teachloop.engine.models import (  # noqa: E402
     resolve_model,
     verify_model,
 )
+from tests._tiny import tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests._tiny import tiny_llama
 
 from teachloop.core import AdamParams, Datum, InvalidInput, LoraSpec, LossConfig, NotFound, SamplingParams
 from teachloop.engine import LOGPROB_TOLERANCE
 from teachloop.engine.torch_engine import TorchEngine
+from tests._tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")

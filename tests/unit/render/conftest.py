@@ -11,9 +11,8 @@ _ROOT = str(Path(__file__).resolve().parents[3])
 if _ROOT not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
     sys.path.insert(0, _ROOT)
 
-from tests._tiny import LLAMA3_SPECIAL_TOKENS, tiny_tokenizer  # noqa: E402
-
 from teachloop.render import Renderer  # noqa: E402
+from tests._tiny import LLAMA3_SPECIAL_TOKENS, tiny_tokenizer  # noqa: E402
 
 #: A Llama-3 style template: headers in special tokens, content trimmed, <|eot_id|> ends a turn.
 LLAMA3_TEMPLATE = (

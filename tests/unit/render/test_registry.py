@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests._tiny import tiny_tokenizer
 
 from teachloop.core.chat import Message
 from teachloop.core.errors import Conflict, ModelError, NotFound
@@ -18,6 +17,7 @@ from teachloop.render import (
     renderer_names,
     unregister_renderer,
 )
+from tests._tiny import tiny_tokenizer
 
 
 @pytest.fixture

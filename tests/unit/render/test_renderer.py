@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests._tiny import tiny_llama, tiny_tokenizer
 
 from teachloop.core.chat import Message
 from teachloop.core.errors import InvalidInput, ModelError
 from teachloop.render import Renderer
+from tests._tiny import tiny_llama, tiny_tokenizer
 
 SYS = Message(role="system", content="You add numbers.")
 U1 = Message(role="user", content="What is 12 + 35?")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests._tiny import tiny_tokenizer
 
 from teachloop.core.chat import Message, ToolCall, ToolSpec
 from teachloop.render import Renderer, parse_tool_calls, tool_system_section
+from tests._tiny import tiny_tokenizer
 
 WEATHER = ToolSpec(
     name="get_weather",

@@ -14,14 +14,13 @@ _ROOT = str(Path(__file__).resolve().parents[3])
 if _ROOT not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
     sys.path.insert(0, _ROOT)
 
-from tests._tiny import tiny_tokenizer  # noqa: E402
-from tests.unit.serve.fakes import EchoEngine  # noqa: E402
-
 from teachloop.core.settings import Settings  # noqa: E402
 from teachloop.core.tenancy import Role  # noqa: E402
 from teachloop.render import Renderer  # noqa: E402
 from teachloop.serve import Serving, ServingConfig  # noqa: E402
 from teachloop.store import ApiKeys, BlobStore, Database, Tenancy  # noqa: E402
+from tests._tiny import tiny_tokenizer  # noqa: E402
+from tests.unit.serve.fakes import EchoEngine  # noqa: E402
 
 BASE = "tiny-base"
 

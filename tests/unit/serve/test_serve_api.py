@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.unit.serve.conftest import BASE, Tenants, auth
 
 from teachloop.serve import Serving
 from teachloop.store import Database
 from teachloop.store.repos.traces import Traces
 from teachloop.store.schema.traces import Trace
+from tests.unit.serve.conftest import BASE, Tenants, auth
 
 CHAT = "/v1/chat/completions"
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tests.unit.serve.fakes import adapter_folder
 from typer.testing import CliRunner
 
 from teachloop.cli.main import app
@@ -17,6 +16,7 @@ from teachloop.store import Database, Tenancy
 from teachloop.store.repos.deployments import Deployments
 from teachloop.store.repos.traces import Traces
 from teachloop.store.schema.traces import Trace
+from tests.unit.serve.fakes import adapter_folder
 
 runner = CliRunner()
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from tests.unit.serve.conftest import BASE, Tenants, auth
-from tests.unit.serve.fakes import EchoEngine, adapter_folder
 
 from teachloop.serve import Serving, canary_bucket, engine_name, publish_adapter
 from teachloop.store import BlobStore, Database
 from teachloop.store.repos.traces import Traces
+from tests.unit.serve.conftest import BASE, Tenants, auth
+from tests.unit.serve.fakes import EchoEngine, adapter_folder
 
 CHAT = "/v1/chat/completions"
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.serve.fakes import adapter_folder
 
 from teachloop.core.errors import Conflict, InvalidInput, NotFound
 from teachloop.core.ids import new_id
@@ -18,6 +17,7 @@ from teachloop.store.repos.deployments import AdapterVersions, Deployments, Depl
 from teachloop.store.repos.traces import TraceFilter, Traces
 from teachloop.store.schema import Base
 from teachloop.store.schema.traces import Trace
+from tests.unit.serve.fakes import adapter_folder
 
 DIGEST = "sha256:" + "ab" * 32
 

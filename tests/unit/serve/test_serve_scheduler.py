@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.serve.fakes import EchoEngine
 
 from teachloop.core.errors import InvalidInput, ModelError, ServiceUnavailable
 from teachloop.core.sampling import SampledSequence, SamplingParams
 from teachloop.serve import GenerationJob, Scheduler
 from teachloop.serve.scheduler import TokenEvent
+from tests.unit.serve.fakes import EchoEngine
 
 
 class Collect:
@@ -172,10 +172,9 @@ def test_async_sink_delivers_on_the_event_loop(engine: EchoEngine, scheduler: Sc
 
 def test_on_the_tiny_llama_greedy_batches_equal_single_sampling(tmp_path: Path) -> None:
     """Real DecodeBatch: concurrent greedy requests (two adapters + base) match engine.sample one by one."""
-    from tests._tiny import tiny_llama
-
     from teachloop.core.training import LoraSpec
     from teachloop.engine.torch_engine import TorchEngine
+    from tests._tiny import tiny_llama
 
     engine = TorchEngine(tiny_llama(tmp_path), device="cpu")
     spec = LoraSpec(rank=4, seed=1)

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.unit.serve.conftest import BASE, Tenants, auth
 
 from teachloop.core.errors import Conflict, ServiceUnavailable
 from teachloop.core.ids import new_id
@@ -21,6 +20,7 @@ from teachloop.serve.text import TextStream, cut_at_stops
 from teachloop.store import Database
 from teachloop.store.repos.traces import TraceFilter, Traces
 from teachloop.store.schema.traces import Trace
+from tests.unit.serve.conftest import BASE, Tenants, auth
 
 CHAT = "/v1/chat/completions"
 

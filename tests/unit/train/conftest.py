@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from tests._tiny import tiny_llama
 
 from teachloop.core.rl import Task
 from teachloop.envs import Environment, FunctionGrader, user
 from teachloop.render import Renderer
 from teachloop.store import BlobStore, Database, Tenancy
+from tests._tiny import tiny_llama
 
 
 @pytest.fixture(scope="session")
