@@ -30,6 +30,9 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("teachloop.cli.train:runs_app", "runs"),
     ("teachloop.cli.deploy", "deploy"),
     ("teachloop.cli.traces", "traces"),
+    ("teachloop.cli.loop", "loop"),
+    ("teachloop.cli.data", "data"),
+    ("teachloop.cli.demo", None),  # demo
 ]
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ from teachloop.store.schema.base import utc_now
 from teachloop.store.schema.deployments import AdapterVersion
 from teachloop.store.schema.loops import Loop, LoopIteration
 
+log = logging.getLogger(__name__)
+
 STALE_MINUTES = 60
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -69,6 +72,18 @@ class TickResult:
     iteration: int | None = None
     status: str | None = None
     note: str = ""
+
+
+def drop_adapter(engine: Any, name: str) -> None:
+    """Unload ``name`` from the engine -- unless it is the last adapter there.
+
+    The torch engine's PEFT model keeps its "active adapter" pointing at the last
+    adapter deleted when none is left, and the next ``save_adapter`` then fails
+    with a KeyError; keeping the last one (a few tens of MB) avoids that.
+    """
+    with contextlib.suppress(Exception):
+        if engine.has_adapter(name) and len(engine.list_adapters()) > 1:
+            engine.delete_adapter(name)
 
 
 class LoopRunner:
@@ -251,13 +266,13 @@ class LoopRunner:
                 {"loop_id": loop.id, "iteration": it.number, "dataset": ds.digest})
             return self._start_canary(loop, cfg, it, version, decision)
         except Exception as err:
+            log.warning("loop %s iteration %d: %s failed", self.deployment, it.number, stage, exc_info=True)
             msg = f"{stage} failed: {type(err).__name__}: {err}"[:2000]
             self._emit("failed", number=it.number, stage=stage, error=msg)
             return self._finish(it, "failed", msg + "; the deployment is unchanged")
         finally:
-            if run_adapter is not None and d.engine.has_adapter(run_adapter):
-                with contextlib.suppress(Exception):
-                    d.engine.delete_adapter(run_adapter)
+            if run_adapter is not None:
+                drop_adapter(d.engine, run_adapter)
 
     def _finish(self, it: LoopIteration, status: str, reason: str, **fields: Any) -> LoopIteration:
         row = self._update_it(it.id, status=status, reason=reason, finished_at=self.clock(), stage="done", **fields)
@@ -303,8 +318,7 @@ class LoopRunner:
             return decide(suites, g, baseline=baseline.ref if baseline else "base", candidate=candidate)
         finally:
             if loaded and base_name is not None:
-                with contextlib.suppress(Exception):
-                    d.engine.delete_adapter(base_name)
+                drop_adapter(d.engine, base_name)
 
     # ------------------------------------------------------------------ promotion
     def _start_canary(self, loop: Loop, cfg: LoopConfig, it: LoopIteration, version: AdapterVersion,
@@ -417,4 +431,4 @@ class LoopRunner:
                 await asyncio.wait_for(stop.wait(), timeout=interval_s or self.check_seconds)
 
 
-__all__ = ["STALE_MINUTES", "Listener", "LoopRunner", "TickResult"]
+__all__ = ["STALE_MINUTES", "Listener", "LoopRunner", "TickResult", "drop_adapter"]

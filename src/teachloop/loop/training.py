@@ -167,7 +167,7 @@ class TrainDeps:
 async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, rows: Sequence[Curated], *,
                           name: str, warm_start: AdapterVersion | None, budget_s: float,
                           on_step: Callable[[int, dict[str, Any]], None] | None = None,
-                          on_run: Callable[[str], None] | None = None) -> RunInfo:
+                          on_run: Callable[[str], object] | None = None) -> RunInfo:
     """Train the iteration's candidate (see the module docstring); raises on failure (the run is marked failed)."""
     train = [r.candidate.content for r in rows if r.split == "train"]
     holdout = [r.candidate.content for r in rows if r.split == "holdout"]

@@ -17,8 +17,6 @@ _ROOT = str(Path(__file__).resolve().parents[3])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests._tiny import tiny_tokenizer  # noqa: E402
-
 from teachloop.core.ids import new_id  # noqa: E402
 from teachloop.engine.fake import FakeEngine  # noqa: E402
 from teachloop.envs import Arithmetic  # noqa: E402
@@ -28,6 +26,7 @@ from teachloop.store import BlobStore, Database, Tenancy  # noqa: E402
 from teachloop.store.repos.deployments import Deployments, DeploymentState  # noqa: E402
 from teachloop.store.repos.traces import Traces  # noqa: E402
 from teachloop.store.schema.traces import Trace  # noqa: E402
+from tests._tiny import tiny_tokenizer  # noqa: E402
 
 BASE = "tiny-base"
 DEPLOYMENT = "calc"

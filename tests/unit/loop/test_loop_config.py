@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.loop.conftest import DEPLOYMENT, Store, grpo_config, sft_config
 
 from teachloop.core.errors import InvalidInput
 from teachloop.loop import check_references, configure_loop, load_loop_config, validate_loop_config
 from teachloop.loop.config import training_dict
 from teachloop.store.repos.loops import Loops
 from teachloop.train import validate_config
+from tests.unit.loop.conftest import DEPLOYMENT, Store, grpo_config, sft_config
 
 
 def _refused(raw: dict[str, Any], field: str) -> InvalidInput:

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.unit.loop.conftest import Store, add_trace
 
 from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.loop import export_dataset
 from teachloop.store.repos.datasets import Datasets, NewRow, decode_snapshot, encode_snapshot, new_row_of
 from teachloop.store.schema.datasets import DatasetRow
+from tests.unit.loop.conftest import Store, add_trace
 
 
 def _rows(store: Store) -> list[NewRow]:

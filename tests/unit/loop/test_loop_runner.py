@@ -7,6 +7,15 @@ import asyncio
 from typing import Any
 
 import pytest
+
+from teachloop.envs import Arithmetic
+from teachloop.loop import LoopRunner, configure_loop, history, status
+from teachloop.render import Renderer
+from teachloop.store.repos.datasets import Datasets
+from teachloop.store.repos.deployments import Deployments
+from teachloop.store.repos.loops import Loops
+from teachloop.store.repos.traces import Traces
+from teachloop.store.schema.loops import TraceScore
 from tests.unit.loop.conftest import (
     DEPLOYMENT,
     Store,
@@ -17,15 +26,6 @@ from tests.unit.loop.conftest import (
     sft_config,
 )
 from tests.unit.loop.fakes import FailingEngine, OracleEngine
-
-from teachloop.envs import Arithmetic
-from teachloop.loop import LoopRunner, configure_loop, history, status
-from teachloop.render import Renderer
-from teachloop.store.repos.datasets import Datasets
-from teachloop.store.repos.deployments import Deployments
-from teachloop.store.repos.loops import Loops
-from teachloop.store.repos.traces import Traces
-from teachloop.store.schema.loops import TraceScore
 
 LONG = {"rl": {"prompts_per_step": 2, "group_size": 2, "max_tokens": 16}, "steps": 2, "lora": {"rank": 4}}
 
