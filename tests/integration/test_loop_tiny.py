@@ -1,0 +1,132 @@
+"""One full loop on a real (tiny) model: traffic through the OpenAI API of the real app, online grading,
+a GRPO iteration on the traffic prompts, the paired gate, the canary served by the running server.
+
+The tiny random Llama learns "say digits" (the ``Digits`` toy environment of the training tests: reward =
+share of digit characters) in a dozen GRPO steps, so a candidate can really beat the base model here.
+The demo itself runs on the tiny model too (``run_demo`` with a small budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from teachloop.app import AppDeps, create_app
+from teachloop.core.settings import Settings
+from teachloop.loop import LoopRunner, TrainDeps, history
+from teachloop.render import Renderer
+from teachloop.serve import Serving, ServingConfig
+from teachloop.store import BlobStore, Database, bootstrap
+from teachloop.store.repos.deployments import Deployments
+from teachloop.store.repos.traces import TraceFilter, Traces
+from tests._tiny import tiny_llama
+
+DIGITS = "tests.unit.train.conftest:Digits"
+BASE = "tiny-llama"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    from teachloop.engine.torch_engine import TorchEngine
+
+    model = tiny_llama(tmp_path / "models", name=BASE)
+    settings = Settings(home=tmp_path, model_cache=tmp_path / "models", database_url=f"sqlite:///{tmp_path / 't.db'}",
+                        blob_url=str(tmp_path / "blobs"))
+    db = Database(settings.database_url)
+    db.migrate()
+    with db.session() as s:
+        first = bootstrap(s, "acme", "owner@acme.test")
+        assert first.key is not None
+        key, org_id = first.key.secret, first.org.id
+    blobs = BlobStore(settings.blob_url)
+    engine = TorchEngine(model, device="cpu")
+    renderer = Renderer.from_pretrained(model)
+    serving = Serving(db, blobs, engine=engine, renderer=renderer, base_model=BASE,
+                      config=ServingConfig(sync_interval_s=0.2, default_max_tokens=8))
+    serving.start()
+    deps = AppDeps(settings, db, blobs, engine=engine, serving=serving)
+    with TestClient(create_app(deps)) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        yield {"client": client, "db": db, "blobs": blobs, "engine": engine, "renderer": renderer, "org": org_id,
+               "home": tmp_path}
+    deps.close()
+
+
+def _config() -> dict[str, Any]:
+    digits = {"env": DIGITS}
+    return {
+        "sources": [{"kind": "grader", **digits, "lookup_tasks": 50, "min_score": 0.5}],
+        "curation": {"holdout_frac": 0.3, "pii": False, "near_dup_threshold": None, "dedupe": False},
+        "trigger": {"every": 24, "min_examples": 8},
+        "algorithm": {"kind": "grpo", "train": {
+            "steps": 12, "seed": 1, "lora": {"rank": 8, "unembed": True}, "optim": {"lr": 3e-2},
+            "rl": {"prompts_per_step": 4, "group_size": 6, "max_tokens": 8}}},
+        "gate": {"max_tokens": 8, "confidence": 0.9, "bootstrap_samples": 2000, "max_regression": 0.5,
+                 "environments": [{**digits, "tasks": 21, "seed": 3}]},
+        "promotion": {"canary_percent": 50, "canary_min_requests": 4, "min_samples": 4, "signals": ["grader"],
+                      "max_drop": 0.9, "watch_requests": 4},
+    }
+
+
+def _traffic(client: TestClient, n: int, *, offset: int = 0) -> None:
+    for i in range(n):
+        r = client.post("/v1/chat/completions", json={
+            "model": "digits", "messages": [{"role": "user", "content": f"Say some numbers {(i + offset) % 7}"}],
+            "max_tokens": 8, "temperature": 0, "user": f"u{i % 8}"})
+        assert r.status_code == 200, r.text
+
+
+def test_one_full_iteration_trains_gates_and_canaries_through_the_running_server(world: dict[str, Any]) -> None:
+    client, db, org = world["client"], world["db"], world["org"]
+    assert client.post("/api/deployments", json={"name": "digits"}).status_code == 201
+    bad = client.put("/api/loops/digits", json={**_config(), "trigger": {"every": 0}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "trigger.every"
+    assert client.put("/api/loops/digits", json=_config()).status_code == 200
+    _traffic(client, 28)
+    runner = LoopRunner(TrainDeps(world["engine"], world["renderer"], db, world["blobs"], org, world["home"] / "envs",
+                                  BASE), "digits")
+    result = asyncio.run(runner.tick())
+    assert result.scored == 28 and result.iteration == 1
+    [it] = history(db, org, "digits")
+    assert it["run"]["status"] == "completed" and it["dataset"]["digest"].startswith("sha256:")
+    assert it["counts"]["train"] + it["counts"]["holdout"] == 28
+    assert it["gate"]["test"]["method"].startswith("paired bootstrap")
+    assert it["status"] == "canary", it["reason"]
+    with db.session(write=False) as s:
+        dep = Deployments(s).get(org, "digits")
+    assert dep.canary_version_id is not None and dep.canary_percent == 50
+    # the running server serves the canary to about half the users, without a restart
+    _traffic(client, 16, offset=3)
+    with db.session(write=False) as s:
+        arms = {t.arm for t in Traces(s).list(org, TraceFilter(model="digits", limit=16))}
+    assert arms == {"primary", "canary"}
+    result = asyncio.run(runner.tick())
+    [it] = history(db, org, "digits")
+    assert it["status"] == "promoted" and result.phase == "watch"
+    with db.session(write=False) as s:
+        dep = Deployments(s).get(org, "digits")
+        version = Deployments(s).adapters.get(org, str(dep.adapter_version_id))
+    assert dep.canary_version_id is None and version.ref == it["candidate"] == "digits@1"
+    assert version.source_run_id == it["run"]["id"]
+
+
+def test_the_demo_runs_on_the_tiny_model(tmp_path: Path) -> None:
+    from teachloop.cli.demo import DemoOptions, run_demo
+
+    model = tiny_llama(tmp_path / "models")
+    rounds = run_demo(DemoOptions(iterations=1, requests=16, users=4, steps=2, gate_tasks=8, max_rounds=2),
+                      tmp_path / "home", model_dir=model)
+    assert [r.number for r in rounds] == [0, 1] and all(r.requests == 16 for r in rounds)
+    assert all("primary:base" in r.reward for r in rounds)
+    db = Database(f"sqlite:///{tmp_path / 'home' / 'teachloop.db'}")
+    with db.session(write=False) as s:
+        org = bootstrap(s).org.id
+    its = history(db, org, "calc")
+    assert its and all(i["status"] in ("skipped", "rejected", "canary", "failed") for i in its)
+    assert not any(i["status"] == "failed" for i in its), [i["reason"] for i in its]
+    db.close()
