@@ -227,3 +227,32 @@ def test_a_broken_reference_pauses_the_loop_without_changing_anything(store: Sto
     assert result.phase == "paused" and "sources.1.dataset" in result.note
     with store.db.session(write=False) as s:
         assert "paused" in str(Loops(s).list(store.org_id)[0].note)
+
+
+def test_the_daily_budget_stops_a_run_and_blocks_the_next_iteration(store: Store, fake_engine: Any,
+                                                                     renderer: Renderer) -> None:
+    tiny_budget = {"train_minutes_per_day": 0.0001}  # 6 ms: spent after the first step
+    _configure(store, sft_config(trigger={"every": 6, "min_examples": 2}, gate={"metric": "likelihood"},
+                                 budget=tiny_budget))
+    arithmetic_traffic(store, 12, correct_every=1)
+    result = _tick(_runner(store, fake_engine, renderer))
+    assert result.status == "failed" and "BudgetExceeded" in result.note and "budget" in result.note
+    assert _dep(store).revision == 1
+    arithmetic_traffic(store, 12, correct_every=1, seed=4)
+    blocked = _tick(_runner(store, fake_engine, renderer))
+    assert blocked.iteration is None and "budget is spent" in blocked.note
+
+
+def test_warm_start_loads_the_deployed_adapter_and_the_digest_matches_serving(fake_engine: Any, tmp_path: Any) -> None:
+    from teachloop.core.training import LoraSpec
+    from teachloop.loop import WarmStart, adapter_digest
+    from teachloop.serve.adapters import folder_digest
+
+    fake_engine.create_adapter("deployed", LoraSpec(rank=4, seed=7))
+    saved = fake_engine.save_adapter("deployed", tmp_path / "deployed")
+    assert adapter_digest(saved) == folder_digest(saved)  # the loop and `deploy push` agree on the digest
+    warm = WarmStart(fake_engine, saved)
+    warm.create_adapter("run:1", LoraSpec(rank=8, seed=1))  # the trainer's call: the deployed weights come back
+    assert adapter_digest(fake_engine.save_adapter("run:1", tmp_path / "run1")) == adapter_digest(saved)
+    warm.create_adapter("run:2", LoraSpec(rank=8, seed=1))  # only the first adapter is warm-started
+    assert fake_engine.list_adapters()[-1].spec.rank == 8
