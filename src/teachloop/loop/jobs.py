@@ -3,8 +3,8 @@
 A ``loop`` job's payload is ``{"deployment": NAME}``. The handler runs one
 ``LoopRunner.tick`` (which may run a whole iteration: snapshot, training,
 gate, canary) and, while the loop exists and is enabled, queues the next
-tick ``trigger.check_seconds`` later -- unless one is already queued, so
-asking twice never starts two chains. The job's result is the tick's
+tick ``trigger.check_seconds`` later (also after a tick that failed) --
+unless one is already queued, so asking twice never starts two chains. The job's result is the tick's
 summary. The engine comes from ``engine_provider`` (the app shares the
 serving engine, or loads the model once per worker process). Knows nothing
 of HTTP.
@@ -46,14 +46,17 @@ def loop_handler(database: Database, blobs: BlobStore, queue: JobQueue, env_cach
             raise InvalidInput("a loop job needs {'deployment': NAME}", param="deployment")
         engine, renderer, base_model = engine_provider()
         runner = LoopRunner(TrainDeps(engine, renderer, database, blobs, job.org_id, env_cache, base_model), deployment)
-        result = asdict(asyncio.run(runner.tick()))
+        result: dict[str, Any] = {}
         try:
-            with database.session(write=False) as s:
-                enabled = find_loop(s, job.org_id, deployment).enabled
-        except TeachloopError:
-            enabled = False
-        if enabled and not _queued(queue, job.org_id, deployment):
-            result["next_job_id"] = enqueue_tick(queue, job.org_id, deployment, delay_s=runner.check_seconds)
+            result = asdict(asyncio.run(runner.tick()))
+        finally:  # a failed tick is the job's error; the chain goes on either way
+            try:
+                with database.session(write=False) as s:
+                    enabled = find_loop(s, job.org_id, deployment).enabled
+            except TeachloopError:
+                enabled = False
+            if enabled and not _queued(queue, job.org_id, deployment):
+                result["next_job_id"] = enqueue_tick(queue, job.org_id, deployment, delay_s=runner.check_seconds)
         return result
 
     return handle

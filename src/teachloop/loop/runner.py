@@ -427,6 +427,9 @@ class LoopRunner:
                 await self.tick()
             except (Conflict, ServiceUnavailable) as err:  # another ticker won a race, or the database is busy
                 self._emit("paused", reason=str(err))
+            except Exception as err:  # never let one bad tick end the autopilot; the next tick retries
+                log.exception("loop %s: tick failed", self.deployment)
+                self._emit("paused", reason=f"tick failed: {type(err).__name__}: {err}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s or self.check_seconds)
 
