@@ -167,6 +167,13 @@ def test_cli_loop_and_data(teachloop_home: Path, tmp_path: Path, monkeypatch: py
     with db.session(write=False) as s:
         assert Loops(s).list(org.id)[0].enabled is False
     _run("loop", "resume", DEPLOYMENT)
+    from teachloop.engine.models import add_model
+    from tests._tiny import tiny_llama
+
+    add_model(settings, "tiny-base", tiny_llama(tmp_path / "m"))  # the deployment's base model, in the cache
+    arithmetic_traffic(store, 3, seed=5, arm="canary")
+    out = _run("loop", "run", DEPLOYMENT, "--once")  # the foreground runner on the real (tiny) engine
+    assert "tick: phase canary, graded 3" in out
     out = _run("loop", "run", DEPLOYMENT, "--background")
     assert "queued loop job" in out
     assert "calc-loop@1" in _run("data", "list")
