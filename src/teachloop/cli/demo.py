@@ -300,15 +300,28 @@ def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) ->
             runner = LoopRunner(TrainDeps(engine, renderer, database, blobs, org_id, home / "envs", base),
                                 DEPLOYMENT, listener=_printer(t0))
             rounds = asyncio.run(_rounds(url, key, opts, runner, database, org_id, t0))
+            iterations = _history(database, org_id)
     finally:
         deps.close()
     console.print()
+    console.print("[bold]iterations:[/]")
+    for it in reversed(iterations):
+        suites = ", ".join(f"{s['name']} {s['baseline_mean']:.3f} -> {s['candidate_mean']:.3f}"
+                           for s in (it.get("gate") or {}).get("suites", []))
+        console.print(f"  {it['number']}: {it['status']:11s} {it.get('candidate') or '-':8s} "
+                      f"train {it['train_seconds']:.0f}s  gate: {suites or '-'}", highlight=False)
     console.print("[bold]the deployed model's online reward (traffic it served to everyone):[/]")
     for version, reward, n in summary(rounds):
         console.print(f"  {version:10s} {reward:.3f}  (n={n})", highlight=False)
     console.print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min; loop history: "
                   f"TEACHLOOP_HOME={home} teachloop loop history {DEPLOYMENT}", highlight=False)
     return rounds
+
+
+def _history(database: Any, org_id: str) -> list[dict[str, Any]]:
+    from teachloop.loop.service import history
+
+    return history(database, org_id, DEPLOYMENT)
 
 
 def _environ() -> dict[str, str]:
