@@ -43,7 +43,7 @@ def _model_dir() -> Path:
     return ensure_default_model(Settings.from_env())
 
 
-def run_teachloop(steps: int) -> dict[str, Any]:
+def run_teachloop(steps: int, low_memory: bool = False) -> dict[str, Any]:
     from teachloop.engine.torch_engine import TorchEngine
     from teachloop.render import Renderer
     from teachloop.train.config import LoraSection, OptimSection, RLSection
@@ -51,7 +51,8 @@ def run_teachloop(steps: int) -> dict[str, Any]:
     from teachloop.train.grpo import GRPO
 
     path = _model_dir()
-    engine = TorchEngine(path, device="cpu")
+    engine = TorchEngine(path, device="cpu", pack="lm_head" if low_memory else None)
+    engine.fw.checkpoint_layers = low_memory
     renderer = Renderer.from_pretrained(path)
     engine.create_adapter("bench", LoraSection(rank=RANK, alpha=ALPHA).spec(seed=0))
     rl = RLSection(env="arithmetic", env_args={"level": LEVEL}, prompts_per_step=PROMPTS, group_size=GROUP,
@@ -122,17 +123,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (each contender once per round)")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per worker (plus one warm-up step)")
     ap.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
-    ap.add_argument("--worker", choices=["teachloop", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["teachloop", "teachloop-lowmem", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--lowmem", action="store_true",
+                    help="also run teachloop with low_memory (layer activation checkpointing)")
     args = ap.parse_args()
     if args.worker:
-        fig = (run_teachloop if args.worker == "teachloop" else run_trl)(args.steps + 1)
+        if args.worker == "trl":
+            fig = run_trl(args.steps + 1)
+        else:
+            fig = run_teachloop(args.steps + 1, low_memory=args.worker == "teachloop-lowmem")
         fig["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(fig))
         return
     _model_dir()
-    raw: dict[str, list[dict[str, Any]]] = {"teachloop": [], "trl": []}
+    names = ["teachloop", *(["teachloop-lowmem"] if args.lowmem else []), "trl"]
+    raw: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for rnd in range(args.rounds):
-        for who in (["teachloop", "trl"] if rnd % 2 == 0 else ["trl", "teachloop"]):
+        for who in (names if rnd % 2 == 0 else names[::-1]):
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, __file__, "--worker", who, "--steps", str(args.steps)],
                                   capture_output=True, text=True)
@@ -150,15 +157,17 @@ def main() -> None:
         summary[who] = {"median_step_s": statistics.median(secs), "completion_tokens_per_s": statistics.median(tps),
                         "mean_completion_tokens": statistics.fmean(toks) if toks else 0.0,
                         "peak_rss_mb": max(f["peak_rss_mb"] for f in figs), "timed_steps": len(secs)}
-    t, r = summary["teachloop"], summary["trl"]
+    r = summary["trl"]
     print("\n| contender | timed steps | median s/step | completion tokens/s | peak RSS MB |")
     print("|---|---|---|---|---|")
     for who, s in summary.items():
         print(f"| {who} | {s['timed_steps']:.0f} | {s['median_step_s']:.2f} | {s['completion_tokens_per_s']:.1f} "
               f"| {s['peak_rss_mb']:.0f} |")
-    print(f"\nstep time teachloop / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.25)")
-    print(f"peak RSS  teachloop / TRL = {t['peak_rss_mb'] / r['peak_rss_mb']:.3f} (target <= 0.5)")
-    print(f"completion tokens/s teachloop / TRL = {t['completion_tokens_per_s'] / r['completion_tokens_per_s']:.2f}x")
+    for who in names[:-1]:
+        t = summary[who]
+        print(f"\n{who}: step time / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.25); "
+              f"peak RSS / TRL = {t['peak_rss_mb'] / r['peak_rss_mb']:.3f} (target <= 0.5); "
+              f"completion tokens/s / TRL = {t['completion_tokens_per_s'] / r['completion_tokens_per_s']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"raw": raw, "summary": summary}, indent=2))
 

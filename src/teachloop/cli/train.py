@@ -81,7 +81,7 @@ def _run(cfg: Any, store: StoreContext, resume: str | None, dry_run: bool) -> No
         return
     from teachloop.engine.torch_engine import TorchEngine
 
-    engine = TorchEngine(path, device=settings.device)
+    engine = TorchEngine(path, device=settings.device, pack="lm_head" if cfg.low_memory else None)
     deps = TrainerDeps(engine=engine, renderer=renderer, database=store.database, blobs=store.blobs,
                        org_id=store.org_id, env_cache=settings.home / "envs")
     trainer = Trainer(cfg, deps, listener=_printer(cfg.steps))

@@ -264,6 +264,61 @@ class _PackedLinear(torch.autograd.Function):
         return grad.matmul(weight), None, None, None
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm with a frozen weight that saves only its input and the per-row 1/rms for the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (xf * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        x, weight, rstd = ctx.saved_tensors
+        xhat = x.float() * rstd
+        g = (grad * weight).float()
+        dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+        return dx.to(x.dtype), None, None
+
+
+class _SwiGLUFn(torch.autograd.Function):
+    """``silu(gate) * up`` of a fused ``[gate | up]`` tensor, saving only that tensor (silu recomputed)."""
+
+    @staticmethod
+    def forward(ctx: Any, gate_up: torch.Tensor, width: int) -> torch.Tensor:
+        ctx.save_for_backward(gate_up)
+        ctx.width = width
+        gate, up = gate_up.split(width, dim=-1)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.split(ctx.width, dim=-1)
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        d_gate = grad * up * sig * (1 + gate * (1 - sig))
+        return torch.cat((d_gate, grad * silu), dim=-1), None
+
+
+class _RopeFn(torch.autograd.Function):
+    """Rotary embedding ``x * cos + rotate_half(x) * sin``; linear, so the backward is the inverse rotation."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return x * cos + _rotate_half(x) * sin
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        cos, sin = ctx.saved_tensors
+        gs = grad * sin
+        half = gs.shape[-1] // 2
+        return grad * cos + torch.cat((gs[..., half:], -gs[..., :half]), dim=-1), None, None
+
+
 class _TokenLogprob(torch.autograd.Function):
     """Fused unembedding + log-softmax + target gather for rows whose unembedding has no LoRA.
 
@@ -330,7 +385,7 @@ class LlamaForward:
     added, loaded or removed so the plan sees their (live) PEFT parameters.
     """
 
-    def __init__(self, hf_model: Any, *, pack: bool | None = None) -> None:
+    def __init__(self, hf_model: Any, *, pack: bool | str | None = None) -> None:
         arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ModelError(
@@ -378,8 +433,13 @@ class LlamaForward:
         if pack is None:
             pack = can_pack(device) and self.embed.dtype == torch.float32
         self.packed = bool(pack)
+        #: ``True``/``"all"``: every projection prepacked (fastest, a second copy of the weights);
+        #: ``"lm_head"``: only the unembedding (the largest gain, 1/5 of the memory).
+        #: recompute each decoder layer in the backward pass instead of keeping its activations
+        #: (training memory ~ one layer's activations; costs about one more forward pass)
+        self.checkpoint_layers = False
         if self.packed:
-            for proj in self._projections():
+            for proj in self._projections()[:1] if pack == "lm_head" else self._projections():
                 proj.packed = torch.ops.mkldnn._reorder_linear_weight(proj.weight.detach(), 32)
         self.refresh_adapters()
 
@@ -469,10 +529,15 @@ class LlamaForward:
                 y = y.index_add(0, idx, _lora_delta(x.index_select(0, idx), w, training))
         return y
 
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, training: bool) -> torch.Tensor:
+        if training and torch.is_grad_enabled():
+            return _RMSNormFn.apply(x, weight, self.eps)
+        return _rms_norm(x, weight, self.eps)
+
     def _block_pre(
         self, x: torch.Tensor, block: Block, rows: AdapterRows, training: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = _rms_norm(x, block.ln_in, self.eps)
+        h = self._norm(x, block.ln_in, training)
         qkv = _base_linear(h, block.qkv)
         qkv = self._fused_lora(h, qkv, block, ("q_proj", "k_proj", "v_proj"), block.qkv_split, rows, training)
         q, k, v = qkv.split(block.qkv_split, dim=-1)
@@ -482,11 +547,15 @@ class LlamaForward:
         self, x: torch.Tensor, attn: torch.Tensor, block: Block, rows: AdapterRows, training: bool
     ) -> torch.Tensor:
         x = x + self._linear(attn, block.o, rows, training)
-        h = _rms_norm(x, block.ln_post, self.eps)
+        h = self._norm(x, block.ln_post, training)
         gu = _base_linear(h, block.gate_up)
         gu = self._fused_lora(h, gu, block, ("gate_proj", "up_proj"), block.gate_up_split, rows, training)
-        gate, up = gu.split(block.gate_up_split, dim=-1)
-        return x + self._linear(F.silu(gate) * up, block.down, rows, training)
+        if training and torch.is_grad_enabled():
+            act = _SwiGLUFn.apply(gu, block.gate_up_split[0])
+        else:
+            gate, up = gu.split(block.gate_up_split, dim=-1)
+            act = F.silu(gate) * up
+        return x + self._linear(act, block.down, rows, training)
 
     # ------------------------------------------------------------- entry points
     def forward_packed(
@@ -513,18 +582,29 @@ class LlamaForward:
         x = self.embed[tokens]
         cos, sin = self._rope(plan.positions, x.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
-        for i, block in enumerate(self.blocks):
+        grad = training and torch.is_grad_enabled()
+
+        def layer(i: int, block: Block, x: torch.Tensor) -> torch.Tensor:
             q, k, v = self._block_pre(x, block, rows, training)
             q = q.view(-1, self.n_heads, self.head_dim)
             k = k.view(-1, self.kv_heads, self.head_dim)
             v = v.view(-1, self.kv_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            if grad:
+                q, k = _RopeFn.apply(q, cos, sin), _RopeFn.apply(k, cos, sin)
+            else:
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
             if kv_sink is not None:
                 kv_sink(i, k, v)
             attn = plan.attend(q, k, v).reshape(-1, self.n_heads * self.head_dim)
-            x = self._block_post(x, attn, block, rows, training)
-        return _rms_norm(x, self.norm, self.eps)
+            return self._block_post(x, attn, block, rows, training)
+
+        for i, block in enumerate(self.blocks):
+            if grad and self.checkpoint_layers:
+                x = torch.utils.checkpoint.checkpoint(layer, i, block, x, use_reentrant=False)
+            else:
+                x = layer(i, block, x)
+        return self._norm(x, self.norm, training)
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache, rows: AdapterRows) -> torch.Tensor:
         """Feed one token per active cache row (``tokens`` is ``[n]``); returns hidden ``[n, hidden]``.

@@ -279,10 +279,15 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 def _choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
-    """Next tokens ``[rows]`` for ``logits`` ``[rows, vocab]`` under ``params``."""
+    """Next tokens ``[rows]`` for ``logits`` ``[rows, vocab]`` under ``params``.
+
+    Sampling is by inverse CDF: one uniform draw per row against the cumulative
+    probabilities (``torch.multinomial`` draws an exponential variate per
+    vocabulary entry, which costs more than the decode step's unembedding).
+    """
     if params.temperature == 0:
         return logits.argmax(-1)
-    scores = logits / params.temperature
+    scores = logits / params.temperature if params.temperature != 1.0 else logits
     if params.top_k > 0 and params.top_k < scores.shape[-1]:
         kth = scores.topk(params.top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -293,8 +298,14 @@ def _choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) 
         drop = (cum - probs) > params.top_p  # keep the smallest prefix whose mass reaches top_p
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    cdf = torch.softmax(scores, dim=-1, dtype=torch.float64).cumsum_(-1)
+    u = torch.rand((cdf.shape[0], 1), generator=gen, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    picked = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    # a float tie at the top of the CDF could land on a zero-probability tail entry: step back to a real one
+    zero = torch.gather(scores, -1, picked[:, None]).squeeze(-1) == float("-inf")
+    if bool(zero.any()):
+        picked[zero] = scores[zero].argmax(-1)
+    return picked
 
 
 def sample_all(

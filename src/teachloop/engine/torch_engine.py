@@ -57,6 +57,18 @@ class _Adapter:
     accumulated: int = 0
 
 
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc keeps it otherwise, inflating RSS between phases)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
     if device == "auto":
@@ -73,7 +85,7 @@ def resolve_device(device: str) -> torch.device:
 class TorchEngine:
     """``Engine`` on PyTorch. Build with ``TorchEngine(path)`` for a local Hugging Face model folder."""
 
-    def __init__(self, model_path: str | Path, *, device: str = "auto", pack: bool | None = None) -> None:
+    def __init__(self, model_path: str | Path, *, device: str = "auto", pack: bool | str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(model_path)
@@ -383,7 +395,10 @@ class TorchEngine:
             reqs = [
                 SampleRequest(list(p), n, params, adapter, generator=gen, top_logprobs=top_logprobs) for p in prompts
             ]
-            return sample_all(self.batch(), reqs)
+            out = sample_all(self.batch(), reqs)
+            if self.device.type == "cpu":
+                release_memory()  # the KV cache is gone: give its pages back before training allocates
+            return out
 
     def logprobs(self, sequences: Sequence[Sequence[int]], adapter: str | None = None) -> list[list[float]]:
         """``out[i][t]`` = log p(seq[t + 1] | seq[: t + 1]) under ``adapter`` (None: the base)."""
@@ -550,6 +565,8 @@ class TorchEngine:
             state.optimizer.zero_grad(set_to_none=True)
             calls, state.accumulated = state.accumulated, 0
             state.step += 1
+            if self.device.type == "cpu":
+                release_memory()
             return OptimStepResult(
                 step=state.step,
                 grad_norm=norm,

@@ -152,6 +152,10 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of adapter init, data order and sampling.")
     steps: int = Field(default=100, ge=1, le=10_000_000, description="Optimizer steps.")
     checkpoint_every: int = Field(default=10, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    low_memory: bool = Field(
+        default=False,
+        description="Recompute each layer's activations in the backward pass (much less memory, ~1 more forward).",
+    )
     lora: LoraSection = Field(default_factory=LoraSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     rl: RLSection | None = None

@@ -197,6 +197,9 @@ class Trainer:
                     engine.load_checkpoint(adapter, Path(tmp) / "ckpt")
             if resume is None or start == 0:
                 engine.create_adapter(adapter, cfg.lora.spec(cfg.seed))
+        fw = getattr(engine, "fw", None)
+        if fw is not None and hasattr(fw, "checkpoint_layers"):
+            fw.checkpoint_layers = cfg.low_memory
         self.runs.start(org, run.id)
         self.listener("run", {"run": self.runs.get(org, run.id), "start": start})
         algo = self._algorithm(prepared, adapter)

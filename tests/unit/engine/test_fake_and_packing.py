@@ -107,3 +107,22 @@ def test_engine_completer_batches_concurrent_calls() -> None:
     assert all(len(r) == 2 and r[0].turn is not None for r in results)
     turn = results[0][0].turn
     assert len(turn.tokens) == len(turn.logprobs) >= 1
+
+
+def test_inverse_cdf_sampling_follows_the_distribution() -> None:
+    import torch
+
+    from teachloop.engine.sampler import _choose
+
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = probs.log().expand(20000, 4).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    picks = _choose(logits, SamplingParams(temperature=1.0), gen)
+    freq = torch.bincount(picks, minlength=4).float() / len(picks)
+    assert torch.allclose(freq, probs, atol=0.015) and freq[3] == 0
+    top1 = _choose(logits[:100], SamplingParams(temperature=1.0, top_k=1), gen)
+    assert bool((top1 == 0).all())
+    nucleus = _choose(logits, SamplingParams(temperature=1.0, top_p=0.75), gen)
+    assert set(nucleus.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.75; 2 and 3 are cut
+    cold = _choose(logits, SamplingParams(temperature=0.25), gen)
+    assert (cold == 0).float().mean() > 0.85

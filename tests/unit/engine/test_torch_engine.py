@@ -362,3 +362,19 @@ def test_copy_adapter_is_an_exact_snapshot(engine: TorchEngine) -> None:
     assert engine.logprobs([seq], "snap")[0] == pytest.approx(engine.logprobs([seq], "a")[0], abs=1e-6)
     _perturb(engine, "a", seed=2)  # training the original leaves the snapshot alone
     assert engine.logprobs([seq], "snap")[0] != pytest.approx(engine.logprobs([seq], "a")[0], abs=1e-4)
+
+
+def test_layer_checkpointing_gives_the_same_loss_and_gradient(engine: TorchEngine) -> None:
+    engine.create_adapter("a", LoraSpec(rank=4, seed=0))
+    _perturb(engine, "a")
+    batch = _rl_batch(engine)
+    plain = engine.forward_backward(batch, "ppo", adapter="a")
+    g_plain = _grads(engine).clone()
+    engine._adapters["a"].optimizer.zero_grad(set_to_none=True)
+    engine.fw.checkpoint_layers = True
+    try:
+        ckpt = engine.forward_backward(batch, "ppo", adapter="a")
+    finally:
+        engine.fw.checkpoint_layers = False
+    assert ckpt.loss == pytest.approx(plain.loss, rel=1e-6, abs=1e-7)
+    assert float((_grads(engine) - g_plain).norm() / g_plain.norm()) < 1e-5
