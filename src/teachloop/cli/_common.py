@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -55,6 +56,21 @@ def is_tty() -> bool:
 __all__ = ["console", "err_console", "fail", "handle_errors", "is_tty", "settings"]
 
 
+def pick_org(tenancy: Any, ref: str | None) -> Any:
+    """The organisation named ``ref`` (name or id), or the only one; one-line errors otherwise."""
+    from teachloop.core.errors import ConfigurationError, InvalidInput
+
+    if ref:
+        return tenancy.find_org(ref)
+    orgs = tenancy.list_orgs()
+    if not orgs:
+        raise ConfigurationError("there is no organisation yet; run `teachloop admin init`")
+    if len(orgs) > 1:
+        names = ", ".join(o.name for o in orgs[:5]) + (", ..." if len(orgs) > 5 else "")
+        raise InvalidInput(f"there are {len(orgs)} organisations ({names}); pass --org", param="org")
+    return orgs[0]
+
+
 class StoreContext:
     """The configured database (migrated), blob store and chosen organisation, for one command.
 
@@ -62,7 +78,6 @@ class StoreContext:
     """
 
     def __init__(self, org: str | None = None) -> None:
-        from teachloop.core.errors import ConfigurationError, InvalidInput
         from teachloop.store import BlobStore, Database, Tenancy
 
         self.settings = settings()
@@ -70,16 +85,7 @@ class StoreContext:
         try:
             self.database.require_migrated()
             with self.database.session(write=False) as session:
-                tenancy = Tenancy(session)
-                if org:
-                    chosen = tenancy.find_org(org)
-                else:
-                    orgs = tenancy.list_orgs()
-                    if not orgs:
-                        raise ConfigurationError("there is no organisation yet; run `teachloop admin init`")
-                    if len(orgs) > 1:
-                        raise InvalidInput(f"there are {len(orgs)} organisations; pass --org", param="org")
-                    chosen = orgs[0]
+                chosen = pick_org(Tenancy(session), org)
                 self.org_id: str = chosen.id
                 self.org_name: str = chosen.name
         except BaseException:
@@ -94,4 +100,4 @@ class StoreContext:
         self.database.close()
 
 
-__all__ += ["StoreContext"]
+__all__ += ["StoreContext", "pick_org"]

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from teachloop.cli._common import console, handle_errors, settings
-from teachloop.core.errors import ConfigurationError, InvalidInput, TeachloopError
+from teachloop.cli._common import console, handle_errors, pick_org, settings
+from teachloop.core.errors import InvalidInput
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) is imported inside commands, keeping --help fast
     from teachloop.store import Database, Tenancy
@@ -46,11 +45,8 @@ def errors() -> Iterator[None]:
     ``_common.fail`` prints with rich markup on, which would swallow the
     ``[postgres]`` of "pip install 'teachloop[postgres]'"; escaping here keeps it.
     """
-    with handle_errors():
-        try:
-            yield
-        except TeachloopError as err:
-            raise type(err)(escape(err.message), param=err.param) from None
+    with handle_errors():  # _common.fail escapes rich markup itself
+        yield
 
 
 def show_new_key(
@@ -94,15 +90,7 @@ def _open(migrated: bool = True) -> Database:
 
 
 def _pick_org(tenancy: Tenancy, ref: str | None) -> Organisation:
-    if ref:
-        return tenancy.find_org(ref)
-    orgs = tenancy.list_orgs()
-    if not orgs:
-        raise ConfigurationError("there is no organisation yet; run `teachloop admin init`")
-    if len(orgs) > 1:
-        names = ", ".join(o.name for o in orgs[:5]) + (", ..." if len(orgs) > 5 else "")
-        raise InvalidInput(f"there are {len(orgs)} organisations ({names}); pass --org", param="org")
-    return orgs[0]
+    return pick_org(tenancy, ref)  # type: ignore[no-any-return]
 
 
 @app.command()

@@ -25,8 +25,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from teachloop.cli._common import console, err_console, handle_errors, settings
-from teachloop.core.errors import ConfigurationError, InvalidInput, ServiceUnavailable, TeachloopError
+from teachloop.cli._common import console, err_console, handle_errors, pick_org, settings
+from teachloop.core.errors import ConfigurationError, InvalidInput, ServiceUnavailable
 
 if TYPE_CHECKING:
     from teachloop.core.rl import ChatCompleter
@@ -42,11 +42,8 @@ ACTOR = "cli"
 @contextlib.contextmanager
 def errors() -> Iterator[None]:
     """``handle_errors()`` with messages shown literally (no rich markup)."""
-    with handle_errors():
-        try:
-            yield
-        except TeachloopError as err:
-            raise type(err)(escape(err.message), param=err.param) from None
+    with handle_errors():  # _common.fail escapes rich markup itself
+        yield
 
 
 # -- resolution ------------------------------------------------------------------------------------
@@ -137,16 +134,7 @@ def hub(org: str | None) -> Iterator[Hub]:
     db = _database()
     try:
         with db.session() as session:
-            tenancy = Tenancy(session)
-            if org:
-                chosen = tenancy.find_org(org)
-            else:
-                orgs = tenancy.list_orgs()
-                if not orgs:
-                    raise ConfigurationError("there is no organisation yet; run `teachloop admin init`")
-                if len(orgs) > 1:
-                    raise InvalidInput(f"there are {len(orgs)} organisations; pass --org", param="org")
-                chosen = orgs[0]
+            chosen = pick_org(Tenancy(session), org)
             yield Hub(session, BlobStore(cfg.blob_url), chosen.id, chosen.name)
     finally:
         db.close()
@@ -185,7 +173,7 @@ def _print_eval(report: EvalReport, digest: str) -> None:
     ci = "n/a (one task)" if report.ci_low is None else f"[{report.ci_low:.3f}, {report.ci_high:.3f}]"
     console.print(f"[bold]{escape(report.env)}[/] ({digest[:19]}…) on {escape(report.model)}: mean reward "
                   f"[bold]{report.mean:.3f}[/], 95% CI {ci}  ({report.n_tasks} tasks × {report.group_size}, "
-                  f"{report.seconds:.1f}s)", highlight=False)
+                  f"{report.seconds:.1f}s)", highlight=False, soft_wrap=True)
     console.print(f"[dim]interval: {report.ci_method}[/]", highlight=False)
     if report.failures:
         table = Table(title=f"failed episodes: {sum(report.failure_counts.values())}", title_justify="left")
