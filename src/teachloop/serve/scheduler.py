@@ -5,10 +5,10 @@ arrive from any thread through ``submit`` onto a bounded FIFO queue. The
 scheduler thread loops: admit waiting jobs while their rows fit under
 ``max_rows`` (``batch.add`` prefills them together and samples their first
 token), then ``batch.step()`` advances every active row by one token in one
-forward pass, whatever adapter each row uses. Both happen under
-``engine.locked()`` one tick at a time, so other engine users (a trainer)
-interleave between steps. Token events and results are handed to each job's
-``TokenSink`` once per tick, after the lock is released; ``AsyncSink`` turns
+forward pass, whatever adapter each row uses. Both happen inside
+``engine.exclusive`` (on the engine's compute thread) one tick at a time, so
+other engine users (a trainer) interleave between steps. Token events and
+results are handed to each job's ``TokenSink`` once per tick, afterwards; ``AsyncSink`` turns
 them into an ``asyncio.Queue`` on the request's event loop
 (``loop.call_soon_threadsafe``).
 
@@ -30,11 +30,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from teachloop.core.errors import InvalidInput, ModelError, ServiceUnavailable, TeachloopError
 from teachloop.core.sampling import SampledSequence, SamplingParams, StopReason
@@ -63,6 +63,9 @@ class SeqLike(Protocol):
     def result(self) -> SampledSequence: ...
 
 
+T = TypeVar("T")
+
+
 class DecodeBatchLike(Protocol):
     """The continuous batch the scheduler drives (``engine.sampler.DecodeBatch``)."""
 
@@ -87,7 +90,7 @@ class BatchingEngine(Protocol):
 
     def batch(self) -> DecodeBatchLike: ...
 
-    def locked(self) -> AbstractContextManager[None]: ...
+    def exclusive(self, fn: Callable[[], T]) -> T: ...
 
     def load_adapter(self, name: str, path: Path) -> Any: ...
 
@@ -338,42 +341,45 @@ class Scheduler:
         return out
 
     def _tick(self, admitted: list[GenerationJob], request_type: type[SampleRequest]) -> list[SeqLike]:
-        """Under the engine lock: stop cancelled rows, prefill ``admitted``, one decode step."""
+        """Stop cancelled rows, prefill ``admitted``, one decode step: on the engine's thread, exclusively."""
+        return self.engine.exclusive(lambda: self._tick_exclusive(admitted, request_type))
+
+    def _tick_exclusive(self, admitted: list[GenerationJob], request_type: type[SampleRequest]) -> list[SeqLike]:
+        """The body of ``_tick``; runs with the engine to itself."""
         finished: list[SeqLike] = []
-        with self.engine.locked():
-            if self._batch is None:
-                self._batch = self.engine.batch()
-            batch = self._batch
-            for job in self._active:
-                if job.cancelled:  # ends each unfinished row after its next token
-                    for seq in job._seqs.values():
-                        seq.max_tokens = min(seq.max_tokens, len(seq.tokens))
-            requests = []
-            for job in admitted:
-                req = request_type(
-                    job.prompt, job.n, job.params, job.adapter, top_logprobs=job.top_logprobs,
-                    on_token=job._on_token, key=job,
-                )
-                try:
-                    batch.validate(req)
-                except TeachloopError as err:
-                    self._counts["failed"] += 1
-                    job.sink.fail(err)
-                    continue
-                requests.append(req)
-            if requests:
-                for req in requests:
-                    self._active[req.key] = None
-                t0 = time.perf_counter()
-                for seq in batch.add(requests):
-                    seq.request.key._seqs[seq.index] = seq
-                    if seq.stop_reason is not None:
-                        finished.append(seq)
-                self._prefill_ms = self._timed("prefills", self._prefill_ms, t0)
-            if batch.active:
-                t0 = time.perf_counter()
-                finished.extend(batch.step())
-                self._step_ms = self._timed("steps", self._step_ms, t0)
+        if self._batch is None:
+            self._batch = self.engine.batch()
+        batch = self._batch
+        for job in self._active:
+            if job.cancelled:  # ends each unfinished row after its next token
+                for seq in job._seqs.values():
+                    seq.max_tokens = min(seq.max_tokens, len(seq.tokens))
+        requests = []
+        for job in admitted:
+            req = request_type(
+                job.prompt, job.n, job.params, job.adapter, top_logprobs=job.top_logprobs,
+                on_token=job._on_token, key=job,
+            )
+            try:
+                batch.validate(req)
+            except TeachloopError as err:
+                self._counts["failed"] += 1
+                job.sink.fail(err)
+                continue
+            requests.append(req)
+        if requests:
+            for req in requests:
+                self._active[req.key] = None
+            t0 = time.perf_counter()
+            for seq in batch.add(requests):
+                seq.request.key._seqs[seq.index] = seq
+                if seq.stop_reason is not None:
+                    finished.append(seq)
+            self._prefill_ms = self._timed("prefills", self._prefill_ms, t0)
+        if batch.active:
+            t0 = time.perf_counter()
+            finished.extend(batch.step())
+            self._step_ms = self._timed("steps", self._step_ms, t0)
         return finished
 
     def _timed(self, counter: str, mean_ms: float, t0: float) -> float:

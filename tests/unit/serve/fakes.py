@@ -2,7 +2,7 @@
 
 The torch engine's ``DecodeBatch`` needs a transformer; the fake engine of
 ``engine/fake.py`` has no batch at all. This one implements exactly the slice
-the scheduler uses (``batch()``, ``locked()``, adapters) with deterministic
+the scheduler uses (``batch()``, ``exclusive()``, adapters) with deterministic
 replies a test can steer through the prompt: each sample replies with the
 text of the last user message (prefixed by the adapter's ``prefix.txt``, if
 its folder has one), then the end-of-turn token. Every forward pass is
@@ -12,18 +12,19 @@ pass; ``step_delay`` slows steps down so requests overlap.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from teachloop.core.errors import InvalidInput, PayloadTooLarge
 from teachloop.core.sampling import SampledSequence, StopReason
 from teachloop.engine.sampler import SampleRequest
+
+T = TypeVar("T")
 
 LOGPROB = -0.25
 
@@ -149,10 +150,9 @@ class EchoEngine:
     def batch(self) -> EchoBatch:
         return EchoBatch(self)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def exclusive(self, fn: Callable[[], T]) -> T:
         with self._lock:
-            yield
+            return fn()
 
     def load_adapter(self, name: str, path: Path) -> None:
         if not (Path(path) / "adapter_config.json").is_file():
