@@ -3,9 +3,13 @@
 Sampling, logprobs and training all run through ``LlamaForward`` (the lean
 functional forward over the same weights); PEFT owns the adapter parameters,
 their initialisation, the on-disk format and merging. Works on CPU (float32,
-oneDNN-prepacked weights) and CUDA. All public methods are serialised by one
-re-entrant lock, so a serving scheduler and a trainer can share one engine;
-``batch()`` hands out the continuous-batching ``DecodeBatch`` for serving.
+oneDNN-prepacked weights) and CUDA. Every method that touches torch runs on the
+engine's own compute thread (``engine/compute.py``: one OpenMP team, whoever
+calls), which also serialises them, so a serving scheduler and a trainer can
+share one engine; ``exclusive(fn)`` runs a caller's function there (serving
+drives its continuous-batching ``DecodeBatch`` from ``batch()`` that way).
+Loading an adapter or a checkpoint is all-or-nothing: a bad folder leaves the
+adapter of that name as it was.
 
 It knows nothing about chat templates, storage or HTTP.
 """
@@ -13,16 +17,19 @@ It knows nothing about chat templates, storage or HTTP.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 import math
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import torch
 
@@ -39,6 +46,7 @@ from teachloop.core.training import (
     OptimStepResult,
 )
 from teachloop.engine.base import AdapterInfo, LogprobsFor
+from teachloop.engine.compute import ComputeThread
 from teachloop.engine.llama import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES, LlamaForward, Segments, single
 from teachloop.engine.losses import TokenInputs, compute_loss
 from teachloop.engine.packing import plan_packing
@@ -57,12 +65,28 @@ class _Adapter:
     accumulated: int = 0
 
 
-def release_memory() -> None:
-    """Return freed heap memory to the OS (glibc keeps it otherwise, inflating RSS between phases)."""
-    import ctypes
-    import gc
+P = ParamSpec("P")
+R = TypeVar("R")
 
-    gc.collect()
+
+def _on_compute(method: Callable[Concatenate[TorchEngine, P], R]) -> Callable[Concatenate[TorchEngine, P], R]:
+    """Run ``method`` on the engine's compute thread (inline when already there)."""
+
+    def wrapper(self: TorchEngine, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._compute.run(method, self, *args, **kwargs)
+
+    return functools.update_wrapper(wrapper, method)  # type: ignore[return-value]
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc keeps it otherwise, inflating RSS between phases).
+
+    Tensors are freed by reference counting as soon as a phase ends, so no
+    ``gc.collect()`` is needed (a full collection of a loaded model's ~500k
+    Python objects costs ~0.3 s, more than the trim itself).
+    """
+    import ctypes
+
     with contextlib.suppress(OSError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -84,13 +108,24 @@ class TorchEngine:
     """``Engine`` on PyTorch. Build with ``TorchEngine(path)`` for a local Hugging Face model folder."""
 
     def __init__(self, model_path: str | Path, *, device: str = "auto", pack: bool | str | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json); run `teachloop models pull`")
         self._path = path
         self.device = resolve_device(device)
+        self._compute = ComputeThread()
+        weakref.finalize(self, self._compute.close)
+        try:
+            self._compute.run(self._load, path, pack)
+        except BaseException:
+            self._compute.close()
+            raise
+        self._adapters: dict[str, _Adapter] = {}
+        self._lock = threading.RLock()
+
+    def _load(self, path: Path, pack: bool | str | None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -101,8 +136,6 @@ class TorchEngine:
         self.hf: Any = model.to(self.device)  # type: ignore[arg-type]
         self._peft: Any = None
         self.fw = LlamaForward(self.hf, pack=pack)
-        self._adapters: dict[str, _Adapter] = {}
-        self._lock = threading.RLock()
         eos: set[int] = set()
         gen_eos = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
         for value in (gen_eos, self.tokenizer.eos_token_id):
@@ -111,6 +144,10 @@ class TorchEngine:
             elif isinstance(value, list):
                 eos.update(int(v) for v in value)
         self._eos = sorted(eos)
+
+    def close(self) -> None:
+        """Stop the compute thread once its queued calls are done (the engine is unusable afterwards)."""
+        self._compute.close()
 
     # ------------------------------------------------------------- properties
     @property
@@ -133,11 +170,13 @@ class TorchEngine:
         """EOS token ids (generation config and tokenizer)."""
         return list(self._eos)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the engine lock (for callers that drive a ``DecodeBatch`` step by step)."""
+    def exclusive(self, fn: Callable[[], R]) -> R:
+        """``fn()`` on the compute thread with the engine to itself (to drive a ``DecodeBatch`` step by step)."""
+        return self._compute.run(self._locked_call, fn)
+
+    def _locked_call(self, fn: Callable[[], R]) -> R:
         with self._lock:
-            yield
+            return fn()
 
     # --------------------------------------------------------------- adapters
     def _check_name(self, name: str) -> None:
@@ -175,7 +214,7 @@ class TorchEngine:
     def _register(self, name: str, spec: LoraSpec) -> _Adapter:
         params: list[torch.nn.Parameter] = []
         for pname, p in self._peft.named_parameters():
-            if f".lora_A.{name}." in pname or f".lora_B.{name}." in pname:
+            if _owned_by(pname, name):
                 p.requires_grad_(True)
                 params.append(p)
         if not params:
@@ -189,6 +228,7 @@ class TorchEngine:
     def _info(self, name: str, state: _Adapter) -> AdapterInfo:
         return AdapterInfo(name, state.spec, state.step, sum(p.numel() for p in state.params))
 
+    @_on_compute
     def create_adapter(self, name: str, spec: LoraSpec) -> AdapterInfo:
         """A fresh LoRA adapter (A random, B zero), deterministic when ``spec.seed`` is set."""
         self._check_name(name)
@@ -217,6 +257,7 @@ class TorchEngine:
             for p in state.params:
                 p.requires_grad_(True)
 
+    @_on_compute
     def delete_adapter(self, name: str) -> None:
         """Remove ``name`` and its optimizer state."""
         with self._lock:
@@ -234,6 +275,7 @@ class TorchEngine:
         """Whether ``name`` is loaded."""
         return name in self._adapters
 
+    @_on_compute
     def copy_adapter(self, src: str, dst: str) -> AdapterInfo:
         """Make ``dst`` an exact copy of ``src``'s weights (created if missing); optimizer state not copied."""
         self._check_name(dst)
@@ -245,11 +287,12 @@ class TorchEngine:
             named = dict(self._peft.named_parameters())
             with torch.no_grad():
                 for pname, p in named.items():
-                    if f".lora_A.{src}." in pname or f".lora_B.{src}." in pname:
+                    if _owned_by(pname, src):
                         twin = pname.replace(f".{src}.", f".{dst}.")
                         named[twin].copy_(p)
             return self._info(dst, target)
 
+    @_on_compute
     def save_adapter(self, name: str, path: Path) -> Path:
         """Write ``name`` in PEFT format into folder ``path`` (created; replaced atomically)."""
         with self._lock:
@@ -269,32 +312,112 @@ class TorchEngine:
                 shutil.rmtree(tmp, ignore_errors=True)
             return path
 
+    @_on_compute
     def load_adapter(self, name: str, path: Path) -> AdapterInfo:
-        """Load a PEFT adapter folder as ``name`` (replacing an adapter of that name)."""
+        """Load a PEFT adapter folder as ``name`` (replacing an adapter of that name).
+
+        All or nothing: the folder is read and checked against this base model
+        before anything changes, and if loading still fails the adapter that had
+        this name is restored (weights, optimizer state and step).
+        """
         self._check_name(name)
-        path = Path(path)
+        spec, state_dict = self._read_adapter(Path(path))
+        with self._lock, self._restoring(name):
+            return self._install(name, spec, state_dict, Path(path))
+
+    def _read_adapter(self, path: Path) -> tuple[LoraSpec, dict[str, torch.Tensor]]:
+        """Config and weights of a PEFT adapter folder, checked against the base; changes nothing."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         cfg_file = path / "adapter_config.json"
         if not cfg_file.is_file():
             raise NotFound(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
-        spec = _spec_from_peft(json.loads(cfg_file.read_text()))
-        with self._lock:
-            if name in self._adapters:
-                self.delete_adapter(name)
-            self._inject(name, self._lora_config(spec))
-            from peft.utils import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            weights_file = path / "adapter_model.safetensors"
-            if not weights_file.is_file():
-                raise NotFound(f"{path} has no adapter_model.safetensors")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ModelError(f"{cfg_file} is not valid JSON: {err}".splitlines()[0]) from None
+        if not isinstance(cfg, dict):
+            raise ModelError(f"{cfg_file} is not a JSON object")
+        spec = _spec_from_peft(cfg)
+        weights_file = path / "adapter_model.safetensors"
+        if not weights_file.is_file():
+            raise NotFound(f"{path} has no adapter_model.safetensors")
+        try:
             state_dict = load_file(str(weights_file), device=str(self.device))
-            result = set_peft_model_state_dict(self._peft, state_dict, adapter_name=name)
-            missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-            if missing:
-                self._peft.delete_adapter(name)
-                raise ModelError(f"adapter at {path} does not fit this base model (e.g. {missing[0]})")
-            return self._info(name, self._register(name, spec))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ModelError(f"cannot read {weights_file}: {err}".splitlines()[0]) from None
+        modules = dict(self.hf.named_modules())
+        found = 0
+        for key, tensor in state_dict.items():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            found += 1
+            owner = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = modules.get(owner)
+            weight = getattr(module, "weight", None)
+            if weight is None or weight.dim() != 2:
+                raise ModelError(f"adapter at {path} does not fit this base model: no layer {owner!r}")
+            out_f, in_f = weight.shape
+            want = (spec.rank, in_f) if ".lora_A." in key else (out_f, spec.rank)
+            if tuple(tensor.shape) != want:
+                raise ModelError(
+                    f"adapter at {path} does not fit this base model: {key} has shape {tuple(tensor.shape)}, "
+                    f"expected {want} (rank {spec.rank})"
+                )
+        if not found:
+            raise ModelError(f"{weights_file} holds no LoRA weights")
+        return spec, state_dict
 
+    def _install(self, name: str, spec: LoraSpec, state_dict: dict[str, torch.Tensor], path: Path) -> AdapterInfo:
+        from peft.utils import set_peft_model_state_dict
+
+        if name in self._adapters:
+            self.delete_adapter(name)
+        self._inject(name, self._lora_config(spec))
+        try:
+            result = set_peft_model_state_dict(self._peft, state_dict, adapter_name=name)
+        except RuntimeError as err:
+            raise ModelError(f"adapter at {path} does not fit this base model: {err}".splitlines()[0]) from None
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            raise ModelError(f"adapter at {path} does not fit this base model (e.g. {unexpected[0]})")
+        return self._info(name, self._register(name, spec))
+
+    @contextlib.contextmanager
+    def _restoring(self, name: str) -> Iterator[None]:
+        """On failure inside, drop whatever half-loaded ``name`` exists and bring back the adapter it replaced."""
+        old = self._adapters.get(name)
+        backup = None
+        if old is not None:
+            named = dict(self._peft.named_parameters())
+            weights = {k: p.detach().clone() for k, p in named.items() if _owned_by(k, name)}
+            backup = (old.spec, weights, copy.deepcopy(old.optimizer.state_dict()), old.step, old.accumulated)
+        try:
+            yield
+        except BaseException:
+            self._discard(name)
+            if backup is not None:
+                spec, weights, opt_state, step, accumulated = backup
+                self._inject(name, self._lora_config(spec))
+                named = dict(self._peft.named_parameters())
+                with torch.no_grad():
+                    for k, w in weights.items():
+                        named[k].copy_(w)
+                state = self._register(name, spec)
+                state.optimizer.load_state_dict(opt_state)
+                state.step, state.accumulated = step, accumulated
+            raise
+
+    def _discard(self, name: str) -> None:
+        """Remove every trace of ``name`` (registered or only injected into PEFT)."""
+        self._adapters.pop(name, None)
+        if self._peft is not None and name in getattr(self._peft, "peft_config", {}):
+            with contextlib.suppress(Exception):  # best effort: a half-injected adapter
+                self._peft.delete_adapter(name)
+        self.fw.refresh_adapters()
+
+    @_on_compute
     def save_checkpoint(self, name: str, path: Path) -> Path:
         """Adapter (PEFT format) + optimizer state + step counter into folder ``path``, atomically."""
         with self._lock:
@@ -312,24 +435,38 @@ class TorchEngine:
                 shutil.rmtree(tmp, ignore_errors=True)
             return path
 
+    @_on_compute
     def load_checkpoint(self, name: str, path: Path) -> AdapterInfo:
-        """Restore a checkpoint written by ``save_checkpoint`` as adapter ``name``."""
+        """Restore a checkpoint written by ``save_checkpoint`` as adapter ``name`` (all or nothing)."""
+        self._check_name(name)
         path = Path(path)
         meta_file = path / "checkpoint.json"
         if not meta_file.is_file():
             raise NotFound(f"{path} is not a teachloop checkpoint (no checkpoint.json)")
-        meta = json.loads(meta_file.read_text())
+        try:
+            meta = json.loads(meta_file.read_text())
+            spec = LoraSpec.model_validate(meta["spec"])
+            step = int(meta["step"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelError(f"{meta_file} is not a valid checkpoint record: {err}".splitlines()[0]) from None
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ModelError(f"checkpoint {path} has format {meta.get('format')}, expected {CHECKPOINT_FORMAT}")
-        with self._lock:
-            info = self.load_adapter(name, path / "adapter")
-            state = self._adapters[name]
-            state.spec = LoraSpec.model_validate(meta["spec"])
+        _, state_dict = self._read_adapter(path / "adapter")
+        try:
             opt_state = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
-            state.optimizer.load_state_dict(opt_state)
-            state.step = int(meta["step"])
+        except (OSError, RuntimeError, ValueError, EOFError) as err:
+            raise ModelError(f"cannot read {path / 'optimizer.pt'}: {err}".splitlines()[0]) from None
+        with self._lock, self._restoring(name):
+            info = self._install(name, spec, state_dict, path / "adapter")
+            state = self._adapters[name]
+            try:
+                state.optimizer.load_state_dict(opt_state)
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise ModelError(f"optimizer state in {path} does not fit the adapter: {err}".splitlines()[0]) from None
+            state.step = step
             return AdapterInfo(name, state.spec, state.step, info.trainable_params)
 
+    @_on_compute
     def merge_adapter(self, name: str, path: Path) -> Path:
         """Export base + ``name`` merged into a standalone Hugging Face model folder."""
         from peft import PeftModel
@@ -357,7 +494,7 @@ class TorchEngine:
 
     # --------------------------------------------------------------- sampling
     def batch(self) -> DecodeBatch:
-        """A fresh continuous-batching ``DecodeBatch`` on this engine (drive it under ``locked()``)."""
+        """A fresh continuous-batching ``DecodeBatch`` on this engine (drive it inside ``exclusive``)."""
         return DecodeBatch(
             self.fw,
             eos_token_ids=self._eos,
@@ -366,6 +503,7 @@ class TorchEngine:
             device=self.device,
         )
 
+    @_on_compute
     def sample(
         self,
         prompts: Sequence[Sequence[int]],
@@ -398,6 +536,7 @@ class TorchEngine:
                 release_memory()  # the KV cache is gone: give its pages back before training allocates
             return out
 
+    @_on_compute
     def logprobs(self, sequences: Sequence[Sequence[int]], adapter: str | None = None) -> list[list[float]]:
         """``out[i][t]`` = log p(seq[t + 1] | seq[: t + 1]) under ``adapter`` (None: the base)."""
         batch = []
@@ -411,6 +550,7 @@ class TorchEngine:
         return result.logprobs
 
     # --------------------------------------------------------------- training
+    @_on_compute
     def forward_backward(
         self,
         batch: Sequence[Datum],
@@ -427,6 +567,7 @@ class TorchEngine:
             state.accumulated += 1
             return result
 
+    @_on_compute
     def forward(
         self,
         batch: Sequence[Datum],
@@ -541,6 +682,7 @@ class TorchEngine:
             loss=float(total.detach()), logprobs=out, metrics=metrics, num_tokens=sum(d.num_tokens for d in batch)
         )
 
+    @_on_compute
     def optim_step(self, adapter: str, params: AdamParams) -> OptimStepResult:
         """AdamW on the gradients accumulated since the last step; zeroes them; step counter + 1."""
         with self._lock:
@@ -570,6 +712,11 @@ class TorchEngine:
                 grad_norm=norm,
                 metrics={"lr": params.learning_rate, "grad_norm": norm, "accumulated_calls": float(calls)},
             )
+
+
+def _owned_by(param_name: str, adapter: str) -> bool:
+    """Whether a PEFT parameter name belongs to ``adapter``'s LoRA factors."""
+    return f".lora_A.{adapter}." in param_name or f".lora_B.{adapter}." in param_name
 
 
 def _spec_from_peft(cfg: dict[str, Any]) -> LoraSpec:

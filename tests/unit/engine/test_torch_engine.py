@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,13 +102,17 @@ def test_continuous_batch_admits_requests_between_steps(engine: TorchEngine) -> 
     p1, p2 = _prompt(engine), _prompt(engine, "Hello there")
     alone = engine.sample([p2], 1, greedy)[0][0].tokens
     batch = engine.batch()
-    with engine.locked():
+
+    def drive() -> tuple[list[Any], list[Any]]:
         first = batch.add([SampleRequest(p1, 2, greedy)])
         batch.step()
         batch.step()
         late = batch.add([SampleRequest(p2, 1, greedy)])
         assert batch.active == 3
         batch.run()
+        return first, late
+
+    first, late = engine.exclusive(drive)
     assert all(len(s.tokens) == 6 for s in first)
     assert late[0].tokens == alone  # joining mid-flight changes nothing for the newcomer
 
@@ -297,8 +303,9 @@ def test_sft_loss_goes_down_and_base_is_untouched(engine: TorchEngine) -> None:
     batch = [Datum.from_sequence(_prompt(engine) + [20, 21, 22, 23, 24], [0] * 20 + [1] * 5)]
     base_before = engine.logprobs([batch[0].input_tokens], adapter=None)
     engine.create_adapter("sft", LoraSpec(rank=8, seed=1, train_unembed=True))
-    losses = _train_steps(engine, "sft", batch, 20, lr=5e-2)
-    assert losses[-1] < 0.5 * losses[0]
+    losses = _train_steps(engine, "sft", batch, 20, lr=3e-3)  # larger rates make this tiny model's loss spike
+    assert losses[-1] < 0.25 * losses[0]
+    assert sum(b < a for a, b in itertools.pairwise(losses)) >= 17  # a steady descent, not one lucky step
     assert engine.logprobs([batch[0].input_tokens], adapter=None)[0] == pytest.approx(base_before[0], abs=1e-6)
 
 
