@@ -37,6 +37,10 @@ from teachloop.core.errors import ModelError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
+#: rows per chunk of the fused unembedding: ``[64, 49152]`` float32 logits are 12.6 MB, so the
+#: softmax passes over a chunk run in the L3 cache instead of streaming from memory.
+FUSED_CHUNK = 128
+
 #: PEFT target-module names by LoRA target group.
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
@@ -322,36 +326,56 @@ class _RopeFn(torch.autograd.Function):
 class _TokenLogprob(torch.autograd.Function):
     """Fused unembedding + log-softmax + target gather for rows whose unembedding has no LoRA.
 
-    Forward: ``lp[i] = (h W^T)[i, t_i] - logsumexp_j (h W^T)[i, j]`` and the
-    detached entropy; it keeps the chunk's logits (turned into softmax
-    probabilities in place) instead of recomputing them, so the backward is one
-    in-place pass plus one matmul: ``dh = g * (p - onehot(t)) W`` negated.
+    ``lp[i] = z_i[t_i] - logsumexp(z_i)`` with ``z_i = W h_i``, computed ``chunk``
+    rows at a time so each chunk's ``[chunk, vocab]`` logits stay in cache and
+    no vocab-sized tensor outlives its chunk. ``lp[i]`` depends on ``h_i``
+    alone, so its gradient is a row vector, ``(onehot(t_i) - softmax(z_i)) W``:
+    when a gradient is wanted the forward computes it while the chunk's
+    probabilities are at hand and keeps only that ``[N, hidden]`` tensor; the
+    backward scales it by the incoming gradient. The weight is frozen.
+    Also returns the (detached) entropy of each row's distribution, or an empty
+    tensor without ``with_entropy``.
     """
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, packed: Any, targets: torch.Tensor) -> Any:
-        if packed is not None:
-            logits = torch.ops.mkldnn._linear_pointwise(h.contiguous(), packed, None, "none", [], "")
-        else:
-            logits = h.matmul(weight.t())
-        lse = torch.logsumexp(logits, dim=-1)
-        logp = logits.sub_(lse[:, None])  # in place: logits become log-probabilities
-        lp = logp.gather(-1, targets[:, None]).squeeze(-1)
-        probs = logp.exp()
-        ent = -(probs * logp).sum(-1)
-        del logits, logp
-        ctx.save_for_backward(probs, weight, targets)
+    def forward(
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, packed: Any, targets: torch.Tensor, with_entropy: bool,
+        chunk: int,
+    ) -> Any:
+        want_grad = ctx.needs_input_grad[0]
+        n = h.shape[0]
+        lp = h.new_empty(n, dtype=torch.float32)
+        ent = h.new_empty(n if with_entropy else 0, dtype=torch.float32)
+        dh = h.new_empty(h.shape) if want_grad else None
+        h = h.contiguous()
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            hc, t = h[lo:hi], targets[lo:hi, None]
+            if packed is not None:
+                z = torch.ops.mkldnn._linear_pointwise(hc, packed, None, "none", [], "")
+            else:
+                z = hc.matmul(weight.t())
+            z = z.float()
+            z.sub_(z.amax(-1, keepdim=True))  # shifted logits: exp cannot overflow
+            e = z.exp()
+            total = e.sum(-1, keepdim=True)
+            log_total = total.log()
+            lp[lo:hi] = (z.gather(-1, t) - log_total).squeeze(-1)
+            if with_entropy:  # H = log S - sum(e z) / S on the shifted logits
+                ent[lo:hi] = (log_total - (e * z).sum(-1, keepdim=True) / total).squeeze(-1)
+            if dh is not None:
+                g = e.div_(total).neg_()  # -softmax
+                g.scatter_add_(-1, t, torch.ones_like(t, dtype=g.dtype))  # onehot - softmax
+                dh[lo:hi] = g.to(weight.dtype).matmul(weight)
+            del z, e
+        ctx.save_for_backward(dh if dh is not None else h.new_empty(0))
         ctx.mark_non_differentiable(ent)
         return lp, ent
 
     @staticmethod
     def backward(ctx: Any, grad_lp: torch.Tensor, grad_ent: Any) -> Any:
-        probs, weight, targets = ctx.saved_tensors
-        # d lp / d logits = onehot - p; scale rows by the incoming gradient
-        g = probs.neg_()
-        g.scatter_add_(-1, targets[:, None], torch.ones_like(targets, dtype=g.dtype)[:, None])
-        g.mul_(grad_lp[:, None])
-        return g.matmul(weight), None, None, None
+        (dh,) = ctx.saved_tensors
+        return dh * grad_lp[:, None].to(dh.dtype), None, None, None, None, None
 
 
 def _base_linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
@@ -438,6 +462,8 @@ class LlamaForward:
         #: recompute each decoder layer in the backward pass instead of keeping its activations
         #: (training memory ~ one layer's activations; costs about one more forward pass)
         self.checkpoint_layers = False
+        #: stacked LoRA factors per (block, adapter, modules), valid while the parameters' versions match
+        self._stack_cache: dict[tuple[int, str, tuple[str, ...]], tuple[Any, torch.Tensor, torch.Tensor]] = {}
         if self.packed:
             for proj in self._projections()[:1] if pack == "lm_head" else self._projections():
                 proj.packed = torch.ops.mkldnn._reorder_linear_weight(proj.weight.detach(), 32)
@@ -468,6 +494,7 @@ class LlamaForward:
             block.o.lora = _lora_of(attn.o_proj)
             block.down.lora = _lora_of(mlp.down_proj)
         self.lm_head.lora = _lora_of(self.hf_model.lm_head)
+        self._stack_cache = {}
 
     def adapter_names(self) -> set[str]:
         """Names of the adapters present on the model."""
@@ -492,28 +519,62 @@ class LlamaForward:
         rows: AdapterRows,
         training: bool,
     ) -> torch.Tensor:
-        """Add the LoRA deltas of unfused projections ``modules`` into the fused output ``y``."""
-        offsets = [0]
-        for s in split:
-            offsets.append(offsets[-1] + s)
+        """Add the LoRA deltas of unfused projections ``modules`` into the fused output ``y``.
+
+        The projections share their input, so their A factors are stacked into one
+        matrix and their B factors (times the LoRA scale) laid out block-diagonally:
+        two GEMMs per adapter whatever the number of modules, ``y + (x A^T) B^T``.
+        """
         for adapter, idx in rows:
             if adapter is None:
                 continue
             parts = block.lora_parts.get(adapter)
             if not parts:
                 continue
+            ws = [parts.get(name) for name in modules]
             xs = x if idx is None else x.index_select(0, idx)
-            deltas = []
-            for j, name in enumerate(modules):
-                w = parts.get(name)
-                width = offsets[j + 1] - offsets[j]
-                if w is None:
-                    deltas.append(xs.new_zeros((xs.shape[0], width)))
-                else:
-                    deltas.append(_lora_delta(xs, w, training))
-            delta = torch.cat(deltas, dim=-1)
-            y = y + delta if idx is None else y.index_add(0, idx, delta)
+            if training and any(w is not None and w.dropout > 0 for w in ws):
+                delta = self._split_lora(xs, ws, split, training)  # PEFT's separate dropout mask per module
+                y = y + delta if idx is None else y.index_add(0, idx, delta)
+                continue
+            a, b = self._stacked(block, adapter, modules, ws, split)
+            if idx is None:
+                y = torch.addmm(y, F.linear(xs, a), b.t())
+            else:
+                y = y.index_add(0, idx, F.linear(F.linear(xs, a), b))
         return y
+
+    def _stacked(
+        self, block: Block, adapter: str, modules: Sequence[str], ws: Sequence[LoraWeights | None],
+        split: Sequence[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A stacked [sum r, in], block-diagonal scale * B [sum out, sum r])``; cached while no grad is taken."""
+        grad = torch.is_grad_enabled()
+        key = tuple((id(w.A), w.A._version, id(w.B), w.B._version, w.scale) if w is not None else None for w in ws)
+        cache_key = (id(block), adapter, tuple(modules))
+        if not grad:
+            hit = self._stack_cache.get(cache_key)
+            if hit is not None and hit[0] == key:
+                return hit[1], hit[2]
+        present = [w for w in ws if w is not None]
+        a = torch.cat([w.A for w in present]) if len(present) > 1 else present[0].A
+        b = torch.block_diag(*[
+            (w.B * w.scale) if w is not None else present[0].B.new_zeros((width, 0))
+            for w, width in zip(ws, split, strict=True)
+        ])
+        if not grad:
+            self._stack_cache[cache_key] = (key, a, b)
+        return a, b
+
+    @staticmethod
+    def _split_lora(
+        x: torch.Tensor, ws: Sequence[LoraWeights | None], split: Sequence[int], training: bool
+    ) -> torch.Tensor:
+        deltas = [
+            x.new_zeros((x.shape[0], width)) if w is None else _lora_delta(x, w, training)
+            for w, width in zip(ws, split, strict=True)
+        ]
+        return torch.cat(deltas, dim=-1)
 
     def _linear(self, x: torch.Tensor, proj: Proj, rows: AdapterRows, training: bool) -> torch.Tensor:
         y = _base_linear(x, proj)
@@ -524,7 +585,10 @@ class LlamaForward:
             if w is None:
                 continue
             if idx is None:
-                y = y + _lora_delta(x, w, training)
+                if training and w.dropout > 0:
+                    y = y + _lora_delta(x, w, training)
+                else:
+                    y = torch.addmm(y, F.linear(x, w.A), (w.B * w.scale).t())
             else:
                 y = y.index_add(0, idx, _lora_delta(x.index_select(0, idx), w, training))
         return y
@@ -663,11 +727,11 @@ class LlamaForward:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logprob of each ``targets[i]`` under the logits of ``hidden[i]``, chunked over rows.
 
-        Never materialises ``[N, vocab]`` float32 logits for more than ``chunk``
-        rows at a time. Without LoRA on the unembedding a fused autograd
-        function keeps each chunk's softmax for the backward (one vocab-sized
-        tensor per chunk of rows); with it, each chunk is checkpointed and its
-        logits recomputed in the backward. Returns ``(logprobs [N], entropy [N]
+        Never materialises ``[N, vocab]`` float32 logits for more than a chunk
+        of rows at a time. Without LoRA on the unembedding a fused autograd
+        function (``_TokenLogprob``, ``FUSED_CHUNK`` rows at a time) keeps only
+        an ``[N, hidden]`` gradient for the backward; with it, each ``chunk`` of
+        rows is checkpointed and its logits recomputed in the backward. Returns ``(logprobs [N], entropy [N]
         or None)``; entropy is detached.
         """
         rows = single(adapter)
@@ -687,11 +751,15 @@ class LlamaForward:
             return lp, ent
 
         fused = adapter is None or adapter not in self.lm_head.lora
+        if fused:
+            lp, ent = _TokenLogprob.apply(
+                hidden if grad else hidden.detach(), self.lm_head.weight, self.lm_head.packed, targets,
+                with_entropy, FUSED_CHUNK,
+            )
+            return lp, (ent if with_entropy else None)
         for lo in range(0, hidden.shape[0], chunk):
             h, t = hidden[lo : lo + chunk], targets[lo : lo + chunk]
-            if fused:
-                lp, ent = _TokenLogprob.apply(h, self.lm_head.weight, self.lm_head.packed, t)
-            elif grad:
+            if grad:
                 lp, ent = torch.utils.checkpoint.checkpoint(piece, h, t, use_reentrant=False)
             else:
                 lp, ent = piece(h, t)
