@@ -12,6 +12,17 @@ With ``overlap`` the rollouts of step ``t + 1`` are sampled from a snapshot of
 the adapter taken before step ``t`` updates it, while step ``t`` trains; they
 are one step off-policy and the loss's importance ratio against the stored
 sampler logprobs corrects for it.
+
+Exact work skipping: a sequence whose advantage is 0 on every token has a
+gradient of exactly 0 under PPO-clip, importance sampling and CISPO when there
+is no KL term, so ``build_batch`` leaves it out of ``forward_backward`` (with
+``skip_zero_gradient``, the default) while its tokens still count in the
+loss normalisation: the update is the one computing it would give. (With
+``drop_zero_variance = false`` that is every sequence of an all-equal group.)
+If every sequence would be left out, one is kept so the optimizer step, and
+with it AdamW's momentum and weight decay, happens exactly as before. The
+step's metrics (``entropy``, ``clip_frac``, ``ratio_mean``) then describe the
+sequences that were computed; ``skipped_zero_gradient`` counts the others.
 """
 
 from __future__ import annotations
@@ -44,8 +55,8 @@ class Batch:
     stats: dict[str, float]
 
 
-def build_batch(groups: list[TrajectoryGroup], rl: RLSection) -> Batch:
-    """Advantages per group, then one Datum per model turn of every kept trajectory."""
+def build_batch(groups: list[TrajectoryGroup], rl: RLSection, skip_zero_gradient: bool = True) -> Batch:
+    """Advantages per group, then one Datum per model turn of every kept trajectory (see the module docstring)."""
     rewards = [[t.reward for t in g.trajectories] for g in groups]
     advs, dropped = assign(rewards, rl.advantage, rl.drop_zero_variance)
     seqs: list[tuple[list[int], list[int], list[float], list[float]]] = []
@@ -63,12 +74,18 @@ def build_batch(groups: list[TrajectoryGroup], rl: RLSection) -> Batch:
                 comp_tokens += len(c)
                 truncated += turn.stop_reason == "length"
                 turns_total += 1
-    datums = []
+    datums: list[Datum] = []
+    zero: list[Datum] = []
     n_seq = len(seqs)
+    skip = skip_zero_gradient and rl.kl_coef == 0
     for tokens, mask, adv, old in seqs:
         n_c = sum(mask)
         w = 1.0 / comp_tokens if rl.loss_agg == "token_mean" else 1.0 / (n_c * n_seq)
-        datums.append(Datum.from_sequence(tokens, [m * w for m in mask], advantages=adv, sampler_logprobs=old))
+        datum = Datum.from_sequence(tokens, [m * w for m in mask], advantages=adv, sampler_logprobs=old)
+        (zero if skip and not any(adv) else datums).append(datum)
+    if zero and not datums:  # keep one so the optimizer step (momentum, weight decay) still happens
+        datums.append(min(zero, key=lambda d: d.num_tokens))
+        zero.remove(datums[0])
     flat = [r for rs in rewards for r in rs]
     failures = sum(t.failure is not None for g in groups for t in g.trajectories)
     all_lens = [len(turn.tokens) for g in groups for t in g.trajectories for turn in t.turns]
@@ -81,6 +98,7 @@ def build_batch(groups: list[TrajectoryGroup], rl: RLSection) -> Batch:
         "completion_len_mean": statistics.fmean(all_lens) if all_lens else 0.0,
         "truncated_frac": truncated / turns_total if turns_total else 0.0,
         "train_turns": float(turns_total),
+        "skipped_zero_gradient": float(len(zero)),
     }
     return Batch(datums, stats)
 
@@ -89,8 +107,9 @@ class GRPO:
     """The RL algorithm of a run; ``step`` performs one optimizer step."""
 
     def __init__(self, *, rl: RLSection, optim: OptimSection, total_steps: int, seed: int, env: ResolvedEnv,
-                 engine: Engine, renderer: Renderer, adapter: str) -> None:
+                 engine: Engine, renderer: Renderer, adapter: str, skip_zero_gradient: bool = True) -> None:
         self.rl, self.optim, self.total, self.seed = rl, optim, total_steps, seed
+        self.skip_zero_gradient = skip_zero_gradient
         self.env, self.engine, self.renderer, self.adapter = env, engine, renderer, adapter
         self.sampler = f"{adapter}:sampler" if rl.overlap else adapter
         self.completer = EngineCompleter(engine, renderer, adapter=self.sampler)
@@ -132,7 +151,7 @@ class GRPO:
                 self._pending_step = step + 1
         else:
             groups, rollout_s = await self._rollouts(step)
-        batch = build_batch(groups, self.rl)
+        batch = build_batch(groups, self.rl, self.skip_zero_gradient)
         t1 = time.perf_counter()
         metrics: dict[str, Any] = dict(batch.stats)
         if batch.datums:
