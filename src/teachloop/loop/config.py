@@ -37,23 +37,35 @@ A config looks like::
 ``validate_loop_config`` checks the shape, ranges and cross-field rules
 (errors are ``InvalidInput`` naming the dotted field, e.g. ``trigger.every``);
 ``check_references`` then checks what the config names against the store --
-the deployment, every environment (resolved to a digest) and dataset -- and
-refuses an expert-label source while there is no ``labels`` table. Nothing
-is written by either. This module knows nothing of engines or training runs.
+the deployment, every environment (resolved to a digest), every dataset (its
+own, or another organisation's under a grant: ``OWNER/NAME[@N]``) and label
+dataset. Nothing is written by either. This module knows nothing of engines
+or training runs.
+
+Rules worth knowing (each refusal names the field):
+
+* a loop must be able to see new examples after its first iteration: when
+  every source is a pinned snapshot (``NAME@N`` or ``ds_...``), or gives
+  nothing to the algorithm (feedback for GRPO), the trigger can never fire
+  again and ``trigger.every`` / ``trigger.interval_minutes`` is refused;
+* promotion always goes through a canary: ``promotion.canary_percent`` is
+  1..99 (both arms must serve to be compared);
+* the watch after promotion compares the newest ``watch_requests`` requests,
+  so it must be at least ``min_samples``.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import inspect as sa_inspect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import InvalidInput, TeachloopError
+from teachloop.core.ids import is_id
 from teachloop.core.rl import content_hash
 from teachloop.store.blobs import BlobStore
 from teachloop.store.repos.datasets import Datasets
@@ -121,17 +133,26 @@ class GraderSource(_Source):
 
 
 class LabelsSource(_Source):
-    """Expert labels (a ``labels`` table, when the workforce package provides one)."""
+    """Expert labels: label datasets (``origin = "labels"``), each row with the expert who wrote it."""
 
     kind: Literal["labels"]
-    project: str | None = Field(default=None, description="Only labels of this project.")
+    dataset: str | None = Field(default=None, min_length=1,
+                                description="One label dataset (NAME, NAME@N, ds_..., OWNER/NAME[@N] under a "
+                                            "grant); default: the newest version of every label dataset of the "
+                                            "organisation.")
 
 
 class DatasetSource(_Source):
-    """A dataset snapshot the organisation owns."""
+    """A dataset snapshot the organisation owns, or another organisation's under a grant."""
 
     kind: Literal["dataset"]
-    dataset: str = Field(min_length=1, description="NAME@N, NAME (newest) or a ds_... id.")
+    dataset: str = Field(min_length=1, description="NAME@N, NAME (newest), a ds_... id, or OWNER/NAME[@N] "
+                                                   "(another organisation's, under a grant).")
+
+
+def pinned(ref: str | None) -> bool:
+    """Whether a dataset reference names one fixed snapshot (``NAME@N`` or ``ds_...``), which never grows."""
+    return ref is not None and ("@" in ref or is_id(ref.strip(), "ds"))
 
 
 Source = Annotated[FeedbackSource | GraderSource | LabelsSource | DatasetSource, Field(discriminator="kind")]
@@ -200,14 +221,30 @@ class GateConfig(_Section):
 class PromotionConfig(_Section):
     """Canary first, then full promotion; rollback on a drop of online figures."""
 
-    canary_percent: int = Field(default=10, ge=0, le=100, description="0 promotes at once (the watch still runs).")
+    canary_percent: int = Field(default=10, description="Share of users (1..99) the candidate serves first.")
     canary_min_requests: int = Field(default=50, ge=1, description="Canary requests before deciding.")
     canary_min_minutes: float = Field(default=0.0, ge=0)
+    canary_max_minutes: float | None = Field(default=1440.0, gt=0,
+                                             description="Roll back a canary still without evidence after this "
+                                                         "long (null: wait for ever).")
     signals: list[Signal] = Field(default_factory=lambda: list(SIGNALS), min_length=1,
                                   description="Online signals watched: grader and/or feedback.")
     min_samples: int = Field(default=20, ge=1, description="Scored requests per arm before a signal counts.")
     max_drop: float = Field(default=0.05, ge=0, description="Roll back when a signal falls by more than this.")
-    watch_requests: int = Field(default=100, ge=0, description="Requests watched after full promotion (0: none).")
+    allow_blind_promotion: bool = Field(default=False,
+                                        description="Promote a canary that served canary_min_requests even when no "
+                                                    "signal reached min_samples on both arms.")
+    watch_requests: int = Field(default=100, ge=1,
+                                description="After full promotion, the newest this-many requests of the promoted "
+                                            "version are compared with the previous version, for as long as it "
+                                            "serves.")
+
+    @field_validator("canary_percent")
+    @classmethod
+    def _canary(cls, value: int) -> int:
+        if not 1 <= value <= 99:
+            raise ValueError(f"promotion always goes through a canary: use 1..99 (% of users), got {value}")
+        return value
 
 
 class BudgetConfig(_Section):
@@ -276,7 +313,33 @@ def _cross_checks(cfg: LoopConfig) -> None:
                            param="curation.holdout_frac")
     if "grader" in cfg.promotion.signals and cfg.grader_source() is None:
         raise InvalidInput("config field promotion.signals: 'grader' needs a grader source", param="promotion.signals")
+    if cfg.promotion.watch_requests < cfg.promotion.min_samples:
+        raise InvalidInput(f"config field promotion.watch_requests: {cfg.promotion.watch_requests} is below "
+                           f"promotion.min_samples ({cfg.promotion.min_samples}); the watch could never see a drop",
+                           param="promotion.watch_requests")
+    _check_growth(cfg)
     _check_train(cfg)
+
+
+def _live(src: Any, algorithm: str) -> bool:
+    """Whether ``src`` can give ``algorithm`` new examples after the first iteration."""
+    if isinstance(src, FeedbackSource):
+        return algorithm != "grpo"  # feedback has no reference answer to grade a prompt against
+    if isinstance(src, GraderSource):
+        return True
+    if isinstance(src, LabelsSource | DatasetSource):
+        return not pinned(src.dataset)
+    return False
+
+
+def _check_growth(cfg: LoopConfig) -> None:
+    """Refuse a trigger that can never fire again: no source can produce new examples."""
+    if any(_live(src, cfg.algorithm.kind) for src in cfg.sources):
+        return
+    name = "trigger.every" if cfg.trigger.every is not None else "trigger.interval_minutes"
+    raise InvalidInput(f"config field {name}: no source can produce new examples after the first iteration (pinned "
+                       "snapshots never grow); name a dataset without @N to follow its new versions, or add a "
+                       "traffic source (grader, feedback) or labels", param=name)
 
 
 def _check_train(cfg: LoopConfig) -> None:
@@ -373,24 +436,23 @@ class References:
         deployment: the deployment row.
         source_envs: resolved environment per source index (grader sources).
         gate_envs: resolved environment per gate environment.
-        datasets: dataset row per source index (dataset sources).
+        datasets: dataset rows per source index (a dataset source: one; a labels source: every label
+            dataset it reads, possibly none yet).
+        licenses: per source index, the license of a grant (another organisation's dataset); rows
+            copied from it are used under that license.
     """
 
     deployment: Deployment
     source_envs: dict[int, ResolvedEnv]
     gate_envs: list[ResolvedEnv]
-    datasets: dict[int, Dataset]
-
-
-def labels_table_exists(session: Session) -> bool:
-    """Whether the database has a ``labels`` table (expert labels)."""
-    return bool(sa_inspect(session.connection()).has_table("labels"))
+    datasets: dict[int, list[Dataset]]
+    licenses: dict[int, str] = field(default_factory=dict)
 
 
 def _resolve(ref: str, args: dict[str, Any], field: str, session: Session, blobs: BlobStore, org_id: str,
              cache: Path) -> ResolvedEnv:
     try:
-        return resolve_env(ref, session=session, blobs=blobs, org_id=org_id, cache=cache, **args)
+        return resolve_env(ref, trusted=False, session=session, blobs=blobs, org_id=org_id, cache=cache, **args)
     except TeachloopError as err:
         raise InvalidInput(f"config field {field}: {err}", param=field) from None
     except Exception as err:  # an environment constructor that rejects its arguments
@@ -406,32 +468,44 @@ def check_references(cfg: LoopConfig, session: Session, *, blobs: BlobStore, org
     if deployment is None:
         raise InvalidInput(f"config field deployment: deployment {cfg.deployment!r} not found", param="deployment")
     source_envs: dict[int, ResolvedEnv] = {}
-    datasets: dict[int, Dataset] = {}
+    datasets: dict[int, list[Dataset]] = {}
+    licenses: dict[int, str] = {}
+    want = _KIND_FOR[cfg.algorithm.kind]
     for i, src in enumerate(cfg.sources):
         if isinstance(src, GraderSource):
             source_envs[i] = _resolve(src.env, src.env_args, f"sources.{i}.env", session, blobs, org_id, cache)
             if source_envs[i].env.multi_turn:
                 raise InvalidInput(f"config field sources.{i}.env: {src.env} is multi-turn; the loop grades "
                                    "single-turn traffic", param=f"sources.{i}.env")
-        elif isinstance(src, LabelsSource):
-            if not labels_table_exists(session):
-                raise InvalidInput(f"config field sources.{i}.kind: no expert-label source yet (this installation "
-                                   "has no labels table)", param=f"sources.{i}.kind")
-        elif isinstance(src, DatasetSource):
+        elif isinstance(src, LabelsSource | DatasetSource):
+            if isinstance(src, LabelsSource) and src.dataset is None:
+                datasets[i] = [d for d in Datasets(session).label_datasets(org_id) if _fits(d.kind, want)]
+                continue
+            assert src.dataset is not None
+            param = f"sources.{i}.dataset"
             try:
-                ds = Datasets(session).resolve(org_id, src.dataset)
+                ds, grant = Datasets(session).resolve_usable(org_id, src.dataset)
             except TeachloopError as err:
-                raise InvalidInput(f"config field sources.{i}.dataset: {err}", param=f"sources.{i}.dataset") from None
-            want = _KIND_FOR[cfg.algorithm.kind]
-            if ds.kind != want and not (want == "prompts" and ds.kind == "chat"):
-                raise InvalidInput(f"config field sources.{i}.dataset: {ds.ref} holds {ds.kind} rows; "
-                                   f"{cfg.algorithm.kind} needs {want}", param=f"sources.{i}.dataset")
-            datasets[i] = ds
+                raise InvalidInput(f"config field {param}: {err}", param=param) from None
+            if isinstance(src, LabelsSource) and ds.origin != "labels":
+                raise InvalidInput(f"config field {param}: {ds.ref} is not a label dataset (import labels with "
+                                   "`teachloop data import --kind labels`)", param=param)
+            if not _fits(ds.kind, want):
+                raise InvalidInput(f"config field {param}: {ds.ref} holds {ds.kind} rows; "
+                                   f"{cfg.algorithm.kind} needs {want}", param=param)
+            datasets[i] = [ds]
+            if grant is not None:
+                licenses[i] = grant.license
     gate_envs = [
         _resolve(g.env, g.env_args, f"gate.environments.{i}.env", session, blobs, org_id, cache)
         for i, g in enumerate(cfg.gate.environments)
     ]
-    return References(deployment, source_envs, gate_envs, datasets)
+    return References(deployment, source_envs, gate_envs, datasets, licenses)
+
+
+def _fits(kind: str, want: str) -> bool:
+    """Whether rows of ``kind`` serve an algorithm that trains on ``want`` rows (GRPO takes chat rows with answers)."""
+    return kind == want or (want == "prompts" and kind == "chat")
 
 
 __all__ = [
@@ -450,8 +524,8 @@ __all__ = [
     "Source",
     "TriggerConfig",
     "check_references",
-    "labels_table_exists",
     "load_loop_config",
+    "pinned",
     "training_dict",
     "validate_loop_config",
 ]

@@ -4,9 +4,11 @@
 
 1. **filters** -- request metadata pairs that must match (``metadata``) or must
    not (``exclude_metadata``), the score range, and a length limit;
-2. **PII scrubbing** with scrubadub (emails, phone numbers, credit cards,
-   URLs, credentials, social security numbers, twitter handles): every text
-   is replaced by its scrubbed form (``{{EMAIL}}``, ``{{PHONE}}``, ...);
+2. **PII scrubbing** (``loop.pii``: scrubadub with stricter detectors --
+   emails, Luhn-checked card numbers with or without separators, passwords,
+   API keys and tokens, URLs, phone numbers, social security numbers, twitter
+   handles): every text is replaced by its scrubbed form (``{{EMAIL}}``,
+   ``{{CREDIT_CARD}}``, ``{{PASSWORD}}``, ``{{SECRET}}``, ``{{PHONE}}``, ...);
 3. **exact dedupe** on the normalised text of the whole row (case and
    whitespace folded), keeping the first (newest) occurrence;
 4. **near-duplicate removal** -- MinHash (128 permutations, word 3-shingles)
@@ -26,16 +28,15 @@ nothing of the store or of training; scrubadub and datasketch load lazily.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from teachloop.loop.config import CurationConfig
+from teachloop.loop.pii import scrub_text
 from teachloop.loop.sources import Candidate
 
 NUM_PERM = 128
@@ -64,22 +65,6 @@ class CurationReport:
         splits = Counter(r.split for r in self.rows)
         return {"candidates": self.candidates, "kept": len(self.rows), "train": splits["train"],
                 "holdout": splits["holdout"], "pii_scrubbed_rows": self.pii_rows, "dropped": dict(self.dropped)}
-
-
-@functools.cache
-def _scrubber() -> Any:
-    import scrubadub
-
-    return scrubadub.Scrubber()
-
-
-def scrub_text(text: str) -> str:
-    """``text`` with PII replaced by scrubadub's placeholders (``{{EMAIL}}``, ``{{PHONE}}``, ...)."""
-    if not text:
-        return text
-    with warnings.catch_warnings():  # scrubadub 2 warns about its own internal use of Filth.replace_with
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return str(_scrubber().clean(text))
 
 
 def _scrub_message(m: dict[str, Any]) -> dict[str, Any]:

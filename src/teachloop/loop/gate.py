@@ -151,12 +151,13 @@ class GateDecision:
                 "suites": [s.summary() for s in self.suites], "baseline": self.baseline, "candidate": self.candidate}
 
 
-def decide(suites: Sequence[Suite], cfg: GateConfig, *, baseline: str = "", candidate: str = "") -> GateDecision:
+def decide(suites: Sequence[Suite], cfg: GateConfig, *, baseline: str = "", candidate: str = "",
+           empty_reason: str = "empty holdout and no environments") -> GateDecision:
     """Pool the deciding suites, run the paired test, apply the regression guards."""
     suites = [s for s in suites if s.ids]
     deciding = [s for s in suites if s.deciding]
     if not deciding:
-        return GateDecision(False, "no examples to compare on (empty holdout and no environments)", None, list(suites),
+        return GateDecision(False, f"no examples to compare on ({empty_reason})", None, list(suites),
                             baseline, candidate)
     diffs = [d for s in deciding for d in s.diffs]
     test = paired_test(cfg.test, diffs, cfg)

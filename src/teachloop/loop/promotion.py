@@ -6,14 +6,21 @@ switches on its next request, without a restart.
 
 * ``start_canary`` publishes nothing itself: given the published candidate
   version it sets the deployment's canary (``canary_percent`` % of users,
-  sticky per ``user``), or with ``canary_percent = 0`` promotes at once.
-* ``judge`` compares the online figures of the candidate with the
-  baseline's: for each configured signal (``grader`` -- the environment's
-  score of the replies; ``feedback`` -- users' scores) with at least
-  ``min_samples`` on both sides, a fall of more than ``max_drop`` is a
-  rollback. Otherwise the verdict waits until the candidate has served
-  ``min_requests`` requests (and ``min_minutes`` passed), then passes. A
-  rollback can come before ``min_requests``: as soon as the evidence is there.
+  sticky per ``user``). There is no way around the canary: a percent outside
+  1..99 is refused.
+* ``judge`` compares the online figures of the canary arm with the primary
+  arm's: for each configured signal (``grader`` -- the environment's score of
+  the replies; ``feedback`` -- users' scores) with at least ``min_samples``
+  on both arms, a fall of more than ``max_drop`` is a rollback (as soon as the
+  evidence is there). The canary passes only once it served ``min_requests``
+  requests (and ``min_minutes`` passed) **and** at least one signal had
+  ``min_samples`` on both arms -- unless ``allow_blind_promotion``. A canary
+  still without that evidence after ``canary_max_minutes`` is rolled back as
+  inconclusive.
+* ``watch`` judges a promoted version for as long as it serves: its newest
+  ``watch_requests`` requests against the previous version's figures; a fall
+  of more than ``max_drop`` in a signal with ``min_samples`` on both sides is
+  a rollback, anything else keeps watching.
 * ``promote`` makes the canary the primary version; ``roll_back`` restores the
   revision in force before the canary (an explicit ``to_revision``, so it is
   exact whatever happened in between).
@@ -29,6 +36,7 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
+from teachloop.core.errors import InvalidInput
 from teachloop.loop.config import PromotionConfig
 from teachloop.store.repos.deployments import Deployments, DeploymentState
 from teachloop.store.repos.loops import OnlineFigures
@@ -51,9 +59,9 @@ def _signal(figures: OnlineFigures, signal: str) -> tuple[int, float | None]:
     return figures.feedback, figures.feedback_mean
 
 
-def judge(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigures, *, min_requests: int,
-          minutes: float = 0.0, min_minutes: float = 0.0, phase: str = "canary") -> Verdict:
-    """Compare the candidate's online figures with the baseline's (see the module docstring)."""
+def _compare(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigures,
+             phase: str) -> tuple[list[str], Verdict | None]:
+    """(the signals with enough samples on both sides, described; a rollback verdict on a drop)."""
     seen = []
     for signal in cfg.signals:
         bn, bmean = _signal(baseline, signal)
@@ -62,12 +70,46 @@ def judge(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigure
             continue
         seen.append(f"{signal} {bmean:.3f} -> {cmean:.3f} (n={bn}/{cn})")
         if bmean - cmean > cfg.max_drop:
-            return Verdict("rollback", f"{signal} score fell from {bmean:.3f} to {cmean:.3f} during the {phase} "
-                                       f"(n={bn}/{cn}; max_drop {cfg.max_drop:g})")
+            return seen, Verdict("rollback", f"{signal} score fell from {bmean:.3f} to {cmean:.3f} during the {phase} "
+                                             f"(n={bn}/{cn}; max_drop {cfg.max_drop:g})")
+    return seen, None
+
+
+def _counts(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigures) -> str:
+    return ", ".join(f"{s} n={_signal(baseline, s)[0]}/{_signal(candidate, s)[0]}" for s in cfg.signals)
+
+
+def judge(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigures, *, min_requests: int,
+          minutes: float = 0.0, min_minutes: float = 0.0, phase: str = "canary") -> Verdict:
+    """Judge a canary: the canary arm against the primary arm (see the module docstring)."""
+    seen, drop = _compare(cfg, baseline, candidate, phase)
+    if drop is not None:
+        return drop
+    timed_out = cfg.canary_max_minutes is not None and minutes >= cfg.canary_max_minutes
     if candidate.requests < min_requests or minutes < min_minutes:
+        if timed_out:
+            return Verdict("rollback", f"{phase} inconclusive after {minutes:.0f} min: {candidate.requests}/"
+                                       f"{min_requests} requests (canary_max_minutes {cfg.canary_max_minutes:g})")
         return Verdict("wait", f"{phase}: {candidate.requests}/{min_requests} requests, {minutes:.1f}/{min_minutes:g} min")
-    detail = "; ".join(seen) if seen else f"no signal had {cfg.min_samples} samples on both sides"
-    return Verdict("pass", f"{phase} passed: {detail}")
+    if seen:
+        return Verdict("pass", f"{phase} passed: {'; '.join(seen)}")
+    if cfg.allow_blind_promotion:
+        return Verdict("pass", f"{phase} passed blind (allow_blind_promotion): no signal had {cfg.min_samples} "
+                               f"samples on both arms ({_counts(cfg, baseline, candidate)})")
+    if timed_out:
+        return Verdict("rollback", f"{phase} inconclusive after {minutes:.0f} min: no signal reached min_samples "
+                                   f"{cfg.min_samples} on both arms ({_counts(cfg, baseline, candidate)})")
+    return Verdict("wait", f"{phase}: waiting for a signal with {cfg.min_samples} samples on both arms "
+                           f"({_counts(cfg, baseline, candidate)})")
+
+
+def watch(cfg: PromotionConfig, baseline: OnlineFigures, recent: OnlineFigures) -> Verdict:
+    """Judge a promoted version: its newest requests against the previous version (rollback or keep watching)."""
+    seen, drop = _compare(cfg, baseline, recent, "watch after promotion")
+    if drop is not None:
+        return drop
+    detail = "; ".join(seen) if seen else f"no signal has {cfg.min_samples} samples on both sides yet"
+    return Verdict("wait", f"watching the newest {cfg.watch_requests} requests: {detail}")
 
 
 def _state(row: Deployment) -> DeploymentState:
@@ -75,13 +117,12 @@ def _state(row: Deployment) -> DeploymentState:
 
 
 def start_canary(session: Session, org_id: str, deployment: str, version_id: str, percent: int) -> Deployment:
-    """Serve ``version_id`` to ``percent`` % of users (0: to everyone at once)."""
+    """Serve ``version_id`` to ``percent`` % (1..99) of users."""
+    if not 1 <= percent <= 99:
+        raise InvalidInput(f"a canary serves 1..99 % of users, got {percent}", param="canary_percent")
     repo = Deployments(session)
     current = _state(repo.get(org_id, deployment))
-    if percent <= 0:
-        state = DeploymentState(current.base_model, version_id, None, 0)
-    else:
-        state = DeploymentState(current.base_model, current.adapter_version_id, version_id, percent)
+    state = DeploymentState(current.base_model, current.adapter_version_id, version_id, percent)
     row, _ = repo.update(org_id, deployment, state, actor=ACTOR)
     return row
 
@@ -99,4 +140,4 @@ def roll_back(session: Session, org_id: str, deployment: str, to_revision: int) 
     return Deployments(session).rollback(org_id, deployment, to_revision=to_revision, actor=ACTOR)
 
 
-__all__ = ["ACTOR", "Verdict", "judge", "promote", "roll_back", "start_canary"]
+__all__ = ["ACTOR", "Verdict", "judge", "promote", "roll_back", "start_canary", "watch"]

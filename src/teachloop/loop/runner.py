@@ -8,16 +8,20 @@ A tick:
 2. scores the deployment's new traffic with the grader source's environment
    (the online reward, ``trace_scores``);
 3. advances a candidate in ``canary`` (promote, roll back or wait, per
-   ``promotion.judge``) or in ``watch`` after full promotion (roll back on a
-   drop, else back to ``idle``);
-4. when ``idle``, counts the new usable examples since the loop's cursor and,
-   if the trigger is due and today's training budget allows, runs an
-   iteration: snapshot -> train -> gate -> canary.
+   ``promotion.judge``); while a canary runs nothing else happens;
+4. otherwise **watches** the deployed version when the loop promoted it
+   (``promotion.watch``: its newest ``watch_requests`` requests against the
+   previous version, for as long as it serves) and rolls it back on a drop;
+5. counts the new usable examples since the loop's cursor (by arrival time:
+   feedback, grader scores and dataset rows that came after it) and, if the
+   trigger is due and today's training budget allows, runs an iteration:
+   snapshot -> train -> gate -> canary (the watch goes on meanwhile).
 
 An iteration that fails -- no usable data, a training run that fails, an
-eval that raises -- is recorded with status ``failed`` (or ``skipped`` when
-there were too few rows) and the reason; the deployment is untouched, the
-cursor moves past the data it saw, and the next trigger starts a new one.
+eval or gate that raises -- is recorded with status ``failed`` (or
+``skipped`` when there were too few rows) and the reason; the deployment is
+untouched, the cursor moves past the data it saw, and the next trigger
+starts a new one.
 The deployment is changed only through ``loop.promotion`` (the store's
 deployment registry), so serving processes pick the change up on their next
 request. An iteration left ``running`` by a process that died is marked
@@ -145,10 +149,17 @@ class LoopRunner:
             return TickResult(loop.phase, note="loop disabled")
         scored = await self._score(loop, cfg, refs)
         result = TickResult(loop.phase, scored=scored)
-        if loop.phase in ("canary", "watch") and loop.active_iteration_id:
+        if loop.phase == "canary" and loop.active_iteration_id:
             result.note = await asyncio.to_thread(self._advance, loop, cfg, refs)
             result.phase = self._phase(loop.id)
             return result
+        watch_note, rolled_back = await asyncio.to_thread(self._watch, loop, cfg)
+        result.phase = self._phase(loop.id)
+        if rolled_back:
+            result.note = watch_note
+            return result
+        with self.deps.database.session(write=False) as s:
+            loop = Loops(s).get(self.deps.org_id, loop.id)
         if self._running(loop):
             result.note = "an iteration is running"
             return result
@@ -303,19 +314,24 @@ class LoopRunner:
             suites: list[Suite] = []
             base_c = EngineCompleter(d.engine, d.renderer, adapter=base_name)
             cand_c = EngineCompleter(d.engine, d.renderer, adapter=candidate)
+            empty = "empty holdout and no environments"
             if g.holdout and holdout:
                 if g.metric == "reward":
                     env = holdout_env(cfg, refs, holdout)
                     if env is not None:
                         tasks = list(env.tasks())
                         suites.append(await reward_suite("holdout", env, tasks, base_c, cand_c, max_tokens=g.max_tokens))
+                    else:
+                        empty = (f"none of the {len(holdout)} holdout rows carries a reference answer to grade, and "
+                                 "gate.environments is empty; add gate.environments or use gate.metric = 'likelihood'")
                 else:
                     suites.append(await likelihood_suite(holdout, d.engine, d.renderer, base_name, candidate))
             for spec, env_ref in zip(g.environments, refs.gate_envs, strict=True):
                 tasks = env_ref.env.take(spec.tasks, spec.seed)
                 suites.append(await reward_suite(env_ref.ref, env_ref.env, tasks, base_c, cand_c,
                                                  max_tokens=g.max_tokens, deciding=g.metric == "reward"))
-            return decide(suites, g, baseline=baseline.ref if baseline else "base", candidate=candidate)
+            return decide(suites, g, baseline=baseline.ref if baseline else "base", candidate=candidate,
+                          empty_reason=empty)
         finally:
             if loaded and base_name is not None:
                 drop_adapter(d.engine, base_name)
@@ -327,29 +343,24 @@ class LoopRunner:
         now = self.clock()
         with d.database.session() as s:
             row = promotion.start_canary(s, d.org_id, cfg.deployment, version.id, p.canary_percent)
-            revisions = {**it.revisions, "canary" if p.canary_percent else "promoted": row.revision}
-            phase = "canary" if p.canary_percent else ("watch" if p.watch_requests else "idle")
-            Loops(s).update_iteration(d.org_id, it.id, candidate_version_id=version.id, revisions=revisions,
-                                      canary={"started_at": now.isoformat(), "percent": p.canary_percent,
-                                              **({} if p.canary_percent else {"promoted_at": now.isoformat()})},
-                                      status="canary" if p.canary_percent else "promoted", stage=phase,
-                                      reason=decision.reason)
-            Loops(s).update(d.org_id, loop.id, phase=phase, active_iteration_id=it.id if phase != "idle" else None)
-        event = "canary" if p.canary_percent else "promoted"
-        self._emit(event, number=it.number, version=version.ref, percent=p.canary_percent, reason=decision.reason)
+            Loops(s).update_iteration(d.org_id, it.id, candidate_version_id=version.id,
+                                      revisions={**it.revisions, "canary": row.revision},
+                                      canary={"started_at": now.isoformat(), "percent": p.canary_percent},
+                                      status="canary", stage="canary", reason=decision.reason)
+            Loops(s).update(d.org_id, loop.id, phase="canary", active_iteration_id=it.id)
+        self._emit("canary", number=it.number, version=version.ref, percent=p.canary_percent, reason=decision.reason)
         with d.database.session(write=False) as s:
             return Loops(s).iteration(d.org_id, it.id)
 
     def _advance(self, loop: Loop, cfg: LoopConfig, refs: References) -> str:
-        """Judge the active candidate's canary or watch; promote, roll back or wait."""
+        """Judge the active candidate's canary: promote (then watch), roll back or wait."""
         d, p = self.deps, cfg.promotion
         assert loop.active_iteration_id is not None
         with d.database.session(write=False) as s:
             repo = Loops(s)
             it = repo.iteration(d.org_id, loop.active_iteration_id)
             dep = Deployments(s).get(d.org_id, cfg.deployment)
-        key = "canary" if loop.phase == "canary" else "promoted"
-        if dep.revision != it.revisions.get(key):
+        if dep.revision != it.revisions.get("canary"):
             self._end(loop, it, "superseded", f"the deployment was changed outside the loop (revision {dep.revision}); "
                                               "left as it is")
             return "superseded"
@@ -358,49 +369,73 @@ class LoopRunner:
         started = datetime.fromisoformat(it.canary["started_at"])
         with d.database.session(write=False) as s:
             repo = Loops(s)
-            if loop.phase == "canary":
-                base = repo.online(d.org_id, loop.id, dep.id, since=started, arm="primary")
-                cand = repo.online(d.org_id, loop.id, dep.id, since=started, arm="canary", adapter_version_id=cand_id)
-            else:
-                promoted = datetime.fromisoformat(it.canary["promoted_at"])
-                base = self._baseline(repo, loop, dep.id, it, promoted, p.min_samples)
-                cand = repo.online(d.org_id, loop.id, dep.id, since=promoted, adapter_version_id=cand_id)
+            base = repo.online(d.org_id, loop.id, dep.id, since=started, arm="primary")
+            cand = repo.online(d.org_id, loop.id, dep.id, since=started, arm="canary", adapter_version_id=cand_id)
         minutes = (now - started).total_seconds() / 60
-        if loop.phase == "canary":
-            verdict = promotion.judge(p, base, cand, min_requests=p.canary_min_requests, minutes=minutes,
-                                      min_minutes=p.canary_min_minutes, phase="canary")
-        else:
-            verdict = promotion.judge(p, base, cand, min_requests=p.watch_requests, phase="watch after promotion")
+        verdict = promotion.judge(p, base, cand, min_requests=p.canary_min_requests, minutes=minutes,
+                                  min_minutes=p.canary_min_minutes, phase="canary")
         figures = {"baseline": base.to_json(), "candidate": cand.to_json(), "verdict": verdict.reason}
         if verdict.action == "wait":
-            self._update_it(it.id, canary={**it.canary, loop.phase: figures})
+            self._update_it(it.id, canary={**it.canary, "canary": figures})
             return verdict.reason
         with d.database.session() as s:
             repo = Loops(s)
             if verdict.action == "rollback":
                 row = promotion.roll_back(s, d.org_id, cfg.deployment, int(it.revisions["before"]))
                 repo.update_iteration(d.org_id, it.id, status="rolled_back", stage="done", reason=verdict.reason,
-                                      finished_at=now, canary={**it.canary, loop.phase: figures},
+                                      finished_at=now, canary={**it.canary, "canary": figures},
                                       revisions={**it.revisions, "rolled_back": row.revision})
                 repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
                 event = "rolled_back"
-            elif loop.phase == "canary":
+            else:
                 row = promotion.promote(s, d.org_id, cfg.deployment, str(cand_id))
-                watching = p.watch_requests > 0
-                repo.update_iteration(d.org_id, it.id, status="promoted", stage="watch" if watching else "done",
-                                      reason=verdict.reason, finished_at=None if watching else now,
+                repo.end_watches(d.org_id, loop.id, now, keep=it.id)
+                repo.update_iteration(d.org_id, it.id, status="promoted", stage="watch", reason=verdict.reason,
                                       canary={**it.canary, "canary": figures, "promoted_at": now.isoformat()},
                                       revisions={**it.revisions, "promoted": row.revision})
-                repo.update(d.org_id, loop.id, phase="watch" if watching else "idle",
-                            active_iteration_id=it.id if watching else None)
+                repo.update(d.org_id, loop.id, phase="watch", active_iteration_id=it.id)
                 event = "promoted"
-            else:
-                repo.update_iteration(d.org_id, it.id, stage="done", finished_at=now, reason=verdict.reason,
-                                      canary={**it.canary, "watch": figures})
-                repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
-                event = "watched"
         self._emit(event, number=it.number, reason=verdict.reason, figures=figures)
         return verdict.reason
+
+    def _watch(self, loop: Loop, cfg: LoopConfig) -> tuple[str, bool]:
+        """Watch the deployed version if the loop promoted it; roll back on a drop. Returns (note, rolled back)."""
+        d, p = self.deps, cfg.promotion
+        now = self.clock()
+        with d.database.session() as s:
+            repo = Loops(s)
+            dep = Deployments(s).get(d.org_id, cfg.deployment)
+            it = None
+            if dep.adapter_version_id is not None and dep.canary_version_id is None:
+                it = repo.watched(d.org_id, loop.id, dep.adapter_version_id)
+            if it is None or "promoted_at" not in it.canary:
+                if loop.phase == "watch":
+                    repo.end_watches(d.org_id, loop.id, now)
+                    repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
+                return "", False
+            if loop.phase != "watch" or loop.active_iteration_id != it.id or it.stage != "watch":
+                repo.end_watches(d.org_id, loop.id, now, keep=it.id)
+                repo.update_iteration(d.org_id, it.id, stage="watch", finished_at=None)
+                repo.update(d.org_id, loop.id, phase="watch", active_iteration_id=it.id)
+            promoted = datetime.fromisoformat(it.canary["promoted_at"])
+            base = self._baseline(repo, loop, dep.id, it, promoted, p.min_samples)
+            recent = repo.online(d.org_id, loop.id, dep.id, since=promoted, adapter_version_id=dep.adapter_version_id,
+                                 last=p.watch_requests)
+            verdict = promotion.watch(p, base, recent)
+            figures = {"baseline": base.to_json(), "candidate": recent.to_json(), "verdict": verdict.reason,
+                       "at": now.isoformat()}
+            if verdict.action == "wait":
+                if it.canary.get("watch", {}).get("candidate") != figures["candidate"]:
+                    repo.update_iteration(d.org_id, it.id, canary={**it.canary, "watch": figures})
+                return verdict.reason, False
+            row = promotion.roll_back(s, d.org_id, cfg.deployment, int(it.revisions["before"]))
+            repo.update_iteration(d.org_id, it.id, status="rolled_back", stage="done", reason=verdict.reason,
+                                  finished_at=now, canary={**it.canary, "watch": figures},
+                                  revisions={**it.revisions, "rolled_back": row.revision})
+            repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
+            number = it.number
+        self._emit("rolled_back", number=number, reason=verdict.reason, figures=figures)
+        return verdict.reason, True
 
     def _baseline(self, repo: Loops, loop: Loop, deployment_id: str, it: LoopIteration, promoted: datetime,
                   min_samples: int) -> OnlineFigures:

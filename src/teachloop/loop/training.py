@@ -229,16 +229,17 @@ def publish_candidate(database: Database, blobs: BlobStore, org_id: str, deploym
 
 
 def holdout_env(cfg: LoopConfig, refs: References, rows: Sequence[dict[str, Any]]) -> TrafficPrompts | None:
-    """The holdout rows that carry an answer, as an environment graded by the grader source's env."""
+    """The holdout rows that carry an answer (chat, prompt or pair rows), as an environment graded by the
+    grader source's env; None when there is no grader source or no row with an answer."""
     src = cfg.grader_source()
     if src is None:
         return None
     inner = refs.source_envs[cfg.sources.index(src)].env
     prompts = []
     for r in rows:
-        if r.get("answer") is None or "messages" not in r:
+        if r.get("answer") is None or not ("messages" in r or "prompt" in r):
             continue
-        msgs = list(r["messages"])
+        msgs = list(r["messages"] if "messages" in r else r["prompt"])
         if msgs and msgs[-1].get("role") == "assistant":
             msgs = msgs[:-1]
         prompts.append({"messages": msgs, "answer": r["answer"], "info": r.get("info", {})})

@@ -48,6 +48,10 @@ def test_a_full_config_validates_and_has_a_stable_digest() -> None:
     ({"gate": {"confidence": 1.0}}, "gate.confidence"),
     ({"gate": {"holdout": False}}, "gate.holdout"),
     ({"promotion": {"canary_percent": 120}}, "promotion.canary_percent"),
+    ({"promotion": {"canary_percent": 0}}, "promotion.canary_percent"),
+    ({"promotion": {"canary_percent": 100}}, "promotion.canary_percent"),
+    ({"promotion": {"watch_requests": 0}}, "promotion.watch_requests"),
+    ({"promotion": {"watch_requests": 3, "min_samples": 4}}, "promotion.watch_requests"),
     ({"budget": {"train_minutes_per_day": 0}}, "budget.train_minutes_per_day"),
 ])
 def test_bad_shapes_are_refused_with_the_field_named(patch: dict[str, Any], field: str) -> None:
@@ -105,8 +109,10 @@ def test_toml_file_round_trip(tmp_path: Path) -> None:
      "level"),
     (grpo_config(sources=[{"kind": "grader", "env": "arithmetic"}, {"kind": "dataset", "dataset": "ghost@1"}]),
      "sources.1.dataset", "not found"),
-    (grpo_config(sources=[{"kind": "grader", "env": "arithmetic"}, {"kind": "labels"}]), "sources.1.kind",
-     "no expert-label source yet"),
+    (grpo_config(sources=[{"kind": "grader", "env": "arithmetic"}, {"kind": "labels", "dataset": "ghost"}]),
+     "sources.1.dataset", "not found"),
+    (grpo_config(sources=[{"kind": "grader", "env": "arithmetic"}, {"kind": "dataset", "dataset": "other-org/x@1"}]),
+     "sources.1.dataset", "not found"),
     (grpo_config(gate={"environments": [{"env": "nowhere"}]}), "gate.environments.0.env", "nowhere"),
 ])
 def test_references_are_checked_against_the_store_and_nothing_is_stored(
@@ -133,3 +139,36 @@ def test_configure_creates_then_replaces_the_loop(store: Store) -> None:
     with store.db.session(write=False) as s:
         [loop] = Loops(s).list(store.org_id)
         assert loop.config["trigger"]["every"] == 3
+
+
+def test_promotion_always_goes_through_a_canary() -> None:
+    err = _refused(grpo_config(promotion={"canary_percent": 0}), "promotion.canary_percent")
+    assert "always goes through a canary" in str(err)
+    cfg = validate_loop_config(grpo_config())
+    assert cfg.promotion.allow_blind_promotion is False and cfg.promotion.canary_max_minutes == 1440
+
+
+def _static(**over: Any) -> dict[str, Any]:
+    return sft_config(gate={"metric": "likelihood"}, promotion={"signals": ["feedback"]}, **over)
+
+
+@pytest.mark.parametrize(("sources", "trigger", "field"), [
+    ([{"kind": "dataset", "dataset": "seed@1"}], {"every": 10}, "trigger.every"),
+    ([{"kind": "dataset", "dataset": "ds_01aaaaaaaaaaaaaaaaaaaaaaaa"}], {"every": 10}, "trigger.every"),
+    ([{"kind": "dataset", "dataset": "seed@1"}], {"every": None, "interval_minutes": 60}, "trigger.interval_minutes"),
+    ([{"kind": "labels", "dataset": "gold@2"}, {"kind": "dataset", "dataset": "acme/seed@3"}], {"every": 5},
+     "trigger.every"),
+])
+def test_a_trigger_that_can_never_fire_again_is_refused(sources: list[dict[str, Any]], trigger: dict[str, Any],
+                                                         field: str) -> None:
+    err = _refused(_static(sources=sources, trigger=trigger), field)
+    assert "no source can produce new examples" in str(err)
+
+
+def test_sources_that_can_grow_are_accepted() -> None:
+    for sources in ([{"kind": "dataset", "dataset": "seed"}], [{"kind": "labels"}], [{"kind": "feedback"}],
+                    [{"kind": "dataset", "dataset": "seed@1"}, {"kind": "labels", "dataset": "gold"}]):
+        assert validate_loop_config(_static(sources=sources)).sources
+    # grpo gets nothing from feedback: a pinned dataset plus feedback can never give it new prompts
+    _refused(grpo_config(sources=[{"kind": "feedback"}, {"kind": "dataset", "dataset": "seed@1"}],
+                         gate={"metric": "likelihood"}, promotion={"signals": ["feedback"]}), "trigger.every")

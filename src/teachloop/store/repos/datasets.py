@@ -12,7 +12,20 @@ the database row is the commit point.
 digest that name already has returns the existing version (idempotent).
 Snapshots are never changed: the schema refuses updates and deletes. A
 reference is ``name@N``, a bare ``name`` (its newest version) or a ``ds_...``
-id; another organisation's dataset is ``NotFound`` like a missing one. This
+id; another organisation's dataset is ``NotFound`` like a missing one.
+
+Every snapshot has an ``origin``: ``loop`` (an iteration's curated rows),
+``import`` (rows the organisation imported; lineage ``source_kind = "import"``
+and the license it declared) or ``labels`` (expert labels: ``expert_label``
+builds such a row -- ``source_kind = "expert"`` and the expert's id -- and any
+writer, the CLI import today and the workforce package later, records them
+with ``create(..., origin="labels")``).
+
+Licensed datasets: the owner records a grant (``grant``) letting another
+organisation use a dataset (one version or all) under a license.
+``resolve_usable(org, "OWNER/NAME[@N]")`` finds such a dataset only when an
+active grant covers it; without one the error is the same ``NotFound`` as for
+a dataset that does not exist, so nothing about it can be inferred. This
 module knows nothing of curation, blobs or training.
 """
 
@@ -23,6 +36,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -33,7 +47,17 @@ from teachloop.core.ids import is_id
 from teachloop.core.rl import content_hash
 from teachloop.store.repos.audit import AuditLog
 from teachloop.store.repos.deployments import check_name
-from teachloop.store.schema.datasets import DATASET_KINDS, DATASET_SPLITS, ROW_SOURCES, Dataset, DatasetRow
+from teachloop.store.repos.tenancy import Tenancy
+from teachloop.store.schema.base import utc_now
+from teachloop.store.schema.datasets import (
+    DATASET_KINDS,
+    DATASET_ORIGINS,
+    DATASET_SPLITS,
+    ROW_SOURCES,
+    Dataset,
+    DatasetGrant,
+    DatasetRow,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +68,7 @@ class NewRow:
         content: the row itself (``{"messages": [...]}``, ``{"prompt", "chosen", "rejected"}``,
             or ``{"messages": [...], "answer": ...}`` for prompts).
         split: ``train`` or ``holdout``.
-        source_kind: ``feedback``, ``correction``, ``grader``, ``expert`` or ``dataset``.
+        source_kind: ``feedback``, ``correction``, ``grader``, ``expert``, ``dataset`` or ``import``.
         source_trace_id: the trace it came from.
         source_row_id: the dataset row it was copied from.
         expert_id: the expert who wrote or graded it.
@@ -72,6 +96,19 @@ class NewRow:
         out = asdict(self)
         del out["content"], out["split"]
         return out
+
+
+def expert_label(content: dict[str, Any], expert_id: str, *, license: str, split: str = "train",
+                 score: float | None = None, source_trace_id: str | None = None) -> NewRow:
+    """One expert label as a dataset row: ``source_kind = "expert"`` with the expert's id and the license.
+
+    The shape every writer of label datasets uses (``create(..., origin="labels")``), so the loop's
+    ``labels`` source reads them all alike.
+    """
+    if not isinstance(expert_id, str) or not expert_id.strip():
+        raise InvalidInput("an expert label needs a non-empty expert_id", param="expert_id")
+    return NewRow(content=content, split=split, source_kind="expert", source_trace_id=source_trace_id,
+                  expert_id=expert_id.strip()[:200], score=score, license=license)
 
 
 def encode_snapshot(kind: str, rows: Sequence[NewRow]) -> tuple[bytes, str]:
@@ -113,14 +150,31 @@ class Datasets:
         blob_key: str,
         source: dict[str, Any] | None = None,
         actor: str = "system",
+        origin: str = "loop",
     ) -> tuple[Dataset, bool]:
         """Record a snapshot of ``rows`` as the next version of ``name``; returns (row, created).
 
-        Write ``encode_snapshot(kind, rows)[0]`` to the blob store under ``blob_key`` first.
+        Write ``encode_snapshot(kind, rows)[0]`` to the blob store under ``blob_key`` first. A name
+        keeps one origin: a version of another origin is refused. ``labels`` rows must all be
+        ``expert_label`` rows.
         """
         check_name(name)
+        if origin not in DATASET_ORIGINS:
+            raise InvalidInput(f"dataset origin must be one of {', '.join(DATASET_ORIGINS)}, got {origin!r}",
+                               param="origin")
         if not rows:
             raise InvalidInput("a dataset snapshot needs at least one row", param="rows")
+        if origin == "labels":
+            for i, row in enumerate(rows):
+                if row.source_kind != "expert" or not row.expert_id:
+                    raise InvalidInput(f"row {i}: a label dataset holds expert labels only (source_kind expert "
+                                       "with an expert_id)", param="expert_id")
+        previous = self.session.scalar(
+            select(Dataset.origin).where(Dataset.org_id == org_id, Dataset.name == name).limit(1)
+        )
+        if previous is not None and previous != origin:
+            raise InvalidInput(f"dataset {name!r} holds {previous} snapshots; choose another name for {origin} rows",
+                               param="name")
         for i, row in enumerate(rows):
             if row.split not in DATASET_SPLITS:
                 raise InvalidInput(f"row {i}: split must be train or holdout, got {row.split!r}", param="split")
@@ -141,7 +195,7 @@ class Datasets:
         dataset = Dataset(
             org_id=org_id, name=name, version=int(latest or 0) + 1, kind=kind, digest=digest, blob_key=blob_key,
             row_count=len(rows), split_counts=splits, licenses=sorted({r.license for r in rows}),
-            source=dict(source or {}), created_by=actor,
+            source=dict(source or {}), created_by=actor, origin=origin,
         )
         self.session.add(dataset)
         self.session.flush()
@@ -184,6 +238,101 @@ class Datasets:
             raise NotFound(f"dataset {ref!r} not found", param="dataset")
         return row
 
+    def resolve_usable(self, org_id: str, ref: str) -> tuple[Dataset, DatasetGrant | None]:
+        """A dataset ``org_id`` may train on: its own (``resolve``), or ``OWNER/NAME[@N]`` under a grant.
+
+        Returns (dataset, the grant or None for an own dataset). Without an active grant covering
+        the version, ``NotFound`` -- the same error as for a dataset that does not exist.
+        """
+        ref = (ref or "").strip()
+        owner, slash, rest = ref.partition("/")
+        if not slash:
+            return self.resolve(org_id, ref), None
+        missing = NotFound(f"dataset {ref!r} not found", param="dataset")
+        try:
+            owner_id = Tenancy(self.session).find_org(owner).id
+        except (NotFound, InvalidInput):
+            raise missing from None
+        if owner_id == org_id:
+            return self.resolve(org_id, rest), None
+        try:
+            dataset = self.resolve(owner_id, rest)
+        except (NotFound, InvalidInput):
+            raise missing from None
+        grant = self.grant_for(org_id, dataset)
+        if grant is None:
+            raise missing
+        return dataset, grant
+
+    def grant_for(self, org_id: str, dataset: Dataset) -> DatasetGrant | None:
+        """The active grant letting ``org_id`` use ``dataset`` (another organisation's), or None."""
+        grants = self.session.scalars(select(DatasetGrant).where(
+            DatasetGrant.org_id == dataset.org_id, DatasetGrant.grantee_org_id == org_id,
+            DatasetGrant.dataset_name == dataset.name, DatasetGrant.revoked_at.is_(None),
+        ).order_by(DatasetGrant.created_at))
+        return next((g for g in grants if g.covers(dataset.version)), None)
+
+    def grant(self, org_id: str, name: str, grantee_org_id: str, *, license: str, version: int | None = None,
+              actor: str = "system") -> DatasetGrant:
+        """Let ``grantee_org_id`` use the organisation's dataset ``name`` (``version``, or every version)."""
+        check_name(name, "dataset")
+        if not license or len(license) > 100:
+            raise InvalidInput("a grant needs a license (SPDX id or LicenseRef-..., at most 100 characters)",
+                               param="license")
+        query = select(Dataset.id).where(Dataset.org_id == org_id, Dataset.name == name)
+        if version is not None:
+            query = query.where(Dataset.version == version)
+        if self.session.scalar(query.limit(1)) is None:
+            raise NotFound(f"dataset {name}{'' if version is None else f'@{version}'} not found", param="dataset")
+        Tenancy(self.session).get_org(grantee_org_id)
+        if grantee_org_id == org_id:
+            raise InvalidInput("an organisation needs no grant to use its own dataset", param="org")
+        row = DatasetGrant(org_id=org_id, dataset_name=name, version=version, grantee_org_id=grantee_org_id,
+                           license=license, created_by=actor)
+        self.session.add(row)
+        self.session.flush()
+        self.audit.record(org_id, actor, "dataset.grant", row.id, {"dataset": name, "version": version,
+                                                                   "grantee_org_id": grantee_org_id,
+                                                                   "license": license})
+        return row
+
+    def revoke(self, org_id: str, grant_id: str, *, actor: str = "system") -> DatasetGrant:
+        """End a grant of the organisation (loops of the grantee that name the dataset pause)."""
+        row = self.session.get(DatasetGrant, grant_id)
+        if row is None or row.org_id != org_id:
+            raise NotFound(f"grant {grant_id!r} not found", param="grant")
+        if row.revoked_at is None:
+            row.revoked_at = utc_now()
+            self.session.flush()
+            self.audit.record(org_id, actor, "dataset.revoke", row.id, {"dataset": row.dataset_name})
+        return row
+
+    def grants(self, org_id: str, name: str | None = None) -> builtins.list[DatasetGrant]:
+        """The grants the organisation gave (of dataset ``name``), oldest first."""
+        query = select(DatasetGrant).where(DatasetGrant.org_id == org_id)
+        if name is not None:
+            query = query.where(DatasetGrant.dataset_name == name)
+        return list(self.session.scalars(query.order_by(DatasetGrant.created_at, DatasetGrant.id)))
+
+    def label_datasets(self, org_id: str) -> builtins.list[Dataset]:
+        """The newest version of each of the organisation's label datasets (``origin = "labels"``)."""
+        rows = self.session.scalars(select(Dataset).where(Dataset.org_id == org_id, Dataset.origin == "labels")
+                                    .order_by(Dataset.name, Dataset.version.desc()))
+        newest: dict[str, Dataset] = {}
+        for d in rows:
+            newest.setdefault(d.name, d)
+        return list(newest.values())
+
+    def first_seen(self, dataset: Dataset) -> dict[str, datetime]:
+        """For each row content of ``dataset``: when a version of its name first held it (its arrival time)."""
+        found = self.session.execute(
+            select(DatasetRow.content_hash, func.min(Dataset.created_at))
+            .join(Dataset, Dataset.id == DatasetRow.dataset_id)
+            .where(Dataset.org_id == dataset.org_id, Dataset.name == dataset.name, Dataset.version <= dataset.version)
+            .group_by(DatasetRow.content_hash)
+        ).all()
+        return {h: when for h, when in found}
+
     def list(self, org_id: str, name: str | None = None, *, limit: int = 200) -> list[Dataset]:
         """The organisation's snapshots (of ``name``), newest first."""
         query = select(Dataset).where(Dataset.org_id == org_id)
@@ -192,8 +341,10 @@ class Datasets:
         return list(self.session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit)))
 
     def rows(self, org_id: str, dataset_id: str, split: str | None = None) -> builtins.list[DatasetRow]:
-        """The rows of a snapshot in order (of one split when given)."""
-        self.get(org_id, dataset_id)
+        """The rows of a snapshot in order (of one split when given): an own or a granted dataset."""
+        row = self.session.get(Dataset, dataset_id)
+        if row is None or (row.org_id != org_id and self.grant_for(org_id, row) is None):
+            raise NotFound(f"dataset {dataset_id!r} not found", param="dataset")
         if split is not None and split not in DATASET_SPLITS:
             raise InvalidInput(f"split must be train or holdout, got {split!r}", param="split")
         query = select(DatasetRow).where(DatasetRow.dataset_id == dataset_id)
@@ -215,4 +366,4 @@ def new_row_of(row: DatasetRow) -> NewRow:
                   license=row.license)
 
 
-__all__ = ["Datasets", "NewRow", "decode_snapshot", "encode_snapshot", "new_row_of"]
+__all__ = ["Datasets", "NewRow", "decode_snapshot", "encode_snapshot", "expert_label", "new_row_of"]

@@ -144,6 +144,24 @@ class Loops:
             .order_by(LoopIteration.number.desc()).limit(limit)
         ))
 
+    def watched(self, org_id: str, loop_id: str, version_id: str) -> LoopIteration | None:
+        """The newest promoted iteration of the loop whose candidate is ``version_id`` (the one to watch)."""
+        return self.session.scalar(
+            select(LoopIteration).where(LoopIteration.org_id == org_id, LoopIteration.loop_id == loop_id,
+                                        LoopIteration.status == "promoted",
+                                        LoopIteration.candidate_version_id == version_id)
+            .order_by(LoopIteration.number.desc()).limit(1)
+        )
+
+    def end_watches(self, org_id: str, loop_id: str, now: datetime, *, keep: str | None = None) -> None:
+        """Mark the loop's watched iterations (but ``keep``) done: another version serves now."""
+        rows = self.session.scalars(select(LoopIteration).where(
+            LoopIteration.org_id == org_id, LoopIteration.loop_id == loop_id, LoopIteration.stage == "watch"))
+        for row in rows:
+            if row.id != keep:
+                row.stage, row.finished_at = "done", now
+        self.session.flush()
+
     def train_seconds_since(self, org_id: str, loop_id: str, since: datetime) -> float:
         """Training seconds spent by iterations of the loop that started at or after ``since``."""
         total = self.session.scalar(
@@ -188,11 +206,12 @@ class Loops:
     def online(
         self, org_id: str, loop_id: str, deployment_id: str, *, since: datetime | None = None,
         until: datetime | None = None, adapter_version_id: str | bool | None = False, arm: str | None = None,
+        last: int | None = None,
     ) -> OnlineFigures:
         """Online figures of the deployment's traffic in ``[since, until)``.
 
         ``adapter_version_id``: a version id, None for the base model, or False for any;
-        ``arm``: ``primary``/``canary`` or None for both.
+        ``arm``: ``primary``/``canary`` or None for both; ``last``: only the newest ``last`` traces.
         """
         traces = select(Trace.id).where(Trace.org_id == org_id, Trace.deployment_id == deployment_id)
         if since is not None:
@@ -204,6 +223,8 @@ class Loops:
                                   else Trace.adapter_version_id == adapter_version_id)
         if arm is not None:
             traces = traces.where(Trace.arm == arm)
+        if last is not None:
+            traces = traces.order_by(Trace.created_at.desc(), Trace.id.desc()).limit(last)
         sub = traces.subquery()
         requests = int(self.session.scalar(select(func.count()).select_from(sub)) or 0)
         graded, grader_mean = self.session.execute(

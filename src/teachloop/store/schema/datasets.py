@@ -8,12 +8,17 @@
   also stored as one JSONL blob under ``blob_key``. ``split_counts`` counts
   rows per split (``train``/``holdout``); ``licenses`` lists the distinct row
   licenses; ``source`` records how it was made (loop, iteration, curation
-  figures).
+  figures; or the imported file). ``origin`` says who made it: ``loop`` (an
+  iteration's snapshot), ``import`` (rows the organisation imported and owns)
+  or ``labels`` (expert labels: every row carries its ``expert_id``).
 - ``DatasetRow``: one row, with its lineage: which trace, dataset row, expert
   or environment version it came from, its score, and its license.
+- ``DatasetGrant``: an entitlement -- the owning organisation (``org_id``)
+  lets ``grantee_org_id`` use its dataset ``dataset_name`` (one ``version``,
+  or every version when it is null) under ``license``, until ``revoked_at``.
 
-Both are immutable once written: a new snapshot is a new version. This module
-knows nothing of curation, training or blobs.
+Snapshots and rows are immutable once written: a new snapshot is a new
+version. This module knows nothing of curation, training or blobs.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from teachloop.store.schema.base import Base, JSONType, OrgOwned, id_column, ref
 
 DATASET_KINDS = ("chat", "pairs", "prompts")
 DATASET_SPLITS = ("train", "holdout")
-ROW_SOURCES = ("feedback", "correction", "grader", "expert", "dataset")
+ROW_SOURCES = ("feedback", "correction", "grader", "expert", "dataset", "import")
+DATASET_ORIGINS = ("loop", "import", "labels")
 
 
 class Dataset(OrgOwned, Base):
@@ -51,6 +57,7 @@ class Dataset(OrgOwned, Base):
     split_counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     licenses: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     source: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    origin: Mapped[str] = mapped_column(String(20), default="loop", server_default="loop")
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
@@ -83,6 +90,26 @@ class DatasetRow(OrgOwned, Base):
     license: Mapped[str] = mapped_column(String(100))
 
 
+class DatasetGrant(OrgOwned, Base):
+    """An entitlement: ``grantee_org_id`` may use the owner's (``org_id``) dataset under ``license``."""
+
+    __tablename__ = "dataset_grants"
+    __table_args__ = (Index("ix_dataset_grants_grantee_name", "grantee_org_id", "org_id", "dataset_name"),)
+
+    id: Mapped[str] = id_column("dsg")
+    dataset_name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int | None] = mapped_column(Integer)
+    grantee_org_id: Mapped[str] = ref_column("organisations.id")
+    license: Mapped[str] = mapped_column(String(100))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    revoked_at: Mapped[datetime | None]
+
+    def covers(self, version: int) -> bool:
+        """Whether the grant covers ``version`` of its dataset (and is not revoked)."""
+        return self.revoked_at is None and (self.version is None or self.version == version)
+
+
 def _refuse(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
     raise PermissionError(f"{type(target).__name__} rows are immutable; refusing to change {target.id}")
 
@@ -92,4 +119,5 @@ for _immutable in (Dataset, DatasetRow):
     event.listen(_immutable, "before_delete", _refuse)
 
 
-__all__ = ["DATASET_KINDS", "DATASET_SPLITS", "ROW_SOURCES", "Dataset", "DatasetRow"]
+__all__ = ["DATASET_KINDS", "DATASET_ORIGINS", "DATASET_SPLITS", "ROW_SOURCES", "Dataset", "DatasetGrant",
+           "DatasetRow"]
