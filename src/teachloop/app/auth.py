@@ -1,12 +1,16 @@
 """Authentication: ``Authorization: Bearer <key>`` -> ``Principal``.
 
-``require_principal`` is the one dependency that does it. ``create_app`` puts it
-on every router except the public health check, so a route is authenticated
-by default; a handler that needs the caller declares ``principal: CurrentPrincipal``
-(FastAPI runs the dependency once per request either way). The key check itself
-lives in ``store.ApiKeys.authenticate`` and runs in a read transaction; the key's
-``last_used_at`` is refreshed separately, at most once a minute, and a busy
-database never fails a request over it.
+``authenticate`` checks a key. ``guard.RequestGuard`` calls it for every request
+but the public health check before the body is read (so a keyless request is
+401 whatever its body) and leaves the ``Principal`` on the request's state.
+``require_principal`` is the dependency ``create_app`` puts on every router
+except the public one: it returns that principal, or checks the key itself when
+the app runs without the guard, and it is what marks the routes as secured in
+the OpenAPI document. A handler that needs the caller declares ``principal:
+CurrentPrincipal``. The key check itself lives in ``store.ApiKeys.authenticate``
+and runs in a read transaction; the key's ``last_used_at`` is refreshed
+separately, at most once a minute, and a busy database never fails a request
+over it.
 """
 
 from __future__ import annotations
@@ -31,13 +35,11 @@ def get_deps(request: Request) -> AppDeps:
     return deps
 
 
-def require_principal(
-    request: Request,
-    deps: Annotated[AppDeps, Depends(get_deps)],
-    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-) -> Principal:
-    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked."""
-    header = request.headers.get("authorization")
+def authenticate(deps: AppDeps, header: str | None) -> Principal:
+    """The caller named by an ``Authorization`` header value; ``Unauthorized`` (401) when missing, unknown or revoked.
+
+    Blocking (database reads, and the ``last_used_at`` write at most once a minute).
+    """
     secret = None
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
@@ -51,6 +53,19 @@ def require_principal(
     if stale:  # at most once a minute per key; best effort
         with contextlib.suppress(ServiceUnavailable), deps.database.session() as session:
             ApiKeys(session).touch(principal.key_id)
+    return principal
+
+
+def require_principal(
+    request: Request,
+    deps: Annotated[AppDeps, Depends(get_deps)],
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> Principal:
+    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked."""
+    known = getattr(request.state, "principal", None)
+    if isinstance(known, Principal):  # the guard authenticated this request already
+        return known
+    principal = authenticate(deps, request.headers.get("authorization"))
     request.state.principal = principal
     return principal
 
@@ -58,4 +73,4 @@ def require_principal(
 Deps = Annotated[AppDeps, Depends(get_deps)]
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
 
-__all__ = ["CurrentPrincipal", "Deps", "get_deps", "require_principal"]
+__all__ = ["CurrentPrincipal", "Deps", "authenticate", "get_deps", "require_principal"]

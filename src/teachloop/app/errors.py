@@ -43,7 +43,8 @@ def _validation_error(errors: list[dict[str, Any]]) -> InvalidInput:
     loc = [str(part) for part in first.get("loc", ())]
     if first.get("type") == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", first.get("msg", ""))
-        return InvalidInput(f"malformed JSON body: {reason}")
+        where = f" at character {loc[1]}" if len(loc) > 1 and loc[1].isdigit() else ""
+        return InvalidInput(f"malformed JSON body: {reason}{where}")
     param = ".".join(loc[1:]) if len(loc) > 1 else None
     where = loc[0] if loc else "request"
     subject = param or ("request body" if where == "body" else where)

@@ -1,8 +1,11 @@
 """``create_app(deps)``: the ASGI app -- routers, authentication and error rendering.
 
 The factory wires; it holds no state of its own and opens nothing: the caller
-builds ``AppDeps`` and closes them. Every router in ``routes.PROTECTED`` is
-mounted behind ``require_principal``; only ``routes.PUBLIC`` (``/healthz``) is open.
+builds ``AppDeps`` and closes them. Every request outside ``routes.PUBLIC``
+(``/healthz``) passes ``guard.RequestGuard`` first -- 401 without a valid key,
+then 413 for a body over ``Settings.max_body_bytes`` -- before a route reads its
+body; every router in ``routes.PROTECTED`` is also mounted behind
+``require_principal`` (the caller, and the security scheme in the OpenAPI document).
 The serving routers (``/v1``, ``/api/deployments``, ``/api/traces``, ...) find the
 ``serve.Serving`` runtime on ``app.state.serving``: ``deps.serving``, or one without
 an engine (it starts no threads) when the caller built none.
@@ -18,6 +21,7 @@ from teachloop import __version__
 from teachloop.app.auth import require_principal
 from teachloop.app.deps import AppDeps
 from teachloop.app.errors import install_error_handlers
+from teachloop.app.guard import RequestGuard
 from teachloop.app.routes import PROTECTED, PUBLIC
 from teachloop.serve.service import Serving
 
@@ -35,6 +39,8 @@ def create_app(deps: AppDeps) -> FastAPI:
     app.state.deps = deps
     app.state.serving = deps.serving or Serving(deps.database, deps.blobs)
     install_error_handlers(app)
+    public_paths = [path for router in PUBLIC for route in router.routes if (path := getattr(route, "path", None))]
+    app.add_middleware(RequestGuard, deps=deps, public_paths=public_paths)
     for router in PUBLIC:
         app.include_router(router)
     for router in PROTECTED:

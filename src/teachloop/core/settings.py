@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from teachloop.core.errors import ConfigurationError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 #: name -> (default, meaning). Defaults that depend on TEACHLOOP_HOME are shown symbolically.
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -34,6 +35,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "TEACHLOOP_PORT": ("8000", "port the API binds to"),
     "TEACHLOOP_API_KEY": ("", "API key the CLI's HTTP commands and the SDK send (never stored in plain text)"),
     "TEACHLOOP_SKIP_MODEL_PULL": ("", "set to 1 to start `teachloop up` without pulling the default model"),
+    "TEACHLOOP_MAX_BODY_BYTES": (
+        str(DEFAULT_MAX_BODY_BYTES),
+        "largest HTTP request body the API accepts (bytes); a bigger one is refused with 413 before it is read",
+    ),
 }
 
 
@@ -51,6 +56,7 @@ class Settings(BaseModel):
     device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
     host: str = Field(default="127.0.0.1", description="API bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1, description="Largest request body accepted.")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -71,6 +77,16 @@ class Settings(BaseModel):
             ) from None
         if not 1 <= port <= 65535:
             raise ConfigurationError(f"TEACHLOOP_PORT must be 1..65535, got {port}", param="TEACHLOOP_PORT")
+        body_raw = env.get("TEACHLOOP_MAX_BODY_BYTES") or str(DEFAULT_MAX_BODY_BYTES)
+        try:
+            max_body = int(body_raw)
+        except ValueError:
+            max_body = 0
+        if max_body < 1:
+            raise ConfigurationError(
+                f"TEACHLOOP_MAX_BODY_BYTES must be a positive integer (bytes), got {body_raw!r}",
+                param="TEACHLOOP_MAX_BODY_BYTES",
+            )
         return cls(
             home=home,
             model_cache=Path(env.get("TEACHLOOP_MODEL_CACHE") or home / "models").expanduser(),
@@ -81,6 +97,7 @@ class Settings(BaseModel):
             device=env.get("TEACHLOOP_DEVICE", "auto"),
             host=env.get("TEACHLOOP_HOST", "127.0.0.1"),
             port=port,
+            max_body_bytes=max_body,
         )
 
 

@@ -164,11 +164,13 @@ def test_openapi_document_is_served_to_key_holders(client: TestClient, owner_key
     assert "/api/whoami" in document["paths"] and "/healthz" in document["paths"]
 
 
-def test_unknown_route_and_wrong_method(client: TestClient) -> None:
-    error = _error(client.get("/nope"), 404)
+def test_unknown_route_and_wrong_method(client: TestClient, owner_key: str) -> None:
+    error = _error(client.get("/nope", headers=_auth(owner_key)), 404)
     assert (error["message"], error["type"]) == ("no route GET /nope", "not_found")
-    error = _error(client.delete("/api/whoami"), 405)
+    error = _error(client.delete("/api/whoami", headers=_auth(owner_key)), 405)
     assert error["message"] == "method DELETE is not allowed on /api/whoami"
+    # without a key neither says whether the route exists
+    assert _error(client.get("/nope"), 401) == _error(client.delete("/api/whoami"), 401)
 
 
 def test_validation_errors_are_400_naming_the_parameter(client: TestClient, owner_key: str) -> None:
