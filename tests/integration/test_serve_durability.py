@@ -41,7 +41,7 @@ def _free_port() -> int:
 def _ready(url: str, key: str) -> bool:
     try:
         r = httpx.get(f"{url}/api/serving/stats", headers={"Authorization": f"Bearer {key}"}, timeout=1)
-        return r.status_code == 200 and bool((r.json().get("scheduler") or {}).get("running"))
+        return r.status_code == 200 and bool(r.json().get("running"))
     except httpx.HTTPError:
         return False
 
@@ -118,7 +118,7 @@ def test_sigkill_under_load_loses_no_answered_trace(
         log.close()
 
     assert not errors, errors[:3]
-    assert stats["traces"]["commits"] >= 1
+    assert stats["traces"]["written"] >= 40 and stats["requests"]["completed"] >= 40
     database = Database(Settings.from_env().database_url)
     try:
         with database.session(write=False) as session:

@@ -8,6 +8,8 @@
   blob store and on the engine.
 - ``TraceWriter`` (``traces``): one writer thread, group commits, a response
   only after its trace committed.
+- ``Usage`` (``usage``): each organisation's requests, tokens and traces,
+  counted apart (what the stats route shows a caller).
 - HTTP routers: ``openai_api.router`` (``/v1``) and ``rest.router`` (``/api``),
   mounted by the app behind its authentication; ``export`` writes traces as
   OpenAI JSONL or a Hugging Face dataset.
@@ -38,6 +40,7 @@ from teachloop.serve.service import (
     canary_bucket,
 )
 from teachloop.serve.traces import TraceWriter, TraceWriterStats
+from teachloop.serve.usage import OrgUsage, Usage
 
 __all__ = [
     "AdapterPool",
@@ -47,6 +50,7 @@ __all__ = [
     "ChatRun",
     "GenerationJob",
     "ModelNotFound",
+    "OrgUsage",
     "Reply",
     "Scheduler",
     "SchedulerStats",
@@ -56,6 +60,7 @@ __all__ = [
     "TokenSink",
     "TraceWriter",
     "TraceWriterStats",
+    "Usage",
     "canary_bucket",
     "chat_row",
     "engine_name",

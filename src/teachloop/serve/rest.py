@@ -6,7 +6,9 @@
 - ``/api/traces`` (filters as query parameters), ``/api/traces/{id}``,
   ``/api/traces/{id}/feedback`` (GET, POST). ``{id}`` is a trace id or a
   completion id (``chatcmpl-tr_...``).
-- ``/api/serving/stats``: queue depth, active rows, tokens/s, trace commits.
+- ``/api/serving/stats``: the caller's organisation's requests (in flight,
+  completed, failed), tokens, tokens/s and traces on this server -- never
+  server-wide load, which would reveal other organisations' traffic.
 
 Every route is scoped to the caller's organisation; another organisation's
 deployment, adapter or trace is a 404 exactly like a missing one. Reads need a
@@ -20,7 +22,6 @@ HTTP shapes only; the registry lives in ``store``.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -368,14 +369,21 @@ async def add_feedback(trace_id: str, body: FeedbackIn, principal: Writer, servi
 
 @router.get("/serving/stats")
 def serving_stats(principal: Reader, serving: ServingDep) -> dict[str, Any]:
-    """Load and throughput of this server (aggregate figures; nothing per organisation)."""
-    scheduler = asdict(serving.scheduler.stats()) if serving.scheduler is not None else None
-    loaded = serving.pool.loaded() if serving.pool is not None else []
+    """This server's figures for the caller's organisation only: requests, tokens, tokens/s, traces.
+
+    Server-wide load (queue depth, active rows, adapters loaded, other organisations'
+    requests) is not shown: it would let one organisation watch another's traffic.
+    """
+    usage = serving.usage.of(principal.org_id)
     return {
         "model": serving.base_model,
-        "scheduler": scheduler,
-        "traces": asdict(serving.traces.stats()),
-        "adapters": {"loaded": len(loaded), "in_use": sum(1 for a in loaded if a.refs)},
+        "running": serving.can_generate,
+        "org_id": principal.org_id,
+        "since": _iso(usage.since),
+        "requests": {"in_flight": usage.in_flight, "completed": usage.completed, "failed": usage.failed},
+        "tokens": {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens,
+                   "completion_per_s": usage.completion_tokens_per_s, "window_s": usage.window_s},
+        "traces": {"written": usage.traces_written},
     }
 
 

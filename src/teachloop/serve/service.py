@@ -16,6 +16,9 @@ with, which is unloaded once none holds it. A canary arm is chosen by a hash of
 (deployment, ``user``) -- the same user always gets the same arm at a given
 percentage -- or at random when the request has no ``user``.
 
+Each organisation's accepted requests, tokens and traces are counted apart in
+``usage`` (``serve.usage``); that is what the stats route shows a caller.
+
 Without an engine (``engine=None``) the registry, traces and feedback work and
 chat completions answer 503. Threads start in ``start`` and stop in ``close``;
 nothing starts on construction. This module knows nothing of HTTP.
@@ -45,6 +48,7 @@ from teachloop.serve.adapters import AdapterPool
 from teachloop.serve.scheduler import AsyncSink, BatchingEngine, GenerationJob, Scheduler, SinkEvent
 from teachloop.serve.text import TextStream, TokenText, cut_at_stops
 from teachloop.serve.traces import TraceWriter
+from teachloop.serve.usage import Usage
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.store.repos.deployments import AdapterVersions, Deployments
@@ -171,6 +175,7 @@ class Serving:
         )
         self.pool = AdapterPool(engine, blobs, max_loaded=self.config.max_loaded_adapters) if engine else None
         self.traces = TraceWriter(database)
+        self.usage = Usage()
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._stop_ids: list[int] = []
@@ -284,6 +289,7 @@ class Serving:
             if adapter is not None and self.pool is not None:
                 self.pool.release(adapter)
             raise
+        self.usage.started(principal.org_id)
         return ChatRun(self, principal, chat, target, prompt, job, sink, adapter, started, created)
 
     def _release_prepared(self, done: asyncio.Future[tuple[Target, list[int], SamplingParams, str | None]]) -> None:
@@ -385,8 +391,11 @@ class ChatRun:
         self.ttft_ms: float | None = None
         self._sink = sink
         self._started = started
+        self._outcome = _Outcome()
         # runs on close(), or when the run is garbage-collected unclosed (a stream dropped before it began)
-        self._release = weakref.finalize(self, _release, serving.scheduler, serving.pool, job, adapter)
+        self._release = weakref.finalize(
+            self, _release, serving.scheduler, serving.pool, job, adapter, serving.usage, principal.org_id, self._outcome
+        )
 
     @property
     def completion_id(self) -> str:
@@ -414,10 +423,13 @@ class ChatRun:
 
     async def record(self, replies: list[Reply]) -> None:
         """Write the trace and wait until it is committed (call before answering)."""
-        if not self.serving.config.capture_traces:
-            return
         chat, target = self.chat, self.target
         completion = sum(r.completion_tokens for r in replies)
+        usage, org_id = self.serving.usage, self.principal.org_id
+        if not self.serving.config.capture_traces:
+            usage.tokens(org_id, self.prompt_tokens, completion)
+            self._outcome.answered = True
+            return
         values = {
             "id": self.trace_id,
             "org_id": self.principal.org_id,
@@ -447,17 +459,29 @@ class ChatRun:
             "created_at": self.created,
         }
         await self.serving.traces.write(values)
+        usage.traced(org_id)
+        usage.tokens(org_id, self.prompt_tokens, completion)
+        self._outcome.answered = True
 
     def close(self) -> None:
         """Cancel the job if it is still running and let go of the adapter (idempotent, never blocks)."""
         self._release()
 
 
-def _release(scheduler: Scheduler | None, pool: AdapterPool | None, job: GenerationJob, adapter: str | None) -> None:
+@dataclass
+class _Outcome:
+    answered: bool = False
+
+
+def _release(
+    scheduler: Scheduler | None, pool: AdapterPool | None, job: GenerationJob, adapter: str | None, usage: Usage,
+    org_id: str, outcome: _Outcome,
+) -> None:
     if scheduler is not None:
         scheduler.cancel(job)  # a no-op for a finished job
     if adapter is not None and pool is not None:
         pool.release(adapter)
+    usage.finished(org_id, answered=outcome.answered)
 
 
 __all__ = ["ChatInput", "ChatRun", "ModelNotFound", "Reply", "Serving", "ServingConfig", "Target", "canary_bucket"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -195,13 +196,41 @@ def test_a_full_queue_is_refused_with_503_and_others_keep_working(
     assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
 
 
-def test_stats_show_load_and_throughput(client: TestClient, tenants: Tenants) -> None:
-    client.post(CHAT, json=_body("one two three"), headers=auth(tenants.acme.member))
-    stats = client.get("/api/serving/stats", headers=auth(tenants.acme.viewer)).json()
-    scheduler = stats["scheduler"]
-    assert scheduler["running"] and scheduler["queued"] == 0 and scheduler["active_rows"] == 0
-    assert scheduler["tokens_total"] > 0 and scheduler["tokens_per_s"] > 0 and scheduler["requests_completed"] == 1
-    assert stats["traces"]["rows_written"] == 1 and stats["model"] == BASE
+def test_stats_show_the_callers_organisation_only(client: TestClient, tenants: Tenants, serving: Serving) -> None:
+    acme, globex = tenants.acme, tenants.globex
+
+    def stats(key: str) -> dict[str, Any]:
+        r = client.get("/api/serving/stats", headers=auth(key))
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    usage = client.post(CHAT, json=_body("one two three"), headers=auth(acme.member)).json()["usage"]
+    mine = stats(acme.viewer)
+    assert mine["running"] and mine["model"] == BASE and mine["org_id"] == acme.org_id
+    assert mine["requests"] == {"in_flight": 0, "completed": 1, "failed": 0}
+    assert (mine["tokens"]["prompt"], mine["tokens"]["completion"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert mine["tokens"]["completion_per_s"] > 0 and mine["traces"] == {"written": 1}
+    # globex's traffic -- answered, refused, streamed and abandoned -- changes nothing acme can see
+    before = stats(acme.viewer)
+    assert stats(globex.viewer)["requests"] == {"in_flight": 0, "completed": 0, "failed": 0}
+    for i in range(3):
+        assert client.post(CHAT, json=_body(f"secret {i}"), headers=auth(globex.member)).status_code == 200
+    assert client.post(CHAT, json=_body("x", n=0), headers=auth(globex.member)).status_code == 400
+    assert client.post(CHAT, json=_body("a b", stream=True), headers=auth(globex.member)).status_code == 200
+    with client.stream("POST", CHAT, json=_body("left early", stream=True), headers=auth(globex.member)) as r:
+        next(r.iter_lines())
+    deadline = time.monotonic() + 5
+    while stats(globex.viewer)["requests"]["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    theirs = stats(globex.viewer)
+    assert theirs["requests"]["completed"] >= 4 and theirs["traces"]["written"] >= 4
+    assert theirs["org_id"] == globex.org_id and theirs["requests"]["in_flight"] == 0
+    after = stats(acme.viewer)
+    assert after == before, (before, after)
+    assert "globex" not in json.dumps(after) and globex.org_id not in json.dumps(after)
+    # and nothing server-wide is shown to anyone
+    assert not {"scheduler", "adapters", "queued", "active_rows"} & set(after)
 
 
 def test_streaming_several_choices(client: TestClient, tenants: Tenants) -> None:
