@@ -6,6 +6,11 @@ model distribution -- temperature 1, no top-k / top-p truncation -- at the
 position that produced it. This is the policy the trainer differentiates, so
 the ratio ``exp(logprobs_train - logprobs_sampler)`` is 1 for an unchanged
 adapter whatever temperature was used to sample.
+
+Samples per prompt: ``n`` is 1 ..``MAX_SAMPLES_PER_PROMPT`` (1024, the largest GRPO
+group ``train`` accepts); every engine checks it with ``check_n`` before any work, so
+a typo such as ``n=10**6`` is a one-line ``InvalidInput`` rather than a KV cache of a
+million rows.
 """
 
 from __future__ import annotations
@@ -15,7 +20,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from teachloop.core.errors import InvalidInput
+
 StopReason = Literal["stop", "length"]
+
+#: The most continuations one ``sample`` call may ask for per prompt (``n``).
+MAX_SAMPLES_PER_PROMPT = 1024
+
+
+def check_n(n: int) -> int:
+    """``n`` if it is a valid number of samples per prompt (1 .. ``MAX_SAMPLES_PER_PROMPT``).
+
+    Raises ``InvalidInput`` (param ``n``) otherwise; ``bool`` is not a number here.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise InvalidInput(f"n must be an integer, got {n!r}", param="n")
+    if not 1 <= n <= MAX_SAMPLES_PER_PROMPT:
+        raise InvalidInput(f"n must be between 1 and {MAX_SAMPLES_PER_PROMPT}, got {n}", param="n")
+    return n
 
 
 class SamplingParams(BaseModel):
@@ -48,12 +70,17 @@ class SamplingParams(BaseModel):
     @classmethod
     def _normalise_stop(cls, v: object) -> object:
         if isinstance(v, str):
-            return (v,)
-        if isinstance(v, list):
-            if v and not (all(isinstance(x, str) for x in v) or all(isinstance(x, int) for x in v)):
+            v = (v,)
+        if isinstance(v, (list, tuple)):
+            if v and not (
+                all(isinstance(x, str) for x in v)
+                or all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            ):
                 raise ValueError("stop must be all strings or all token ids")
             if any(isinstance(x, str) and not x for x in v):
                 raise ValueError("stop strings must be non-empty")
+            if any(isinstance(x, int) and x < 0 for x in v):
+                raise ValueError("stop token ids must be >= 0")
             return tuple(v)
         return v
 
@@ -77,4 +104,4 @@ class SampledSequence:
     extras: dict[str, object] = field(default_factory=dict)
 
 
-__all__ = ["SampledSequence", "SamplingParams", "StopReason"]
+__all__ = ["MAX_SAMPLES_PER_PROMPT", "SampledSequence", "SamplingParams", "StopReason", "check_n"]

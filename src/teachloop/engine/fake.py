@@ -6,20 +6,30 @@ sampling honours every ``SamplingParams`` field, the losses are the real ones
 (``engine/losses.py``), gradients accumulate until ``optim_step`` (real
 AdamW), and checkpoints round-trip. Use it to test rollouts, GRPO, serving and
 the loop without a transformer. It is deterministic for a given ``seed``.
+
+Text: the fake has no tokenizer. Stop *strings* are matched against
+``decode(tokens)``: by default token ``i`` is the single character
+``LETTERS[i % 62]`` (``a-z``, ``A-Z``, ``0-9``); pass ``decode=tokenizer.decode``
+to match against real text. As in the torch engine, a list of stop strings
+replaces EOS, and the token that completes a stop string is the last one returned.
+
+``load_adapter`` and ``load_checkpoint`` are all-or-nothing, as the ``Engine``
+contract asks: a bad folder raises and leaves the adapter of that name as it was.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import string
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from teachloop.core.errors import Conflict, InvalidInput, NotFound
-from teachloop.core.sampling import SampledSequence, SamplingParams
+from teachloop.core.errors import Conflict, InvalidInput, ModelError, NotFound
+from teachloop.core.sampling import SampledSequence, SamplingParams, check_n
 from teachloop.core.training import (
     RL_LOSSES,
     AdamParams,
@@ -33,6 +43,19 @@ from teachloop.core.training import (
 from teachloop.engine.base import AdapterInfo, LogprobsFor
 from teachloop.engine.losses import TokenInputs, compute_loss
 from teachloop.engine.sampler import _choose
+
+#: What the default ``decode`` maps token ``i`` to: ``LETTERS[i % len(LETTERS)]``.
+LETTERS = string.ascii_lowercase + string.ascii_uppercase + string.digits
+
+
+def letters(tokens: Sequence[int]) -> str:
+    """The default text of ``tokens``: one character of ``LETTERS`` per token."""
+    return "".join(LETTERS[int(t) % len(LETTERS)] for t in tokens)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 @dataclass
@@ -48,8 +71,17 @@ class _FakeAdapter:
 class FakeEngine:
     """A bigram ``Engine`` over ``vocab_size`` tokens. Token ``eos_token_id`` (default 0) ends replies."""
 
-    def __init__(self, vocab_size: int = 64, *, seed: int = 0, eos_token_id: int = 0, context_length: int = 512):
+    def __init__(
+        self,
+        vocab_size: int = 64,
+        *,
+        seed: int = 0,
+        eos_token_id: int = 0,
+        context_length: int = 512,
+        decode: Callable[[Sequence[int]], str] | None = None,
+    ):
         gen = torch.Generator().manual_seed(seed)
+        self.decode = decode or letters
         self.table = torch.randn(vocab_size, vocab_size, generator=gen)
         self._vocab = vocab_size
         self._eos = [eos_token_id]
@@ -82,11 +114,14 @@ class FakeEngine:
         """A fresh adapter (B = 0)."""
         if name in self._adapters:
             raise Conflict(f"adapter {name!r} already exists on this engine")
+        self._adapters[name] = self._new_adapter(spec)
+        return self._info(name)
+
+    def _new_adapter(self, spec: LoraSpec) -> _FakeAdapter:
         gen = torch.Generator().manual_seed(spec.seed or 0)
         A = torch.nn.Parameter(torch.randn(self._vocab, spec.rank, generator=gen) / math.sqrt(spec.rank))
         B = torch.nn.Parameter(torch.zeros(spec.rank, self._vocab))
-        self._adapters[name] = _FakeAdapter(spec, A, B, torch.optim.AdamW([A, B], foreach=False))
-        return self._info(name)
+        return _FakeAdapter(spec, A, B, torch.optim.AdamW([A, B], foreach=False))
 
     def _info(self, name: str) -> AdapterInfo:
         s = self._adapters[name]
@@ -125,18 +160,30 @@ class FakeEngine:
         return path
 
     def load_adapter(self, name: str, path: Path) -> AdapterInfo:
-        """Load what ``save_adapter`` wrote."""
-        path = Path(path)
-        if not (path / "fake_adapter.pt").is_file():
-            raise NotFound(f"{path} is not a fake adapter folder")
-        spec = LoraSpec.model_validate(json.loads((path / "adapter_config.json").read_text())["spec"])
-        tensors = torch.load(path / "fake_adapter.pt", weights_only=True)
-        self._adapters.pop(name, None)
-        self.create_adapter(name, spec)
-        with torch.no_grad():
-            self._adapters[name].A.copy_(tensors["A"])
-            self._adapters[name].B.copy_(tensors["B"])
+        """Load what ``save_adapter`` wrote; on any error the adapter ``name`` is left as it was."""
+        self._adapters[name] = self._read_adapter(Path(path))
         return self._info(name)
+
+    def _read_adapter(self, path: Path) -> _FakeAdapter:
+        """A new adapter from folder ``path`` (nothing registered); one-line errors for a bad folder."""
+        if not (path / "fake_adapter.pt").is_file() or not (path / "adapter_config.json").is_file():
+            raise NotFound(f"{path} is not a fake adapter folder (fake_adapter.pt and adapter_config.json)")
+        try:
+            spec = LoraSpec.model_validate(json.loads((path / "adapter_config.json").read_text())["spec"])
+            tensors = torch.load(path / "fake_adapter.pt", weights_only=True)
+            state = self._new_adapter(spec)
+            with torch.no_grad():
+                for key, param in (("A", state.A), ("B", state.B)):
+                    if tuple(tensors[key].shape) != tuple(param.shape):
+                        raise ModelError(
+                            f"{path}: tensor {key} has shape {tuple(tensors[key].shape)}, expected {tuple(param.shape)}"
+                        )
+                    param.copy_(tensors[key])
+        except ModelError:
+            raise
+        except Exception as err:  # corrupt json, pickle or a missing key: one line, nothing changed
+            raise ModelError(f"{path} is not a readable fake adapter: {_first_line(err)}") from None
+        return state
 
     def save_checkpoint(self, name: str, path: Path) -> Path:
         """Adapter + optimizer + step."""
@@ -147,11 +194,17 @@ class FakeEngine:
         return Path(path)
 
     def load_checkpoint(self, name: str, path: Path) -> AdapterInfo:
-        """Restore a checkpoint."""
-        self.load_adapter(name, Path(path) / "adapter")
-        s = self._adapters[name]
-        s.optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", weights_only=True))
-        s.step = int(json.loads((Path(path) / "checkpoint.json").read_text())["step"])
+        """Restore a checkpoint; on any error the adapter ``name`` is left as it was."""
+        path = Path(path)
+        state = self._read_adapter(path / "adapter")
+        try:
+            state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+            state.step = int(json.loads((path / "checkpoint.json").read_text())["step"])
+        except FileNotFoundError as err:
+            raise NotFound(f"{path} is not a checkpoint folder: {Path(str(err.filename)).name} is missing") from None
+        except Exception as err:
+            raise ModelError(f"{path} is not a readable checkpoint: {_first_line(err)}") from None
+        self._adapters[name] = state
         return self._info(name)
 
     def merge_adapter(self, name: str, path: Path) -> Path:
@@ -186,8 +239,7 @@ class FakeEngine:
         top_logprobs: int = 0,
     ) -> list[list[SampledSequence]]:
         """``n`` continuations per prompt from the bigram model."""
-        if n < 1:
-            raise InvalidInput("n must be at least 1", param="n")
+        check_n(n)
         with torch.no_grad():
             table = self._logits_table(adapter)
         gen = torch.Generator()
@@ -200,6 +252,8 @@ class FakeEngine:
             self._check_tokens(list(prompt), "prompt")
             stops = params.stop
             stop_ids = set(self._eos) if stops is None else {t for t in stops if isinstance(t, int)}
+            stop_strs = () if stops is None else tuple(t for t in stops if isinstance(t, str))
+            tail = max((len(t) for t in stop_strs), default=0) + 8
             group = []
             for _ in range(n):
                 prev = int(prompt[-1])
@@ -213,7 +267,7 @@ class FakeEngine:
                     toks.append(tok)
                     lps.append(float(torch.log_softmax(logits[0], -1)[tok]))
                     prev = tok
-                    if tok in stop_ids:
+                    if tok in stop_ids or (stop_strs and any(t in self.decode(toks[-tail:]) for t in stop_strs)):
                         reason = "stop"
                         break
                 group.append(SampledSequence(toks, lps, reason))  # type: ignore[arg-type]
@@ -318,4 +372,4 @@ class FakeEngine:
         return OptimStepResult(s.step, norm, {"lr": params.learning_rate, "grad_norm": norm})
 
 
-__all__ = ["FakeEngine"]
+__all__ = ["LETTERS", "FakeEngine", "letters"]
