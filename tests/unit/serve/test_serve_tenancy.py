@@ -1,0 +1,410 @@
+"""Tenancy on every route of the app: a key of acme cannot list, read, change or infer globex's objects.
+
+The route list is read from the app (``app_routes``), so a route added without a probe
+here fails ``test_every_route_has_a_tenancy_probe``. Each probe runs against a world
+where both organisations own one of everything (deployment with an adapter, traces,
+feedback, a loop, a dataset, a grant) and checks, with acme's owner key (the most
+powerful), one of:
+
+- ``Hidden``: naming globex's object is answered exactly like naming one that does not
+  exist (same status, same body once the two names are swapped), and writes nothing;
+- ``Listing``: acme's listing holds acme's own objects and nothing of globex's;
+- a custom check for the routes that take no object (stats, whoami, the OpenAPI document,
+  creating and importing under a name globex also uses).
+
+After every probe, every row globex owns (every org-owned table) is exactly as before;
+after a ``Hidden`` probe, acme's rows are too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from teachloop.core.ids import new_id
+from teachloop.loop.config import validate_loop_config
+from teachloop.serve import publish_adapter
+from teachloop.store import BlobStore, Database
+from teachloop.store.repos.datasets import Datasets, NewRow, encode_snapshot
+from teachloop.store.repos.deployments import Deployments
+from teachloop.store.repos.loops import Loops
+from teachloop.store.repos.tenancy import Tenancy
+from teachloop.store.schema.base import Base
+from tests.unit.app.routelist import app_routes
+from tests.unit.loop.conftest import grpo_config
+from tests.unit.serve.conftest import BASE, Tenant, Tenants, auth
+from tests.unit.serve.fakes import adapter_folder
+
+CHAT = "/v1/chat/completions"
+
+
+@dataclass
+class World:
+    acme: Tenant
+    globex: Tenant
+    ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def markers(self) -> list[str]:
+        """Strings only globex's objects contain: none may reach acme."""
+        return ["gx-private", "gxbot", "gxdata", "gx-confidential", self.globex.org_id,
+                *(v for k, v in self.ids.items() if k.startswith("g_"))]
+
+
+def _dataset(database: Database, blobs: BlobStore, org_id: str, name: str, text: str) -> str:
+    rows = [NewRow(content={"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]},
+                   split="train", source_kind="dataset")]
+    data, digest = encode_snapshot("chat", rows)
+    key = f"datasets/{org_id}/{digest.removeprefix('sha256:')}.jsonl"
+    blobs.put_bytes(key, data)
+    with database.session() as s:
+        dataset, _ = Datasets(s).create(org_id, name=name, kind="chat", rows=rows, blob_key=key)
+        return dataset.id
+
+
+def _loop(database: Database, org_id: str, deployment: str) -> str:
+    cfg = validate_loop_config(grpo_config(deployment=deployment))
+    with database.session() as s:
+        dep = Deployments(s).get(org_id, deployment)
+        loop, _ = Loops(s).configure(org_id, dep.id, cfg.to_dict(), cfg.digest)
+        return loop.id
+
+
+def _own_everything(client: TestClient, database: Database, blobs: BlobStore, tmp: Path, t: Tenant, tag: str,
+                    ids: dict[str, str], prefix: str) -> None:
+    """Give ``t`` a deployment serving an adapter, a trace with feedback, a dataset, a loop and a grant."""
+    names = {"a": ("support", "abot", "adata", "acme-question"), "g": ("gx-private", "gxbot", "gxdata",
+                                                                       "gx-confidential question")}[prefix]
+    deployment, adapter, dataset, text = names
+    with database.session() as s:
+        version, _ = publish_adapter(s, blobs, t.org_id, name=adapter, folder=adapter_folder(tmp / tag, f"{tag}: "),
+                                     base_model=BASE)
+        ids[f"{prefix}_adapter_version"] = version.id
+    r = client.post("/api/deployments", json={"name": deployment, "adapter": f"{adapter}@1"}, headers=auth(t.owner))
+    assert r.status_code == 201, r.text
+    ids[f"{prefix}_deployment"] = r.json()["id"]
+    r = client.post(CHAT, json={"model": deployment, "messages": [{"role": "user", "content": text}],
+                                "user": f"{tag}-user", "metadata": {"project": f"{tag}-project"}},
+                    headers=auth(t.member))
+    assert r.status_code == 200, r.text
+    ids[f"{prefix}_trace"] = r.headers["x-teachloop-trace-id"]
+    r = client.post(f"/api/traces/{ids[f'{prefix}_trace']}/feedback", json={"score": 1, "label": f"{tag}-label"},
+                    headers=auth(t.member))
+    assert r.status_code == 201, r.text
+    ids[f"{prefix}_feedback"] = r.json()["id"]
+    ids[f"{prefix}_dataset"] = _dataset(database, blobs, t.org_id, dataset, text)
+    ids[f"{prefix}_loop"] = _loop(database, t.org_id, deployment)
+    with database.session() as s:
+        third = Tenancy(s).create_org(f"{tag}-partner")
+        if hasattr(Datasets, "grant"):
+            grant = Datasets(s).grant(t.org_id, dataset, third.id, license="CC-BY-4.0")
+            ids[f"{prefix}_grant"] = grant.id
+
+
+@pytest.fixture
+def world(client: TestClient, tenants: Tenants, database: Database, blobs: BlobStore, tmp_path: Path) -> World:
+    w = World(tenants.acme, tenants.globex)
+    _own_everything(client, database, blobs, tmp_path, tenants.globex, "gx", w.ids, "g")
+    _own_everything(client, database, blobs, tmp_path, tenants.acme, "acme", w.ids, "a")
+    return w
+
+
+def _rows(database: Database, org_id: str) -> dict[str, list[str]]:
+    """Every row ``org_id`` owns, table by table (API keys' last use left out: acme's own key use touches it)."""
+    out: dict[str, list[str]] = {}
+    with database.session(write=False) as s:
+        for table in Base.metadata.sorted_tables:
+            if "org_id" not in table.c or table.name == "api_keys":
+                continue
+            out[table.name] = sorted(repr(tuple(row)) for row in s.execute(select(table).where(table.c.org_id == org_id)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- probes
+
+
+@dataclass(frozen=True)
+class Ctx:
+    client: TestClient
+    world: World
+    database: Database
+
+    def call(self, method: str, url: str, body: Any = None) -> Any:
+        kwargs: dict[str, Any] = {"headers": auth(self.world.acme.owner)}
+        if body is not None:
+            kwargs["json"] = body
+        return self.client.request(method, url, **kwargs)
+
+    def clean(self, text: str) -> None:
+        leaked = [m for m in self.world.markers if m in text]
+        assert not leaked, f"globex's {leaked} reached acme: {text[:300]}"
+
+
+Value = Callable[[World], str]
+
+
+def g(name: str) -> Value:
+    """The id of globex's object ``name`` (``g_<name>`` in ``World.ids``)."""
+    return lambda w: w.ids[f"g_{name}"]
+
+
+def lit(text: str) -> Value:
+    return lambda w: text
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """Globex's object, named in the path or body, is answered exactly like a missing one, and nothing changes."""
+
+    subst: dict[str, tuple[Value, str]]  # placeholder -> (globex's value, a value that names nothing)
+    body: Callable[[dict[str, str]], Any] | None = None
+    status: int = 404
+    param: str | None = None
+    query: str = ""
+
+    def run(self, ctx: Ctx, method: str, path: str) -> None:
+        present = {k: v(ctx.world) for k, (v, _) in self.subst.items()}
+        missing = {k: m for k, (_, m) in self.subst.items()}
+        answers = []
+        for values in (present, missing):
+            url = re.sub(r"\{(\w+)\}", lambda m, v=values: v[m.group(1)], path + self.query)
+            answers.append(ctx.call(method, url, self.body(values) if self.body else None))
+        a, b = answers
+        assert a.status_code == b.status_code == self.status, (a.status_code, a.text, b.status_code, b.text)
+        swapped_a, swapped_b = a.text, b.text
+        for key in self.subst:
+            swapped_a = swapped_a.replace(present[key], f"<{key}>")
+            swapped_b = swapped_b.replace(missing[key], f"<{key}>")
+        assert swapped_a == swapped_b, (swapped_a, swapped_b)
+        assert set(a.headers) - {"content-length", "x-teachloop-trace-id"} == set(b.headers) - {
+            "content-length", "x-teachloop-trace-id"}
+        if self.param is not None:
+            assert a.json()["error"]["param"] == self.param, a.text
+        ctx.clean(swapped_a)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Acme's listing answers 200 with acme's own objects and nothing of globex's."""
+
+    own: Callable[[World], list[str]]
+    query: str = ""
+    url: str | None = None  # for a listing under a path that names the organisation's own object
+
+    def run(self, ctx: Ctx, method: str, path: str) -> None:
+        path = self.url or path
+        r = ctx.call(method, path + self.query)
+        assert r.status_code == 200, r.text
+        ctx.clean(r.text)
+        for item in self.own(ctx.world):
+            assert item in r.text, f"acme's own {item!r} is missing from {path}{self.query}: {r.text[:300]}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A check of its own, for routes that name no object."""
+
+    fn: Callable[[Ctx], None]
+
+    def run(self, ctx: Ctx, method: str, path: str) -> None:
+        self.fn(ctx)
+
+
+def _stats_ignore_globex_traffic(ctx: Ctx) -> None:
+    before = ctx.call("GET", "/api/serving/stats").json()
+    assert before["org_id"] == ctx.world.acme.org_id and before["requests"]["completed"] == 1
+    for i in range(3):
+        r = ctx.client.post(CHAT, json={"model": "gx-private", "messages": [{"role": "user", "content": f"{i}"}]},
+                            headers=auth(ctx.world.globex.member))
+        assert r.status_code == 200
+    after = ctx.call("GET", "/api/serving/stats")
+    assert after.json() == before
+    ctx.clean(after.text)
+
+
+def _whoami_is_acme(ctx: Ctx) -> None:
+    r = ctx.call("GET", "/api/whoami")
+    assert r.json()["org"]["id"] == ctx.world.acme.org_id
+    ctx.clean(r.text)
+
+
+def _openapi_holds_no_data(ctx: Ctx) -> None:
+    r = ctx.call("GET", "/api/openapi.json")
+    assert r.status_code == 200 and "/v1/chat/completions" in r.json()["paths"]
+    ctx.clean(r.text)
+
+
+def _create_under_globex_names(ctx: Ctx) -> None:
+    # a name globex uses is free for acme (a 409 would reveal it) ...
+    r = ctx.call("POST", "/api/deployments", {"name": "gx-private"})
+    assert r.status_code == 201 and r.json()["revision"] == 1 and r.json()["adapter"] is None, r.text
+    ctx.clean(r.text.replace("gx-private", "<name>"))
+    # ... and globex's adapter versions are referenced exactly like missing ones (as primary or canary)
+    Hidden({"ref": (lit("gxbot@1"), "nobot@1")}, body=lambda v: {"name": "x1", "adapter": v["ref"]},
+           param="adapter").run(ctx, "POST", "/api/deployments")
+    Hidden({"ref": (g("adapter_version"), new_id("av"))}, body=lambda v: {"name": "x2", "adapter": v["ref"]},
+           param="adapter").run(ctx, "POST", "/api/deployments")
+    Hidden({"ref": (lit("gxbot"), "nobot")}, param="adapter",
+           body=lambda v: {"name": "x3", "canary": {"adapter": v["ref"], "percent": 10}}).run(
+        ctx, "POST", "/api/deployments")
+
+
+def _patch_to_globex_adapter(ctx: Ctx) -> None:
+    Hidden({"ref": (lit("gxbot@1"), "nobot@1")}, body=lambda v: {"adapter": v["ref"]}, param="adapter").run(
+        ctx, "PATCH", "/api/deployments/support")
+
+
+def _import_under_a_globex_name(ctx: Ctx) -> None:
+    body = {"name": "gxdata", "license": "CC0-1.0", "rows": [{"messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]}
+    r = ctx.call("POST", "/api/datasets", body)
+    assert r.status_code == 201 and r.json()["version"] == 1 and r.json()["created"], r.text
+    ctx.clean(r.text.replace("gxdata", "<name>"))
+
+
+def _loop_config(deployment: str, dataset: str | None = None) -> dict[str, Any]:
+    cfg = grpo_config(deployment=deployment)
+    if dataset is not None:
+        cfg["sources"] = [{"kind": "dataset", "dataset": dataset}, *cfg["sources"]]
+    return cfg
+
+
+def _put_loop_naming_globex_dataset(ctx: Ctx) -> None:
+    for ref, missing in (("gxdata", "nodata"), ("gxdata@1", "nodata@1"), (ctx.world.ids["g_dataset"], new_id("ds")),
+                         (f"{ctx.world.globex.org_id}/gxdata", f"{ctx.world.globex.org_id}/nodata")):
+        Hidden({"ref": (lit(ref), missing)}, body=lambda v: _loop_config("support", v["ref"]), status=400,
+               param="sources.0.dataset").run(ctx, "PUT", "/api/loops/support")
+
+
+DEP = {"name": (lit("gx-private"), "no-such-dep")}
+LOOP = {"deployment": (lit("gx-private"), "no-such-dep")}
+TRACE = {"trace_id": (g("trace"), new_id("tr"))}
+COMPLETION = {"trace_id": (lambda w: f"chatcmpl-{w.ids['g_trace']}", f"chatcmpl-{new_id('tr')}")}
+DATASET_REFS = [{"ref": (lit("gxdata"), "nodata")}, {"ref": (lit("gxdata@1"), "nodata@1")},
+                {"ref": (g("dataset"), new_id("ds"))}]
+
+PROBES: dict[tuple[str, str], list[Any]] = {
+    ("GET", "/api/whoami"): [Check(_whoami_is_acme)],
+    ("GET", "/api/openapi.json"): [Check(_openapi_holds_no_data)],
+    ("GET", "/v1/models"): [Listing(lambda w: ["support", BASE])],
+    ("GET", "/v1/models/{model}"): [Hidden({"model": (lit("gx-private"), "no-such-dep")})],
+    ("POST", CHAT): [Hidden({"model": (lit("gx-private"), "no-such-dep")}, param="model",
+                            body=lambda v: {"model": v["model"], "messages": [{"role": "user", "content": "hi"}]}),
+                     Hidden({"model": (lit("gx-private"), "no-such-dep")}, param="model",
+                            body=lambda v: {"model": v["model"], "stream": True,
+                                            "messages": [{"role": "user", "content": "hi"}]})],
+    ("GET", "/api/deployments"): [Listing(lambda w: ["support", w.ids["a_deployment"]])],
+    ("POST", "/api/deployments"): [Check(_create_under_globex_names)],
+    ("GET", "/api/deployments/{name}"): [Hidden(DEP)],
+    ("PATCH", "/api/deployments/{name}"): [Hidden(DEP, body=lambda v: {"adapter": None}),
+                                           Check(_patch_to_globex_adapter)],
+    ("POST", "/api/deployments/{name}/rollback"): [Hidden(DEP, body=lambda v: {}),
+                                                   Hidden(DEP, body=lambda v: {"to_revision": 1})],
+    ("GET", "/api/deployments/{name}/history"): [Hidden(DEP)],
+    ("GET", "/api/adapters"): [Listing(lambda w: ["abot", w.ids["a_adapter_version"]]),
+                               Listing(lambda w: [], query="?name=gxbot")],
+    ("GET", "/api/traces"): [Listing(lambda w: [w.ids["a_trace"], "acme-label"]),
+                             Listing(lambda w: [], query="?model=gx-private"),
+                             Listing(lambda w: [], query="?user=gx-user"),
+                             Listing(lambda w: [], query="?metadata=project=gx-project"),
+                             Listing(lambda w: [], query="?label=gx-label"),
+                             Hidden({"v": (g("adapter_version"), new_id("av"))}, status=200,
+                                    query="?adapter_version_id={v}"),
+                             Hidden({"v": (g("deployment"), new_id("dep"))}, status=200, query="?model={v}")],
+    ("GET", "/api/traces/{trace_id}"): [Hidden(TRACE), Hidden(COMPLETION)],
+    ("GET", "/api/traces/{trace_id}/feedback"): [Hidden(TRACE), Hidden(COMPLETION)],
+    ("POST", "/api/traces/{trace_id}/feedback"): [Hidden(TRACE, body=lambda v: {"score": 0}),
+                                                  Hidden(COMPLETION, body=lambda v: {"corrected_output": "x"})],
+    ("GET", "/api/serving/stats"): [Check(_stats_ignore_globex_traffic)],
+    ("GET", "/api/loops"): [Listing(lambda w: [w.ids["a_loop"], "support"])],
+    ("PUT", "/api/loops/{deployment}"): [Hidden(LOOP, body=lambda v: _loop_config(v["deployment"]), status=400,
+                                                param="deployment"),
+                                         Check(_put_loop_naming_globex_dataset)],
+    ("GET", "/api/loops/{deployment}"): [Hidden(LOOP)],
+    ("GET", "/api/loops/{deployment}/iterations"): [Hidden(LOOP)],
+    ("POST", "/api/loops/{deployment}/pause"): [Hidden(LOOP)],
+    ("POST", "/api/loops/{deployment}/resume"): [Hidden(LOOP)],
+    ("POST", "/api/loops/{deployment}/tick"): [Hidden(LOOP)],
+    ("GET", "/api/datasets"): [Listing(lambda w: ["adata", w.ids["a_dataset"]]),
+                               Listing(lambda w: [], query="?name=gxdata")],
+    ("POST", "/api/datasets"): [Check(_import_under_a_globex_name)],
+    ("GET", "/api/datasets/{ref}"): [Hidden(s) for s in DATASET_REFS],
+    ("GET", "/api/datasets/{ref}/rows"): [Hidden(s) for s in DATASET_REFS],
+    ("GET", "/api/datasets/{name}/grants"): [Hidden({"name": (lit("gxdata"), "nodata")}, status=200),
+                                            Listing(lambda w: [w.ids["a_grant"]], url="/api/datasets/adata/grants")],
+    ("POST", "/api/datasets/{name}/grants"): [
+        Hidden({"name": (lit("gxdata"), "nodata")}, body=lambda v: {"org": "acme-partner", "license": "CC0-1.0"}),
+    ],
+    ("DELETE", "/api/datasets/{name}/grants/{grant_id}"): [
+        Hidden({"name": (lit("gxdata"), "nodata"), "grant_id": (g("grant"), new_id("dg"))}),
+        Hidden({"name": (lit("adata"), "adata"), "grant_id": (g("grant"), new_id("dg"))}),
+    ],
+}
+
+
+def _probe_ids() -> list[str]:
+    return [f"{m} {p}" for m, p in PROBES]
+
+
+@pytest.fixture
+def app(client: TestClient) -> FastAPI:
+    app = client.app
+    assert isinstance(app, FastAPI)
+    return app
+
+
+def _unprobed(app: FastAPI) -> list[tuple[str, str]]:
+    return sorted(set(app_routes(app)) - {("GET", "/healthz")} - set(PROBES))
+
+
+def test_every_route_has_a_tenancy_probe(app: FastAPI) -> None:
+    missing = _unprobed(app)
+    assert not missing, f"routes without a tenancy probe (add them to PROBES): {missing}"
+    # and the check sees a route added later, on a router of its own
+    extra = APIRouter(prefix="/api/extra")
+    extra.add_api_route("/{thing}", lambda thing: {}, methods=["DELETE"])
+    app.include_router(extra)
+    assert _unprobed(app) == [("DELETE", "/api/extra/{thing}")]
+
+
+@pytest.mark.parametrize(("method", "path"), list(PROBES), ids=_probe_ids())
+def test_acme_cannot_reach_or_infer_globex_objects(
+    method: str, path: str, app: FastAPI, client: TestClient, world: World, database: Database
+) -> None:
+    if (method, path) not in set(app_routes(app)):
+        pytest.skip(f"{method} {path} is not a route of this app")
+    ctx = Ctx(client, world, database)
+    for probe in PROBES[(method, path)]:
+        globex_before = _rows(database, world.globex.org_id)
+        acme_before = _rows(database, world.acme.org_id)
+        probe.run(ctx, method, path)
+        if isinstance(probe, Check) and probe.fn is _stats_ignore_globex_traffic:
+            continue  # that probe has globex send traffic on purpose
+        assert _rows(database, world.globex.org_id) == globex_before, f"{method} {path} changed globex's rows"
+        if isinstance(probe, Hidden):
+            assert _rows(database, world.acme.org_id) == acme_before, f"{method} {path} wrote for a refused call"
+
+
+def test_the_world_is_what_the_probes_assume(world: World, client: TestClient, database: Database) -> None:
+    """Globex's objects exist and answer globex (so a 404 for acme means hidden, not missing)."""
+    owned = {table for table, rows in _rows(database, world.globex.org_id).items() if rows}
+    assert {"deployments", "adapter_versions", "traces", "feedback", "loops", "datasets"} <= owned, owned
+    gx = auth(world.globex.owner)
+    for url in ("/v1/models/gx-private", "/api/deployments/gx-private", "/api/deployments/gx-private/history",
+                f"/api/traces/{world.ids['g_trace']}", f"/api/traces/chatcmpl-{world.ids['g_trace']}/feedback",
+                "/api/loops/gx-private", "/api/loops/gx-private/iterations", "/api/datasets/gxdata",
+                "/api/datasets/gxdata@1/rows", f"/api/datasets/{world.ids['g_dataset']}"):
+        r = client.get(url, headers=gx)
+        assert r.status_code == 200, (url, r.text)
+    listed = json.dumps(client.get("/api/traces?model=gx-private&label=gx-label", headers=gx).json())
+    assert world.ids["g_trace"] in listed
+
