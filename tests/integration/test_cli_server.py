@@ -33,8 +33,8 @@ def _free_port() -> int:
 class Process:
     """A ``teachloop`` subprocess whose output is collected in the background."""
 
-    def __init__(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TEACHLOOP_SKIP_MODEL_PULL": "1"}
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TEACHLOOP_SKIP_MODEL_PULL": "1", **(env or {})}
         code = "from teachloop.cli.main import main; main()"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, *args],
@@ -173,3 +173,51 @@ def test_a_busy_port_is_one_line(teachloop_home: Path) -> None:
             result = CliRunner().invoke(app, [*args, "--port", str(port)])
             assert result.exit_code == 2, result.output
             assert f"error: cannot listen on 127.0.0.1:{port}" in result.output
+
+
+def test_up_refuses_an_unknown_model_before_writing_anything(
+    teachloop_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEACHLOOP_MODEL", "no-such-model")
+    result = CliRunner().invoke(app, ["up", "--port", str(_free_port())])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: unknown model 'no-such-model'"), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not teachloop_home.exists()  # no database, no key, no model cache
+
+
+def test_up_refuses_a_missing_model_folder(teachloop_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = teachloop_home.parent / "nowhere" / "model"
+    monkeypatch.setenv("TEACHLOOP_MODEL", str(missing))
+    result = CliRunner().invoke(app, ["up", "--port", str(_free_port())])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: no model folder at {missing}"
+    assert not teachloop_home.exists()
+
+
+def test_up_serves_the_configured_model(teachloop_home: Path, processes: list[Process]) -> None:
+    from tests._tiny import tiny_llama
+
+    model = tiny_llama(teachloop_home.parent / "models")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    up = Process(
+        "up", "--port", str(port),
+        env={"TEACHLOOP_SKIP_MODEL_PULL": "0", "TEACHLOOP_MODEL": str(model), "TEACHLOOP_ENGINE": "torch"},
+    )
+    processes.append(up)
+    up.wait_until(lambda: _healthy(url), "/healthz", timeout=120)
+    assert f"checking the model {str(model)!r}" in up.output, up.output  # paths are never wrapped
+    assert f"model ready at {model}" in up.output
+    assert f"inference: {model} on cpu" in up.output, up.output
+    assert "smollm2" not in up.output  # the default model is neither pulled nor loaded
+    assert up.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_up_lets_a_pullable_model_through_the_early_check(tmp_path: Path, model: str) -> None:
+    from teachloop.cli.server import _check_model
+
+    config = Settings.from_env({"TEACHLOOP_HOME": str(tmp_path / "home"), "TEACHLOOP_MODEL": model})
+    _check_model(config)  # a known name or a hub id is pulled later, after the database is ready
+    assert not (tmp_path / "home").exists()  # and the check itself wrote nothing

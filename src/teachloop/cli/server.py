@@ -1,8 +1,9 @@
 """``teachloop up``, ``serve`` and ``worker``: the long-running processes.
 
-- ``up``: everything on one machine -- migrate the database, create the first
-  organisation and key if there is none, make sure the default model is
-  pulled, then serve the API (inference included) with an in-process worker.
+- ``up``: everything on one machine -- check the configured model
+  (``TEACHLOOP_MODEL``; an unknown one fails before anything is written), migrate
+  the database, create the first organisation and key if there is none, pull the
+  model if it is not cached, then serve the API (inference included) with an in-process worker.
 - ``serve``: the API and inference only (the database must already be migrated).
 - ``worker``: a worker only, for scaling out next to ``serve`` on PostgreSQL.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import socket
 import threading
@@ -31,7 +33,7 @@ import typer
 from teachloop import __version__
 from teachloop.cli._common import console, err_console, settings
 from teachloop.cli.admin import errors
-from teachloop.core.errors import ConfigurationError
+from teachloop.core.errors import ConfigurationError, NotFound
 from teachloop.core.settings import Settings
 
 if TYPE_CHECKING:  # heavy imports stay inside the commands
@@ -41,6 +43,7 @@ app = typer.Typer()
 
 _HOST_HELP = "Address to bind (default: $TEACHLOOP_HOST or 127.0.0.1)."
 _PORT_HELP = "Port to listen on (default: $TEACHLOOP_PORT or 8000)."
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # what `models pull` accepts
 
 
 def _logging() -> None:
@@ -66,16 +69,30 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _ensure_model(config: Settings) -> None:
-    """Pull the default model unless it is cached (a no-op when the engine does not provide it yet)."""
+def _check_model(config: Settings) -> None:
+    """Fail now, before anything is written, when ``config.model`` can be neither found nor pulled.
+
+    A cached name, an existing folder, a known name or a hub id ``org/name`` pass
+    (the last two are pulled by ``_ensure_model``); an unknown name, a missing folder
+    or a corrupt cache raise their one-line ``NotFound`` / ``ModelError``.
+    """
+    from teachloop.engine.models import KNOWN_MODELS, resolve_model
+
     try:
-        from teachloop.engine.models import ensure_default_model
-    except ImportError:
-        err_console.print("note: this build cannot pull models (teachloop.engine.models missing); skipping")
-        return
-    console.print(f"checking the model {config.model!r} (pulled on first run) ...", highlight=False)
-    path = ensure_default_model(config, progress=True)
-    console.print(f"model ready at {path}", highlight=False)
+        resolve_model(config, config.model, download=False)
+    except NotFound:
+        if config.model in KNOWN_MODELS or _HUB_ID.fullmatch(config.model):
+            return  # not cached yet: _ensure_model pulls it
+        raise
+
+
+def _ensure_model(config: Settings) -> None:
+    """Make the configured model (``TEACHLOOP_MODEL``) ready: pull it first if it is not cached."""
+    from teachloop.engine.models import resolve_model
+
+    console.print(f"checking the model {config.model!r} (pulled on first run) ...", highlight=False, soft_wrap=True)
+    path = resolve_model(config, config.model, progress=True)
+    console.print(f"model ready at {path}", highlight=False, soft_wrap=True)
 
 
 def _start_serving(deps: AppDeps, config: Settings, *, inference: bool) -> str:
@@ -97,7 +114,7 @@ def _start_serving(deps: AppDeps, config: Settings, *, inference: bool) -> str:
             from teachloop.engine.torch_engine import TorchEngine
             from teachloop.render import Renderer
 
-            console.print(f"loading {config.model!r} for inference ...", highlight=False)
+            console.print(f"loading {config.model!r} for inference ...", highlight=False, soft_wrap=True)
             engine = TorchEngine(path, device=config.device)
             deps.engine = engine
             deps.serving = Serving(
@@ -180,7 +197,7 @@ def up(
         False,
         "--skip-model",
         envvar="TEACHLOOP_SKIP_MODEL_PULL",
-        help="Do not check or pull the default model.",
+        help="Do not check or pull the configured model ($TEACHLOOP_MODEL).",
     ),
     no_inference: bool = typer.Option(False, "--no-inference", help="Do not load the model; /v1 answers 503."),
 ) -> None:
@@ -194,6 +211,8 @@ def up(
         config = settings()
         host, port = host or config.host, port or config.port
         _listen(host, port).close()  # fail before the model pull, not after it
+        if not skip_model:
+            _check_model(config)  # an unknown TEACHLOOP_MODEL fails before the database is touched
         database = Database.connect(config.database_url)
         try:
             database.migrate()
