@@ -1,5 +1,15 @@
-"""``teachloop data``: list, show and export dataset snapshots (immutable, with row-level lineage).
+"""``teachloop data``: import, list, show, export and grant dataset snapshots (immutable, with row-level lineage).
 
+- ``import FILE --name N --license SPDX`` -- a JSONL file as the next
+  version of dataset ``N`` owned by the organisation (``--format openai``:
+  chat rows, prompt rows with an ``answer``, or OpenAI preference pairs;
+  ``dpo``: TRL pairs). Every row's lineage says ``import`` and the license.
+  ``--kind labels`` imports expert labels: every row carries ``expert_id``,
+  recorded as the row's expert (the loop's ``labels`` source reads them).
+  A bad row is refused with its line and field named; nothing is written.
+- ``grant NAME --to ORG --license SPDX [--version N]`` lets another
+  organisation use the dataset (a loop source ``ORG/NAME[@N]``);
+  ``grants [NAME]`` lists them, ``revoke GRANT_ID`` ends one.
 - ``list`` -- snapshots, newest first (``--name`` for one dataset's versions).
 - ``show REF`` -- the record (digest, rows per split, licenses, how it was
   made) and its first rows with their lineage (trace, expert, environment
@@ -24,10 +34,11 @@ from rich.table import Table
 from teachloop.cli._common import StoreContext, console
 from teachloop.cli.admin import errors
 
-app = typer.Typer(help="Dataset snapshots: list, show, export (OpenAI JSONL, DPO pairs, Hugging Face).",
-                  no_args_is_help=True)
+app = typer.Typer(help="Dataset snapshots: import, list, show, export (OpenAI JSONL, DPO pairs, Hugging Face), "
+                       "grant to another organisation.", no_args_is_help=True)
 
 _ORG_HELP = "Organisation name or id (default: the only organisation)."
+ACTOR = "cli"
 
 
 @app.command("list")
@@ -103,6 +114,95 @@ def export(
     with errors(), StoreContext(org) as ctx:
         n = export_dataset(ctx.database, ctx.org_id, ref, out, fmt=fmt, split=split, with_lineage=lineage)
     console.print(f"wrote {n} rows of {ref} to {out} ({fmt})", highlight=False)
+
+
+@app.command("import")
+def import_cmd(
+    file: Path = typer.Argument(..., help="JSONL file, one row per line."),
+    name: str = typer.Option(..., "--name", help="Dataset name (a new version when it exists)."),
+    license: str = typer.Option(..., "--license", help="SPDX id (e.g. CC-BY-4.0) or LicenseRef-... of the rows."),
+    fmt: str = typer.Option("openai", "--format", help="openai | dpo"),
+    kind: str = typer.Option("rows", "--kind", help="rows (owned data) | labels (expert labels: expert_id per row)"),
+    org: str = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Import a JSONL file as an immutable snapshot the organisation owns (or as expert labels)."""
+    from teachloop.core.errors import InvalidInput
+    from teachloop.loop.imports import file_digest, import_dataset, read_jsonl
+
+    with errors():
+        try:
+            data = file.read_bytes()
+        except OSError as err:
+            raise InvalidInput(f"cannot read {file}: {err.strerror or err}", param="file") from None
+        records = read_jsonl(data)
+        with StoreContext(org) as ctx:
+            dataset, created = import_dataset(ctx.database, ctx.blobs, ctx.org_id, records, name=name,
+                                              license=license, fmt=fmt, kind=kind, filename=file.name,
+                                              raw_digest=file_digest(data), actor=ACTOR)
+    what = "imported" if created else "already recorded as"
+    console.print(f"{what} {dataset.ref}: {dataset.row_count} {dataset.kind} rows ({dataset.origin}), license "
+                  f"{', '.join(dataset.licenses)}, digest {dataset.digest}", highlight=False)
+
+
+@app.command("grant")
+def grant_cmd(
+    name: str = typer.Argument(..., help="Dataset name (of this organisation)."),
+    to: str = typer.Option(..., "--to", help="The organisation (name or id) allowed to use it."),
+    license: str = typer.Option(..., "--license", help="SPDX id or LicenseRef-... it is used under."),
+    version: int = typer.Option(None, "--version", min=1, help="Only this version (default: every version)."),
+    org: str = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """Let another organisation use a dataset (its loops name it OWNER/NAME[@N])."""
+    from teachloop.loop.imports import check_license
+    from teachloop.store import Tenancy
+    from teachloop.store.repos.datasets import Datasets
+
+    with errors(), StoreContext(org) as ctx, ctx.database.session() as s:
+        grantee = Tenancy(s).find_org(to)
+        row = Datasets(s).grant(ctx.org_id, name, grantee.id, license=check_license(license), version=version,
+                                actor=ACTOR)
+        out = f"granted {row.id}: {grantee.name} may use {ctx.org_name}/{name}" \
+              f"{'' if version is None else f'@{version}'} under {row.license}"
+    console.print(out, highlight=False)
+
+
+@app.command("grants")
+def grants_cmd(
+    name: str = typer.Argument(None, help="Only grants of this dataset."),
+    org: str = typer.Option(None, "--org", help=_ORG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per grant."),
+) -> None:
+    """The grants this organisation gave."""
+    from teachloop.loop.export import grant_json
+    from teachloop.store.repos.datasets import Datasets
+
+    with errors(), StoreContext(org) as ctx, ctx.database.session(write=False) as s:
+        rows = [grant_json(g) for g in Datasets(s).grants(ctx.org_id, name)]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table()
+    for col in ("id", "dataset", "version", "grantee", "license", "created", "revoked"):
+        table.add_column(col, overflow="fold")
+    for g in rows:
+        table.add_row(g["id"], g["dataset"], str(g["version"] or "all"), g["grantee_org_id"], g["license"],
+                      g["created_at"][:16], (g["revoked_at"] or "")[:16])
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke_cmd(
+    grant_id: str = typer.Argument(..., help="The grant's id (dsg_...)."),
+    org: str = typer.Option(None, "--org", help=_ORG_HELP),
+) -> None:
+    """End a grant (the grantee's loops that name the dataset pause at their next tick)."""
+    from teachloop.store.repos.datasets import Datasets
+
+    with errors(), StoreContext(org) as ctx, ctx.database.session() as s:
+        row = Datasets(s).revoke(ctx.org_id, grant_id, actor=ACTOR)
+        out = f"revoked {row.id} ({row.dataset_name})"
+    console.print(out, highlight=False)
 
 
 __all__ = ["app"]

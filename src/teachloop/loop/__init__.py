@@ -2,12 +2,14 @@
 
 Per deployment, a ``LoopConfig`` says where training data comes from
 (traces with feedback, traces scored by an environment's grader, expert
-labels, owned datasets), how it is curated (filters, PII scrubbing, exact and
-near-duplicate removal, a fixed holdout split), when to train (every N new
-usable examples or on a schedule), how (SFT, DPO or GRPO through ``train``),
-the eval gate (a paired test against the deployed version), the promotion
-rules (canary, then everyone; automatic rollback on a drop) and a daily
-training budget. ``LoopRunner.tick`` does one pass; every iteration is
+labels, datasets the organisation owns or is granted), how it is curated
+(filters, PII scrubbing, exact and near-duplicate removal, a fixed holdout
+split), when to train (every N new usable examples or on a schedule), how
+(SFT, DPO or GRPO through ``train``), the eval gate (a paired test against
+the deployed version), the promotion rules (always a canary, then everyone,
+watched for as long as it serves; automatic rollback on a drop) and a daily
+training budget. ``loop.imports`` records owned datasets and expert labels
+from JSONL files. ``LoopRunner.tick`` does one pass; every iteration is
 recorded with its data, run, figures, decision and reason.
 
 The loop uses ``train`` directly and changes deployments only through the
@@ -45,7 +47,15 @@ from teachloop.loop.gate import (
     reward_suite,
     sign_test,
 )
-from teachloop.loop.promotion import Verdict, judge
+from teachloop.loop.imports import (
+    IMPORT_FORMATS,
+    IMPORT_KINDS,
+    check_license,
+    import_dataset,
+    parse_rows,
+    read_jsonl,
+)
+from teachloop.loop.promotion import Verdict, judge, watch
 from teachloop.loop.runner import LoopRunner, TickResult
 from teachloop.loop.scoring import AnswerFinder, score_new_traffic
 from teachloop.loop.service import (
@@ -63,6 +73,8 @@ from teachloop.loop.trigger import budget_left, due
 
 __all__ = [
     "FORMATS",
+    "IMPORT_FORMATS",
+    "IMPORT_KINDS",
     "JOB_KIND",
     "AlgorithmConfig",
     "AnswerFinder",
@@ -93,6 +105,7 @@ __all__ = [
     "WarmStart",
     "adapter_digest",
     "budget_left",
+    "check_license",
     "check_references",
     "collect",
     "configure_loop",
@@ -104,11 +117,14 @@ __all__ = [
     "export_dataset",
     "history",
     "holdout_side",
+    "import_dataset",
     "judge",
     "likelihood_suite",
     "load_loop_config",
     "near_duplicates",
     "paired_bootstrap",
+    "parse_rows",
+    "read_jsonl",
     "reward_suite",
     "score_new_traffic",
     "scrub_text",
@@ -117,4 +133,5 @@ __all__ = [
     "snapshot",
     "status",
     "validate_loop_config",
+    "watch",
 ]

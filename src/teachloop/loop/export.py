@@ -23,7 +23,7 @@ from typing import Any
 from teachloop.core.errors import ConfigurationError, InvalidInput
 from teachloop.store.db import Database
 from teachloop.store.repos.datasets import Datasets
-from teachloop.store.schema.datasets import Dataset, DatasetRow
+from teachloop.store.schema.datasets import Dataset, DatasetGrant, DatasetRow
 
 FORMATS = ("openai", "dpo", "hf")
 LINEAGE = ("source_kind", "source_trace_id", "source_row_id", "expert_id", "env_ref", "env_version", "env_digest",
@@ -34,7 +34,15 @@ def dataset_json(d: Dataset) -> dict[str, Any]:
     """A snapshot's record."""
     return {"id": d.id, "ref": d.ref, "name": d.name, "version": d.version, "kind": d.kind, "digest": d.digest,
             "rows": d.row_count, "splits": d.split_counts, "licenses": d.licenses, "source": d.source,
-            "blob_key": d.blob_key, "created_by": d.created_by, "created_at": d.created_at.isoformat()}
+            "origin": d.origin, "blob_key": d.blob_key, "created_by": d.created_by,
+            "created_at": d.created_at.isoformat()}
+
+
+def grant_json(g: DatasetGrant) -> dict[str, Any]:
+    """A grant (entitlement) as the owner sees it."""
+    return {"id": g.id, "dataset": g.dataset_name, "version": g.version, "grantee_org_id": g.grantee_org_id,
+            "license": g.license, "created_by": g.created_by, "created_at": g.created_at.isoformat(),
+            "revoked_at": g.revoked_at.isoformat() if g.revoked_at else None}
 
 
 def lineage(row: DatasetRow) -> dict[str, Any]:
@@ -125,4 +133,4 @@ def _export_hf(dataset: Dataset, rows: list[DatasetRow], path: Path) -> int:
     return len(rows)
 
 
-__all__ = ["FORMATS", "dataset_json", "export_dataset", "lineage", "row_json"]
+__all__ = ["FORMATS", "dataset_json", "export_dataset", "grant_json", "lineage", "row_json"]

@@ -15,8 +15,9 @@ in two passes:
    * ``{{PASSWORD}}`` / ``{{SECRET}}`` -- the value after ``password``,
      ``passwd``, ``pwd``, ``passphrase`` (``{{PASSWORD}}``) or ``secret``,
      ``token``, ``api_key``, ``access_key``, ``client_secret``,
-     ``private_key``, ... (``{{SECRET}}``) followed by ``:``, ``=`` or
-     ``is`` -- the key word stays, the value goes; and tokens of known shapes
+     ``private_key``, ... (``{{SECRET}}``, values of 8 characters or more)
+     followed by ``:``, ``=`` or ``is`` -- the key word stays, the value
+     goes; and tokens of known shapes
      anywhere (``sk-...``, ``AKIA...``, ``ghp_...``, ``xox?-...``,
      ``Bearer ...``);
    * ``{{URL}}`` -- ``http(s)://...`` and ``www....``;
@@ -49,6 +50,7 @@ TOKEN = re.compile(
     r"|(?<=\bBearer )[A-Za-z0-9._\-]{16,}"
 )
 URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)\]]")
+MIN_SECRET = 8
 SCRUBADUB_DETECTORS = ("phone", "social_security_number", "twitter", "credential")
 
 
@@ -76,6 +78,8 @@ def secrets_in(text: str) -> Iterator[tuple[int, int, str]]:
     taken: list[tuple[int, int]] = []
     for m in KEY_VALUE.finditer(text):
         kind = "password" if re.fullmatch(_PASSWORD_KEYS, m.group("key"), re.IGNORECASE) else "secret"
+        if kind == "secret" and len(m.group("value")) < MIN_SECRET:
+            continue  # "token budget: 5" is not a credential
         taken.append((m.start("value"), m.end("value")))
         yield m.start("value"), m.end("value"), kind
     for m in TOKEN.finditer(text):
@@ -122,9 +126,9 @@ def scrub_text(text: str) -> str:
     """``text`` with PII and credentials replaced by placeholders (see the module docstring)."""
     if not text:
         return text
-    ours, theirs = _scrubbers()
-    with warnings.catch_warnings():  # scrubadub 2 warns about its own internal use of Filth.replace_with
+    with warnings.catch_warnings():  # scrubadub 2 warns about its own internal use of deprecated APIs
         warnings.simplefilter("ignore", DeprecationWarning)
+        ours, theirs = _scrubbers()
         return str(theirs.clean(str(ours.clean(text))))
 
 

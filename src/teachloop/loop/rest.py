@@ -10,9 +10,17 @@
 - ``GET /api/datasets`` (``?name=``), ``GET /api/datasets/{ref}``, ``GET
   /api/datasets/{ref}/rows`` (``?split=&offset=&limit=``): snapshots and their
   rows with lineage. ``{ref}`` is ``NAME@N``, ``NAME`` or a ``ds_...`` id.
+- ``POST /api/datasets``: import rows the organisation owns, or expert
+  labels (``{"name", "license", "format": "openai"|"dpo", "kind":
+  "rows"|"labels", "rows": [...]}`` or ``"jsonl": "..."`` instead of
+  ``rows``) -- ``teachloop data import``; a bad row is refused with its line
+  named, nothing written.
+- ``GET|POST /api/datasets/{name}/grants``, ``DELETE
+  /api/datasets/{name}/grants/{grant_id}``: entitlements letting another
+  organisation use a dataset (its loops name it ``OWNER/NAME[@N]``).
 
 Every route is scoped to the caller's organisation; reads need a viewer key,
-writes a member key. The app authenticates first (``request.state.principal``)
+imports a member key, grants an admin key. The app authenticates first (``request.state.principal``)
 and keeps its dependencies on ``app.state.deps`` (``database``, ``blobs``,
 ``settings``, ``queue``); this module reads them there and never imports the
 app. It knows HTTP shapes only.
@@ -23,12 +31,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
-from teachloop.core.errors import InvalidInput, ServiceUnavailable, Unauthorized
+from teachloop.core.errors import InvalidInput, NotFound, ServiceUnavailable, Unauthorized
 from teachloop.core.tenancy import Principal, Role
 from teachloop.loop import service
-from teachloop.loop.export import dataset_json, row_json
+from teachloop.loop.export import dataset_json, grant_json, row_json
+from teachloop.loop.imports import check_license, import_dataset, read_jsonl
 from teachloop.store.db import Database
 from teachloop.store.repos.datasets import Datasets
 from teachloop.store.repos.deployments import Deployments
@@ -55,7 +64,12 @@ def reader(request: Request) -> Principal:
 
 def writer(request: Request) -> Principal:
     """The caller, at least a member."""
-    return _principal(request, Role.MEMBER, "changing a loop")
+    return _principal(request, Role.MEMBER, "changing a loop or importing a dataset")
+
+
+def admin(request: Request) -> Principal:
+    """The caller, at least an admin."""
+    return _principal(request, Role.ADMIN, "granting a dataset to another organisation")
 
 
 class _Ctx:
@@ -72,6 +86,7 @@ class _Ctx:
 
 Reader = Annotated[Principal, Depends(reader)]
 Writer = Annotated[Principal, Depends(writer)]
+Admin = Annotated[Principal, Depends(admin)]
 Ctx = Annotated[_Ctx, Depends(_Ctx)]
 
 
@@ -157,4 +172,73 @@ def dataset_rows(ref: str, principal: Reader, ctx: Ctx, split: str | None = None
         return {"data": [row_json(r) for r in rows[offset : offset + limit]], "total": len(rows)}
 
 
-__all__ = ["reader", "router", "writer"]
+@router.post("/datasets")
+async def import_rows(principal: Writer, ctx: Ctx, response: Response,
+                      body: dict[str, Any] = Body(..., description="name, license, format, kind, rows | jsonl.")
+                      ) -> dict[str, Any]:
+    """Import rows (or expert labels) as the next immutable version of a dataset the organisation owns."""
+    allowed = {"name", "license", "format", "kind", "rows", "jsonl"}
+    for key in body:
+        if key not in allowed:
+            raise InvalidInput(f"unknown field {key!r}", param=key)
+    for key in ("name", "license"):
+        if not isinstance(body.get(key), str):
+            raise InvalidInput(f"{key} is required (a string)", param=key)
+    if ("rows" in body) == ("jsonl" in body):
+        raise InvalidInput("give the rows as either rows (a list of objects) or jsonl (a string)", param="rows")
+    if "rows" in body:
+        if not isinstance(body["rows"], list):
+            raise InvalidInput("rows must be a list of objects", param="rows")
+        records, param = list(enumerate(body["rows"], start=1)), "rows"
+    else:
+        if not isinstance(body["jsonl"], str):
+            raise InvalidInput("jsonl must be a string", param="jsonl")
+        records, param = read_jsonl(body["jsonl"], param="jsonl"), "jsonl"
+    dataset, created = await asyncio.to_thread(
+        import_dataset, ctx.database, ctx.blobs, principal.org_id, records, name=body["name"],
+        license=body["license"], fmt=str(body.get("format", "openai")), kind=str(body.get("kind", "rows")),
+        actor=principal.key_id, param=param)
+    response.status_code = 201 if created else 200
+    return {**dataset_json(dataset), "created": created}
+
+
+@router.get("/datasets/{name}/grants")
+def list_grants(name: str, principal: Reader, ctx: Ctx) -> dict[str, Any]:
+    """The grants the organisation gave on dataset ``name``."""
+    with ctx.database.session(write=False) as s:
+        return {"data": [grant_json(g) for g in Datasets(s).grants(principal.org_id, name)]}
+
+
+@router.post("/datasets/{name}/grants", status_code=201)
+def create_grant(name: str, principal: Admin, ctx: Ctx,
+                 body: dict[str, Any] = Body(..., description="org (name or id), license, version (optional).")
+                 ) -> dict[str, Any]:
+    """Let another organisation use dataset ``name`` (one version, or all) under a license."""
+    from teachloop.store.repos.tenancy import Tenancy
+
+    for key in body:
+        if key not in {"org", "license", "version"}:
+            raise InvalidInput(f"unknown field {key!r}", param=key)
+    if not isinstance(body.get("org"), str):
+        raise InvalidInput("org is required (the grantee's name or id)", param="org")
+    version = body.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise InvalidInput("version must be a positive integer", param="version")
+    license = check_license(str(body.get("license") or ""))
+    with ctx.database.session() as s:
+        grantee = Tenancy(s).find_org(body["org"])
+        return grant_json(Datasets(s).grant(principal.org_id, name, grantee.id, license=license, version=version,
+                                            actor=principal.key_id))
+
+
+@router.delete("/datasets/{name}/grants/{grant_id}")
+def revoke_grant(name: str, grant_id: str, principal: Admin, ctx: Ctx) -> dict[str, Any]:
+    """End a grant of dataset ``name``."""
+    with ctx.database.session() as s:
+        repo = Datasets(s)
+        if not any(g.id == grant_id for g in repo.grants(principal.org_id, name)):
+            raise NotFound(f"grant {grant_id!r} not found", param="grant")
+        return grant_json(repo.revoke(principal.org_id, grant_id, actor=principal.key_id))
+
+
+__all__ = ["admin", "reader", "router", "writer"]

@@ -97,3 +97,17 @@ def test_max_rows_keeps_the_newest() -> None:
     report = curate(rows, cfg(max_rows=3, near_dup_threshold=None))
     assert [r.candidate.lineage["source_trace_id"] for r in report.rows] == ["tr_0", "tr_1", "tr_2"]
     assert report.dropped["over_max_rows"] == 7
+
+
+def test_cards_credentials_and_emails_are_scrubbed_correctly() -> None:
+    assert scrub_text("pay with 4111-1111-1111-1111 today") == "pay with {{CREDIT_CARD}} today"
+    assert scrub_text("pay with 4111 1111 1111 1111 today") == "pay with {{CREDIT_CARD}} today"
+    assert scrub_text("card 4111111111111111") == "card {{CREDIT_CARD}}"
+    assert scrub_text("my password: hunter2") == "my password: {{PASSWORD}}"
+    assert scrub_text("api_key=sk-proj-AbC123dEf456GhI789") == "api_key={{SECRET}}"
+    assert scrub_text("use sk-AbC123dEf456GhI789 for it") == "use {{SECRET}} for it"
+    assert scrub_text("mail me at john.doe@example.com") == "mail me at {{EMAIL}}"
+    assert scrub_text("Authorization: Bearer abcdefghijklmnop1234") == "Authorization: Bearer {{SECRET}}"
+    # what is not PII stays: a number that fails the Luhn check, arithmetic, the word "at"
+    for text in ("order 4111-1111-1111-1112 shipped", "What is 7 + 5?", "meet me at noon. Bye", "token budget: 5"):
+        assert scrub_text(text) == text

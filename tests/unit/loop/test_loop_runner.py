@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from teachloop.engine.fake import FakeEngine
 from teachloop.envs import Arithmetic
 from teachloop.loop import LoopRunner, configure_loop, history, status
 from teachloop.render import Renderer
@@ -174,7 +175,7 @@ def test_a_better_candidate_goes_to_canary_then_is_rolled_back_on_a_feedback_dro
     assert last.action == "rollback" and last.restored_from == 1 and last.actor == "loop"
 
 
-def test_a_good_canary_is_promoted_and_a_drop_after_promotion_rolls_back(store: Store, renderer: Renderer) -> None:
+def test_a_good_canary_is_promoted_and_watched_for_as_long_as_it_serves(store: Store, renderer: Renderer) -> None:
     runner, engine, it = _iterate_to_canary(store, renderer)
     cand = _dep(store).canary_version_id
     _serve(store, engine, 6, version=None, arm="primary", good=True)
@@ -186,16 +187,149 @@ def test_a_good_canary_is_promoted_and_a_drop_after_promotion_rolls_back(store: 
     [it] = history(store.db, store.org_id, DEPLOYMENT)
     assert it["status"] == "promoted" and "canary passed: grader 1.000 -> 1.000" in it["reason"]
     assert it["canary"]["canary"]["candidate"]["grader_mean"] == 1.0
-    # after full promotion the online grader score falls below the previous version's (1.0 during the canary)
+    # while the promoted version is watched, the trigger still starts iterations (12 + 3 newly graded >= 10)
     _serve(store, engine, 3, version=cand, arm="primary", good=True)
-    assert _tick(runner).phase == "watch"  # 3 < watch_requests 4 and min_samples 4: still watching
+    second = _tick(runner)
+    assert second.iteration == 2 and second.status == "rejected" and second.phase == "watch"
+    # the watch does not end after watch_requests (4): 8 more good requests later, it still watches
+    _serve(store, engine, 8, version=cand, arm="primary", good=True)
+    assert _tick(runner).phase == "watch"
+    with store.db.session(write=False) as s:
+        loop = Loops(s).list(store.org_id)[0]
+        assert loop.active_iteration_id == it["id"]
+    [_, it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["canary"]["watch"]["candidate"]["graded"] == 4  # the newest watch_requests requests
+    # ... and a drop in its newest requests rolls it back
     _serve(store, engine, 6, version=cand, arm="primary", good=False)
     assert _tick(runner).phase == "idle"
-    [it] = history(store.db, store.org_id, DEPLOYMENT)
-    assert it["status"] == "rolled_back" and "grader score fell from 1.000 to 0.333 during the watch" in it["reason"]
+    [_, it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "rolled_back" and "grader score fell from 1.000 to 0.000 during the watch" in it["reason"]
     dep = _dep(store)
     assert (dep.adapter_version_id, dep.canary_version_id) == (None, None)
     assert it["revisions"]["rolled_back"] == dep.revision
+
+
+def test_a_canary_without_evidence_is_never_promoted_blind(store: Store, renderer: Renderer) -> None:
+    from datetime import timedelta
+
+    from teachloop.store.schema.base import utc_now
+
+    runner, engine, it = _iterate_to_canary(store, renderer, promotion={"signals": ["feedback"]})
+    cand = _dep(store).canary_version_id
+    _serve(store, engine, 6, version=None, arm="primary", good=True)
+    _serve(store, engine, 6, version=cand, arm="canary", good=True)  # no feedback: no online signal
+    result = _tick(runner)
+    assert result.phase == "canary" and "waiting for a signal with 4 samples on both arms" in result.note
+    assert _dep(store).canary_version_id == cand
+    later = LoopRunner(deps_for(store, engine, renderer), DEPLOYMENT, clock=lambda: utc_now() + timedelta(days=2))
+    assert _tick(later).phase == "idle"
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "rolled_back" and "inconclusive" in it["reason"] and "min_samples 4" in it["reason"]
+    assert _dep(store).canary_version_id is None
+
+
+def test_blind_promotion_must_be_asked_for(store: Store, renderer: Renderer) -> None:
+    runner, engine, it = _iterate_to_canary(store, renderer, promotion={"signals": ["feedback"],
+                                                                        "allow_blind_promotion": True})
+    cand = _dep(store).canary_version_id
+    _serve(store, engine, 6, version=cand, arm="canary", good=True)
+    assert _tick(runner).phase == "watch"
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert it["status"] == "promoted" and "passed blind (allow_blind_promotion)" in it["reason"]
+    assert _dep(store).adapter_version_id == cand
+
+
+def test_feedback_on_traces_the_cursor_passed_counts_as_new(store: Store, renderer: Renderer) -> None:
+    fake_engine = FailingEngine(vocab_size=len(renderer.tokenizer), eos_token_id=renderer.stop_token_ids()[0])
+    _configure(store, sft_config(sources=[{"kind": "feedback", "min_score": 0.8, "max_score": 0.2}],
+                                 trigger={"every": 3, "min_examples": 2}, gate={"metric": "likelihood"},
+                                 promotion={"signals": ["feedback"]}))
+    ids = arithmetic_traffic(store, 8, correct_every=1)
+    for tid in ids[:4]:
+        with store.db.session() as s:
+            Traces(s).add_feedback(store.org_id, tid, score=1.0)
+    first = _tick(_runner(store, fake_engine, renderer))
+    assert first.iteration == 1 and first.phase == "idle"
+    runner = _runner(store, fake_engine, renderer)
+    assert _tick(runner).new_examples == 0
+    for tid in ids[4:]:  # older than the cursor, rated now
+        with store.db.session() as s:
+            Traces(s).add_feedback(store.org_id, tid, score=1.0)
+    second = _tick(runner)
+    assert second.new_examples == 4 and second.iteration == 2
+
+
+def test_grader_scores_of_old_traffic_count_as_new(store: Store, fake_engine: Any, renderer: Renderer) -> None:
+    from datetime import UTC, datetime
+
+    _configure(store, sft_config(trigger={"every": 1000}, gate={"metric": "likelihood"}))
+    runner = _runner(store, fake_engine, renderer)
+    _tick(runner)
+    with store.db.session() as s:
+        Loops(s).update(store.org_id, Loops(s).list(store.org_id)[0].id, cursor=datetime.now(UTC))
+    arithmetic_traffic(store, 6, correct_every=1, when=datetime(2020, 1, 1, tzinfo=UTC))  # old traces, graded now
+    assert _tick(runner).new_examples == 6
+
+
+class _GateFails(FakeEngine):
+    """Trains fine; the gate's log-likelihood evaluation raises."""
+
+    def logprobs(self, sequences: Any, adapter: str | None = None) -> list[list[float]]:
+        raise RuntimeError("simulated eval failure (CUDA error)")
+
+
+def test_a_failed_gate_is_the_iterations_outcome_and_the_loop_carries_on(store: Store, renderer: Renderer) -> None:
+    engine = _GateFails(vocab_size=len(renderer.tokenizer), eos_token_id=renderer.stop_token_ids()[0])
+    _configure(store, sft_config(trigger={"every": 6, "min_examples": 2}, gate={"metric": "likelihood"},
+                                 curation={"holdout_frac": 0.4}))
+    arithmetic_traffic(store, 12, correct_every=1)
+    before = _dep(store)
+    result = _tick(_runner(store, engine, renderer))
+    assert result.iteration == 1 and result.status == "failed" and result.phase == "idle"
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert "gate failed: RuntimeError: simulated eval failure" in it["reason"]
+    assert "deployment is unchanged" in it["reason"] and it["run"]["status"] == "completed"
+    assert it["candidate"] is None
+    after = _dep(store)
+    assert (after.revision, after.adapter_version_id, after.canary_version_id) == (before.revision, None, None)
+    assert engine.list_adapters() == [] or all(not a.name.startswith("loop-base") for a in engine.list_adapters())
+    arithmetic_traffic(store, 8, correct_every=1, seed=9)
+    assert _tick(_runner(store, engine, renderer)).iteration == 2  # the next trigger starts a new iteration
+
+
+def test_dpo_pairs_scored_by_the_grader_pass_a_reward_gate(store: Store, renderer: Renderer) -> None:
+    engine = OracleEngine(renderer)
+    _configure(store, grpo_config(algorithm={"kind": "dpo", "train": {"steps": 2, "lora": {"rank": 4},
+                                                                       "data": {"batch_size": 2}}},
+                                  gate={"max_tokens": 16}, curation={"holdout_frac": 0.5},
+                                  trigger={"every": 4, "min_examples": 2}))
+    arithmetic_traffic(store, 24, correct_every=1)
+    arithmetic_traffic(store, 24, correct_every=10**6)  # the same prompts answered wrong: good-over-bad pairs
+    result = _tick(_runner(store, engine, renderer))
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    assert result.status == "canary", it["reason"]
+    assert [s["name"] for s in it["gate"]["suites"]] == ["holdout"] and it["gate"]["suites"][0]["metric"] == "reward"
+
+
+def test_the_gate_says_why_when_no_holdout_row_has_an_answer(store: Store, fake_engine: Any,
+                                                             renderer: Renderer) -> None:
+    grader = {**grpo_config()["sources"][0], "min_score": 2.0}  # the grader qualifies no reply as an SFT row
+    _configure(store, sft_config(sources=[{"kind": "feedback"}, grader], trigger={"every": 3, "min_examples": 2},
+                                 curation={"holdout_frac": 0.5}))
+    add_traces_with_feedback(store, 8)  # rated replies to prompts the environment never posed: no answers
+    result = _tick(_runner(store, fake_engine, renderer))
+    assert result.status == "rejected" and "none of the" in result.note and "carries a reference answer" in result.note
+    assert _dep(store).revision == 1
+
+
+def add_traces_with_feedback(store: Store, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        tid = add_trace(store, f"Tell me a fact number {i}", f"Fact {i}: water is wet.", system=None)
+        with store.db.session() as s:
+            Traces(s).add_feedback(store.org_id, tid, score=1.0)
+        ids.append(tid)
+    return ids
 
 
 def test_status_and_a_change_made_outside_the_loop(store: Store, renderer: Renderer) -> None:

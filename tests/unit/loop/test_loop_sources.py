@@ -116,10 +116,54 @@ def test_an_owned_dataset_carries_its_lineage_forward(store: Store) -> None:
         ds, _ = Datasets(s).create(store.org_id, name="seed", kind="chat", rows=rows,
                                    blob_key=store.blobs.put_content(data))
         row_id = Datasets(s).rows(store.org_id, ds.id)[0].id
-    [c] = _collect(store, _sft([{"kind": "dataset", "dataset": "seed@1"}]))
+    [c] = _collect(store, _sft([{"kind": "dataset", "dataset": "seed@1"}, {"kind": "feedback"}]))
     assert c.source_kind == "dataset" and c.lineage["source_row_id"] == row_id
     assert (c.lineage["source_trace_id"], c.lineage["expert_id"], c.lineage["license"]) == (t, "usr_9", "CC-BY-4.0")
     with pytest.raises(Exception, match="holds chat rows; dpo needs pairs"):
         _collect(store, grpo_config(sources=[{"kind": "dataset", "dataset": "seed"}], algorithm={"kind": "dpo", "train": {}},
                                     gate={"metric": "likelihood"}, promotion={"signals": ["feedback"]}))
     assert DEPLOYMENT == "calc"
+
+
+def test_feedback_and_scores_count_from_when_they_arrived_not_from_the_trace(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    t = add_trace(store, "Capital of France?", "Paris", system=None, when=old)
+    _feedback(store, t, score=1.0)
+    [row] = _collect(store, _sft(FEEDBACK))
+    assert row.created_at is not None and row.created_at > old  # the feedback's time, not the trace's
+    configure_loop(store.db, store.blobs, store.org_id, grpo_config(), cache=store.cache)
+    g = add_trace(store, "What is 3 + 4?", "answer: 7", when=old)
+    scored_at = datetime(2026, 6, 1, tzinfo=UTC)
+    with store.db.session() as s:
+        Loops(s).add_scores([TraceScore(org_id=store.org_id, loop_id=_loop_id(store), trace_id=g, trace_created_at=old,
+                                        env_ref="arithmetic", env_digest=_digest(store), answer="7", score=1.0,
+                                        created_at=scored_at)])
+    [row] = _collect(store, grpo_config())
+    assert row.created_at == scored_at
+
+
+def test_pairs_and_feedback_rows_carry_the_graders_answer(store: Store) -> None:
+    configure_loop(store.db, store.blobs, store.org_id, grpo_config(), cache=store.cache)
+    good = add_trace(store, "What is 3 + 4?", "answer: 7")
+    bad = add_trace(store, "What is 3 + 4?", "answer: 8")
+    with store.db.session() as s:
+        Loops(s).add_scores([
+            TraceScore(org_id=store.org_id, loop_id=_loop_id(store), trace_id=t, trace_created_at=_created(store, t),
+                       env_ref="arithmetic", env_digest=_digest(store), answer="7", score=v)
+            for t, v in ((good, 1.0), (bad, 0.0))])
+    _feedback(store, bad, corrected_output={"role": "assistant", "content": "answer: 7"})
+    dpo = grpo_config(sources=[grpo_config()["sources"][0], *FEEDBACK],
+                      algorithm={"kind": "dpo", "train": {}})
+    with store.db.session(write=False) as s:
+        cfg = validate_loop_config(dpo)
+        refs = check_references(cfg, s, blobs=store.blobs, org_id=store.org_id, cache=store.cache)
+        pairs = collect(s, cfg, refs, org_id=store.org_id, loop_id=_loop_id(store))
+    by_kind = {c.source_kind: c.content for c in pairs}
+    assert by_kind["grader"]["answer"] == "7" and by_kind["grader"]["chosen"]["content"] == "answer: 7"
+    assert by_kind["correction"]["answer"] == "7"  # feedback on a graded trace carries its answer too
+    from teachloop.loop.training import holdout_env
+
+    env = holdout_env(cfg, refs, [by_kind["grader"], by_kind["correction"]])
+    assert env is not None and [t.answer for t in env.tasks()] == ["7", "7"]
