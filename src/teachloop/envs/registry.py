@@ -2,32 +2,51 @@
 
 Environment packages register in the entry point group
 ``teachloop.environments``: ``name = "package.module:Target"``, where the
-target is an ``Environment`` subclass, a factory returning one, or an
-instance. ``available()`` lists built-ins and installed packages (a built-in
-name cannot be taken over by a package). ``load(ref)`` resolves:
+target is an ``Environment`` subclass, a factory *annotated* to return one
+(``def make(...) -> MyEnv``) or an instance. ``available()`` lists built-ins
+and installed packages (a built-in name cannot be taken over by a package).
+``load(ref)`` resolves:
 
     rg:<dataset>?seed=1&size=500     reasoning-gym dataset
     vf:<taskset-id>?k=v              verifiers v1 taskset (optional extra)
-    path/to/grader.json              OpenAI grader JSON (+ items JSONL): a no-code environment
-    path/to/package/                 a package folder (its pyproject's entry point), not installed
-    path/to/module.py                a file defining one Environment subclass
-    package.module:Target            an importable target
     name[?k=v&...]                   a built-in or installed environment
+    path/to/grader.json              OpenAI grader JSON (+ items JSONL): a no-code environment   (trusted only)
+    path/to/package/                 a package folder (its pyproject's entry point), not installed (trusted only)
+    path/to/module.py                a file defining one Environment subclass                    (trusted only)
+    package.module:Target            an importable target                                        (trusted only)
 
 Query parameters (values read as JSON where they parse) and ``**kwargs``
-become the constructor's keyword arguments. Published versions
-(``name@version``) are the hub's business: the CLI fetches the archive and
-resolves its folder here. This module never touches the network or the store.
+become the constructor's keyword arguments (``**kwargs`` win). Published
+versions (``name@version``) are ``train.envref``'s business.
+
+**Trust.** A reference is *trusted* when the local user typed it (the CLI,
+Python code); references that arrive over the API or from a stored config are
+*untrusted*: ``load(ref, trusted=False)`` accepts only built-in and installed
+names, ``rg:`` and ``vf:`` (a taskset verifiers ships or an installed package
+that depends on verifiers), and refuses paths and ``module:attr`` with
+``InvalidInput`` *before importing or calling anything*, since those run
+arbitrary code. ``trusted=None`` takes the ambient level: trusted, except
+inside ``untrusted_references()``. Even a trusted target is called only if it
+is an ``Environment`` subclass or a function annotated to return one.
+
+Constructor arguments that an environment rejects (``TypeError``/``ValueError``)
+become ``InvalidInput`` naming the environment and the argument. This module
+never touches the network or the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import re
 import sys
 import tomllib
+import typing
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +56,9 @@ from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.envs.base import Environment
 
 ENTRY_POINT_GROUP = "teachloop.environments"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_TRUSTED: ContextVar[bool] = ContextVar("teachloop_env_refs_trusted", default=True)
+UNTRUSTED_FORMS = "a built-in or installed environment name, rg:<dataset>, vf:<taskset> or a published NAME@VERSION"
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,21 @@ class EnvEntry:
     target: str
     source: str
     version: str | None
+
+
+@contextlib.contextmanager
+def untrusted_references() -> Iterator[None]:
+    """Within this block, references resolve as untrusted unless a caller says otherwise (stored configs)."""
+    token = _TRUSTED.set(False)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def references_trusted(trusted: bool | None = None) -> bool:
+    """``trusted`` if given, else the ambient level (see the module docstring)."""
+    return _TRUSTED.get() if trusted is None else trusted
 
 
 def _builtins() -> dict[str, type[Environment]]:
@@ -66,18 +103,52 @@ def available() -> dict[str, EnvEntry]:
     return dict(sorted(out.items()))
 
 
+def entry_point(name: str) -> importlib.metadata.EntryPoint | None:
+    """The installed (non-built-in) entry point ``name``, if any."""
+    if name in _builtins():
+        return None
+    return next((ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name), None)
+
+
+def _returns_environment(fn: Any) -> bool:
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:  # an annotation that does not resolve is no promise
+        return False
+    return inspect.isclass(hint) and issubclass(hint, Environment)
+
+
+def _check_target(target: Any, where: str) -> None:
+    """Refuse (before calling anything) a target that is not an Environment class or an annotated factory."""
+    if inspect.isclass(target):
+        if issubclass(target, Environment):
+            return
+        raise InvalidInput(f"{where} names the class {target.__module__}.{target.__qualname__}, which is not an "
+                           "Environment subclass; refusing to call it", param="env")
+    if (inspect.isfunction(target) or inspect.ismethod(target)) and _returns_environment(target):
+        return
+    what = getattr(target, "__qualname__", None) or type(target).__name__
+    raise InvalidInput(f"{where} names {what!r}, which is not an Environment subclass, an Environment instance or a "
+                       "function annotated to return an Environment (def make(...) -> MyEnv); refusing to call it",
+                       param="env")
+
+
 def instantiate(target: Any, kwargs: dict[str, Any], where: str) -> Environment:
-    """An ``Environment`` from a class, a factory or an instance."""
+    """An ``Environment`` from a class, an annotated factory or an instance; nothing else is ever called."""
     if isinstance(target, Environment):
         if kwargs:
-            raise InvalidInput(f"{where} is an environment instance and takes no arguments, got {sorted(kwargs)}")
+            raise InvalidInput(f"{where} is an environment instance and takes no arguments, got {sorted(kwargs)}",
+                               param="env_args")
         return target
-    if not callable(target):
-        raise InvalidInput(f"{where} is not an Environment class, factory or instance")
+    _check_target(target, where)
     try:
         env = target(**kwargs)
+    except InvalidInput:
+        raise
     except TypeError as err:
-        raise InvalidInput(f"{where}: bad arguments {sorted(kwargs)}: {err}") from None
+        raise InvalidInput(f"{where}: bad arguments {sorted(kwargs)}: {err}", param="env_args") from None
+    except ValueError as err:
+        raise InvalidInput(f"{where}: {err}", param="env_args") from None
     if not isinstance(env, Environment):
         raise InvalidInput(f"{where} returned {type(env).__name__}, not an Environment")
     return env
@@ -127,7 +198,8 @@ def load_package(root: Path, name: str | None = None, **kwargs: Any) -> Environm
     """The environment a package folder declares (the one named ``name`` if it declares several).
 
     The folder's top-level module is imported afresh each time (an earlier import of the same name is
-    dropped from ``sys.modules``), so an edited package is never served from a stale import.
+    dropped from ``sys.modules``), so an edited package is never served from a stale import. Runs the
+    package's code: callers decide trust (a folder the user named, or a verified published archive).
     """
     eps = package_entry_points(root)
     if name is None and len(eps) > 1:
@@ -157,33 +229,64 @@ def _load_file(path: Path, kwargs: dict[str, Any]) -> Environment:
     return instantiate(classes[0], kwargs, str(path))
 
 
-def load(ref: str, **kwargs: Any) -> Environment:
-    """The environment ``ref`` names (see the module docstring); raises ``NotFound``/``InvalidInput``."""
+def _refuse_untrusted(ref: str, base: str) -> None:
+    """``InvalidInput`` unless ``base`` is a form an untrusted reference may take (checked without importing)."""
+    if ref.startswith("vf:"):
+        from teachloop.envs.adapters.verifiers import taskset_installed
+
+        taskset = base.removeprefix("vf:")
+        if not taskset_installed(taskset):
+            raise InvalidInput(f"environment reference {ref!r}: vf:{taskset} is not a taskset verifiers ships nor an "
+                               "installed package that depends on verifiers; untrusted references may not import "
+                               "other modules", param="env")
+        return
+    if ref.startswith("rg:"):
+        return
+    if ":" in base or "/" in base or "\\" in base or base.endswith((".py", ".json")) or base.startswith((".", "~")):
+        kind = "a Python import path (module:attr)" if ":" in base else "a file or folder path"
+        raise InvalidInput(
+            f"environment reference {ref!r} is {kind}, which runs local code; a reference from the API or a stored "
+            f"config may only be {UNTRUSTED_FORMS} (run local code from the CLI instead)", param="env")
+    if not _NAME.match(base) or base not in available():
+        raise NotFound(f"no environment {base!r} is built in or installed; a reference from the API or a stored "
+                       f"config may only be {UNTRUSTED_FORMS}; available: {', '.join(available())}", param="env")
+
+
+def load(ref: str, *, trusted: bool | None = None, **kwargs: Any) -> Environment:
+    """The environment ``ref`` names (see the module docstring); raises ``NotFound``/``InvalidInput``.
+
+    ``trusted=False`` (or the ambient level inside ``untrusted_references()``) accepts only names,
+    ``rg:`` and ``vf:``; ``**kwargs`` are constructor arguments, merged over the reference's query.
+    """
+    base = ref.partition("?")[0]
+    if not references_trusted(trusted):
+        _refuse_untrusted(ref, base)
     if ref.startswith("rg:"):
         from teachloop.envs.adapters.reasoning_gym import ReasoningGym
 
-        return ReasoningGym.from_uri(ref)
+        return ReasoningGym.from_uri(ref, **kwargs)
     if ref.startswith("vf:"):
         from teachloop.envs.adapters.verifiers import VerifiersTaskset
 
-        return VerifiersTaskset.from_uri(ref)
+        return VerifiersTaskset.from_uri(ref, **kwargs)
     base, query = split_query(ref)
     kwargs = {**query, **kwargs}
-    path = Path(base).expanduser()
-    if path.suffix == ".json" and path.is_file():
-        from teachloop.envs.adapters.openai_graders import GraderJsonEnv
+    if references_trusted(trusted):
+        path = Path(base).expanduser()
+        if path.suffix == ".json" and path.is_file():
+            from teachloop.envs.adapters.openai_graders import GraderJsonEnv
 
-        return GraderJsonEnv(path, **kwargs)
-    if path.is_dir():
-        return load_package(path, **kwargs)
-    if path.suffix == ".py" and path.is_file():
-        return _load_file(path, kwargs)
+            return instantiate(GraderJsonEnv, {"path": path, **kwargs}, str(path))
+        if path.is_dir():
+            return load_package(path, **kwargs)
+        if path.suffix == ".py" and path.is_file():
+            return _load_file(path, kwargs)
     entries = available()
     if base in entries:
         builtin = _builtins().get(base)
         target = builtin if builtin is not None and entries[base].source == "builtin" else import_target(entries[base].target)
         return instantiate(target, kwargs, base)
-    if ":" in base and not path.exists():
+    if ":" in base and not Path(base).exists():
         try:
             target = import_target(base)
         except (ImportError, AttributeError) as err:
@@ -192,5 +295,6 @@ def load(ref: str, **kwargs: Any) -> Environment:
     raise NotFound(f"no environment {base!r}: not a path, not rg:/vf:, not installed; available: {', '.join(entries)}")
 
 
-__all__ = ["ENTRY_POINT_GROUP", "EnvEntry", "available", "import_target", "instantiate", "load", "load_package",
-           "package_entry_points", "split_query"]
+__all__ = ["ENTRY_POINT_GROUP", "UNTRUSTED_FORMS", "EnvEntry", "available", "entry_point", "import_target",
+           "instantiate", "load", "load_package", "package_entry_points", "references_trusted", "split_query",
+           "untrusted_references"]

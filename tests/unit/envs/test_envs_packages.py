@@ -44,20 +44,24 @@ def test_installed_packages_are_discovered_through_entry_points(tmp_path: Path, 
         from teachloop.envs import Arithmetic
         class Tiny(Arithmetic):
             name = "tiny"
-        def make(level: int = 1):
+        def make(level: int = 1) -> Tiny:
+            return Tiny(level)
+        def unannotated(level: int = 1):
             return Tiny(level)
     '''))
     dist = tmp_path / "my_envpkg-1.2.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-envpkg\nVersion: 1.2.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[teachloop.environments]\ntiny = my_envpkg:make\narithmetic = my_envpkg:Tiny\n")
+    (dist / "entry_points.txt").write_text("[teachloop.environments]\ntiny = my_envpkg:make\n"
+                                           "arithmetic = my_envpkg:Tiny\nloose = my_envpkg:unannotated\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     entries = available()
     assert entries["tiny"].source == "my-envpkg" and entries["tiny"].version == "1.2.0"
     assert entries["arithmetic"].source == "builtin"  # a package cannot take over a built-in name
     env = load("tiny?level=2")
     assert env.name == "tiny" and env.digits == 2  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput, match="annotated to return an Environment"):  # never called on faith
+        load("loose")
 
 
 def test_a_single_file_environment_loads(tmp_path: Path) -> None:

@@ -4,6 +4,10 @@ The URI names a registered dataset; ``seed`` and ``size`` and any other
 query parameters become its config (values are read as JSON where they
 parse, lists for comma-separated values of tuple/list fields, else strings).
 Without ``seed`` in the URI, ``tasks(seed)`` builds the dataset with that seed.
+Keyword arguments (``load("rg:x?size=5", seed=3)``) are merged over the query.
+The config is checked when the environment is built -- ``size`` must be a
+positive integer and the dataset is built once, so reasoning-gym's own
+validation fails there, as ``InvalidInput``, not at the first task.
 Each entry becomes a task: reasoning-gym's default system prompt (asking for
 ``<answer>…</answer>``) plus the question; ``info`` stores only where the
 entry comes from (dataset, seed, size, config, index), since the generator is
@@ -99,19 +103,29 @@ class ReasoningGym(Environment):
                 config[key] = value.split(",")
         self.dataset, self.config = dataset, config
         self.config.setdefault("size", 500)
+        size = self.config["size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidInput(f"rg:{dataset}: size must be a positive integer, got {size!r}", param="size")
+        self._build(self.config.get("seed", 0))  # a bad config fails here, naming the field, not at the first task
 
-    @classmethod
-    def from_uri(cls, uri: str) -> ReasoningGym:
-        """The environment named by ``rg:<dataset>?<config>``."""
-        name, config = parse_uri(uri)
-        return cls(name, **config)
-
-    def tasks(self, seed: int = 0) -> Iterator[Task]:
+    def _build(self, seed: Any) -> Any:
         config = {"seed": seed, **self.config}
         try:
             ds = _dataset(self.dataset, json.dumps(config, sort_keys=True))
-        except (TypeError, ValueError, AssertionError) as err:
-            raise InvalidInput(f"rg:{self.dataset}: bad config {config}: {err}") from None
+            len(ds)
+        except (TypeError, ValueError, AssertionError, KeyError) as err:
+            raise InvalidInput(f"rg:{self.dataset}: bad config {config}: {type(err).__name__}: {err}") from None
+        return ds
+
+    @classmethod
+    def from_uri(cls, uri: str, **kwargs: Any) -> ReasoningGym:
+        """The environment named by ``rg:<dataset>?<config>``; ``kwargs`` are config fields, merged over the query."""
+        name, config = parse_uri(uri)
+        return cls(name, **{**config, **kwargs})
+
+    def tasks(self, seed: int = 0) -> Iterator[Task]:
+        config = {"seed": seed, **self.config}
+        ds = self._build(seed)
         from reasoning_gym.utils import SYSTEM_PROMPTS
 
         prompt = SYSTEM_PROMPTS["default"]

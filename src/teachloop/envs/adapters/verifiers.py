@@ -20,6 +20,10 @@ rewards are not supported (the latter are skipped by verifiers itself).
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import importlib.util
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -46,6 +50,31 @@ def _content(content: Any) -> str:
     if isinstance(content, str):
         return content
     return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(getattr(p, "text", "")) for p in content or [])
+
+
+_MODULE = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+
+
+def _module_name(taskset_id: str) -> str:
+    """The module verifiers imports for ``taskset_id`` (hub ids ``owner/name@version`` become ``name``)."""
+    return taskset_id.rsplit("/", 1)[-1].split("@", 1)[0].replace("-", "_").lower()
+
+
+def taskset_installed(taskset_id: str) -> bool:
+    """Whether ``taskset_id`` is a taskset verifiers ships, or a top-level module of an installed distribution
+    that requires verifiers -- decided without importing the module (untrusted references use this)."""
+    module = _module_name(taskset_id)
+    if not _MODULE.match(module):
+        return False
+    with contextlib.suppress(ImportError, ValueError):
+        if importlib.util.find_spec(f"verifiers.v1.tasksets.{module}") is not None:
+            return True
+    for dist_name in importlib.metadata.packages_distributions().get(module, []):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            requires = importlib.metadata.distribution(dist_name).requires or []
+            if any(re.match(r"^verifiers(?![A-Za-z0-9_.-])", r.strip(), re.IGNORECASE) for r in requires):
+                return True
+    return False
 
 
 class _VerifiersGrader(Grader):
@@ -107,10 +136,10 @@ class VerifiersTaskset(Environment):
             self.reward_range = (0.0, float(sum(getattr(fn, "_vf_weight", 1.0) for fn in first.hooks("reward"))))
 
     @classmethod
-    def from_uri(cls, uri: str) -> VerifiersTaskset:
-        """The environment named by ``vf:<taskset-id>?<config>``."""
+    def from_uri(cls, uri: str, **kwargs: Any) -> VerifiersTaskset:
+        """The environment named by ``vf:<taskset-id>?<config>``; ``kwargs`` are config fields, merged over the query."""
         parts = urlsplit(uri.removeprefix("vf:"))
-        return cls(parts.path, **{k: parse_value(v) for k, v in parse_qsl(parts.query)})
+        return cls(parts.path, **{**{k: parse_value(v) for k, v in parse_qsl(parts.query)}, **kwargs})
 
     def tasks(self, seed: int = 0) -> Iterator[Task]:
         view = self.taskset
@@ -132,4 +161,4 @@ class VerifiersTaskset(Environment):
                        answer=None if answer is None else str(answer), info={"vf": data.model_dump(mode="json")})
 
 
-__all__ = ["VerifiersTaskset"]
+__all__ = ["VerifiersTaskset", "taskset_installed"]
