@@ -14,14 +14,18 @@
 
 Any exception inside the completer, the environment, a tool or a grader, and
 a per-episode timeout, becomes ``Trajectory.failure`` (kind, message) with
-reward 0 on that trajectory only; the rest of the group and run go on.
-Cancellation is never swallowed. This module knows nothing of tokenisers,
+reward 0 on that trajectory only; the rest of the group and run go on. So do
+contract breaches: an ``env_response`` that returns anything but ``None`` or
+a list of ``Message``, a ``score`` override that returns anything but a
+``Score``, a non-finite reward, and any error while assembling the
+trajectory. Cancellation is never swallowed. This module knows nothing of tokenisers,
 training or storage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -55,19 +59,23 @@ _Shared = tuple["asyncio.Future[list[Completion]]", int]
 async def _model_turn(
     env: Environment, completer: ChatCompleter, messages: list[Message], params: SamplingParams, shared: _Shared | None
 ) -> Completion:
+    completion: Any = None
     try:
         if shared is not None:
             future, index = shared
             done = await asyncio.shield(future)
             if index < len(done):
-                return done[index]
-        specs = [t.spec for t in env.tools] or None
-        [completion] = (await completer.complete(messages, params, n=1, tools=specs))[:1]
-        return completion
+                completion = done[index]
+        if completion is None:
+            specs = [t.spec for t in env.tools] or None
+            [completion] = (await completer.complete(messages, params, n=1, tools=specs))[:1]
     except (asyncio.CancelledError, _Fail):
         raise
     except Exception as err:
         raise _Fail("model", err) from err
+    if not isinstance(completion, Completion):
+        raise _Fail("model", f"the completer returned {type(completion).__name__}; expected a Completion")
+    return completion
 
 
 async def _run_tools(env: Environment, task: Task, message: Message, state: dict[str, Any]) -> list[Message]:
@@ -118,17 +126,26 @@ async def _play(
         if reply is None:
             meta["stop"] = "done"
             return
+        if not isinstance(reply, list | tuple) or not all(isinstance(m, Message) for m in reply):
+            got = type(reply).__name__ if not isinstance(reply, list | tuple) else \
+                f"a list holding {sorted({type(m).__name__ for m in reply if not isinstance(m, Message)})}"
+            raise _Fail("env", f"env_response returned {got}; expected None or a list of Message")
         messages.extend(reply)
     meta["stop"] = "max_turns"
 
 
 async def _score(env: Environment, sample: Sample) -> Score:
     try:
-        return await env.score(sample)
+        score = await env.score(sample)
     except asyncio.CancelledError:
         raise
     except Exception as err:
         return Score.failed(f"{type(err).__name__}: {err}")
+    if not isinstance(score, Score):
+        return Score.failed(f"{type(env).__name__}.score returned {type(score).__name__}; expected a Score", kind="env")
+    if not math.isfinite(score.value):
+        return Score.failed(f"{type(env).__name__}.score gave a non-finite reward {score.value}")
+    return score
 
 
 async def run_episode(
@@ -154,6 +171,8 @@ async def run_episode(
         failure = err.failure
     except TimeoutError:
         failure = Failure(kind="timeout", message=f"episode exceeded {timeout_s}s")
+    except Exception as err:  # outside the guarded calls: still this episode's failure, never the group's
+        failure = Failure(kind="env", message=f"{type(err).__name__}: {err}"[:2000])
     score = Score(value=0.0)
     if failure is None:
         score = await _score(env, Sample(task, tuple(messages), tuple(turns)))
@@ -162,10 +181,18 @@ async def run_episode(
         meta["details"] = score.details
     meta.setdefault("stop", "failure")
     meta["seconds"] = round(time.perf_counter() - started, 4)
-    return Trajectory(
-        task_id=task.id, task_hash=task.hash, messages=tuple(messages), turns=tuple(turns),
-        reward=0.0 if failure else score.value, scores=dict(score.components), failure=failure, metadata=meta,
-    )
+    try:
+        return Trajectory(
+            task_id=task.id, task_hash=task.hash, messages=tuple(messages), turns=tuple(turns),
+            reward=0.0 if failure else score.value, scores=dict(score.components), failure=failure, metadata=meta,
+        )
+    except Exception as err:  # e.g. a score component or turn that does not validate
+        return Trajectory(
+            task_id=task.id, task_hash=task.hash, messages=tuple(m for m in messages if isinstance(m, Message)),
+            reward=0.0, failure=Failure(kind="env", message=f"building the trajectory failed: "
+                                                             f"{type(err).__name__}: {err}"[:2000]),
+            metadata={"stop": "failure", "seconds": meta["seconds"]},
+        )
 
 
 async def _group_scores(env: Environment, task: Task, trajectories: list[Trajectory]) -> list[Trajectory]:
@@ -173,7 +200,16 @@ async def _group_scores(env: Environment, task: Task, trajectories: list[Traject
     ok = [i for i, t in enumerate(trajectories) if t.failure is None]
     if grader is None or not ok:
         return trajectories
-    scores = await grader.grade_group([Sample.from_trajectory(task, trajectories[i]) for i in ok])
+    try:
+        scores = list(await grader.grade_group([Sample.from_trajectory(task, trajectories[i]) for i in ok]))
+        if len(scores) != len(ok) or not all(isinstance(s, Score) for s in scores):
+            raise TypeError(f"grade_group returned {len(scores)} items for {len(ok)} samples, expected Scores")
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:
+        scores = [Score.failed(f"group grader {grader.name!r}: {type(err).__name__}: {err}")] * len(ok)
+    scores = [s if math.isfinite(s.value) else Score.failed(f"group grader {grader.name!r} gave a non-finite "
+                                                             f"reward {s.value}") for s in scores]
     out = list(trajectories)
     for i, score in zip(ok, scores, strict=True):
         t = out[i]

@@ -8,7 +8,8 @@ the episode's state dict) and hidden from the model.
 
 What the model did wrong is the model's problem and goes back to it as the
 tool message ``error: …`` (unknown tool, arguments that are not JSON or do not
-fit the signature, or a ``ToolError`` the tool raises on purpose). Any other
+fit the signature, an argument of the wrong JSON type -- ``"7"`` for an
+``int`` --, or a ``ToolError`` the tool raises on purpose). Any other
 exception inside the tool is the environment's bug: ``call`` lets it through
 and the rollout records ``Failure(kind="tool")``.
 """
@@ -62,6 +63,32 @@ def _arg_docs(doc: str) -> dict[str, str]:
     return out
 
 
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def _type_errors(properties: dict[str, Any], args: dict[str, Any]) -> list[str]:
+    """What in ``args`` breaks the declared JSON types or enums (``None`` is allowed: optional arguments)."""
+    out = []
+    for key, value in args.items():
+        schema = properties.get(key) or {}
+        kind = schema.get("type")
+        if value is None:
+            continue
+        if kind in _CHECKS and not _CHECKS[kind](value):
+            out.append(f"argument {key!r} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                       f"got {json.dumps(value)[:50]}")
+        elif "enum" in schema and value not in schema["enum"]:
+            out.append(f"argument {key!r} must be one of {schema['enum']}, got {json.dumps(value)[:50]}")
+    return out
+
+
 @dataclass(frozen=True)
 class Tool:
     """A ``ToolSpec`` and the function that executes it."""
@@ -90,6 +117,9 @@ class Tool:
             sig.bind(**args, **hidden)
         except TypeError as err:
             return f"error: {err}"
+        wrong = _type_errors(self.spec.parameters.get("properties", {}), args)
+        if wrong:
+            return "error: " + "; ".join(wrong)
         try:
             out = self.fn(**args, **hidden)
             if inspect.isawaitable(out):

@@ -5,9 +5,12 @@ Contract:
 - ``await grader.grade(sample)`` never raises (except on cancellation). An
   exception or a timeout inside the grader becomes ``Score.failed`` with kind
   ``"grader"`` and the error text, value 0; the caller's run goes on.
-- A grader implements either ``score(sample) -> float | Score`` (sync; set
-  ``blocking = True`` to run it in a worker thread, which also makes its
-  timeout effective) or ``ascore(sample)`` (async, e.g. an LLM judge).
+- A grader implements either ``score(sample) -> float | Score`` (sync) or
+  ``ascore(sample)`` (async, e.g. an LLM judge). A sync ``score`` runs in a
+  worker thread by default, so its ``timeout_s`` holds however slow it is and
+  it never blocks other episodes; a grader that is provably fast may run on
+  the event loop instead (``blocking = False``, or ``runs_inline(sample)``
+  returning True, as the built-in text graders do for short replies).
 - Graders compose with weights: ``0.8 * MathEquiv() + 0.2 * Regex(r"<think>")``
   is a ``Weighted`` grader whose value is the weighted mean of its parts and
   whose ``components`` keep each part's value by name.
@@ -145,22 +148,26 @@ class Grader:
     Attributes:
         name: the key of this grader's value in ``Score.components``.
         timeout_s: seconds a single grade may take; ``None`` for no limit.
-        blocking: run ``score`` in a worker thread (CPU-heavy or possibly slow graders).
+        blocking: run ``score`` in a worker thread (the default); set False only for provably fast graders.
     """
 
     name: str = "grader"
     timeout_s: float | None = 30.0
-    blocking: bool = False
+    blocking: bool = True
 
     def score(self, sample: Sample) -> float | Score:
         """Grade ``sample`` synchronously; override this or ``ascore``."""
         raise NotImplementedError(f"{type(self).__name__} implements neither score() nor ascore()")
 
+    def runs_inline(self, sample: Sample) -> bool:
+        """Whether ``score`` may run on the event loop for ``sample`` (only if provably fast); default: not ``blocking``."""
+        return not self.blocking
+
     async def ascore(self, sample: Sample) -> float | Score:
-        """Grade ``sample``; the default calls ``score`` (in a thread when ``blocking``)."""
-        if self.blocking:
-            return await in_thread(self.score, sample)
-        return self.score(sample)
+        """Grade ``sample``; the default calls ``score`` in a worker thread (on the loop when ``runs_inline``)."""
+        if self.runs_inline(sample):
+            return self.score(sample)
+        return await in_thread(self.score, sample)
 
     async def grade(self, sample: Sample) -> Score:
         """Grade ``sample``; failures and timeouts become ``Score.failed``, never exceptions."""

@@ -4,7 +4,10 @@ Each compares the *extracted* final answer (``envs.extract``; by default
 ``final_answer`` for text and ``last_number`` for numbers) with a reference:
 the ``reference`` given to the grader, else the task's ``answer``. A grader
 with no reference raises, which records a failed score (not a zero that looks
-like a wrong answer). Values are 1.0 or 0.0.
+like a wrong answer). Values are 1.0 or 0.0. Exact, normalised and numeric
+matches of replies up to ``INLINE_MAX_CHARS`` with a built-in extractor run on
+the event loop (provably fast); everything else runs in a worker thread under
+the grader's timeout, like any sync grader.
 """
 
 from __future__ import annotations
@@ -16,6 +19,21 @@ import string
 from teachloop.envs.extract import Extractor, final_answer, identity, last_number, parse_number
 from teachloop.envs.graders.base import Grader, Sample, Score
 
+#: Extractors whose cost is bounded for a bounded reply (regexes without nested repetition, linear scans).
+FAST_EXTRACTORS: tuple[Extractor, ...] = (final_answer, last_number, identity)
+#: Replies up to this many characters are graded on the event loop by exact/normalised/numeric match:
+#: even the worst case of the extractors' lazy scans is a few milliseconds there.
+INLINE_MAX_CHARS = 4096
+
+
+class _Fast(Grader):
+    """A text comparison that runs on the event loop for short replies with a built-in extractor."""
+
+    extract: Extractor
+
+    def runs_inline(self, sample: Sample) -> bool:
+        return self.extract in FAST_EXTRACTORS and len(sample.completion) <= INLINE_MAX_CHARS
+
 
 def _reference(grader_ref: str | None, sample: Sample, name: str) -> str:
     ref = grader_ref if grader_ref is not None else sample.task.answer
@@ -24,7 +42,7 @@ def _reference(grader_ref: str | None, sample: Sample, name: str) -> str:
     return ref
 
 
-class ExactMatch(Grader):
+class ExactMatch(_Fast):
     """1.0 when the extracted answer equals the reference exactly (after stripping)."""
 
     name = "exact_match"
@@ -95,7 +113,7 @@ class Regex(Grader):
         return float(match is not None)
 
 
-class Numeric(Grader):
+class Numeric(_Fast):
     """1.0 when the extracted number is within tolerance of the reference number.
 
     Tolerance as ``math.isclose(got, ref, rel_tol=rel_tol, abs_tol=abs_tol)``.
@@ -129,4 +147,4 @@ class Numeric(Grader):
         return Score(value=float(ok), details={"extracted": got_text})
 
 
-__all__ = ["ExactMatch", "NormalizedMatch", "Numeric", "Regex", "normalize_text"]
+__all__ = ["FAST_EXTRACTORS", "INLINE_MAX_CHARS", "ExactMatch", "NormalizedMatch", "Numeric", "Regex", "normalize_text"]
