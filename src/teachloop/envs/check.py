@@ -4,7 +4,10 @@ Each check passes, fails with a reason, or is skipped with a reason:
 
 - ``loads`` -- the reference resolves to an ``Environment`` in this process.
 - ``imports_offline`` -- in a fresh Python process whose sockets refuse to
-  connect or resolve names, the environment loads and lists its tasks.
+  connect or resolve names, with an empty temporary ``HOME``, ``HF_HOME`` and
+  ``XDG_CACHE_HOME``, the environment loads and lists its tasks. It runs
+  *before* the environment is loaded here, so nothing this process downloads
+  or caches can make it pass.
 - ``deterministic`` -- the same seed gives the same task hashes twice here,
   and the same as in that fresh process (which has another hash seed).
 - ``manifest`` -- for a package folder: a complete manifest (semver, license...).
@@ -15,7 +18,9 @@ Each check passes, fails with a reason, or is skipped with a reason:
   nor score above the middle of the reward range.
 - ``reward_range`` -- every reward observed above lies inside ``reward_range``.
 - ``concurrent_episodes`` -- groups of episodes run concurrently against an
-  oracle completer finish without failure, each scoring as its reference.
+  oracle completer (one per task, so tasks that share a prompt -- a secret in
+  ``info`` -- each get their own reference) finish without failure, each
+  scoring as its reference.
 
 Checks never raise on a broken environment; they report it. They know
 nothing of the store and make no network calls.
@@ -28,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +44,7 @@ from teachloop.core.rl import Completion, Task
 from teachloop.core.sampling import SamplingParams
 from teachloop.envs.base import Environment
 from teachloop.envs.graders.base import Sample, Score
-from teachloop.envs.rollout import rollout
+from teachloop.envs.rollout import rollout_group
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -90,19 +96,34 @@ class CheckReport:
 
 
 class OracleCompleter:
-    """Replies to each task's prompt with ``env.reference(task)`` (a fixed non-answer when there is none)."""
+    """Replies with ``env.reference(task)`` for the task whose prompt opens the conversation.
+
+    Give it one task (``OracleCompleter(env, [task])``) and it always answers that task's reference. Given
+    several, it finds the task by its prompt; tasks that share a prompt but not a reference (the secret
+    is in ``info``) cannot be told apart and get the fixed non-answer -- use one oracle per task for them.
+    """
 
     def __init__(self, env: Environment, tasks: list[Task]):
-        self.replies = {json.dumps([m.model_dump() for m in t.prompt]): env.reference(t) for t in tasks}
+        self.replies: dict[str, str | None] = {}
+        ambiguous: set[str] = set()
+        for t in tasks:
+            key, reply = json.dumps([m.model_dump() for m in t.prompt]), env.reference(t)
+            if key in self.replies and self.replies[key] != reply:
+                ambiguous.add(key)
+            self.replies[key] = reply
+        for key in ambiguous:
+            self.replies[key] = None
+        self.only = env.reference(tasks[0]) if len(tasks) == 1 else None
 
     async def complete(self, messages: list[Message], params: SamplingParams, *, n: int = 1,
                        tools: list[ToolSpec] | None = None) -> list[Completion]:
         """``n`` copies of the reference for the task whose prompt opens ``messages``."""
         await asyncio.sleep(0)
+        reply = self.only
         for k in range(len(messages), 0, -1):
-            reply = self.replies.get(json.dumps([m.model_dump() for m in messages[:k]]))
             if reply is not None:
                 break
+            reply = self.replies.get(json.dumps([m.model_dump() for m in messages[:k]]))
         text = reply if reply is not None else "I do not know."
         return [Completion(message=Message(role="assistant", content=text)) for _ in range(n)]
 
@@ -116,8 +137,19 @@ def junk_probes(reference: str, answer: str | None) -> dict[str, str]:
     return {"empty": "", "padded": padded, "long": long[:100_000]}
 
 
+#: Cache locations the fresh process must not inherit (it gets an empty temporary home instead).
+_CACHE_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "XDG_DATA_HOME")
+
+
 def _subprocess_hashes(ref: str, n: int, seed: int, timeout_s: float) -> tuple[list[str] | None, str]:
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "NO_PROXY": "*", "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryDirectory(prefix="teachloop-check-home-") as home:
+        env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARS}
+        env.update({"PYTHONHASHSEED": "12345", "NO_PROXY": "*", "HF_HUB_OFFLINE": "1", "HOME": home,
+                    "HF_HOME": str(Path(home) / "hf"), "XDG_CACHE_HOME": str(Path(home) / "cache")})
+        return _run_child(ref, n, seed, timeout_s, env)
+
+
+def _run_child(ref: str, n: int, seed: int, timeout_s: float, env: dict[str, str]) -> tuple[list[str] | None, str]:
     try:
         out = subprocess.run([sys.executable, "-c", _CHILD, ref, str(n), str(seed)], capture_output=True, text=True,
                              timeout=timeout_s, env=env, cwd=os.getcwd())
@@ -169,8 +201,8 @@ async def _scoring_checks(env: Environment, tasks: list[Task], out: list[CheckRe
 
 
 async def _concurrency_check(env: Environment, tasks: list[Task], seen: list[float]) -> CheckResult:
-    oracle = OracleCompleter(env, tasks)
-    groups = await rollout(env, tasks[:4], oracle, group_size=4, timeout_s=60)
+    groups = list(await asyncio.gather(*(rollout_group(env, t, OracleCompleter(env, [t]), size=4, timeout_s=60)
+                                         for t in tasks[:4])))
     failures = [f"{t.task_id}: {t.failure.kind}: {t.failure.message[:150]}" for g in groups for t in g.trajectories if t.failure]
     if failures:
         return CheckResult("concurrent_episodes", "fail", "; ".join(failures[:3]))
@@ -199,6 +231,12 @@ async def check_environment(
     report = CheckReport(ref)
     results = report.results
     started = time.perf_counter()
+    child: list[str] | None = None
+    offline_result = CheckResult("imports_offline", "skip", "not requested")
+    if offline:  # first: nothing loaded or cached by this process can help it
+        child, why = await asyncio.to_thread(_subprocess_hashes, ref, n_tasks, seed, subprocess_timeout_s)
+        offline_result = CheckResult("imports_offline", "pass" if child is not None else "fail",
+                                     why or "sockets blocked, empty HOME and caches")
     try:
         env = load(ref)
         tasks = env.take(n_tasks, seed)
@@ -207,18 +245,14 @@ async def check_environment(
         results.append(CheckResult("loads", "pass", f"{type(env).__name__}, {len(tasks)} tasks"))
     except Exception as err:
         results.append(CheckResult("loads", "fail", f"{type(err).__name__}: {err}"))
-        names = ["imports_offline", "deterministic", "manifest", "reference_top_score", "adversarial", "reward_range",
+        results.append(offline_result)
+        names = ["deterministic", "manifest", "reference_top_score", "adversarial", "reward_range",
                  "concurrent_episodes"]
         results.extend(CheckResult(n, "skip", "the environment does not load") for n in names)
         report.seconds = time.perf_counter() - started
         return report
     hashes = [t.hash for t in tasks]
-    child: list[str] | None = None
-    if offline:
-        child, why = await asyncio.to_thread(_subprocess_hashes, ref, n_tasks, seed, subprocess_timeout_s)
-        results.append(CheckResult("imports_offline", "pass" if child is not None else "fail", why or "sockets blocked"))
-    else:
-        results.append(CheckResult("imports_offline", "skip", "not requested"))
+    results.append(offline_result)
     again = [t.hash for t in env.take(n_tasks, seed)]
     if again != hashes:
         results.append(CheckResult("deterministic", "fail", "the same seed gave different tasks in one process"))

@@ -5,6 +5,7 @@ is solvable and the reference answer is that expression. The grader parses
 the final answer (``answer:``/``<answer>``/``\\boxed{}``; a trailing ``= target``
 is allowed) as arithmetic with an AST walker -- never ``eval`` -- and gives 1.0
 when it uses only the given numbers (each at most once) and equals the target.
+``count`` (2..8) numbers in ``1..max_number`` (2..1000); infinite unless ``size``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from teachloop.core.rl import Task
 from teachloop.envs.base import Environment, system, user
+from teachloop.envs.builtin._args import int_arg, size_arg
 from teachloop.envs.extract import final_answer
 from teachloop.envs.graders import Score, grader
 
@@ -61,7 +63,9 @@ class Countdown(Environment):
     grader = countdown_grader
 
     def __init__(self, count: int = 4, *, max_number: int = 50, size: int | None = None):
-        self.count, self.max_number, self.size = count, max_number, size
+        self.count = int_arg("count", count, 2, 8)
+        self.max_number = int_arg("max_number", max_number, 2, 1000)
+        self.size = size_arg(size)
 
     def _make(self, rng: random.Random) -> tuple[list[int], str, int]:
         while True:

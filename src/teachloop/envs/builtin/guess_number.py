@@ -5,7 +5,8 @@ tool (the environment executes it and answers "higher", "lower" or
 "correct"), or, for models without tool calling, write ``guess: N`` and the
 environment answers as the user. An assistant turn with neither ends the
 game; it is graded on its final ``answer: N``. Reward 1.0 for the right
-number, minus ``penalty`` per guess beyond the binary-search bound, floored at 0.5.
+number, minus ``penalty`` (0..1) per guess beyond the binary-search bound,
+floored at 0.5. ``high`` is 2..10^9; infinite unless ``size``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from teachloop.core.chat import Message
 from teachloop.core.rl import Task
 from teachloop.envs.base import Environment, system, user
+from teachloop.envs.builtin._args import float_arg, int_arg, size_arg
 from teachloop.envs.extract import last_number
 from teachloop.envs.graders import FunctionGrader
 from teachloop.envs.tools import tool
@@ -49,7 +51,9 @@ class GuessNumber(Environment):
     tools = (guess,)
 
     def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05):
-        self.high, self.size, self.penalty = high, size, penalty
+        self.high = int_arg("high", high, 2, 10**9)
+        self.size = size_arg(size)
+        self.penalty = float_arg("penalty", penalty, 0.0, 1.0)
         self.bound = math.ceil(math.log2(high)) + 1
         self.max_turns = 2 * self.bound + 2
         self.grader = FunctionGrader(self._reward, name="guess_number", timeout_s=5)

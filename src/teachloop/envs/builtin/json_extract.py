@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from teachloop.core.rl import Task
 from teachloop.envs.base import Environment, system, user
+from teachloop.envs.builtin._args import size_arg
 from teachloop.envs.graders import JsonSchema
 
 SCHEMA = {
@@ -46,7 +47,7 @@ class JsonExtract(Environment):
     grader = JsonSchema()
 
     def __init__(self, size: int | None = None):
-        self.size = size
+        self.size = size_arg(size)
 
     def tasks(self, seed: int = 0) -> Iterator[Task]:
         rng = random.Random(f"json_extract:{seed}")
