@@ -155,3 +155,45 @@ def test_grader_json_bad_files(tmp_path: Path) -> None:
     (tmp_path / "g.jsonl").write_text('{"foo": 1}\n')
     with pytest.raises(InvalidInput, match="needs 'messages'"):
         GraderJsonEnv(tmp_path / "g.json")
+
+
+STRING = {"type": "string_check", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}
+
+
+@pytest.mark.parametrize(("graders", "formula", "needle"), [
+    ([STRING], "a", "graders must be a non-empty object"),
+    ({}, "a", "graders must be a non-empty object"),
+    ({"a": "string_check"}, "a", "must be grader objects"),
+    ({"a b": STRING}, "a", "must be grader objects"),
+    ({"a": STRING}, "1 / (a - a)", "ZeroDivisionError"),
+    ({"a": STRING}, "b", "unsupported expression"),
+    ({"a": STRING}, "", "formula string"),
+])
+def test_multi_grader_specs_are_refused_clearly(graders: Any, formula: str, needle: str) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        from_openai_grader({"type": "multi", "name": "m", "graders": graders, "calculate_output": formula})
+
+
+def test_a_formula_that_raises_on_a_sample_fails_that_sample() -> None:
+    spec = {"type": "multi", "name": "m", "graders": {"a": STRING}, "calculate_output": "1 / a"}
+    s = grade(spec, "wrong", answer="right")  # a = 0
+    assert s.failure is not None and s.value == 0.0 and "calculate_output '1 / a' failed" in s.failure.message
+    assert grade(spec, "right", answer="right").value == 1.0
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"reward_range": ["low", "high"]}, "reward_range must be two numbers"),
+    ({"reward_range": [1, 0]}, "reward_range must be two numbers"),
+    ({"reward_range": [0]}, "reward_range must be two numbers"),
+    ({"items": []}, "items is empty"),
+    ({"items": [{"prompt": "q"}, "x"]}, "are not JSON objects"),
+    ({"items": 7}, "items must be a JSONL file name"),
+    ({"grader": ["x"]}, "grader must be a JSON object"),
+    ({"grader": {**STRING, "type": "score_model", "model": "m", "input": [], "range": ["a", 1]}},
+     "score_model range must be two numbers"),
+])
+def test_grader_json_wrapper_fields_are_checked(tmp_path: Path, extra: dict[str, Any], needle: str) -> None:
+    spec = {"name": "w", "grader": STRING, "items": [{"prompt": "q", "answer": "a"}], **extra}
+    (tmp_path / "w.json").write_text(json.dumps(spec))
+    with pytest.raises(InvalidInput, match=needle):
+        load(str(tmp_path / "w.json"), judge=ScriptedCompleter(["1"]))

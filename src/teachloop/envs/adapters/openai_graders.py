@@ -13,12 +13,16 @@ Each item (one JSON object a line) becomes a task: the prompt is its
 then ``reference_answer``); the whole row is ``info``, so grader templates
 read it as ``{{item.<field>}}``. Tasks come in file order for seed 0 and in
 a seeded shuffle otherwise; ids are ``<name>-<line>``. Model graders need a
-``judge`` completer. Bad files raise ``InvalidInput`` naming the problem.
+``judge`` completer. Bad files raise ``InvalidInput`` naming the problem: a
+``reward_range`` that is not two numbers low < high, empty or non-object
+items, a grader that is not an object. ``items_path`` is the items file read
+(``None`` for inline items); the environment's digest covers it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +52,15 @@ def _read_items(path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise InvalidInput(f"{path}: no items")
     return rows
+
+
+def _range(value: Any, where: str) -> tuple[float, float]:
+    """``[low, high]`` as two finite floats with low < high; ``InvalidInput`` naming ``where`` otherwise."""
+    ok = (isinstance(value, list | tuple) and len(value) == 2
+          and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not ok or value[0] >= value[1]:
+        raise InvalidInput(f"{where} must be two numbers [low, high] with low < high, got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _prompt(row: dict[str, Any], system_prompt: str | None, where: str) -> tuple[Message, ...]:
@@ -80,20 +93,31 @@ class GraderJsonEnv(Environment):
             raise InvalidInput(f"{path}: expected a JSON object")
         wrapper = "grader" in spec
         grader_spec = spec["grader"] if wrapper else spec
+        if not isinstance(grader_spec, dict):
+            raise InvalidInput(f"{path}: grader must be a JSON object, got {type(grader_spec).__name__}")
         self.env_name = str(spec.get("name") or path.stem) if wrapper else path.stem
         self.grader = from_openai_grader(grader_spec, judge=judge)
         self.system_prompt = spec.get("system_prompt") if wrapper else None
         self.answer_field = spec.get("answer_field") if wrapper else None
         if wrapper and "reward_range" in spec:
-            self.reward_range = (float(spec["reward_range"][0]), float(spec["reward_range"][1]))
+            self.reward_range = _range(spec["reward_range"], f"{path}: reward_range")
         elif grader_spec.get("type") == "score_model":
-            lo, hi = grader_spec.get("range", (0, 1))
-            self.reward_range = (float(lo), float(hi))
+            self.reward_range = _range(grader_spec.get("range", (0, 1)), f"{path}: score_model range")
         source = items if items is not None else (spec.get("items") if wrapper else None)
+        self.items_path: Path | None = None
         if isinstance(source, list):
-            self.rows = [r for r in source if isinstance(r, dict)]
+            bad = [n for n, r in enumerate(source, 1) if not isinstance(r, dict)]
+            if bad:
+                raise InvalidInput(f"{path}: items {bad[:5]} are not JSON objects")
+            if not source:
+                raise InvalidInput(f"{path}: items is empty; an environment needs at least one item")
+            self.rows = list(source)
+        elif source is None or isinstance(source, str | Path):
+            self.items_path = path.parent / source if source is not None else path.with_suffix(".jsonl")
+            self.rows = _read_items(self.items_path)
         else:
-            self.rows = _read_items(path.parent / source if source is not None else path.with_suffix(".jsonl"))
+            raise InvalidInput(f"{path}: items must be a JSONL file name or a list of objects, "
+                               f"got {type(source).__name__}")
         self._base = [self._task(i, row) for i, row in enumerate(self.rows)]  # validate every row now
 
     def _task(self, i: int, row: dict[str, Any]) -> Task:

@@ -205,15 +205,35 @@ class MultiGrader(Grader):
 
     def __init__(self, spec: dict[str, Any], judge: ChatCompleter | None):
         self.name, self.formula = spec["name"], spec["calculate_output"]
-        self.graders = {key: from_openai_grader({"name": key, **g}, judge=judge) for key, g in spec["graders"].items()}
-        evaluate_formula(self.formula, dict.fromkeys(self.graders, 1.0))  # reject bad formulas now
+        graders = spec["graders"]
+        if not isinstance(graders, dict) or not graders:
+            raise InvalidInput(f"multi grader {self.name!r}: graders must be a non-empty object mapping a name to a "
+                               f"grader, e.g. {{\"exact\": {{\"type\": \"string_check\", ...}}}}; got "
+                               f"{type(graders).__name__}")
+        bad = [k for k, g in graders.items() if not isinstance(g, dict) or not str(k).isidentifier()]
+        if bad:
+            raise InvalidInput(f"multi grader {self.name!r}: graders {bad} must be grader objects under names usable "
+                               "in calculate_output (letters, digits, _)")
+        if not isinstance(self.formula, str) or not self.formula.strip():
+            raise InvalidInput(f"multi grader {self.name!r}: calculate_output must be a formula string")
+        self.graders = {key: from_openai_grader({"name": key, **g}, judge=judge) for key, g in graders.items()}
+        try:  # reject bad formulas now (syntax, unknown names, functions, 1/(a-b) ...)
+            evaluate_formula(self.formula, dict.fromkeys(self.graders, 1.0))
+        except (ArithmeticError, ValueError, TypeError, SyntaxError) as err:
+            raise InvalidInput(f"multi grader {self.name!r}: calculate_output {self.formula!r} fails with every "
+                               f"grader at 1: {type(err).__name__}: {err}") from None
 
     async def ascore(self, sample: Sample) -> Score:
         graded = await asyncio.gather(*(g.grade(sample) for g in self.graders.values()))
         scores = dict(zip(self.graders, graded, strict=True))
         values = {k: s.value for k, s in scores.items()}
         failure = next((s.failure for s in scores.values() if s.failure), None)
-        return Score(value=evaluate_formula(self.formula, values), components=values, failure=failure)
+        try:
+            value = evaluate_formula(self.formula, values)
+        except (ArithmeticError, ValueError, TypeError) as err:
+            return Score.failed(f"multi grader {self.name!r}: calculate_output {self.formula!r} failed on {values}: "
+                                f"{type(err).__name__}: {err}", name=self.name)
+        return Score(value=value, components=values, failure=failure)
 
 
 _REQUIRED = {
@@ -245,10 +265,10 @@ def from_openai_grader(spec: dict[str, Any], *, judge: ChatCompleter | None = No
         if spec["type"] == "python":
             return python_grader(spec)
         return MultiGrader(spec, judge)
-    except (ValueError, SyntaxError, TypeError) as err:
-        if isinstance(err, InvalidInput):
-            raise
-        raise InvalidInput(f"{spec['type']} grader {spec['name']!r}: {err}") from None
+    except InvalidInput:
+        raise
+    except (ValueError, SyntaxError, TypeError, KeyError, AttributeError, ArithmeticError) as err:
+        raise InvalidInput(f"{spec['type']} grader {spec['name']!r}: {type(err).__name__}: {err}") from None
 
 
 __all__ = ["MultiGrader", "StringCheck", "TextSimilarity", "evaluate_formula", "from_openai_grader", "render"]
