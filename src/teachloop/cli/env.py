@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from teachloop.cli._common import console, err_console, handle_errors, pick_org, settings
-from teachloop.core.errors import ConfigurationError, InvalidInput, ServiceUnavailable
+from teachloop.core.errors import ConfigurationError, Conflict, InvalidInput, ServiceUnavailable
 
 if TYPE_CHECKING:
     from teachloop.core.rl import ChatCompleter
@@ -60,31 +60,25 @@ Resolved = Any
 
 
 def local_digest(ref: str, env: Environment) -> str:
-    """The content digest of a local environment (see ``train.envref.local_digest``)."""
+    """The content digest of a local environment the user named (see ``train.envref.local_digest``)."""
     from teachloop.train.envref import local_digest as digest
 
-    return digest(ref, env)
+    return digest(ref, env, trusted=True)
 
 
 def resolve(ref: str, org: str | None, **kwargs: Any) -> Resolved:
-    """A local reference (name, path, rg:, vf:, module:attr) or a published NAME@VERSION, pinned by digest."""
+    """A local reference (name, path, rg:, vf:, module:attr) or a published NAME@VERSION, pinned by digest.
+
+    The reference is the local user's own, so it is trusted (paths and ``module:attr`` load). A yanked
+    version is refused, as training refuses it (``env info``/``env check`` still inspect it).
+    """
     from teachloop.train.envref import is_hub_ref, resolve_env
 
     if not is_hub_ref(ref):
-        return resolve_env(ref, **kwargs)
+        return resolve_env(ref, trusted=True, **kwargs)
     with hub(org) as h:
-        resolved = resolve_env(ref, session=h.session, blobs=h.blobs, org_id=h.org_id,
-                               cache=settings().home / "envs", allow_yanked=True, **kwargs)
-    if resolved.version is not None and _yanked(ref, org):
-        err_console.print(f"[yellow]warning:[/] {escape(resolved.ref)} is yanked")
-    return resolved
-
-
-def _yanked(ref: str, org: str | None) -> bool:
-    from teachloop.store.repos.environments import EnvironmentRegistry
-
-    with hub(org) as h:
-        return bool(EnvironmentRegistry(h.session).resolve(h.org_id, ref).yanked)
+        return resolve_env(ref, trusted=True, session=h.session, blobs=h.blobs, org_id=h.org_id,
+                           cache=settings().home / "envs", **kwargs)
 
 
 def _fetch_published(ref: str, org: str | None) -> Path:
@@ -264,10 +258,17 @@ def eval_(
     output: Path | None = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
     store: bool = typer.Option(True, "--store/--no-store", help="Store the result in the database (if initialised)."),
 ) -> None:
-    """Run N tasks against the engine or an endpoint; print mean reward with a 95% CI and failures; store it."""
+    """Run N tasks against the engine or an endpoint; print mean reward with a 95% CI and failures; store it.
+
+    When more than half of the episodes fail to get a reply (model errors, timeouts), nothing is stored and
+    the exit status is 1: that measures the endpoint, not the environment.
+    """
     with errors():
         from teachloop.envs import OpenAICompleter, evaluate
 
+        if adapter and base_url:
+            raise InvalidInput("--adapter loads a LoRA adapter into the local engine; it cannot be combined with "
+                               "--base-url (pick the adapter through the endpoint's --model instead)", param="adapter")
         kwargs: dict[str, Any] = {}
         if judge_base_url:
             kwargs["judge"] = OpenAICompleter(judge_base_url, judge_model or "judge", api_key=api_key)
@@ -287,8 +288,27 @@ def eval_(
         _print_eval(report, resolved.digest)
         if output:
             output.write_text(json.dumps(report.model_dump(mode="json"), indent=2))
+        unreachable = unreachable_reason(report)
+        if unreachable:
+            raise ServiceUnavailable(f"not stored: {unreachable}")
         if store:
             _store_eval(resolved, report, org)
+
+
+#: Failure kinds that say the model never answered (the endpoint or engine, not the environment).
+NO_REPLY_KINDS = ("model", "timeout")
+
+
+def unreachable_reason(report: EvalReport) -> str | None:
+    """Why ``report`` measures a broken model/endpoint rather than the environment (None when it does not):
+    more than half of its episodes failed with kind model or timeout."""
+    failed = sum(report.failure_counts.get(k, 0) for k in NO_REPLY_KINDS)
+    if report.n_episodes == 0 or failed * 2 <= report.n_episodes:
+        return None
+    first = next((f for f in report.failures if f.kind in NO_REPLY_KINDS), None)
+    example = f"; e.g. {first.kind}: {first.message[:200]}" if first else ""
+    return (f"{failed} of {report.n_episodes} episodes got no reply from the model (kinds "
+            f"{', '.join(NO_REPLY_KINDS)}){example}; is the endpoint or engine up?")
 
 
 def _store_eval(resolved: Resolved, report: EvalReport, org: str | None) -> None:
@@ -325,8 +345,16 @@ def publish(
         manifest = build_manifest(path, load_package(path))
         data = archive(path)
         with hub(org) as h:
-            blob_key = h.blobs.put_content(data)
-            row, created = EnvironmentRegistry(h.session).publish(
+            registry = EnvironmentRegistry(h.session)
+            existing = next((r for r in registry.versions(h.org_id, manifest.name) if r.version == manifest.version),
+                            None)
+            if existing is not None and existing.digest != manifest.content_hash:
+                # refuse before uploading, so a refused publish leaves no orphan blob
+                raise Conflict(f"{manifest.name}@{manifest.version} is already published with different content "
+                               f"({existing.digest[:19]}…, this package is {manifest.content_hash[:19]}…); published "
+                               "versions are immutable: bump the version", param="version")
+            blob_key = existing.blob_key if existing is not None else h.blobs.put_content(data)
+            row, created = registry.publish(
                 h.org_id, name=manifest.name, version=manifest.version, digest=manifest.content_hash,
                 manifest=manifest.model_dump(mode="json"), blob_key=blob_key, actor=ACTOR)
             where = escape(h.org_name)
@@ -414,7 +442,7 @@ def yank(
     reason: str | None = typer.Option(None, "--reason", help="Why (shown to anyone who resolves it)."),
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
 ) -> None:
-    """Yank a published version: it stays resolvable by exact version but is never picked for a bare name."""
+    """Yank a published version: training and eval refuse it (even named exactly); info and check still inspect it."""
     with errors():
         from teachloop.store.repos.environments import EnvironmentRegistry
 
@@ -423,4 +451,4 @@ def yank(
             console.print(f"[yellow]yanked[/] {row.ref} ({row.digest})", highlight=False)
 
 
-__all__ = ["app", "archive", "local_digest", "resolve"]
+__all__ = ["NO_REPLY_KINDS", "app", "archive", "local_digest", "resolve", "unreachable_reason"]

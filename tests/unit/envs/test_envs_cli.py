@@ -127,3 +127,58 @@ def test_archive_is_reproducible(home: Path) -> None:
     root = home / "pkg"
     run("new", "pkg", "--dir", str(root))
     assert env_cli.archive(root) == env_cli.archive(root)
+
+
+def _blob_files(home: Path) -> set[Path]:
+    return {p for p in (home / "home/blobs").rglob("*") if p.is_file()}
+
+
+def test_a_refused_publish_uploads_nothing(home: Path) -> None:
+    assert runner.invoke(app, ["admin", "init"]).exit_code == 0
+    assert run("new", "word-rev").exit_code == 0
+    assert run("publish", "word-rev").exit_code == 0
+    before = _blob_files(home)
+    assert before
+    (home / "word-rev/README.md").write_text("changed again\n")
+    changed = run("publish", "word-rev")
+    assert changed.exit_code == 2 and "immutable: bump the version" in changed.output
+    assert _blob_files(home) == before  # the archive of the refused version was never uploaded
+
+
+def test_eval_and_training_refuse_a_yanked_version_alike(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runner.invoke(app, ["admin", "init"]).exit_code == 0
+    run("new", "word-rev")
+    assert run("publish", "word-rev").exit_code == 0
+    assert run("yank", "word-rev@0.1.0", "--reason", "reward hack").exit_code == 0
+    monkeypatch.setattr(env_cli, "_engine_completer", lambda model, adapter: ScriptedCompleter(["answer: x"]))
+    result = run("eval", "word-rev@0.1.0", "-n", "2")
+    assert result.exit_code == 2 and "yanked (reward hack)" in result.output and "refuse yanked" in result.output
+    assert run("info", "word-rev@0.1.0").exit_code == 0  # still inspectable
+    assert "training and eval refuse it" in run("yank", "--help").output
+
+
+class _Down:
+    async def complete(self, *a: Any, **k: Any) -> Any:
+        raise ConnectionError("connection refused")
+
+
+def test_eval_refuses_to_store_when_the_model_never_answered(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runner.invoke(app, ["admin", "init"]).exit_code == 0
+    monkeypatch.setattr(env_cli, "_engine_completer", lambda model, adapter: _Down())
+    result = run("eval", "arithmetic", "-n", "4", "--json", str(home / "r.json"))
+    assert result.exit_code == 1 and "not stored: 4 of 4 episodes got no reply" in result.output, result.output
+    assert "connection refused" in result.output and "stored as" not in result.output
+    assert json.loads((home / "r.json").read_text())["failure_counts"] == {"model": 4}  # the report is still written
+    from teachloop.envs import EvalReport
+
+    def report(model: int, n: int) -> EvalReport:
+        return EvalReport(env="e", seed=0, n_tasks=n, group_size=1, n_episodes=n, mean=0.0, ci_low=None, ci_high=None,
+                          failure_counts={"model": model} if model else {})
+
+    assert env_cli.unreachable_reason(report(2, 4)) is None  # half is not more than half
+    assert env_cli.unreachable_reason(report(3, 4)) is not None
+
+
+def test_eval_refuses_an_adapter_with_an_endpoint(home: Path) -> None:
+    result = run("eval", "arithmetic", "--base-url", "http://127.0.0.1:9/v1", "--adapter", str(home))
+    assert result.exit_code == 2 and "--adapter" in result.output and "--base-url" in result.output
