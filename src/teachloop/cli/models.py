@@ -1,4 +1,4 @@
-"""``teachloop models``: pull, list, verify and remove models in the local model cache.
+"""``teachloop models``: pull, add, list, verify and remove models in the local model cache.
 
 A thin layer over ``teachloop.engine.models`` (imported inside each command so
 ``--help`` stays fast): it draws progress and tables, and turns errors into one line.
@@ -7,6 +7,7 @@ A thin layer over ``teachloop.engine.models`` (imported inside each command so
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -42,6 +43,43 @@ def pull(
         with _ProgressView() as view:
             path = pull_model(cfg, name, force=force, progress=view.update)
         console.print(f"[green]ok[/] {name}: {path}", highlight=False)
+
+
+@app.command("add")
+def add(
+    name: str = typer.Argument(..., help="Name to cache it under: letters, digits, '.', '_', '-' (not a known model name)."),
+    folder: Path = typer.Argument(..., help="A local Hugging Face model folder: config.json, weights and a tokenizer."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace a cached model of the same name."),
+) -> None:
+    """Copy a local model folder into the cache, so TEACHLOOP_MODEL (or --model) can name it."""
+    with handle_errors():
+        from teachloop.core.errors import Conflict, InvalidInput
+        from teachloop.engine.models import add_model, list_models
+
+        cfg = settings()
+        src = folder.expanduser()
+        if not src.is_dir():
+            raise InvalidInput(f"no folder at {src}", param="folder")
+        problem = _model_folder_problem(src)
+        if problem:
+            raise InvalidInput(f"{src} is not a model folder: {problem}", param="folder")
+        if not force and any(m.name == name or m.path.name == name for m in list_models(cfg)):
+            raise Conflict(f"model {name!r} is already in the cache; pass --force to replace it")
+        with _ProgressView({"download": "copy", "write": "hash"}) as view:
+            path = add_model(cfg, name, src, force=force, progress=view.update)
+        console.print(f"[green]ok[/] {name}: {path}", highlight=False, soft_wrap=True)
+
+
+def _model_folder_problem(folder: Path) -> str | None:
+    """What a Hugging Face model folder lacks for teachloop to load it, or ``None``."""
+    if not (folder / "config.json").is_file():
+        return "it has no config.json"
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
+    if not weights:
+        return "it has no weights (*.safetensors or pytorch_model*.bin)"
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return "it has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)"
+    return None
 
 
 @app.command("list")
