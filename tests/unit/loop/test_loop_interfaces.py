@@ -188,3 +188,76 @@ def test_cli_loop_and_data(teachloop_home: Path, tmp_path: Path, monkeypatch: py
                                                      code=2)
     assert "not found" in _run("data", "show", "nope@1", code=2)
     db.close()
+
+
+def test_rest_import_and_grants(client: Any, keys: dict[str, str], store: Store) -> None:
+    from teachloop.store import Tenancy
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    body = {"name": "owned", "license": "MIT", "rows": rows}
+    assert client.post("/api/datasets", json=body, headers=_h(keys["viewer"])).status_code == 403
+    bad = client.post("/api/datasets", json={**body, "rows": [*rows, {"messages": [], "x": 1}]},
+                      headers=_h(keys["member"]))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "rows" and "line 2" in bad.json()["error"]["message"]
+    bad = client.post("/api/datasets", json={**body, "license": ""}, headers=_h(keys["member"]))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "license"
+    assert client.get("/api/datasets", headers=_h(keys["viewer"])).json() == {"data": []}
+    ok = client.post("/api/datasets", json=body, headers=_h(keys["member"]))
+    assert ok.status_code == 201 and ok.json()["ref"] == "owned@1" and ok.json()["origin"] == "import"
+    assert client.post("/api/datasets", json=body, headers=_h(keys["member"])).status_code == 200  # same rows
+    labels = "\n".join(json.dumps({**r, "expert_id": "usr_1"}) for r in rows)
+    lab = client.post("/api/datasets", json={"name": "gold", "license": "CC-BY-4.0", "kind": "labels", "jsonl": labels},
+                      headers=_h(keys["member"]))
+    assert lab.status_code == 201 and lab.json()["origin"] == "labels"
+    row = client.get("/api/datasets/gold/rows", headers=_h(keys["viewer"])).json()["data"][0]
+    assert row["lineage"]["expert_id"] == "usr_1" and row["lineage"]["source_kind"] == "expert"
+    # grants: admins only; another organisation's dataset is invisible to this org's keys either way
+    with store.db.session() as s:
+        other = Tenancy(s).create_org("other").id
+        admin = ApiKeys(s).create_key(store.org_id, None, Role.ADMIN, "a").secret
+        other_key = ApiKeys(s).create_key(other, None, Role.ADMIN, "o").secret
+    grant = {"org": "other", "license": "LicenseRef-deal"}
+    assert client.post("/api/datasets/owned/grants", json=grant, headers=_h(keys["member"])).status_code == 403
+    assert client.post("/api/datasets/ghost/grants", json=grant, headers=_h(admin)).status_code == 404
+    bad = client.post("/api/datasets/owned/grants", json={**grant, "version": 0}, headers=_h(admin))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "version"
+    made = client.post("/api/datasets/owned/grants", json=grant, headers=_h(admin))
+    assert made.status_code == 201 and made.json()["grantee_org_id"] == other
+    assert [g["id"] for g in client.get("/api/datasets/owned/grants", headers=_h(keys["viewer"])).json()["data"]] == [
+        made.json()["id"]]
+    assert client.get("/api/datasets/owned/grants", headers=_h(other_key)).json() == {"data": []}
+    assert client.get("/api/datasets/owned", headers=_h(other_key)).status_code == 404
+    gone = client.delete(f"/api/datasets/owned/grants/{made.json()['id']}", headers=_h(admin))
+    assert gone.status_code == 200 and gone.json()["revoked_at"]
+    assert client.delete(f"/api/datasets/owned/grants/{made.json()['id']}", headers=_h(other_key)).status_code == 404
+
+
+def test_cli_data_import_and_grant(teachloop_home: Path, tmp_path: Path) -> None:
+    _run("admin", "init")
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                               "expert_id": "usr_7"}) + "\n")
+    out = _run("data", "import", str(src), "--name", "gold", "--license", "CC-BY-4.0", code=2)
+    assert "line 1: expert_id" in out and len(out.strip().splitlines()) == 1
+    assert "imported gold@1" in _run("data", "import", str(src), "--name", "gold", "--license", "CC-BY-4.0",
+                                     "--kind", "labels")
+    shown = json.loads(_run("data", "show", "gold", "--json"))
+    assert shown["dataset"]["origin"] == "labels" and shown["rows"][0]["lineage"]["expert_id"] == "usr_7"
+    assert "license" in _run("data", "import", str(src), "--name", "x", "--license", "no way", "--kind", "labels",
+                             code=2)
+    assert "cannot read" in _run("data", "import", str(tmp_path / "missing.jsonl"), "--name", "x", "--license", "MIT",
+                                 code=2)
+    from teachloop.core.settings import Settings
+    from teachloop.store import Database, Tenancy
+
+    db = Database(Settings.from_env().database_url)
+    with db.session() as s:
+        Tenancy(s).create_org("buyer")
+    db.close()
+    out = _run("data", "grant", "gold", "--to", "buyer", "--license", "LicenseRef-deal", "--org", "default")
+    assert "buyer may use" in out and "LicenseRef-deal" in out
+    [g] = [json.loads(x) for x in _run("data", "grants", "--json", "--org", "default").splitlines()]
+    assert "revoked" in _run("data", "revoke", g["id"], "--org", "default")
+    assert "not found" in _run("data", "grant", "ghost", "--to", "buyer", "--license", "MIT", "--org", "default",
+                               code=2)
+
