@@ -15,7 +15,7 @@
    ``model=calc``, each with a ``user`` id, greedy). After each round the loop
    ticks: it grades the round's traffic (the online reward), and when due runs
    an iteration (snapshot -> GRPO -> gate -> canary), judges the canary, or
-   ends the watch.
+   watches the promoted version.
 5. It prints each round's online reward per arm and, at the end, the online
    reward of each version the deployment served to everyone.
 
@@ -235,7 +235,7 @@ async def _rounds(url: str, key: str, opts: DemoOptions, runner: Any, database: 
         rnd.loop = result.note
         rounds.append(rnd)
         promoted = sum(1 for it in history(database, org_id, DEPLOYMENT) if it["status"] == "promoted"
-                       and it["stage"] == "done")
+                       and "watch" in (it["canary"] or {}))  # promoted, and watched over a round of everyone
     return rounds
 
 
