@@ -5,8 +5,11 @@
 * DPO rows: ``{"prompt": str | messages, "chosen": str | message | messages,
   "rejected": ...}`` (TRL's conversational or standard format).
 
-Rows that are not valid JSON, do not fit the chat template, or are longer than
-``max_seq_len`` are skipped and counted by reason; ``load_*`` refuses to start
+Rows that are not valid JSON, do not fit the chat template (``template``), are
+longer than ``max_seq_len`` (``too_long``), train no token
+(``no_assistant_tokens``) or -- DPO -- have an empty prompt, chosen or
+rejected reply (``empty_prompt``, ``empty_chosen``, ``empty_rejected``) are
+skipped and counted by reason; ``load_*`` refuses to start
 when the skipped share exceeds ``max_skipped_frac`` (``InvalidInput`` with the
 counts). Batches are drawn deterministically from (seed, step), so a resumed
 run sees exactly the batches it would have seen. Knows nothing of engines.
@@ -68,9 +71,9 @@ def file_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _read_rows(path: Path) -> tuple[list[Any], int, Counter[str]]:
+def _read_rows(path: Path, field: str) -> tuple[list[Any], int, Counter[str]]:
     if not path.is_file():
-        raise InvalidInput(f"dataset {path} does not exist", param="data.train")
+        raise InvalidInput(f"{field}: dataset {path} does not exist", param=field)
     rows, total, skipped = [], 0, Counter[str]()
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -84,6 +87,10 @@ def _read_rows(path: Path) -> tuple[list[Any], int, Counter[str]]:
     return rows, total, skipped
 
 
+class _Skip(Exception):
+    """A row is skipped for the reason in its message (the key it is counted under)."""
+
+
 def _messages(value: Any, role: str = "user") -> list[Message]:
     if isinstance(value, str):
         return [Message(role=role, content=value)]  # type: ignore[arg-type]
@@ -94,9 +101,9 @@ def _messages(value: Any, role: str = "user") -> list[Message]:
     raise ValueError("expected a string, a message or a list of messages")
 
 
-def _check(data: LoadedData, max_skipped_frac: float, path: Path) -> LoadedData:
+def _check(data: LoadedData, max_skipped_frac: float, path: Path, field: str) -> LoadedData:
     if data.total == 0:
-        raise InvalidInput(f"dataset {path} has no rows", param="data.train")
+        raise InvalidInput(f"{field}: dataset {path} has no rows", param=field)
     frac = data.skipped_total / data.total
     if frac > max_skipped_frac:
         reasons = ", ".join(f"{k}: {v}" for k, v in data.skipped.most_common())
@@ -106,22 +113,26 @@ def _check(data: LoadedData, max_skipped_frac: float, path: Path) -> LoadedData:
             param="data.max_skipped_frac",
         )
     if not data.items:
-        raise InvalidInput(f"no usable rows in {path}", param="data.train")
+        raise InvalidInput(f"{field}: no usable rows in {path}", param=field)
     return data
 
 
 def load_sft(
-    path: Path, renderer: Renderer, *, max_seq_len: int, max_skipped_frac: float, train_on: str = "all_assistant"
+    path: Path, renderer: Renderer, *, max_seq_len: int, max_skipped_frac: float, train_on: str = "all_assistant",
+    field: str = "data.train",
 ) -> LoadedData:
-    """Render a chat JSONL into ``Example``s, skipping (and counting) rows that don't fit."""
-    rows, total, skipped = _read_rows(path)
+    """Render a chat JSONL into ``Example``s, skipping (and counting) rows that don't fit; errors name ``field``."""
+    rows, total, skipped = _read_rows(path, field)
     items: list[Example] = []
     for row in rows:
         try:
             if not isinstance(row, dict) or "messages" not in row:
                 raise ValueError("no 'messages'")
             msgs = _messages(row["messages"])
-            tokens, mask = renderer.build_supervised(msgs, row.get("tools"), train_on=train_on)  # type: ignore[arg-type]
+            tools = row.get("tools")
+            if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+                raise ValueError("'tools' must be a list of tool objects")
+            tokens, mask = renderer.build_supervised(msgs, tools, train_on=train_on)  # type: ignore[arg-type]
         except (ValueError, TeachloopError):
             skipped["template"] += 1
             continue
@@ -132,25 +143,33 @@ def load_sft(
             skipped["no_assistant_tokens"] += 1
             continue
         items.append(Example(tokens, mask))
-    return _check(LoadedData(items, total, skipped, file_digest(path)), max_skipped_frac, path)
+    return _check(LoadedData(items, total, skipped, file_digest(path)), max_skipped_frac, path, field)
 
 
-def load_dpo(path: Path, renderer: Renderer, *, max_seq_len: int, max_skipped_frac: float) -> LoadedData:
-    """Render preference pairs into (chosen, rejected) ``Example`` pairs."""
-    rows, total, skipped = _read_rows(path)
+def load_dpo(path: Path, renderer: Renderer, *, max_seq_len: int, max_skipped_frac: float,
+             field: str = "data.train") -> LoadedData:
+    """Render preference pairs into (chosen, rejected) ``Example`` pairs; errors name ``field``."""
+    rows, total, skipped = _read_rows(path, field)
     items: list[tuple[Example, Example]] = []
     for row in rows:
         try:
             if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= set(row):
                 raise ValueError("needs prompt, chosen and rejected")
             prompt = _messages(row["prompt"])
+            if not prompt:
+                raise _Skip("empty_prompt")
             pair = []
             for key in ("chosen", "rejected"):
                 reply = _messages(row[key], role="assistant")
+                if not any(m.content or m.tool_calls for m in reply if m.role == "assistant"):
+                    raise _Skip(f"empty_{key}")
                 if reply[-1].role != "assistant":
                     raise ValueError(f"{key} must end with an assistant message")
                 tokens, mask = renderer.build_supervised(prompt + reply, train_on="last_assistant")
                 pair.append(Example(tokens, mask))
+        except _Skip as why:
+            skipped[str(why)] += 1
+            continue
         except (ValueError, TeachloopError):
             skipped["template"] += 1
             continue
@@ -158,7 +177,7 @@ def load_dpo(path: Path, renderer: Renderer, *, max_seq_len: int, max_skipped_fr
             skipped["too_long"] += 1
             continue
         items.append((pair[0], pair[1]))
-    return _check(LoadedData(items, total, skipped, file_digest(path)), max_skipped_frac, path)
+    return _check(LoadedData(items, total, skipped, file_digest(path)), max_skipped_frac, path, field)
 
 
 def split_holdout(items: Sequence[Any], frac: float, seed: int) -> tuple[list[Any], list[Any]]:
