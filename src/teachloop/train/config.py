@@ -63,13 +63,13 @@ class OptimSection(_Section):
     """AdamW and the learning-rate schedule."""
 
     lr: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
-    beta1: float = Field(default=0.9, ge=0, lt=1)
-    beta2: float = Field(default=0.99, ge=0, lt=1)
-    eps: float = Field(default=1e-8, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW first-moment decay.")
+    beta2: float = Field(default=0.99, ge=0, lt=1, description="AdamW second-moment decay.")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
     grad_clip: float = Field(default=1.0, ge=0, description="Global grad-norm clip; 0 is off.")
     schedule: Literal["constant", "linear", "cosine"] = Field(default="constant", description="LR decay after warmup.")
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps from lr/warmup_steps to lr.")
 
     def at(self, step: int, total: int) -> AdamParams:
         """AdamW parameters for optimizer step ``step`` (0-based) of ``total``."""
@@ -94,8 +94,8 @@ class RLSection(_Section):
     prompts_per_step: int = Field(default=4, ge=1, le=4096, description="Tasks (groups) per optimizer step.")
     group_size: int = Field(default=8, ge=2, le=1024, description="Completions per task.")
     max_tokens: int = Field(default=256, ge=1, description="New tokens per model turn at most.")
-    temperature: float = Field(default=1.0, gt=0, le=5)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float = Field(default=1.0, gt=0, le=5, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass of the rollouts.")
     loss: Literal["ppo", "importance_sampling", "cispo"] = Field(default="ppo", description="Policy loss.")
     clip_low: float | None = Field(default=None, ge=0, description="Lower ratio clip (loss default if unset).")
     clip_high: float | None = Field(default=None, ge=0, description="Upper ratio clip (loss default if unset).")
@@ -108,7 +108,9 @@ class RLSection(_Section):
         default="token_mean", description="Normalise the loss per token of the batch, or per sequence."
     )
     overlap: bool = Field(
-        default=False, description="Sample step t+1 while step t trains (one step off-policy, IS-corrected)."
+        default=False,
+        description="Sample step t+1 from the pre-update adapter while step t trains (one step off-policy, "
+        "IS-corrected; pipelining only, no wall-clock gain on one CPU engine).",
     )
     episode_timeout_s: float | None = Field(default=None, gt=0, description="Per-episode timeout.")
 
@@ -126,7 +128,9 @@ class DataSection(_Section):
     batch_size: int = Field(default=8, ge=1, le=4096, description="Rows per optimizer step.")
     max_seq_len: int = Field(default=2048, ge=8, description="Rows longer than this (in tokens) are skipped.")
     max_skipped_frac: float = Field(default=0.05, ge=0, le=1, description="Refuse to start above this skip share.")
-    train_on: Literal["last_assistant", "all_assistant"] = Field(default="all_assistant")
+    train_on: Literal["last_assistant", "all_assistant"] = Field(
+        default="all_assistant", description="SFT: loss on every assistant turn, or on the last one only."
+    )
     dpo_beta: float = Field(default=0.1, gt=0, description="DPO beta.")
 
 
@@ -146,7 +150,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(default="run", min_length=1, max_length=200)
+    name: str = Field(default="run", min_length=1, max_length=200, description="Run name (shown in runs list).")
     algorithm: Literal["grpo", "sft", "dpo"] = Field(description="Training algorithm.")
     model: str = Field(default=DEFAULT_MODEL, description="Base model (cached name, folder or hub id).")
     seed: int = Field(default=0, description="Seed of adapter init, data order and sampling.")
@@ -203,23 +207,85 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--rl.group_size", "8", "--optim.lr=1e-4"]`` -> nested dict of overrides."""
+def parse_command_line(args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Split ``args`` into positional arguments and nested overrides, in any order.
+
+    ``["--steps", "3", "cfg.toml", "--optim.lr=1e-4"]`` -> ``(["cfg.toml"], {"steps": 3, "optim": {"lr": 1e-4}})``.
+    Every ``--section.field`` takes exactly one value (the next argument, or ``=VALUE``), so a
+    positional argument is never mistaken for a value, wherever it stands.
+    """
+    positional: list[str] = []
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
-        if not arg.startswith("--") or len(arg) < 3:
-            raise InvalidInput(f"unexpected argument {arg!r}; overrides look like --section.field VALUE", param=arg)
+        if not arg.startswith("--"):
+            positional.append(arg)
+            i += 1
+            continue
         key, eq, value = arg[2:].partition("=")
+        if not key or key.startswith(".") or key.endswith(".") or ".." in key:
+            raise InvalidInput(f"bad option {arg!r}; overrides look like --section.field VALUE", param=arg)
         if not eq:
-            if i + 1 >= len(args):
-                raise InvalidInput(f"--{key} needs a value", param=key)
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise InvalidInput(f"--{key} needs a value (--{key} VALUE or --{key}=VALUE)", param=key)
             value = args[i + 1]
             i += 1
         _set_path(out, key.replace("-", "_"), _parse_value(value))
         i += 1
+    return positional, out
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--rl.group_size", "8", "--optim.lr=1e-4"]`` -> nested dict of overrides (no positional arguments)."""
+    positional, out = parse_command_line(args)
+    if positional:
+        raise InvalidInput(
+            f"unexpected argument {positional[0]!r}; overrides look like --section.field VALUE", param=positional[0]
+        )
     return out
+
+
+def field_reference() -> list[tuple[str, str, str]]:
+    """Every settable field as ``(flag, type, description)``, sections in config order (for ``--help``)."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            sub = _SECTIONS.get(name) if not prefix else None
+            if sub is not None:
+                walk(sub, f"{name}.")
+                continue
+            kind = _type_name(info.annotation)
+            default = "" if info.is_required() else f" (default: {_default_text(info)})"
+            rows.append((f"--{prefix}{name}", kind, f"{info.description or ''}{default}"))
+
+    walk(TrainConfig, "")
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Literal:
+        return "|".join(str(a) for a in args)
+    if args and typing.get_origin(annotation) is not dict:  # X | None
+        return _type_name(args[0])
+    if annotation is bool:
+        return "true|false"
+    if typing.get_origin(annotation) is dict or annotation is dict:
+        return "TABLE"
+    return getattr(annotation, "__name__", str(annotation)).upper()
+
+
+def _default_text(info: Any) -> str:
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{}"
+    return "unset" if value is None else str(value)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -257,13 +323,15 @@ def validate_config(raw: dict[str, Any]) -> TrainConfig:
         raise InvalidInput(f"config field {loc}: {msg}", param=loc) from None
 
 
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "lora": LoraSection, "optim": OptimSection, "rl": RLSection, "data": DataSection, "eval": EvalSection,
+}
+
+
 def _section_of(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    sections: dict[str, type[BaseModel]] = {
-        "lora": LoraSection, "optim": OptimSection, "rl": RLSection, "data": DataSection, "eval": EvalSection,
-    }
     if len(loc) == 1:
         return TrainConfig
-    return sections.get(str(loc[0]))
+    return _SECTIONS.get(str(loc[0]))
 
 
 __all__ = [
@@ -273,7 +341,9 @@ __all__ = [
     "OptimSection",
     "RLSection",
     "TrainConfig",
+    "field_reference",
     "load_config",
+    "parse_command_line",
     "parse_overrides",
     "validate_config",
 ]
