@@ -27,6 +27,8 @@ from teachloop.store import ApiKeys, BlobStore, Database, Tenancy
 from teachloop.store.repos.traces import Traces
 from tests._tiny import tiny_llama
 
+MAX_BODY = 1024 * 1024
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -61,7 +63,8 @@ def _start(tmp: Path, model_dir: Path, base: str) -> Iterator[Server]:
     serving = Serving(database, blobs, engine=engine, renderer=Renderer.from_pretrained(model_dir), base_model=base,
                       config=ServingConfig(default_max_tokens=16))
     serving.start()
-    settings = Settings(home=tmp, model_cache=tmp / "models", database_url="sqlite://", blob_url=str(tmp / "blobs"))
+    settings = Settings(home=tmp, model_cache=tmp / "models", database_url="sqlite://", blob_url=str(tmp / "blobs"),
+                        max_body_bytes=MAX_BODY)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(AppDeps(settings, database, blobs, serving=serving)),
                                            host="127.0.0.1", port=port, log_level="warning"))
@@ -181,6 +184,37 @@ def test_errors_reach_the_client_in_openai_shape(tiny: Server) -> None:
     with pytest.raises(openai.AuthenticationError):
         _client(tiny, "tl_" + "a" * 12 + "_" + "b" * 52).models.list()
     assert [m.id for m in _client(tiny, tiny.other_key).models.list()] == ["tiny"]
+
+
+def test_keys_are_checked_before_bodies_and_big_bodies_refused_over_real_http(tiny: Server) -> None:
+    import httpx
+
+    from teachloop.store.schema.traces import Trace
+
+    url = tiny.url + "/chat/completions"
+    as_json = {"content-type": "application/json"}
+    with tiny.database.session(write=False) as s:
+        traces = s.query(Trace).count()
+    big = b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"x" * (2 * MAX_BODY) + b'"}]}'
+    with httpx.Client(timeout=30) as http:
+        for body in (b"{not json", b"model=tiny", big):
+            r = http.post(url, content=body, headers=as_json)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+        keyed = {**as_json, "Authorization": f"Bearer {tiny.key}"}
+        r = http.post(url, content=big, headers=keyed)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text
+        chunked = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no Content-Length
+        r = http.post(url, content=chunked, headers=keyed)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text
+        r = http.post(url, content=b"{not json", headers=keyed)
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("malformed JSON body")
+        # the server keeps serving, on this connection and on others
+        ok = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert http.post(url, json=ok, headers={"Authorization": f"Bearer {tiny.key}"}).status_code == 200
+    assert _client(tiny).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=2).choices
+    with tiny.database.session(write=False) as s:
+        assert s.query(Trace).count() == traces + 2
 
 
 @pytest.mark.model

@@ -36,6 +36,31 @@ def render(err: TeachloopError) -> JSONResponse:
     return error_response(err.status, err.to_dict(), headers)
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", "list", "tuple", "set"})
+
+
+def _is_tag(part: Any) -> bool:
+    """Whether a location part names a union alternative (``str``, ``list[str]``, ``TextPart``), not a field."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper())
+
+
+def _split(loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+    """(the field path up to the first union alternative, that alternative or None).
+
+    A part is a union alternative when it looks like one and another error has the same
+    path up to it but a different alternative there (pydantic reports one error per alternative).
+    """
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if parts and _is_tag(part):
+            head = tuple(loc[:i])
+            if any(tuple(e.get("loc", ()))[:i] == head and len(e.get("loc", ())) > i and e["loc"][i] != part
+                   and _is_tag(e["loc"][i]) for e in errors):
+                return parts, str(part)
+        parts.append(str(part))
+    return parts, None
+
+
 def _validation_error(errors: list[dict[str, Any]]) -> InvalidInput:
     if not errors:
         return InvalidInput("invalid request")
@@ -45,11 +70,19 @@ def _validation_error(errors: list[dict[str, Any]]) -> InvalidInput:
         reason = (first.get("ctx") or {}).get("error", first.get("msg", ""))
         where = f" at character {loc[1]}" if len(loc) > 1 and loc[1].isdigit() else ""
         return InvalidInput(f"malformed JSON body: {reason}{where}")
-    param = ".".join(loc[1:]) if len(loc) > 1 else None
-    where = loc[0] if loc else "request"
+    path, tag = _split(tuple(first.get("loc", ())), errors)
+    param = ".".join(path[1:]) if len(path) > 1 else None
+    where = path[0] if path else "request"
     subject = param or ("request body" if where == "body" else where)
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return InvalidInput(f"{subject}: {first.get('msg', 'invalid value')}{more}", param=param)
+    problem = first.get("msg", "invalid value")
+    same = [first]
+    if tag is not None:  # a value none of a union's alternatives accepts: say which ones there are
+        same = [e for e in errors if _split(tuple(e.get("loc", ())), errors)[0] == path]
+        tags = list(dict.fromkeys(t for e in same if (t := _split(tuple(e.get("loc", ())), errors)[1])))
+        problem = f"must be {' or '.join(tags)}" if len(tags) > 1 else problem
+    others = len(errors) - len(same)
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+    return InvalidInput(f"{subject}: {problem}{more}", param=param)
 
 
 async def _on_teachloop_error(request: Request, exc: Exception) -> JSONResponse:

@@ -209,7 +209,9 @@ def to_chat_input(req: ChatCompletionRequest) -> ChatInput:
     return ChatInput(
         model=req.model, messages=messages, tools=offered, n=req.n or 1,
         temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens, stop=tuple(stops), seed=req.seed,
+        top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens,
+        max_tokens_param="max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
+        stop=tuple(stops), seed=req.seed,
         logprobs=logprobs, top_logprobs=req.top_logprobs or 0, user=req.user, metadata=metadata,
         stream=bool(req.stream), include_usage=bool(req.stream_options and req.stream_options.include_usage),
         trace_messages=[m.to_openai() for m in messages],

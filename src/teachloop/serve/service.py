@@ -116,6 +116,7 @@ class ChatInput:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int | None = None
+    max_tokens_param: str = "max_tokens"  # which field the client set it with (named in errors)
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
@@ -311,9 +312,8 @@ class Serving:
         if chat.n > min(self.config.max_n, self.config.max_rows):
             raise InvalidInput(f"n must be at most {min(self.config.max_n, self.config.max_rows)}", param="n")
         if chat.max_tokens is not None and chat.max_tokens > context:
-            raise InvalidInput(
-                f"max_tokens is {chat.max_tokens}; this model's context is {context} tokens", param="max_tokens"
-            )
+            name = chat.max_tokens_param
+            raise InvalidInput(f"{name} is {chat.max_tokens}; this model's context is {context} tokens", param=name)
         prompt = self.renderer.build_prompt(chat.messages, chat.tools)
         if len(prompt) >= context:
             raise PayloadTooLarge(

@@ -44,6 +44,8 @@ def owner_key(deps: AppDeps) -> str:
 class Item(BaseModel):
     name: str
     max_tokens: int = Field(ge=1)
+    stop: str | list[str] | None = None
+    labels: dict[str, str] | None = None
 
 
 def _test_routes() -> APIRouter:
@@ -183,6 +185,19 @@ def test_validation_errors_are_400_naming_the_parameter(client: TestClient, owne
     assert error["param"] in ("name", "max_tokens") and "and 1 more problem" in error["message"]
     error = _error(client.get("/api/test/items?limit=many", headers=_auth(owner_key)), 400)
     assert error["param"] == "limit"
+
+
+def test_a_value_no_alternative_of_a_union_accepts_names_the_field(client: TestClient, owner_key: str) -> None:
+    body = {"name": "x", "max_tokens": 1, "stop": 5}
+    error = _error(client.post("/api/test/items", json=body, headers=_auth(owner_key)), 400)
+    assert (error["param"], error["message"]) == ("stop", "stop: must be str or list[str]")
+    error = _error(client.post("/api/test/items", json={**body, "max_tokens": 0}, headers=_auth(owner_key)), 400)
+    assert error["param"] == "max_tokens" and error["message"].endswith("(and 2 more problems)")
+    # a dict key is part of the name, even one that looks like a type
+    for key in ("Str", "str"):
+        body = {"name": "x", "max_tokens": 1, "labels": {key: 1}}
+        error = _error(client.post("/api/test/items", json=body, headers=_auth(owner_key)), 400)
+        assert error["param"] == f"labels.{key}", error
 
 
 def test_malformed_json_is_400(client: TestClient, owner_key: str) -> None:

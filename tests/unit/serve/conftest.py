@@ -107,7 +107,8 @@ def serving(database: Database, blobs: BlobStore, engine: EchoEngine, renderer: 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, model_cache=tmp_path / "models", database_url="sqlite://", blob_url=str(tmp_path))
+    return Settings(home=tmp_path, model_cache=tmp_path / "models", database_url="sqlite://", blob_url=str(tmp_path),
+                    max_body_bytes=256 * 1024)
 
 
 @pytest.fixture

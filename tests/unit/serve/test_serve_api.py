@@ -141,28 +141,77 @@ def test_tool_calls_are_parsed(client: TestClient, tenants: Tenants) -> None:
         ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}}, 400, "logit_bias"),
         ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
         ({"model": BASE, "messages": [{"role": "user", "content": "word " * 2000}]}, 413, "messages"),
+        # wrong types, missing fields, out of range
+        ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        ({"model": BASE, "messages": "hi"}, 400, "messages"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "n": "two"}, 400, "n"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "n": 1.5}, 400, "n"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "n": 129}, 400, "n"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, 400, "max_completion_tokens"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 6}, 400, "max_completion_tokens"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "temperature": 3}, 400, "temperature"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}, 400, "top_p"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "seed": "abc"}, 400, "seed"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "stop": 5}, 400, "stop"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, "stream"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "metadata": {"k": 1}}, 400, "metadata.k"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "user": "u" * 300}, 400, "user"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "tools": "calc"}, 400, "tools"),
+        ({"model": BASE, "messages": [{"role": "tool", "content": "4"}]}, 400, "messages.0.tool_call_id"),
+        # refused before a stream starts: a plain JSON error, not an event stream
+        ({"model": "nope", "messages": [{"role": "user", "content": "x"}], "stream": True}, 404, "model"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "word " * 2000}], "stream": True}, 413, "messages"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "stream": True, "n": 9}, 400, "n"),
     ],
 )
 def test_bad_requests_are_refused_precisely_and_write_no_trace(
-    client: TestClient, tenants: Tenants, database: Database, body: dict[str, Any], status: int, param: str
+    client: TestClient, tenants: Tenants, database: Database, serving: Serving, body: dict[str, Any], status: int,
+    param: str,
 ) -> None:
     r = client.post(CHAT, json=body, headers=auth(tenants.acme.member))
     assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json" and "x-teachloop-trace-id" not in r.headers
+    assert set(r.json()) == {"error"}
     error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param, error
+    assert param.split(".")[0] in error["message"], error  # the message names the parameter too
     if status == 404:
         assert error["code"] == "model_not_found"
     if status == 413:
         assert error["code"] == "context_length_exceeded"
     assert _count(database) == 0
+    usage = serving.usage.of(tenants.acme.org_id)  # never reached the scheduler
+    assert (usage.in_flight, usage.completed, usage.failed) == (0, 0, 0)
     assert client.post(CHAT, json=_body(), headers=auth(tenants.acme.member)).status_code == 200
 
 
-def test_malformed_json_and_missing_or_revoked_keys(client: TestClient, tenants: Tenants, database: Database) -> None:
-    r = client.post(CHAT, content=b"{not json", headers={**auth(tenants.acme.member), "content-type": "application/json"})
-    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
-    assert client.post(CHAT, json=_body()).status_code == 401
-    assert client.post(CHAT, json=_body(), headers=auth("tl_" + "a" * 12 + "_" + "b" * 52)).status_code == 401
+def test_a_body_that_is_not_a_json_object_is_refused(client: TestClient, tenants: Tenants, database: Database) -> None:
+    headers = {**auth(tenants.acme.member), "content-type": "application/json"}
+    for content in (b"[1, 2]", b'"hello"', b"null", b"", b'{"model": "tiny-base", "messages": [}'):
+        r = client.post(CHAT, content=content, headers=headers)
+        assert r.status_code == 400, (content, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = client.post(CHAT, content=json.dumps(_body()).encode(), headers={**auth(tenants.acme.member),
+                                                                        "content-type": "text/plain"})
+    assert r.status_code == 400 and "request body" in r.json()["error"]["message"]
+    assert _count(database) == 0
+    assert client.post(CHAT, json=_body(), headers=auth(tenants.acme.member)).status_code == 200
+
+
+def test_malformed_json_and_missing_or_revoked_keys(client: TestClient, tenants: Tenants, database: Database,
+                                                   serving: Serving) -> None:
+    as_json = {"content-type": "application/json"}
+    r = client.post(CHAT, content=b"{not json", headers={**auth(tenants.acme.member), **as_json})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("malformed JSON body: ")
+    # without a valid key it is 401 whatever the body: the key is checked before the body is read
+    for headers in ({}, auth("tl_" + "a" * 12 + "_" + "b" * 52), {"Authorization": "Basic x"}):
+        for content in (b"{not json", json.dumps(_body()).encode(), b"x" * (1024 * 1024)):
+            r = client.post(CHAT, content=content, headers={**headers, **as_json})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
     from teachloop.store import ApiKeys
 
     with database.session() as s:
@@ -170,7 +219,35 @@ def test_malformed_json_and_missing_or_revoked_keys(client: TestClient, tenants:
         ApiKeys(s).revoke(tenants.acme.org_id, key.key_id)
     r = client.post(CHAT, json=_body(), headers=auth(tenants.acme.member))
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    assert _count(database) == 0
+    assert "revoked" in r.json()["error"]["message"]
+    assert _count(database) == 0 and serving.usage.of(tenants.acme.org_id).completed == 0
+    # the organisation's other keys, and the server, keep working
+    assert client.post(CHAT, json=_body(), headers=auth(tenants.acme.owner)).status_code == 200
+    assert _count(database) == 1
+
+
+def test_an_oversized_body_is_413_and_writes_nothing(client: TestClient, tenants: Tenants, database: Database,
+                                                    settings: Any) -> None:
+    limit = settings.max_body_bytes
+    huge = _body("word " * (limit // 5 + 10))
+    r = client.post(CHAT, json=huge, headers=auth(tenants.acme.member))
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "request_too_large" and str(limit) in error["message"]
+    assert "TEACHLOOP_MAX_BODY_BYTES" in error["message"]
+    chunks = iter([json.dumps(huge).encode()[i : i + 4096] for i in range(0, len(json.dumps(huge)), 4096)])
+    r = client.post(CHAT, content=chunks, headers={**auth(tenants.acme.member), "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    # the REST API too: no deployment, no feedback
+    r = client.post("/api/deployments", json={"name": "big", "adapter": "x" * limit}, headers=auth(tenants.acme.owner))
+    assert r.status_code == 413
+    assert client.get("/api/deployments", headers=auth(tenants.acme.owner)).json()["data"] == []
+    trace_id = client.post(CHAT, json=_body(), headers=auth(tenants.acme.member)).headers["x-teachloop-trace-id"]
+    r = client.post(f"/api/traces/{trace_id}/feedback", json={"comment": "c" * limit},
+                    headers=auth(tenants.acme.member))
+    assert r.status_code == 413
+    assert client.get(f"/api/traces/{trace_id}/feedback", headers=auth(tenants.acme.member)).json()["data"] == []
+    assert _count(database) == 1
 
 
 def test_viewers_read_but_cannot_call(client: TestClient, tenants: Tenants) -> None:
