@@ -202,7 +202,7 @@ class LiveView:
         elif event == "gate":
             d = p["decision"]
             self._log(f"  gate {'passed' if d['passed'] else 'refused'}: {d['reason']}")
-        elif event in ("canary", "promoted", "rolled_back", "watched", "superseded", "outcome", "failed", "paused"):
+        elif event in ("canary", "promoted", "rolled_back", "superseded", "outcome", "failed", "paused"):
             self._log(f"  {event}: {p.get('reason') or p.get('error') or p.get('version') or ''}")
             if event == "paused":
                 s["phase"] = "paused"

@@ -211,7 +211,7 @@ class LoopRunner:
         return n
 
     def new_examples(self, loop: Loop, cfg: LoopConfig, refs: References) -> int:
-        """Usable examples from traces newer than the loop's cursor (after filters, before dedupe)."""
+        """Usable examples that arrived after the loop's cursor (after filters, before dedupe)."""
         with self.deps.database.session(write=False) as s:
             cands = collect(s, cfg, refs, org_id=self.deps.org_id, loop_id=loop.id)
         cur = cfg.curation

@@ -4,11 +4,14 @@
 an iteration should start now, or None:
 
 * ``every``: at least ``every`` new usable examples arrived since the last
-  iteration's snapshot (new = candidates from traces newer than the loop's
-  cursor, counted after the source and metadata filters, before dedupe);
+  iteration's snapshot (new = candidates whose arrival time -- when their
+  feedback was given, their trace graded, or their dataset row first
+  recorded -- is after the loop's cursor, counted after the source and
+  metadata filters, before dedupe);
 * ``interval_minutes``: that long has passed since the last iteration started
   (or the loop has never run) and at least ``min_examples`` new examples
-  arrived -- a schedule never trains on nothing new.
+  arrived -- a schedule never trains on nothing new (so a loop whose sources
+  can never grow is refused by ``validate_loop_config`` instead).
 
 ``budget_left(cfg, spent_s)`` is the training time left today (UTC) in
 seconds. This module knows nothing of the store.

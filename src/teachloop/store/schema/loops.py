@@ -3,11 +3,13 @@
 - ``Loop``: one per deployment. ``config`` is the validated loop config (JSON)
   and ``config_digest`` its content digest; ``enabled`` says whether it runs.
   ``phase`` is where it stands: ``idle`` (waiting for its trigger),
-  ``canary`` (a candidate serves part of the traffic) or ``watch`` (a
-  candidate was promoted and is being watched); ``active_iteration_id`` names
-  the iteration in ``canary``/``watch``. ``cursor`` is the creation time of
-  the newest trace the last iteration's snapshot could see (the trigger counts
-  usable examples after it); ``scored_until`` is how far online scoring got.
+  ``canary`` (a candidate serves part of the traffic; nothing else happens)
+  or ``watch`` (the deployed version was promoted by the loop and is watched
+  for as long as it serves; the trigger still runs); ``active_iteration_id``
+  names the iteration in ``canary``/``watch``. ``cursor`` is the arrival time
+  (feedback given, trace graded, dataset row recorded) of the newest example
+  the last iteration's snapshot could see (the trigger counts usable examples
+  after it); ``scored_until`` is how far online scoring got.
 - ``LoopIteration``: one turn of the loop, numbered 1, 2, ... per loop: why it
   started (``trigger``), the dataset snapshot it used, the training run, the
   candidate and baseline adapter versions, the eval gate's decision record,
