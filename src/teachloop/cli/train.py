@@ -5,7 +5,10 @@ its inputs (environment digests, dataset digests, skipped-row counts) before
 loading the model, then runs with a live progress line per step. ``--resume
 RUN`` continues a run from its last checkpoint. ``runs list`` and ``runs show
 RUN`` print the record, the metric table, a reward (or loss) curve in the
-terminal, and write an SVG plot with ``--plot``.
+terminal, and write an SVG plot with ``--plot FILE.svg`` (also with
+``--json``), printing the absolute path written. Every check (config,
+environments, datasets, context length from the model's ``config.json``)
+runs before ``_build_engine`` loads the weights.
 """
 
 from __future__ import annotations
@@ -18,82 +21,133 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand
 
 from teachloop.cli._common import StoreContext, console, err_console, handle_errors
+from teachloop.core.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=False)
 runs_app = typer.Typer(help="List and inspect training runs.", no_args_is_help=True)
 
-_KEYS = ("reward_mean", "loss", "kl", "entropy", "clip_frac", "tokens_per_s", "step_seconds")
+#: The metric columns of ``runs show`` (``kl``: runs recorded before kl_ref / kl_sampler were split).
+_KEYS = ("reward_mean", "loss", "kl_ref", "kl_sampler", "kl", "entropy", "clip_frac", "tokens_per_s", "step_seconds")
+
+
+class _TrainCommand(TyperCommand):
+    """``train``'s command: --help also lists every config field (built when asked, not at import)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super().format_help(ctx, formatter)
+        from rich.console import Console
+
+        from teachloop.train.config import field_reference
+
+        table = Table(title="Config fields: set in CONFIG.toml, or as --section.field VALUE / --section.field=VALUE "
+                      "(before or after CONFIG)", title_justify="left", box=None, show_header=False)
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column(style="yellow")
+        table.add_column()
+        for flag, kind, desc in field_reference():
+            table.add_row(Text(flag), Text(kind), Text(desc))
+        Console(highlight=False).print(table)
 
 
 @app.command(
     "train",
+    cls=_TrainCommand,
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     help="Train an adapter (grpo | sft | dpo) from a TOML config; any field can be overridden with "
-    "--section.field VALUE (e.g. --steps 20 --rl.group_size 8 --optim.lr 2e-4).",
+    "--section.field VALUE, before or after CONFIG (e.g. --steps 20 --rl.group_size 8 --optim.lr 2e-4). "
+    "Everything (config, environments, datasets, context length) is checked before the model's weights load.",
 )
 def train(
     ctx: typer.Context,
-    config: Path = typer.Argument(None, help="The run's TOML config (omit with --resume)."),
+    config: Path = typer.Argument(None, help="The run's TOML config (omit with --resume; optional when flags "
+                                  "give every required field)."),
     resume: str = typer.Option(None, "--resume", help="Continue run RUN from its last checkpoint."),
     org: str = typer.Option(None, "--org", help="Organisation (name or id); default: the only one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and pin its inputs, then stop."),
 ) -> None:
     """Run or resume a training run."""
-    from teachloop.train.config import load_config, parse_overrides
+    from teachloop.train.config import load_config, parse_command_line, validate_config
+    from teachloop.train.runs import RunStore
 
     with handle_errors():
-        if resume is None and config is None:
-            raise typer.BadParameter("give a CONFIG.toml or --resume RUN")
-        overrides = parse_overrides(list(ctx.args))
+        # click binds the first extra token to CONFIG ("--steps" in "--steps 3 cfg.toml"); re-split them all
+        tokens = ([str(config)] if config is not None else []) + list(ctx.args)
+        positional, overrides = parse_command_line(tokens)
+        if len(positional) > 1:
+            raise InvalidInput(f"unexpected argument {positional[1]!r}; give one CONFIG.toml, and overrides as "
+                               "--section.field VALUE", param=positional[1])
+        config_path = Path(positional[0]) if positional else None
+        if resume is None and config_path is None and not overrides:
+            raise InvalidInput("give a CONFIG.toml (and/or --section.field flags) or --resume RUN", param="config")
+        if resume is not None and (config_path is not None or overrides):
+            raise InvalidInput("--resume takes no CONFIG and no overrides: a run keeps its config", param="resume")
         with StoreContext(org) as store:
-            cfg = None
+            run = None
             if resume is None:
-                cfg = load_config(config, overrides)
+                cfg = load_config(config_path, overrides)
             else:
-                from teachloop.train.config import validate_config
-                from teachloop.train.runs import RunStore
+                run = RunStore(store.database, store.blobs).get(store.org_id, resume)
+                cfg = validate_config(run.config)
+            from contextlib import nullcontext
 
-                if overrides:
-                    raise typer.BadParameter("--resume takes no overrides: a run keeps its config")
-                cfg = validate_config(RunStore(store.database, store.blobs).get(store.org_id, resume).config)
-            _run(cfg, store, resume, dry_run)
+            from teachloop.envs.registry import untrusted_references
+
+            # a stored config is untrusted: its environments may not be paths or module:attr (they run code)
+            with untrusted_references() if run is not None else nullcontext():
+                _run(cfg, store, run, dry_run)
 
 
-def _run(cfg: Any, store: StoreContext, resume: str | None, dry_run: bool) -> None:
+def model_context_length(path: Path) -> int:
+    """The context length of the model folder ``path`` from its ``config.json`` (no weights are read).
+
+    The same figure the torch engine reports: ``max_position_embeddings``, 2048 when absent.
+    """
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise InvalidInput(f"model folder {path} has no readable config.json: {err}", param="model") from None
+    value = cfg.get("max_position_embeddings", 2048) if isinstance(cfg, dict) else 2048
+    return int(value) if isinstance(value, int) and value > 0 else 2048
+
+
+def _build_engine(path: Path, settings: Any, cfg: Any) -> Any:
+    """The engine holding the base model (loads the weights: only after every check passed)."""
+    from teachloop.engine.torch_engine import TorchEngine
+
+    return TorchEngine(path, device=settings.device, pack="lm_head" if cfg.low_memory else None)
+
+
+def _run(cfg: Any, store: StoreContext, run: Any, dry_run: bool) -> None:
     from teachloop.core.settings import DEFAULT_MODEL
     from teachloop.engine.models import ensure_default_model, resolve_model
     from teachloop.render import Renderer
-    from teachloop.train.trainer import Trainer, TrainerDeps
+    from teachloop.train.trainer import Trainer, TrainerDeps, prepare_inputs, verify_pinned
 
     settings = store.settings
-    console.print(f"[bold]{'resuming' if resume else 'training'}[/] {cfg.name} ({cfg.algorithm}, {cfg.steps} steps) "
+    console.print(f"[bold]{'resuming' if run else 'training'}[/] {cfg.name} ({cfg.algorithm}, {cfg.steps} steps) "
                   f"in {store.org_name}")
     path = ensure_default_model(settings, progress=True) if cfg.model == DEFAULT_MODEL else \
         resolve_model(settings, cfg.model)
     renderer = Renderer.from_pretrained(path)
+    prepared = prepare_inputs(cfg, renderer=renderer, database=store.database, blobs=store.blobs,
+                              org_id=store.org_id, env_cache=settings.home / "envs",
+                              context_length=model_context_length(path))
+    if run is not None:
+        verify_pinned(run, prepared)
     if dry_run:
-        deps = TrainerDeps(engine=_NoEngine(), renderer=renderer, database=store.database,  # type: ignore[arg-type]
-                           blobs=store.blobs, org_id=store.org_id, env_cache=settings.home / "envs")
-        prepared = Trainer(cfg, deps).prepare()
         console.print_json(json.dumps(prepared.inputs(), default=str))
         return
-    from teachloop.engine.torch_engine import TorchEngine
-
-    engine = TorchEngine(path, device=settings.device, pack="lm_head" if cfg.low_memory else None)
+    engine = _build_engine(path, settings, cfg)
     deps = TrainerDeps(engine=engine, renderer=renderer, database=store.database, blobs=store.blobs,
                        org_id=store.org_id, env_cache=settings.home / "envs")
-    trainer = Trainer(cfg, deps, listener=_printer(cfg.steps))
-    run = asyncio.run(trainer.run(resume=resume))
-    console.print(f"[green]completed[/] run {run.id}; adapter at blob {run.final_adapter_key}")
-    console.print(f"inspect: teachloop runs show {run.id} --plot {run.id}.svg")
-
-
-class _NoEngine:
-    """Stands in for the engine in --dry-run (only the context length is read)."""
-
-    context_length = 1 << 30
+    trainer = Trainer(cfg, deps, listener=_printer(cfg.steps), prepared=prepared)
+    done = asyncio.run(trainer.run(resume=run.id if run is not None else None))
+    console.print(f"[green]completed[/] run {done.id}; adapter at blob {done.final_adapter_key}")
+    console.print(f"inspect: teachloop runs show {done.id} --plot {done.id}.svg")
 
 
 def _fmt(values: dict[str, Any]) -> str:
@@ -147,49 +201,80 @@ def runs_list(
 def runs_show(
     run_id: str = typer.Argument(..., help="The run id."),
     org: str = typer.Option(None, "--org", help="Organisation (name or id)."),
-    plot: Path = typer.Option(None, "--plot", help="Write an SVG plot of the metrics here."),
+    plot: Path = typer.Option(None, "--plot", help="Write an SVG plot of the metrics to this .svg file "
+                              "(also with --json); prints where it was written."),
     as_json: bool = typer.Option(False, "--json", help="Print the record and metrics as JSON."),
 ) -> None:
-    """A run's record, metrics table, terminal curve and (optionally) an SVG plot."""
-    from teachloop.train.plot import sparkline, svg_plot
+    """A run's record, metrics table, terminal curve and (with --plot) an SVG plot."""
+    from teachloop.train.plot import sparkline
     from teachloop.train.runs import RunStore
 
-    with handle_errors(), StoreContext(org) as store:
-        rs = RunStore(store.database, store.blobs)
-        run = rs.get(store.org_id, run_id)
-        rows = rs.metrics(store.org_id, run_id)
-        if as_json:
-            typer.echo(json.dumps({"run": run.__dict__, "metrics": [
-                {"step": s, "phase": p, "values": v} for s, p, v in rows]}, default=str))
-            return
-        console.print(f"[bold]{run.id}[/] {run.name}  {run.algorithm}  [bold]{run.status}[/]  "
-                      f"step {run.step}/{run.total_steps}  base {run.base_model}")
-        for k, v in run.inputs.items():
-            console.print(f"  {k}: {json.dumps(v, default=str)}", highlight=False)
-        if run.error:
-            err_console.print(f"  error: {run.error}")
-        train = [(s, v) for s, p, v in rows if p == "train"]
-        evals = [(s, v) for s, p, v in rows if p == "eval"]
-        table = Table(title="metrics", title_justify="left")
-        keys = [k for k in _KEYS if any(k in v for _, v in train)]
-        table.add_column("step", justify="right")
-        for k in keys:
-            table.add_column(k, justify="right")
-        for s, v in train:
-            table.add_row(str(s), *(f"{v[k]:.4g}" if isinstance(v.get(k), int | float) else "" for k in keys))
-        console.print(table)
-        for s, v in evals:
-            console.print(f"[cyan]eval @ {s}[/]  {_fmt(v)}", highlight=False)
-        curve_key = "reward_mean" if any("reward_mean" in v for _, v in train) else "loss"
-        curve = [v.get(curve_key) for _, v in train]
-        if curve:
-            console.print(f"{curve_key}: {sparkline([c for c in curve if c is not None])}")
-        if plot is not None:
-            series: dict[str, Sequence[tuple[float, float]]] = {f"train {curve_key}": [(float(s), float(v[curve_key])) for s, v in train if curve_key in v]}
-            eval_key = "reward_mean" if any("reward_mean" in v for _, v in evals) else "heldout_nll"
-            points: dict[str, Sequence[tuple[float, float]]] = {f"eval {eval_key}": [(float(s), float(v[eval_key])) for s, v in evals if eval_key in v]}
-            plot.write_text(svg_plot(series, points=points, title=f"{run.name} ({run.id})", y_label=curve_key))
-            console.print(f"wrote {plot}")
+    with handle_errors():
+        if plot is not None and plot.suffix.lower() != ".svg":
+            raise InvalidInput(f"--plot writes SVG; give a path ending in .svg, not {plot.name!r}", param="plot")
+        with StoreContext(org) as store:
+            rs = RunStore(store.database, store.blobs)
+            run = rs.get(store.org_id, run_id)
+            rows = rs.metrics(store.org_id, run_id)
+            train = [(s, v) for s, p, v in rows if p == "train"]
+            evals = [(s, v) for s, p, v in rows if p == "eval"]
+            if as_json:
+                typer.echo(json.dumps({"run": run.__dict__, "metrics": [
+                    {"step": s, "phase": p, "values": v} for s, p, v in rows]}, default=str))
+                if plot is not None:
+                    err_console.print(f"wrote {_write_plot(run, train, evals, plot)}")
+                return
+            console.print(f"[bold]{run.id}[/] {run.name}  {run.algorithm}  [bold]{run.status}[/]  "
+                          f"step {run.step}/{run.total_steps}  base {run.base_model}")
+            for k, v in run.inputs.items():
+                console.print(f"  {k}: {json.dumps(v, default=str)}", highlight=False)
+            if run.error:
+                err_console.print(f"  error: {run.error}")
+            table = Table(title="metrics", title_justify="left")
+            keys = [k for k in _KEYS if any(k in v for _, v in train)]
+            table.add_column("step", justify="right")
+            for k in keys:
+                table.add_column(k, justify="right")
+            for s, v in train:
+                table.add_row(str(s), *(f"{v[k]:.4g}" if isinstance(v.get(k), int | float) else "" for k in keys))
+            console.print(table)
+            for s, v in evals:
+                console.print(f"[cyan]eval @ {s}[/]  {_fmt(v)}", highlight=False)
+            curve_key = _first_key(train, ("reward_mean", "loss"))
+            curve = [v[curve_key] for _, v in train if isinstance(v.get(curve_key), int | float)]
+            if curve:
+                console.print(f"{curve_key}: {sparkline(curve)}")
+            if plot is not None:
+                console.print(f"wrote {_write_plot(run, train, evals, plot)}")
+
+
+Rows = list[tuple[int, dict[str, Any]]]
+
+
+def _first_key(rows: Rows, keys: Sequence[str]) -> str:
+    """The first of ``keys`` any row has (else the last key)."""
+    return next((k for k in keys if any(k in v for _, v in rows)), keys[-1])
+
+
+def _write_plot(run: Any, train: Rows, evals: Rows, path: Path) -> Path:
+    """Write the SVG plot of a run (train curve, eval points) to ``path``; returns its absolute path."""
+    from teachloop.train.plot import svg_plot
+
+    curve_key = _first_key(train, ("reward_mean", "loss"))
+    eval_key = _first_key(evals, ("reward_mean", "heldout_nll", "heldout_dpo_loss"))
+
+    def xy(rows: Rows, key: str) -> Sequence[tuple[float, float]]:
+        return [(float(s), float(v[key])) for s, v in rows if isinstance(v.get(key), int | float)]
+
+    svg = svg_plot({f"train {curve_key}": xy(train, curve_key)}, points={f"eval {eval_key}": xy(evals, eval_key)},
+                   title=f"{run.name} ({run.id})", y_label=curve_key)
+    path = path.expanduser().resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(svg)
+    except OSError as err:
+        raise InvalidInput(f"--plot: cannot write {path}: {err.strerror or err}", param="plot") from None
+    return path
 
 
 __all__ = ["app", "runs_app"]

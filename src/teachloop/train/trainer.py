@@ -1,9 +1,12 @@
 """The run driver: validate and pin inputs, create or resume the run, step, evaluate, checkpoint, finish.
 
-``Trainer.prepare`` resolves the environment(s) to digests and loads and
-renders the datasets (skipping and counting rows that don't fit) *before* any
-compute is spent; a bad config, a missing or yanked environment version, or a
-dataset over the skip threshold is refused there. ``run`` then creates the run
+``prepare_inputs`` (``Trainer.prepare``) resolves and builds the
+environment(s), pinned by digest, and loads and renders the datasets (skipping
+and counting rows that don't fit) *before* any compute is spent -- it needs
+the model's context length, not its weights, so a caller can run it before
+building the engine; a missing or yanked environment version, environment
+arguments its constructor rejects, or a dataset over the skip threshold is
+refused there. ``run`` then creates the run
 record (or resumes one from its last checkpoint), evaluates on held-out data
 before the first step, runs the steps (metrics stored per step, checkpoints
 every ``checkpoint_every`` steps), evaluates after the last step, stores the
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from teachloop.core.errors import InvalidInput
+from teachloop.core.errors import InvalidInput, NotFound, TeachloopError
 from teachloop.core.sampling import SamplingParams
 from teachloop.engine.base import Engine
 from teachloop.engine.completer import EngineCompleter
@@ -91,43 +94,111 @@ class Prepared:
         return out
 
 
-class Trainer:
-    """Runs one training run end to end (see the module docstring)."""
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
-    def __init__(self, config: TrainConfig, deps: TrainerDeps, *, listener: Listener | None = None) -> None:
+
+def _resolve(ref: str, kwargs: dict[str, Any], field: str, *, database: Database, blobs: BlobStore, org_id: str,
+             env_cache: Path) -> ResolvedEnv:
+    """``resolve_env`` whose failures name the config field: ``field.env`` or ``field.env_args``.
+
+    A missing environment stays ``NotFound`` and a yanked version ``InvalidInput``, both naming
+    ``field.env``; anything the environment's constructor raises becomes ``InvalidInput`` naming
+    ``field.env_args`` (one line, with the environment's reason).
+    """
+    args_field = f"{field}.env_args" if kwargs else f"{field}.env"
+    try:
+        with database.session(write=False) as s:
+            return resolve_env(ref, session=s, blobs=blobs, org_id=org_id, cache=env_cache, **kwargs)
+    except NotFound as err:
+        raise NotFound(_one_line(f"{field}.env: {err.message}"), param=f"{field}.env") from None
+    except InvalidInput as err:  # name the config field: "env" -> rl.env, "env_args" -> rl.env_args
+        if err.param not in (None, "env", "env_args"):
+            raise
+        param = args_field if err.param is None else f"{field}.{err.param}"
+        raise type(err)(_one_line(f"{param}: {err.message}"), param=param) from None
+    except TeachloopError:
+        raise
+    except Exception as err:  # the environment's own constructor (or package code) refused its arguments
+        raise InvalidInput(
+            _one_line(f"{args_field}: environment {ref!r} could not be built with {kwargs}: "
+                      f"{type(err).__name__}: {err}"),
+            param=args_field,
+        ) from None
+
+
+def prepare_inputs(config: TrainConfig, *, renderer: Renderer, database: Database, blobs: BlobStore, org_id: str,
+                   env_cache: Path, context_length: int) -> Prepared:
+    """Everything a run checks before compute: environments resolved and built, datasets loaded and
+    rendered (rows that don't fit counted), the holdout split and token budgets checked against the
+    model's ``context_length`` (read from its ``config.json``; no weights are needed).
+
+    Raises ``InvalidInput`` (naming the field) or ``NotFound``.
+    """
+    cfg = config
+    where: dict[str, Any] = {"database": database, "blobs": blobs, "org_id": org_id, "env_cache": env_cache}
+    if cfg.rl is not None and cfg.rl.max_tokens >= context_length:
+        raise InvalidInput(f"rl.max_tokens {cfg.rl.max_tokens} does not fit the model's context of "
+                           f"{context_length} tokens", param="rl.max_tokens")
+    if cfg.eval.max_tokens is not None and cfg.eval.max_tokens >= context_length:
+        raise InvalidInput(f"eval.max_tokens {cfg.eval.max_tokens} does not fit the model's context of "
+                           f"{context_length} tokens", param="eval.max_tokens")
+    train_env = _resolve(cfg.rl.env, cfg.rl.env_args, "rl", **where) if cfg.rl is not None else None
+    eval_ref = cfg.eval_env()
+    eval_env = None
+    if eval_ref is not None:
+        same = cfg.rl is not None and eval_ref == (cfg.rl.env, cfg.rl.env_args)
+        eval_env = train_env if same else _resolve(*eval_ref, "eval", **where)
+    data = eval_data = None
+    if cfg.data is not None:
+        d = cfg.data
+        loader = load_sft if cfg.algorithm == "sft" else load_dpo
+        kw: dict[str, Any] = {"max_seq_len": min(d.max_seq_len, context_length),
+                              "max_skipped_frac": d.max_skipped_frac}
+        if cfg.algorithm == "sft":
+            kw["train_on"] = d.train_on
+        data = loader(Path(d.train), renderer, **kw)
+        if d.eval:
+            eval_data = loader(Path(d.eval), renderer, field="data.eval", **kw)
+        else:
+            split_holdout(data.items, d.holdout_frac, cfg.seed)  # refuses a split that leaves nothing to train on
+    return Prepared(train_env, eval_env, data, eval_data)
+
+
+def verify_pinned(run: RunInfo, prepared: Prepared) -> None:
+    """Refuse to resume ``run`` when an environment or dataset now resolves to a different digest."""
+    now = prepared.inputs()
+    for key in ("env", "eval_env", "dataset"):
+        pinned = run.inputs.get(key)
+        if pinned is not None and pinned.get("digest") != now.get(key, {}).get("digest"):
+            raise InvalidInput(
+                f"run {run.id} trained on {key} digest {pinned.get('digest')}, but it now resolves to "
+                f"{now.get(key, {}).get('digest')}; refusing to resume on different inputs", param=key)
+
+
+class Trainer:
+    """Runs one training run end to end (see the module docstring).
+
+    ``prepared`` (from ``prepare_inputs``) lets a caller check the inputs before it builds the engine.
+    """
+
+    def __init__(self, config: TrainConfig, deps: TrainerDeps, *, listener: Listener | None = None,
+                 prepared: Prepared | None = None) -> None:
         self.config = config
         self.deps = deps
         self.runs = RunStore(deps.database, deps.blobs)
         self.listener = listener or (lambda event, payload: None)
-        self._prepared: Prepared | None = None
+        self._prepared = prepared
 
     # ---------------------------------------------------------------- prepare
-    def _resolve(self, ref: str, kwargs: dict[str, Any]) -> ResolvedEnv:
-        with self.deps.database.session(write=False) as s:
-            return resolve_env(ref, session=s, blobs=self.deps.blobs, org_id=self.deps.org_id,
-                               cache=self.deps.env_cache, **kwargs)
-
     def prepare(self) -> Prepared:
         """Resolve environments and load datasets; raises ``InvalidInput``/``NotFound`` before any compute."""
-        cfg = self.config
-        train_env = self._resolve(cfg.rl.env, cfg.rl.env_args) if cfg.rl is not None else None
-        eval_ref = cfg.eval_env()
-        eval_env = None
-        if eval_ref is not None:
-            same = cfg.rl is not None and eval_ref == (cfg.rl.env, cfg.rl.env_args)
-            eval_env = train_env if same else self._resolve(*eval_ref)
-        data = eval_data = None
-        if cfg.data is not None:
-            d = cfg.data
-            loader = load_sft if cfg.algorithm == "sft" else load_dpo
-            kw: dict[str, Any] = {"max_seq_len": min(d.max_seq_len, self.deps.engine.context_length),
-                                  "max_skipped_frac": d.max_skipped_frac}
-            if cfg.algorithm == "sft":
-                kw["train_on"] = d.train_on
-            data = loader(Path(d.train), self.deps.renderer, **kw)
-            if d.eval:
-                eval_data = loader(Path(d.eval), self.deps.renderer, **kw)
-        self._prepared = Prepared(train_env, eval_env, data, eval_data)
+        if self._prepared is None:
+            d = self.deps
+            self._prepared = prepare_inputs(self.config, renderer=d.renderer, database=d.database, blobs=d.blobs,
+                                            org_id=d.org_id, env_cache=d.env_cache,
+                                            context_length=d.engine.context_length)
         return self._prepared
 
     # -------------------------------------------------------------------- run
@@ -174,19 +245,13 @@ class Trainer:
         if resume is not None:
             run = self.runs.get(org, resume)
             self.config = validate_config(run.config)
-        prepared = self._prepared or self.prepare()
+        prepared = self.prepare()
         cfg = self.config
         if resume is None:
             run = self.runs.create(org, cfg, prepared.inputs())
             start = 0
         else:
-            pinned = run.inputs
-            now = prepared.inputs()
-            for key in ("env", "eval_env", "dataset"):
-                if key in pinned and pinned[key].get("digest") != now.get(key, {}).get("digest"):
-                    raise InvalidInput(
-                        f"run {run.id} trained on {key} digest {pinned[key].get('digest')}, but it now resolves to "
-                        f"{now.get(key, {}).get('digest')}; refusing to resume on different inputs", param=key)
+            verify_pinned(run, prepared)
         adapter = f"run:{run.id}"
         if engine.has_adapter(adapter):  # type: ignore[attr-defined]
             engine.delete_adapter(adapter)
@@ -244,4 +309,4 @@ class Trainer:
         self.listener("checkpoint", {"step": step})
 
 
-__all__ = ["Algorithm", "Listener", "Prepared", "Trainer", "TrainerDeps"]
+__all__ = ["Algorithm", "Listener", "Prepared", "Trainer", "TrainerDeps", "prepare_inputs", "verify_pinned"]
