@@ -40,7 +40,7 @@ def test_two_grpo_steps_on_the_default_model(default_model_dir: Path, tmp_path: 
     assert runner.invoke(app, ["admin", "init"]).exit_code == 0
     cfg = tmp_path / "grpo.toml"
     cfg.write_text(CONFIG)
-    result = runner.invoke(app, ["train", str(cfg), "--rl.prompts_per_step", "4"])
+    result = runner.invoke(app, ["train", "--rl.prompts_per_step", "4", str(cfg)])  # options before CONFIG
     assert result.exit_code == 0, result.output
     assert "completed run" in result.output
     listed = runner.invoke(app, ["runs", "list", "--json"])

@@ -13,6 +13,8 @@ import pytest
 from teachloop.core import InvalidInput, NotFound
 from teachloop.train import Trainer, TrainerDeps, validate_config
 from teachloop.train.runs import RunStore
+from tests.unit.train.conftest import Digits
+from tests.unit.train.test_config_and_helpers import documented_metrics
 
 DIGITS = "tests.unit.train.conftest:Digits"
 
@@ -39,13 +41,30 @@ def _train_values(runs: RunStore, org: str, run_id: str, key: str) -> list[float
     return [v[key] for _, _, v in runs.metrics(org, run_id, "train") if key in v]
 
 
-def test_grpo_raises_the_reward_of_a_toy_task(engine: Any, renderer: Any, store: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "rl",
+    [
+        pytest.param({}, id="ppo"),
+        pytest.param({"loss": "importance_sampling"}, id="importance_sampling"),
+        pytest.param({"loss": "cispo"}, id="cispo"),
+        pytest.param({"advantage": "no_std"}, id="no_std"),
+        pytest.param({"kl_coef": 0.05}, id="kl_coef"),
+    ],
+)
+def test_grpo_raises_the_reward_of_a_toy_task(
+    rl: dict[str, Any], engine: Any, renderer: Any, store: Any, tmp_path: Path
+) -> None:
+    """Each policy loss, the no-std advantage and the KL penalty learn the toy task in 12 steps."""
     deps = _deps(engine, renderer, store, tmp_path)
-    run = asyncio.run(Trainer(validate_config(_grpo()), deps).run())
+    optim = {"lr": 1e-1, "grad_clip": 1.0} if rl.get("advantage") == "no_std" else {}  # no_std: smaller advantages
+    run = asyncio.run(Trainer(validate_config(_grpo(rl=rl, optim=optim)), deps).run())
     assert run.status == "completed" and run.step == 12
-    rewards = _train_values(RunStore(deps.database, deps.blobs), deps.org_id, run.id, "reward_mean")
+    runs = RunStore(deps.database, deps.blobs)
+    rewards = _train_values(runs, deps.org_id, run.id, "reward_mean")
     assert statistics.fmean(rewards[-3:]) > statistics.fmean(rewards[:3]) + 0.1, rewards
     assert run.inputs["env"]["digest"].startswith("sha256:")
+    keys = {k for _, _, v in runs.metrics(deps.org_id, run.id) for k in v}
+    assert keys - {"kl"} <= documented_metrics(), keys - documented_metrics()  # kl: see docs, grpo.py still merges
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -124,15 +143,57 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(
     assert engine.logprobs([seq], full.id)[0] == pytest.approx(engine.logprobs([seq], resumed.id)[0], abs=1e-4)
 
 
-def test_overlap_trains_one_step_off_policy(engine: Any, renderer: Any, store: Any, tmp_path: Path) -> None:
-    cfg = validate_config(_grpo(steps=3, rl={"overlap": True}))
-    deps = _deps(engine, renderer, store, tmp_path)
+class _Recording:
+    """The real engine, recording each forward_backward's batch with a snapshot of the adapter taken just
+    before that step's update (so snapshot k holds the weights after update k-1)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.calls: list[tuple[list[Any], str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def forward_backward(self, batch: Any, loss: Any, config: Any = None, *, adapter: str, **kw: Any) -> Any:
+        snap = f"snap-{len(self.calls)}"
+        self._engine.copy_adapter(adapter, snap)
+        self.calls.append((list(batch), snap))
+        return self._engine.forward_backward(batch, loss, config, adapter=adapter, **kw)
+
+
+def _sampler_gap(engine: Any, datums: list[Any], adapter: str) -> float:
+    """Max |stored sampler logprob - logprob recomputed under ``adapter``| over the trained tokens."""
+    gap = 0.0
+    for d in datums:
+        seq = [*d.input_tokens, d.target_tokens[-1]]
+        now = engine.logprobs([seq], adapter)[0]
+        gap = max(gap, *(abs(a - b) for a, b, w in zip(d.sampler_logprobs, now, d.weights, strict=True) if w))
+    return gap
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_overlap_samples_step_t_plus_1_from_the_pre_update_weights(
+    overlap: bool, engine: Any, renderer: Any, store: Any, tmp_path: Path
+) -> None:
+    """With overlap, step t+1's sampler logprobs are those of the adapter *before* step t's update (and not
+    after it); without, they are those after it -- the same check, so it tells the two apart."""
+    rec = _Recording(engine)
+    cfg = validate_config(_grpo(steps=3, rl={"overlap": overlap, "drop_zero_variance": False}))
+    deps = _deps(rec, renderer, store, tmp_path)
     run = asyncio.run(Trainer(cfg, deps).run())
+    assert run.status == "completed" and len(rec.calls) == 3  # every step trained (no group dropped)
+    assert _sampler_gap(engine, rec.calls[0][0], rec.calls[0][1]) < 2e-3  # step 1 is on-policy either way
+    for t in (1, 2):
+        datums = rec.calls[t][0]
+        before_prev_update, after_prev_update = rec.calls[t - 1][1], rec.calls[t][1]
+        pre, post = _sampler_gap(engine, datums, before_prev_update), _sampler_gap(engine, datums, after_prev_update)
+        if overlap:
+            assert pre < 2e-3 < 0.02 < post, (t, pre, post)
+        else:
+            assert post < 2e-3 < 0.02 < pre, (t, pre, post)
     vals = [v for _, _, v in RunStore(deps.database, deps.blobs).metrics(deps.org_id, run.id, "train")]
-    assert run.status == "completed" and len(vals) == 3
-    # step 1 is on-policy (ratio 1); later steps were sampled before the previous update
-    trained = [v for v in vals if v.get("trained")]
-    assert trained and all(abs(v["ratio_mean"] - 1) < 0.5 for v in trained)
+    if overlap:  # off-policy steps: the ratio moved away from 1, the sampler KL away from 0
+        assert all(abs(v["ratio_mean"] - 1) > 1e-4 for v in vals[1:]), vals
     assert not engine.has_adapter(f"run:{run.id}:sampler")
 
 
@@ -166,3 +227,29 @@ def test_yanked_environment_version_is_refused(engine: Any, renderer: Any, store
         reg.yank(org, "arithmetic@1.0.0", reason="broken grader")
     with pytest.raises(InvalidInput, match="yanked"):
         Trainer(validate_config(_grpo(rl={"env": "arithmetic@1.0.0"})), _deps(engine, renderer, store, tmp_path)).prepare()
+
+
+class Picky(Digits):
+    """A toy environment whose constructor refuses its arguments with a multi-line error."""
+
+    def __init__(self, level: int = 1) -> None:
+        if level > 3:
+            raise RuntimeError(f"level {level} is too hard\nlevels are 1..3")
+
+
+@pytest.mark.parametrize(
+    ("over", "param"),
+    [
+        ({"rl": {"env": "tests.unit.train.test_runs:Picky", "env_args": {"level": 9}}}, "rl.env_args"),
+        ({"rl": {"env": "tests.unit.train.test_runs:Picky"}, "eval": {"tasks": 2, "env_args": {"level": 9}}},
+         "eval.env_args"),
+        ({"rl": {"env": "tests.unit.train.test_runs:Picky", "env_args": {"lvl": 1}}}, "rl.env_args"),
+    ],
+)
+def test_environment_constructor_errors_name_the_env_args_field(
+    over: dict[str, Any], param: str, engine: Any, renderer: Any, store: Any, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidInput) as err:
+        Trainer(validate_config(_grpo(**over)), _deps(engine, renderer, store, tmp_path)).prepare()
+    assert err.value.param == param and str(err.value).startswith(f"{param}: ")
+    assert "\n" not in str(err.value)
