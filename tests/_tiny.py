@@ -13,13 +13,16 @@ use this module make sure of it).
   vocab = the tokenizer's size) plus that tokenizer, loadable with
   ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``.
   Same seed, same bytes. Well under a second once torch and transformers are imported.
+- ``tiny_qwen2(root, ...)`` and ``tiny_mistral(root, ..., sliding_window=None)``: the same
+  for the other architectures the torch engine accepts (Qwen2: biases on q/k/v, untied
+  embeddings; Mistral: optionally a sliding attention window).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -131,10 +134,87 @@ def tiny_llama(
     return out
 
 
+def tiny_qwen2(root: Path, *, name: str = "tiny-qwen2", seed: int = 0, num_layers: int = 2, hidden_size: int = 64) -> Path:
+    """Write a tiny random-weight ``Qwen2ForCausalLM`` (q/k/v biases, untied embeddings) to ``root / name``.
+
+    Shapes as ``tiny_llama``; the q/k/v biases are random (not zero), so a forward that
+    dropped them would be caught.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    def config(**common: object) -> Qwen2Config:
+        return Qwen2Config(**common, tie_word_embeddings=False, use_sliding_window=False)
+
+    return _write_tiny(Path(root) / name, seed, num_layers, hidden_size, config, Qwen2ForCausalLM, random_biases=True)
+
+
+def tiny_mistral(
+    root: Path,
+    *,
+    name: str = "tiny-mistral",
+    seed: int = 0,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    sliding_window: int | None = None,
+) -> Path:
+    """Write a tiny random-weight ``MistralForCausalLM`` to ``root / name`` (``sliding_window`` tokens, or none)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def config(**common: object) -> MistralConfig:
+        return MistralConfig(**common, tie_word_embeddings=True, sliding_window=sliding_window)
+
+    return _write_tiny(Path(root) / name, seed, num_layers, hidden_size, config, MistralForCausalLM)
+
+
+def _write_tiny(
+    out: Path,
+    seed: int,
+    num_layers: int,
+    hidden_size: int,
+    make_config: Callable[..., Any],
+    model_cls: Any,
+    *,
+    random_biases: bool = False,
+) -> Path:
+    import torch
+    from transformers import GenerationConfig
+
+    tokenizer = tiny_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = make_config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).to(torch.float32).eval()
+        if random_biases:
+            with torch.no_grad():
+                for module in model.modules():
+                    bias = getattr(module, "bias", None)
+                    if isinstance(bias, torch.Tensor):
+                        bias.normal_(0.0, 0.5)
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=eos, pad_token_id=eos)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 __all__ = [
     "CHATML_SPECIAL_TOKENS",
     "LLAMA3_SPECIAL_TOKENS",
     "SMOLLM2_CHAT_TEMPLATE",
     "tiny_llama",
+    "tiny_mistral",
+    "tiny_qwen2",
     "tiny_tokenizer",
 ]
