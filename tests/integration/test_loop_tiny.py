@@ -26,13 +26,24 @@ from teachloop.store.repos.deployments import Deployments
 from teachloop.store.repos.traces import TraceFilter, Traces
 from tests._tiny import tiny_llama
 
-DIGITS = "tests.unit.train.conftest:Digits"
+DIGITS = "digits"  # installed below as an entry point: a loop config (REST) may not name module:attr
 BASE = "tiny-llama"
 
 
+def install_digits(root: Path) -> None:
+    """Register the ``Digits`` test environment as the installed environment ``digits`` (entry point)."""
+    dist = root / "teachloop_test_digits-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: teachloop-test-digits\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[teachloop.environments]\ndigits = tests.unit.train.conftest:Digits\n")
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     from teachloop.engine.torch_engine import TorchEngine
+
+    install_digits(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
 
     model = tiny_llama(tmp_path / "models", name=BASE)
     settings = Settings(home=tmp_path, model_cache=tmp_path / "models", database_url=f"sqlite:///{tmp_path / 't.db'}",
