@@ -162,8 +162,19 @@ class TorchEngine:
 
     @property
     def context_length(self) -> int:
-        """``max_position_embeddings`` of the model."""
-        return int(getattr(self.hf.config, "max_position_embeddings", 2048))
+        """``max_position_embeddings`` of the model, capped at its attention window if it has one.
+
+        The engine computes full causal attention; for a sliding-window model
+        (Mistral, Qwen2 with ``use_sliding_window``) that is exact only for
+        sequences within the window, so longer ones are refused as too long.
+        """
+        cfg = self.hf.config
+        length = int(getattr(cfg, "max_position_embeddings", 2048))
+        window = getattr(cfg, "sliding_window", None)
+        windowed = getattr(cfg, "use_sliding_window", True)  # Qwen2 carries a window it does not use by default
+        if isinstance(window, int) and window > 0 and windowed:
+            length = min(length, window)
+        return length
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -459,6 +470,7 @@ class TorchEngine:
         with self._lock, self._restoring(name):
             info = self._install(name, spec, state_dict, path / "adapter")
             state = self._adapters[name]
+            _check_optimizer_state(opt_state, state.params, path)
             try:
                 state.optimizer.load_state_dict(opt_state)
             except (ValueError, KeyError, RuntimeError) as err:
@@ -712,6 +724,29 @@ class TorchEngine:
                 grad_norm=norm,
                 metrics={"lr": params.learning_rate, "grad_norm": norm, "accumulated_calls": float(calls)},
             )
+
+
+def _check_optimizer_state(opt_state: Any, params: Sequence[torch.Tensor], path: Path) -> None:
+    """Raise ``ModelError`` unless ``opt_state`` (an AdamW state dict) has one moment per parameter, shaped alike.
+
+    ``Optimizer.load_state_dict`` checks only the number of parameters; a
+    foreign checkpoint's moments of another shape would fail at the next step.
+    """
+    try:
+        groups = opt_state["param_groups"]
+        ids = [i for g in groups for i in g["params"]]
+        moments = opt_state["state"]
+    except (KeyError, TypeError):
+        raise ModelError(f"{path / 'optimizer.pt'} is not an optimizer state") from None
+    if len(ids) != len(params):
+        raise ModelError(f"optimizer state in {path} has {len(ids)} parameters; the adapter has {len(params)}")
+    for index, param in zip(ids, params, strict=True):
+        for name, value in (moments.get(index) or {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(param.shape):
+                raise ModelError(
+                    f"optimizer state in {path} does not fit the adapter: {name} of parameter {index} has shape "
+                    f"{tuple(value.shape)}, expected {tuple(param.shape)}"
+                )
 
 
 def _owned_by(param_name: str, adapter: str) -> bool:
