@@ -9,7 +9,8 @@ The demo itself runs on the tiny model too (``run_demo`` with a small budget).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,12 @@ def _config() -> dict[str, Any]:
     }
 
 
-def _traffic(client: TestClient, n: int, *, offset: int = 0) -> None:
+def _traffic(client: TestClient, n: int, *, offset: int = 0, users: Iterable[int] = range(8)) -> None:
+    names = [f"u{u}" for u in users]
     for i in range(n):
         r = client.post("/v1/chat/completions", json={
             "model": "digits", "messages": [{"role": "user", "content": f"Say some numbers {(i + offset) % 7}"}],
-            "max_tokens": 8, "temperature": 0, "user": f"u{i % 8}"})
+            "max_tokens": 8, "temperature": 0, "user": names[i % len(names)]})
         assert r.status_code == 200, r.text
 
 
@@ -111,11 +113,15 @@ def test_one_full_iteration_trains_gates_and_canaries_through_the_running_server
     with db.session(write=False) as s:
         dep = Deployments(s).get(org, "digits")
     assert dep.canary_version_id is not None and dep.canary_percent == 50
-    # the running server serves the canary to about half the users, without a restart
-    _traffic(client, 16, offset=3)
-    with db.session(write=False) as s:
-        arms = {t.arm for t in Traces(s).list(org, TraceFilter(model="digits", limit=16))}
-    assert arms == {"primary", "canary"}
+    # the running server serves the canary to about half the users, without a restart; users are sticky
+    # to an arm by a hash of the deployment id, so keep adding users until both arms have min_samples
+    for batch in range(8):
+        _traffic(client, 8, offset=3 + 8 * batch, users=range(8 * batch, 8 * batch + 8))
+        with db.session(write=False) as s:  # newest first: the requests sent since the canary began
+            arms = Counter(t.arm for t in Traces(s).list(org, TraceFilter(model="digits", limit=8 * (batch + 1))))
+        if min(arms["primary"], arms["canary"]) >= 4:
+            break
+    assert min(arms["primary"], arms["canary"]) >= 4, arms
     result = asyncio.run(runner.tick())
     [it] = history(db, org, "digits")
     assert it["status"] == "promoted" and result.phase == "watch"
