@@ -229,6 +229,29 @@ def test_yanked_environment_version_is_refused(engine: Any, renderer: Any, store
         Trainer(validate_config(_grpo(rl={"env": "arithmetic@1.0.0"})), _deps(engine, renderer, store, tmp_path)).prepare()
 
 
+def test_resume_with_overlap_samples_its_first_step_on_policy(
+    engine: Any, renderer: Any, store: Any, tmp_path: Path
+) -> None:
+    """The prefetched rollouts are not in a checkpoint: the first resumed step is sampled from the restored
+    adapter (as docs/training.md says), so its sampler logprobs are those of the weights it trains."""
+    cfg = validate_config(_grpo(steps=4, checkpoint_every=2, rl={"overlap": True, "drop_zero_variance": False}))
+
+    def kill_after_3(event: str, payload: dict[str, Any]) -> None:
+        if event == "step" and payload["step"] == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        asyncio.run(Trainer(cfg, _deps(engine, renderer, store, tmp_path), listener=kill_after_3).run())
+    killed = RunStore(store[0], store[1]).list_runs(store[2])[0]
+    assert killed.last_checkpoint_step == 2
+    rec = _Recording(engine)
+    resumed = asyncio.run(Trainer(cfg, _deps(rec, renderer, store, tmp_path)).run(resume=killed.id))
+    assert resumed.status == "completed" and len(rec.calls) == 2  # steps 3 and 4 ran
+    (step3, restored), (step4, after_3) = rec.calls
+    assert _sampler_gap(engine, step3, restored) < 2e-3  # on-policy: sampled from the checkpoint's adapter
+    assert _sampler_gap(engine, step4, restored) < 2e-3 < 0.02 < _sampler_gap(engine, step4, after_3)
+
+
 class Picky(Digits):
     """A toy environment whose constructor refuses its arguments with a multi-line error."""
 
