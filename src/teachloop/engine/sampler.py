@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from teachloop.core.errors import InvalidInput, PayloadTooLarge
-from teachloop.core.sampling import SampledSequence, SamplingParams, StopReason
+from teachloop.core.sampling import SampledSequence, SamplingParams, StopReason, check_n
 from teachloop.engine.llama import KVCache, LlamaForward, Segments, row_plan, token_rows
 
 
@@ -106,8 +106,7 @@ class DecodeBatch:
 
     def validate(self, req: SampleRequest) -> None:
         """Raise ``InvalidInput``/``PayloadTooLarge`` for a request this batch cannot run."""
-        if req.n < 1:
-            raise InvalidInput("n must be at least 1", param="n")
+        check_n(req.n)
         if not req.prompt:
             raise InvalidInput("the prompt is empty", param="prompt")
         vocab = self.fw.vocab

@@ -78,19 +78,6 @@ def _on_compute(method: Callable[Concatenate[TorchEngine, P], R]) -> Callable[Co
     return functools.update_wrapper(wrapper, method)  # type: ignore[return-value]
 
 
-def release_memory() -> None:
-    """Return freed heap memory to the OS (glibc keeps it otherwise, inflating RSS between phases).
-
-    Tensors are freed by reference counting as soon as a phase ends, so no
-    ``gc.collect()`` is needed (a full collection of a loaded model's ~500k
-    Python objects costs ~0.3 s, more than the trim itself).
-    """
-    import ctypes
-
-    with contextlib.suppress(OSError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
     if device == "auto":
@@ -543,10 +530,7 @@ class TorchEngine:
             reqs = [
                 SampleRequest(list(p), n, params, adapter, generator=gen, top_logprobs=top_logprobs) for p in prompts
             ]
-            out = sample_all(self.batch(), reqs)
-            if self.device.type == "cpu":
-                release_memory()  # the KV cache is gone: give its pages back before training allocates
-            return out
+            return sample_all(self.batch(), reqs)
 
     @_on_compute
     def logprobs(self, sequences: Sequence[Sequence[int]], adapter: str | None = None) -> list[list[float]]:
@@ -717,8 +701,6 @@ class TorchEngine:
             state.optimizer.zero_grad(set_to_none=True)
             calls, state.accumulated = state.accumulated, 0
             state.step += 1
-            if self.device.type == "cpu":
-                release_memory()
             return OptimStepResult(
                 step=state.step,
                 grad_norm=norm,

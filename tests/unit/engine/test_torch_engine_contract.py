@@ -470,3 +470,13 @@ def test_mistral_with_a_sliding_window_is_exact_within_it_and_refuses_longer(tmp
     with pytest.raises(InvalidInput, match="context") as err:
         engine.logprobs([seq])
     assert "\n" not in str(err.value)
+
+
+def test_sampling_n_is_bounded(engine: TorchEngine) -> None:
+    from teachloop.core.sampling import MAX_SAMPLES_PER_PROMPT
+
+    with pytest.raises(InvalidInput, match=f"between 1 and {MAX_SAMPLES_PER_PROMPT}") as err:
+        engine.sample([_prompt(engine)], MAX_SAMPLES_PER_PROMPT + 1, SamplingParams(max_tokens=1))
+    assert err.value.param == "n"
+    with pytest.raises(InvalidInput, match="between 1 and"):
+        engine.sample([_prompt(engine)], 0, SamplingParams(max_tokens=1))
