@@ -31,7 +31,7 @@ app = typer.Typer(no_args_is_help=False)
 runs_app = typer.Typer(help="List and inspect training runs.", no_args_is_help=True)
 
 #: The metric columns of ``runs show`` (``kl``: runs recorded before kl_ref / kl_sampler were split).
-_KEYS = ("reward_mean", "loss", "kl_ref", "kl_sampler", "kl", "entropy", "clip_frac", "tokens_per_s", "step_seconds")
+_KEYS = ("reward_mean", "loss", "kl_ref", "kl_sampler", "entropy", "clip_frac", "tokens_per_s", "step_seconds")
 
 
 class _TrainCommand(TyperCommand):

@@ -45,6 +45,7 @@ from teachloop.render import Renderer
 from teachloop.train.advantages import assign
 from teachloop.train.config import OptimSection, RLSection
 from teachloop.train.envref import ResolvedEnv
+from teachloop.train.metrics import policy_metrics
 
 
 @dataclass
@@ -158,14 +159,7 @@ class GRPO:
             fb = await asyncio.to_thread(self.engine.forward_backward, batch.datums, self.rl.loss,
                                          self.rl.loss_config(), adapter=self.adapter, logprobs_for="weighted")
             opt = await asyncio.to_thread(self.engine.optim_step, self.adapter, self.optim.at(step, self.total))
-            metrics.update({
-                "loss": fb.loss, "grad_norm": opt.grad_norm, "lr": opt.metrics.get("lr", 0.0),
-                "kl": fb.metrics.get("kl:mean", fb.metrics.get("kl_sampler:mean", 0.0)),
-                "entropy": fb.metrics.get("entropy:mean", 0.0),
-                "clip_frac": fb.metrics.get("clip_frac:mean", 0.0),
-                "ratio_mean": fb.metrics.get("ratio:mean", 1.0),
-                "trained": 1.0,
-            })
+            metrics.update(policy_metrics(fb, opt, kl_coef=self.rl.kl_coef))
         else:
             metrics["trained"] = 0.0  # every group had zero reward variance: nothing to learn from
         done = time.perf_counter()

@@ -64,7 +64,7 @@ def test_grpo_raises_the_reward_of_a_toy_task(
     assert statistics.fmean(rewards[-3:]) > statistics.fmean(rewards[:3]) + 0.1, rewards
     assert run.inputs["env"]["digest"].startswith("sha256:")
     keys = {k for _, _, v in runs.metrics(deps.org_id, run.id) for k in v}
-    assert keys - {"kl"} <= documented_metrics(), keys - documented_metrics()  # kl: see docs, grpo.py still merges
+    assert keys <= documented_metrics(), keys - documented_metrics()
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
