@@ -56,7 +56,7 @@ class TrafficPrompts(Environment):
         if inner is None:
             if not env:
                 raise InvalidInput("TrafficPrompts needs the environment that grades it (env)", param="env")
-            inner = load(env, **dict(env_args or {}))
+            inner = load(env, trusted=False, **dict(env_args or {}))  # a loop config's reference: never code
         if rows is None:
             if path is None or digest is None:
                 raise InvalidInput("TrafficPrompts needs path and digest (or rows)", param="path")
