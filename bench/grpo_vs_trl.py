@@ -5,9 +5,23 @@ reply), the same model (SmolLM2-135M-Instruct, float32, CPU), LoRA r=16 /
 alpha 32 on attention and MLP, 4 prompts x 8 completions per step, 32 max new
 tokens, temperature 1, the same learning rate, no KL term (TRL beta=0), no
 vLLM. Both normalise advantages per group, clip the ratio at 0.8/1.2 and
-average the loss over tokens (TRL's default ``loss_type="dapo"``); teachloop
-keeps zero-variance groups here so both train on all 32 sequences. TRL runs
-with its defaults otherwise (gradient checkpointing on).
+average the loss over all 32 sequences' tokens (TRL's default
+``loss_type="dapo"``; teachloop with ``drop_zero_variance = false``), so both
+compute the same update from their rollouts. TRL runs with its defaults
+otherwise (gradient checkpointing on); ``--trl-no-checkpointing`` adds a TRL
+run without it (faster, more memory).
+
+Contenders:
+
+- ``teachloop``: as shipped. A sequence whose advantage is 0 on every token
+  (every sequence of a group whose rewards are all equal) has an exactly zero
+  gradient here, so it is left out of the forward/backward pass; its tokens
+  still count in the normalisation, so the update is unchanged (a unit test,
+  tests/unit/train/test_grpo_zero_gradient.py, compares the gradients).
+- ``teachloop-full``: the same, with every one of the 32 sequences put
+  through the forward/backward pass, as TRL does: the same work, no skipping.
+- ``teachloop-lowmem`` (``--lowmem``): ``teachloop-full`` with ``low_memory``
+  (layer activation checkpointing, only the unembedding prepacked).
 
 Each contender runs in its own subprocess (its peak RSS is its own); the
 contenders alternate round by round; the first step of every worker is a
@@ -33,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPTS, GROUP, MAX_NEW, LR, RANK, ALPHA = 4, 8, 32, 2e-4, 16, 32
+WORKERS = ["teachloop", "teachloop-full", "teachloop-lowmem", "trl", "trl-nockpt"]
 LEVEL = 2
 
 
@@ -43,7 +58,7 @@ def _model_dir() -> Path:
     return ensure_default_model(Settings.from_env())
 
 
-def run_teachloop(steps: int, low_memory: bool = False) -> dict[str, Any]:
+def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True) -> dict[str, Any]:
     from teachloop.engine.torch_engine import TorchEngine
     from teachloop.render import Renderer
     from teachloop.train.config import LoraSection, OptimSection, RLSection
@@ -58,8 +73,9 @@ def run_teachloop(steps: int, low_memory: bool = False) -> dict[str, Any]:
     rl = RLSection(env="arithmetic", env_args={"level": LEVEL}, prompts_per_step=PROMPTS, group_size=GROUP,
                    max_tokens=MAX_NEW, temperature=1.0, loss="ppo", drop_zero_variance=False)
     algo = GRPO(rl=rl, optim=OptimSection(lr=LR, grad_clip=1.0), total_steps=steps, seed=0,
-                env=resolve_env("arithmetic", level=LEVEL), engine=engine, renderer=renderer, adapter="bench")
-    times, tokens, rewards = [], [], []
+                env=resolve_env("arithmetic", level=LEVEL), engine=engine, renderer=renderer, adapter="bench",
+                skip_zero_gradient=skip)
+    times, tokens, rewards, trained = [], [], [], []
 
     async def go() -> None:
         for s in range(steps):
@@ -67,12 +83,13 @@ def run_teachloop(steps: int, low_memory: bool = False) -> dict[str, Any]:
             times.append(m["step_seconds"])
             tokens.append(m["completion_tokens"])
             rewards.append(m["reward_mean"])
+            trained.append(m["train_turns"] - m["skipped_zero_gradient"])
 
     asyncio.run(go())
-    return {"step_seconds": times, "completion_tokens": tokens, "reward_mean": rewards}
+    return {"step_seconds": times, "completion_tokens": tokens, "reward_mean": rewards, "trained_sequences": trained}
 
 
-def run_trl(steps: int) -> dict[str, Any]:
+def run_trl(steps: int, checkpointing: bool = True) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -108,14 +125,15 @@ def run_trl(steps: int) -> dict[str, Any]:
         output_dir=os.environ.get("TMPDIR", "/tmp") + "/trl-bench", per_device_train_batch_size=PROMPTS * GROUP,
         num_generations=GROUP, max_completion_length=MAX_NEW, learning_rate=LR, beta=0.0, use_vllm=False,
         temperature=1.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        bf16=False, seed=0, dataloader_num_workers=0,
+        bf16=False, seed=0, dataloader_num_workers=0, gradient_checkpointing=checkpointing,
     )
     peft = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok,
                           peft_config=peft, callbacks=[Timer()])
     trainer.train()
-    return {"step_seconds": times, "completion_tokens": lengths, "reward_mean": rewards}
+    return {"step_seconds": times, "completion_tokens": lengths, "reward_mean": rewards,
+            "trained_sequences": [float(PROMPTS * GROUP)] * len(times)}
 
 
 def main() -> None:
@@ -123,20 +141,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (each contender once per round)")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per worker (plus one warm-up step)")
     ap.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
-    ap.add_argument("--worker", choices=["teachloop", "teachloop-lowmem", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--lowmem", action="store_true",
-                    help="also run teachloop with low_memory (layer activation checkpointing)")
+                    help="also run teachloop-full with low_memory (layer activation checkpointing)")
+    ap.add_argument("--trl-no-checkpointing", action="store_true",
+                    help="also run TRL with gradient_checkpointing=False")
     args = ap.parse_args()
     if args.worker:
-        if args.worker == "trl":
-            fig = run_trl(args.steps + 1)
+        if args.worker.startswith("trl"):
+            fig = run_trl(args.steps + 1, checkpointing=args.worker == "trl")
         else:
-            fig = run_teachloop(args.steps + 1, low_memory=args.worker == "teachloop-lowmem")
+            fig = run_teachloop(args.steps + 1, low_memory=args.worker == "teachloop-lowmem",
+                                skip=args.worker == "teachloop")
         fig["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(fig))
         return
     _model_dir()
-    names = ["teachloop", *(["teachloop-lowmem"] if args.lowmem else []), "trl"]
+    names = ["teachloop", "teachloop-full", *(["teachloop-lowmem"] if args.lowmem else []),
+             *(["trl-nockpt"] if args.trl_no_checkpointing else []), "trl"]
     raw: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for who in (names if rnd % 2 == 0 else names[::-1]):
@@ -156,13 +178,16 @@ def main() -> None:
         tps = [t / s for f in figs for t, s in zip(f["completion_tokens"][1:], f["step_seconds"][1:], strict=False)]
         summary[who] = {"median_step_s": statistics.median(secs), "completion_tokens_per_s": statistics.median(tps),
                         "mean_completion_tokens": statistics.fmean(toks) if toks else 0.0,
-                        "peak_rss_mb": max(f["peak_rss_mb"] for f in figs), "timed_steps": len(secs)}
+                        "peak_rss_mb": max(f["peak_rss_mb"] for f in figs), "timed_steps": len(secs),
+                        "trained_sequences": statistics.median(
+                            [t for f in figs for t in f["trained_sequences"][1:]] or [0.0])}
     r = summary["trl"]
-    print("\n| contender | timed steps | median s/step | completion tokens/s | peak RSS MB |")
-    print("|---|---|---|---|---|")
+    print("\n| contender | timed steps | sequences through fwd/bwd (median) | median s/step | completion tokens/s "
+          "| peak RSS MB |")
+    print("|---|---|---|---|---|---|")
     for who, s in summary.items():
-        print(f"| {who} | {s['timed_steps']:.0f} | {s['median_step_s']:.2f} | {s['completion_tokens_per_s']:.1f} "
-              f"| {s['peak_rss_mb']:.0f} |")
+        print(f"| {who} | {s['timed_steps']:.0f} | {s['trained_sequences']:.0f} | {s['median_step_s']:.2f} "
+              f"| {s['completion_tokens_per_s']:.1f} | {s['peak_rss_mb']:.0f} |")
     for who in names[:-1]:
         t = summary[who]
         print(f"\n{who}: step time / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.25); "

@@ -1,17 +1,25 @@
 """Does GRPO learn? Held-out greedy arithmetic accuracy before and after a fixed wall-clock budget.
 
-1. Pick the difficulty: measure the base model's greedy held-out accuracy for
-   each candidate (digits, operators) and take the first whose accuracy lies
-   in [5%, 50%] (all candidates are printed).
+Held out means held out: the ``arithmetic`` environment splits *problems* by
+a hash of their expression (``split="train"`` / ``"test"``, about 20% test),
+training draws only from the train split and every evaluation uses distinct
+problems of the test split, so no evaluated problem was ever trained on.
+
+1. Pick the difficulty: measure the base model's greedy accuracy on the
+   held-out problems of each candidate (digits, operators) and take the first
+   whose accuracy lies in [5%, 50%] (all candidates are printed).
 2. Train teachloop GRPO for ``--budget-min`` minutes of wall clock (rollouts +
    updates; evaluations are outside the budget), then measure the held-out
-   accuracy again. Grading reads the *last* number of the reply ("26 - 15 =
-   11" is 11), never the first.
+   accuracy again, and the accuracy on the next harder candidate's held-out
+   problems (transfer). Grading reads the *last* number of the reply ("26 -
+   15 = 11" is 11), never the first.
 3. With ``--trl``, train TRL ``GRPOTrainer`` (the setup of bench/grpo_vs_trl.py,
-   lr 2e-4) under the same budget on the same tasks, and evaluate its adapter
-   with the same engine and the same held-out tasks.
+   lr 2e-4) under the same budget on the same training split (its clock starts
+   when its training starts, after loading), and evaluate its adapter with the
+   same engine on the same held-out problems.
 
-Accuracies are means over ``--eval-n`` held-out tasks with a 95% t-interval.
+Accuracies are means over up to ``--eval-n`` distinct held-out problems with a
+95% t-interval.
 
     python bench/learn_arithmetic.py --budget-min 20 --trl
     python bench/learn_arithmetic.py --pick-only
@@ -45,14 +53,28 @@ def _model_dir() -> Path:
     return ensure_default_model(Settings.from_env())
 
 
+def _unique_tasks(env: Any, n: int) -> list[Any]:
+    """Up to ``n`` distinct problems of ``env``'s stream (every one when it has fewer)."""
+    seen: dict[str, Any] = {}
+    for i, task in enumerate(env.tasks(EVAL_SEED)):
+        seen.setdefault(task.prompt[-1].content, task)
+        if len(seen) >= n or i > 50 * n:
+            break
+    return list(seen.values())
+
+
 def _evaluate(engine: Any, renderer: Any, env: Any, adapter: str | None, n: int) -> dict[str, float]:
     from teachloop.core import SamplingParams
     from teachloop.engine.completer import EngineCompleter
-    from teachloop.envs import evaluate
+    from teachloop.envs.eval import report_from_groups
+    from teachloop.envs.rollout import rollout
 
-    report = asyncio.run(evaluate(env, EngineCompleter(engine, renderer, adapter=adapter), n=n, seed=EVAL_SEED,
-                                  params=SamplingParams(max_tokens=MAX_NEW, temperature=0.0),
-                                  max_concurrent_groups=n))
+    tasks = _unique_tasks(env, n)
+    groups = asyncio.run(rollout(env, tasks, EngineCompleter(engine, renderer, adapter=adapter), group_size=1,
+                                 params=SamplingParams(max_tokens=MAX_NEW, temperature=0.0),
+                                 max_concurrent_groups=len(tasks)))
+    report = report_from_groups(groups, env=env.name, model="", seed=EVAL_SEED, seconds=0.0,
+                                reward_range=env.reward_range)
     return {"acc": report.mean, "lo": report.ci_low or 0.0, "hi": report.ci_high or 0.0, "n": report.n_tasks}
 
 
@@ -65,7 +87,7 @@ def pick(engine: Any, renderer: Any, n: int) -> tuple[str, dict[str, Any], dict[
 
     chosen = None
     for label, kwargs in CANDIDATES:
-        e = _evaluate(engine, renderer, Arithmetic(**kwargs), None, n)
+        e = _evaluate(engine, renderer, Arithmetic(**kwargs, split="test"), None, n)
         print(f"base greedy accuracy, {label:12s}: {_fmt(e)}", flush=True)
         if chosen is None and 0.05 <= e["acc"] <= 0.50:
             chosen = (label, kwargs, e)
@@ -81,10 +103,11 @@ def train_teachloop(engine: Any, renderer: Any, kwargs: dict[str, Any], budget_s
     from teachloop.train.grpo import GRPO
 
     engine.create_adapter("learn", LoraSection(rank=16, alpha=32).spec(seed=0))
-    rl = RLSection(env="arithmetic", env_args=kwargs, prompts_per_step=args.prompts, group_size=args.group,
+    train_args = {**kwargs, "split": "train"}
+    rl = RLSection(env="arithmetic", env_args=train_args, prompts_per_step=args.prompts, group_size=args.group,
                    max_tokens=MAX_NEW, temperature=1.0, loss="ppo")
     algo = GRPO(rl=rl, optim=OptimSection(lr=args.lr, grad_clip=1.0), total_steps=10**6, seed=0,
-                env=resolve_env("arithmetic", **kwargs), engine=engine, renderer=renderer, adapter="learn")
+                env=resolve_env("arithmetic", **train_args), engine=engine, renderer=renderer, adapter="learn")
     t0, step = time.perf_counter(), 0
 
     async def go() -> None:
@@ -111,12 +134,16 @@ def trl_worker(kwargs: dict[str, Any], budget_s: float, out: Path) -> None:
     from teachloop.envs import Arithmetic, to_trl_reward
 
     path = _model_dir()
-    env = Arithmetic(**kwargs)
+    env = Arithmetic(**kwargs, split="train")
     tasks = env.take(4 * 2000, seed=0)
     data = Dataset.from_list([{"prompt": [m.to_openai() for m in t.prompt], "answer": t.answer} for t in tasks])
     t0 = time.perf_counter()
 
     class Budget(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            nonlocal t0
+            t0 = time.perf_counter()  # the budget is training time, as for teachloop (loading is outside it)
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if time.perf_counter() - t0 >= budget_s:
                 control.should_training_stop = True
@@ -162,7 +189,10 @@ def main() -> None:
     if args.pick_only:
         return
     budget = args.budget_min * 60
-    env = Arithmetic(**kwargs)
+    env = Arithmetic(**kwargs, split="test")
+    harder = [(lab, kw) for lab, kw in CANDIDATES if kw["level"] > kwargs["level"]][:1]
+    transfer_env = Arithmetic(**harder[0][1], split="test") if harder else None
+    transfer_before = _evaluate(engine, renderer, transfer_env, None, args.eval_n) if transfer_env else None
     t0 = time.perf_counter()
     steps = train_teachloop(engine, renderer, kwargs, budget, args)
     trained_s = time.perf_counter() - t0
@@ -170,6 +200,9 @@ def main() -> None:
     results: dict[str, Any] = {"difficulty": label, "before": before, "teachloop": {
         "after": after, "steps": steps, "minutes": trained_s / 60, "gain_points": 100 * (after["acc"] - before["acc"]),
         "config": {"prompts_per_step": args.prompts, "group_size": args.group, "lr": args.lr, "rank": 16}}}
+    if transfer_env is not None:
+        results["transfer"] = {"difficulty": harder[0][0], "before": transfer_before,
+                               "teachloop": _evaluate(engine, renderer, transfer_env, "learn", args.eval_n)}
     if args.trl:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "trl-adapter"
@@ -183,7 +216,9 @@ def main() -> None:
             trl_after = _evaluate(engine, renderer, env, "trl", args.eval_n)
             results["trl"] = {"after": trl_after, "steps": trl_steps, "minutes": (time.perf_counter() - t1) / 60,
                               "gain_points": 100 * (trl_after["acc"] - before["acc"])}
-    print(f"\ndifficulty: {label}; held-out greedy accuracy, last-number grading")
+            if transfer_env is not None:
+                results["transfer"]["trl"] = _evaluate(engine, renderer, transfer_env, "trl", args.eval_n)
+    print(f"\ndifficulty: {label}; greedy accuracy on distinct held-out problems, last-number grading")
     print(f"base:              {_fmt(before)}")
     t = results["teachloop"]
     print(f"teachloop GRPO:    {_fmt(t['after'])} after {t['steps']} steps / {t['minutes']:.1f} min "
@@ -192,6 +227,10 @@ def main() -> None:
         r = results["trl"]
         print(f"TRL GRPOTrainer:   {_fmt(r['after'])} after {r['steps']} steps / {r['minutes']:.1f} min (incl. load) "
               f"-> {r['gain_points']:+.1f} points")
+    if "transfer" in results:
+        tr = results["transfer"]
+        print(f"transfer to {tr['difficulty']} (held-out): base {_fmt(tr['before'])}; teachloop {_fmt(tr['teachloop'])}"
+              + (f"; TRL {_fmt(tr['trl'])}" if "trl" in tr else ""))
     print(json.dumps(results))
 
 
