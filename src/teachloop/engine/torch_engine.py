@@ -492,14 +492,19 @@ class TorchEngine:
             return path
 
     # --------------------------------------------------------------- sampling
-    def batch(self) -> DecodeBatch:
-        """A fresh continuous-batching ``DecodeBatch`` on this engine (drive it inside ``exclusive``)."""
+    def batch(self, rows: int = 8, capacity: int = 256) -> DecodeBatch:
+        """A fresh continuous-batching ``DecodeBatch`` on this engine (drive it inside ``exclusive``).
+
+        ``rows`` and ``capacity`` size its KV cache to begin with (it grows when needed).
+        """
         return DecodeBatch(
             self.fw,
             eos_token_ids=self._eos,
             decode=lambda toks: str(self.tokenizer.decode(toks, skip_special_tokens=False)),
             context_length=self.context_length,
             device=self.device,
+            initial_capacity=capacity,
+            initial_rows=rows,
         )
 
     @_on_compute
@@ -530,7 +535,9 @@ class TorchEngine:
             reqs = [
                 SampleRequest(list(p), n, params, adapter, generator=gen, top_logprobs=top_logprobs) for p in prompts
             ]
-            return sample_all(self.batch(), reqs)
+            longest = max((len(p) for p in prompts), default=0)
+            capacity = max(1, min(self.context_length, longest + params.max_tokens + 1))
+            return sample_all(self.batch(rows=max(1, len(reqs) * n), capacity=capacity), reqs)
 
     @_on_compute
     def logprobs(self, sequences: Sequence[Sequence[int]], adapter: str | None = None) -> list[list[float]]:

@@ -126,3 +126,24 @@ def test_inverse_cdf_sampling_follows_the_distribution() -> None:
     assert set(nucleus.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.75; 2 and 3 are cut
     cold = _choose(logits, SamplingParams(temperature=0.25), gen)
     assert (cold == 0).float().mean() > 0.85
+
+
+def test_two_level_inverse_cdf_is_exact_across_blocks() -> None:
+    """Mass in several CDF blocks (and in the padded last one) is drawn in proportion."""
+    import torch
+
+    from teachloop.engine.sampler import CDF_BLOCK, _choose
+
+    vocab = 3 * CDF_BLOCK + 100  # the last block is padded
+    probs = torch.zeros(vocab)
+    targets = {3: 0.2, CDF_BLOCK + 44: 0.3, 2 * CDF_BLOCK + 255: 0.1, vocab - 1: 0.4}
+    for tok, p in targets.items():
+        probs[tok] = p
+    gen = torch.Generator().manual_seed(1)
+    picks = _choose(probs.log().expand(40000, vocab).contiguous(), SamplingParams(temperature=1.0), gen)
+    freq = torch.bincount(picks, minlength=vocab).float() / len(picks)
+    assert set(torch.nonzero(freq).squeeze(-1).tolist()) == set(targets)
+    for tok, p in targets.items():
+        assert abs(float(freq[tok]) - p) < 0.01
+    flat = _choose(torch.zeros(40000, vocab), SamplingParams(temperature=1.0), gen)  # uniform
+    assert abs(float(flat.float().mean()) - (vocab - 1) / 2) < 5 and int(flat.min()) < 5 and int(flat.max()) > vocab - 6
