@@ -34,10 +34,19 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from teachloop.core.errors import ModelError
+from teachloop.engine.ops import (
+    PackedLinear,
+    RMSNormFn,
+    RopeFn,
+    SwiGLUFn,
+    TokenLogprob,
+    rms_norm,
+    rotate_half,
+)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
-#: rows per chunk of the fused unembedding: ``[64, 49152]`` float32 logits are 12.6 MB, so the
+#: rows per chunk of the fused unembedding: ``[128, 49152]`` float32 logits are 25 MB, so the
 #: softmax passes over a chunk run in the L3 cache instead of streaming from memory.
 FUSED_CHUNK = 128
 
@@ -251,136 +260,9 @@ class _AttentionPlan:
         return out[self.q_valid_flat]
 
 
-class _PackedLinear(torch.autograd.Function):
-    """``x @ W.T + b`` through a oneDNN-prepacked ``W`` (about 1.3-2.5x ``F.linear`` at small batch on CPU).
-
-    ``W`` is frozen: the backward returns the gradient for ``x`` only.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, bias: Any) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        (weight,) = ctx.saved_tensors
-        return grad.matmul(weight), None, None, None
-
-
-class _RMSNormFn(torch.autograd.Function):
-    """RMSNorm with a frozen weight that saves only its input and the per-row 1/rms for the backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        ctx.save_for_backward(x, weight, rstd)
-        return weight * (xf * rstd).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        x, weight, rstd = ctx.saved_tensors
-        xhat = x.float() * rstd
-        g = (grad * weight).float()
-        dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
-        return dx.to(x.dtype), None, None
-
-
-class _SwiGLUFn(torch.autograd.Function):
-    """``silu(gate) * up`` of a fused ``[gate | up]`` tensor, saving only that tensor (silu recomputed)."""
-
-    @staticmethod
-    def forward(ctx: Any, gate_up: torch.Tensor, width: int) -> torch.Tensor:
-        ctx.save_for_backward(gate_up)
-        ctx.width = width
-        gate, up = gate_up.split(width, dim=-1)
-        return F.silu(gate) * up
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        (gate_up,) = ctx.saved_tensors
-        gate, up = gate_up.split(ctx.width, dim=-1)
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        d_gate = grad * up * sig * (1 + gate * (1 - sig))
-        return torch.cat((d_gate, grad * silu), dim=-1), None
-
-
-class _RopeFn(torch.autograd.Function):
-    """Rotary embedding ``x * cos + rotate_half(x) * sin``; linear, so the backward is the inverse rotation."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(cos, sin)
-        return x * cos + _rotate_half(x) * sin
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        cos, sin = ctx.saved_tensors
-        gs = grad * sin
-        half = gs.shape[-1] // 2
-        return grad * cos + torch.cat((gs[..., half:], -gs[..., :half]), dim=-1), None, None
-
-
-class _TokenLogprob(torch.autograd.Function):
-    """Fused unembedding + log-softmax + target gather for rows whose unembedding has no LoRA.
-
-    ``lp[i] = z_i[t_i] - logsumexp(z_i)`` with ``z_i = W h_i``, computed ``chunk``
-    rows at a time so each chunk's ``[chunk, vocab]`` logits stay in cache and
-    no vocab-sized tensor outlives its chunk. ``lp[i]`` depends on ``h_i``
-    alone, so its gradient is a row vector, ``(onehot(t_i) - softmax(z_i)) W``:
-    when a gradient is wanted the forward computes it while the chunk's
-    probabilities are at hand and keeps only that ``[N, hidden]`` tensor; the
-    backward scales it by the incoming gradient. The weight is frozen.
-    Also returns the (detached) entropy of each row's distribution, or an empty
-    tensor without ``with_entropy``.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, h: torch.Tensor, weight: torch.Tensor, packed: Any, targets: torch.Tensor, with_entropy: bool,
-        chunk: int,
-    ) -> Any:
-        want_grad = ctx.needs_input_grad[0]
-        n = h.shape[0]
-        lp = h.new_empty(n, dtype=torch.float32)
-        ent = h.new_empty(n if with_entropy else 0, dtype=torch.float32)
-        dh = h.new_empty(h.shape) if want_grad else None
-        h = h.contiguous()
-        for lo in range(0, n, chunk):
-            hi = min(lo + chunk, n)
-            hc, t = h[lo:hi], targets[lo:hi, None]
-            if packed is not None:
-                z = torch.ops.mkldnn._linear_pointwise(hc, packed, None, "none", [], "")
-            else:
-                z = hc.matmul(weight.t())
-            z = z.float()
-            z.sub_(z.amax(-1, keepdim=True))  # shifted logits: exp cannot overflow
-            e = z.exp()
-            total = e.sum(-1, keepdim=True)
-            log_total = total.log()
-            lp[lo:hi] = (z.gather(-1, t) - log_total).squeeze(-1)
-            if with_entropy:  # H = log S - sum(e z) / S on the shifted logits
-                ent[lo:hi] = (log_total - (e * z).sum(-1, keepdim=True) / total).squeeze(-1)
-            if dh is not None:
-                g = e.div_(total).neg_()  # -softmax
-                g.scatter_add_(-1, t, torch.ones_like(t, dtype=g.dtype))  # onehot - softmax
-                dh[lo:hi] = g.to(weight.dtype).matmul(weight)
-            del z, e
-        ctx.save_for_backward(dh if dh is not None else h.new_empty(0))
-        ctx.mark_non_differentiable(ent)
-        return lp, ent
-
-    @staticmethod
-    def backward(ctx: Any, grad_lp: torch.Tensor, grad_ent: Any) -> Any:
-        (dh,) = ctx.saved_tensors
-        return dh * grad_lp[:, None].to(dh.dtype), None, None, None, None, None
-
-
 def _base_linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
     if proj.packed is not None and x.dim() == 2 and x.dtype == torch.float32:
-        return _PackedLinear.apply(x, proj.weight, proj.packed, proj.bias)  # type: ignore[no-any-return]
+        return PackedLinear.apply(x, proj.weight, proj.packed, proj.bias)  # type: ignore[no-any-return]
     return F.linear(x, proj.weight, proj.bias)
 
 
@@ -388,18 +270,6 @@ def can_pack(device: Any) -> bool:
     """Whether oneDNN weight prepacking is available for ``device``."""
     dev = torch.device(device)
     return dev.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class LlamaForward:
@@ -595,8 +465,8 @@ class LlamaForward:
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor, training: bool) -> torch.Tensor:
         if training and torch.is_grad_enabled():
-            return _RMSNormFn.apply(x, weight, self.eps)
-        return _rms_norm(x, weight, self.eps)
+            return RMSNormFn.apply(x, weight, self.eps)
+        return rms_norm(x, weight, self.eps)
 
     def _block_pre(
         self, x: torch.Tensor, block: Block, rows: AdapterRows, training: bool
@@ -615,7 +485,7 @@ class LlamaForward:
         gu = _base_linear(h, block.gate_up)
         gu = self._fused_lora(h, gu, block, ("gate_proj", "up_proj"), block.gate_up_split, rows, training)
         if training and torch.is_grad_enabled():
-            act = _SwiGLUFn.apply(gu, block.gate_up_split[0])
+            act = SwiGLUFn.apply(gu, block.gate_up_split[0])
         else:
             gate, up = gu.split(block.gate_up_split, dim=-1)
             act = F.silu(gate) * up
@@ -654,10 +524,10 @@ class LlamaForward:
             k = k.view(-1, self.kv_heads, self.head_dim)
             v = v.view(-1, self.kv_heads, self.head_dim)
             if grad:
-                q, k = _RopeFn.apply(q, cos, sin), _RopeFn.apply(k, cos, sin)
+                q, k = RopeFn.apply(q, cos, sin), RopeFn.apply(k, cos, sin)
             else:
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
+                q = q * cos + rotate_half(q) * sin
+                k = k * cos + rotate_half(k) * sin
             if kv_sink is not None:
                 kv_sink(i, k, v)
             attn = plan.attend(q, k, v).reshape(-1, self.n_heads * self.head_dim)
@@ -695,8 +565,8 @@ class LlamaForward:
             q = q.view(n, self.n_heads, self.head_dim)
             k = k.view(n, self.kv_heads, self.head_dim)
             v = v.view(n, self.kv_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
             kc, vc = cache.k[i], cache.v[i]
             kc[ar, :, positions] = k
             vc[ar, :, positions] = v
@@ -709,7 +579,7 @@ class LlamaForward:
             attn = torch.matmul(probs, vals).reshape(n, self.n_heads * self.head_dim)
             x = self._block_post(x, attn, block, rows, False)
         cache.lengths[:n] += 1
-        return _rms_norm(x, self.norm, self.eps)
+        return rms_norm(x, self.norm, self.eps)
 
     def logits(self, hidden: torch.Tensor, rows: AdapterRows, training: bool = False) -> torch.Tensor:
         """Unembedding of ``hidden`` ``[N, hidden]`` -> logits ``[N, vocab]`` (float32)."""
@@ -729,7 +599,7 @@ class LlamaForward:
 
         Never materialises ``[N, vocab]`` float32 logits for more than a chunk
         of rows at a time. Without LoRA on the unembedding a fused autograd
-        function (``_TokenLogprob``, ``FUSED_CHUNK`` rows at a time) keeps only
+        function (``TokenLogprob``, ``FUSED_CHUNK`` rows at a time) keeps only
         an ``[N, hidden]`` gradient for the backward; with it, each ``chunk`` of
         rows is checkpointed and its logits recomputed in the backward. Returns ``(logprobs [N], entropy [N]
         or None)``; entropy is detached.
@@ -752,7 +622,7 @@ class LlamaForward:
 
         fused = adapter is None or adapter not in self.lm_head.lora
         if fused:
-            lp, ent = _TokenLogprob.apply(
+            lp, ent = TokenLogprob.apply(
                 hidden if grad else hidden.detach(), self.lm_head.weight, self.lm_head.packed, targets,
                 with_entropy, FUSED_CHUNK,
             )
