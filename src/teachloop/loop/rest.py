@@ -211,23 +211,28 @@ def list_grants(name: str, principal: Reader, ctx: Ctx) -> dict[str, Any]:
 
 @router.post("/datasets/{name}/grants", status_code=201)
 def create_grant(name: str, principal: Admin, ctx: Ctx,
-                 body: dict[str, Any] = Body(..., description="org (name or id), license, version (optional).")
+                 body: dict[str, Any] = Body(..., description="org (the grantee's id), license, version (optional).")
                  ) -> dict[str, Any]:
-    """Let another organisation use dataset ``name`` (one version, or all) under a license."""
-    from teachloop.store.repos.tenancy import Tenancy
+    """Let another organisation use dataset ``name`` (one version, or all) under a license.
+
+    The grantee is named by its organisation id (``org_...``, which its members read from
+    ``GET /api/whoami``), never by name: ids are unguessable, so the answer (201 or 404) tells
+    nobody whether an organisation called X exists.
+    """
+    from teachloop.core.ids import is_id
 
     for key in body:
         if key not in {"org", "license", "version"}:
             raise InvalidInput(f"unknown field {key!r}", param=key)
-    if not isinstance(body.get("org"), str):
-        raise InvalidInput("org is required (the grantee's name or id)", param="org")
+    if not isinstance(body.get("org"), str) or not is_id(body["org"], "org"):
+        raise InvalidInput("org must be the grantee organisation's id (org_...; its members see it in "
+                           "GET /api/whoami)", param="org")
     version = body.get("version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise InvalidInput("version must be a positive integer", param="version")
     license = check_license(str(body.get("license") or ""))
-    with ctx.database.session() as s:
-        grantee = Tenancy(s).find_org(body["org"])
-        return grant_json(Datasets(s).grant(principal.org_id, name, grantee.id, license=license, version=version,
+    with ctx.database.session() as s:  # the grant looks up the dataset first, then the grantee
+        return grant_json(Datasets(s).grant(principal.org_id, name, body["org"], license=license, version=version,
                                             actor=principal.key_id))
 
 

@@ -216,7 +216,9 @@ def test_rest_import_and_grants(client: Any, keys: dict[str, str], store: Store)
         other = Tenancy(s).create_org("other").id
         admin = ApiKeys(s).create_key(store.org_id, None, Role.ADMIN, "a").secret
         other_key = ApiKeys(s).create_key(other, None, Role.ADMIN, "o").secret
-    grant = {"org": "other", "license": "LicenseRef-deal"}
+    grant = {"org": other, "license": "LicenseRef-deal"}
+    by_name = client.post("/api/datasets/owned/grants", json={**grant, "org": "other"}, headers=_h(admin))
+    assert by_name.status_code == 400 and by_name.json()["error"]["param"] == "org"  # names would be an oracle
     assert client.post("/api/datasets/owned/grants", json=grant, headers=_h(keys["member"])).status_code == 403
     assert client.post("/api/datasets/ghost/grants", json=grant, headers=_h(admin)).status_code == 404
     bad = client.post("/api/datasets/owned/grants", json={**grant, "version": 0}, headers=_h(admin))

@@ -105,6 +105,7 @@ def _own_everything(client: TestClient, database: Database, blobs: BlobStore, tm
     ids[f"{prefix}_loop"] = _loop(database, t.org_id, deployment)
     with database.session() as s:
         third = Tenancy(s).create_org(f"{tag}-partner")
+        ids[f"{prefix}_partner"] = third.id
         if hasattr(Datasets, "grant"):
             grant = Datasets(s).grant(t.org_id, dataset, third.id, license="CC-BY-4.0")
             ids[f"{prefix}_grant"] = grant.id
@@ -342,7 +343,8 @@ PROBES: dict[tuple[str, str], list[Any]] = {
     ("GET", "/api/datasets/{name}/grants"): [Hidden({"name": (lit("gxdata"), "nodata")}, status=200),
                                             Listing(lambda w: [w.ids["a_grant"]], url="/api/datasets/adata/grants")],
     ("POST", "/api/datasets/{name}/grants"): [
-        Hidden({"name": (lit("gxdata"), "nodata")}, body=lambda v: {"org": "acme-partner", "license": "CC0-1.0"}),
+        Hidden({"name": (lit("gxdata"), "nodata"), "partner": (lambda w: w.ids["a_partner"], new_id("org"))},
+               body=lambda v: {"org": v["partner"], "license": "CC0-1.0"}),
     ],
     ("DELETE", "/api/datasets/{name}/grants/{grant_id}"): [
         Hidden({"name": (lit("gxdata"), "nodata"), "grant_id": (g("grant"), new_id("dg"))}),
