@@ -56,8 +56,7 @@ def test_grpo_raises_the_reward_of_a_toy_task(
 ) -> None:
     """Each policy loss, the no-std advantage and the KL penalty learn the toy task in 12 steps."""
     deps = _deps(engine, renderer, store, tmp_path)
-    optim = {"lr": 1e-1, "grad_clip": 1.0} if rl.get("advantage") == "no_std" else {}  # no_std: smaller advantages
-    run = asyncio.run(Trainer(validate_config(_grpo(rl=rl, optim=optim)), deps).run())
+    run = asyncio.run(Trainer(validate_config(_grpo(rl=rl)), deps).run())
     assert run.status == "completed" and run.step == 12
     runs = RunStore(deps.database, deps.blobs)
     rewards = _train_values(runs, deps.org_id, run.id, "reward_mean")
