@@ -139,7 +139,10 @@ def serve(args: argparse.Namespace) -> None:
             server.run()
     finally:
         stats = serving.traces.stats()
-        print(json.dumps({"trace_commits": stats.commits, "trace_rows": stats.rows_written}), flush=True)
+        print(json.dumps({"trace_commits": stats.commits, "trace_rows": stats.rows_written,
+                          "commit_ms_mean": round(stats.commit_ms_mean, 2),
+                          "trace_wait_ms_mean": round(stats.wait_ms_mean, 2),
+                          "trace_wait_ms_max": round(stats.wait_ms_max, 2)}), flush=True)
         serving.close()
         database.close()
 
@@ -241,7 +244,8 @@ def run(levels: list[int], cost_levels: list[int], rounds: int, base_requests: i
                 add(f"serve c={clients}", *asyncio.run(_level(url, key, clients, per_client, max_tokens)))
         for clients in cost_levels:
             for on in (True, False, False, True):
-                httpx.post(f"{url}/bench/capture", params={"on": on}, timeout=10).raise_for_status()
+                httpx.post(f"{url}/bench/capture", params={"on": on}, timeout=10,
+                           headers={"Authorization": f"Bearer {key}"}).raise_for_status()
                 name = f"c={clients} traces {'on' if on else 'off'} (ABBA)"
                 add(name, *asyncio.run(_level(url, key, clients, per_client, max_tokens)))
     finally:

@@ -40,13 +40,19 @@ _STOP = object()
 
 @dataclass(frozen=True)
 class TraceWriterStats:
-    """What the writer has done so far."""
+    """What the writer has done so far.
 
-    pending: int
+    ``wait_ms_*`` is the time from ``submit`` to the commit that made the row durable:
+    exactly what capture adds to a request's latency, since the answer waits for it.
+    """
+
+    pending: int  # rows queued, not yet committed
     rows_written: int
     commits: int
     rows_per_commit: float
-    commit_ms_mean: float
+    commit_ms_mean: float  # mean duration of one group commit
+    wait_ms_mean: float  # mean submit -> durable time per row
+    wait_ms_max: float
     failures: int
 
 
@@ -67,7 +73,7 @@ class TraceWriter:
         self._closed = False
         self._lock = threading.Lock()
         self._rows = self._commits = self._failures = 0
-        self._commit_ms = 0.0
+        self._commit_ms_total = self._wait_ms_total = self._wait_ms_max = 0.0
 
     def start(self) -> None:
         """Start the writer thread (idempotent)."""
@@ -95,7 +101,7 @@ class TraceWriter:
         with self._lock:
             if self._closed or self._thread is None:
                 raise ServiceUnavailable("trace capture is not running; the request was not answered")
-            self._queue.put((values, future))
+            self._queue.put((values, future, time.perf_counter()))
         return future
 
     async def write(self, values: dict[str, Any]) -> None:
@@ -109,7 +115,9 @@ class TraceWriter:
             rows_written=self._rows,
             commits=self._commits,
             rows_per_commit=self._rows / self._commits if self._commits else 0.0,
-            commit_ms_mean=self._commit_ms,
+            commit_ms_mean=self._commit_ms_total / self._commits if self._commits else 0.0,
+            wait_ms_mean=self._wait_ms_total / self._rows if self._rows else 0.0,
+            wait_ms_max=self._wait_ms_max,
             failures=self._failures,
         )
 
@@ -132,11 +140,11 @@ class TraceWriter:
                 batch.append(item)
             self._write(batch)
 
-    def _write(self, batch: list[tuple[dict[str, Any], Future[None]]]) -> None:
+    def _write(self, batch: list[tuple[dict[str, Any], Future[None], float]]) -> None:
         t0 = time.perf_counter()
         try:
             with self.database.session() as session:
-                Traces(session).add_many(trace_row(values) for values, _ in batch)
+                Traces(session).add_many(trace_row(values) for values, _, _ in batch)
         except Exception as err:
             if len(batch) > 1:
                 for one in batch:
@@ -146,11 +154,14 @@ class TraceWriter:
             log.error("could not store trace %s: %s", batch[0][0].get("id"), err)
             _settle(batch[0][1], err)
             return
-        ms = (time.perf_counter() - t0) * 1000
-        self._commit_ms = ms if self._commits == 0 else 0.9 * self._commit_ms + 0.1 * ms
+        done = time.perf_counter()
+        self._commit_ms_total += (done - t0) * 1000
         self._commits += 1
         self._rows += len(batch)
-        for _, future in batch:
+        for _, future, submitted in batch:
+            wait_ms = (done - submitted) * 1000
+            self._wait_ms_total += wait_ms
+            self._wait_ms_max = max(self._wait_ms_max, wait_ms)
             _settle(future, None)
 
 

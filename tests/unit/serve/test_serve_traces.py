@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from teachloop.core.errors import Conflict, ServiceUnavailable
 from teachloop.core.ids import new_id
@@ -62,6 +63,28 @@ def test_writer_groups_concurrent_traces_into_few_commits(database: Database, te
             assert s.query(Trace).count() == 200
         with database.session(write=False) as s:  # tools=None is stored as SQL NULL
             assert s.query(Trace).filter(Trace.tools.is_(None)).count() == 200
+    finally:
+        writer.close()
+
+
+def test_writer_reports_how_long_rows_wait_to_be_durable(database: Database, tenants: Tenants) -> None:
+    """wait_ms is submit -> committed per row: a row queued behind a held commit waits for it."""
+    writer = TraceWriter(database)
+    writer.start()
+    try:
+        assert writer.stats().wait_ms_mean == writer.stats().commit_ms_mean == 0.0
+        writer.submit(_values(tenants.acme.org_id)).result(timeout=30)
+        quick = writer.stats()
+        assert 0 < quick.commit_ms_mean <= quick.wait_ms_mean == quick.wait_ms_max
+        with database.session() as held:  # hold SQLite's write lock so the next commit waits
+            held.execute(text("UPDATE organisations SET name = name WHERE id = :o"), {"o": tenants.acme.org_id})
+            future = writer.submit(_values(tenants.acme.org_id))
+            time.sleep(0.3)
+            assert not future.done()
+        future.result(timeout=30)
+        stats = writer.stats()
+        assert stats.rows_written == 2 and stats.wait_ms_max >= 300 > quick.wait_ms_max
+        assert stats.wait_ms_mean == pytest.approx((quick.wait_ms_mean + stats.wait_ms_max) / 2)
     finally:
         writer.close()
 
