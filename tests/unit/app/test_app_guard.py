@@ -20,6 +20,8 @@ from teachloop.store import ApiKeys, BlobStore, Database, bootstrap
 from teachloop.store.schema.deployments import Deployment
 from teachloop.store.schema.jobs import JobRow
 from teachloop.store.schema.traces import Trace
+from tests.unit.app.conftest import auth as _auth
+from tests.unit.app.conftest import error_of as _error
 from tests.unit.app.routelist import app_routes
 
 LIMIT = 2048
@@ -67,23 +69,6 @@ def app(deps: AppDeps, calls: list[dict[str, Any]]) -> FastAPI:
 
     app.include_router(router, dependencies=[Depends(require_principal)])
     return app
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _error(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return dict(body["error"])
 
 
 def _chunks(total: int) -> Iterator[bytes]:

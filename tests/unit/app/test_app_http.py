@@ -17,6 +17,8 @@ from teachloop.core.errors import Conflict
 from teachloop.core.settings import Settings
 from teachloop.core.tenancy import Role
 from teachloop.store import ApiKeys, BlobStore, Database, bootstrap, head_revision
+from tests.unit.app.conftest import auth as _auth
+from tests.unit.app.conftest import error_of as _error
 
 
 def _settings(tmp_path: Path, url: str) -> Settings:
@@ -76,24 +78,6 @@ def app(deps: AppDeps) -> FastAPI:
     app = create_app(deps)
     app.include_router(_test_routes(), dependencies=[Depends(require_principal)])
     return app
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _error(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return dict(body["error"])
 
 
 def test_healthz_needs_no_key(client: TestClient) -> None:
