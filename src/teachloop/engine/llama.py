@@ -41,7 +41,7 @@ from teachloop.engine.ops import (
     SwiGLUFn,
     TokenLogprob,
     rms_norm,
-    rotate_half,
+    rope,
 )
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -526,8 +526,7 @@ class LlamaForward:
             if grad:
                 q, k = RopeFn.apply(q, cos, sin), RopeFn.apply(k, cos, sin)
             else:
-                q = q * cos + rotate_half(q) * sin
-                k = k * cos + rotate_half(k) * sin
+                q, k = rope(q, cos, sin), rope(k, cos, sin)
             if kv_sink is not None:
                 kv_sink(i, k, v)
             attn = plan.attend(q, k, v).reshape(-1, self.n_heads * self.head_dim)
@@ -565,8 +564,7 @@ class LlamaForward:
             q = q.view(n, self.n_heads, self.head_dim)
             k = k.view(n, self.kv_heads, self.head_dim)
             v = v.view(n, self.kv_heads, self.head_dim)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
             kc, vc = cache.k[i], cache.v[i]
             kc[ar, :, positions] = k
             vc[ar, :, positions] = v

@@ -34,6 +34,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from teachloop.core.errors import InvalidInput, NotFound, ServiceUnavailable, Unauthorized
+from teachloop.core.ids import is_id
 from teachloop.core.tenancy import Principal, Role
 from teachloop.loop import service
 from teachloop.loop.export import dataset_json, grant_json, row_json
@@ -219,7 +220,6 @@ def create_grant(name: str, principal: Admin, ctx: Ctx,
     ``GET /api/whoami``), never by name: ids are unguessable, so the answer (201 or 404) tells
     nobody whether an organisation called X exists.
     """
-    from teachloop.core.ids import is_id
 
     for key in body:
         if key not in {"org", "license", "version"}:
