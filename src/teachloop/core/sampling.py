@@ -2,8 +2,8 @@
 
 Logprob convention (used by every engine and by ``Engine.logprobs``): the
 logprob of a sampled token is ``log softmax(logits)[token]`` of the *unscaled*
-model distribution -- temperature 1, no top-k / top-p truncation -- at the
-position that produced it. This is the policy the trainer differentiates, so
+model distribution -- temperature 1, no top-k / top-p truncation, no
+penalties, logit bias or grammar mask -- at the position that produced it. This is the policy the trainer differentiates, so
 the ratio ``exp(logprobs_train - logprobs_sampler)`` is 1 for an unchanged
 adapter whatever temperature was used to sample.
 
@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from teachloop.core.errors import InvalidInput
 
-StopReason = Literal["stop", "length"]
+#: ``"cancelled"``: the caller stopped the request before either happened (serving only)
+StopReason = Literal["stop", "length", "cancelled"]
 
 #: The most continuations one ``sample`` call may ask for per prompt (``n``).
 MAX_SAMPLES_PER_PROMPT = 1024
@@ -58,6 +59,32 @@ class SamplingParams(BaseModel):
         default=None, description="Stop strings or stop token ids; None means the model's EOS."
     )
     seed: int | None = Field(default=None, description="Seed for reproducible sampling; None is random.")
+    presence_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0,
+        description="Subtracted once from the logit of every token already sampled in this sequence (OpenAI's rule).",
+    )
+    frequency_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0,
+        description="Subtracted from a token's logit once per time it was already sampled in this sequence.",
+    )
+    logit_bias: tuple[tuple[int, float], ...] = Field(
+        default=(), description="(token id, bias in [-100, 100]) pairs added to the logits before sampling."
+    )
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, v: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        for token, bias in v:
+            if token < 0:
+                raise ValueError(f"logit_bias token id {token} is negative")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"logit_bias for token {token} is {bias}; biases are in [-100, 100]")
+        return v
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether penalties or biases change the logits before sampling."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     @field_validator("top_k")
     @classmethod
@@ -95,7 +122,7 @@ class SampledSequence:
         logprobs: ``logprobs[i]`` is the unscaled-model logprob of ``tokens[i]``
             (see the module docstring), one per token.
         stop_reason: ``"stop"`` if a stop condition ended it, ``"length"`` if
-            ``max_tokens`` did.
+            ``max_tokens`` did, ``"cancelled"`` if the caller dropped it first.
     """
 
     tokens: list[int]

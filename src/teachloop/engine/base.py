@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from teachloop.core.sampling import SampledSequence, SamplingParams
 from teachloop.core.training import (
@@ -35,6 +35,9 @@ from teachloop.core.training import (
     LossFn,
     OptimStepResult,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 #: max |sample logprob - recomputed logprob| in float32 on CPU (measured ~1e-4; prepacked
 #: oneDNN weights and a KV cache change the summation order, nothing else).
@@ -58,6 +61,31 @@ class AdapterInfo:
     spec: LoraSpec
     step: int
     trainable_params: int
+
+
+class TokenConstraint(Protocol):
+    """The state of one sequence's constrained decoding (a grammar matcher, say).
+
+    The sampler asks ``allowed`` before choosing each token, samples only among
+    the allowed ones, then calls ``accept`` with the token it chose. Once
+    ``finished`` is true the sequence ends with stop reason ``"stop"``. One
+    object serves one sequence; ``SampleRequest.constraint`` builds one per sample.
+    Implementations live above the engine (``serve/grammar.py``); the engine only
+    calls these three members, on its compute thread.
+    """
+
+    def allowed(self, vocab_size: int) -> torch.Tensor | None:
+        """A bool tensor ``[vocab_size]`` (on the CPU) of the tokens allowed next; None allows all."""
+        ...
+
+    def accept(self, token: int) -> None:
+        """Advance past ``token`` (one the last ``allowed`` permitted)."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """Whether the constrained text is complete (the sequence stops here)."""
+        ...
 
 
 @runtime_checkable
@@ -170,4 +198,4 @@ class Engine(Protocol):
         ...
 
 
-__all__ = ["LOGPROB_TOLERANCE", "AdapterInfo", "Engine", "LogprobsFor"]
+__all__ = ["LOGPROB_TOLERANCE", "AdapterInfo", "Engine", "LogprobsFor", "TokenConstraint"]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from teachloop.core.errors import InvalidInput, PayloadTooLarge
 from teachloop.core.sampling import SampledSequence, SamplingParams, StopReason, check_n
+from teachloop.engine.base import TokenConstraint
 from teachloop.engine.llama import KVCache, LlamaForward, Segments, row_plan, token_rows
 
 
@@ -43,6 +44,8 @@ class SampleRequest:
         on_token: called as ``on_token(sample_index, token, logprob)`` for
             every new token (streaming).
         key: anything the caller wants back on the results.
+        constraint: builds the ``TokenConstraint`` of sample ``i`` as ``constraint(i)``
+            (constrained decoding, e.g. a JSON-schema grammar); None samples freely.
     """
 
     prompt: Sequence[int]
@@ -53,6 +56,7 @@ class SampleRequest:
     top_logprobs: int = 0
     on_token: Callable[[int, int, float], None] | None = None
     key: Any = None
+    constraint: Callable[[int], TokenConstraint] | None = None
 
 
 @dataclass
@@ -63,6 +67,9 @@ class _Seq:
     max_tokens: int
     stop_ids: frozenset[int]
     stop_strs: tuple[str, ...]
+    constraint: TokenConstraint | None = None
+    #: why this sequence alone failed (its constraint raised); it leaves the batch, the others go on
+    error: Exception | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
@@ -92,10 +99,11 @@ class DecodeBatch:
         self.decode = decode
         self.context_length = context_length
         self.device = torch.device(device)
-        self.cache = KVCache(
-            len(fw.blocks), fw.kv_heads, fw.head_dim, rows=initial_rows, capacity=initial_capacity,
-            dtype=fw.embed.dtype, device=self.device,
-        )
+        with torch.inference_mode():  # the cache only ever lives in inference mode (see ``add``)
+            self.cache = KVCache(
+                len(fw.blocks), fw.kv_heads, fw.head_dim, rows=initial_rows, capacity=initial_capacity,
+                dtype=fw.embed.dtype, device=self.device,
+            )
         self.rows: list[_Seq] = []  # row i of the cache belongs to rows[i]
         self._pending: list[int] = []  # the last sampled token of each row, not yet in the cache
         self._plan: Any = None
@@ -125,11 +133,15 @@ class DecodeBatch:
         if req.top_logprobs < 0 or req.top_logprobs > 20:
             raise InvalidInput("top_logprobs must be between 0 and 20", param="top_logprobs")
 
+    @torch.inference_mode()
     def add(self, requests: Sequence[SampleRequest]) -> list[_Seq]:
         """Prefill ``requests`` (one packed forward) and sample their first tokens.
 
         Returns every new sequence; those that already finished (a one-token
-        stop) are not kept in the batch.
+        stop) are not kept in the batch. Like ``step`` and ``drop``, the whole
+        call -- forward, cache growth, sampling and retiring rows -- runs in one
+        inference-mode context: tensors the cache allocates while growing are
+        inference tensors, so every later in-place update of them must be too.
         """
         for req in requests:
             self.validate(req)
@@ -161,12 +173,11 @@ class DecodeBatch:
                 vc[rs, :, : lens[j]] = v[a:b].transpose(0, 1).unsqueeze(0)
 
         tokens = torch.tensor([int(t) for r in requests for t in r.prompt], dtype=torch.long, device=self.device)
-        with torch.inference_mode():
-            hidden = fw.forward_packed(
-                tokens, Segments(lens), token_rows([r.adapter for r in requests], lens, self.device), kv_sink=sink
-            )
-            last = hidden[torch.tensor(offsets[1:], device=self.device) - 1]
-            logits = fw.logits(last, row_plan([r.adapter for r in requests], self.device))
+        hidden = fw.forward_packed(
+            tokens, Segments(lens), token_rows([r.adapter for r in requests], lens, self.device), kv_sink=sink
+        )
+        last = hidden[torch.tensor(offsets[1:], device=self.device) - 1]
+        logits = fw.logits(last, row_plan([r.adapter for r in requests], self.device))
         new: list[_Seq] = []
         for j, req in enumerate(requests):
             gen = req.generator or _generator(req.params.seed, self.device)
@@ -175,7 +186,8 @@ class DecodeBatch:
             stop_strs = () if stops is None else tuple(t for t in stops if isinstance(t, str))
             room = self.context_length - lens[j]
             for i in range(req.n):
-                new.append(_Seq(req, i, gen, min(req.params.max_tokens, room), stop_ids, stop_strs))
+                constraint = req.constraint(i) if req.constraint is not None else None
+                new.append(_Seq(req, i, gen, min(req.params.max_tokens, room), stop_ids, stop_strs, constraint))
             cache.lengths[row_start[j] : row_start[j] + req.n] = lens[j]
         cache.n = total_rows
         self.rows.extend(new)
@@ -186,6 +198,7 @@ class DecodeBatch:
         self._retire()
         return new
 
+    @torch.inference_mode()
     def step(self) -> list[_Seq]:
         """Advance every active sequence by one token; returns the sequences that finished."""
         if not self.rows:
@@ -193,11 +206,22 @@ class DecodeBatch:
         if self._plan is None:
             self._plan = row_plan([s.request.adapter for s in self.rows], self.device)
         tokens = torch.tensor(self._pending, dtype=torch.long, device=self.device)
-        with torch.inference_mode():
-            hidden = self.fw.decode_step(tokens, self.cache, self._plan)
-            logits = self.fw.logits(hidden, self._plan)
+        hidden = self.fw.decode_step(tokens, self.cache, self._plan)
+        logits = self.fw.logits(hidden, self._plan)
         self._sample_into(list(range(len(self.rows))), logits)
         return self._retire()
+
+    @torch.inference_mode()
+    def drop(self, seqs: Sequence[_Seq]) -> list[_Seq]:
+        """Free the rows of ``seqs`` now (a cancelled request); returns those that were still running.
+
+        Their ``stop_reason`` becomes ``"cancelled"``; the other rows are untouched.
+        """
+        live = {id(s) for s in self.rows}
+        dropped = [s for s in seqs if id(s) in live and s.stop_reason is None]
+        for seq in dropped:
+            seq.stop_reason = "cancelled"
+        return self._retire() if dropped else []
 
     def run(self) -> None:
         """Step until every sequence has finished."""
@@ -206,17 +230,25 @@ class DecodeBatch:
 
     # ---------------------------------------------------------------- internals
     def _sample_into(self, row_ids: list[int], logits: torch.Tensor) -> None:
-        """Choose the next token of each row in ``row_ids`` from ``logits`` (aligned rows)."""
+        """Choose the next token of each row in ``row_ids`` from ``logits`` (aligned rows).
+
+        The returned logprobs are of the raw ``logits``; the token is chosen from
+        ``_shaped`` scores (penalties, logit bias, grammar mask) when a row asks for them.
+        """
         lse = torch.logsumexp(logits, dim=-1)  # shared by the sampler and the returned logprobs
+        scores = self._shaped(row_ids, logits)
         groups: dict[int, list[int]] = {}
         for pos, r in enumerate(row_ids):
             groups.setdefault(id(self.rows[r].gen), []).append(pos)
         chosen = torch.empty(len(row_ids), dtype=torch.long, device=logits.device)
-        for positions in groups.values():
+        for unordered in groups.values():
+            # a generator's draws go to its request's samples in sample order, whatever rows they occupy
+            # (retiring rows reorders them), so a seeded request samples the same batched or alone
+            positions = sorted(unordered, key=lambda p: self.rows[row_ids[p]].index)
             seq0 = self.rows[row_ids[positions[0]]]
-            whole = len(positions) == len(row_ids)  # one generator for every row: no gather
+            whole = positions == list(range(len(row_ids)))  # one generator for every row, in order: no gather
             idx = None if whole else torch.tensor(positions, device=logits.device)
-            sub = logits if idx is None else logits.index_select(0, idx)
+            sub = scores if idx is None else scores.index_select(0, idx)
             params_same = all(self.rows[row_ids[p]].request.params == seq0.request.params for p in positions)
             if params_same:
                 picked = _choose(sub, seq0.request.params, seq0.gen)
@@ -245,12 +277,57 @@ class DecodeBatch:
             if k and top_v is not None and top_i is not None:
                 seq.top.append(list(zip(top_i[pos][:k], top_v[pos][:k], strict=True)))
             self._pending[r] = tok
+            if seq.constraint is not None and seq.error is None:
+                try:
+                    seq.constraint.accept(tok)
+                except Exception as err:  # one request's broken grammar must not fail its batch
+                    seq.error = err
             if seq.request.on_token is not None:
                 seq.request.on_token(seq.index, tok, lp)
-            seq.stop_reason = self._stop_reason(seq, tok)
+            seq.stop_reason = "stop" if seq.error is not None else self._stop_reason(seq, tok)
+
+    def _shaped(self, row_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """``logits``, or a copy with each row's penalties, logit bias and grammar mask applied.
+
+        Penalties follow OpenAI: a token sampled ``c`` times so far in this
+        sequence loses ``c * frequency_penalty + (c > 0) * presence_penalty``.
+        A grammar that allows no token at all is a bug in the constraint: the
+        row then keeps its unmasked scores rather than failing the batch.
+        """
+        shaped = [
+            pos for pos, r in enumerate(row_ids)
+            if self.rows[r].constraint is not None or self.rows[r].request.params.shapes_logits
+        ]
+        if not shaped:
+            return logits
+        scores = logits.clone()
+        vocab = scores.shape[-1]
+        for pos in shaped:
+            seq = self.rows[row_ids[pos]]
+            params = seq.request.params
+            row = scores[pos]
+            if (params.presence_penalty or params.frequency_penalty) and seq.tokens:
+                counts = torch.bincount(torch.tensor(seq.tokens, device=row.device), minlength=vocab)[:vocab]
+                row -= counts.to(row.dtype) * params.frequency_penalty + (counts > 0).to(row.dtype) * params.presence_penalty
+            for token, bias in params.logit_bias:
+                if token < vocab:
+                    row[token] += bias
+            if seq.constraint is not None:
+                try:
+                    allowed = seq.constraint.allowed(vocab)
+                except Exception as err:  # recorded on the sequence; it ends after this token
+                    seq.error = err
+                    continue
+                if allowed is not None:
+                    allowed = allowed.to(row.device)
+                    if bool(allowed.any()):
+                        row.masked_fill_(~allowed, float("-inf"))
+        return scores
 
     def _stop_reason(self, seq: _Seq, tok: int) -> StopReason | None:
         if tok in seq.stop_ids:
+            return "stop"
+        if seq.constraint is not None and seq.constraint.finished:
             return "stop"
         if seq.stop_strs:
             tail = self.decode(seq.tokens[-(max(len(s) for s in seq.stop_strs) + 8) :])

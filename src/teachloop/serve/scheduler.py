@@ -15,9 +15,10 @@ them into an ``asyncio.Queue`` on the request's event loop
 Stop conditions (EOS, stop token ids, stop strings, ``max_tokens``) are the
 engine's. A full queue is refused at once with ``ServiceUnavailable`` (503); a
 job whose ``n`` exceeds ``max_rows`` is ``InvalidInput``. A cancelled job leaves
-the queue, or, once running, ends after its next token (the batch has no way to
-drop a row directly). If a forward pass raises, every job in the batch fails
-with that error and the scheduler continues on a fresh batch.
+the queue, or, once running, has its rows dropped from the batch at the next
+tick. A sequence that fails alone (its grammar constraint raised) fails only
+its own job; if a forward pass raises, every job in the batch fails with that
+error and the scheduler continues on a fresh batch.
 
 This module knows nothing of chat messages, HTTP or storage: token ids in,
 token ids and logprobs out.
@@ -40,6 +41,7 @@ from teachloop.core.errors import InvalidInput, ModelError, ServiceUnavailable, 
 from teachloop.core.sampling import SampledSequence, SamplingParams, StopReason
 
 if TYPE_CHECKING:
+    from teachloop.engine.base import TokenConstraint
     from teachloop.engine.sampler import SampleRequest
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class SeqLike(Protocol):
     top: list[list[tuple[int, float]]]
     max_tokens: int
     stop_reason: StopReason | None
+    error: Exception | None
 
     def result(self) -> SampledSequence: ...
 
@@ -77,6 +80,8 @@ class DecodeBatchLike(Protocol):
     def add(self, requests: Sequence[SampleRequest]) -> Sequence[SeqLike]: ...
 
     def step(self) -> Sequence[SeqLike]: ...
+
+    def drop(self, seqs: Sequence[SeqLike]) -> Sequence[SeqLike]: ...
 
 
 class BatchingEngine(Protocol):
@@ -141,6 +146,8 @@ class GenerationJob:
         adapter: the engine's adapter name, or None for the base model.
         sink: where tokens and results go.
         top_logprobs: also report the k most likely tokens at each step (0-20).
+        constraint: builds the ``TokenConstraint`` of each sample (``constraint(index)``),
+            or None for free decoding.
     """
 
     prompt: list[int]
@@ -149,6 +156,7 @@ class GenerationJob:
     adapter: str | None
     sink: TokenSink
     top_logprobs: int = 0
+    constraint: Callable[[int], TokenConstraint] | None = None
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
     _pending: list[tuple[int, int, float]] = field(default_factory=list, repr=False)
@@ -351,14 +359,13 @@ class Scheduler:
             self._batch = self.engine.batch()
         batch = self._batch
         for job in self._active:
-            if job.cancelled:  # ends each unfinished row after its next token
-                for seq in job._seqs.values():
-                    seq.max_tokens = min(seq.max_tokens, len(seq.tokens))
+            if job.cancelled:  # frees its rows now; nothing more reaches its sink
+                finished.extend(batch.drop(list(job._seqs.values())))
         requests = []
         for job in admitted:
             req = request_type(
                 job.prompt, job.n, job.params, job.adapter, top_logprobs=job.top_logprobs,
-                on_token=job._on_token, key=job,
+                on_token=job._on_token, key=job, constraint=job.constraint,
             )
             try:
                 batch.validate(req)
@@ -410,19 +417,31 @@ class Scheduler:
                 events.append((index, token, logprob, top))
             job.sink.tokens(events)
         done: list[GenerationJob] = []
+        failed: dict[GenerationJob, Exception] = {}
         for seq in finished:
             job = seq.request.key
+            if seq.error is not None and job not in failed:
+                failed[job] = seq.error
             job._results[seq.index] = seq.result()
-            if len(job._results) == job.n:
+            if len(job._results) == job.n and job not in failed:
                 done.append(job)
+        for job in failed:
+            job.cancelled = job.cancelled or len(job._results) < job.n  # its other rows are dropped next tick
         with self._cv:
             for job in done:
                 self._active.pop(job, None)
+            for job in failed:
+                if len(job._results) == job.n:
+                    self._active.pop(job, None)
+            self._counts["failed"] += len(failed)
             self._counts["tokens"] += produced
             self._counts["completed"] += sum(1 for j in done if not j.cancelled)
             now = time.monotonic()
             self._ticks.append((now, produced))
             self._prune(now)
+        for job, err in failed.items():
+            error = err if isinstance(err, TeachloopError) else ModelError(f"generation failed: {err}")
+            job.sink.fail(error)
         for job in done:
             if not job.cancelled:
                 job.sink.finish([job._results[i] for i in range(job.n)])

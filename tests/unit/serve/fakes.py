@@ -39,6 +39,7 @@ class EchoSeq:
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
     stop_reason: StopReason | None = None
+    error: Exception | None = None
 
     def result(self) -> SampledSequence:
         extras: dict[str, object] = {"top_logprobs": self.top} if self.request.top_logprobs else {}
@@ -84,6 +85,13 @@ class EchoBatch:
             raise RuntimeError("simulated forward failure")
         self._sample(self.rows)
         return self._retire()
+
+    def drop(self, seqs: Sequence[EchoSeq]) -> list[EchoSeq]:
+        live = {id(s) for s in self.rows}
+        dropped = [s for s in seqs if id(s) in live and s.stop_reason is None]
+        for seq in dropped:
+            seq.stop_reason = "cancelled"
+        return self._retire() if dropped else []
 
     def _sample(self, rows: list[EchoSeq]) -> None:
         eng = self.engine
