@@ -365,6 +365,7 @@ class LlamaForward:
             block.down.lora = _lora_of(mlp.down_proj)
         self.lm_head.lora = _lora_of(self.hf_model.lm_head)
         self._stack_cache = {}
+        self._generation = getattr(self, "_generation", 0) + 1
 
     def adapter_names(self) -> set[str]:
         """Names of the adapters present on the model."""
@@ -578,6 +579,79 @@ class LlamaForward:
             x = self._block_post(x, attn, block, rows, False)
         cache.lengths[:n] += 1
         return rms_norm(x, self.norm, self.eps)
+
+    def extend(
+        self, tokens: torch.Tensor, lens: Sequence[int], cache_rows: Sequence[int], cache: KVCache, rows: AdapterRows
+    ) -> torch.Tensor:
+        """Prefill after a cached prefix: feed ``lens[i]`` new tokens to cache row ``cache_rows[i]``.
+
+        ``tokens`` ``[T]`` is the rows' new tokens packed in order; each row's
+        tokens take positions ``cache.lengths[row] ..`` and attend to the row's
+        cached keys and, causally, to each other; their keys/values are written
+        into the cache and the row's length grows by ``lens[i]``. ``rows``
+        indexes the packed *tokens* (``token_rows``). Returns the final hidden
+        state of each row's last token, ``[len(cache_rows), hidden]``.
+        """
+        dev = tokens.device
+        n_rows = len(cache_rows)
+        row_idx = torch.tensor(list(cache_rows), dtype=torch.long, device=dev)
+        starts = cache.lengths[row_idx].tolist()
+        needed = max(s + n for s, n in zip(starts, lens, strict=True))
+        if needed > cache.capacity:
+            cache.grow(capacity=max(needed, cache.capacity * 2))
+        positions = torch.cat([torch.arange(s, s + n, device=dev) for s, n in zip(starts, lens, strict=True)])
+        tok_row = torch.cat([torch.full((n,), r, dtype=torch.long, device=dev) for r, n in zip(cache_rows, lens, strict=True)])
+        lq = max(lens)
+        q_idx = torch.zeros(n_rows, lq, dtype=torch.long)
+        q_valid = torch.zeros(n_rows, lq, dtype=torch.bool)
+        offset = 0
+        for i, n in enumerate(lens):
+            q_idx[i, :n] = torch.arange(offset, offset + n)
+            q_valid[i, :n] = True
+            offset += n
+        q_idx, q_valid_flat = q_idx.to(dev), q_valid.view(-1).to(dev)
+        # key j is visible to query t of row i iff j <= start_i + t (padded queries see key 0: finite softmax)
+        q_pos = torch.tensor(starts, device=dev)[:, None] + torch.arange(lq, device=dev)[None, :]
+        mask = (torch.arange(needed, device=dev)[None, None, :] <= q_pos[:, :, None])[:, None]
+        x = self.embed[tokens]
+        cos, sin = self._rope(positions, x.dtype)
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        for i, block in enumerate(self.blocks):
+            q, k, v = self._block_pre(x, block, rows, False)
+            q = q.view(-1, self.n_heads, self.head_dim)
+            k = k.view(-1, self.kv_heads, self.head_dim)
+            v = v.view(-1, self.kv_heads, self.head_dim)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
+            kc, vc = cache.k[i], cache.v[i]
+            kc[tok_row, :, positions] = k
+            vc[tok_row, :, positions] = v
+            keys = kc.index_select(0, row_idx)[:, :, :needed]
+            vals = vc.index_select(0, row_idx)[:, :, :needed]
+            qp = q[q_idx].transpose(1, 2)  # [rows, H, lq, d]
+            out = F.scaled_dot_product_attention(qp, keys, vals, attn_mask=mask, enable_gqa=True)
+            attn = out.transpose(1, 2).reshape(-1, self.n_heads * self.head_dim)[q_valid_flat]
+            x = self._block_post(x, attn, block, rows, False)
+        cache.lengths[row_idx] += torch.tensor(list(lens), dtype=torch.long, device=dev)
+        last = torch.tensor(list(lens), device=dev).cumsum(0) - 1
+        return rms_norm(x[last], self.norm, self.eps)
+
+    def adapter_version(self, adapter: str | None) -> tuple[object, ...]:
+        """A key that changes whenever ``adapter``'s weights may have changed (prefix-cache scope).
+
+        It combines the name, a counter bumped by every ``refresh_adapters`` (an
+        adapter created, loaded or deleted) and the version counters of the
+        adapter's LoRA tensors (an optimizer step updates them in place).
+        """
+        if adapter is None:
+            return ("base",)
+        versions: list[int] = []
+        weights = [self.lm_head.lora.get(adapter)]
+        for b in self.blocks:
+            weights += [*b.lora_parts.get(adapter, {}).values(), b.o.lora.get(adapter), b.down.lora.get(adapter)]
+        for w in weights:
+            if w is not None:
+                versions += (w.A._version, w.B._version)
+        return (adapter, self._generation, hash(tuple(versions)))
 
     def logits(self, hidden: torch.Tensor, rows: AdapterRows, training: bool = False) -> torch.Tensor:
         """Unembedding of ``hidden`` ``[N, hidden]`` -> logits ``[N, vocab]`` (float32)."""

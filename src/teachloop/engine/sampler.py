@@ -1,6 +1,8 @@
 """Batched sampling with a KV cache, shared prefill and continuous batching.
 
-A ``DecodeBatch`` holds the sequences being generated. ``add`` prefills new
+A ``DecodeBatch`` holds the sequences being generated. With a ``PrefixCache``
+(``engine/prefix.py``) a prompt whose first blocks were prefilled before, under
+the same adapter version, reuses their keys/values and computes only the rest. ``add`` prefills new
 prompts (all prompts of one call in one packed forward; the ``n`` samples of a
 prompt share that prefill -- its keys/values are written once into each of
 their cache rows) and samples their first token; ``step`` advances every
@@ -28,6 +30,7 @@ from teachloop.core.errors import InvalidInput, PayloadTooLarge
 from teachloop.core.sampling import SampledSequence, SamplingParams, StopReason, check_n
 from teachloop.engine.base import TokenConstraint
 from teachloop.engine.llama import KVCache, LlamaForward, Segments, row_plan, token_rows
+from teachloop.engine.prefix import PrefixCache
 
 
 @dataclass
@@ -93,6 +96,7 @@ class DecodeBatch:
         device: Any = "cpu",
         initial_capacity: int = 256,
         initial_rows: int = 8,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.fw = fw
         self.eos = frozenset(int(t) for t in eos_token_ids)
@@ -104,6 +108,8 @@ class DecodeBatch:
                 len(fw.blocks), fw.kv_heads, fw.head_dim, rows=initial_rows, capacity=initial_capacity,
                 dtype=fw.embed.dtype, device=self.device,
             )
+        #: shared prompt-prefix keys/values (``engine.prefix``); None prefills every prompt whole
+        self.prefix = prefix_cache
         self.rows: list[_Seq] = []  # row i of the cache belongs to rows[i]
         self._pending: list[int] = []  # the last sampled token of each row, not yet in the cache
         self._plan: Any = None
@@ -135,9 +141,12 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def add(self, requests: Sequence[SampleRequest]) -> list[_Seq]:
-        """Prefill ``requests`` (one packed forward) and sample their first tokens.
+        """Prefill ``requests`` and sample their first tokens.
 
-        Returns every new sequence; those that already finished (a one-token
+        Prompts with no cached prefix are prefilled together in one packed
+        forward; with a ``prefix_cache``, the others copy their longest cached
+        prefix into their rows and prefill only the rest (``LlamaForward.extend``),
+        and every prompt's new full blocks are added to the cache. Returns every new sequence; those that already finished (a one-token
         stop) are not kept in the batch. Like ``step`` and ``drop``, the whole
         call -- forward, cache growth, sampling and retiring rows -- runs in one
         inference-mode context: tensors the cache allocates while growing are
@@ -147,7 +156,7 @@ class DecodeBatch:
             self.validate(req)
         if not requests:
             return []
-        fw, cache = self.fw, self.cache
+        cache = self.cache
         lens = [len(r.prompt) for r in requests]
         first_row = len(self.rows)
         total_rows = first_row + sum(r.n for r in requests)
@@ -160,6 +169,53 @@ class DecodeBatch:
         for req in requests:
             row_start.append(r0)
             r0 += req.n
+        scopes = [self.fw.adapter_version(r.adapter) for r in requests] if self.prefix is not None else []
+        cached = [0] * len(requests)
+        if self.prefix is not None:
+            for j, req in enumerate(requests):
+                cached[j] = self._reuse_prefix(scopes[j], req, row_start[j])
+        cold = [j for j in range(len(requests)) if cached[j] == 0]
+        warm = [j for j in range(len(requests)) if cached[j] > 0]
+        last = torch.empty((len(requests), self.fw.hidden), dtype=self.fw.embed.dtype, device=self.device)
+        if cold:
+            last[torch.tensor(cold, device=self.device)] = self._prefill([requests[j] for j in cold],
+                                                                          [row_start[j] for j in cold])
+        if warm:
+            last[torch.tensor(warm, device=self.device)] = self._prefill_after(
+                [requests[j] for j in warm], [row_start[j] for j in warm], [cached[j] for j in warm]
+            )
+        if self.prefix is not None:
+            for j, req in enumerate(requests):
+                full = len(req.prompt) // self.prefix.block_size * self.prefix.block_size
+                if full > cached[j]:  # new full blocks to keep
+                    r = row_start[j]
+                    kv = torch.stack([torch.stack([cache.k[i][r, :, :full], cache.v[i][r, :, :full]])
+                                      for i in range(len(cache.k))])
+                    self.prefix.insert(scopes[j], list(req.prompt), kv, start=cached[j])
+        logits = self.fw.logits(last, row_plan([r.adapter for r in requests], self.device))
+        new: list[_Seq] = []
+        for j, req in enumerate(requests):
+            gen = req.generator or _generator(req.params.seed, self.device)
+            stops = req.params.stop
+            stop_ids = self.eos if stops is None else frozenset(t for t in stops if isinstance(t, int))
+            stop_strs = () if stops is None else tuple(t for t in stops if isinstance(t, str))
+            room = self.context_length - lens[j]
+            for i in range(req.n):
+                constraint = req.constraint(i) if req.constraint is not None else None
+                new.append(_Seq(req, i, gen, min(req.params.max_tokens, room), stop_ids, stop_strs, constraint))
+        cache.n = total_rows
+        self.rows.extend(new)
+        self._pending.extend([0] * len(new))
+        expanded = logits.repeat_interleave(torch.tensor([r.n for r in requests], device=self.device), dim=0)
+        self._sample_into(list(range(first_row, total_rows)), expanded)
+        self._plan = None
+        self._retire()
+        return new
+
+    def _prefill(self, requests: Sequence[SampleRequest], row_start: Sequence[int]) -> torch.Tensor:
+        """Prefill whole prompts in one packed forward, writing each into its ``n`` rows; last hidden states."""
+        cache = self.cache
+        lens = [len(r.prompt) for r in requests]
         offsets = [0]
         for n in lens:
             offsets.append(offsets[-1] + n)
@@ -173,30 +229,41 @@ class DecodeBatch:
                 vc[rs, :, : lens[j]] = v[a:b].transpose(0, 1).unsqueeze(0)
 
         tokens = torch.tensor([int(t) for r in requests for t in r.prompt], dtype=torch.long, device=self.device)
-        hidden = fw.forward_packed(
+        hidden = self.fw.forward_packed(
             tokens, Segments(lens), token_rows([r.adapter for r in requests], lens, self.device), kv_sink=sink
         )
-        last = hidden[torch.tensor(offsets[1:], device=self.device) - 1]
-        logits = fw.logits(last, row_plan([r.adapter for r in requests], self.device))
-        new: list[_Seq] = []
         for j, req in enumerate(requests):
-            gen = req.generator or _generator(req.params.seed, self.device)
-            stops = req.params.stop
-            stop_ids = self.eos if stops is None else frozenset(t for t in stops if isinstance(t, int))
-            stop_strs = () if stops is None else tuple(t for t in stops if isinstance(t, str))
-            room = self.context_length - lens[j]
-            for i in range(req.n):
-                constraint = req.constraint(i) if req.constraint is not None else None
-                new.append(_Seq(req, i, gen, min(req.params.max_tokens, room), stop_ids, stop_strs, constraint))
             cache.lengths[row_start[j] : row_start[j] + req.n] = lens[j]
-        cache.n = total_rows
-        self.rows.extend(new)
-        self._pending.extend([0] * len(new))
-        expanded = logits.repeat_interleave(torch.tensor([r.n for r in requests], device=self.device), dim=0)
-        self._sample_into(list(range(first_row, total_rows)), expanded)
-        self._plan = None
-        self._retire()
-        return new
+        return hidden[torch.tensor(offsets[1:], device=self.device) - 1]
+
+    def _reuse_prefix(self, scope: object, req: SampleRequest, row: int) -> int:
+        """Copy the longest cached prefix of ``req``'s prompt into ``row``; returns its length (0: none)."""
+        assert self.prefix is not None
+        length, kv = self.prefix.lookup(scope, list(req.prompt), limit=len(req.prompt) - 1)
+        if kv is None:
+            return 0
+        for i in range(len(self.cache.k)):
+            self.cache.k[i][row, :, :length] = kv[i, 0]
+            self.cache.v[i][row, :, :length] = kv[i, 1]
+        self.cache.lengths[row] = length
+        return length
+
+    def _prefill_after(
+        self, requests: Sequence[SampleRequest], row_start: Sequence[int], cached: Sequence[int]
+    ) -> torch.Tensor:
+        """Prefill the uncached tail of each prompt after its cached prefix; copy it to the request's other rows."""
+        cache = self.cache
+        tails = [len(r.prompt) - c for r, c in zip(requests, cached, strict=True)]
+        tokens = torch.tensor(
+            [int(t) for r, c in zip(requests, cached, strict=True) for t in r.prompt[c:]], dtype=torch.long,
+            device=self.device,
+        )
+        hidden = self.fw.extend(tokens, tails, row_start, cache, token_rows([r.adapter for r in requests], tails,
+                                                                               self.device))
+        for j, req in enumerate(requests):
+            for extra in range(1, req.n):
+                cache.copy_row(row_start[j], row_start[j] + extra)
+        return hidden
 
     @torch.inference_mode()
     def step(self) -> list[_Seq]:

@@ -50,6 +50,7 @@ from teachloop.engine.compute import ComputeThread
 from teachloop.engine.llama import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES, LlamaForward, Segments, single
 from teachloop.engine.losses import TokenInputs, compute_loss
 from teachloop.engine.packing import plan_packing
+from teachloop.engine.prefix import PrefixCache
 from teachloop.engine.sampler import DecodeBatch, SampleRequest, sample_all
 
 CHECKPOINT_FORMAT = 1
@@ -123,6 +124,8 @@ class TorchEngine:
         self.hf: Any = model.to(self.device)  # type: ignore[arg-type]
         self._peft: Any = None
         self.fw = LlamaForward(self.hf, pack=pack)
+        #: prompt-prefix keys/values shared by the serving batches that ask for it (``batch(prefix_cache=True)``)
+        self.prefix = PrefixCache()
         eos: set[int] = set()
         gen_eos = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
         for value in (gen_eos, self.tokenizer.eos_token_id):
@@ -492,13 +495,16 @@ class TorchEngine:
             return path
 
     # --------------------------------------------------------------- sampling
-    def batch(self, rows: int = 8, capacity: int = 256) -> DecodeBatch:
+    def batch(self, rows: int = 8, capacity: int = 256, *, prefix_cache: bool = False) -> DecodeBatch:
         """A fresh continuous-batching ``DecodeBatch`` on this engine (drive it inside ``exclusive``).
 
         ``rows`` and ``capacity`` size its KV cache to begin with (it grows when needed).
+        ``prefix_cache`` shares the engine's ``PrefixCache`` (``self.prefix``) with the batch, so
+        prompts reuse the keys/values of prefixes any earlier batch prefilled.
         """
         return DecodeBatch(
             self.fw,
+            prefix_cache=self.prefix if prefix_cache else None,
             eos_token_ids=self._eos,
             decode=lambda toks: str(self.tokenizer.decode(toks, skip_special_tokens=False)),
             context_length=self.context_length,

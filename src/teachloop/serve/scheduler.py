@@ -95,6 +95,8 @@ class BatchingEngine(Protocol):
 
     def batch(self) -> DecodeBatchLike: ...
 
+    # ``batch(prefix_cache=True)`` too, when the scheduler is built with ``prefix_cache=True``
+
     def exclusive(self, fn: Callable[[], T]) -> T: ...
 
     def load_adapter(self, name: str, path: Path) -> Any: ...
@@ -202,12 +204,15 @@ class Scheduler:
         max_queue: int = 256,
         rate_window_s: float = 10.0,
         name: str = "teachloop-scheduler",
+        prefix_cache: bool = False,
     ) -> None:
         if max_rows < 1:
             raise InvalidInput("max_rows must be at least 1", param="max_rows")
         if max_queue < 0:
             raise InvalidInput("max_queue must be at least 0", param="max_queue")
         self.engine = engine
+        #: batches reuse the engine's cached prompt prefixes (``engine.batch(prefix_cache=True)``)
+        self.prefix_cache = prefix_cache
         self.max_rows = max_rows
         self.max_queue = max_queue
         self.name = name
@@ -356,7 +361,7 @@ class Scheduler:
         """The body of ``_tick``; runs with the engine to itself."""
         finished: list[SeqLike] = []
         if self._batch is None:
-            self._batch = self.engine.batch()
+            self._batch = self.engine.batch(prefix_cache=True) if self.prefix_cache else self.engine.batch()  # type: ignore[call-arg]
         batch = self._batch
         for job in self._active:
             if job.cancelled:  # frees its rows now; nothing more reaches its sink

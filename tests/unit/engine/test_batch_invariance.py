@@ -91,6 +91,10 @@ class Case:
         return SampleRequest(self.prompt, self.n, self.params, self.adapter, key=key, constraint=constraint)
 
 
+#: shared prompt heads (a system prompt, few-shot examples): 0, 1 or 2 blocks of the prefix cache and change
+HEADS = ([], list(range(40, 60)), list(range(40, 77)))
+
+
 def cases(vocab: int) -> st.SearchStrategy[Case]:
     token = st.integers(3, vocab - 1)
     params = st.builds(
@@ -109,7 +113,8 @@ def cases(vocab: int) -> st.SearchStrategy[Case]:
     )
     return st.builds(
         Case,
-        prompt=st.lists(token, min_size=1, max_size=20),
+        prompt=st.builds(lambda head, tail: HEADS[head] + tail, st.integers(0, 2),
+                         st.lists(token, min_size=1, max_size=20)),
         n=st.integers(1, 3),
         params=params,
         adapter=st.sampled_from(ADAPTERS),
@@ -129,11 +134,13 @@ def _solo(engine: TorchEngine, case: Case) -> tuple[list[list[int]], bool]:
     return [s.tokens for s in sorted(seqs, key=lambda s: s.index)], any(s.error is not None for s in seqs)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("prefix_cache", [False, True], ids=["whole-prefill", "prefix-cache"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_batching_is_invisible(engine: TorchEngine, data: st.DataObject) -> None:
+def test_batching_is_invisible(engine: TorchEngine, prefix_cache: bool, data: st.DataObject) -> None:
+    """Batched (with or without prefix reuse) == alone on a fresh batch without a prefix cache."""
     traffic: list[Case] = data.draw(st.lists(cases(engine.vocab_size), min_size=1, max_size=8))
-    batch: DecodeBatch = engine.batch(rows=2, capacity=8)
+    batch: DecodeBatch = engine.batch(rows=2, capacity=8, prefix_cache=prefix_cache)
     seqs: dict[int, list] = {}
     step = 0
     pending = sorted(range(len(traffic)), key=lambda i: traffic[i].arrive)
@@ -163,6 +170,59 @@ def test_batching_is_invisible(engine: TorchEngine, data: st.DataObject) -> None
         else:
             assert got == solo, f"request {i} ({case}) differs batched vs alone"
             assert all(s.stop_reason in ("stop", "length") for s in seqs[i])
+
+
+def test_prefix_reuse_matches_a_whole_prefill(engine: TorchEngine) -> None:
+    """A prompt whose head is cached gets the keys/values and logprobs of a whole prefill (float32 rounding)."""
+    engine.prefix.clear()
+    head = list(range(40, 90))  # 3 full blocks of 16
+    params = SamplingParams(max_tokens=6, temperature=0.0, stop=())
+    for adapter in (None, "a"):
+        warm = engine.batch(prefix_cache=True)
+        warm.add([SampleRequest(head + [7, 8], 1, params, adapter)])
+        before = engine.prefix.stats()
+        hit_batch, cold_batch = engine.batch(prefix_cache=True), engine.batch()
+        prompt = head + [9, 10, 11]
+        hit = hit_batch.add([SampleRequest(prompt, 2, params, adapter, top_logprobs=5)])
+        cold = cold_batch.add([SampleRequest(prompt, 2, params, adapter, top_logprobs=5)])
+        assert engine.prefix.stats().hits - before.hits == 48, "the 3 cached blocks were not reused"
+        for layer in range(len(hit_batch.cache.k)):
+            for row in range(2):
+                torch.testing.assert_close(hit_batch.cache.k[layer][row, :, : len(prompt)],
+                                           cold_batch.cache.k[layer][row, :, : len(prompt)], atol=1e-5, rtol=1e-4)
+        while hit_batch.active or cold_batch.active:
+            hit_batch.step()
+            cold_batch.step()
+        for h, c in zip(hit, cold, strict=True):
+            assert h.tokens == c.tokens
+            assert max(abs(a - b) for a, b in zip(h.logprobs, c.logprobs, strict=True)) < 1e-4
+    # another adapter, or the same adapter after an update, never reuses these blocks
+    before = engine.prefix.stats().hits
+    engine.batch(prefix_cache=True).add([SampleRequest(head + [9], 1, params, "b")])
+    assert engine.prefix.stats().hits == before
+    with torch.no_grad():
+        engine._adapters["a"].params[0].add_(0.01)
+    engine.batch(prefix_cache=True).add([SampleRequest(head + [9], 1, params, "a")])
+    assert engine.prefix.stats().hits == before
+
+
+def test_prefix_cache_evicts_least_recently_used_and_keeps_heads() -> None:
+    from teachloop.engine.prefix import PrefixCache
+
+    block = torch.zeros(1, 2, 1, 4, 2)  # 64 bytes per block of 4 tokens
+    cache = PrefixCache(block_size=4, max_bytes=64 * 3)
+    kv = torch.arange(1 * 2 * 1 * 8 * 2, dtype=torch.float32).view(1, 2, 1, 8, 2)
+    cache.insert("s", list(range(8)), kv)  # 2 blocks
+    assert cache.stats().blocks == 2 and cache.stats().bytes == 2 * block.numel() * 4
+    length, got = cache.lookup("s", list(range(8)) + [99], limit=8)
+    assert length == 8 and got is not None and torch.equal(got, kv)
+    assert cache.lookup("other scope", list(range(8)), limit=8) == (0, None)
+    cache.insert("s", [50, 51, 52, 53, 54, 55, 56, 57], kv)  # 2 more: over the cap, one block evicted
+    stats = cache.stats()
+    assert stats.blocks == 3 and stats.evictions == 1
+    # the lookup touched the first chain tail-first, so its tail was the least recently used: head kept
+    assert cache.lookup("s", list(range(8)), limit=8)[0] == 4
+    assert cache.lookup("s", [50, 51, 52, 53, 54, 55, 56, 57], limit=8)[0] == 8
 
 
 def test_grown_cache_survives_retire(engine: TorchEngine) -> None:
