@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["core", "render", "engine", "envs", "store", "train", "serve", "loop", "app"]
+PACKAGES = ["core", "render", "engine", "envs", "store", "catalog", "train", "serve", "loop", "app"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -49,7 +49,7 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per snapshot."),
 ) -> None:
     """Dataset snapshots, newest first."""
-    from teachloop.loop.export import dataset_json
+    from teachloop.catalog.export import dataset_json
     from teachloop.store.repos.datasets import Datasets
 
     with errors(), StoreContext(org) as ctx, ctx.database.session(write=False) as s:
@@ -77,7 +77,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the record and the rows as JSON."),
 ) -> None:
     """A snapshot's record and its first rows with their lineage."""
-    from teachloop.loop.export import dataset_json, row_json
+    from teachloop.catalog.export import dataset_json, row_json
     from teachloop.store.repos.datasets import Datasets
 
     with errors(), StoreContext(org) as ctx, ctx.database.session(write=False) as s:
@@ -109,7 +109,7 @@ def export(
     org: str = typer.Option(None, "--org", help=_ORG_HELP),
 ) -> None:
     """Write a snapshot as OpenAI chat JSONL, DPO pairs JSONL or a Hugging Face dataset."""
-    from teachloop.loop.export import export_dataset
+    from teachloop.catalog.export import export_dataset
 
     with errors(), StoreContext(org) as ctx:
         n = export_dataset(ctx.database, ctx.org_id, ref, out, fmt=fmt, split=split, with_lineage=lineage)
@@ -126,8 +126,9 @@ def import_cmd(
     org: str = typer.Option(None, "--org", help=_ORG_HELP),
 ) -> None:
     """Import a JSONL file as an immutable snapshot the organisation owns (or as expert labels)."""
+    from teachloop.catalog.imports import import_dataset, read_jsonl
     from teachloop.core.errors import InvalidInput
-    from teachloop.loop.imports import file_digest, import_dataset, read_jsonl
+    from teachloop.core.files import bytes_digest
 
     with errors():
         try:
@@ -138,7 +139,7 @@ def import_cmd(
         with StoreContext(org) as ctx:
             dataset, created = import_dataset(ctx.database, ctx.blobs, ctx.org_id, records, name=name,
                                               license=license, fmt=fmt, kind=kind, filename=file.name,
-                                              raw_digest=file_digest(data), actor=ACTOR)
+                                              raw_digest=bytes_digest(data), actor=ACTOR)
     what = "imported" if created else "already recorded as"
     console.print(f"{what} {dataset.ref}: {dataset.row_count} {dataset.kind} rows ({dataset.origin}), license "
                   f"{', '.join(dataset.licenses)}, digest {dataset.digest}", highlight=False)
@@ -153,7 +154,7 @@ def grant_cmd(
     org: str = typer.Option(None, "--org", help=_ORG_HELP),
 ) -> None:
     """Let another organisation use a dataset (its loops name it OWNER/NAME[@N])."""
-    from teachloop.loop.imports import check_license
+    from teachloop.catalog.imports import check_license
     from teachloop.store import Tenancy
     from teachloop.store.repos.datasets import Datasets
 
@@ -173,7 +174,7 @@ def grants_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per grant."),
 ) -> None:
     """The grants this organisation gave."""
-    from teachloop.loop.export import grant_json
+    from teachloop.catalog.export import grant_json
     from teachloop.store.repos.datasets import Datasets
 
     with errors(), StoreContext(org) as ctx, ctx.database.session(write=False) as s:

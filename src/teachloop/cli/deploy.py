@@ -39,7 +39,7 @@ ACTOR = "cli"
 
 def _version(session: Session, blobs: BlobStore, org_id: str, ref: str, name: str, base: str) -> AdapterVersion:
     """The adapter version ``ref`` names; a folder is pushed as the next version of adapter ``name``."""
-    from teachloop.serve.adapters import publish_adapter
+    from teachloop.catalog.adapters import publish_adapter
     from teachloop.store.repos.deployments import AdapterVersions
 
     folder = Path(ref).expanduser()
@@ -75,7 +75,7 @@ def push(
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
 ) -> None:
     """Store a PEFT folder as the next version of an adapter (same content: the existing version)."""
-    from teachloop.serve.adapters import publish_adapter
+    from teachloop.catalog.adapters import publish_adapter
 
     with errors(), StoreContext(org) as ctx:
         with ctx.database.session() as session:

@@ -50,7 +50,7 @@ def errors() -> Iterator[None]:
 
 
 def _is_hub_ref(ref: str) -> bool:
-    from teachloop.train.envref import is_hub_ref
+    from teachloop.catalog.envref import is_hub_ref
 
     return is_hub_ref(ref)
 
@@ -61,7 +61,7 @@ Resolved = Any
 
 def local_digest(ref: str, env: Environment) -> str:
     """The content digest of a local environment the user named (see ``train.envref.local_digest``)."""
-    from teachloop.train.envref import local_digest as digest
+    from teachloop.catalog.envref import local_digest as digest
 
     return digest(ref, env, trusted=True)
 
@@ -72,7 +72,7 @@ def resolve(ref: str, org: str | None, **kwargs: Any) -> Resolved:
     The reference is the local user's own, so it is trusted (paths and ``module:attr`` load). A yanked
     version is refused, as training refuses it (``env info``/``env check`` still inspect it).
     """
-    from teachloop.train.envref import is_hub_ref, resolve_env
+    from teachloop.catalog.envref import is_hub_ref, resolve_env
 
     if not is_hub_ref(ref):
         return resolve_env(ref, trusted=True, **kwargs)
@@ -83,8 +83,8 @@ def resolve(ref: str, org: str | None, **kwargs: Any) -> Resolved:
 
 def _fetch_published(ref: str, org: str | None) -> Path:
     """The verified package folder of the published version ``ref`` names."""
+    from teachloop.catalog.envref import fetch_package
     from teachloop.store.repos.environments import EnvironmentRegistry
-    from teachloop.train.envref import fetch_package
 
     with hub(org) as h:
         row = EnvironmentRegistry(h.session).resolve(h.org_id, ref)

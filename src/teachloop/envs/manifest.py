@@ -16,7 +16,6 @@ This module knows nothing of the store.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tomllib
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from teachloop.core.errors import InvalidInput
+from teachloop.core.files import files_digest
 from teachloop.envs.base import Environment
 
 SEMVER = re.compile(
@@ -59,12 +59,7 @@ def package_files(root: Path) -> list[Path]:
 
 def package_hash(root: Path) -> str:
     """``sha256:<hex>`` of a package folder's files (see the module docstring)."""
-    h = hashlib.sha256()
-    for p in package_files(root):
-        h.update(f"file:{p.relative_to(root).as_posix()}\0".encode())
-        h.update(p.read_bytes())
-        h.update(b"\0")
-    return "sha256:" + h.hexdigest()
+    return files_digest((p.relative_to(root).as_posix(), p) for p in package_files(root))
 
 
 class Price(BaseModel):

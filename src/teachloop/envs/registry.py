@@ -26,7 +26,9 @@ names, ``rg:`` and ``vf:`` (a taskset verifiers ships or an installed package
 that depends on verifiers), and refuses paths and ``module:attr`` with
 ``InvalidInput`` *before importing or calling anything*, since those run
 arbitrary code. ``trusted=None`` takes the ambient level: trusted, except
-inside ``untrusted_references()``. Even a trusted target is called only if it
+inside ``untrusted_references()``. A named environment is constructed at the
+caller's level, so one whose arguments name local files (``traffic``'s
+``path``) can ask ``references_trusted()`` and refuse them. Even a trusted target is called only if it
 is an ``Environment`` subclass or a function annotated to return one.
 
 Constructor arguments that an environment rejects (``TypeError``/``ValueError``)
@@ -285,7 +287,11 @@ def load(ref: str, *, trusted: bool | None = None, **kwargs: Any) -> Environment
     if base in entries:
         builtin = _builtins().get(base)
         target = builtin if builtin is not None and entries[base].source == "builtin" else import_target(entries[base].target)
-        return instantiate(target, kwargs, base)
+        token = _TRUSTED.set(references_trusted(trusted))  # the constructor sees the caller's trust
+        try:
+            return instantiate(target, kwargs, base)
+        finally:
+            _TRUSTED.reset(token)
     if ":" in base and not Path(base).exists():
         try:
             target = import_target(base)

@@ -8,9 +8,10 @@ split), when to train (every N new usable examples or on a schedule), how
 (SFT, DPO or GRPO through ``train``), the eval gate (a paired test against
 the deployed version), the promotion rules (always a canary, then everyone,
 watched for as long as it serves; automatic rollback on a drop) and a daily
-training budget. ``loop.imports`` records owned datasets and expert labels
-from JSONL files. ``LoopRunner.tick`` does one pass; every iteration is
-recorded with its data, run, figures, decision and reason.
+training budget. ``LoopRunner.tick`` does one pass; every iteration is
+recorded with its data, run, figures, decision and reason. Dataset versions,
+their import and export, licences and grants, and adapter publishing are
+``catalog``'s: the loop records its snapshots and candidates through it.
 
 The loop uses ``train`` directly and changes deployments only through the
 store's deployment registry (``store.repos.deployments``), which serving
@@ -36,7 +37,6 @@ from teachloop.loop.config import (
     validate_loop_config,
 )
 from teachloop.loop.curation import Curated, CurationReport, curate, holdout_side, near_duplicates, scrub_text
-from teachloop.loop.export import FORMATS, dataset_json, export_dataset
 from teachloop.loop.gate import (
     GateDecision,
     PairedTest,
@@ -46,14 +46,6 @@ from teachloop.loop.gate import (
     paired_bootstrap,
     reward_suite,
     sign_test,
-)
-from teachloop.loop.imports import (
-    IMPORT_FORMATS,
-    IMPORT_KINDS,
-    check_license,
-    import_dataset,
-    parse_rows,
-    read_jsonl,
 )
 from teachloop.loop.promotion import Verdict, judge, watch
 from teachloop.loop.runner import LoopRunner, TickResult
@@ -67,14 +59,10 @@ from teachloop.loop.service import (
     status,
 )
 from teachloop.loop.sources import Candidate, collect
-from teachloop.loop.trafficenv import TrafficPrompts
-from teachloop.loop.training import BudgetExceeded, TrainDeps, WarmStart, adapter_digest, snapshot
+from teachloop.loop.training import BudgetExceeded, TrainDeps, WarmStart, snapshot
 from teachloop.loop.trigger import budget_left, due
 
 __all__ = [
-    "FORMATS",
-    "IMPORT_FORMATS",
-    "IMPORT_KINDS",
     "JOB_KIND",
     "AlgorithmConfig",
     "AnswerFinder",
@@ -98,33 +86,25 @@ __all__ = [
     "References",
     "Suite",
     "TickResult",
-    "TrafficPrompts",
     "TrainDeps",
     "TriggerConfig",
     "Verdict",
     "WarmStart",
-    "adapter_digest",
     "budget_left",
-    "check_license",
     "check_references",
     "collect",
     "configure_loop",
     "curate",
-    "dataset_json",
     "decide",
     "due",
     "enqueue_tick",
-    "export_dataset",
     "history",
     "holdout_side",
-    "import_dataset",
     "judge",
     "likelihood_suite",
     "load_loop_config",
     "near_duplicates",
     "paired_bootstrap",
-    "parse_rows",
-    "read_jsonl",
     "reward_suite",
     "score_new_traffic",
     "scrub_text",

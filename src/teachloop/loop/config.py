@@ -64,6 +64,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
+from teachloop.catalog.envref import ResolvedEnv, resolve_env
 from teachloop.core.errors import InvalidInput, TeachloopError
 from teachloop.core.ids import is_id
 from teachloop.core.rl import content_hash
@@ -73,7 +74,6 @@ from teachloop.store.repos.deployments import Deployments
 from teachloop.store.schema.datasets import Dataset
 from teachloop.store.schema.deployments import Deployment
 from teachloop.train.config import validate_config
-from teachloop.train.envref import ResolvedEnv, resolve_env
 
 #: The fields of the training config the loop sets itself.
 LOOP_OWNED = {"algorithm", "model", "name"}

@@ -33,12 +33,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
+from teachloop.catalog.export import dataset_json, grant_json, row_json
+from teachloop.catalog.imports import check_license, import_dataset, read_jsonl
 from teachloop.core.errors import InvalidInput, NotFound, ServiceUnavailable, Unauthorized
 from teachloop.core.ids import is_id
 from teachloop.core.tenancy import Principal, Role
 from teachloop.loop import service
-from teachloop.loop.export import dataset_json, grant_json, row_json
-from teachloop.loop.imports import check_license, import_dataset, read_jsonl
 from teachloop.store.db import Database
 from teachloop.store.repos.datasets import Datasets
 from teachloop.store.repos.deployments import Deployments

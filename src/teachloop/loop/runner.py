@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from teachloop.core.errors import ConfigurationError, Conflict, NotFound, ServiceUnavailable, TeachloopError
+from teachloop.core.loop import CanaryRecord, IterationStage, IterationStatus, Judgement, LoopPhase, Revisions
 from teachloop.engine.completer import EngineCompleter
 from teachloop.loop import promotion
 from teachloop.loop.config import LoopConfig, References, check_references, validate_loop_config
@@ -55,12 +56,19 @@ from teachloop.loop.sources import collect
 from teachloop.loop.training import TrainDeps, holdout_env, publish_candidate, snapshot, train_candidate
 from teachloop.loop.trigger import budget_left, day_start, due
 from teachloop.store.repos.deployments import AdapterVersions, Deployments
-from teachloop.store.repos.loops import Loops, OnlineFigures
+from teachloop.store.repos.loops import Loops, OnlineFigures, canary_of, revisions_of
 from teachloop.store.schema.base import utc_now
 from teachloop.store.schema.deployments import AdapterVersion
 from teachloop.store.schema.loops import Loop, LoopIteration
 
 log = logging.getLogger(__name__)
+
+
+def _before(revisions: Revisions) -> int:
+    """The deployment revision to roll back to; an iteration records it when it starts."""
+    if revisions.before is None:
+        raise ConfigurationError("the iteration recorded no revision to roll back to")
+    return revisions.before
 
 STALE_MINUTES = 60
 Listener = Callable[[str, dict[str, Any]], None]
@@ -149,7 +157,7 @@ class LoopRunner:
             return TickResult(loop.phase, note="loop disabled")
         scored = await self._score(loop, cfg, refs)
         result = TickResult(loop.phase, scored=scored)
-        if loop.phase == "canary" and loop.active_iteration_id:
+        if loop.phase == LoopPhase.CANARY and loop.active_iteration_id:
             result.note = await asyncio.to_thread(self._advance, loop, cfg, refs)
             result.phase = self._phase(loop.id)
             return result
@@ -188,11 +196,11 @@ class LoopRunner:
     def _running(self, loop: Loop) -> bool:
         with self.deps.database.session() as s:
             repo = Loops(s)
-            running = [i for i in repo.iterations(self.deps.org_id, loop.id, limit=5) if i.status == "running"]
+            running = [i for i in repo.iterations(self.deps.org_id, loop.id, limit=5) if i.status == IterationStatus.RUNNING]
             stale = self.clock() - timedelta(minutes=STALE_MINUTES)
             for it in running:
                 if it.updated_at < stale:
-                    repo.update_iteration(self.deps.org_id, it.id, status="failed", finished_at=self.clock(),
+                    repo.update_iteration(self.deps.org_id, it.id, status=IterationStatus.FAILED, finished_at=self.clock(),
                                           reason=f"interrupted at {it.stage} (no progress for {STALE_MINUTES} min)")
             return any(i.updated_at >= stale for i in running)
 
@@ -227,9 +235,9 @@ class LoopRunner:
         dep = refs.deployment
         with d.database.session() as s:
             it = Loops(s).start_iteration(d.org_id, loop.id, reason, baseline_version_id=dep.adapter_version_id,
-                                          revisions={"before": dep.revision})
+                                          revisions=Revisions(before=dep.revision))
         self._emit("iteration", number=it.number, trigger=reason)
-        stage = "data"
+        stage = IterationStage.DATA
         run_adapter: str | None = None
         try:
             with d.database.session(write=False) as s:
@@ -239,13 +247,13 @@ class LoopRunner:
             report = curate(cands, cfg.curation)
             counts = report.counts()
             if counts["train"] < cfg.trigger.min_examples:
-                return self._finish(it, "skipped", f"only {counts['train']} training rows after curation "
+                return self._finish(it, IterationStatus.SKIPPED, f"only {counts['train']} training rows after curation "
                                                    f"(trigger.min_examples {cfg.trigger.min_examples})", counts=counts)
             ds = await asyncio.to_thread(snapshot, d.database, d.blobs, d.org_id, cfg, report.rows,
                                          {"loop_id": loop.id, "iteration": it.number, "curation": counts})
-            self._update_it(it.id, dataset_id=ds.id, dataset_digest=ds.digest, counts=counts, stage="train")
-            self._emit("stage", number=it.number, stage="train", dataset=ds.ref, counts=counts)
-            stage = "train"
+            self._update_it(it.id, dataset_id=ds.id, dataset_digest=ds.digest, counts=counts, stage=IterationStage.TRAIN)
+            self._emit("stage", number=it.number, stage=IterationStage.TRAIN, dataset=ds.ref, counts=counts)
+            stage = IterationStage.TRAIN
             baseline = self._version(dep.adapter_version_id)
             started = self.clock()
 
@@ -262,16 +270,16 @@ class LoopRunner:
             finally:
                 self._update_it(it.id, train_seconds=(self.clock() - started).total_seconds())
             run_adapter = f"run:{run.id}"
-            self._update_it(it.id, run_id=run.id, stage="gate")
-            stage = "gate"
-            self._emit("stage", number=it.number, stage="gate", run=run.id)
+            self._update_it(it.id, run_id=run.id, stage=IterationStage.GATE)
+            stage = IterationStage.GATE
+            self._emit("stage", number=it.number, stage=IterationStage.GATE, run=run.id)
             holdout = [r.candidate.content for r in report.rows if r.split == "holdout"][: cfg.gate.holdout_max]
             decision = await self.gate(cfg, refs, holdout, baseline, run_adapter)
             self._update_it(it.id, gate=decision.to_json())
             self._emit("gate", number=it.number, decision=decision.to_json())
             if not decision.passed:
-                return self._finish(it, "rejected", decision.reason)
-            stage = "promote"
+                return self._finish(it, IterationStatus.REJECTED, decision.reason)
+            stage = IterationStage.PROMOTE
             version = await asyncio.to_thread(
                 publish_candidate, d.database, d.blobs, d.org_id, dep.name, dep.base_model, run,
                 {"loop_id": loop.id, "iteration": it.number, "dataset": ds.digest})
@@ -280,13 +288,14 @@ class LoopRunner:
             log.warning("loop %s iteration %d: %s failed", self.deployment, it.number, stage, exc_info=True)
             msg = f"{stage} failed: {type(err).__name__}: {err}"[:2000]
             self._emit("failed", number=it.number, stage=stage, error=msg)
-            return self._finish(it, "failed", msg + "; the deployment is unchanged")
+            return self._finish(it, IterationStatus.FAILED, msg + "; the deployment is unchanged")
         finally:
             if run_adapter is not None:
                 drop_adapter(d.engine, run_adapter)
 
-    def _finish(self, it: LoopIteration, status: str, reason: str, **fields: Any) -> LoopIteration:
-        row = self._update_it(it.id, status=status, reason=reason, finished_at=self.clock(), stage="done", **fields)
+    def _finish(self, it: LoopIteration, status: IterationStatus, reason: str, **fields: Any) -> LoopIteration:
+        row = self._update_it(it.id, status=status, reason=reason, finished_at=self.clock(), stage=IterationStage.DONE,
+                              **fields)
         self._emit("outcome", number=it.number, status=status, reason=reason)
         return row
 
@@ -344,10 +353,11 @@ class LoopRunner:
         with d.database.session() as s:
             row = promotion.start_canary(s, d.org_id, cfg.deployment, version.id, p.canary_percent)
             Loops(s).update_iteration(d.org_id, it.id, candidate_version_id=version.id,
-                                      revisions={**it.revisions, "canary": row.revision},
-                                      canary={"started_at": now.isoformat(), "percent": p.canary_percent},
-                                      status="canary", stage="canary", reason=decision.reason)
-            Loops(s).update(d.org_id, loop.id, phase="canary", active_iteration_id=it.id)
+                                      revisions=revisions_of(it).model_copy(update={"canary": row.revision}),
+                                      canary=CanaryRecord(started_at=now, percent=p.canary_percent),
+                                      status=IterationStatus.CANARY, stage=IterationStage.CANARY,
+                                      reason=decision.reason)
+            Loops(s).update(d.org_id, loop.id, phase=LoopPhase.CANARY, active_iteration_id=it.id)
         self._emit("canary", number=it.number, version=version.ref, percent=p.canary_percent, reason=decision.reason)
         with d.database.session(write=False) as s:
             return Loops(s).iteration(d.org_id, it.id)
@@ -360,13 +370,14 @@ class LoopRunner:
             repo = Loops(s)
             it = repo.iteration(d.org_id, loop.active_iteration_id)
             dep = Deployments(s).get(d.org_id, cfg.deployment)
-        if dep.revision != it.revisions.get("canary"):
-            self._end(loop, it, "superseded", f"the deployment was changed outside the loop (revision {dep.revision}); "
+        canary, revisions = canary_of(it), revisions_of(it)
+        if dep.revision != revisions.canary or canary.started_at is None:
+            self._end(loop, it, IterationStatus.SUPERSEDED, f"the deployment was changed outside the loop (revision {dep.revision}); "
                                               "left as it is")
             return "superseded"
         now = self.clock()
         cand_id = it.candidate_version_id
-        started = datetime.fromisoformat(it.canary["started_at"])
+        started = canary.started_at
         with d.database.session(write=False) as s:
             repo = Loops(s)
             base = repo.online(d.org_id, loop.id, dep.id, since=started, arm="primary")
@@ -374,28 +385,30 @@ class LoopRunner:
         minutes = (now - started).total_seconds() / 60
         verdict = promotion.judge(p, base, cand, min_requests=p.canary_min_requests, minutes=minutes,
                                   min_minutes=p.canary_min_minutes, phase="canary")
-        figures = {"baseline": base.to_json(), "candidate": cand.to_json(), "verdict": verdict.reason}
+        figures = Judgement(baseline=base.summary(), candidate=cand.summary(), verdict=verdict.reason)
         if verdict.action == "wait":
-            self._update_it(it.id, canary={**it.canary, "canary": figures})
+            self._update_it(it.id, canary=canary.model_copy(update={"canary": figures}))
             return verdict.reason
         with d.database.session() as s:
             repo = Loops(s)
             if verdict.action == "rollback":
-                row = promotion.roll_back(s, d.org_id, cfg.deployment, int(it.revisions["before"]))
-                repo.update_iteration(d.org_id, it.id, status="rolled_back", stage="done", reason=verdict.reason,
-                                      finished_at=now, canary={**it.canary, "canary": figures},
-                                      revisions={**it.revisions, "rolled_back": row.revision})
-                repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
+                row = promotion.roll_back(s, d.org_id, cfg.deployment, _before(revisions))
+                repo.update_iteration(d.org_id, it.id, status=IterationStatus.ROLLED_BACK, stage=IterationStage.DONE,
+                                      reason=verdict.reason, finished_at=now,
+                                      canary=canary.model_copy(update={"canary": figures}),
+                                      revisions=revisions.model_copy(update={"rolled_back": row.revision}))
+                repo.update(d.org_id, loop.id, phase=LoopPhase.IDLE, active_iteration_id=None)
                 event = "rolled_back"
             else:
                 row = promotion.promote(s, d.org_id, cfg.deployment, str(cand_id))
                 repo.end_watches(d.org_id, loop.id, now, keep=it.id)
-                repo.update_iteration(d.org_id, it.id, status="promoted", stage="watch", reason=verdict.reason,
-                                      canary={**it.canary, "canary": figures, "promoted_at": now.isoformat()},
-                                      revisions={**it.revisions, "promoted": row.revision})
-                repo.update(d.org_id, loop.id, phase="watch", active_iteration_id=it.id)
+                repo.update_iteration(d.org_id, it.id, status=IterationStatus.PROMOTED, stage=IterationStage.WATCH,
+                                      reason=verdict.reason,
+                                      canary=canary.model_copy(update={"canary": figures, "promoted_at": now}),
+                                      revisions=revisions.model_copy(update={"promoted": row.revision}))
+                repo.update(d.org_id, loop.id, phase=LoopPhase.WATCH, active_iteration_id=it.id)
                 event = "promoted"
-        self._emit(event, number=it.number, reason=verdict.reason, figures=figures)
+        self._emit(event, number=it.number, reason=verdict.reason, figures=figures.model_dump(mode="json"))
         return verdict.reason
 
     def _watch(self, loop: Loop, cfg: LoopConfig) -> tuple[str, bool]:
@@ -408,33 +421,35 @@ class LoopRunner:
             it = None
             if dep.adapter_version_id is not None and dep.canary_version_id is None:
                 it = repo.watched(d.org_id, loop.id, dep.adapter_version_id)
-            if it is None or "promoted_at" not in it.canary:
-                if loop.phase == "watch":
+            canary = canary_of(it) if it is not None else None
+            if it is None or canary is None or canary.promoted_at is None:
+                if loop.phase == LoopPhase.WATCH:
                     repo.end_watches(d.org_id, loop.id, now)
-                    repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
+                    repo.update(d.org_id, loop.id, phase=LoopPhase.IDLE, active_iteration_id=None)
                 return "", False
-            if loop.phase != "watch" or loop.active_iteration_id != it.id or it.stage != "watch":
+            if loop.phase != LoopPhase.WATCH or loop.active_iteration_id != it.id or it.stage != IterationStage.WATCH:
                 repo.end_watches(d.org_id, loop.id, now, keep=it.id)
-                repo.update_iteration(d.org_id, it.id, stage="watch", finished_at=None)
-                repo.update(d.org_id, loop.id, phase="watch", active_iteration_id=it.id)
-            promoted = datetime.fromisoformat(it.canary["promoted_at"])
+                repo.update_iteration(d.org_id, it.id, stage=IterationStage.WATCH, finished_at=None)
+                repo.update(d.org_id, loop.id, phase=LoopPhase.WATCH, active_iteration_id=it.id)
+            promoted = canary.promoted_at
             base = self._baseline(repo, loop, dep.id, it, promoted, p.min_samples)
             recent = repo.online(d.org_id, loop.id, dep.id, since=promoted, adapter_version_id=dep.adapter_version_id,
                                  last=p.watch_requests)
             verdict = promotion.watch(p, base, recent)
-            figures = {"baseline": base.to_json(), "candidate": recent.to_json(), "verdict": verdict.reason,
-                       "at": now.isoformat()}
+            figures = Judgement(baseline=base.summary(), candidate=recent.summary(), verdict=verdict.reason, at=now)
             if verdict.action == "wait":
-                if it.canary.get("watch", {}).get("candidate") != figures["candidate"]:
-                    repo.update_iteration(d.org_id, it.id, canary={**it.canary, "watch": figures})
+                if canary.watch is None or canary.watch.candidate != figures.candidate:
+                    repo.update_iteration(d.org_id, it.id, canary=canary.model_copy(update={"watch": figures}))
                 return verdict.reason, False
-            row = promotion.roll_back(s, d.org_id, cfg.deployment, int(it.revisions["before"]))
-            repo.update_iteration(d.org_id, it.id, status="rolled_back", stage="done", reason=verdict.reason,
-                                  finished_at=now, canary={**it.canary, "watch": figures},
-                                  revisions={**it.revisions, "rolled_back": row.revision})
-            repo.update(d.org_id, loop.id, phase="idle", active_iteration_id=None)
+            revisions = revisions_of(it)
+            row = promotion.roll_back(s, d.org_id, cfg.deployment, _before(revisions))
+            repo.update_iteration(d.org_id, it.id, status=IterationStatus.ROLLED_BACK, stage=IterationStage.DONE,
+                                  reason=verdict.reason, finished_at=now,
+                                  canary=canary.model_copy(update={"watch": figures}),
+                                  revisions=revisions.model_copy(update={"rolled_back": row.revision}))
+            repo.update(d.org_id, loop.id, phase=LoopPhase.IDLE, active_iteration_id=None)
             number = it.number
-        self._emit("rolled_back", number=number, reason=verdict.reason, figures=figures)
+        self._emit("rolled_back", number=number, reason=verdict.reason, figures=figures.model_dump(mode="json"))
         return verdict.reason, True
 
     def _baseline(self, repo: Loops, loop: Loop, deployment_id: str, it: LoopIteration, promoted: datetime,
@@ -447,11 +462,11 @@ class LoopRunner:
             return recent
         return repo.online(self.deps.org_id, loop.id, deployment_id, until=promoted, adapter_version_id=prev)
 
-    def _end(self, loop: Loop, it: LoopIteration, status: str, reason: str) -> None:
+    def _end(self, loop: Loop, it: LoopIteration, status: IterationStatus, reason: str) -> None:
         with self.deps.database.session() as s:
-            Loops(s).update_iteration(self.deps.org_id, it.id, status=status, stage="done", reason=reason,
+            Loops(s).update_iteration(self.deps.org_id, it.id, status=status, stage=IterationStage.DONE, reason=reason,
                                       finished_at=self.clock())
-            Loops(s).update(self.deps.org_id, loop.id, phase="idle", active_iteration_id=None)
+            Loops(s).update(self.deps.org_id, loop.id, phase=LoopPhase.IDLE, active_iteration_id=None)
         self._emit(status, number=it.number, reason=reason)
 
     # ------------------------------------------------------------------ forever

@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from teachloop.catalog.envref import ResolvedEnv
 from teachloop.core.chat import Message
 from teachloop.envs import Environment, Sample
 from teachloop.loop.config import GraderSource
@@ -32,7 +33,6 @@ from teachloop.store.db import Database
 from teachloop.store.repos.loops import Loops
 from teachloop.store.schema.loops import TraceScore
 from teachloop.store.schema.traces import Trace
-from teachloop.train.envref import ResolvedEnv
 
 _SPACE = re.compile(r"\s+")
 

@@ -1,97 +1,12 @@
-"""``TrafficPrompts``: prompts from served traffic, re-posed by an environment whose grader scores them.
+"""An alias kept for stored configs: ``TrafficPrompts`` is the built-in environment ``traffic`` now.
 
-GRPO trains on an environment's task stream; the loop trains on the prompts
-its users sent. ``TrafficPrompts`` is that environment: its tasks are the
-prompt rows of a snapshot (``{"messages": [...], "answer": ..., "info": ...}``),
-and it scores an episode with the wrapped environment (``env``), comparing
-the reply with the row's reference answer -- the answer the loop found for
-the prompt (a task lookup or the request metadata).
-
-Build it from a JSONL file (``path`` plus its ``digest``, checked on load, so
-the training run's environment digest pins the data) -- that is how a
-training config names it: ``rl.env = "teachloop.loop.trafficenv:TrafficPrompts"``
-with ``env_args = {path, digest, env, env_args}`` -- or from rows in memory
-(``from_rows``, for the eval gate). ``tasks(seed)`` cycles through the rows
-forever, each pass a fresh seeded shuffle (``cycle=False``: each row once, in
-order). This module knows nothing of the store.
+Training runs the loop started before the environment moved to
+``envs.builtin.traffic`` name it by module and class in their stored config;
+importing it from here keeps those configs loading (trusted callers only, as
+any ``module:attr`` reference). New configs name it ``traffic``. Nothing in
+teachloop imports this module.
 """
 
-from __future__ import annotations
+from teachloop.envs.builtin.traffic import TrafficPrompts
 
-import hashlib
-import itertools
-import json
-import random
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
-
-from teachloop.core.chat import Message
-from teachloop.core.errors import InvalidInput
-from teachloop.core.rl import Task
-from teachloop.envs import Environment, Sample, Score, load
-
-
-def file_digest(path: Path) -> str:
-    """``sha256:<hex>`` of a file's bytes."""
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _task(i: int, row: dict[str, Any]) -> Task:
-    messages = tuple(Message(role=m["role"], content=m.get("content") or "") for m in row["messages"])
-    answer = row.get("answer")
-    return Task(id=f"traffic-{i}", prompt=messages, answer=None if answer is None else str(answer),
-                info=dict(row.get("info") or {}))
-
-
-class TrafficPrompts(Environment):
-    """Traffic prompts graded by another environment (see the module docstring)."""
-
-    name = "traffic"
-    version = "1.0.0"
-
-    def __init__(self, path: str | None = None, digest: str | None = None, env: str | None = None,
-                 env_args: dict[str, Any] | None = None, *, cycle: bool = True,
-                 rows: Sequence[dict[str, Any]] | None = None, inner: Environment | None = None) -> None:
-        if inner is None:
-            if not env:
-                raise InvalidInput("TrafficPrompts needs the environment that grades it (env)", param="env")
-            inner = load(env, trusted=False, **dict(env_args or {}))  # a loop config's reference: never code
-        if rows is None:
-            if path is None or digest is None:
-                raise InvalidInput("TrafficPrompts needs path and digest (or rows)", param="path")
-            if not Path(path).is_file():
-                raise InvalidInput(f"traffic prompts file {path} does not exist", param="path")
-            if file_digest(Path(path)) != digest:
-                raise InvalidInput(f"traffic prompts file {path} does not match its digest {digest}", param="digest")
-            rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not rows:
-            raise InvalidInput("TrafficPrompts needs at least one prompt", param="rows")
-        self.inner = inner
-        self.cycle = cycle
-        self._tasks = [_task(i, r) for i, r in enumerate(rows)]
-        self.grader = inner.grader
-        self.sampling = inner.sampling
-        self.reward_range = inner.reward_range
-
-    @classmethod
-    def from_rows(cls, rows: Sequence[dict[str, Any]], inner: Environment) -> TrafficPrompts:
-        """The environment over rows in memory, each once (for evaluation)."""
-        return cls(rows=rows, inner=inner, cycle=False)
-
-    def tasks(self, seed: int = 0) -> Iterator[Task]:
-        if not self.cycle:
-            yield from self._tasks
-            return
-        for epoch in itertools.count():
-            order = list(range(len(self._tasks)))
-            random.Random(f"traffic:{seed}:{epoch}").shuffle(order)
-            for i in order:
-                yield self._tasks[i]
-
-    async def score(self, sample: Sample) -> Score:
-        """The wrapped environment's reward of the reply (compared with the row's answer)."""
-        return await self.inner.score(sample)
-
-
-__all__ = ["TrafficPrompts", "file_digest"]
+__all__ = ["TrafficPrompts"]

@@ -1,27 +1,29 @@
 """One iteration's data and candidate: snapshot the curated rows, train, publish the adapter version.
 
-* ``snapshot`` turns curated rows into ``NewRow``s (content + lineage),
-  writes the canonical JSONL to the blob store (content-addressed) and
-  records the immutable ``Dataset`` (``<deployment>-loop``, next version).
+* ``snapshot`` turns curated rows into ``NewRow``s (content + lineage) and
+  records them through ``catalog.datasets.record_snapshot`` (canonical JSONL
+  in the blob store, then the immutable ``Dataset``: ``<deployment>-loop``,
+  next version).
 * ``train_candidate`` writes the train split (and for SFT/DPO the holdout) to
   JSONL files in a scratch folder and runs ``train.Trainer`` with the
   iteration's ``TrainConfig``: SFT/DPO read the files as ``data.train`` /
-  ``data.eval``; GRPO trains on ``loop.trafficenv:TrafficPrompts`` over the
-  prompts file (its digest pinned in the environment arguments), graded by the
-  grader source's environment. With ``warm_start`` the candidate starts from
+  ``data.eval``; GRPO trains on the built-in environment ``traffic``
+  (``envs.builtin.traffic.TrafficPrompts``) over the prompts file (its digest
+  pinned in the environment arguments), graded by the grader source's
+  environment. With ``warm_start`` the candidate starts from
   the deployed adapter version (``WarmStart`` makes the trainer's fresh
   adapter a copy of it). A training-time budget is enforced between steps:
   past it the run is stopped (``BudgetExceeded``) and recorded as failed.
-* ``publish_candidate`` stores the run's final adapter as the next version of
-  the adapter named like the deployment (content-keyed blob first, then the
-  ``AdapterVersion`` row -- the commit point), with ``source_run_id``.
+* ``publish_candidate`` fetches the run's final adapter and publishes it with
+  ``catalog.adapters.publish_adapter`` as the next version of the adapter
+  named like the deployment, with ``source_run_id`` (the digest is the one
+  ``teachloop deploy push`` records for the same folder).
 
 Knows nothing of the gate, promotion or HTTP.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -30,43 +32,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from teachloop.catalog.adapters import publish_adapter
+from teachloop.catalog.datasets import record_snapshot
+from teachloop.catalog.envref import fetch_package
 from teachloop.core.errors import TeachloopError
+from teachloop.core.files import file_digest
 from teachloop.engine.base import AdapterInfo, Engine
+from teachloop.envs.builtin.traffic import TrafficPrompts
 from teachloop.loop.config import LoopConfig, References, training_dict
 from teachloop.loop.curation import Curated
 from teachloop.loop.sources import KIND_OF
-from teachloop.loop.trafficenv import TrafficPrompts, file_digest
 from teachloop.render import Renderer
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
-from teachloop.store.repos.datasets import Datasets, NewRow, encode_snapshot
-from teachloop.store.repos.deployments import AdapterVersions
+from teachloop.store.repos.datasets import NewRow
 from teachloop.store.schema.datasets import Dataset
 from teachloop.store.schema.deployments import AdapterVersion
 from teachloop.train.config import validate_config
-from teachloop.train.envref import fetch_package
 from teachloop.train.runs import RunInfo
 from teachloop.train.trainer import Trainer, TrainerDeps
 
-TRAFFIC_ENV = "teachloop.loop.trafficenv:TrafficPrompts"
+#: The built-in environment GRPO trains on: the snapshot's prompts, graded by the grader source's env.
+TRAFFIC_ENV = "traffic"
 
 
 class BudgetExceeded(TeachloopError):
     """The day's training budget ran out during a run."""
-
-
-def adapter_digest(path: Path) -> str:
-    """``sha256:<hex>`` over every file of an adapter folder (relative names and contents, in name order).
-
-    The same algorithm as ``serve.adapters.folder_digest`` (a test keeps them equal), so the
-    loop and ``teachloop deploy push`` record the same digest for the same folder.
-    """
-    root = Path(path)
-    outer = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        inner = hashlib.sha256(file.read_bytes())
-        outer.update(file.relative_to(root).as_posix().encode() + b"\0" + inner.digest())
-    return "sha256:" + outer.hexdigest()
 
 
 def new_rows(rows: Sequence[Curated]) -> list[NewRow]:
@@ -85,14 +76,9 @@ def new_rows(rows: Sequence[Curated]) -> list[NewRow]:
 def snapshot(database: Database, blobs: BlobStore, org_id: str, cfg: LoopConfig, rows: Sequence[Curated],
              source: dict[str, Any]) -> Dataset:
     """Record the curated rows as the next immutable version of ``<deployment>-loop``."""
-    kind = KIND_OF[cfg.algorithm.kind]
-    records = new_rows(rows)
-    data, _ = encode_snapshot(kind, records)
-    key = blobs.put_content(data)
-    with database.session() as s:
-        dataset, _ = Datasets(s).create(org_id, name=f"{cfg.deployment}-loop"[:100], kind=kind, rows=records,
-                                        blob_key=key, source=source, actor="loop")
-        return dataset
+    dataset, _ = record_snapshot(database, blobs, org_id, name=f"{cfg.deployment}-loop"[:100],
+                                 kind=KIND_OF[cfg.algorithm.kind], rows=new_rows(rows), source=source, actor="loop")
+    return dataset
 
 
 class WarmStart:
@@ -216,15 +202,10 @@ def publish_candidate(database: Database, blobs: BlobStore, org_id: str, deploym
     """Store the run's final adapter as the next version of adapter ``deployment``."""
     if not run.final_adapter_key:
         raise TeachloopError(f"run {run.id} has no final adapter")
-    with tempfile.TemporaryDirectory(prefix="teachloop-publish-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="teachloop-publish-") as tmp, database.session() as s:
         folder = blobs.get_dir(run.final_adapter_key, Path(tmp) / "adapter")
-        digest = adapter_digest(folder)
-        key = f"orgs/{org_id}/adapters/{digest.removeprefix('sha256:')}"
-        if not blobs.exists(key):
-            blobs.put_dir(key, folder)
-    with database.session() as s:
-        version, _ = AdapterVersions(s).publish(org_id, name=deployment, digest=digest, blob_key=key,
-                                                base_model=base_model, source_run_id=run.id, info=info, actor="loop")
+        version, _ = publish_adapter(s, blobs, org_id, name=deployment, folder=folder, base_model=base_model,
+                                     source_run_id=run.id, info=info, actor="loop")
         return version
 
 
@@ -251,7 +232,6 @@ __all__ = [
     "BudgetExceeded",
     "TrainDeps",
     "WarmStart",
-    "adapter_digest",
     "grader_env_ref",
     "holdout_env",
     "new_rows",

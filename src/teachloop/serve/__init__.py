@@ -4,8 +4,8 @@
   rendered prompt -> ``Scheduler`` job -> replies -> durable trace.
 - ``Scheduler`` (``scheduler``): one thread per engine, continuous batching of
   every request whatever its adapter.
-- ``AdapterPool`` / ``publish_adapter`` (``adapters``): adapter versions in the
-  blob store and on the engine.
+- ``AdapterPool`` (``adapters``): adapter versions on the engine;
+  ``publish_adapter`` / ``folder_digest`` are ``catalog.adapters``'s, re-exported.
 - ``TraceWriter`` (``traces``): one writer thread, group commits, a response
   only after its trace committed.
 - ``Usage`` (``usage``): each organisation's requests, tokens and traces,
@@ -19,7 +19,8 @@ The registry itself (adapter versions, deployments, traces, feedback) is in
 torch at import time; the scheduler imports the engine's sampler when it starts.
 """
 
-from teachloop.serve.adapters import AdapterPool, engine_name, folder_digest, publish_adapter
+from teachloop.catalog.adapters import folder_digest, publish_adapter
+from teachloop.serve.adapters import AdapterPool, engine_name
 from teachloop.serve.export import chat_row, export_hf, export_jsonl, iter_traces
 from teachloop.serve.scheduler import (
     AsyncSink,

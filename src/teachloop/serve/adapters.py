@@ -1,10 +1,9 @@
-"""Adapter versions on the serving engine: publish a PEFT folder, load versions, unload idle ones.
+"""Adapter versions on the serving engine: load versions, unload idle ones.
 
-``folder_digest(path)`` is the content digest of an adapter folder;
-``publish_adapter`` stores the folder in the blob store (content-keyed per
-organisation) and then records an ``AdapterVersion`` row -- the row is the
-commit point, so a version never points at a half-written folder. Training
-and the loop call it for each adapter they want to serve.
+Versions are published by ``catalog.adapters.publish_adapter`` (the folder in
+the blob store, content-keyed per organisation, then the ``AdapterVersion``
+row) and identified by ``catalog.adapters.folder_digest``; this module only
+puts published versions on the engine.
 
 ``AdapterPool`` puts versions on the engine under a name derived from the
 digest (``tl-<16 hex>``; equal bytes share one engine adapter), counts the
@@ -19,7 +18,6 @@ are busy. This module knows nothing of deployments, HTTP or traces.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import threading
@@ -28,12 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session
-
 from teachloop.core.errors import InvalidInput, ModelError, ServiceUnavailable, TeachloopError
 from teachloop.store.blobs import BlobStore
-from teachloop.store.repos.deployments import AdapterVersions
-from teachloop.store.schema.deployments import AdapterVersion
 
 log = logging.getLogger(__name__)
 
@@ -46,50 +40,6 @@ class AdapterEngine(Protocol):
     def delete_adapter(self, name: str) -> None: ...
 
     def has_adapter(self, name: str) -> bool: ...
-
-
-def folder_digest(path: Path) -> str:
-    """``sha256:<hex>`` over every file of ``path`` (relative names and contents, in name order)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise InvalidInput(f"not a folder: {path}", param="path")
-    outer = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise InvalidInput(f"the folder {path} is empty", param="path")
-    for file in files:
-        inner = hashlib.sha256()
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                inner.update(chunk)
-        outer.update(file.relative_to(root).as_posix().encode() + b"\0" + inner.digest())
-    return "sha256:" + outer.hexdigest()
-
-
-def publish_adapter(
-    session: Session,
-    blobs: BlobStore,
-    org_id: str,
-    *,
-    name: str,
-    folder: Path,
-    base_model: str,
-    source_run_id: str | None = None,
-    info: dict[str, Any] | None = None,
-    actor: str = "system",
-) -> tuple[AdapterVersion, bool]:
-    """Store the PEFT folder ``folder`` as the next version of adapter ``name``; returns (version, created)."""
-    folder = Path(folder)
-    if not (folder / "adapter_config.json").is_file():
-        raise InvalidInput(f"{folder} is not a PEFT adapter folder (no adapter_config.json)", param="path")
-    digest = folder_digest(folder)
-    key = f"orgs/{org_id}/adapters/{digest.removeprefix('sha256:')}"
-    if not blobs.exists(key):
-        blobs.put_dir(key, folder)
-    return AdapterVersions(session).publish(
-        org_id, name=name, digest=digest, blob_key=key, base_model=base_model, source_run_id=source_run_id,
-        info=info, actor=actor,
-    )
 
 
 def engine_name(digest: str) -> str:
@@ -238,4 +188,4 @@ class AdapterPool:
             log.exception("unloading adapter %s failed", entry.name)
 
 
-__all__ = ["AdapterEngine", "AdapterPool", "LoadedAdapter", "engine_name", "folder_digest", "publish_adapter"]
+__all__ = ["AdapterEngine", "AdapterPool", "LoadedAdapter", "engine_name"]

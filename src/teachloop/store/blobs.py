@@ -21,7 +21,6 @@ put the organisation into the key (e.g. ``orgs/<org_id>/adapters/<id>``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -34,6 +33,7 @@ from typing import Any, BinaryIO, Protocol
 import fsspec
 
 from teachloop.core.errors import ConfigurationError, Conflict, InvalidInput, NotFound
+from teachloop.core.files import bytes_digest, replace_dir
 
 _SEGMENT = r"[A-Za-z0-9_=+@-][A-Za-z0-9._=+@-]*"
 _KEY_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
@@ -149,13 +149,7 @@ class BlobStore:
         tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
         try:
             shutil.copytree(src, tmp)
-            if dest.exists():
-                old = dest.parent / f".old-{uuid.uuid4().hex}"
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                _remove(old)
-            else:
-                os.replace(tmp, dest)
+            replace_dir(tmp, dest)
         finally:
             if tmp.exists():
                 _remove(tmp)
@@ -163,7 +157,7 @@ class BlobStore:
 
     def put_content(self, data: bytes) -> str:
         """Store ``data`` under its content key ``sha256:<hex>`` (a no-op if present); return the key."""
-        key = "sha256:" + hashlib.sha256(data).hexdigest()
+        key = bytes_digest(data)
         if not self.exists(key):
             self.put_bytes(key, data)
         return key

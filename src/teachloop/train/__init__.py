@@ -8,6 +8,7 @@ checkpoints into the blob store and resumes from the last checkpoint.
 ``metrics`` and ``plot`` their helpers. Imports engine, envs, render and store; never serve.
 """
 
+from teachloop.catalog.envref import ResolvedEnv, resolve_env
 from teachloop.train.advantages import assign, group_advantages, has_variance
 from teachloop.train.config import (
     DataSection,
@@ -23,7 +24,6 @@ from teachloop.train.config import (
     validate_config,
 )
 from teachloop.train.data import Example, LoadedData, batch_for_step, load_dpo, load_sft, split_holdout
-from teachloop.train.envref import ResolvedEnv, resolve_env
 from teachloop.train.grpo import GRPO, build_batch
 from teachloop.train.metrics import POLICY_METRICS, policy_metrics
 from teachloop.train.plot import sparkline, svg_plot

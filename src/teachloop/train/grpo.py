@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from teachloop.catalog.envref import ResolvedEnv
 from teachloop.core.rl import Task, TrajectoryGroup
 from teachloop.core.sampling import SamplingParams
 from teachloop.core.training import Datum
@@ -44,7 +45,6 @@ from teachloop.envs.rollout import rollout
 from teachloop.render import Renderer
 from teachloop.train.advantages import assign
 from teachloop.train.config import OptimSection, RLSection
-from teachloop.train.envref import ResolvedEnv
 from teachloop.train.metrics import policy_metrics
 
 

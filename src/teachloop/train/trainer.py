@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from teachloop.catalog.envref import ResolvedEnv, resolve_env
 from teachloop.core.errors import InvalidInput, NotFound, TeachloopError
 from teachloop.core.sampling import SamplingParams
 from teachloop.engine.base import Engine
@@ -34,7 +35,6 @@ from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.train.config import TrainConfig, validate_config
 from teachloop.train.data import LoadedData, load_dpo, load_sft, split_holdout
-from teachloop.train.envref import ResolvedEnv, resolve_env
 from teachloop.train.grpo import GRPO
 from teachloop.train.runs import RunInfo, RunStore
 from teachloop.train.supervised import DPO, SFT

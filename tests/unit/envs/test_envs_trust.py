@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from teachloop.catalog.envref import local_digest, resolve_env
 from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.envs import Arithmetic, Environment, load
 from teachloop.envs.registry import instantiate, references_trusted, untrusted_references
-from teachloop.train.envref import local_digest, resolve_env
 
 
 def test_untrusted_refs_may_only_name_builtins_installed_rg_and_vf(tmp_path: Path) -> None:

@@ -377,16 +377,15 @@ def test_the_daily_budget_stops_a_run_and_blocks_the_next_iteration(store: Store
     assert blocked.iteration is None and "budget is spent" in blocked.note
 
 
-def test_warm_start_loads_the_deployed_adapter_and_the_digest_matches_serving(fake_engine: Any, tmp_path: Any) -> None:
+def test_warm_start_loads_the_deployed_adapter(fake_engine: Any, tmp_path: Any) -> None:
+    from teachloop.catalog.adapters import folder_digest
     from teachloop.core.training import LoraSpec
-    from teachloop.loop import WarmStart, adapter_digest
-    from teachloop.serve.adapters import folder_digest
+    from teachloop.loop import WarmStart
 
     fake_engine.create_adapter("deployed", LoraSpec(rank=4, seed=7))
     saved = fake_engine.save_adapter("deployed", tmp_path / "deployed")
-    assert adapter_digest(saved) == folder_digest(saved)  # the loop and `deploy push` agree on the digest
     warm = WarmStart(fake_engine, saved)
     warm.create_adapter("run:1", LoraSpec(rank=8, seed=1))  # the trainer's call: the deployed weights come back
-    assert adapter_digest(fake_engine.save_adapter("run:1", tmp_path / "run1")) == adapter_digest(saved)
+    assert folder_digest(fake_engine.save_adapter("run:1", tmp_path / "run1")) == folder_digest(saved)
     warm.create_adapter("run:2", LoraSpec(rank=8, seed=1))  # only the first adapter is warm-started
     assert fake_engine.list_adapters()[-1].spec.rank == 8

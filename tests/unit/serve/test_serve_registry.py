@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from teachloop.catalog.adapters import folder_digest, publish_adapter
 from teachloop.core.errors import Conflict, InvalidInput, NotFound
 from teachloop.core.ids import new_id
-from teachloop.serve import folder_digest, publish_adapter
 from teachloop.store import BlobStore, Database, Tenancy
 from teachloop.store.repos.deployments import AdapterVersions, Deployments, DeploymentState
 from teachloop.store.repos.traces import TraceFilter, Traces

@@ -8,7 +8,13 @@ are written once per (loop, trace); ``online`` summarises them (and the
 feedback scores of the same traces) per adapter version and canary arm over
 a time window -- the online figures the canary and the watch compare. Every
 read takes the ``org_id``: another organisation's loop is ``NotFound`` like a
-missing one. This module knows nothing of training, grading or HTTP.
+missing one.
+
+Typed at the boundary: phases, statuses and stages are ``core.loop``'s
+``StrEnum``s; an iteration's ``canary`` and ``revisions`` JSON columns are
+written from ``CanaryRecord`` / ``Revisions`` models (unset fields left out)
+and read back with ``canary_of`` / ``revisions_of``. This module knows
+nothing of training, grading or HTTP.
 """
 
 from __future__ import annotations
@@ -19,10 +25,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import NotFound
+from teachloop.core.loop import (
+    CanaryRecord,
+    IterationStage,
+    IterationStatus,
+    LoopPhase,
+    OnlineSummary,
+    Revisions,
+)
 from teachloop.store.repos.audit import AuditLog
 from teachloop.store.schema.loops import Loop, LoopIteration, TraceScore
 from teachloop.store.schema.traces import Feedback, Trace
@@ -46,10 +61,30 @@ class OnlineFigures:
     feedback: int
     feedback_mean: float | None
 
-    def to_json(self) -> dict[str, Any]:
+    def summary(self) -> OnlineSummary:
         """As stored in an iteration's ``canary`` record."""
-        return {"requests": self.requests, "graded": self.graded, "grader_mean": self.grader_mean,
-                "feedback": self.feedback, "feedback_mean": self.feedback_mean}
+        return OnlineSummary(requests=self.requests, graded=self.graded, grader_mean=self.grader_mean,
+                             feedback=self.feedback, feedback_mean=self.feedback_mean)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON."""
+        return self.summary().model_dump(mode="json")
+
+
+def _stored(fields: dict[str, Any]) -> dict[str, Any]:
+    """Column values with pydantic records (``canary``, ``revisions``) as their JSON, unset fields left out."""
+    return {k: v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v
+            for k, v in fields.items()}
+
+
+def canary_of(row: LoopIteration) -> CanaryRecord:
+    """An iteration's ``canary`` column as a record."""
+    return CanaryRecord.model_validate(row.canary or {})
+
+
+def revisions_of(row: LoopIteration) -> Revisions:
+    """An iteration's ``revisions`` column as a record."""
+    return Revisions.model_validate(row.revisions or {})
 
 
 class Loops:
@@ -70,7 +105,7 @@ class Loops:
         created = row is None
         if row is None:
             row = Loop(org_id=org_id, deployment_id=deployment_id, config=config, config_digest=digest,
-                       enabled=enabled, phase="idle")
+                       enabled=enabled, phase=LoopPhase.IDLE)
             self.session.add(row)
         else:
             row.config, row.config_digest, row.enabled = config, digest, enabled
@@ -116,7 +151,7 @@ class Loops:
         self.get(org_id, loop_id)
         last = self.session.scalar(select(func.max(LoopIteration.number)).where(LoopIteration.loop_id == loop_id))
         row = LoopIteration(org_id=org_id, loop_id=loop_id, number=int(last or 0) + 1, trigger=trigger[:300],
-                            status="running", stage="data", **fields)
+                            status=IterationStatus.RUNNING, stage=IterationStage.DATA, **_stored(fields))
         self.session.add(row)
         self.session.flush()
         return row
@@ -129,9 +164,9 @@ class Loops:
         return row
 
     def update_iteration(self, org_id: str, iteration_id: str, **fields: Any) -> LoopIteration:
-        """Set fields of an iteration (JSON fields are replaced whole)."""
+        """Set fields of an iteration (JSON fields are replaced whole; records are stored as their JSON)."""
         row = self.iteration(org_id, iteration_id)
-        for key, value in fields.items():
+        for key, value in _stored(fields).items():
             setattr(row, key, value)
         self.session.flush()
         return row
@@ -148,7 +183,7 @@ class Loops:
         """The newest promoted iteration of the loop whose candidate is ``version_id`` (the one to watch)."""
         return self.session.scalar(
             select(LoopIteration).where(LoopIteration.org_id == org_id, LoopIteration.loop_id == loop_id,
-                                        LoopIteration.status == "promoted",
+                                        LoopIteration.status == IterationStatus.PROMOTED,
                                         LoopIteration.candidate_version_id == version_id)
             .order_by(LoopIteration.number.desc()).limit(1)
         )
@@ -156,10 +191,10 @@ class Loops:
     def end_watches(self, org_id: str, loop_id: str, now: datetime, *, keep: str | None = None) -> None:
         """Mark the loop's watched iterations (but ``keep``) done: another version serves now."""
         rows = self.session.scalars(select(LoopIteration).where(
-            LoopIteration.org_id == org_id, LoopIteration.loop_id == loop_id, LoopIteration.stage == "watch"))
+            LoopIteration.org_id == org_id, LoopIteration.loop_id == loop_id, LoopIteration.stage == IterationStage.WATCH))
         for row in rows:
             if row.id != keep:
-                row.stage, row.finished_at = "done", now
+                row.stage, row.finished_at = IterationStage.DONE, now
         self.session.flush()
 
     def train_seconds_since(self, org_id: str, loop_id: str, since: datetime) -> float:
@@ -241,4 +276,4 @@ class Loops:
                              int(fb_n or 0), None if fb_mean is None else float(fb_mean))
 
 
-__all__ = ["Loops", "OnlineFigures"]
+__all__ = ["Loops", "OnlineFigures", "canary_of", "revisions_of"]

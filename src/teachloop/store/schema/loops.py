@@ -2,7 +2,7 @@
 
 - ``Loop``: one per deployment. ``config`` is the validated loop config (JSON)
   and ``config_digest`` its content digest; ``enabled`` says whether it runs.
-  ``phase`` is where it stands: ``idle`` (waiting for its trigger),
+  ``phase`` (``core.loop.LoopPhase``) is where it stands: ``idle`` (waiting for its trigger),
   ``canary`` (a candidate serves part of the traffic; nothing else happens)
   or ``watch`` (the deployed version was promoted by the loop and is watched
   for as long as it serves; the trigger still runs); ``active_iteration_id``
@@ -13,7 +13,8 @@
 - ``LoopIteration``: one turn of the loop, numbered 1, 2, ... per loop: why it
   started (``trigger``), the dataset snapshot it used, the training run, the
   candidate and baseline adapter versions, the eval gate's decision record,
-  the canary's figures, the deployment revisions it wrote, its ``status``
+  the canary's figures (``core.loop.CanaryRecord``), the deployment revisions
+  it wrote (``core.loop.Revisions``), its ``status`` (``core.loop.IterationStatus``)
   (``running``, ``skipped``, ``failed``, ``rejected``, ``canary``,
   ``promoted``, ``rolled_back``, ``superseded``) and the ``reason`` for it.
 - ``TraceScore``: the environment grader's score of one served trace (the
@@ -30,10 +31,11 @@ from typing import Any
 from sqlalchemy import Boolean, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from teachloop.core.loop import IterationStage, IterationStatus, LoopPhase
 from teachloop.store.schema.base import Base, JSONType, OrgOwned, Timestamps, id_column, ref_column, utc_now
 
-LOOP_PHASES = ("idle", "canary", "watch")
-ITERATION_STATUSES = ("running", "skipped", "failed", "rejected", "canary", "promoted", "rolled_back", "superseded")
+LOOP_PHASES = tuple(LoopPhase)
+ITERATION_STATUSES = tuple(IterationStatus)
 
 
 class Loop(OrgOwned, Timestamps, Base):
@@ -47,7 +49,7 @@ class Loop(OrgOwned, Timestamps, Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)
     config_digest: Mapped[str] = mapped_column(String(71))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    phase: Mapped[str] = mapped_column(String(10), default="idle")
+    phase: Mapped[str] = mapped_column(String(10), default=LoopPhase.IDLE)
     active_iteration_id: Mapped[str | None] = mapped_column(String(40))
     cursor: Mapped[datetime | None]
     scored_until: Mapped[datetime | None]
@@ -65,8 +67,8 @@ class LoopIteration(OrgOwned, Timestamps, Base):
     loop_id: Mapped[str] = ref_column("loops.id")
     number: Mapped[int] = mapped_column(Integer)
     trigger: Mapped[str] = mapped_column(String(300))
-    status: Mapped[str] = mapped_column(String(20), default="running")
-    stage: Mapped[str] = mapped_column(String(20), default="data")
+    status: Mapped[str] = mapped_column(String(20), default=IterationStatus.RUNNING)
+    stage: Mapped[str] = mapped_column(String(20), default=IterationStage.DATA)
     reason: Mapped[str | None] = mapped_column(Text)
     dataset_id: Mapped[str | None] = ref_column("datasets.id", nullable=True)
     dataset_digest: Mapped[str | None] = mapped_column(String(71))

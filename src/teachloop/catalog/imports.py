@@ -23,21 +23,23 @@ without it ``expert_id`` is refused.
 Lineage: imported rows have ``source_kind = "import"`` (labels: ``expert``
 and the expert's id) and the declared license. ``import_dataset`` writes the
 canonical JSONL blob, then records the snapshot (``origin`` ``import`` or
-``labels``) -- all or nothing. Knows nothing of HTTP or the CLI.
+``labels``, through ``catalog.datasets.record_snapshot``) -- all or nothing;
+``raw_digest`` (``core.files.bytes_digest`` of the uploaded file) is recorded
+in its source. Knows nothing of HTTP or the CLI.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from teachloop.catalog.datasets import record_snapshot
 from teachloop.core.errors import InvalidInput
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
-from teachloop.store.repos.datasets import Datasets, NewRow, encode_snapshot, expert_label
+from teachloop.store.repos.datasets import NewRow, expert_label
 from teachloop.store.repos.deployments import check_name
 from teachloop.store.schema.datasets import DATASET_SPLITS, Dataset
 
@@ -202,23 +204,14 @@ def import_dataset(database: Database, blobs: BlobStore, org_id: str, records: S
     if kind not in IMPORT_KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(IMPORT_KINDS)}, got {kind!r}", param="kind")
     dataset_kind, rows = parse_rows(records, fmt=fmt, license=license, labels=kind == "labels", param=param)
-    data, _ = encode_snapshot(dataset_kind, rows)
     source: dict[str, Any] = {"import": {"format": fmt, "kind": kind, "rows": len(rows)}}
     if filename:
         source["import"]["file"] = filename[:300]
     if raw_digest:
         source["import"]["file_digest"] = raw_digest
     check_name(name, "name")
-    with database.session() as s:
-        key = blobs.put_content(data)
-        return Datasets(s).create(org_id, name=name, kind=dataset_kind, rows=rows, blob_key=key, source=source,
-                                  actor=actor, origin="labels" if kind == "labels" else "import")
+    return record_snapshot(database, blobs, org_id, name=name, kind=dataset_kind, rows=rows, source=source,
+                           actor=actor, origin="labels" if kind == "labels" else "import")
 
 
-def file_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of an imported file's bytes (recorded on the snapshot)."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-__all__ = ["IMPORT_FORMATS", "IMPORT_KINDS", "check_license", "file_digest", "import_dataset", "parse_rows",
-           "read_jsonl"]
+__all__ = ["IMPORT_FORMATS", "IMPORT_KINDS", "check_license", "import_dataset", "parse_rows", "read_jsonl"]

@@ -1,4 +1,4 @@
-"""Datasets are immutable snapshots: content digest, versions, row lineage, exports."""
+"""Dataset versions are immutable snapshots: content digest, versions, row lineage, exports (``catalog``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from teachloop.catalog.datasets import record_snapshot
+from teachloop.catalog.export import export_dataset
 from teachloop.core.errors import InvalidInput, NotFound
-from teachloop.loop import export_dataset
 from teachloop.store.repos.datasets import Datasets, NewRow, decode_snapshot, encode_snapshot, new_row_of
 from teachloop.store.schema.datasets import DatasetRow
-from tests.unit.loop.conftest import Store, add_trace
+from tests.unit.catalog.conftest import Store, add_trace
 
 
 def _rows(store: Store) -> list[NewRow]:
@@ -27,10 +28,7 @@ def _rows(store: Store) -> list[NewRow]:
 
 
 def _create(store: Store, rows: list[NewRow], name: str = "calc-loop", kind: str = "chat"):  # type: ignore[no-untyped-def]
-    data, _ = encode_snapshot(kind, rows)
-    key = store.blobs.put_content(data)
-    with store.db.session() as s:
-        return Datasets(s).create(store.org_id, name=name, kind=kind, rows=rows, blob_key=key, source={"t": 1})
+    return record_snapshot(store.db, store.blobs, store.org_id, name=name, kind=kind, rows=rows, source={"t": 1})
 
 
 def test_the_digest_covers_content_split_and_lineage_in_order(store: Store) -> None:

@@ -1,4 +1,4 @@
-"""Dataset snapshots out: JSON views, OpenAI chat JSONL, DPO pairs JSONL, a Hugging Face dataset.
+"""Dataset versions out: JSON views, OpenAI chat JSONL, DPO pairs JSONL, a Hugging Face dataset.
 
 * ``openai``: one ``{"messages": [...]}`` per row -- chat rows as they are,
   prompt rows as their prompt; preference pairs in OpenAI's preference

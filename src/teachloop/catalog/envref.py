@@ -1,4 +1,4 @@
-"""Resolving an environment reference to an instance pinned by digest.
+"""Environment references: resolving one to an instance pinned by digest (layer L2+, ``catalog``).
 
 Training runs and evaluations never run "latest": ``resolve_env`` turns a
 reference into the environment *and* the digest that identifies its exact
@@ -30,7 +30,6 @@ taskset's module files).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import inspect
 import io
@@ -46,6 +45,7 @@ from sqlalchemy.orm import Session
 
 import teachloop
 from teachloop.core.errors import ConfigurationError, InvalidInput
+from teachloop.core.files import files_digest, replace_dir
 from teachloop.core.rl import content_hash
 from teachloop.envs import Environment, load
 from teachloop.envs.manifest import package_hash
@@ -88,13 +88,10 @@ def is_hub_ref(ref: str, *, trusted: bool = True) -> bool:
 
 
 def _files_hash(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(set(paths)):
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"):
-            h.update(f"file:{'/'.join(p.parts[-3:])}\0".encode())
-            h.update(p.read_bytes())
-            h.update(b"\0")
-    return h.hexdigest()
+    """Hex digest of source files, each named by its last three path parts (bytecode skipped)."""
+    kept = (p for p in sorted(set(paths))
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
+    return files_digest(("/".join(p.parts[-3:]), p) for p in kept).removeprefix("sha256:")
 
 
 def _module_files(module_name: str) -> list[Path]:
@@ -195,9 +192,7 @@ def fetch_package(blobs: BlobStore, blob_key: str, digest: str, cache: Path) -> 
             tar.extractall(tmp, filter="data")
         if package_hash(tmp) != digest:
             raise ConfigurationError(f"the archive {blob_key} does not match its digest {digest}")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
