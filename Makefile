@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make up     install what is needed and start teachloop on its embedded default
 #   make test   install the dev tools and run lint, types, the layer contract and the whole test suite
-.PHONY: up test install install-dev lint typecheck layers unit bench clean
+.PHONY: up test install install-dev browser lint typecheck layers unit bench clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,8 +9,17 @@ BIN := $(VENV)/bin
 up: install
 	$(BIN)/teachloop up
 
-test: install-dev lint typecheck layers
+test: install-dev browser lint typecheck layers
 	$(BIN)/python -m pytest -q
+
+# The console's browser tests drive Debian's chromium (never a browser downloaded by `playwright install`).
+# Installed with apt-get only when missing and when we may (root, as in CI); otherwise those tests skip, saying why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the console's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| echo "warning: could not install chromium; the browser tests will skip"; \
+	fi
 
 install:
 	scripts/setup.sh

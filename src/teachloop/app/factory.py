@@ -11,11 +11,17 @@ The serving routers (``/v1``, ``/api/deployments``, ``/api/traces``, ...) find t
 an engine (it starts no threads) when the caller built none.
 There are no interactive docs pages (they would load scripts from a CDN); the
 OpenAPI document is served, authenticated, at ``/api/openapi.json``.
+
+``pages`` is how a higher layer adds server-rendered pages without this layer
+importing it: ``web.create_console_app`` passes the console's router here. Page
+routes are mounted without ``require_principal`` and outside the OpenAPI
+document; the guard lets them through without a key (they check their own
+session cookie) and refuses any under ``/v1``, ``/api`` or ``/metrics``.
 """
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from teachloop import __version__
 from teachloop.app.auth import require_principal
@@ -26,8 +32,8 @@ from teachloop.app.routes import PROTECTED, PUBLIC
 from teachloop.serve.service import Serving
 
 
-def create_app(deps: AppDeps) -> FastAPI:
-    """The teachloop HTTP app over ``deps``."""
+def create_app(deps: AppDeps, *, pages: APIRouter | None = None) -> FastAPI:
+    """The teachloop HTTP app over ``deps`` (with the page routes of ``pages``, e.g. the web console)."""
     app = FastAPI(
         title="teachloop",
         version=__version__,
@@ -40,11 +46,14 @@ def create_app(deps: AppDeps) -> FastAPI:
     app.state.serving = deps.serving or Serving(deps.database, deps.blobs)
     install_error_handlers(app)
     public_paths = [path for router in PUBLIC for route in router.routes if (path := getattr(route, "path", None))]
-    app.add_middleware(RequestGuard, deps=deps, public_paths=public_paths)
+    page_routes = list(pages.routes) if pages is not None else []
+    app.add_middleware(RequestGuard, deps=deps, public_paths=public_paths, page_routes=page_routes)
     for router in PUBLIC:
         app.include_router(router)
     for router in PROTECTED:
         app.include_router(router, dependencies=[Depends(require_principal)])
+    if pages is not None:
+        app.include_router(pages, include_in_schema=False)
     return app
 
 

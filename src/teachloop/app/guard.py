@@ -19,20 +19,31 @@ middleware runs first, for every HTTP request except the public paths
    anyway) and handed on, so no handler ever starts on a body that is refused,
    and a refused request changes nothing.
 
+Page routes (the console of ``web/``, handed to ``create_app`` as ``pages``)
+skip step 1 only: they authenticate with their own session cookie and CSRF
+token, and answer whatever a page answers. A key is never read from a cookie,
+and no page route may live under ``/v1``, ``/api`` or ``/metrics`` (refused at
+start-up), so a browser session never reaches the API. The body bound applies
+to pages too.
+
 Errors render through ``errors.render``, in the same OpenAI shape as the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from anyio import to_thread
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teachloop.app.auth import authenticate
 from teachloop.app.deps import AppDeps
 from teachloop.app.errors import render
 from teachloop.core.errors import PayloadTooLarge, TeachloopError
+
+#: path prefixes of the key-authenticated API; no page route may claim one
+API_PREFIXES = ("/v1", "/api", "/metrics")
 
 
 class BodyTooLarge(PayloadTooLarge):
@@ -51,22 +62,35 @@ def _too_large(size: int | None, limit: int) -> BodyTooLarge:
 class RequestGuard:
     """ASGI middleware: 401 before anything else, then 413 for an oversized body (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, deps: AppDeps, public_paths: Iterable[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, deps: AppDeps, public_paths: Iterable[str], page_routes: Sequence[BaseRoute] = ()
+    ) -> None:
         self.app = app
         self.deps = deps
         self.public = frozenset(public_paths)
+        for route in page_routes:
+            path = str(getattr(route, "path", ""))
+            if path.startswith(API_PREFIXES) or not path.startswith("/"):
+                raise ValueError(f"page route {path!r}: paths under {API_PREFIXES} need an API key")
+        self.pages = tuple(page_routes)
+
+    def _is_page(self, scope: Scope) -> bool:
+        if str(scope.get("path", "")).startswith(API_PREFIXES):
+            return False
+        return any(route.matches(scope)[0] is not Match.NONE for route in self.pages)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in self.public:
             await self.app(scope, receive, send)
             return
-        header = _header(scope, b"authorization")
-        try:
-            principal = await to_thread.run_sync(authenticate, self.deps, header)
-        except TeachloopError as err:
-            await render(err)(scope, receive, send)
-            return
-        scope.setdefault("state", {})["principal"] = principal
+        if not self._is_page(scope):
+            header = _header(scope, b"authorization")
+            try:
+                principal = await to_thread.run_sync(authenticate, self.deps, header)
+            except TeachloopError as err:
+                await render(err)(scope, receive, send)
+                return
+            scope.setdefault("state", {})["principal"] = principal
         limit = self.deps.settings.max_body_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
@@ -120,4 +144,4 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-__all__ = ["BodyTooLarge", "RequestGuard"]
+__all__ = ["API_PREFIXES", "BodyTooLarge", "RequestGuard"]

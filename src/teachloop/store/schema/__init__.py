@@ -17,9 +17,11 @@ from teachloop.store.schema.base import (
     ref_column,
     utc_now,
 )
+from teachloop.store.schema.console import ConsoleSession, ServerSecret, SigninAttempt, SigninLink
 from teachloop.store.schema.datasets import Dataset, DatasetRow
 from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange
 from teachloop.store.schema.environments import EnvironmentEval, EnvironmentVersion
+from teachloop.store.schema.idempotency import IdempotencyKey
 from teachloop.store.schema.jobs import JobRow, JobStatus
 from teachloop.store.schema.loops import Loop, LoopIteration, TraceScore
 from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
@@ -32,6 +34,7 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "ConsoleSession",
     "Dataset",
     "DatasetRow",
     "Deployment",
@@ -39,6 +42,7 @@ __all__ = [
     "EnvironmentEval",
     "EnvironmentVersion",
     "Feedback",
+    "IdempotencyKey",
     "JSONType",
     "JobRow",
     "JobStatus",
@@ -49,6 +53,9 @@ __all__ = [
     "Organisation",
     "RunCheckpoint",
     "RunMetric",
+    "ServerSecret",
+    "SigninAttempt",
+    "SigninLink",
     "Timestamps",
     "Trace",
     "TraceScore",

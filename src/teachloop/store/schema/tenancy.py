@@ -36,6 +36,8 @@ class User(Timestamps, Base):
     id: Mapped[str] = id_column("usr")
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="")
+    #: argon2id hash of the console password (``store.repos.sessions``); None: signs in by link only
+    password_hash: Mapped[str | None] = mapped_column(String(200))
 
 
 class Membership(OrgOwned, Timestamps, Base):
