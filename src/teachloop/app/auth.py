@@ -7,7 +7,8 @@ but the public health check before the body is read (so a keyless request is
 except the public one: it returns that principal, or checks the key itself when
 the app runs without the guard, and it is what marks the routes as secured in
 the OpenAPI document. A handler that needs the caller declares ``principal:
-CurrentPrincipal``. The key check itself lives in ``store.ApiKeys.authenticate``
+CurrentPrincipal``; a platform-operator route declares ``principal: Operator``
+(``require_operator``: 403 for every organisation role). The key check itself lives in ``store.ApiKeys.authenticate``
 and runs in a read transaction; the key's ``last_used_at`` is refreshed
 separately, at most once a minute, and a busy database never fails a request
 over it.
@@ -16,14 +17,15 @@ over it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from teachloop.app.deps import AppDeps
-from teachloop.core.errors import ServiceUnavailable, Unauthorized
-from teachloop.core.tenancy import Principal
+from teachloop.core.errors import Forbidden, ServiceUnavailable, Unauthorized
+from teachloop.core.tenancy import Principal, Role
 from teachloop.store.repos.keys import ApiKeys
 
 _bearer = HTTPBearer(auto_error=False, description="A teachloop API key: `tl_<prefix>_<secret>`.")
@@ -70,7 +72,34 @@ def require_principal(
     return principal
 
 
+def require_operator(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    """The caller, who must hold a platform operator key; ``Forbidden`` (403) for any organisation role."""
+    if principal.role is not Role.OPERATOR:
+        raise Forbidden(
+            f"this route is for the platform operator (a key from `teachloop admin keys operator`); "
+            f"this key has the {principal.role.value} role"
+        )
+    return principal
+
+
+def require_role(role: Role) -> Callable[[Principal], Principal]:
+    """A dependency: the caller, whose role must include ``role`` (owner > admin > member > viewer); else 403."""
+
+    def check(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+        if not principal.role.at_least(role):
+            raise Forbidden(f"this call needs the {role.value} role or higher; this key has {principal.role.value}")
+        return principal
+
+    return check
+
+
 Deps = Annotated[AppDeps, Depends(get_deps)]
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+Operator = Annotated[Principal, Depends(require_operator)]
+#: A caller with at least the viewer role (reads).
+Viewer = Annotated[Principal, Depends(require_role(Role.VIEWER))]
+#: A caller with at least the member role (writes).
+Member = Annotated[Principal, Depends(require_role(Role.MEMBER))]
 
-__all__ = ["CurrentPrincipal", "Deps", "authenticate", "get_deps", "require_principal"]
+__all__ = ["CurrentPrincipal", "Deps", "Member", "Operator", "Viewer", "authenticate", "get_deps", "require_operator",
+           "require_principal", "require_role"]

@@ -23,7 +23,10 @@ from teachloop.cli._common import console, handle_errors, pick_org, settings
 from teachloop.core.errors import InvalidInput
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) is imported inside commands, keeping --help fast
+    from sqlalchemy.orm import Session
+
     from teachloop.store import Database, Tenancy
+    from teachloop.store.repos.sessions import NewLink
     from teachloop.store.schema import Organisation
 
 app = typer.Typer(
@@ -184,6 +187,37 @@ def keys_create(
         show_new_key(created.secret, chosen.name, user.email if user else None, created.key.role)
 
 
+@keys_app.command("operator")
+def keys_operator(
+    name: str = typer.Option("operator", "--name", help="A label to recognise the key by (e.g. prometheus)."),
+    org: str | None = typer.Option(
+        None, "--org", help="Organisation to file the key under (default: the only organisation); "
+        "the key reads none of its data."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the key (for scripts)."),
+) -> None:
+    """Create a platform operator key: server-wide /metrics and /api/operator/stats, no organisation's data."""
+    from teachloop.store import ApiKeys, Tenancy
+
+    with errors():
+        db = _open()
+        try:
+            with db.session() as session:
+                chosen = _pick_org(Tenancy(session), org)
+                created = ApiKeys(session).create_operator_key(chosen.id, name, actor="cli")
+        finally:
+            db.close()
+        if quiet:
+            typer.echo(created.secret)
+            return
+        show_new_key(created.secret, chosen.name, None, created.key.role)
+        console.print(
+            "It reads server-wide figures only: GET /metrics (Prometheus: send it as a bearer token) and "
+            "GET /api/operator/stats.",
+            highlight=False,
+        )
+
+
 @keys_app.command("list")
 def keys_list(
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
@@ -306,4 +340,48 @@ def orgs_list() -> None:
         console.print(table)
 
 
-__all__ = ["app", "errors", "show_new_key"]
+def new_signin_link(session: Session, org: Organisation, email: str, *, minutes: int = 60) -> NewLink:
+    """A single-use console sign-in link for the member ``email`` of ``org`` (in a caller-owned session)."""
+    from datetime import timedelta
+
+    from teachloop.store.repos.sessions import SigninLinks
+
+    if not 1 <= minutes <= 7 * 24 * 60:
+        raise InvalidInput(f"--minutes must be 1-{7 * 24 * 60}, got {minutes}", param="minutes")
+    return SigninLinks(session).create_signin(org.id, email, actor="cli", ttl=timedelta(minutes=minutes))
+
+
+def show_signin_link(link: NewLink, email: str, base_url: str) -> None:
+    """Print a sign-in link once, with what it does."""
+    url = f"{base_url.rstrip('/')}/signin/link/{link.token}"
+    console.print(f"Console sign-in link for {email} (works once, until {link.info.expires_at:%Y-%m-%d %H:%M} UTC):",
+                  highlight=False)
+    console.print(f"  {url}", soft_wrap=True, highlight=False)
+
+
+@app.command("signin-link")
+def signin_link(
+    email: str = typer.Argument(..., help="E-mail of the member to sign in."),
+    org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="The console's address (default: http://$TEACHLOOP_HOST:$TEACHLOOP_PORT)."
+    ),
+    minutes: int = typer.Option(60, "--minutes", help="How long the link works (it works once)."),
+) -> None:
+    """Print a single-use link that signs a member in to the web console (then they can set a password)."""
+    from teachloop.store import Tenancy
+
+    with errors():
+        config = settings()
+        db = _open()
+        try:
+            with db.session() as session:
+                chosen = _pick_org(Tenancy(session), org)
+                link = new_signin_link(session, chosen, email, minutes=minutes)
+        finally:
+            db.close()
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+        show_signin_link(link, link.info.email, base_url or f"http://{host}:{config.port}")
+
+
+__all__ = ["app", "errors", "new_signin_link", "show_new_key", "show_signin_link", "signin_link"]

@@ -39,6 +39,18 @@ SETTINGS: dict[str, tuple[str, str]] = {
         str(DEFAULT_MAX_BODY_BYTES),
         "largest HTTP request body the API accepts (bytes); a bigger one is refused with 413 before it is read",
     ),
+    "TEACHLOOP_LOG_FORMAT": (
+        "text",
+        "server log lines: text, or json (one object per line, with the request's trace_id)",
+    ),
+    "TEACHLOOP_METRICS_ORG_LABELS": (
+        "",
+        "set to 1 to label /metrics series by org_id as well as deployment (off: nothing names an organisation)",
+    ),
+    "TEACHLOOP_PREFIX_CACHE_MB": (
+        "256",
+        "MiB of prompt-prefix keys/values the serving engine keeps for reuse (LRU); 0 turns prefix caching off",
+    ),
 }
 
 
@@ -57,6 +69,16 @@ class Settings(BaseModel):
     host: str = Field(default="127.0.0.1", description="API bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1, description="Largest request body accepted.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Server log lines: text, or json with the request's trace_id on each line."
+    )
+    prefix_cache_mb: int = Field(
+        default=256, ge=0,
+        description="MiB of prompt-prefix keys/values the serving engine keeps for reuse; 0 turns prefix caching off.",
+    )
+    metrics_org_labels: bool = Field(
+        default=False, description="Label /metrics series by org_id too (off: no label names an organisation)."
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -87,6 +109,23 @@ class Settings(BaseModel):
                 f"TEACHLOOP_MAX_BODY_BYTES must be a positive integer (bytes), got {body_raw!r}",
                 param="TEACHLOOP_MAX_BODY_BYTES",
             )
+        log_format = env.get("TEACHLOOP_LOG_FORMAT") or "text"
+        if log_format not in ("text", "json"):
+            raise ConfigurationError(
+                f"TEACHLOOP_LOG_FORMAT must be text or json, got {log_format!r}", param="TEACHLOOP_LOG_FORMAT"
+            )
+        org_labels = (env.get("TEACHLOOP_METRICS_ORG_LABELS") or "").strip().lower()
+        if org_labels not in ("", "0", "1", "false", "true", "no", "yes"):
+            raise ConfigurationError(
+                f"TEACHLOOP_METRICS_ORG_LABELS must be 1 or 0, got {org_labels!r}",
+                param="TEACHLOOP_METRICS_ORG_LABELS",
+            )
+        prefix_raw = env.get("TEACHLOOP_PREFIX_CACHE_MB") or "256"
+        if not prefix_raw.isdigit():
+            raise ConfigurationError(
+                f"TEACHLOOP_PREFIX_CACHE_MB must be a whole number of MiB (0 turns it off), got {prefix_raw!r}",
+                param="TEACHLOOP_PREFIX_CACHE_MB",
+            )
         return cls(
             home=home,
             model_cache=Path(env.get("TEACHLOOP_MODEL_CACHE") or home / "models").expanduser(),
@@ -98,6 +137,9 @@ class Settings(BaseModel):
             host=env.get("TEACHLOOP_HOST", "127.0.0.1"),
             port=port,
             max_body_bytes=max_body,
+            log_format=log_format,  # type: ignore[arg-type]
+            metrics_org_labels=org_labels in ("1", "true", "yes"),
+            prefix_cache_mb=int(prefix_raw),
         )
 
 

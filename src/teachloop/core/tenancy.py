@@ -5,6 +5,12 @@ Every row in the store belongs to one organisation; every API call runs as a
 for the admin-ish checks (``Role.at_least``); marketplace and workforce roles
 (expert, buyer, broker) are capabilities rather than ranks and are checked by
 membership, not by order.
+
+``Role.OPERATOR`` is the platform operator's: it sees server-wide figures
+(``/metrics``, ``/api/operator/stats``) and nothing else -- it ranks below
+viewer on the organisation scale, so an operator key (typically the one a
+Prometheus server holds) can neither read nor change any organisation's data.
+Only ``teachloop admin keys operator`` mints one; no organisation role can.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class Role(StrEnum):
     EXPERT = "expert"
     BUYER = "buyer"
     BROKER = "broker"
+    OPERATOR = "operator"
 
     def at_least(self, other: Role) -> bool:
         """Whether this role includes the powers of ``other`` on the owner > admin > member > viewer scale."""

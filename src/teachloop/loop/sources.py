@@ -121,7 +121,8 @@ def _trace_lineage(trace: Trace, license: str, **extra: Any) -> dict[str, Any]:
 
 
 def _traces(session: Session, org_id: str, deployment_id: str, ids: set[str], limit: int = 100_000) -> list[Trace]:
-    q = select(Trace).where(Trace.org_id == org_id, Trace.deployment_id == deployment_id, Trace.id.in_(ids))
+    q = select(Trace).where(Trace.org_id == org_id, Trace.deployment_id == deployment_id, Trace.id.in_(ids),
+                            Trace.finish_reason != "cancelled")  # a reply the client abandoned half-way is no example
     return [t for t in session.scalars(q.order_by(Trace.created_at.desc()).limit(limit)) if _text_only(t)]
 
 

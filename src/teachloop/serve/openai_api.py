@@ -14,7 +14,9 @@ when ``stream_options.include_usage`` is set, and ``data: [DONE]``. When tools
 are offered, a reply's text is only known to be content or a tool call at the
 end, so content and ``tool_calls`` arrive together in the last delta. A
 failure after the first byte is sent as ``data: {"error": ...}`` with no
-``[DONE]``. Every response carries ``x-teachloop-trace-id``; the completion
+``[DONE]``. A client that leaves mid-stream frees its batch rows at once, and
+its trace records the tokens produced so far with ``finish_reason: "cancelled"``.
+Every response carries ``x-teachloop-trace-id``; the completion
 ``id`` is ``chatcmpl-<trace id>``.
 
 This module knows the wire format only; ``service.Serving`` does the work.
@@ -22,7 +24,7 @@ This module knows the wire format only; ``service.Serving`` does the work.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -36,11 +38,19 @@ from teachloop.serve.deps import Reader, ServingDep, Writer
 from teachloop.serve.scheduler import TokenEvent
 from teachloop.serve.service import ChatInput, ChatRun, ModelNotFound, Reply, Serving
 from teachloop.serve.text import TokenText
+from teachloop.serve.wire import (
+    SSE_DONE,
+    TRACE_HEADER,
+    parse_logit_bias,
+    parse_stop,
+    sse,
+    sse_error,
+    usage_json,
+)
 from teachloop.store.repos.deployments import Deployments
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-TRACE_HEADER = "x-teachloop-trace-id"
 
 
 class _Strict(BaseModel):
@@ -102,9 +112,18 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None
 
 
+class JsonSchemaFormat(_Strict):
+    """``response_format.json_schema``: a named schema the reply must validate against."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(_Strict):
@@ -130,7 +149,7 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, int] | None = None
+    logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -159,27 +178,29 @@ def _message(i: int, m: ChatMessageIn) -> Message:
     )
 
 
+def _response_format(rf: ResponseFormat | None) -> dict[str, Any] | None:
+    """``response_format`` as ``ChatInput`` takes it: None for text, else its dict (``serve.grammar`` enforces it)."""
+    if rf is None:
+        return None
+    if (rf.json_schema is None) == (rf.type == "json_schema"):
+        problem = "needs json_schema" if rf.type == "json_schema" else "takes no json_schema"
+        raise InvalidInput(f"response_format type {rf.type} {problem}", param="response_format.json_schema")
+    if rf.json_schema is None:
+        return None if rf.type == "text" else {"type": rf.type}
+    return {"type": "json_schema", "json_schema": rf.json_schema.model_dump(by_alias=True, exclude_none=True)}
+
+
 def to_chat_input(req: ChatCompletionRequest) -> ChatInput:
     """The validated ``ChatInput`` of a request; ``InvalidInput`` naming the parameter otherwise."""
-    if req.frequency_penalty:
-        raise _unsupported("frequency_penalty", "a non-zero frequency_penalty")
-    if req.presence_penalty:
-        raise _unsupported("presence_penalty", "a non-zero presence_penalty")
-    if req.logit_bias:
-        raise _unsupported("logit_bias", "logit_bias")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise _unsupported("response_format", f"response_format {req.response_format.type!r}")
+    logit_bias = parse_logit_bias(req.logit_bias)
+    response_format = _response_format(req.response_format)
     if req.top_logprobs and not req.logprobs:
         raise InvalidInput("top_logprobs needs logprobs: true", param="top_logprobs")
     if req.stream_options is not None and not req.stream:
         raise InvalidInput("stream_options is only allowed with stream: true", param="stream_options")
     if req.max_tokens is not None and req.max_completion_tokens is not None and req.max_tokens != req.max_completion_tokens:
         raise InvalidInput("max_tokens and max_completion_tokens disagree; send one", param="max_completion_tokens")
-    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    if len(stops) > 4:
-        raise InvalidInput(f"stop takes at most 4 sequences, got {len(stops)}", param="stop")
-    if any(not s for s in stops):
-        raise InvalidInput("stop sequences must be non-empty", param="stop")
+    stops = parse_stop(req.stop)
     metadata = dict(req.metadata or {})
     if len(metadata) > 16:
         raise InvalidInput(f"metadata takes at most 16 keys, got {len(metadata)}", param="metadata")
@@ -204,16 +225,24 @@ def to_chat_input(req: ChatCompletionRequest) -> ChatInput:
     params = {
         "n": req.n or 1, "temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens,
         "stop": stops or None, "seed": req.seed, "logprobs": logprobs, "top_logprobs": req.top_logprobs,
+        "presence_penalty": req.presence_penalty or None, "frequency_penalty": req.frequency_penalty or None,
+        "logit_bias": {str(t): b for t, b in logit_bias} or None,
         "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
+        "response_format": response_format,
     }
     return ChatInput(
         model=req.model, messages=messages, tools=offered, n=req.n or 1,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens,
         max_tokens_param="max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
-        stop=tuple(stops), seed=req.seed,
+        stop=stops, seed=req.seed,
+        presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=logit_bias,
         logprobs=logprobs, top_logprobs=req.top_logprobs or 0, user=req.user, metadata=metadata,
         stream=bool(req.stream), include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        response_format=response_format,
+        tool_choice={"name": choice.function.name} if isinstance(choice, NamedToolChoice) else choice,
+        strict_tools=tuple(t.function.name for t in req.tools or [] if t.function.strict),
         trace_messages=[m.to_openai() for m in messages],
         trace_tools=[s.to_openai() for s in specs] or None, trace_params={k: v for k, v in params.items() if v is not None},
     )
@@ -250,9 +279,7 @@ def _logprob_entries(
 
 
 def _usage(run: ChatRun, replies: list[Reply]) -> dict[str, int]:
-    completion = sum(r.completion_tokens for r in replies)
-    return {"prompt_tokens": run.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": run.prompt_tokens + completion}
+    return usage_json(run.prompt_tokens, sum(r.completion_tokens for r in replies))
 
 
 def _token_text(serving: Serving) -> TokenText:
@@ -284,7 +311,7 @@ async def _sse(serving: Serving, run: ChatRun) -> AsyncIterator[bytes]:
         body = {**base, "choices": choices}
         if include_usage:
             body["usage"] = usage if last else None
-        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+        return sse(body)
 
     buffered = chat.tools is not None
     streams = [serving.text_stream(chat) for _ in range(chat.n)]
@@ -337,9 +364,13 @@ async def _sse(serving: Serving, run: ChatRun) -> AsyncIterator[bytes]:
         yield chunk([{"index": r.index, "delta": {}, "logprobs": None, "finish_reason": r.finish_reason} for r in replies])
         if include_usage:
             yield chunk([], _usage(run, replies), last=True)
-        yield b"data: [DONE]\n\n"
+        yield SSE_DONE
     except TeachloopError as err:
-        yield b"data: " + json.dumps({"error": err.to_dict()}).encode() + b"\n\n"
+        yield sse_error(err)
+    except (asyncio.CancelledError, GeneratorExit):  # the client left: free its rows now, trace what it got
+        run.close()
+        run.record_cancelled()  # never awaits (a cancelled task cannot); a no-op once the trace was written
+        raise
     finally:
         run.close()
 

@@ -7,7 +7,8 @@ the adapter version on the engine (``AdapterPool``), runs the job on the
 ``Scheduler`` and, once the replies are complete, writes the trace through the
 ``TraceWriter`` and waits for its commit. ``open_chat`` returns a ``ChatRun``;
 the OpenAI layer reads its events (streaming) or its results, builds the
-response, and calls ``record`` before answering.
+response, and calls ``record`` before answering (``record_cancelled`` when the
+client left mid-stream: a trace of the tokens so far, ``finish_reason: cancelled``).
 
 Deployments are read from the database on every request, so a change made by
 any process (REST, ``teachloop deploy``, the loop) applies to the next request
@@ -33,7 +34,9 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -41,11 +44,21 @@ from typing import Any
 from teachloop.core.chat import Message, ToolSpec
 from teachloop.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable, TeachloopError
 from teachloop.core.ids import new_id
+from teachloop.core.logs import bind_trace_id
 from teachloop.core.sampling import SampledSequence, SamplingParams
 from teachloop.core.tenancy import Principal
 from teachloop.render.renderer import Renderer
 from teachloop.serve.adapters import AdapterPool
-from teachloop.serve.scheduler import AsyncSink, BatchingEngine, GenerationJob, Scheduler, SinkEvent
+from teachloop.serve.grammar import GrammarConstraint, Grammars, StructureKind, plan, structure_kind
+from teachloop.serve.metrics import ServingMetrics
+from teachloop.serve.scheduler import (
+    AsyncSink,
+    BatchingEngine,
+    GenerationJob,
+    Scheduler,
+    SinkEvent,
+    TokenEvent,
+)
 from teachloop.serve.text import TextStream, TokenText, cut_at_stops
 from teachloop.serve.traces import TraceWriter
 from teachloop.serve.usage import Usage
@@ -74,6 +87,7 @@ class ServingConfig:
         max_loaded_adapters: adapter versions kept on the engine at once.
         sync_interval_s: how often deployments are re-read to preload and unload adapters.
         capture_traces: store every completion (turn off only to measure its cost).
+        prefix_cache: reuse the keys/values of prompt prefixes seen before (``engine/prefix.py``).
     """
 
     max_rows: int = 32
@@ -83,6 +97,7 @@ class ServingConfig:
     max_loaded_adapters: int = 8
     sync_interval_s: float = 2.0
     capture_traces: bool = True
+    prefix_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,15 @@ class ChatInput:
     metadata: dict[str, str] = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {...}}``; None is free text
+    response_format: dict[str, Any] | None = None
+    #: ``"auto"`` (or None), ``"required"``, or ``{"name": ...}`` forcing one offered function
+    tool_choice: str | dict[str, str] | None = None
+    #: names of the offered functions declared ``strict`` (their calls are grammar-constrained; serve.grammar)
+    strict_tools: tuple[str, ...] = ()
     trace_messages: list[dict[str, Any]] = field(default_factory=list)
     trace_tools: list[dict[str, Any]] | None = None
     trace_params: dict[str, Any] = field(default_factory=dict)
@@ -143,10 +167,23 @@ class Reply:
     completion_tokens: int
 
 
+def check_logit_bias(logit_bias: tuple[tuple[int, float], ...], vocab_size: int) -> None:
+    """``InvalidInput`` naming ``logit_bias`` unless every token id is in ``[0, vocab_size)``."""
+    for token, _ in logit_bias:
+        if not 0 <= token < vocab_size:
+            raise InvalidInput(
+                f"logit_bias names token {token}; this model's token ids are 0 to {vocab_size - 1}", param="logit_bias"
+            )
+
+
 def canary_bucket(deployment_id: str, user: str) -> int:
     """The user's bucket 0-99 for a deployment's canary split (stable across processes)."""
     digest = hashlib.sha256(f"{deployment_id}\0{user}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 100
+
+
+#: what ``Serving._prepare`` hands ``open_chat``: target, prompt, sampling params, adapter, grammar constraint
+_Prepared = tuple[Target, list[int], SamplingParams, str | None, Callable[[int], GrammarConstraint] | None]
 
 
 class Serving:
@@ -171,12 +208,14 @@ class Serving:
         self.base_model = base_model if engine is not None else None
         self.config = config or ServingConfig()
         self.scheduler = (
-            Scheduler(engine, max_rows=self.config.max_rows, max_queue=self.config.max_queue)
+            Scheduler(engine, max_rows=self.config.max_rows, max_queue=self.config.max_queue,
+                      prefix_cache=self.config.prefix_cache and hasattr(engine, "prefix"))
             if engine is not None else None
         )
         self.pool = AdapterPool(engine, blobs, max_loaded=self.config.max_loaded_adapters) if engine else None
         self.traces = TraceWriter(database)
         self.usage = Usage()
+        self.metrics = ServingMetrics()  # per-request Prometheus figures (serve.metrics)
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._stop_ids: list[int] = []
@@ -185,6 +224,16 @@ class Serving:
         if renderer is not None and engine is not None:
             self._stop_ids = sorted(set(renderer.stop_token_ids()) | set(engine.eos_token_ids))
             self._stop_texts = list(dict.fromkeys([*renderer.stop_sequences(), *map(self._decode1, self._stop_ids)]))
+        # structured outputs (serve.grammar): the tokenizer's grammars, compiled on first use and cached
+        self.grammars = Grammars(renderer.tokenizer, self._stop_ids) if renderer is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids this model can take and sample: ``[0, vocab_size)`` (the engine's, else the tokenizer's)."""
+        size = getattr(self.engine, "vocab_size", None)
+        if isinstance(size, int):
+            return size
+        return len(self.renderer.tokenizer) if self.renderer is not None else 0
 
     @property
     def stop_ids(self) -> list[int]:
@@ -277,12 +326,13 @@ class Serving:
         created = datetime.now(UTC)
         pending = asyncio.get_running_loop().run_in_executor(None, self._prepare, principal.org_id, chat)
         try:
-            target, prompt, params, adapter = await asyncio.shield(pending)
+            target, prompt, params, adapter, constraint = await asyncio.shield(pending)
         except asyncio.CancelledError:  # the caller left while the adapter loaded: let go of it when it is done
             pending.add_done_callback(self._release_prepared)
             raise
         sink = AsyncSink()
-        job = GenerationJob(prompt, chat.n, params, adapter, sink, top_logprobs=chat.top_logprobs if chat.logprobs else 0)
+        job = GenerationJob(prompt, chat.n, params, adapter, sink, top_logprobs=chat.top_logprobs if chat.logprobs else 0,
+                            constraint=constraint)
         try:
             assert self.scheduler is not None
             self.scheduler.submit(job)
@@ -293,13 +343,25 @@ class Serving:
         self.usage.started(principal.org_id)
         return ChatRun(self, principal, chat, target, prompt, job, sink, adapter, started, created)
 
-    def _release_prepared(self, done: asyncio.Future[tuple[Target, list[int], SamplingParams, str | None]]) -> None:
+    def _release_prepared(self, done: asyncio.Future[_Prepared]) -> None:
         if not done.cancelled() and done.exception() is None and self.pool is not None:
             adapter = done.result()[3]
             if adapter is not None:
                 self.pool.release(adapter)
 
-    def _prepare(self, org_id: str, chat: ChatInput) -> tuple[Target, list[int], SamplingParams, str | None]:
+    def generation_target(self, org_id: str, model: str, user: str | None) -> Target:
+        """``resolve``, then ``ServiceUnavailable`` (503) unless this process can generate for the target."""
+        target = self.resolve(org_id, model, user)
+        if self.engine is None or self.renderer is None or not self.can_generate:
+            raise ServiceUnavailable("no model is loaded on this server; completions are unavailable")
+        if target.base_model != self.base_model:
+            raise ServiceUnavailable(
+                f"model {model!r} runs on base model {target.base_model!r}, which this server does not serve "
+                f"(it serves {self.base_model!r})"
+            )
+        return target
+
+    def _prepare(self, org_id: str, chat: ChatInput) -> _Prepared:
         target = self.resolve(org_id, chat.model, chat.user)
         if self.engine is None or self.renderer is None or not self.can_generate:
             raise ServiceUnavailable("no model is loaded on this server; chat completions are unavailable")
@@ -314,6 +376,7 @@ class Serving:
         if chat.max_tokens is not None and chat.max_tokens > context:
             name = chat.max_tokens_param
             raise InvalidInput(f"{name} is {chat.max_tokens}; this model's context is {context} tokens", param=name)
+        check_logit_bias(chat.logit_bias, self.vocab_size)
         prompt = self.renderer.build_prompt(chat.messages, chat.tools)
         if len(prompt) >= context:
             raise PayloadTooLarge(
@@ -330,17 +393,30 @@ class Serving:
             top_p=chat.top_p if chat.top_p > 0 else 1.0,
             stop=stop,
             seed=chat.seed,
+            presence_penalty=chat.presence_penalty,
+            frequency_penalty=chat.frequency_penalty,
+            logit_bias=chat.logit_bias,
         )
+        constraint = self._constraint(chat)  # compiled before the adapter is held or anything queued: a 400 stores nothing
         adapter = None
         if target.digest is not None and target.blob_key is not None:
             assert self.pool is not None
             adapter = self.pool.acquire(target.digest, target.blob_key)
-        return target, prompt, params, adapter
+        return target, prompt, params, adapter, constraint
+
+    def _constraint(self, chat: ChatInput) -> Callable[[int], GrammarConstraint] | None:
+        """The grammar the request's ``response_format`` / ``tool_choice`` / strict tools ask for (serve.grammar)."""
+        structure = plan(chat.response_format, chat.tools, chat.tool_choice, chat.strict_tools)
+        if structure is None or self.grammars is None:
+            return None
+        return self.grammars.factory(structure)
 
     def text_stream(self, chat: ChatInput) -> TextStream:
         """A ``TextStream`` with this request's stop tokens and strings."""
         assert self.renderer is not None
-        return TextStream(self.renderer.decode, stop_ids=self._stop_ids, stops=(*chat.stop, *self._stop_texts))
+        assert self.token_text is not None
+        return TextStream(self.renderer.decode, stop_ids=self._stop_ids, stops=(*chat.stop, *self._stop_texts),
+                          partial=self.token_text.byte_piece)
 
     def reply(self, chat: ChatInput, index: int, seq: SampledSequence) -> Reply:
         """The assistant message of one sampled sequence (tool calls parsed when tools were offered)."""
@@ -352,9 +428,11 @@ class Serving:
         cut = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
         visible = tokens[:cut]
         text, _ = cut_at_stops(self.renderer.decode(visible), (*chat.stop, *self._stop_texts))
-        if chat.tools:
-            message = self.renderer.parse_reply(text, chat.tools)
-        else:  # no tools offered: the text is the content, exactly as streamed
+        kind = structure_kind(chat.response_format, chat.tools, chat.tool_choice, chat.strict_tools)
+        if chat.tools and kind is not StructureKind.JSON:
+            # under a tool grammar only <tool_call> blocks are calls: a bare JSON reply stays content
+            message = self.renderer.parse_reply(text, chat.tools if kind is None else None)
+        else:  # no tools offered, or a JSON response_format: the text is the content, exactly as streamed
             message = Message(role="assistant", content=text)
         finish: str = seq.stop_reason
         if finish != "length" and message.tool_calls:
@@ -387,11 +465,14 @@ class ChatRun:
         self.target = target
         self.prompt_tokens = len(prompt)
         self.trace_id = new_id("tr")
+        bind_trace_id(self.trace_id)  # every log line of this request carries it (core.logs)
         self.created = created
         self.ttft_ms: float | None = None
         self._sink = sink
         self._started = started
         self._outcome = _Outcome()
+        self._recorded = False  # a trace was submitted (record or record_cancelled): never a second one
+        self._seen: dict[int, tuple[list[int], list[float]]] = {}  # tokens and logprobs per choice so far
         # runs on close(), or when the run is garbage-collected unclosed (a stream dropped before it began)
         self._release = weakref.finalize(
             self, _release, serving.scheduler, serving.pool, job, adapter, serving.usage, principal.org_id, self._outcome
@@ -408,8 +489,8 @@ class ChatRun:
             kind, payload = await self._sink.queue.get()
             if kind == "error":
                 raise payload
-            if kind == "tokens" and self.ttft_ms is None:
-                self.ttft_ms = (time.perf_counter() - self._started) * 1000
+            if kind == "tokens":
+                self._note(payload)
             yield kind, payload
             if kind == "done":
                 return
@@ -421,16 +502,73 @@ class ChatRun:
                 return [self.serving.reply(self.chat, i, seq) for i, seq in enumerate(payload)]
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _note(self, events: list[TokenEvent]) -> None:
+        """Keep the tokens of a batch of events (what ``record_cancelled`` stores)."""
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self._started) * 1000
+        for index, token, logprob, _ in events:
+            tokens, logprobs = self._seen.setdefault(index, ([], []))
+            tokens.append(token)
+            logprobs.append(logprob)
+
+    def record_cancelled(self) -> None:
+        """Store the trace of a request whose client left: the tokens produced so far, ``finish_reason: cancelled``.
+
+        Synchronous and non-blocking, so a cancelled task (which cannot await) may call it: the row is
+        queued on the trace writer and committed in the background. Tokens already delivered to this
+        run but not yet read are included. A no-op once ``record`` (or this) has begun, and when
+        capture is off or the writer is closed (logged). Call ``close`` too, as always.
+        """
+        if self._recorded or not self.serving.config.capture_traces:
+            return
+        self._recorded = True
+        with suppress(asyncio.QueueEmpty):
+            while True:
+                kind, payload = self._sink.queue.get_nowait()
+                if kind == "tokens":
+                    self._note(payload)
+        replies = []
+        for i in range(self.chat.n):
+            tokens, logprobs = self._seen.get(i, ([], []))
+            seq = SampledSequence(list(tokens), list(logprobs), "cancelled")
+            replies.append(replace(self.serving.reply(self.chat, i, seq), finish_reason="cancelled"))
+        completion = sum(r.completion_tokens for r in replies)
+        try:
+            latency_ms = (time.perf_counter() - self._started) * 1000
+            future = self.serving.traces.submit(self._trace_values(replies, latency_ms))
+        except TeachloopError as err:
+            log.warning("the trace of cancelled request %s was not stored: %s", self.trace_id, err)
+            return
+        usage, org_id, prompt = self.serving.usage, self.principal.org_id, self.prompt_tokens
+
+        def committed(done: Future[None]) -> None:
+            if done.exception() is None:
+                usage.traced(org_id)
+                usage.tokens(org_id, prompt, completion)
+
+        future.add_done_callback(committed)
+
     async def record(self, replies: list[Reply]) -> None:
         """Write the trace and wait until it is committed (call before answering)."""
-        chat, target = self.chat, self.target
+        self._recorded = True
         completion = sum(r.completion_tokens for r in replies)
+        latency_ms = (time.perf_counter() - self._started) * 1000
+        self.serving.metrics.observe(self, replies, latency_ms)
         usage, org_id = self.serving.usage, self.principal.org_id
         if not self.serving.config.capture_traces:
             usage.tokens(org_id, self.prompt_tokens, completion)
             self._outcome.answered = True
             return
-        values = {
+        values = self._trace_values(replies, latency_ms)
+        await self.serving.traces.write(values)
+        usage.traced(org_id)
+        usage.tokens(org_id, self.prompt_tokens, completion)
+        self._outcome.answered = True
+
+    def _trace_values(self, replies: list[Reply], latency_ms: float) -> dict[str, Any]:
+        """The trace row of this request with ``replies``."""
+        chat, target = self.chat, self.target
+        return {
             "id": self.trace_id,
             "org_id": self.principal.org_id,
             "key_id": self.principal.key_id,
@@ -450,18 +588,14 @@ class ChatRun:
             "params": chat.trace_params,
             "finish_reason": replies[0].finish_reason if replies else "stop",
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "latency_ms": (time.perf_counter() - self._started) * 1000,
+            "completion_tokens": sum(r.completion_tokens for r in replies),
+            "latency_ms": latency_ms,
             "ttft_ms": self.ttft_ms,
             "stream": chat.stream,
             "user": chat.user,
             "request_metadata": dict(chat.metadata),
             "created_at": self.created,
         }
-        await self.serving.traces.write(values)
-        usage.traced(org_id)
-        usage.tokens(org_id, self.prompt_tokens, completion)
-        self._outcome.answered = True
 
     def close(self) -> None:
         """Cancel the job if it is still running and let go of the adapter (idempotent, never blocks)."""
@@ -484,4 +618,7 @@ def _release(
     usage.finished(org_id, answered=outcome.answered)
 
 
-__all__ = ["ChatInput", "ChatRun", "ModelNotFound", "Reply", "Serving", "ServingConfig", "Target", "canary_bucket"]
+__all__ = [
+    "ChatInput", "ChatRun", "ModelNotFound", "Reply", "Serving", "ServingConfig", "Target", "canary_bucket",
+    "check_logit_bias",
+]

@@ -138,7 +138,7 @@ def test_tool_calls_are_parsed(client: TestClient, tenants: Tenants) -> None:
         ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 5}, 400, "stop"),
         ({"model": BASE, "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
         ({"model": BASE, "messages": [{"role": "user"}]}, 400, "messages.0.content"),
-        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}}, 400, "logit_bias"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 101}}, 400, "logit_bias"),
         ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
         ({"model": BASE, "messages": [{"role": "user", "content": "word " * 2000}]}, 413, "messages"),
         # wrong types, missing fields, out of range

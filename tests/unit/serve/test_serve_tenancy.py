@@ -101,14 +101,51 @@ def _own_everything(client: TestClient, database: Database, blobs: BlobStore, tm
                     headers=auth(t.member))
     assert r.status_code == 201, r.text
     ids[f"{prefix}_feedback"] = r.json()["id"]
+    r = client.post("/v1/responses", json={"model": deployment, "input": f"{text} (response)"}, headers=auth(t.member))
+    assert r.status_code == 200, r.text
+    ids[f"{prefix}_response"] = r.json()["id"]
     ids[f"{prefix}_dataset"] = _dataset(database, blobs, t.org_id, dataset, text)
     ids[f"{prefix}_loop"] = _loop(database, t.org_id, deployment)
+    _own_runs_envs_evals(client, database, t, tag, ids, prefix)
     with database.session() as s:
         third = Tenancy(s).create_org(f"{tag}-partner")
         ids[f"{prefix}_partner"] = third.id
         if hasattr(Datasets, "grant"):
             grant = Datasets(s).grant(t.org_id, dataset, third.id, license="CC-BY-4.0")
             ids[f"{prefix}_grant"] = grant.id
+
+
+def _own_runs_envs_evals(client: TestClient, database: Database, t: Tenant, tag: str, ids: dict[str, str],
+                         prefix: str) -> None:
+    """A queued training run (with an idempotency key), a published environment version, a queued evaluation."""
+    from teachloop.store.repos.environments import EnvironmentRegistry
+
+    cfg = {"name": f"{tag}-run", "algorithm": "grpo", "steps": 2, "rl": {"env": "arithmetic"}}
+    r = client.post("/api/runs", json={"config": cfg}, headers={**auth(t.owner), "Idempotency-Key": f"key-{prefix}"})
+    assert r.status_code == 201, r.text
+    ids[f"{prefix}_run"] = r.json()["id"]
+    with database.session() as s:
+        row, _ = EnvironmentRegistry(s).publish(t.org_id, name=f"{tag}env", version="1.0.0", digest="sha256:" + "0" * 64,
+                                                manifest={"name": f"{tag}env"}, blob_key=f"envs/{tag}")
+        ids[f"{prefix}_env"] = row.id
+    r = client.post("/api/evals", json={"env": "arithmetic", "n": 2}, headers=auth(t.owner))
+    assert r.status_code == 201, r.text
+    ids[f"{prefix}_eval"] = r.json()["id"]
+
+
+def _create_runs_beside_globex(ctx: Ctx) -> None:
+    # globex's idempotency key is no key of acme's: a new run, not globex's
+    cfg = {"name": "gx-private", "algorithm": "grpo", "steps": 2, "rl": {"env": "arithmetic"}}
+    r = ctx.client.post("/api/runs", json={"config": cfg},
+                        headers={**auth(ctx.world.acme.owner), "Idempotency-Key": "key-g"})
+    assert r.status_code == 201 and r.json()["id"] != ctx.world.ids["g_run"], r.text
+    ctx.clean(r.text.replace("gx-private", "<name>"))
+
+
+def _models_listing(ctx: Ctx) -> None:
+    r = ctx.call("GET", "/api/models")
+    assert r.status_code == 200 and "default" in r.json(), r.text
+    ctx.clean(r.text)
 
 
 @pytest.fixture
@@ -222,7 +259,7 @@ class Check:
 
 def _stats_ignore_globex_traffic(ctx: Ctx) -> None:
     before = ctx.call("GET", "/api/serving/stats").json()
-    assert before["org_id"] == ctx.world.acme.org_id and before["requests"]["completed"] == 1
+    assert before["org_id"] == ctx.world.acme.org_id and before["requests"]["completed"] == 2  # a chat and a response
     for i in range(3):
         r = ctx.client.post(CHAT, json={"model": "gx-private", "messages": [{"role": "user", "content": f"{i}"}]},
                             headers=auth(ctx.world.globex.member))
@@ -242,6 +279,18 @@ def _openapi_holds_no_data(ctx: Ctx) -> None:
     r = ctx.call("GET", "/api/openapi.json")
     assert r.status_code == 200 and "/v1/chat/completions" in r.json()["paths"]
     ctx.clean(r.text)
+
+
+def _operator_only(path: str) -> Callable[[Ctx], None]:
+    """Server-wide figures (every organisation's traffic) are the platform operator's: an org owner gets 403."""
+
+    def check(ctx: Ctx) -> None:
+        r = ctx.call("GET", path)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied", r.text
+        assert "teachloop_" not in r.text and "organisations" not in r.text
+        ctx.clean(r.text)
+
+    return check
 
 
 def _create_under_globex_names(ctx: Ctx) -> None:
@@ -289,7 +338,11 @@ def _put_loop_naming_globex_dataset(ctx: Ctx) -> None:
 DEP = {"name": (lit("gx-private"), "no-such-dep")}
 LOOP = {"deployment": (lit("gx-private"), "no-such-dep")}
 TRACE = {"trace_id": (g("trace"), new_id("tr"))}
+RESPONSE = {"response_id": (g("response"), f"resp_{new_id('tr')}")}
 COMPLETION = {"trace_id": (lambda w: f"chatcmpl-{w.ids['g_trace']}", f"chatcmpl-{new_id('tr')}")}
+RUN = {"run_id": (g("run"), new_id("run"))}
+ENV_REF = {"ref": (lit("gxenv@1.0.0"), "noenv@1.0.0"), "env": (lit("gxenv"), "noenv")}
+ENV_NAME = {"name": (lit("gxenv"), "noenv")}
 DATASET_REFS = [{"ref": (lit("gxdata"), "nodata")}, {"ref": (lit("gxdata@1"), "nodata@1")},
                 {"ref": (g("dataset"), new_id("ds"))}]
 
@@ -303,8 +356,20 @@ PROBES: dict[tuple[str, str], list[Any]] = {
                      Hidden({"model": (lit("gx-private"), "no-such-dep")}, param="model",
                             body=lambda v: {"model": v["model"], "stream": True,
                                             "messages": [{"role": "user", "content": "hi"}]})],
+    ("POST", "/v1/completions"): [Hidden({"model": (lit("gx-private"), "no-such-dep")}, param="model",
+                                         body=lambda v: {"model": v["model"], "prompt": "hi", "max_tokens": 2}),
+                                  Hidden({"model": (lit("gx-private"), "no-such-dep")}, param="model",
+                                         body=lambda v: {"model": v["model"], "prompt": "hi", "stream": True})],
+    ("POST", "/v1/responses"): [Hidden({"model": (lit("gx-private"), "no-such-dep")}, param="model",
+                                       body=lambda v: {"model": v["model"], "input": "hi"}),
+                                Hidden(RESPONSE, param="previous_response_id",
+                                       body=lambda v: {"model": "support", "input": "hi",
+                                                       "previous_response_id": v["response_id"]})],
+    ("GET", "/v1/responses/{response_id}"): [Hidden(RESPONSE)],
+    ("DELETE", "/v1/responses/{response_id}"): [Hidden(RESPONSE)],
     ("GET", "/api/deployments"): [Listing(lambda w: ["support", w.ids["a_deployment"]])],
-    ("POST", "/api/deployments"): [Check(_create_under_globex_names)],
+    ("POST", "/api/deployments"): [Check(_create_under_globex_names),
+                                   Hidden(RUN, body=lambda v: {"name": "x4", "run": v["run_id"]}, param="run")],
     ("GET", "/api/deployments/{name}"): [Hidden(DEP)],
     ("PATCH", "/api/deployments/{name}"): [Hidden(DEP, body=lambda v: {"adapter": None}),
                                            Check(_patch_to_globex_adapter)],
@@ -326,6 +391,8 @@ PROBES: dict[tuple[str, str], list[Any]] = {
     ("POST", "/api/traces/{trace_id}/feedback"): [Hidden(TRACE, body=lambda v: {"score": 0}),
                                                   Hidden(COMPLETION, body=lambda v: {"corrected_output": "x"})],
     ("GET", "/api/serving/stats"): [Check(_stats_ignore_globex_traffic)],
+    ("GET", "/metrics"): [Check(_operator_only("/metrics"))],
+    ("GET", "/api/operator/stats"): [Check(_operator_only("/api/operator/stats"))],
     ("GET", "/api/loops"): [Listing(lambda w: [w.ids["a_loop"], "support"])],
     ("PUT", "/api/loops/{deployment}"): [Hidden(LOOP, body=lambda v: _loop_config(v["deployment"]), status=400,
                                                 param="deployment"),
@@ -335,6 +402,25 @@ PROBES: dict[tuple[str, str], list[Any]] = {
     ("POST", "/api/loops/{deployment}/pause"): [Hidden(LOOP)],
     ("POST", "/api/loops/{deployment}/resume"): [Hidden(LOOP)],
     ("POST", "/api/loops/{deployment}/tick"): [Hidden(LOOP)],
+    ("POST", "/api/runs"): [Check(_create_runs_beside_globex)],
+    ("GET", "/api/runs"): [Listing(lambda w: [w.ids["a_run"]])],
+    ("GET", "/api/runs/{run_id}"): [Hidden(RUN)],
+    ("GET", "/api/runs/{run_id}/metrics"): [Hidden(RUN)],
+    ("GET", "/api/runs/{run_id}/checkpoints"): [Hidden(RUN)],
+    ("POST", "/api/runs/{run_id}/cancel"): [Hidden(RUN)],
+    ("POST", "/api/runs/{run_id}/resume"): [Hidden(RUN)],
+    ("GET", "/api/envs"): [Listing(lambda w: ["acmeenv", "arithmetic"])],
+    ("GET", "/api/envs/{ref}"): [Hidden(ENV_REF), Hidden({"ref": (lit("gxenv"), "noenv")})],
+    ("GET", "/api/envs/{name}/versions"): [Hidden(ENV_NAME)],
+    ("GET", "/api/envs/{name}/evals"): [Hidden(ENV_NAME, status=200)],
+    ("POST", "/api/envs/{ref}/check"): [Hidden(ENV_REF)],
+    ("POST", "/api/envs/{ref}/yank"): [Hidden(ENV_REF, body=lambda v: {"reason": "x"})],
+    ("POST", "/api/evals"): [Hidden(RUN, body=lambda v: {"env": "arithmetic", "run": v["run_id"]}, param="run"),
+                             Hidden({"ref": (lit("gxbot@1"), "nobot@1")}, param="adapter",
+                                    body=lambda v: {"env": "arithmetic", "adapter": v["ref"]})],
+    ("GET", "/api/evals"): [Listing(lambda w: [w.ids["a_eval"]])],
+    ("GET", "/api/evals/{eval_id}"): [Hidden({"eval_id": (g("eval"), new_id("job"))})],
+    ("GET", "/api/models"): [Check(_models_listing)],
     ("GET", "/api/datasets"): [Listing(lambda w: ["adata", w.ids["a_dataset"]]),
                                Listing(lambda w: [], query="?name=gxdata")],
     ("POST", "/api/datasets"): [Check(_import_under_a_globex_name)],

@@ -72,12 +72,15 @@ class ApiKeys:
         """A new key for ``user_id`` (None: a service key) in ``org_id`` with ``role``.
 
         The user must be a member, and the key's role may not exceed theirs
-        (admins and owners may grant any role). Returns the plaintext once.
+        (admins and owners may grant any organisation role). Returns the plaintext once.
+        The operator role is refused here: only ``create_operator_key`` mints it.
         """
         role = parse_role(role)
-        name = name.strip()
-        if not 1 <= len(name) <= 200:
-            raise InvalidInput(f"a key name must be 1-200 characters, got {name!r}", param="name")
+        if role is Role.OPERATOR:
+            raise InvalidInput(
+                "an operator key is minted only with `teachloop admin keys operator`", param="role"
+            )
+        name = _key_name(name)
         tenancy = Tenancy(self.session)
         tenancy.get_org(org_id)
         if user_id is not None:
@@ -87,6 +90,19 @@ class ApiKeys:
                     f"cannot create a {role.value!r} key for a user whose role is {member_role.value!r}",
                     param="role",
                 )
+        return self._insert(org_id, user_id, role, name, actor)
+
+    def create_operator_key(self, org_id: str, name: str, *, actor: str = "system") -> CreatedKey:
+        """A new platform operator key (a service key with ``Role.OPERATOR``), filed under ``org_id``.
+
+        It sees server-wide figures only, never the organisation's data (``core.tenancy``).
+        For the operator's tools (``teachloop admin``), never for an organisation's callers.
+        """
+        name = _key_name(name)
+        Tenancy(self.session).get_org(org_id)
+        return self._insert(org_id, None, Role.OPERATOR, name, actor)
+
+    def _insert(self, org_id: str, user_id: str | None, role: Role, name: str, actor: str) -> CreatedKey:
         prefix = _b32(8)[:12]
         while self.session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix)) is not None:
             prefix = _b32(8)[:12]  # pragma: no cover - 60 random bits
@@ -172,6 +188,13 @@ class ApiKeys:
             self.session.flush()
             self.audit.record(org_id, actor, "api_key.revoke", key.id)
         return key
+
+
+def _key_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise InvalidInput(f"a key name must be 1-200 characters, got {name!r}", param="name")
+    return name
 
 
 def _may_grant(member: Role, wanted: Role) -> bool:

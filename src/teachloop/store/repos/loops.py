@@ -223,10 +223,11 @@ class Loops:
         ))
 
     def unscored_traces(self, org_id: str, loop_id: str, deployment_id: str, *, limit: int = 500) -> builtins.list[Trace]:
-        """The deployment's traces the loop has not scored yet, oldest first."""
+        """The deployment's traces the loop has not scored yet, oldest first (a cancelled reply is never scored)."""
         scored = select(TraceScore.trace_id).where(TraceScore.loop_id == loop_id)
         return list(self.session.scalars(
-            select(Trace).where(Trace.org_id == org_id, Trace.deployment_id == deployment_id, Trace.id.not_in(scored))
+            select(Trace).where(Trace.org_id == org_id, Trace.deployment_id == deployment_id, Trace.id.not_in(scored),
+                                Trace.finish_reason != "cancelled")  # an abandoned reply is not graded
             .order_by(Trace.created_at, Trace.id).limit(limit)
         ))
 

@@ -32,8 +32,9 @@ MAX_LIMIT = 10_000
 
 
 def trace_id_of(ref: str) -> str:
-    """The trace id in ``ref``: ``tr_...`` or a completion id ``chatcmpl-tr_...``; ``NotFound`` otherwise."""
-    raw = ref.removeprefix("chatcmpl-") if isinstance(ref, str) else ""
+    """The trace id in ``ref``: ``tr_...``, a completion id ``chatcmpl-tr_...`` or a response id ``resp_tr_...``;
+    ``NotFound`` otherwise."""
+    raw = ref.removeprefix("chatcmpl-").removeprefix("resp_") if isinstance(ref, str) else ""
     if not is_id(raw, "tr"):
         raise NotFound(f"trace {ref!r} not found", param="trace_id")
     return raw
@@ -153,7 +154,7 @@ class Traces:
     # -- reads ------------------------------------------------------------------------------------
 
     def get(self, org_id: str, trace_ref: str) -> Trace:
-        """The organisation's trace (``tr_...`` or ``chatcmpl-tr_...``); ``NotFound`` otherwise."""
+        """The organisation's trace (``tr_...``, ``chatcmpl-tr_...`` or ``resp_tr_...``); ``NotFound`` otherwise."""
         row = self.session.get(Trace, trace_id_of(trace_ref))
         if row is None or row.org_id != org_id:
             raise NotFound(f"trace {trace_ref!r} not found", param="trace_id")
