@@ -12,6 +12,11 @@ CurrentPrincipal``; a platform-operator route declares ``principal: Operator``
 and runs in a read transaction; the key's ``last_used_at`` is refreshed
 separately, at most once a minute, and a busy database never fails a request
 over it.
+
+This module is the one place routers get the caller and the app's runtime from:
+``Viewer`` (reads), ``Member`` (writes), ``Admin`` (grants), ``Operator``
+(platform), ``Deps`` (``AppDeps``) and ``ServingDep`` (the ``serve.Serving``
+runtime on ``app.state.serving``; 503 when the app has none).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from teachloop.app.deps import AppDeps
 from teachloop.core.errors import Forbidden, ServiceUnavailable, Unauthorized
 from teachloop.core.tenancy import Principal, Role
+from teachloop.serve.service import Serving
 from teachloop.store.repos.keys import ApiKeys
 
 _bearer = HTTPBearer(auto_error=False, description="A teachloop API key: `tl_<prefix>_<secret>`.")
@@ -35,6 +41,14 @@ def get_deps(request: Request) -> AppDeps:
     """The ``AppDeps`` the app was created with."""
     deps: AppDeps = request.app.state.deps
     return deps
+
+
+def current_serving(request: Request) -> Serving:
+    """The ``Serving`` runtime of the app; ``ServiceUnavailable`` (503) when it has none."""
+    serving = getattr(request.app.state, "serving", None)
+    if not isinstance(serving, Serving):
+        raise ServiceUnavailable("serving is not configured on this server")
+    return serving
 
 
 def authenticate(deps: AppDeps, header: str | None) -> Principal:
@@ -100,6 +114,10 @@ Operator = Annotated[Principal, Depends(require_operator)]
 Viewer = Annotated[Principal, Depends(require_role(Role.VIEWER))]
 #: A caller with at least the member role (writes).
 Member = Annotated[Principal, Depends(require_role(Role.MEMBER))]
+#: A caller with at least the admin role (grants to other organisations).
+Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+#: The app's serving runtime.
+ServingDep = Annotated[Serving, Depends(current_serving)]
 
-__all__ = ["CurrentPrincipal", "Deps", "Member", "Operator", "Viewer", "authenticate", "get_deps", "require_operator",
-           "require_principal", "require_role"]
+__all__ = ["Admin", "CurrentPrincipal", "Deps", "Member", "Operator", "ServingDep", "Viewer", "authenticate",
+           "current_serving", "get_deps", "require_operator", "require_principal", "require_role"]

@@ -47,14 +47,11 @@ class AppDeps:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppDeps:
-        """Connect to the configured database (which must be migrated) and blob store."""
-        database = Database.connect(settings.database_url)
-        try:
-            database.require_migrated()
-            return cls(settings=settings, database=database, blobs=BlobStore(settings.blob_url))
-        except BaseException:
-            database.close()
-            raise
+        """Connect to the configured database (which must be migrated) and blob store (``runtime.open_store``)."""
+        from teachloop.app.runtime import open_store
+
+        database, blobs = open_store(settings)
+        return cls(settings=settings, database=database, blobs=blobs)
 
     def close(self) -> None:
         """Stop serving (if any), then release the database connections."""

@@ -1,18 +1,20 @@
 """The job handlers a worker runs, assembled from the dependencies.
 
 ``job_handlers(deps)`` maps each job kind to its handler: ``echo`` (returns
-its payload; a smoke test for a deployment's workers) and ``loop`` (one tick
-of a deployment's loop, ``loop.jobs``). The loop trains and evaluates on
-``deps.engine`` when the process serves the model (``teachloop up``), else it
-loads the configured model once, on the first loop job of the process.
+its payload; a smoke test for a deployment's workers), ``loop`` (one tick of
+a deployment's loop, ``loop.jobs``), ``train`` (a training run submitted over
+the API, ``train.jobs``) and ``eval`` (an evaluation, ``train.evaluations``).
+They train and evaluate on ``deps.engine`` when the process serves that base
+model (``teachloop up``), else on a model loaded once per process through the
+runtime loader (``app.runtime.ModelCache``, which honours ``TEACHLOOP_ENGINE``).
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from teachloop.app.deps import AppDeps
+from teachloop.app.runtime import ModelCache
 from teachloop.store.queue import Job
 from teachloop.store.worker import Handler
 
@@ -25,37 +27,44 @@ def _echo(job: Job) -> dict[str, Any]:
     return {"echo": job.payload}
 
 
-def _engine_provider(deps: AppDeps) -> Any:
-    lock = threading.Lock()
-    cached: list[tuple[Engine, Renderer, str]] = []
-
-    def provide() -> tuple[Engine, Renderer, str]:
-        with lock:
-            if not cached:
-                serving = deps.serving
-                if deps.engine is not None and serving is not None and serving.renderer is not None:
-                    cached.append((deps.engine, serving.renderer, serving.base_model or deps.settings.model))
-                else:
-                    from teachloop.engine.models import resolve_model
-                    from teachloop.engine.torch_engine import TorchEngine
-                    from teachloop.render import Renderer
-
-                    path = resolve_model(deps.settings, deps.settings.model, download=False)
-                    engine = TorchEngine(path, device=deps.settings.device)
-                    deps.engine = engine
-                    cached.append((engine, Renderer.from_pretrained(path), deps.settings.model))
-            return cached[0]
-
-    return provide
+def model_cache(deps: AppDeps) -> ModelCache:
+    """A model cache for this process, seeded with the serving engine when ``deps`` has one."""
+    cache = ModelCache(deps.settings)
+    serving = deps.serving
+    if deps.engine is not None and serving is not None and serving.renderer is not None:
+        cache.add(serving.base_model or deps.settings.model, deps.engine, serving.renderer)
+    return cache
 
 
 def job_handlers(deps: AppDeps) -> dict[str, Handler]:
     """Every job kind this installation can run, with its handler."""
     from teachloop.loop.jobs import loop_handler
-    from teachloop.loop.service import JOB_KIND
+    from teachloop.loop.service import JOB_KIND as LOOP
+    from teachloop.train.evaluations import JOB_KIND as EVAL
+    from teachloop.train.evaluations import eval_handler
+    from teachloop.train.jobs import JOB_KIND as TRAIN
+    from teachloop.train.jobs import train_handler
 
-    loop = loop_handler(deps.database, deps.blobs, deps.queue, deps.settings.home / "envs", _engine_provider(deps))
-    return {"echo": _echo, JOB_KIND: loop}
+    cache = model_cache(deps)
+
+    def models(name: str | None = None) -> tuple[Engine, Renderer]:
+        engine, renderer = cache.get(name)
+        if deps.engine is None:
+            deps.engine = engine
+        return engine, renderer
+
+    def loop_engine() -> tuple[Engine, Renderer, str]:
+        base = deps.serving.base_model if deps.serving is not None and deps.serving.base_model else None
+        name = base or deps.settings.model
+        return (*models(name), name)
+
+    env_cache = deps.settings.home / "envs"
+    return {
+        "echo": _echo,
+        LOOP: loop_handler(deps.database, deps.blobs, deps.queue, env_cache, loop_engine),
+        TRAIN: train_handler(deps.database, deps.blobs, env_cache, models),
+        EVAL: eval_handler(deps.database, deps.blobs, env_cache, models),
+    }
 
 
-__all__ = ["job_handlers"]
+__all__ = ["job_handlers", "model_cache"]

@@ -21,7 +21,7 @@ through it without importing ``loop`` or ``train``) and above ``store``,
 imports, never ``"package.module:Attr"`` strings. Knows nothing of HTTP.
 """
 
-from teachloop.catalog.adapters import adapter_key, folder_digest, publish_adapter
+from teachloop.catalog.adapters import adapter_key, folder_digest, publish_adapter, publish_run_adapter
 from teachloop.catalog.datasets import record_snapshot
 from teachloop.catalog.envref import ResolvedEnv, fetch_package, is_hub_ref, local_digest, resolve_env
 from teachloop.catalog.export import FORMATS, dataset_json, export_dataset, grant_json, lineage, row_json
@@ -52,6 +52,7 @@ __all__ = [
     "local_digest",
     "parse_rows",
     "publish_adapter",
+    "publish_run_adapter",
     "read_jsonl",
     "record_snapshot",
     "resolve_env",

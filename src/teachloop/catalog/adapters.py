@@ -11,21 +11,26 @@ stores it under its key unless it is already there, then records the next
 version of adapter ``name`` -- the row is the commit point, so a version never
 points at a half-written folder, and publishing the same digest again returns
 the existing version (``created`` False). It runs inside the caller's session
-and never commits. Knows nothing of engines, deployments' traffic or HTTP.
+and never commits. ``publish_run_adapter`` does the same for the final adapter
+of a completed training run (``--run RUN_ID``: no need to find the run's folder
+in the blob store). Knows nothing of engines, deployments' traffic or HTTP.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from teachloop.core.errors import InvalidInput
+from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.core.files import folder_digest
 from teachloop.store.blobs import BlobStore
 from teachloop.store.repos.deployments import AdapterVersions
 from teachloop.store.schema.deployments import AdapterVersion
+from teachloop.store.schema.runs import TrainingRun
 
 
 def adapter_key(org_id: str, digest: str) -> str:
@@ -59,4 +64,26 @@ def publish_adapter(
     )
 
 
-__all__ = ["adapter_key", "folder_digest", "publish_adapter"]
+def publish_run_adapter(
+    session: Session, blobs: BlobStore, org_id: str, run_id: str, *, name: str, actor: str = "system",
+) -> tuple[AdapterVersion, bool]:
+    """Publish the final adapter of run ``run_id`` as the next version of adapter ``name``; (version, created).
+
+    ``NotFound`` for a missing run or another organisation's; ``InvalidInput`` (param ``run``) while the
+    run has no final adapter (it is not completed).
+    """
+    run = session.scalars(select(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.org_id == org_id)).first()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found", param="run")
+    if not run.final_adapter_key:
+        raise InvalidInput(f"run {run_id} is {run.status} and has no final adapter yet; deploy it once it has "
+                           "completed", param="run")
+    with tempfile.TemporaryDirectory(prefix="teachloop-run-adapter-") as tmp:
+        folder = Path(tmp) / "adapter"
+        blobs.get_dir(run.final_adapter_key, folder)
+        return publish_adapter(session, blobs, org_id, name=name, folder=folder, base_model=run.base_model,
+                               source_run_id=run.id, info={"run": run.id, "run_name": run.name, "step": run.step},
+                               actor=actor)
+
+
+__all__ = ["adapter_key", "folder_digest", "publish_adapter", "publish_run_adapter"]

@@ -100,4 +100,21 @@ class StoreContext:
         self.database.close()
 
 
-__all__ += ["StoreContext", "pick_org"]
+#: The shared ``--remote URL`` option: run the command against a teachloop server instead of the local store.
+REMOTE_HELP = ("Run against the teachloop server at this URL (e.g. http://127.0.0.1:8000) with $TEACHLOOP_API_KEY, "
+               "instead of the local database.")
+
+
+def remote_option() -> Any:
+    """``--remote URL`` (or ``$TEACHLOOP_URL``), the same in every command that can run against a server."""
+    return typer.Option(None, "--remote", envvar="TEACHLOOP_URL", help=REMOTE_HELP, show_default=False)
+
+
+def remote_client(url: str) -> Any:
+    """A ``teachloop.Client`` of ``url`` (the key from ``$TEACHLOOP_API_KEY``)."""
+    from teachloop.client import Client
+
+    return Client(url)
+
+
+__all__ += ["REMOTE_HELP", "StoreContext", "pick_org", "remote_client", "remote_option"]

@@ -261,10 +261,9 @@ def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) ->
 
     from teachloop.app import AppDeps, create_app
     from teachloop.core.settings import DEFAULT_MODEL, Settings
+    from teachloop.engine.factory import load_model
     from teachloop.engine.models import ensure_default_model
-    from teachloop.engine.torch_engine import TorchEngine
     from teachloop.loop import LoopRunner, TrainDeps
-    from teachloop.render import Renderer
     from teachloop.serve import Serving, ServingConfig
     from teachloop.store import BlobStore, Database, bootstrap
 
@@ -282,8 +281,9 @@ def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) ->
     path = model_dir or ensure_default_model(settings, progress=True)
     base = DEFAULT_MODEL if model_dir is None else model_dir.name
     console.print(f"home {home}; loading {base} ...", highlight=False)
-    engine = TorchEngine(path, device="cpu" if settings.device == "auto" else settings.device)
-    renderer = Renderer.from_pretrained(path)
+    loaded = load_model(settings, str(path), device="cpu" if settings.device == "auto" else settings.device)
+    engine: Any = loaded.engine  # the torch engine: it has the batching seam serving drives
+    renderer = loaded.renderer
     serving = Serving(database, blobs, engine=engine, renderer=renderer, base_model=base,
                       config=ServingConfig(max_rows=32, default_max_tokens=32, sync_interval_s=1.0))
     serving.start()

@@ -7,6 +7,9 @@ the next request without a restart (and its adapter is preloaded within a
 couple of seconds); requests already running finish on the version they started
 with. The REST API (``/api/deployments``) does the same over HTTP.
 
+``deploy create NAME --run RUN_ID`` serves a completed training run's final
+adapter in one step (also against a server: ``--remote URL`` or ``TEACHLOOP_URL``).
+
 An adapter reference (``--adapter``, ``--canary``) is ``NAME@N``, ``NAME`` (its
 newest version), an ``av_...`` id, or a local PEFT folder, which is first
 pushed as the next version of the adapter named like the deployment.
@@ -20,9 +23,9 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from teachloop.cli._common import StoreContext, console
+from teachloop.cli._common import StoreContext, console, remote_client, remote_option
 from teachloop.cli.admin import errors
-from teachloop.core.errors import InvalidInput
+from teachloop.core.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -112,18 +115,40 @@ def create(
     adapter: str | None = typer.Option(None, "--adapter", help=f"Adapter to serve: {_REF_HELP} (default: none)."),
     canary: str | None = typer.Option(None, "--canary", help=f"Canary adapter: {_REF_HELP}"),
     canary_percent: int = typer.Option(0, "--canary-percent", min=0, max=100, help="Share of users on the canary."),
+    run: str | None = typer.Option(None, "--run", help="Serve a completed training run's final adapter (published "
+                                   "as the next version of the adapter named like the deployment)."),
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    remote: str | None = remote_option(),
 ) -> None:
-    """Create a deployment."""
+    """Create a deployment (``--run RUN_ID`` deploys a training run's adapter in one step)."""
     from teachloop.store.repos.deployments import Deployments, DeploymentState
 
     with errors():
         if canary_percent and canary is None:
             raise InvalidInput("--canary-percent needs --canary", param="canary_percent")
+        if run is not None and adapter is not None:
+            raise InvalidInput("give --adapter or --run, not both", param="run")
+        if remote:
+            if run is None or adapter or canary or base:
+                raise InvalidInput("with --remote, deploy create takes --run RUN_ID only", param="remote")
+            with remote_client(remote) as client:
+                out = client.deploy_run(name, run)
+            console.print(f"deployment {out['name']!r} serves {out['adapter']['ref']} (from run {run}) on "
+                          f"{out['base_model']}", highlight=False)
+            return
         with StoreContext(org) as ctx, ctx.database.session() as session:
             base_model = base or ctx.settings.model
             org_id, blobs = ctx.org_id, ctx.blobs
             primary = _version(session, blobs, org_id, adapter, name, base_model) if adapter else None
+            if run is not None:
+                from teachloop.catalog.adapters import publish_run_adapter
+
+                if Deployments(session).find(org_id, name) is not None:
+                    raise Conflict(f"deployment {name!r} already exists; use `deploy update`", param="name")
+                primary, created = publish_run_adapter(session, blobs, org_id, run, name=name, actor=ACTOR)
+                base_model = base or primary.base_model
+                console.print(f"{'published' if created else 'already stored:'} adapter {primary.ref} from run {run}",
+                              highlight=False)
             second = _version(session, blobs, org_id, canary, name, base_model) if canary else None
             state = DeploymentState(base_model, primary.id if primary else None, second.id if second else None,
                                     canary_percent if second else 0)

@@ -278,13 +278,11 @@ def _queue(ctx: StoreContext) -> Any:
 
 
 def _engine(ctx: StoreContext, base: str) -> tuple[Any, Any]:
-    from teachloop.engine.models import resolve_model
-    from teachloop.engine.torch_engine import TorchEngine
-    from teachloop.render import Renderer
+    from teachloop.engine.factory import load_model
 
-    path = resolve_model(ctx.settings, base, progress=True)
     console.print(f"loading {base} ...", highlight=False)
-    return TorchEngine(path, device=ctx.settings.device), Renderer.from_pretrained(path)
+    loaded = load_model(ctx.settings, base, progress=True)
+    return loaded.engine, loaded.renderer
 
 
 __all__ = ["LiveView", "app", "history_table"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from teachloop.cli._common import console, err_console, handle_errors, settings
+from teachloop.cli._common import console, err_console, handle_errors, remote_client, remote_option, settings
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -85,10 +85,21 @@ def _model_folder_problem(folder: Path) -> str | None:
 @app.command("list")
 def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    remote: str | None = remote_option(),
 ) -> None:
-    """List the models in the cache with their size and status."""
+    """List the models in the cache with their size and status (with --remote: the server's cache)."""
     with handle_errors():
         from teachloop.engine.models import list_models
+
+        if remote:
+            with remote_client(remote) as client:
+                listed = client.list_models()
+            for m in listed.data:
+                line = {"name": m.name, "size": m.size_bytes, "status": m.status, "source": m.source,
+                        "serving": m.serving}
+                typer.echo(json.dumps(line) if as_json else f"{m.name}\t{m.size_bytes}\t{m.status}"
+                           f"{'  (serving)' if m.serving else ''}")
+            return
 
         cfg = settings()
         models = list_models(cfg)

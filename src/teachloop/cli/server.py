@@ -12,21 +12,22 @@ Inference (``/v1/chat/completions``) runs when the configured model
 scheduler and trace writer start with the server. Without the model, or with
 ``--no-inference``, the rest of the API runs and chat completions answer 503.
 
-These commands start threads and the server's event loop; nothing below
-``cli/`` does. Stop them with Ctrl+C or SIGTERM: the worker finishes its
+Log lines are text, or one JSON object per line with ``--log-format json``
+(``TEACHLOOP_LOG_FORMAT``; ``core.logs``), every line of a chat request
+carrying its ``trace_id``. These commands start threads and the server's event
+loop; nothing below ``cli/`` does. Stop them with Ctrl+C or SIGTERM: the worker finishes its
 current job's bookkeeping and the server drains.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import signal
 import socket
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -46,9 +47,20 @@ _PORT_HELP = "Port to listen on (default: $TEACHLOOP_PORT or 8000)."
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # what `models pull` accepts
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration context otherwise
+_LOG_FORMAT_HELP = "Log lines: text, or json (one object per line, trace_id on a request's lines; "\
+    "default: $TEACHLOOP_LOG_FORMAT or text)."
+
+
+def _logging(config: Settings, log_format: str | None = None) -> Settings:
+    """Configure the root logger (``core.logs``); returns ``config`` with ``--log-format`` applied."""
+    from teachloop.core.logs import configure_logging
+
+    if log_format is not None:
+        if log_format not in ("text", "json"):
+            raise ConfigurationError(f"--log-format must be text or json, got {log_format!r}", param="log_format")
+        config = config.model_copy(update={"log_format": log_format})
+    configure_logging(config.log_format)
+    return config
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -102,24 +114,28 @@ def _start_serving(deps: AppDeps, config: Settings, *, inference: bool) -> str:
 
     reason = "off (--no-inference)"
     if inference and config.engine != "torch":
-        reason = f"off (TEACHLOOP_ENGINE={config.engine} cannot serve)"
+        reason = f"off (TEACHLOOP_ENGINE={config.engine} cannot serve; the worker trains on it)"
     elif inference:
         try:
-            from teachloop.engine.models import resolve_model
+            from teachloop.engine.factory import model_path
 
-            path = resolve_model(config, config.model, download=False)
+            model_path(config, config.model, pull=False)
         except TeachloopError as err:
             reason = f"off ({err})"
         else:
-            from teachloop.engine.torch_engine import TorchEngine
-            from teachloop.render import Renderer
+            from teachloop.engine.factory import load_model
 
             console.print(f"loading {config.model!r} for inference ...", highlight=False, soft_wrap=True)
-            engine = TorchEngine(path, device=config.device)
+            from teachloop.serve import ServingConfig
+
+            loaded = load_model(config, config.model, pull=False)
+            engine: Any = loaded.engine  # the torch engine: it has the batching seam serving drives
+            if hasattr(engine, "prefix"):  # the torch engine's prompt-prefix cache
+                engine.prefix.max_bytes = config.prefix_cache_mb * 1024 * 1024
             deps.engine = engine
             deps.serving = Serving(
-                deps.database, deps.blobs, engine=engine, renderer=Renderer.from_pretrained(path),
-                base_model=config.model,
+                deps.database, deps.blobs, engine=engine, renderer=loaded.renderer,
+                base_model=config.model, config=ServingConfig(prefix_cache=config.prefix_cache_mb > 0),
             )
             deps.serving.start()
             limits = deps.serving.config
@@ -129,11 +145,17 @@ def _start_serving(deps: AppDeps, config: Settings, *, inference: bool) -> str:
     return reason
 
 
+def _base_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
 def _banner(deps: AppDeps, host: str, port: int, worker: str, inference: str) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
     lines = [
         f"[bold]teachloop {__version__}[/] is serving at {url}",
+        f"  console   {url}/  (sign in with a password or a link from `teachloop admin signin-link EMAIL`)",
         f"  health    {url}/healthz",
         f"  API       {url}/api/whoami  (header: Authorization: Bearer $TEACHLOOP_API_KEY)",
         f"  OpenAI    {url}/v1  (inference: {inference})",
@@ -151,8 +173,9 @@ def _run_server(deps: AppDeps, host: str, port: int, *, worker: bool, inference:
     """Serve ``deps`` on ``host:port`` (with an in-process worker thread if asked) until stopped."""
     import uvicorn
 
-    from teachloop.app import create_app, job_handlers
+    from teachloop.app import job_handlers
     from teachloop.store import Worker
+    from teachloop.web import create_console_app
 
     stop = threading.Event()
     thread: threading.Thread | None = None
@@ -169,7 +192,11 @@ def _run_server(deps: AppDeps, host: str, port: int, *, worker: bool, inference:
             )
             described = f"in-process ({runner.worker_id}; kinds: {', '.join(sorted(handlers))})"
         _banner(deps, host, port, described, serving)
-        server = uvicorn.Server(uvicorn.Config(create_app(deps), log_level="info", access_log=False))
+        # json: uvicorn's own lines go through the root handler too, as JSON (its default config prints text)
+        log_config = None if deps.settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+        server = uvicorn.Server(
+            uvicorn.Config(create_console_app(deps), log_level="info", access_log=False, log_config=log_config)
+        )
         if thread is not None:
             thread.start()
         if threading.current_thread() is threading.main_thread():
@@ -200,15 +227,15 @@ def up(
         help="Do not check or pull the configured model ($TEACHLOOP_MODEL).",
     ),
     no_inference: bool = typer.Option(False, "--no-inference", help="Do not load the model; /v1 answers 503."),
+    log_format: str | None = typer.Option(None, "--log-format", help=_LOG_FORMAT_HELP, show_default=False),
 ) -> None:
     """Start teachloop on this machine: database, first key, model, API and worker."""
     from teachloop.app import AppDeps
-    from teachloop.cli.admin import show_new_key
+    from teachloop.cli.admin import new_signin_link, show_new_key, show_signin_link
     from teachloop.store import BlobStore, Database, bootstrap
 
     with errors():
-        _logging()
-        config = settings()
+        config = _logging(settings(), log_format)
         host, port = host or config.host, port or config.port
         _listen(host, port).close()  # fail before the model pull, not after it
         if not skip_model:
@@ -218,9 +245,14 @@ def up(
             database.migrate()
             with database.session() as session:
                 first = bootstrap(session)
+                # the first owner signs in to the console with a single-use link until they set a password
+                link = new_signin_link(session, first.org, first.owner.email) if (
+                    first.key is not None or not first.owner.password_hash) else None
             if first.key is not None:
                 console.print(f"first run: created organisation {first.org.name!r}", highlight=False)
                 show_new_key(first.key.secret, first.org.name, first.owner.email, "owner")
+            if link is not None:
+                show_signin_link(link, first.owner.email, _base_url(host, port))
             if not skip_model:
                 _ensure_model(config)
             deps = AppDeps(config, database, BlobStore(config.blob_url))
@@ -235,13 +267,13 @@ def serve(
     host: str | None = typer.Option(None, "--host", help=_HOST_HELP, show_default=False),
     port: int | None = typer.Option(None, "--port", help=_PORT_HELP, show_default=False),
     no_inference: bool = typer.Option(False, "--no-inference", help="Do not load the model; /v1 answers 503."),
+    log_format: str | None = typer.Option(None, "--log-format", help=_LOG_FORMAT_HELP, show_default=False),
 ) -> None:
     """Serve the API and inference (no worker, no migrations: run `teachloop up` or `teachloop admin init` first)."""
     from teachloop.app import AppDeps
 
     with errors():
-        _logging()
-        config = settings()
+        config = _logging(settings(), log_format)
         deps = AppDeps.from_settings(config)
         _run_server(deps, host or config.host, port or config.port, worker=False, inference=not no_inference)
 
@@ -263,8 +295,7 @@ def worker(
     from teachloop.store import Worker
 
     with errors():
-        _logging()
-        deps = AppDeps.from_settings(settings())
+        deps = AppDeps.from_settings(_logging(settings()))
         stop = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:

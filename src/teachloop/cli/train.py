@@ -24,7 +24,14 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand
 
-from teachloop.cli._common import StoreContext, console, err_console, handle_errors
+from teachloop.cli._common import (
+    StoreContext,
+    console,
+    err_console,
+    handle_errors,
+    remote_client,
+    remote_option,
+)
 from teachloop.core.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=False)
@@ -68,8 +75,9 @@ def train(
     resume: str = typer.Option(None, "--resume", help="Continue run RUN from its last checkpoint."),
     org: str = typer.Option(None, "--org", help="Organisation (name or id); default: the only one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and pin its inputs, then stop."),
+    remote: str = remote_option(),
 ) -> None:
-    """Run or resume a training run."""
+    """Run or resume a training run (with --remote: queue it on the server's worker)."""
     from teachloop.train.config import load_config, parse_command_line, validate_config
     from teachloop.train.runs import RunStore
 
@@ -85,6 +93,9 @@ def train(
             raise InvalidInput("give a CONFIG.toml (and/or --section.field flags) or --resume RUN", param="config")
         if resume is not None and (config_path is not None or overrides):
             raise InvalidInput("--resume takes no CONFIG and no overrides: a run keeps its config", param="resume")
+        if remote:
+            _submit_remote(remote, config_path, overrides, resume, dry_run)
+            return
         with StoreContext(org) as store:
             run = None
             if resume is None:
@@ -99,6 +110,30 @@ def train(
             # a stored config is untrusted: its environments may not be paths or module:attr (they run code)
             with untrusted_references() if run is not None else nullcontext():
                 _run(cfg, store, run, dry_run)
+
+
+def _submit_remote(url: str, config_path: Path | None, overrides: dict[str, Any], resume: str | None,
+                   dry_run: bool) -> None:
+    """Queue the run (or its resume) on the server at ``url``; its worker trains it."""
+    import tomllib
+
+    from teachloop.train.config import _merge
+
+    if dry_run:
+        raise InvalidInput("--dry-run checks inputs on this machine; drop --remote", param="dry_run")
+    with remote_client(url) as client:
+        if resume is not None:
+            run = client.resume_run(resume)
+        else:
+            raw: dict[str, Any] = {}
+            if config_path is not None:
+                try:
+                    raw = tomllib.loads(config_path.read_text())
+                except (OSError, tomllib.TOMLDecodeError) as err:
+                    raise InvalidInput(f"cannot read {config_path}: {err}", param="config") from None
+            run = client.create_run(_merge(raw, overrides))
+    console.print(f"queued run [bold]{run.id}[/] ({run.name}, {run.algorithm}, {run.total_steps} steps) on {url}")
+    console.print(f"follow: teachloop runs show {run.id} --remote {url}", highlight=False)
 
 
 def model_context_length(path: Path) -> int:
@@ -116,22 +151,20 @@ def model_context_length(path: Path) -> int:
 
 def _build_engine(path: Path, settings: Any, cfg: Any) -> Any:
     """The engine holding the base model (loads the weights: only after every check passed)."""
-    from teachloop.engine.torch_engine import TorchEngine
+    from teachloop.engine.factory import load_engine
 
-    return TorchEngine(path, device=settings.device, pack="lm_head" if cfg.low_memory else None)
+    return load_engine(settings, str(path), pull=False, pack="lm_head" if cfg.low_memory else None)
 
 
 def _run(cfg: Any, store: StoreContext, run: Any, dry_run: bool) -> None:
-    from teachloop.core.settings import DEFAULT_MODEL
-    from teachloop.engine.models import ensure_default_model, resolve_model
+    from teachloop.engine.factory import model_path
     from teachloop.render import Renderer
     from teachloop.train.trainer import Trainer, TrainerDeps, prepare_inputs, verify_pinned
 
     settings = store.settings
     console.print(f"[bold]{'resuming' if run else 'training'}[/] {cfg.name} ({cfg.algorithm}, {cfg.steps} steps) "
                   f"in {store.org_name}")
-    path = ensure_default_model(settings, progress=True) if cfg.model == DEFAULT_MODEL else \
-        resolve_model(settings, cfg.model)
+    path = model_path(settings, cfg.model, progress=True)
     renderer = Renderer.from_pretrained(path)
     prepared = prepare_inputs(cfg, renderer=renderer, database=store.database, blobs=store.blobs,
                               org_id=store.org_id, env_cache=settings.home / "envs",
@@ -178,12 +211,12 @@ def runs_list(
     org: str = typer.Option(None, "--org", help="Organisation (name or id)."),
     limit: int = typer.Option(20, "--limit", min=1, help="Newest runs to show."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
+    remote: str = remote_option(),
 ) -> None:
     """Training runs, newest first."""
-    from teachloop.train.runs import RunStore
 
-    with handle_errors(), StoreContext(org) as store:
-        runs = RunStore(store.database, store.blobs).list_runs(store.org_id, limit)
+    with handle_errors(), _source(org, remote) as store:
+        runs = store.list_runs(limit)
         if as_json:
             for r in runs:
                 typer.echo(json.dumps(r.__dict__, default=str))
@@ -204,18 +237,17 @@ def runs_show(
     plot: Path = typer.Option(None, "--plot", help="Write an SVG plot of the metrics to this .svg file "
                               "(also with --json); prints where it was written."),
     as_json: bool = typer.Option(False, "--json", help="Print the record and metrics as JSON."),
+    remote: str = remote_option(),
 ) -> None:
     """A run's record, metrics table, terminal curve and (with --plot) an SVG plot."""
     from teachloop.train.plot import sparkline
-    from teachloop.train.runs import RunStore
 
     with handle_errors():
         if plot is not None and plot.suffix.lower() != ".svg":
             raise InvalidInput(f"--plot writes SVG; give a path ending in .svg, not {plot.name!r}", param="plot")
-        with StoreContext(org) as store:
-            rs = RunStore(store.database, store.blobs)
-            run = rs.get(store.org_id, run_id)
-            rows = rs.metrics(store.org_id, run_id)
+        with _source(org, remote) as store:
+            run = store.get(run_id)
+            rows = store.metrics(run_id)
             train = [(s, v) for s, p, v in rows if p == "train"]
             evals = [(s, v) for s, p, v in rows if p == "eval"]
             if as_json:
@@ -249,6 +281,60 @@ def runs_show(
 
 
 Rows = list[tuple[int, dict[str, Any]]]
+
+
+class _Runs:
+    """Runs read from the local store or, with ``--remote``, from a server (the same records either way)."""
+
+    def __init__(self, org: str | None, remote: str | None) -> None:
+        self.remote = remote
+        self._client: Any = None
+        self._store: Any = None
+        if remote:
+            self._client = remote_client(remote)
+            self.org_name = remote
+        else:
+            self._store = StoreContext(org)
+            self.org_name = self._store.org_name
+
+    def __enter__(self) -> _Runs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self._client or self._store).__exit__(*exc)
+
+    def _local(self) -> Any:
+        from teachloop.train.runs import RunStore
+
+        return RunStore(self._store.database, self._store.blobs)
+
+    def list_runs(self, limit: int) -> list[Any]:
+        if self._client is not None:
+            return [_record(r) for r in self._client.list_runs(limit).data]
+        return list(self._local().list_runs(self._store.org_id, limit))
+
+    def get(self, run_id: str) -> Any:
+        if self._client is not None:
+            return _record(self._client.get_run(run_id))
+        return self._local().get(self._store.org_id, run_id)
+
+    def metrics(self, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
+        if self._client is not None:
+            return [(m.step, m.phase, dict(m.values)) for m in self._client.run_metrics(run_id).data]
+        return list(self._local().metrics(self._store.org_id, run_id))
+
+
+def _record(run: Any) -> Any:
+    """A ``RunInfo`` from the API's ``Run``."""
+    from teachloop.train.runs import RunInfo
+
+    return RunInfo(run.id, "", run.name, run.algorithm, run.status, run.base_model, run.config, run.inputs, run.step,
+                   run.total_steps, run.last_checkpoint_step, None, "(on the server)" if run.has_adapter else None,
+                   run.error, run.created_at, run.finished_at)
+
+
+def _source(org: str | None, remote: str | None) -> _Runs:
+    return _Runs(org, remote)
 
 
 def _first_key(rows: Rows, keys: Sequence[str]) -> str:

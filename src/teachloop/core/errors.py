@@ -9,7 +9,8 @@ CLI prints ``str(err)`` on one line and exits non-zero.
     TeachloopError                       500  (RuntimeError)
     ├── InvalidInput                     400  (ValueError)      bad request / bad config field
     │   ├── ConfigurationError           400                    settings, URLs, missing extras
-    │   └── PayloadTooLarge              413                    prompt longer than the context, body too big
+    │   ├── PayloadTooLarge              413                    prompt longer than the context, body too big
+    │   └── InvalidConfig                422                    a training config the runs API refuses
     ├── Unauthorized                     401  (PermissionError) missing, unknown or revoked API key
     ├── Forbidden                        403  (PermissionError) authenticated but not allowed
     ├── NotFound                         404  (LookupError)     unknown id *in the caller's organisation*
@@ -80,6 +81,13 @@ class PayloadTooLarge(InvalidInput):
     code = "context_length_exceeded"
 
 
+class InvalidConfig(InvalidInput):
+    """A training config sent to the API has a missing, unknown or out-of-range field (HTTP 422)."""
+
+    status = 422
+    code = "invalid_config"
+
+
 class Unauthorized(TeachloopError, PermissionError):
     """No API key, an unknown one, or a revoked one (HTTP 401)."""
 
@@ -130,6 +138,7 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "Forbidden",
+    "InvalidConfig",
     "InvalidInput",
     "ModelError",
     "NotFound",

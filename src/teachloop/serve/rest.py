@@ -1,6 +1,7 @@
 """The serving REST API under ``/api``: deployments, adapter versions, traces, feedback, stats.
 
-- ``/api/deployments`` (list, create), ``/api/deployments/{name}`` (get, PATCH),
+- ``/api/deployments`` (list, create; ``{"run": RUN_ID}`` deploys a completed
+  training run's final adapter in one step), ``/api/deployments/{name}`` (get, PATCH),
   ``/api/deployments/{name}/rollback``, ``/api/deployments/{name}/history``.
 - ``/api/adapters``: the organisation's adapter versions (``?name=``).
 - ``/api/traces`` (filters as query parameters), ``/api/traces/{id}``,
@@ -59,6 +60,8 @@ class DeploymentCreate(_Strict):
     name: str = Field(description="What clients pass as `model`.")
     base_model: str | None = Field(default=None, description="Base model id (default: the one this server serves).")
     adapter: str | None = Field(default=None, description="Adapter reference; null serves the base model alone.")
+    run: str | None = Field(default=None, description="A completed training run (run_...): its final adapter is "
+                            "published as the next version of the adapter named like the deployment and served.")
     canary: CanaryIn | None = None
 
 
@@ -198,6 +201,12 @@ def list_deployments(principal: Reader, serving: ServingDep) -> dict[str, Any]:
 async def create_deployment(body: DeploymentCreate, principal: Writer, serving: ServingDep) -> dict[str, Any]:
     """Create a deployment: a name mapped to a base model and an optional adapter version (and canary)."""
     base = body.base_model or serving.base_model
+    if body.run is not None:
+        if body.adapter is not None:
+            raise InvalidInput("give adapter or run, not both", param="run")
+        version_id, run_base = await asyncio.to_thread(_publish_run, serving, principal, body)
+        body = body.model_copy(update={"adapter": version_id})
+        base = body.base_model or run_base
     if not base:
         raise InvalidInput("base_model is required: this server serves no model to default to", param="base_model")
 
@@ -210,6 +219,18 @@ async def create_deployment(body: DeploymentCreate, principal: Writer, serving: 
         return state, [v for v in (primary, canary) if v is not None]
 
     return await asyncio.to_thread(_apply_change, serving, principal, body.name, plan)
+
+
+def _publish_run(serving: Serving, principal: Principal, body: DeploymentCreate) -> tuple[str, str]:
+    """Publish the final adapter of ``body.run`` as adapter ``body.name``: (version id, base model); in a thread."""
+    from teachloop.catalog.adapters import publish_run_adapter
+
+    with serving.database.session() as session:
+        if Deployments(session).find(principal.org_id, body.name) is not None:
+            raise Conflict(f"deployment {body.name!r} already exists; use PATCH", param="name")
+        version, _ = publish_run_adapter(session, serving.blobs, principal.org_id, body.run or "", name=body.name,
+                                         actor=principal.key_id)
+        return version.id, version.base_model
 
 
 @router.get("/deployments/{name}")

@@ -6,6 +6,12 @@ of its last completed call: metrics are written per step, a checkpoint row only
 after its blob is complete. ``resume_point`` returns the last checkpoint and
 deletes the metric rows recorded after it, so a resumed run neither loses nor
 repeats a step beyond the checkpoint. Every read is scoped to an organisation.
+
+Statuses: ``created`` (the CLI, about to run), ``queued`` (waiting for a
+worker), ``running``, ``cancelling`` (asked to stop; the trainer stops at the
+next step boundary), and the final ``completed``, ``failed``, ``cancelled``.
+``request_cancel`` cancels a run that has not started at once and marks a
+running one ``cancelling``.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from teachloop.core.errors import InvalidInput, NotFound
+from teachloop.core.errors import Conflict, InvalidInput, NotFound
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.store.schema.base import utc_now
 from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
 from teachloop.train.config import TrainConfig
+
+#: The statuses a run never leaves.
+FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -61,15 +70,24 @@ class RunStore:
         self.blobs = blobs
 
     # ------------------------------------------------------------------ records
-    def create(self, org_id: str, config: TrainConfig, inputs: dict[str, Any]) -> RunInfo:
-        """A new run in status ``created``."""
+    def create(self, org_id: str, config: TrainConfig, inputs: dict[str, Any], *, status: str = "created",
+               session: Any = None) -> RunInfo:
+        """A new run in ``status`` (``created``, or ``queued`` for a worker), in ``session`` when given."""
+        if session is not None:
+            return self._create(session, org_id, config, inputs, status)
         with self.db.session() as s:
-            row = TrainingRun(org_id=org_id, name=config.name, algorithm=config.algorithm, status="created",
-                              base_model=config.model, config=config.to_dict(), inputs=inputs, step=0,
-                              total_steps=config.steps)
-            s.add(row)
-            s.flush()
-            return _info(row)
+            return self._create(s, org_id, config, inputs, status)
+
+    @staticmethod
+    def _create(s: Any, org_id: str, config: TrainConfig, inputs: dict[str, Any], status: str) -> RunInfo:
+        if status not in ("created", "queued"):
+            raise InvalidInput(f"a new run is created or queued, not {status!r}", param="status")
+        row = TrainingRun(org_id=org_id, name=config.name, algorithm=config.algorithm, status=status,
+                          base_model=config.model, config=config.to_dict(), inputs=inputs, step=0,
+                          total_steps=config.steps)
+        s.add(row)
+        s.flush()
+        return _info(row)
 
     def _row(self, s: Any, org_id: str, run_id: str) -> TrainingRun:
         row = s.execute(
@@ -79,8 +97,10 @@ class RunStore:
             raise NotFound(f"run {run_id!r} not found")
         return row  # type: ignore[no-any-return]
 
-    def get(self, org_id: str, run_id: str) -> RunInfo:
-        """The run (``NotFound`` when missing or another organisation's)."""
+    def get(self, org_id: str, run_id: str, *, session: Any = None) -> RunInfo:
+        """The run (``NotFound`` when missing or another organisation's), read in ``session`` when given."""
+        if session is not None:
+            return _info(self._row(session, org_id, run_id))
         with self.db.session(write=False) as s:
             return _info(self._row(s, org_id, run_id))
 
@@ -93,12 +113,16 @@ class RunStore:
             ).scalars()
             return [_info(r) for r in rows]
 
-    def update(self, org_id: str, run_id: str, **fields: Any) -> None:
-        """Set fields of the run record."""
-        with self.db.session() as s:
-            row = self._row(s, org_id, run_id)
+    def update(self, org_id: str, run_id: str, *, session: Any = None, **fields: Any) -> None:
+        """Set fields of the run record (in ``session`` when given)."""
+        if session is not None:
+            row = self._row(session, org_id, run_id)
             for k, v in fields.items():
                 setattr(row, k, v)
+            session.flush()
+            return
+        with self.db.session() as s:
+            self.update(org_id, run_id, session=s, **fields)
 
     def start(self, org_id: str, run_id: str) -> None:
         """Mark the run running."""
@@ -111,6 +135,31 @@ class RunStore:
         if final_adapter_key is not None:
             fields["final_adapter_key"] = final_adapter_key
         self.update(org_id, run_id, **fields)
+
+    def request_cancel(self, org_id: str, run_id: str) -> RunInfo:
+        """Cancel a queued run now, or ask a running one to stop (``cancelling``); ``Conflict`` once finished."""
+        with self.db.session() as s:
+            row = self._row(s, org_id, run_id)
+            if row.status in FINAL_STATUSES:
+                raise Conflict(f"run {run_id} already {row.status}; nothing to cancel", param="run_id")
+            if row.status in ("created", "queued"):
+                row.status, row.finished_at, row.error = "cancelled", utc_now(), "cancelled before it started"
+            elif row.status == "running":
+                row.status = "cancelling"
+            s.flush()
+            return _info(row)
+
+    def cancel_requested(self, org_id: str, run_id: str) -> bool:
+        """Whether the run was asked to stop (status ``cancelling`` or ``cancelled``)."""
+        return self.get(org_id, run_id).status in ("cancelling", "cancelled")
+
+    def checkpoints(self, org_id: str, run_id: str) -> list[tuple[int, str, Any]]:
+        """The run's checkpoints as (step, blob key, created at), in step order."""
+        with self.db.session(write=False) as s:
+            self._row(s, org_id, run_id)
+            rows = s.execute(select(RunCheckpoint).where(RunCheckpoint.run_id == run_id)
+                             .order_by(RunCheckpoint.step)).scalars()
+            return [(r.step, r.blob_key, r.created_at) for r in rows]
 
     # ------------------------------------------------------------------ metrics
     def record(self, org_id: str, run_id: str, step: int, phase: str, values: dict[str, Any]) -> None:
@@ -177,4 +226,4 @@ class RunStore:
         return tempfile.TemporaryDirectory(prefix="teachloop-ckpt-")
 
 
-__all__ = ["RunInfo", "RunStore"]
+__all__ = ["FINAL_STATUSES", "RunInfo", "RunStore"]

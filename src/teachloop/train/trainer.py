@@ -12,6 +12,14 @@ before the first step, runs the steps (metrics stored per step, checkpoints
 every ``checkpoint_every`` steps), evaluates after the last step, stores the
 final adapter, and marks the run completed -- or failed, with the error.
 
+Cancellation: ``should_stop`` (a callable the caller passes, e.g. one that
+reads the run record's ``cancelling`` status) is checked before every step;
+when it answers True the run is marked ``cancelled`` at that step boundary
+(its last checkpoint stays, so it can be resumed) and ``RunCancelled`` is
+raised. A run created ahead of time (``RunStore.create(..., status="queued")``,
+e.g. by the REST API) is started with ``run(resume=ID)``; its inputs are pinned
+on that first start.
+
 The trainer is async (the CLI runs it with ``asyncio.run``); engine calls run
 in worker threads. It takes its collaborators explicitly (``TrainerDeps``).
 """
@@ -25,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from teachloop.catalog.envref import ResolvedEnv, resolve_env
-from teachloop.core.errors import InvalidInput, NotFound, TeachloopError
+from teachloop.core.errors import Conflict, InvalidInput, NotFound, TeachloopError
 from teachloop.core.sampling import SamplingParams
 from teachloop.engine.base import Engine
 from teachloop.engine.completer import EngineCompleter
@@ -41,6 +49,10 @@ from teachloop.train.supervised import DPO, SFT
 
 #: Called with (event, payload): "run" {run}, "eval" {step, values}, "step" {step, values}, "checkpoint" {step}.
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+class RunCancelled(Conflict):
+    """The run was cancelled (``should_stop`` answered True) at a step boundary; it is marked ``cancelled``."""
 
 
 class Algorithm(Protocol):
@@ -184,11 +196,12 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, deps: TrainerDeps, *, listener: Listener | None = None,
-                 prepared: Prepared | None = None) -> None:
+                 prepared: Prepared | None = None, should_stop: Callable[[], bool] | None = None) -> None:
         self.config = config
         self.deps = deps
         self.runs = RunStore(deps.database, deps.blobs)
         self.listener = listener or (lambda event, payload: None)
+        self.should_stop = should_stop or (lambda: False)
         self._prepared = prepared
 
     # ---------------------------------------------------------------- prepare
@@ -252,6 +265,8 @@ class Trainer:
             start = 0
         else:
             verify_pinned(run, prepared)
+            if not run.inputs:  # created ahead of time (REST): pin the inputs on its first start
+                self.runs.update(org, run.id, inputs=prepared.inputs())
         adapter = f"run:{run.id}"
         if engine.has_adapter(adapter):  # type: ignore[attr-defined]
             engine.delete_adapter(adapter)
@@ -272,6 +287,8 @@ class Trainer:
             if start == 0:
                 await self._record_eval(algo, prepared, adapter, run.id, 0)
             for step in range(start, cfg.steps):
+                if self.should_stop():
+                    raise RunCancelled(f"run {run.id} was cancelled at step {step} of {cfg.steps}", param="run")
                 values = await algo.step(step)
                 self.runs.record(org, run.id, step + 1, "train", values)
                 self.listener("step", {"step": step + 1, "values": values})
@@ -287,7 +304,7 @@ class Trainer:
                 key = self.runs.save_adapter(org, run.id, Path(tmp) / "adapter")
             self.runs.finish(org, run.id, "completed", final_adapter_key=key)
         except BaseException as err:
-            status = "cancelled" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+            status = "cancelled" if isinstance(err, KeyboardInterrupt | SystemExit | RunCancelled) else "failed"
             self.runs.finish(org, run.id, status, error=f"{type(err).__name__}: {err}"[:2000])
             raise
         finally:
@@ -309,4 +326,4 @@ class Trainer:
         self.listener("checkpoint", {"step": step})
 
 
-__all__ = ["Algorithm", "Listener", "Prepared", "Trainer", "TrainerDeps", "prepare_inputs", "verify_pinned"]
+__all__ = ["Algorithm", "Listener", "Prepared", "RunCancelled", "Trainer", "TrainerDeps", "prepare_inputs", "verify_pinned"]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from teachloop.store.schema.base import Base, JSONType, OrgOwned, Timestamps, id_column, ref_column, utc_now
 
-RUN_STATUSES = ("created", "running", "completed", "failed", "cancelled")
+RUN_STATUSES = ("created", "queued", "running", "cancelling", "completed", "failed", "cancelled")
 
 
 class TrainingRun(OrgOwned, Timestamps, Base):
