@@ -7,6 +7,15 @@ bot@3 for 20 %), traces (one carrying a stored-XSS probe in its content,
 tool call and metadata) and an owner, admin, member and viewer who sign in
 with ``PASSWORD``; ``globex`` has its own deployment ``gx-only``, a trace, a
 key and a pending invitation -- the objects acme must never reach.
+
+For the loop, run, environment and dataset pages (``seed_pages``) each
+organisation also has a completed training run with train and eval metrics and
+checkpoints, a published environment with a stored evaluation, a dataset of
+``DATASET_ROWS`` rows with lineage, and a loop on its deployment; acme's loop
+has three iterations (rejected by the gate, promoted after a canary, failed)
+and online scores over the last hours, and acme also holds the stored-XSS
+probe in a run's name, config and metric name, a dataset row, an environment's
+description and an iteration's reason. acme grants its dataset to globex.
 """
 
 from __future__ import annotations
@@ -26,15 +35,29 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from teachloop.core.loop import (  # noqa: E402
+    CanaryRecord,
+    IterationStage,
+    IterationStatus,
+    Judgement,
+    OnlineSummary,
+    Revisions,
+)
 from teachloop.core.settings import Settings  # noqa: E402
 from teachloop.core.tenancy import Role  # noqa: E402
+from teachloop.loop.config import validate_loop_config  # noqa: E402
 from teachloop.render import Renderer  # noqa: E402
 from teachloop.serve import Serving, ServingConfig, publish_adapter  # noqa: E402
 from teachloop.store import ApiKeys, BlobStore, Database, Tenancy  # noqa: E402
+from teachloop.store.repos.datasets import Datasets, NewRow  # noqa: E402
 from teachloop.store.repos.deployments import Deployments, DeploymentState  # noqa: E402
+from teachloop.store.repos.environments import EnvironmentRegistry  # noqa: E402
+from teachloop.store.repos.loops import Loops  # noqa: E402
 from teachloop.store.repos.sessions import Passwords, SigninLinks  # noqa: E402
 from teachloop.store.repos.traces import Traces  # noqa: E402
 from teachloop.store.schema.base import utc_now  # noqa: E402
+from teachloop.store.schema.loops import TraceScore  # noqa: E402
+from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun  # noqa: E402
 from teachloop.store.schema.traces import Trace  # noqa: E402
 from tests._tiny import tiny_tokenizer  # noqa: E402
 from tests.unit.serve.fakes import EchoEngine, adapter_folder  # noqa: E402
@@ -60,11 +83,119 @@ class Org:
 
 
 @dataclass(frozen=True)
+class Seeded:
+    """An organisation's objects for the loop, run, environment and dataset pages."""
+
+    run: str
+    xss_run: str | None
+    dataset: str
+    env: str
+    loop: str  # the deployment the loop belongs to
+
+
+@dataclass(frozen=True)
 class World:
     acme: Org
     globex: Org
     xss_trace: str
     tool_trace: str
+    acme_pages: Seeded
+    globex_pages: Seeded
+
+
+DATASET_ROWS = 55
+#: (step, reward_mean, loss) of the seeded run's training curve
+RUN_CURVE = [(s, 0.2 + 0.08 * s, 1.5 - 0.15 * s) for s in range(1, 9)]
+
+
+def _run(s: Any, org_id: str, name: str, config: dict[str, Any], curve: list[tuple[int, dict[str, Any]]],
+         evals: list[tuple[int, dict[str, Any]]]) -> str:
+    run = TrainingRun(org_id=org_id, name=name[:200], algorithm="grpo", status="completed", base_model=BASE,
+                      config=config, inputs={"env": {"ref": "arithmetic", "digest": "sha256:" + "c" * 64}},
+                      step=len(curve), total_steps=len(curve), created_at=utc_now() - timedelta(minutes=35),
+                      started_at=utc_now() - timedelta(minutes=30),
+                      finished_at=utc_now() - timedelta(minutes=5))
+    s.add(run)
+    s.flush()
+    s.add_all(RunMetric(org_id=org_id, run_id=run.id, step=step, phase="train", values=v) for step, v in curve)
+    s.add_all(RunMetric(org_id=org_id, run_id=run.id, step=step, phase="eval", values=v) for step, v in evals)
+    s.add_all(RunCheckpoint(org_id=org_id, run_id=run.id, step=step, blob_key=f"runs/{run.id}/checkpoints/{step:08d}")
+              for step in (4, 8))
+    s.flush()
+    return run.id
+
+
+def seed_pages(s: Any, org_id: str, name: str, dep_id: str, dep_name: str, trace_ids: list[str],
+               versions: list[Any]) -> Seeded:
+    """Runs, an environment, a dataset and a loop of one organisation (see the module docstring)."""
+    acme = name == "acme"
+    run = _run(s, org_id, f"{name}-grpo", {"name": f"{name}-grpo", "steps": 8, "lora": {"rank": 4}},
+               [(st, {"reward_mean": r, "loss": lo}) for st, r, lo in RUN_CURVE],
+               [(0, {"reward_mean": 0.3, "heldout_rows": 20.0}), (8, {"reward_mean": 0.8, "heldout_rows": 20.0})])
+    xss_run = _run(s, org_id, XSS, {"name": XSS, "notes": XSS}, [(1, {XSS: 1.0, "loss": 0.5}), (2, {XSS: 2.0, "loss": 0.4})],
+                   []) if acme else None
+    registry = EnvironmentRegistry(s)
+    env = f"{name}-env"
+    for version, digit in (("1.0.0", "a"), ("1.1.0", "b")):
+        registry.publish(org_id, name=env, version=version, digest="sha256:" + digit * 64, blob_key=f"envs/{env}",
+                         manifest={"name": env, "version": version, "content_hash": "sha256:" + digit * 64,
+                                   "description": XSS if acme else "Support questions.", "license": "Apache-2.0",
+                                   "tools": ["lookup"], "tags": ["support"], "reward_range": [0.0, 1.0]})
+    registry.record_eval(org_id, env_name=env, env_version="1.1.0", env_digest="sha256:" + "b" * 64, model=BASE,
+                         report={"n_tasks": 20, "n_episodes": 20, "mean": 0.65, "ci_low": 0.45, "ci_high": 0.85})
+    rows = [NewRow(content={"messages": [{"role": "user", "content": XSS if acme and i == 1 else f"Question {i}?"},
+                                         {"role": "assistant", "content": f"Answer {i}."}]},
+                   split="holdout" if i % 10 == 0 else "train", source_kind="feedback" if i % 2 else "grader",
+                   source_trace_id=trace_ids[i % 2], env_ref="arithmetic" if i % 2 == 0 else None,
+                   env_digest="sha256:" + "c" * 64 if i % 2 == 0 else None, score=1.0, license="CC-BY-4.0")
+            for i in range(DATASET_ROWS)]
+    dataset, _ = Datasets(s).create(org_id, name=f"{name}-sft", kind="chat", rows=rows, blob_key=f"datasets/{name}")
+    cfg = validate_loop_config({
+        "deployment": dep_name, "sources": [{"kind": "grader", "env": "arithmetic"}],
+        "trigger": {"every": 10, "min_examples": 4}, "algorithm": {"kind": "grpo", "train": {"steps": 2}},
+        "promotion": {"canary_percent": 20},
+    })
+    loops = Loops(s)
+    loop, _ = loops.configure(org_id, dep_id, cfg.to_dict(), cfg.digest)
+    if acme:
+        _iterations(s, loops, org_id, loop.id, run, dataset.id, versions)
+        scores = []
+        for h in range(12):
+            trace = add_trace(s, org_id, model=dep_name, deployment_id=dep_id, ago=timedelta(hours=h, minutes=5))
+            scores.append(TraceScore(org_id=org_id, loop_id=loop.id, trace_id=trace,
+                                     trace_created_at=utc_now() - timedelta(hours=h, minutes=5),
+                                     arm="canary" if h % 3 == 0 else "primary", env_ref="arithmetic",
+                                     env_digest="sha256:" + "c" * 64, score=0.5 + 0.03 * (12 - h)))
+        loops.add_scores(scores)
+    return Seeded(run, xss_run, dataset.id, env, dep_name)
+
+
+def _iterations(s: Any, loops: Loops, org_id: str, loop_id: str, run: str, dataset: str, versions: list[Any]) -> None:
+    now = utc_now()
+    gate = {"passed": False, "reason": "not better at 95% confidence (mean diff -0.01 over 40 paired examples)",
+            "test": {"method": "paired bootstrap", "n": 40, "mean_diff": -0.01, "lower_bound": -0.05, "p_value": 0.61,
+                     "confidence": 0.95},
+            "suites": [{"name": "holdout", "metric": "reward", "n": 40, "deciding": True, "baseline_mean": 0.6,
+                        "candidate_mean": 0.59, "mean_diff": -0.01}]}
+    first = loops.start_iteration(org_id, loop_id, "64 new usable examples")
+    loops.update_iteration(org_id, first.id, status=IterationStatus.REJECTED, stage=IterationStage.DONE,
+                           reason=gate["reason"], gate=gate, finished_at=now - timedelta(hours=3))
+    second = loops.start_iteration(org_id, loop_id, "64 new usable examples")
+    judged = Judgement(baseline=OnlineSummary(requests=80, graded=80, grader_mean=0.61, feedback=3, feedback_mean=0.5),
+                       candidate=OnlineSummary(requests=20, graded=20, grader_mean=0.74, feedback=1, feedback_mean=1.0),
+                       verdict="the candidate held up: grader mean 0.74 vs 0.61")
+    loops.update_iteration(
+        org_id, second.id, status=IterationStatus.PROMOTED, stage=IterationStage.WATCH, reason="promoted after canary",
+        dataset_id=dataset, run_id=run, baseline_version_id=versions[1].id, candidate_version_id=versions[2].id,
+        gate={**gate, "passed": True, "reason": "better at 95% confidence (mean diff +0.12 over 40 paired examples)",
+              "test": {**gate["test"], "mean_diff": 0.12, "lower_bound": 0.05, "p_value": 0.001},
+              "suites": [{**gate["suites"][0], "candidate_mean": 0.72, "mean_diff": 0.12}]},
+        canary=CanaryRecord(started_at=now - timedelta(hours=2), percent=20, canary=judged,
+                            promoted_at=now - timedelta(hours=1)),
+        revisions=Revisions(before=2, canary=3, promoted=4), counts={"train": 48, "holdout": 6}, train_seconds=42.0)
+    third = loops.start_iteration(org_id, loop_id, "interval")
+    loops.update_iteration(org_id, third.id, status=IterationStatus.FAILED, stage=IterationStage.DONE, reason=XSS,
+                           finished_at=now)
 
 
 def add_trace(session: Any, org_id: str, *, model: str = "support", deployment_id: str | None = None,
@@ -85,7 +216,7 @@ def add_trace(session: Any, org_id: str, *, model: str = "support", deployment_i
     return row.id
 
 
-def _org(db: Database, blobs: BlobStore, tmp: Path, name: str) -> tuple[Org, str | None]:
+def _org(db: Database, blobs: BlobStore, tmp: Path, name: str) -> tuple[Org, str | None, Seeded]:
     with db.session() as s:
         tenancy = Tenancy(s)
         org = tenancy.create_org(name)
@@ -119,8 +250,9 @@ def _org(db: Database, blobs: BlobStore, tmp: Path, name: str) -> tuple[Org, str
                                          "function": {"name": XSS, "arguments": '{"q": "' + XSS.replace('"', '\\"') + '"}'}}])
             traces.append(xss)
         invite = SigninLinks(s).create_invite(org.id, f"invited@{name}.test", Role.MEMBER, actor="test")
+        seeded = seed_pages(s, org.id, name, dep.id, dep_name, traces, versions)
         return Org(org.id, emails[Role.OWNER], emails[Role.ADMIN], emails[Role.MEMBER], emails[Role.VIEWER],
-                   key.secret, key.key.id, traces, invite.info.id), xss
+                   key.secret, key.key.id, traces, invite.info.id), xss, seeded
 
 
 @pytest.fixture(scope="session")
@@ -129,15 +261,16 @@ def _template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, World]:
     db = Database(f"sqlite:///{root / 'teachloop.db'}")
     db.migrate()
     blobs = BlobStore(root / "blobs")
-    acme, xss = _org(db, blobs, root, "acme")
-    globex, _ = _org(db, blobs, root, "globex")
+    acme, xss, acme_pages = _org(db, blobs, root, "acme")
+    globex, _, globex_pages = _org(db, blobs, root, "globex")
     with db.session() as s:
+        Datasets(s).grant(acme.id, "acme-sft", globex.id, license="CC-BY-4.0")
         tool = add_trace(s, acme.id, model=BASE, content="Weather in Paris?", reply="",
                          tool_calls=[{"id": "call_w", "type": "function",
                                       "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}])
     db.close()
     assert xss is not None
-    return root, World(acme, globex, xss, tool)
+    return root, World(acme, globex, xss, tool, acme_pages, globex_pages)
 
 
 @pytest.fixture

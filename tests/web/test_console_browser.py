@@ -13,6 +13,7 @@ where a missing browser fails them.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -31,7 +33,7 @@ from teachloop.store import BlobStore, Database
 from teachloop.store.repos.deployments import Deployments
 from teachloop.store.schema.traces import Feedback, Trace
 from teachloop.web import create_console_app
-from tests.web.conftest import PASSWORD, XSS, World
+from tests.web.conftest import PASSWORD, RUN_CURVE, XSS, World
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -193,7 +195,55 @@ def test_journey_sign_in_feedback_rollback_and_keys(live: Live, browser: Any, wo
         changed = Deployments(s).get(world.acme.id, "support")
         assert changed.revision == 4 and changed.canary_version_id is None
 
-    # TODO(runs page): open a run's metric curve here once web/ has the runs pages (issue 12, later step).
+    # open a run's metric curve: an inline SVG with one point per training step
+    page.get_by_role("link", name="Runs", exact=True).click()
+    _fits_laptop(page)
+    _shot(page, "11-runs")
+    page.get_by_role("link", name="acme-grpo", exact=True).click()
+    page.wait_for_url(f"{live.url}/runs/{world.acme_pages.run}")
+    curve = page.locator("figure", has_text="Training: reward_mean").locator("svg[role=img] polyline")
+    assert curve.count() == 1 and curve.is_visible()
+    points = curve.get_attribute("points").split()
+    assert len(points) == len(RUN_CURVE)
+    ys = [float(p.split(",")[1]) for p in points]
+    assert ys[-1] < ys[0]  # the reward rose: its last point is drawn higher
+    box = curve.bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 50  # drawn at a readable size
+    _fits_laptop(page)
+    _shot(page, "12-run")
+
+    # the loop: pause it and resume it
+    page.get_by_role("link", name="Loops", exact=True).click()
+    _shot(page, "13-loops")
+    page.get_by_role("link", name="support", exact=True).click()
+    page.wait_for_url(f"{live.url}/loops/support")
+    assert page.locator("#chart-online svg polyline").count() == 2  # primary and canary arms
+    _fits_laptop(page)
+    _shot(page, "14-loop")
+    page.get_by_role("button", name="Pause the loop").click()
+    assert page.get_by_role("status").inner_text() == "Done: loop paused."
+    page.get_by_role("button", name="Resume the loop").click()
+    assert page.get_by_role("status").inner_text() == "Done: loop resumed."
+
+    # environments and datasets
+    page.get_by_role("link", name="Environments", exact=True).click()
+    _fits_laptop(page)
+    _shot(page, "15-environments")
+    page.get_by_role("link", name="acme-env").first.click()
+    page.wait_for_url(f"{live.url}/environments/acme-env")
+    _shot(page, "16-environment")
+    page.get_by_role("link", name="Datasets", exact=True).click()
+    _fits_laptop(page)
+    _shot(page, "17-datasets")
+    page.get_by_role("link", name="acme-sft@1").click()
+    page.wait_for_url(f"{live.url}/datasets/{world.acme_pages.dataset}")
+    assert page.locator("main tbody tr").count() >= 50
+    _fits_laptop(page)
+    _shot(page, "18-dataset")
+    page.get_by_role("link", name="Next rows").click()
+    page.wait_for_url(f"{live.url}/datasets/{world.acme_pages.dataset}?split=&page=2")
+    assert page.locator("main tbody tr").count() >= 5
+    _shot(page, "19-dataset-page-2")
 
     # create an API key, see it work once, revoke it
     page.get_by_role("link", name="Settings", exact=True).click()
@@ -209,7 +259,25 @@ def test_journey_sign_in_feedback_rollback_and_keys(live: Live, browser: Any, wo
     assert "key-revoked" in page.get_by_role("status").inner_text()
     _shot(page, "10-settings-revoked")
     assert httpx.get(f"{live.url}/api/whoami", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+    # change a member's role through its confirmation
+    page.get_by_label("New role of member@acme.test").select_option("viewer")
+    page.get_by_role("button", name="Change role… of member@acme.test").click()
+    page.wait_for_url(re.compile(r".*/settings/members/usr_\w+/role\?role=viewer$"))
+    _shot(page, "20-member-role-confirm")
+    page.get_by_role("button", name="Confirm: make member@acme.test viewer").click()
+    assert "role-changed" in page.get_by_role("status").inner_text()
+    assert page.locator("#member-" + _member_id(live.database, world.acme.id, world.acme.member)).inner_text().count(
+        "viewer") >= 1
+    _shot(page, "21-settings-role-changed")
     assert page.dialogs == []
+
+
+def _member_id(database: Database, org_id: str, email: str) -> str:
+    from teachloop.store import Tenancy
+
+    with database.session(write=False) as s:
+        return next(u.id for _, u in Tenancy(s).list_members(org_id) if u.email == email)
 
 
 def test_stored_xss_probe_is_inert_on_every_page(live: Live, browser: Any, world: World) -> None:
@@ -218,12 +286,18 @@ def test_stored_xss_probe_is_inert_on_every_page(live: Live, browser: Any, world
     pages = {
         "xss-overview": "/", "xss-traces": "/traces", "xss-trace": f"/traces/{world.xss_trace}",
         "xss-deployments": "/deployments", "xss-deployment": "/deployments/support", "xss-settings": "/settings",
+        "xss-loops": "/loops", "xss-loop": "/loops/support", "xss-runs": "/runs",
+        "xss-run": f"/runs/{world.acme_pages.xss_run}?metric={quote(XSS)}", "xss-environments": "/environments",
+        "xss-environment": f"/environments/{world.acme_pages.env}", "xss-datasets": "/datasets",
+        "xss-dataset": f"/datasets/{world.acme_pages.dataset}",
     }
     for name, path in pages.items():
         page.goto(f"{live.url}{path}")
         assert page.locator("script").count() == 0, path
         assert page.locator("img").count() == 0, path
         _shot(page, name)
-    page.goto(f"{live.url}/traces/{world.xss_trace}")
-    assert XSS in page.locator("main").inner_text()  # shown as text, not run
+    for path in (f"/traces/{world.xss_trace}", "/loops/support", f"/runs/{world.acme_pages.xss_run}",
+                 f"/environments/{world.acme_pages.env}"):
+        page.goto(f"{live.url}{path}")
+        assert XSS in page.locator("main").inner_text(), path  # shown as text, not run
     assert page.dialogs == []

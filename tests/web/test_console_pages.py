@@ -139,7 +139,9 @@ def test_stored_xss_is_escaped_on_every_page(client: Any, world: World) -> None:
     detail = f"/traces/{world.xss_trace}"
     post_form(client, detail, f"{detail}/feedback", {"label": XSS[:100], "comment": XSS, "corrected": XSS + "!"})
     pages = ["/", "/traces", "/traces?metadata=app%3Dprobe", detail, "/deployments", "/deployments/support",
-             "/deployments/support/rollback", "/settings", f"/traces?deployment={XSS}"]
+             "/deployments/support/rollback", "/settings", f"/traces?deployment={XSS}",
+             "/loops", "/loops/support", "/runs", f"/runs/{world.acme_pages.xss_run}?metric={XSS}", "/environments",
+             f"/environments/{world.acme_pages.env}", "/datasets", f"/datasets/{world.acme_pages.dataset}"]
     for path in pages:
         response = client.get(path)
         assert response.status_code == 200, path

@@ -45,6 +45,10 @@ NAV: list[tuple[str, str]] = [
     ("Overview", "/"),
     ("Traces", "/traces"),
     ("Deployments", "/deployments"),
+    ("Loops", "/loops"),
+    ("Runs", "/runs"),
+    ("Environments", "/environments"),
+    ("Datasets", "/datasets"),
     ("Settings", "/settings"),
 ]
 

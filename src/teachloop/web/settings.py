@@ -8,20 +8,36 @@ secret is in the one response that created it and nowhere else. An
 invitation is a single-use link (``store.SigninLinks``, 7 days) shown once;
 only an owner may invite an owner. Revoking another organisation's key or
 invitation is a 404 page like a missing one.
+
+Members: ``/settings/members/{user_id}/role?role=R`` and
+``/settings/members/{user_id}/remove`` show what will change (a dry run of the
+change in a read session, so a refused change is refused before the button)
+and only their POST changes it. Only an owner may change or remove an owner or
+make someone one; the organisation's last owner can be neither demoted nor
+removed (``Conflict``, 409; the owners are locked while counted). A demoted
+member's API keys whose role the new role could not create are revoked with
+the change (the confirmation lists them); a removed member's sessions and
+keys stop working at once (both check the membership on every request).
+Another organisation's member is a 404 page like a missing one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.responses import RedirectResponse, Response
 
-from teachloop.core.errors import Forbidden
+from teachloop.core.errors import Conflict, Forbidden, InvalidInput
 from teachloop.core.tenancy import Role
+from teachloop.store.repos.audit import AuditLog
 from teachloop.store.repos.keys import ApiKeys, CreatedKey
 from teachloop.store.repos.sessions import NewLink, SigninLinks
 from teachloop.store.repos.tenancy import Tenancy, parse_role
+from teachloop.store.schema.tenancy import ApiKey, Membership, User
 from teachloop.web.auth import SignedIn, Viewer, app_deps, require, require_csrf
 from teachloop.web.render import ConsoleRoute, page
 
@@ -106,4 +122,103 @@ def revoke_invitation(request: Request, viewer: SignedIn, link_id: str) -> Respo
     return RedirectResponse("/settings?done=invitation-revoked", status_code=303)
 
 
-__all__ = ["ORG_ROLES", "router"]
+_RANKED = frozenset({Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER})
+
+
+def key_within(member: Role, key: Role) -> bool:
+    """Whether a member of role ``member`` may hold a key of role ``key`` (the rule ``ApiKeys.create_key`` applies)."""
+    if member == key or member.at_least(Role.ADMIN):
+        return True
+    return member in _RANKED and key in _RANKED and member.at_least(key)
+
+
+@dataclass(frozen=True)
+class MemberChange:
+    """A change of one membership, as made (or, in a read session, as it would be made)."""
+
+    user: User
+    before: Role
+    after: Role | None
+    revoked_keys: list[ApiKey]
+
+    @property
+    def sentence(self) -> str:
+        """What the change does, in words."""
+        if self.after is None:
+            return f"remove {self.user.email} from the organisation: their sessions and API keys stop working now"
+        return f"make {self.user.email} {self.after.value} instead of {self.before.value}"
+
+
+def change_member(session: Session, viewer: Viewer, user_id: str, role: Role | None) -> MemberChange:
+    """Give the member ``role``, or remove them (``role`` None), in ``session``; the rules are the module's."""
+    org, actor = viewer.principal.org_id, viewer.principal.key_id
+    membership = Tenancy(session).get_membership(org, user_id)
+    user = session.get(User, user_id)
+    assert user is not None  # the membership references it
+    before = membership.role_enum
+    if role is not None and role is before:
+        raise InvalidInput(f"{user.email} is already {before.value}", param="role")
+    if Role.OWNER in (before, role) and viewer.role is not Role.OWNER:
+        raise Forbidden("only an owner may change or remove an owner, or make someone an owner", param="role")
+    if before is Role.OWNER:
+        owners = session.scalars(select(Membership.id).where(
+            Membership.org_id == org, Membership.role == Role.OWNER.value).with_for_update()).all()
+        if len(owners) <= 1:
+            what = "removed" if role is None else "demoted"
+            raise Conflict(f"{user.email} is the organisation's last owner and cannot be {what}; make another member "
+                           "owner first", param="role")
+    keys = [k for k in ApiKeys(session).list(org, include_revoked=False) if k.user_id == user_id]
+    revoked = keys if role is None else [k for k in keys if not key_within(role, k.role_enum)]
+    for key in revoked:
+        ApiKeys(session).revoke(org, key.id, actor=actor)
+    audit = AuditLog(session)
+    if role is None:
+        session.delete(membership)
+        audit.record(org, actor, "member.remove", user_id, {"role": before.value})
+    else:
+        membership.role = role.value
+        audit.record(org, actor, "member.role", user_id, {"from": before.value, "to": role.value})
+    session.flush()
+    return MemberChange(user, before, role, revoked)
+
+
+def _member_role(action: str, role: str) -> Role | None:
+    if action == "remove":
+        return None
+    if action != "role":
+        raise InvalidInput(f"unknown change {action!r}", param="action")
+    wanted = parse_role(role)
+    if wanted.value not in ORG_ROLES:
+        raise InvalidInput(f"{wanted.value} is not an organisation role", param="role")
+    return wanted
+
+
+@router.get("/settings/members/{user_id}/{action}")
+def confirm_member(request: Request, viewer: SignedIn, user_id: str, action: str, role: str = "") -> Response:
+    """What changing or removing the member would do, and the button that does it."""
+    require(viewer, Role.ADMIN, "changing members")
+    wanted = _member_role(action, role)
+    with app_deps(request).database.session(write=False) as session:
+        change = change_member(session, viewer, user_id, wanted)  # a dry run: a read session never persists
+        return page(request, "confirm_member.html", change=change, action=action, user_id=user_id,
+                    role=wanted.value if wanted else "")
+
+
+@router.post("/settings/members/{user_id}/{action}")
+def apply_member(
+    request: Request,
+    viewer: SignedIn,
+    user_id: str,
+    action: str,
+    role: Annotated[str, Form(max_length=16)] = "",
+) -> Response:
+    """Make the confirmed change of a member."""
+    require(viewer, Role.ADMIN, "changing members")
+    wanted = _member_role(action, role)
+    with app_deps(request).database.session() as session:
+        change_member(session, viewer, user_id, wanted)
+    return RedirectResponse(f"/settings?done={'member-removed' if wanted is None else 'role-changed'}",
+                            status_code=303)
+
+
+__all__ = ["ORG_ROLES", "MemberChange", "change_member", "key_within", "router"]
