@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from teachloop import __version__
-from teachloop.cli import admin, data, demo, deploy, env, loop, models, server, traces, train
+from teachloop.cli import admin, data, demo, deploy, env, loop, market, models, server, traces, train
 
 app = typer.Typer(
     name="teachloop",
@@ -31,6 +31,7 @@ _GROUPS: list[tuple[typer.Typer, str | None]] = [
     (traces.app, "traces"),
     (loop.app, "loop"),
     (data.app, "data"),
+    (market.app, "market"),
     (demo.app, None),  # demo
 ]
 

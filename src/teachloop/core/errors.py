@@ -15,6 +15,8 @@ CLI prints ``str(err)`` on one line and exits non-zero.
     ├── Forbidden                        403  (PermissionError) authenticated but not allowed
     ├── NotFound                         404  (LookupError)     unknown id *in the caller's organisation*
     ├── Conflict                         409  (ValueError)      immutable version clash, duplicate name
+    │   ├── InsufficientFunds            409                    a non-negative account would go below zero
+    │   └── IdempotencyConflict          409                    an idempotency key reused with another request
     ├── ServiceUnavailable               503  (RuntimeError)    database unreachable, engine not loaded
     └── ModelError                       500  (RuntimeError)    a model cache that is corrupt or half-written
 
@@ -120,6 +122,18 @@ class Conflict(TeachloopError, ValueError):
     code = "conflict"
 
 
+class InsufficientFunds(Conflict):
+    """A non-negative ledger account would hold less than zero; nothing was posted (HTTP 409)."""
+
+    code = "insufficient_funds"
+
+
+class IdempotencyConflict(Conflict):
+    """An idempotency key was already used with a different request; nothing was posted (HTTP 409)."""
+
+    code = "idempotency_conflict"
+
+
 class ServiceUnavailable(TeachloopError):
     """A dependency (database, engine, worker) cannot be reached right now (HTTP 503)."""
 
@@ -138,6 +152,8 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "Forbidden",
+    "IdempotencyConflict",
+    "InsufficientFunds",
     "InvalidConfig",
     "InvalidInput",
     "ModelError",

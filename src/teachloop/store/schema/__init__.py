@@ -23,6 +23,7 @@ from teachloop.store.schema.deployments import AdapterVersion, Deployment, Deplo
 from teachloop.store.schema.environments import EnvironmentEval, EnvironmentVersion
 from teachloop.store.schema.idempotency import IdempotencyKey
 from teachloop.store.schema.jobs import JobRow, JobStatus
+from teachloop.store.schema.ledger import LedgerAccount, LedgerEntry, LedgerPosting
 from teachloop.store.schema.loops import Loop, LoopIteration, TraceScore
 from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
 from teachloop.store.schema.tenancy import ApiKey, Membership, Organisation, User
@@ -46,6 +47,9 @@ __all__ = [
     "JSONType",
     "JobRow",
     "JobStatus",
+    "LedgerAccount",
+    "LedgerEntry",
+    "LedgerPosting",
     "Loop",
     "LoopIteration",
     "Membership",
