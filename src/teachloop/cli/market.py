@@ -6,7 +6,8 @@ ledger. ``market balance --check`` proves the invariants from the postings: the 
 balance is zero per currency, every entry balances, every cached balance equals the
 sum of its postings, no non-negative account holds less than zero. It prints ``ok``
 and exits 0, or names each broken invariant and exits 1. ``--json`` prints the
-accounts or the report as JSON instead of a table.
+accounts or the report as JSON instead of a table. ``market buy OFFER_ID --org ORG [--key K]``
+buys an offer from the organisation's prepaid balance; the same key answers the same order.
 """
 
 from __future__ import annotations
@@ -96,6 +97,134 @@ def balance(
     console.print(table)
     for currency, total in sorted(trial.items()):
         console.print(f"trial balance {currency}: {format_minor(total, currency)}")
+
+
+@app.command("listings")
+def listings_cmd(
+    org: str = typer.Option(..., "--org", help="Organisation name or id."),
+    mine: bool = typer.Option(False, "--mine", help="The organisation's own listings (drafts too)."),
+) -> None:
+    """List published listings (the catalogue), or the organisation's own with --mine."""
+    from teachloop.market.listings import list_listings
+    from teachloop.store import Database, Tenancy
+
+    with handle_errors():
+        database = Database.connect(settings().database_url)
+        try:
+            database.require_migrated()
+            with database.session(write=False) as session:
+                rows = list_listings(session, Tenancy(session).find_org(org).id, mine=mine)
+        finally:
+            database.close()
+    table = Table("id", "kind", "version", "title", "status", "licence", title="listings")
+    for lst in rows:
+        table.add_row(lst.id, lst.kind.value, lst.resource_ref, lst.title, lst.status.value,
+                      str(lst.licence.get("summary", "")))
+    console.print(table)
+
+
+@app.command("payouts")
+def payouts_cmd(
+    run: bool = typer.Option(False, "--run", help="Release matured earnings and pay every payable account out."),
+    batch: str = typer.Option("", "--batch", help="Batch name (idempotency: rerunning a batch pays nothing twice)."),
+    org: str | None = OrgOpt,
+) -> None:
+    """List royalty payables; with --run, release matured earnings and run a payout batch (test provider)."""
+    from teachloop.core.money import format_minor
+    from teachloop.ledger import Payouts, TestProvider
+    from teachloop.market.royalties import payable_accounts, payout_batch, settle_due
+    from teachloop.store import Database, Tenancy
+
+    with handle_errors():
+        database = Database.connect(settings().database_url)
+        try:
+            database.require_migrated()
+            with database.session(write=False) as session:
+                org_id = Tenancy(session).find_org(org).id if org else None
+            if run:
+                with database.session() as session:
+                    settled = settle_due(session)
+                from teachloop.store.schema.base import utc_now
+
+                paid = payout_batch(database, Payouts(database, TestProvider()), batch or utc_now().strftime("%Y%m%d"),
+                                    org_id=org_id)
+            with database.session(write=False) as session:
+                rows = [(a.org_id, a.name, -a.balance, a.currency) for a in payable_accounts(session, org_id)]
+        finally:
+            database.close()
+    if run:
+        console.print(f"released {len(settled)} order(s); {len(paid)} payout(s): "
+                      + ", ".join(f"{p.destination} {format_minor(p.amount.amount, p.amount.currency)} {p.status}"
+                                  for p in paid))
+    table = Table("organisation", "account", "payable", title="royalty payables")
+    for org_row, name, held, currency in rows:
+        table.add_row(org_row, name, format_minor(held, currency))
+    console.print(table)
+
+
+@app.command("buy")
+def buy_cmd(
+    offer: str = typer.Argument(..., help="The offer to buy (off_...)."),
+    org: str = typer.Option(..., "--org", help="The buying organisation (name or id)."),
+    key: str | None = typer.Option(None, "--key", help="Idempotency key: rerunning with it answers the same order "
+                                                       "(default: a new key)."),
+) -> None:
+    """Buy an offer from the organisation's prepaid balance (once per --key)."""
+    from teachloop.core.ids import new_id
+    from teachloop.core.money import format_minor
+    from teachloop.market.orders import buy
+    from teachloop.store import Database, Tenancy
+
+    with handle_errors():
+        database = Database.connect(settings().database_url)
+        try:
+            database.require_migrated()
+            with database.session() as session:
+                order = buy(session, Tenancy(session).find_org(org).id, offer, key or new_id("buy"))
+        finally:
+            database.close()
+    note = " (already bought with this key)" if order.replayed else ""
+    console.print(f"order {order.id}{note}: {format_minor(order.amount, order.currency)}; entitlement "
+                  f"{order.entitlement_id}; key {order.key}", highlight=False, soft_wrap=True)
+
+
+@app.command("invoices")
+def invoices_cmd(
+    period: str | None = typer.Option(None, "--period", help="Month YYYY-MM to invoice (default: the last closed one)."),
+    org: str | None = OrgOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Invoice each organisation's metered usage for a closed month (once: re-running posts nothing)."""
+    from datetime import UTC, datetime
+
+    from teachloop.core.billing import previous_period
+    from teachloop.core.money import format_minor
+    from teachloop.market.billing import Billing
+    from teachloop.store import Database, Tenancy
+    from teachloop.store.schema import Organisation
+
+    with handle_errors():
+        database = Database.connect(settings().database_url)
+        try:
+            database.require_migrated()
+            month = period or previous_period(datetime.now(UTC))
+            with database.session() as session:
+                org_ids = [Tenancy(session).find_org(org).id] if org else [
+                    o.id for o in session.query(Organisation).order_by(Organisation.name)]
+            invoices = []
+            for org_id in org_ids:
+                with database.session() as session:
+                    invoices.append(Billing(session).invoice(org_id, month))
+        finally:
+            database.close()
+    if as_json:
+        console.print_json(json.dumps([inv.model_dump(mode="json") for inv in invoices]))
+        return
+    table = Table("organisation", "period", "total", "ledger entry", "", title=f"invoices {month}")
+    for inv in invoices:
+        total = format_minor(inv.total, inv.currency) if inv.currency else "nothing due"
+        table.add_row(inv.org_id, inv.period, total, inv.entry_id or "", "already invoiced" if inv.replayed else "new")
+    console.print(table)
 
 
 __all__ = ["app"]

@@ -1,0 +1,154 @@
+"""Entitlements: what a buyer may do with what it bought, checked, metered and logged at every use.
+
+``grant_entitlement`` (called by ``orders.buy``) records the buyer's ``MarketEntitlement``
+(actions: a dataset ``download`` and ``train``; an adapter ``download``; an environment
+``run``). For a dataset it also records a ``DatasetGrant`` (``store``), the table ``catalog``
+and the loop/training code already read through ``Datasets.resolve_usable`` -- that is how
+``train``/``loop`` (which may not import ``market``) honour a purchase: a refund revokes the
+grant with the entitlement.
+
+``require(session, org, resource, action)`` is the check every download, training run or loop
+iteration on a bought dataset, and every run of a bought environment, calls: it writes one
+``MarketUsage`` row (the access log and the meter) whether allowed or not, and raises
+``Forbidden`` (403) naming why when no active entitlement covers the action. ``bill_usage``
+bills usage-priced entitlements (per training use, per environment run) from the meter's
+unbilled allowed uses: one sale entry split by lineage like a purchase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from teachloop.core.errors import Forbidden, InvalidInput
+from teachloop.core.market import Action, Entitlement, Pricing, ResourceKind
+from teachloop.store.repos.datasets import Datasets
+from teachloop.store.schema.base import utc_now
+from teachloop.store.schema.datasets import Dataset, DatasetGrant
+from teachloop.store.schema.market import (
+    MarketEntitlement,
+    MarketListing,
+    MarketOffer,
+    MarketOrder,
+    MarketUsage,
+)
+
+_ACTIONS = {ResourceKind.DATASET: (Action.DOWNLOAD, Action.TRAIN), ResourceKind.ADAPTER: (Action.DOWNLOAD,),
+            ResourceKind.ENVIRONMENT: (Action.RUN,)}
+
+
+def entitlement_view(session: Session, row: MarketEntitlement) -> Entitlement:
+    """The domain view of an entitlement row, with its metered uses."""
+    uses = len(list(session.scalars(select(MarketUsage.id).where(MarketUsage.entitlement_id == row.id,
+                                                                  MarketUsage.allowed))))
+    return Entitlement(id=row.id, org_id=row.org_id, seller_org_id=row.seller_org_id, listing_id=row.listing_id,
+                       order_id=row.order_id, kind=ResourceKind(row.kind), resource_id=row.resource_id,
+                       actions=tuple(row.actions), use=row.use, pricing=Pricing(row.pricing),
+                       active=row.revoked_at is None, uses=uses, created_at=row.created_at)
+
+
+def grant_entitlement(session: Session, order: MarketOrder, listing: MarketListing, offer: MarketOffer, *,
+                      actor: str = "system") -> MarketEntitlement:
+    """Record the buyer's entitlement for a paid order (and, for a dataset, the catalog's grant)."""
+    kind = ResourceKind(listing.kind)
+    grant_id = None
+    if kind is ResourceKind.DATASET:
+        d = session.get(Dataset, listing.resource_id)
+        assert d is not None
+        licence = "LicenseRef-market-" + offer.use
+        grant_id = Datasets(session).grant(listing.org_id, d.name, order.org_id, license=licence, version=d.version,
+                                           actor=actor).id
+    row = MarketEntitlement(org_id=order.org_id, seller_org_id=listing.org_id, listing_id=listing.id,
+                            order_id=order.id, kind=kind.value, resource_id=listing.resource_id,
+                            actions=[a.value for a in _ACTIONS[kind]], use=offer.use, pricing=offer.pricing,
+                            grant_id=grant_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def revoke_entitlement(session: Session, order_id: str) -> None:
+    """Revoke the entitlement of an order (refund) and its dataset grant."""
+    for row in session.scalars(select(MarketEntitlement).where(MarketEntitlement.order_id == order_id)):
+        if row.revoked_at is None:
+            row.revoked_at = utc_now()
+            if row.grant_id:
+                grant = session.get(DatasetGrant, row.grant_id)
+                if grant is not None:
+                    Datasets(session).revoke(grant.org_id, grant.id)
+    session.flush()
+
+
+def entitlement_of_order(session: Session, order_id: str) -> str:
+    """The id of the entitlement an order granted."""
+    return str(session.scalar(select(MarketEntitlement.id).where(MarketEntitlement.order_id == order_id)))
+
+
+def list_entitlements(session: Session, org_id: str) -> list[Entitlement]:
+    """The organisation's entitlements, oldest first."""
+    rows = session.scalars(select(MarketEntitlement).where(MarketEntitlement.org_id == org_id)
+                           .order_by(MarketEntitlement.created_at, MarketEntitlement.id))
+    return [entitlement_view(session, r) for r in rows]
+
+
+def require(session: Session, org_id: str, resource_id: str, action: str, *, actor: str = "system",
+            detail: dict[str, Any] | None = None, units: int = 1) -> MarketEntitlement:
+    """The active entitlement letting ``org_id`` do ``action`` on ``resource_id``; metered and logged.
+
+    ``Forbidden`` (403) when none covers it; the refusal is logged too.
+    """
+    try:
+        act = Action(action)
+    except ValueError:
+        raise InvalidInput(f"action must be download, train or run, got {action!r}", param="action") from None
+    rows = list(session.scalars(select(MarketEntitlement).where(
+        MarketEntitlement.org_id == org_id, MarketEntitlement.resource_id == resource_id,
+    ).order_by(MarketEntitlement.created_at)))
+    found = next((r for r in rows if r.revoked_at is None and act.value in r.actions), None)
+    session.add(MarketUsage(org_id=org_id, entitlement_id=found.id if found else None, resource_id=resource_id,
+                            action=act.value, allowed=found is not None, units=units, detail=dict(detail or {}),
+                            created_by=actor))
+    session.flush()
+    if found is None:
+        why = ("the entitlement was revoked (refunded)" if any(r.revoked_at for r in rows)
+               else "this organisation holds no entitlement for it" if not rows
+               else f"the entitlement does not include {act.value}")
+        raise Forbidden(f"{act.value} of {resource_id} refused: {why}; buy an offer of its listing first")
+    return found
+
+
+def bill_usage(session: Session, org_id: str, entitlement_id: str) -> tuple[str | None, int]:
+    """Bill the unbilled metered uses of a usage-priced entitlement; returns (entry id or None, units billed)."""
+    from teachloop.market.orders import post_sale
+
+    ent = session.get(MarketEntitlement, entitlement_id)
+    if ent is None or ent.org_id != org_id:
+        from teachloop.core.errors import NotFound
+
+        raise NotFound(f"entitlement {entitlement_id!r} not found", param="entitlement")
+    if not Pricing(ent.pricing).usage:
+        return None, 0
+    uses = list(session.scalars(select(MarketUsage).where(MarketUsage.entitlement_id == ent.id, MarketUsage.allowed,
+                                                           MarketUsage.billed_entry_id.is_(None))
+                                .order_by(MarketUsage.created_at, MarketUsage.id)))
+    units = sum(u.units for u in uses)
+    if not units:
+        return None, 0
+    order = session.get(MarketOrder, ent.order_id)
+    offer = session.get(MarketOffer, order.offer_id) if order else None
+    listing = session.get(MarketListing, ent.listing_id)
+    assert order is not None and offer is not None and listing is not None
+    entry_id, _ = post_sale(session, org_id, ent.seller_org_id, listing, offer.amount * units, offer.currency,
+                            f"market:usage:{ent.id}:{uses[-1].id}", kind="order.usage",
+                            fee_bps=int(order.shares.get("fee_bps", 1000)),
+                            memo=f"{units} x {offer.pricing} of {listing.resource_ref}")
+    for u in uses:
+        u.billed_entry_id = entry_id
+    session.flush()
+    return entry_id, units
+
+
+__all__ = ["bill_usage", "entitlement_of_order", "entitlement_view", "grant_entitlement", "list_entitlements",
+           "require", "revoke_entitlement"]
