@@ -15,7 +15,8 @@ request that fails to connect, or answers 429 or 5xx, is retried with
 exponential backoff (``retries`` times); every POST carries an
 ``Idempotency-Key`` (the same one on each retry), so a retried run creation
 never makes a second run. ``api_key`` defaults to ``$TEACHLOOP_API_KEY`` and
-``base_url`` to ``$TEACHLOOP_URL``. Only httpx and pydantic are imported.
+``base_url`` to ``$TEACHLOOP_URL``. Only httpx and pydantic are imported
+(``publish_env`` of a folder imports teachloop's catalog to archive it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -34,6 +36,7 @@ from teachloop.core.api import (
     EnvCheck,
     EnvInfo,
     EnvList,
+    EnvPublished,
     EnvVersion,
     EnvVersionList,
     EvalRequest,
@@ -102,15 +105,18 @@ class Client:
         self.close()
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                idempotency_key: str | None = None) -> Any:
-        """Send one request (retried as the module docstring says); the decoded JSON body, or raise."""
+                idempotency_key: str | None = None, files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
+        """Send one request (retried as the module docstring says); the decoded JSON body, or raise.
+
+        ``files`` sends a multipart body: field -> (filename, bytes, content type).
+        """
         headers = {}
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or uuid.uuid4().hex
         query = {k: v for k, v in (params or {}).items() if v is not None}
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(method, path, json=json, params=query, headers=headers)
+                response = self._http.request(method, path, json=json, params=query, headers=headers, files=files)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError) as err:
                 if attempt == self.retries:
                     raise errors.ServiceUnavailable(f"cannot reach {self._http.base_url}: {err}") from None
@@ -206,6 +212,34 @@ class Client:
         """Yank a published NAME@VERSION."""
         return self._post(EnvVersion, f"/api/envs/{ref}/yank", {"reason": reason})
 
+    def env_checks(self, ref: str) -> EnvCheck:
+        """The checks a published version passed when it was published."""
+        return self._get(EnvCheck, f"/api/envs/{ref}/checks")
+
+    def publish_env(self, package: str | Path | bytes, *, filename: str | None = None) -> EnvPublished:
+        """Check and publish an environment package on the server (``teachloop env publish``).
+
+        ``package``: the package folder (archived here exactly as ``teachloop env publish`` archives it),
+        a ``.tar.gz`` or ``.zip`` file of it, or such an archive's bytes. A failing check is ``InvalidInput``
+        naming each one; the same version with other content is ``Conflict``.
+        """
+        if isinstance(package, bytes):
+            data, name = package, filename or "package.tar.gz"
+        else:
+            path = Path(package)
+            if path.is_dir():
+                from teachloop.catalog.environments import archive
+
+                data, name = archive(path), filename or f"{path.resolve().name}.tar.gz"
+            else:
+                try:
+                    data = path.read_bytes()
+                except OSError as err:
+                    raise errors.InvalidInput(f"cannot read {path}: {err}", param="package") from None
+                name = filename or path.name
+        kind = "application/zip" if name.lower().endswith(".zip") else "application/gzip"
+        return EnvPublished.model_validate(self.request("POST", "/api/envs", files={"package": (name, data, kind)}))
+
     # ---------------------------------------------------------------------------------------------- evaluations
     def start_eval(self, env: str, **options: Any) -> Evaluation:
         """Queue an evaluation (options: the fields of ``EvalRequest``: model, adapter, run, n, ...)."""
@@ -219,6 +253,17 @@ class Client:
     def get_eval(self, eval_id: str) -> Evaluation:
         """One evaluation."""
         return self._get(Evaluation, f"/api/evals/{eval_id}")
+
+    def wait_eval(self, eval_id: str, *, timeout_s: float = 3600.0, poll_s: float = 1.0) -> Evaluation:
+        """Poll until the evaluation succeeded, failed or was cancelled; the final record (``TimeoutError`` after)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            evaluation = self.get_eval(eval_id)
+            if evaluation.status in ("succeeded", "failed", "cancelled"):
+                return evaluation
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"evaluation {eval_id} is still {evaluation.status} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
 
     # ---------------------------------------------------------------------------------------------- models
     def list_models(self) -> ModelList:

@@ -8,6 +8,11 @@ Every error response is ``{"error": {"message", "type", "param", "code"}}``:
 - unknown routes are 404 and wrong methods 405, in the same shape;
 - anything else is a 500 that says only that the server log has the details
   (the traceback is logged, never sent).
+
+``ErrorResponse`` is that shape as a model, and ``ERROR_RESPONSES`` documents it once
+for every 4xx and 5xx status: ``create_app`` mounts every router with it, so the
+OpenAPI document describes each error body (and FastAPI's 422 model, which this
+app never sends, is left out).
 """
 
 from __future__ import annotations
@@ -18,11 +23,34 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from teachloop.core.errors import InvalidInput, NotFound, TeachloopError
+from teachloop.core.errors import InvalidInput, NotFound, QuotaExceeded, TeachloopError
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong (OpenAI's error object)."""
+
+    message: str = Field(description="A sentence for a person: what was wrong and, where it helps, what to do.")
+    type: str = Field(description="The error's kind, e.g. invalid_request_error, not_found, internal_error.")
+    param: str | None = Field(description="The request parameter at fault (dotted path), when there is one.")
+    code: str | None = Field(description="A stable machine-readable code (the same as type here).")
+
+
+class ErrorResponse(BaseModel):
+    """Every error body: ``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+#: ``responses=`` for a router: the error body of every 4xx and 5xx answer.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "A refused request (400 names the parameter in error.param)."},
+    "5XX": {"model": ErrorResponse, "description": "A server error, or serving unavailable (503)."},
+}
 
 
 def error_response(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -33,6 +61,8 @@ def error_response(status: int, error: dict[str, Any], headers: dict[str, str] |
 def render(err: TeachloopError) -> JSONResponse:
     """The response for a teachloop error."""
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    if isinstance(err, QuotaExceeded) and err.retry_after is not None:
+        headers = {"Retry-After": str(err.retry_after)}
     return error_response(err.status, err.to_dict(), headers)
 
 
@@ -127,4 +157,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected)
 
 
-__all__ = ["error_response", "install_error_handlers", "render"]
+__all__ = ["ERROR_RESPONSES", "ErrorDetail", "ErrorResponse", "error_response", "install_error_handlers", "render"]

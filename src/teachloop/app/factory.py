@@ -6,6 +6,7 @@ builds ``AppDeps`` and closes them. Every request outside ``routes.PUBLIC``
 then 413 for a body over ``Settings.max_body_bytes`` -- before a route reads its
 body; every router in ``routes.PROTECTED`` is also mounted behind
 ``require_principal`` (the caller, and the security scheme in the OpenAPI document).
+Every router, public ones too, documents the error body (``errors.ERROR_RESPONSES``).
 The serving routers (``/v1``, ``/api/deployments``, ``/api/traces``, ...) find the
 ``serve.Serving`` runtime on ``app.state.serving``: ``deps.serving``, or one without
 an engine (it starts no threads) when the caller built none.
@@ -26,9 +27,10 @@ from fastapi import APIRouter, Depends, FastAPI
 from teachloop import __version__
 from teachloop.app.auth import require_principal
 from teachloop.app.deps import AppDeps
-from teachloop.app.errors import install_error_handlers
+from teachloop.app.errors import ERROR_RESPONSES, install_error_handlers
 from teachloop.app.guard import RequestGuard
 from teachloop.app.routes import PROTECTED, PUBLIC
+from teachloop.market.quotas import serving_admission
 from teachloop.serve.service import Serving
 
 
@@ -44,14 +46,16 @@ def create_app(deps: AppDeps, *, pages: APIRouter | None = None) -> FastAPI:
     )
     app.state.deps = deps
     app.state.serving = deps.serving or Serving(deps.database, deps.blobs)
+    if app.state.serving.admission is None:  # the organisations' token and spend quotas (market.quotas): 429
+        app.state.serving.admission = serving_admission(deps.database)
     install_error_handlers(app)
     public_paths = [path for router in PUBLIC for route in router.routes if (path := getattr(route, "path", None))]
     page_routes = list(pages.routes) if pages is not None else []
     app.add_middleware(RequestGuard, deps=deps, public_paths=public_paths, page_routes=page_routes)
     for router in PUBLIC:
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
     for router in PROTECTED:
-        app.include_router(router, dependencies=[Depends(require_principal)])
+        app.include_router(router, dependencies=[Depends(require_principal)], responses=ERROR_RESPONSES)
     if pages is not None:
         app.include_router(pages, include_in_schema=False)
     return app

@@ -11,7 +11,10 @@ runs depend on staying exactly what they were:
 - adapter publishing and digests (``adapters``: one ``folder_digest``, one
   ``publish_adapter``, whoever publishes: ``deploy push``, training, the loop);
 - environment references (``envref``: a reference resolved to an environment
-  pinned by content digest; published versions fetched and verified).
+  pinned by content digest; published versions fetched and verified);
+- environment publishing (``environments``: one ``publish_package`` -- checks,
+  reproducible archive, digest, the version with its check report -- and one
+  ``yank_version``, whoever publishes: ``teachloop env publish``, ``POST /api/envs``).
 
 It sits below ``serve``, ``train``, ``loop``, ``tinker``, ``work`` and
 ``market`` (they use it; ``work`` and ``market`` reach datasets and adapters
@@ -23,6 +26,13 @@ imports, never ``"package.module:Attr"`` strings. Knows nothing of HTTP.
 
 from teachloop.catalog.adapters import adapter_key, folder_digest, publish_adapter, publish_run_adapter
 from teachloop.catalog.datasets import record_snapshot
+from teachloop.catalog.environments import (
+    ChecksFailed,
+    Published,
+    publish_package,
+    unpack_package,
+    yank_version,
+)
 from teachloop.catalog.envref import ResolvedEnv, fetch_package, is_hub_ref, local_digest, resolve_env
 from teachloop.catalog.export import FORMATS, dataset_json, export_dataset, grant_json, lineage, row_json
 from teachloop.catalog.imports import (
@@ -38,6 +48,8 @@ __all__ = [
     "FORMATS",
     "IMPORT_FORMATS",
     "IMPORT_KINDS",
+    "ChecksFailed",
+    "Published",
     "ResolvedEnv",
     "adapter_key",
     "check_license",
@@ -52,9 +64,12 @@ __all__ = [
     "local_digest",
     "parse_rows",
     "publish_adapter",
+    "publish_package",
     "publish_run_adapter",
     "read_jsonl",
     "record_snapshot",
     "resolve_env",
     "row_json",
+    "unpack_package",
+    "yank_version",
 ]

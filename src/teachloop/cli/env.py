@@ -3,19 +3,21 @@
 Local commands (``new``, ``check``, ``eval`` without storing) need no database.
 Hub commands (``publish``, ``list``, ``info NAME@VERSION``, ``yank``) and stored
 eval results use the configured database and blob store (``teachloop admin
-init`` first). Every environment that is evaluated or published is resolved to
-a digest, printed and recorded, never to a floating "latest". Heavy imports
-(SQLAlchemy, the engine, environments) happen inside commands, so ``--help`` is fast.
+init`` first) -- or, with ``--remote URL`` (``$TEACHLOOP_URL``), a teachloop
+server through ``teachloop.Client`` (``list``, ``info``, ``publish``, ``yank``;
+``eval --remote`` queues the evaluation on the server's worker and waits for
+it). Publishing and yanking are ``catalog.environments``', the same functions
+``POST /api/envs`` calls. Every environment that is evaluated or published is
+resolved to a digest, printed and recorded, never to a floating "latest". Heavy
+imports (SQLAlchemy, the engine, environments) happen inside commands, so
+``--help`` is fast.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import io
 import json
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from teachloop.cli._common import console, err_console, handle_errors, pick_org, settings
-from teachloop.core.errors import ConfigurationError, Conflict, InvalidInput, ServiceUnavailable
+from teachloop.cli._common import (
+    StoreContext,
+    console,
+    err_console,
+    handle_errors,
+    pick_org,
+    remote_client,
+    remote_option,
+    settings,
+)
+from teachloop.core.errors import ConfigurationError, InvalidInput, ServiceUnavailable, TeachloopError
 
 if TYPE_CHECKING:
     from teachloop.core.rl import ChatCompleter
@@ -135,18 +146,10 @@ def hub(org: str | None) -> Iterator[Hub]:
 
 
 def archive(root: Path) -> bytes:
-    """A reproducible .tar.gz of a package folder (the files ``package_hash`` covers; fixed times and owners)."""
-    from teachloop.envs.manifest import package_files
+    """A reproducible .tar.gz of a package folder (``catalog.environments.archive``)."""
+    from teachloop.catalog.environments import archive as archive_package
 
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w",
-                                                                           format=tarfile.PAX_FORMAT) as tar:
-        for path in package_files(root):
-            info = tarfile.TarInfo(path.relative_to(root).as_posix())
-            data = path.read_bytes()
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return archive_package(root)
 
 
 # -- rendering --------------------------------------------------------------------------------------
@@ -241,7 +244,8 @@ def _engine_completer(model: str | None, adapter: str | None) -> ChatCompleter:
 def eval_(
     target: str = typer.Argument(..., help="NAME[@VERSION], a package folder, rg:..., vf:... or a grader JSON."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model: the engine's base model, or the name sent to --base-url."),
-    adapter: str | None = typer.Option(None, "--adapter", "-a", help="A saved LoRA adapter folder (engine only)."),
+    adapter: str | None = typer.Option(None, "--adapter", "-a", help="A saved LoRA adapter folder (engine only); "
+                                       "with --remote, an adapter version on the server (NAME@N or NAME)."),
     n: int = typer.Option(50, "-n", min=1, help="Tasks to run."),
     group_size: int = typer.Option(1, "--group-size", "-g", min=1, help="Episodes per task."),
     base_url: str | None = typer.Option(None, "--base-url", help="An OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
@@ -257,13 +261,27 @@ def eval_(
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
     output: Path | None = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
     store: bool = typer.Option(True, "--store/--no-store", help="Store the result in the database (if initialised)."),
+    remote: str | None = remote_option(),
 ) -> None:
     """Run N tasks against the engine or an endpoint; print mean reward with a 95% CI and failures; store it.
 
     When more than half of the episodes fail to get a reply (model errors, timeouts), nothing is stored and
-    the exit status is 1: that measures the endpoint, not the environment.
+    the exit status is 1: that measures the endpoint, not the environment. With --remote the server's worker
+    runs it against the server's engine (TARGET must be a name, NAME@VERSION, rg: or vf:, never a path)
+    and stores the result there; this waits for it.
     """
     with errors():
+        if remote:
+            local_only = {"--base-url": base_url, "--judge-base-url": judge_base_url, "--judge-model": judge_model,
+                          "--no-store": None if store else True}
+            for flag, value in local_only.items():
+                if value is not None:
+                    raise InvalidInput(f"{flag} applies to a local evaluation; drop it or --remote (the server's "
+                                       "worker uses its own engine and stores the result)",
+                                       param=flag.removeprefix("--").replace("-", "_"))
+            _eval_remote(remote, target, model=model, adapter=adapter, n=n, group_size=group_size, seed=seed,
+                         max_tokens=max_tokens, temperature=temperature, timeout=timeout, output=output)
+            return
         from teachloop.envs import OpenAICompleter, evaluate
 
         if adapter and base_url:
@@ -293,6 +311,33 @@ def eval_(
             raise ServiceUnavailable(f"not stored: {unreachable}")
         if store:
             _store_eval(resolved, report, org)
+
+
+def _eval_remote(url: str, target: str, *, output: Path | None, timeout: float, **options: Any) -> None:
+    """Queue the evaluation on the server at ``url``, wait for it, print (and with ``output`` write) the result."""
+    from pydantic import ValidationError
+
+    with remote_client(url) as client:
+        request = {k: v for k, v in options.items() if v is not None}
+        try:
+            started = client.start_eval(target, **request)
+        except ValidationError as err:  # checked here, before anything is sent
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "env"
+            raise InvalidInput(f"{where}: {first['msg']}", param=where) from None
+        with console.status(f"evaluation {started.id} of {target} queued on {url}…"):
+            done = client.wait_eval(started.id, timeout_s=max(timeout * options["n"], 600.0))
+    if output:
+        output.write_text(json.dumps(done.model_dump(mode="json"), indent=2))
+    if done.status != "succeeded" or done.result is None:
+        raise TeachloopError(f"evaluation {done.id} {done.status}: {done.error or 'no result'}")
+    r = done.result
+    ci = "n/a (one task)" if r.ci_low is None or r.ci_high is None else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+    ref = f"{r.env_name}@{r.env_version}" if r.env_version else r.env_name
+    console.print(f"[bold]{escape(ref)}[/] ({r.env_digest[:19]}…) on {escape(r.model)}: mean reward "
+                  f"[bold]{r.mean:.3f}[/], 95% CI {ci}  ({r.n_tasks} tasks, {r.n_episodes} episodes)",
+                  highlight=False, soft_wrap=True)
+    console.print(f"[dim]stored as {r.id} on {escape(url)} (evaluation {done.id})[/]", highlight=False)
 
 
 #: Failure kinds that say the model never answered (the endpoint or engine, not the environment).
@@ -329,68 +374,71 @@ def _store_eval(resolved: Resolved, report: EvalReport, org: str | None) -> None
 def publish(
     path: Path = typer.Argument(Path("."), help="The package folder (default: here)."),
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    remote: str | None = remote_option(),
 ) -> None:
-    """Check, archive and store an immutable version (semver + content hash) owned by your organisation."""
-    with errors():
-        from teachloop.envs import build_manifest, check_environment
-        from teachloop.envs.registry import load_package
-        from teachloop.store.repos.environments import EnvironmentRegistry
+    """Check, archive and store an immutable version (semver + content hash) owned by your organisation.
 
-        if not (path / "pyproject.toml").is_file():
-            raise InvalidInput(f"{path} is not a package folder (no pyproject.toml)", param="path")
-        report = asyncio.run(check_environment(str(path)))
-        if not report.ok:
-            _print_check(report)
-            raise InvalidInput(f"refusing to publish: check failed ({', '.join(r.name for r in report.failed)})")
-        manifest = build_manifest(path, load_package(path))
-        data = archive(path)
-        with hub(org) as h:
-            registry = EnvironmentRegistry(h.session)
-            existing = next((r for r in registry.versions(h.org_id, manifest.name) if r.version == manifest.version),
-                            None)
-            if existing is not None and existing.digest != manifest.content_hash:
-                # refuse before uploading, so a refused publish leaves no orphan blob
-                raise Conflict(f"{manifest.name}@{manifest.version} is already published with different content "
-                               f"({existing.digest[:19]}…, this package is {manifest.content_hash[:19]}…); published "
-                               "versions are immutable: bump the version", param="version")
-            blob_key = existing.blob_key if existing is not None else h.blobs.put_content(data)
-            row, created = registry.publish(
-                h.org_id, name=manifest.name, version=manifest.version, digest=manifest.content_hash,
-                manifest=manifest.model_dump(mode="json"), blob_key=blob_key, actor=ACTOR)
-            where = escape(h.org_name)
-        if created:
-            console.print(f"[green]published[/] {row.ref} ({row.digest}) in {where}", highlight=False)
-        else:
-            console.print(f"already published: {row.ref} with the same content ({row.digest}); nothing changed",
-                          highlight=False)
+    With --remote the package is archived here and checked and stored by the server (``POST /api/envs``).
+    """
+    with errors():
+        from teachloop.catalog.environments import ChecksFailed, publish_package, require_package
+
+        require_package(path, param="path")
+        if remote:
+            with remote_client(remote) as client:
+                out = client.publish_env(path)
+            _print_published(out.version.ref, out.version.digest, out.created, remote)
+            return
+        with StoreContext(org) as store:
+            try:
+                result = asyncio.run(publish_package(store.database, store.blobs, store.org_id, path, actor=ACTOR))
+            except ChecksFailed as err:
+                if err.report is not None:
+                    _print_check(err.report)
+                raise
+            _print_published(result.version.ref, result.version.digest, result.created, store.org_name)
+
+
+def _print_published(ref: str, digest: str, created: bool, where: str) -> None:
+    if created:
+        console.print(f"[green]published[/] {ref} ({digest}) in {escape(where)}", highlight=False)
+    else:
+        console.print(f"already published: {ref} with the same content ({digest}); nothing changed", highlight=False)
 
 
 @app.command("list")
 def list_(
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of tables."),
+    remote: str | None = remote_option(),
 ) -> None:
-    """List installed environments and your organisation's published versions."""
+    """List installed environments and your organisation's published versions (with --remote: the server's)."""
     with errors():
-        from teachloop.envs import available
-
-        local = available()
         published: list[Any] = []
         note = ""
-        try:
-            from teachloop.store.repos.environments import EnvironmentRegistry
+        local: dict[str, Any]
+        if remote:
+            with remote_client(remote) as client:
+                listed = client.list_envs()
+            local, published = {e.name: e for e in listed.installed}, list(listed.published)
+        else:
+            from teachloop.envs import available
 
-            with hub(org) as h:
-                published = EnvironmentRegistry(h.session).versions(h.org_id)
-        except (ConfigurationError, ServiceUnavailable) as err:
-            note = err.message
+            local = dict(available())
+            try:
+                from teachloop.store.repos.environments import EnvironmentRegistry
+
+                with hub(org) as h:
+                    published = EnvironmentRegistry(h.session).versions(h.org_id)
+            except (ConfigurationError, ServiceUnavailable) as err:
+                note = err.message
         if as_json:
             for e in local.values():
                 typer.echo(json.dumps({"name": e.name, "source": e.source, "version": e.version, "target": e.target}))
             for r in published:
                 typer.echo(json.dumps({"name": r.name, "version": r.version, "digest": r.digest, "yanked": r.yanked}))
             return
-        table = Table(title="installed environments", title_justify="left")
+        table = Table(title="installed environments" + (f" on {remote}" if remote else ""), title_justify="left")
         for col in ("name", "version", "source", "target"):
             table.add_column(col, overflow="fold")
         for e in local.values():
@@ -412,9 +460,14 @@ def list_(
 def info(
     ref: str = typer.Argument(..., help="NAME[@VERSION] (published) or a local reference."),
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    remote: str | None = remote_option(),
 ) -> None:
-    """Show an environment: its manifest and digest, and a sample task."""
+    """Show an environment: its manifest, digest and publish-time checks, and a sample task (locally)."""
     with errors():
+        if remote:
+            with remote_client(remote) as client:
+                console.print_json(client.env_info(ref).model_dump_json())
+            return
         if _is_hub_ref(ref):
             from teachloop.store.repos.environments import EnvironmentRegistry
 
@@ -422,7 +475,7 @@ def info(
                 row = EnvironmentRegistry(h.session).resolve(h.org_id, ref)
                 facts = {"ref": row.ref, "digest": row.digest, "yanked": row.yanked, "yank_reason": row.yank_reason,
                          "published_by": row.published_by, "created_at": row.created_at.isoformat(),
-                         "manifest": row.manifest}
+                         "manifest": row.manifest, "checks": row.checks}
                 evals = [{"model": e.model, "mean": e.mean, "ci": [e.ci_low, e.ci_high], "n_tasks": e.n_tasks,
                           "at": e.created_at.isoformat()}
                          for e in EnvironmentRegistry(h.session).evals(h.org_id, row.name, limit=5)
@@ -441,14 +494,20 @@ def yank(
     ref: str = typer.Argument(..., help="NAME@VERSION to yank."),
     reason: str | None = typer.Option(None, "--reason", help="Why (shown to anyone who resolves it)."),
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    remote: str | None = remote_option(),
 ) -> None:
     """Yank a published version: training and eval refuse it (even named exactly); info and check still inspect it."""
     with errors():
-        from teachloop.store.repos.environments import EnvironmentRegistry
+        if remote:
+            with remote_client(remote) as client:
+                out = client.yank_env(ref, reason)
+            console.print(f"[yellow]yanked[/] {out.ref} ({out.digest}) on {escape(remote)}", highlight=False)
+            return
+        from teachloop.catalog.environments import yank_version
 
-        with hub(org) as h:
-            row = EnvironmentRegistry(h.session).yank(h.org_id, ref, reason=reason, actor=ACTOR)
-            console.print(f"[yellow]yanked[/] {row.ref} ({row.digest})", highlight=False)
+        with StoreContext(org) as store:
+            row = yank_version(store.database, store.org_id, ref, reason=reason, actor=ACTOR)
+        console.print(f"[yellow]yanked[/] {row.ref} ({row.digest})", highlight=False)
 
 
 __all__ = ["NO_REPLY_KINDS", "app", "archive", "local_digest", "resolve", "unreachable_reason"]

@@ -102,7 +102,7 @@ def list_(
     org: str | None = OrgOpt,
 ) -> None:
     """List traces, newest first."""
-    from teachloop.serve.rest import trace_json
+    from teachloop.serve.trace_views import trace_json
     from teachloop.store.repos.traces import Traces
 
     with errors():
@@ -136,7 +136,7 @@ def show(
     org: str | None = OrgOpt,
 ) -> None:
     """Show one trace (messages, replies, parameters, feedback) as JSON."""
-    from teachloop.serve.rest import trace_json
+    from teachloop.serve.trace_views import trace_json
     from teachloop.store.repos.traces import Traces
 
     with errors(), StoreContext(org) as ctx, ctx.database.session(write=False) as session:

@@ -160,6 +160,8 @@ class EnvInfo(_Response):
     manifest: dict[str, Any] | None = Field(description="A published version's manifest (checks, tasks, rewards).")
     description: dict[str, Any] | None = Field(description="An installed environment's self-description.")
     recent_evals: list[EvalResult] = Field(description="The newest stored evaluations of this digest.")
+    checks: EnvCheck | None = Field(default=None, description="A published version's publish-time checks (null "
+                                    "for an installed environment, or a version published before they were stored).")
 
 
 class CheckOutcome(_Response):
@@ -177,6 +179,15 @@ class EnvCheck(_Response):
     ok: bool = Field(description="True when no check failed.")
     seconds: float = Field(description="How long the checks took.")
     results: list[CheckOutcome] = Field(description="Every check's outcome.")
+
+
+class EnvPublished(_Response):
+    """The outcome of publishing an environment package (``POST /api/envs``)."""
+
+    created: bool = Field(description="False when this exact content was already published as this version: "
+                          "nothing changed.")
+    version: EnvVersion = Field(description="The published version.")
+    checks: EnvCheck = Field(description="The publish-time checks just run on the package (all passed).")
 
 
 class YankRequest(_Request):
@@ -258,6 +269,7 @@ __all__ = [
     "EnvCheck",
     "EnvInfo",
     "EnvList",
+    "EnvPublished",
     "EnvVersion",
     "EnvVersionList",
     "EvalRequest",

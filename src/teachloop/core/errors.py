@@ -17,6 +17,7 @@ CLI prints ``str(err)`` on one line and exits non-zero.
     ├── Conflict                         409  (ValueError)      immutable version clash, duplicate name
     │   ├── InsufficientFunds            409                    a non-negative account would go below zero
     │   └── IdempotencyConflict          409                    an idempotency key reused with another request
+    ├── QuotaExceeded                    429  (RuntimeError)    an organisation's quota (tokens/day, runs, spend) is used up
     ├── ServiceUnavailable               503  (RuntimeError)    database unreachable, engine not loaded
     └── ModelError                       500  (RuntimeError)    a model cache that is corrupt or half-written
 
@@ -134,6 +135,29 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
+class QuotaExceeded(TeachloopError):
+    """An organisation's quota is used up; nothing was done (HTTP 429).
+
+    ``param`` names the quota (``tokens_per_day``, ``concurrent_runs``, ``spend_per_month``), the
+    message says when it resets, and ``retry_after`` (seconds, or None when the reset is an event such
+    as a run ending) becomes the ``Retry-After`` header.
+    """
+
+    status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_quota, (self.message, self.param, self.retry_after))
+
+
+def _rebuild_quota(message: str, param: str | None, retry_after: int | None) -> QuotaExceeded:
+    return QuotaExceeded(message, param=param, retry_after=retry_after)
+
+
 class ServiceUnavailable(TeachloopError):
     """A dependency (database, engine, worker) cannot be reached right now (HTTP 503)."""
 
@@ -159,6 +183,7 @@ __all__ = [
     "ModelError",
     "NotFound",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "ServiceUnavailable",
     "TeachloopError",
     "Unauthorized",

@@ -34,6 +34,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "TEACHLOOP_HOST": ("127.0.0.1", "address the API binds to"),
     "TEACHLOOP_PORT": ("8000", "port the API binds to"),
     "TEACHLOOP_API_KEY": ("", "API key the CLI's HTTP commands and the SDK send (never stored in plain text)"),
+    "TEACHLOOP_URL": ("", "server the CLI's --remote commands and teachloop.Client talk to (e.g. http://127.0.0.1:8000)"),
     "TEACHLOOP_SKIP_MODEL_PULL": ("", "set to 1 to start `teachloop up` without pulling the default model"),
     "TEACHLOOP_MAX_BODY_BYTES": (
         str(DEFAULT_MAX_BODY_BYTES),

@@ -7,7 +7,11 @@
   loop and its iterations: the data used (dataset and digest, counts), the
   run, the gate's figures and the decision with its reason, the canary.
 * ``set_enabled`` pauses or resumes a loop; ``enqueue_tick`` queues a ``loop``
-  job for the worker (one tick; the handler queues the next).
+  job for the worker (one tick; the handler queues the next), ``request_tick``
+  does so for an existing loop only.
+* ``configure_deployment_loop`` is ``configure_loop`` for a config addressed to
+  one deployment (``PUT /api/loops/{deployment}``): the config's own
+  ``deployment``, if any, must agree.
 
 Every call is scoped to an organisation. Knows nothing of HTTP or engines.
 """
@@ -20,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from teachloop.core.errors import NotFound
+from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.loop.config import LoopConfig, check_references, validate_loop_config
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
@@ -49,6 +53,16 @@ def configure_loop(database: Database, blobs: BlobStore, org_id: str, raw: dict[
         loop, created = Loops(s).configure(org_id, refs.deployment.id, cfg.to_dict(), cfg.digest,
                                            enabled=cfg.enabled, actor=actor)
         return loop_json(loop, cfg.deployment), created
+
+
+def configure_deployment_loop(database: Database, blobs: BlobStore, org_id: str, deployment: str,
+                              raw: dict[str, Any], *, cache: Path, actor: str = "system") -> tuple[dict[str, Any], bool]:
+    """``configure_loop`` of ``raw`` as the loop of ``deployment``; ``InvalidInput`` when ``raw`` names another."""
+    given = raw.get("deployment", deployment)
+    if given != deployment:
+        raise InvalidInput(f"config field deployment: {given!r} does not match the path's {deployment!r}",
+                           param="deployment")
+    return configure_loop(database, blobs, org_id, {**raw, "deployment": deployment}, cache=cache, actor=actor)
 
 
 def find_loop(session: Any, org_id: str, deployment: str) -> Loop:
@@ -138,14 +152,23 @@ def enqueue_tick(queue: JobQueue, org_id: str, deployment: str, *, delay_s: floa
     return queue.enqueue(JOB_KIND, {"deployment": deployment}, org_id, run_after=run_after, max_attempts=1)
 
 
+def request_tick(database: Database, queue: JobQueue, org_id: str, deployment: str) -> str:
+    """Queue one tick of the loop of ``deployment``; ``NotFound`` when it has none. Returns the job id."""
+    with database.session(write=False) as s:
+        find_loop(s, org_id, deployment)
+    return enqueue_tick(queue, org_id, deployment)
+
+
 __all__ = [
     "JOB_KIND",
+    "configure_deployment_loop",
     "configure_loop",
     "enqueue_tick",
     "find_loop",
     "history",
     "iteration_json",
     "loop_json",
+    "request_tick",
     "set_enabled",
     "status",
 ]

@@ -10,9 +10,12 @@
   only after its trace committed.
 - ``Usage`` (``usage``): each organisation's requests, tokens and traces,
   counted apart (what the stats route shows a caller).
-- HTTP routers: ``openai_api.router`` (``/v1``) and ``rest.router`` (``/api``),
-  mounted by the app behind its authentication; ``export`` writes traces as
-  OpenAI JSONL or a Hugging Face dataset.
+- Request bodies and views, no HTTP: ``chat`` (``ChatCompletionRequest`` ->
+  ``ChatInput``), ``completions``, ``responses``, ``wire`` (SSE frames, shared
+  checks); ``deployments`` (create, change, roll back) and ``trace_views``
+  (traces and feedback) are the services the REST routes call. The routers
+  themselves live in ``app/routes/`` (``openai``, ``deployments``, ``traces``, ...);
+  ``export`` writes traces as OpenAI JSONL or a Hugging Face dataset.
 
 The registry itself (adapter versions, deployments, traces, feedback) is in
 ``store.repos.deployments`` and ``store.repos.traces``. Nothing here imports

@@ -198,6 +198,7 @@ class Serving:
         renderer: Renderer | None = None,
         base_model: str | None = None,
         config: ServingConfig | None = None,
+        admission: Callable[[str, str], None] | None = None,
     ) -> None:
         if engine is not None and (renderer is None or not base_model):
             raise InvalidInput("serving an engine needs its renderer and base model id", param="renderer")
@@ -207,6 +208,9 @@ class Serving:
         self.renderer = renderer
         self.base_model = base_model if engine is not None else None
         self.config = config or ServingConfig()
+        # (org_id, model) -> None, raising e.g. QuotaExceeded (429) before anything is queued or traced; the app
+        # wires the market's quotas in here (serve cannot import market)
+        self.admission = admission
         self.scheduler = (
             Scheduler(engine, max_rows=self.config.max_rows, max_queue=self.config.max_queue,
                       prefix_cache=self.config.prefix_cache and hasattr(engine, "prefix"))
@@ -351,6 +355,8 @@ class Serving:
 
     def generation_target(self, org_id: str, model: str, user: str | None) -> Target:
         """``resolve``, then ``ServiceUnavailable`` (503) unless this process can generate for the target."""
+        if self.admission is not None:  # quotas first: an organisation past its limit is refused before any work
+            self.admission(org_id, model)
         target = self.resolve(org_id, model, user)
         if self.engine is None or self.renderer is None or not self.can_generate:
             raise ServiceUnavailable("no model is loaded on this server; completions are unavailable")
@@ -362,6 +368,8 @@ class Serving:
         return target
 
     def _prepare(self, org_id: str, chat: ChatInput) -> _Prepared:
+        if self.admission is not None:  # quotas first: an organisation past its limit is refused before any work
+            self.admission(org_id, chat.model)
         target = self.resolve(org_id, chat.model, chat.user)
         if self.engine is None or self.renderer is None or not self.can_generate:
             raise ServiceUnavailable("no model is loaded on this server; chat completions are unavailable")

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teachloop.core.errors import Conflict, InvalidConfig, InvalidInput, NotFound, TeachloopError
 from teachloop.engine.base import Engine
@@ -41,6 +41,9 @@ from teachloop.store.repos.idempotency import IdempotencyKeys, request_digest
 from teachloop.train.config import TrainConfig, validate_config
 from teachloop.train.runs import FINAL_STATUSES, RunInfo, RunStore
 from teachloop.train.trainer import RunCancelled, Trainer, TrainerDeps
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 #: The job kind that executes a training run.
 JOB_KIND = "train"
@@ -79,22 +82,39 @@ def check_api_config(raw: Any, default_model: str | None = None) -> TrainConfig:
 
 
 def submit_run(database: Database, blobs: BlobStore, org_id: str, raw: Any, *, idempotency_key: str | None = None,
-               default_model: str | None = None) -> tuple[RunInfo, bool]:
-    """Validate ``raw``, create the run (``queued``) and its ``train`` job; returns (run, created)."""
+               default_model: str | None = None, admit: Callable[[Session, str], None] | None = None,
+               ) -> tuple[RunInfo, bool]:
+    """Validate ``raw``, create the run (``queued``) and its ``train`` job; returns (run, created).
+
+    ``admit(session, org_id)`` runs in the transaction that would create the run (after an idempotent
+    replay is answered) and may refuse it, e.g. with ``QuotaExceeded``; then nothing is stored.
+    """
+    from sqlalchemy.exc import IntegrityError
+
     cfg = check_api_config(raw, default_model)
     runs = RunStore(database, blobs)
     digest = request_digest(cfg.to_dict())
-    with database.session() as session:
-        keys = IdempotencyKeys(session)
-        if idempotency_key is not None:
-            existing = keys.seen(org_id, _SCOPE, idempotency_key, digest)
-            if existing is not None:
-                return runs.get(org_id, existing, session=session), False
-        run = runs.create(org_id, cfg, {}, status="queued", session=session)
-        JobQueue(database).enqueue(JOB_KIND, {"run_id": run.id}, org_id, session=session)
-        if idempotency_key is not None:
-            keys.remember(org_id, _SCOPE, idempotency_key, digest, run.id)
-        return run, True
+    for attempt in range(2):
+        try:
+            with database.session() as session:
+                keys = IdempotencyKeys(session)
+                if idempotency_key is not None:
+                    existing = keys.seen(org_id, _SCOPE, idempotency_key, digest)
+                    if existing is not None:
+                        return runs.get(org_id, existing, session=session), False
+                if admit is not None:
+                    admit(session, org_id)
+                run = runs.create(org_id, cfg, {}, status="queued", session=session)
+                JobQueue(database).enqueue(JOB_KIND, {"run_id": run.id}, org_id, session=session)
+                if idempotency_key is not None:
+                    keys.remember(org_id, _SCOPE, idempotency_key, digest, run.id)
+                return run, True
+        except IntegrityError:
+            # two requests raced with one new key (PostgreSQL runs them concurrently): the loser's transaction
+            # rolled back whole; the second attempt finds the winner's key and answers with its run
+            if idempotency_key is None or attempt:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _open_job(queue: JobQueue, org_id: str, run_id: str) -> Job | None:

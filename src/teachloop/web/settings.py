@@ -18,7 +18,8 @@ removed (``Conflict``, 409; the owners are locked while counted). A demoted
 member's API keys whose role the new role could not create are revoked with
 the change (the confirmation lists them); a removed member's sessions and
 keys stop working at once (both check the membership on every request).
-Another organisation's member is a 404 page like a missing one.
+Another organisation's member is a 404 page like a missing one. The rules are
+``Tenancy.set_role``/``Tenancy.remove_member``'s; this module only renders them.
 """
 
 from __future__ import annotations
@@ -27,17 +28,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.responses import RedirectResponse, Response
 
-from teachloop.core.errors import Conflict, Forbidden, InvalidInput
+from teachloop.core.errors import Forbidden, InvalidInput
 from teachloop.core.tenancy import Role
-from teachloop.store.repos.audit import AuditLog
-from teachloop.store.repos.keys import ApiKeys, CreatedKey
+from teachloop.store.repos.keys import ApiKeys, CreatedKey, may_grant
 from teachloop.store.repos.sessions import NewLink, SigninLinks
 from teachloop.store.repos.tenancy import Tenancy, parse_role
-from teachloop.store.schema.tenancy import ApiKey, Membership, User
+from teachloop.store.schema.tenancy import ApiKey, User
 from teachloop.web.auth import SignedIn, Viewer, app_deps, require, require_csrf
 from teachloop.web.render import ConsoleRoute, page
 
@@ -122,14 +121,9 @@ def revoke_invitation(request: Request, viewer: SignedIn, link_id: str) -> Respo
     return RedirectResponse("/settings?done=invitation-revoked", status_code=303)
 
 
-_RANKED = frozenset({Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER})
-
-
 def key_within(member: Role, key: Role) -> bool:
     """Whether a member of role ``member`` may hold a key of role ``key`` (the rule ``ApiKeys.create_key`` applies)."""
-    if member == key or member.at_least(Role.ADMIN):
-        return True
-    return member in _RANKED and key in _RANKED and member.at_least(key)
+    return may_grant(member, key)
 
 
 @dataclass(frozen=True)
@@ -150,36 +144,12 @@ class MemberChange:
 
 
 def change_member(session: Session, viewer: Viewer, user_id: str, role: Role | None) -> MemberChange:
-    """Give the member ``role``, or remove them (``role`` None), in ``session``; the rules are the module's."""
+    """Give the member ``role``, or remove them (``role`` None), in ``session``; the rules are ``Tenancy``'s."""
     org, actor = viewer.principal.org_id, viewer.principal.key_id
-    membership = Tenancy(session).get_membership(org, user_id)
-    user = session.get(User, user_id)
-    assert user is not None  # the membership references it
-    before = membership.role_enum
-    if role is not None and role is before:
-        raise InvalidInput(f"{user.email} is already {before.value}", param="role")
-    if Role.OWNER in (before, role) and viewer.role is not Role.OWNER:
-        raise Forbidden("only an owner may change or remove an owner, or make someone an owner", param="role")
-    if before is Role.OWNER:
-        owners = session.scalars(select(Membership.id).where(
-            Membership.org_id == org, Membership.role == Role.OWNER.value).with_for_update()).all()
-        if len(owners) <= 1:
-            what = "removed" if role is None else "demoted"
-            raise Conflict(f"{user.email} is the organisation's last owner and cannot be {what}; make another member "
-                           "owner first", param="role")
-    keys = [k for k in ApiKeys(session).list(org, include_revoked=False) if k.user_id == user_id]
-    revoked = keys if role is None else [k for k in keys if not key_within(role, k.role_enum)]
-    for key in revoked:
-        ApiKeys(session).revoke(org, key.id, actor=actor)
-    audit = AuditLog(session)
-    if role is None:
-        session.delete(membership)
-        audit.record(org, actor, "member.remove", user_id, {"role": before.value})
-    else:
-        membership.role = role.value
-        audit.record(org, actor, "member.role", user_id, {"from": before.value, "to": role.value})
-    session.flush()
-    return MemberChange(user, before, role, revoked)
+    tenancy = Tenancy(session)
+    change = (tenancy.remove_member(org, user_id, by=viewer.role, actor=actor) if role is None
+              else tenancy.set_role(org, user_id, role, by=viewer.role, actor=actor))
+    return MemberChange(change.user, change.before, change.after, change.revoked_keys)
 
 
 def _member_role(action: str, role: str) -> Role | None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 import teachloop.cli.env as env_cli
 from teachloop.cli.main import app
 from teachloop.core.chat import Message
 from teachloop.envs import ScriptedCompleter
+from teachloop.store.schema import EnvironmentVersion
 
 runner = CliRunner()
 
@@ -76,6 +80,8 @@ def test_publish_list_info_yank_and_immutability(home: Path) -> None:
 
     info = run("info", "word-rev@0.1.0")
     assert info.exit_code == 0 and json.loads(info.stdout)["manifest"]["license"] == "Apache-2.0"
+    checks = json.loads(info.stdout)["checks"]  # the publish-time checks, stored with the version
+    assert checks["ok"] is True and {r["name"]: r["status"] for r in checks["results"]}["imports_offline"] == "pass"
 
     assert run("yank", "word-rev@0.1.0", "--reason", "typo").exit_code == 0
     assert json.loads(run("info", "word-rev@0.1.0").stdout)["yanked"] is True
@@ -182,3 +188,103 @@ def test_eval_refuses_to_store_when_the_model_never_answered(home: Path, monkeyp
 def test_eval_refuses_an_adapter_with_an_endpoint(home: Path) -> None:
     result = run("eval", "arithmetic", "--base-url", "http://127.0.0.1:9/v1", "--adapter", str(home))
     assert result.exit_code == 2 and "--adapter" in result.output and "--base-url" in result.output
+
+
+# ---------------------------------------------------------------------------------------------- --remote
+
+
+@pytest.fixture
+def server(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    """A real teachloop server (uvicorn, its own database and blobs, the fake engine) and its worker, in threads;
+    ``TEACHLOOP_API_KEY`` is its owner key. The CLI's own home has no database at all."""
+    from teachloop.app import AppDeps, create_app, job_handlers
+    from teachloop.cli.demo import serve_in_thread
+    from teachloop.core.settings import Settings
+    from teachloop.store import BlobStore, Database, Worker, bootstrap
+    from tests._tiny import tiny_llama
+
+    root = home / "server"
+    model = tiny_llama(root / "models")
+    settings = Settings(home=root, model_cache=root / "cache", database_url=f"sqlite:///{root / 's.db'}",
+                        blob_url=str(root / "blobs"), engine="fake", model=str(model))
+    database = Database(settings.database_url)
+    database.migrate()
+    with database.session() as s:
+        first = bootstrap(s, "acme", "owner@acme.test")
+        assert first.key is not None
+        monkeypatch.setenv("TEACHLOOP_API_KEY", first.key.secret)
+    deps = AppDeps(settings, database, BlobStore(settings.blob_url))
+    stop = threading.Event()
+
+    def work() -> None:
+        worker = Worker(deps.queue, job_handlers(deps), worker_id="w")
+        while not stop.is_set():
+            if worker.run_once() is None:
+                stop.wait(0.1)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        with serve_in_thread(create_app(deps)) as url:
+            yield url, deps
+    finally:
+        stop.set()
+        thread.join(30)
+        deps.close()
+
+
+def test_remote_publish_list_info_eval_yank_go_through_the_server(home: Path, server: tuple[str, Any]) -> None:
+    url, deps = server
+    assert run("new", "word-rev").exit_code == 0
+    first = run("publish", "word-rev", "--remote", url)
+    assert first.exit_code == 0 and "published word-rev@0.1.0 (sha256:" in first.output, first.output
+    digest = re.search(r"sha256:[0-9a-f]{64}", first.output)
+    assert digest is not None
+    again = run("publish", "word-rev", "--remote", url)
+    assert again.exit_code == 0 and "already published" in again.output
+
+    rows = [json.loads(line) for line in run("list", "--json", "--remote", url).stdout.splitlines()]
+    assert {"name": "word-rev", "version": "0.1.0", "digest": digest.group(0), "yanked": False} in rows
+    assert "arithmetic" in {r["name"] for r in rows}  # installed on the server
+    assert '"word-rev"' not in run("list", "--json").stdout  # the local home has no database: nothing published
+
+    info = json.loads(run("info", "word-rev@0.1.0", "--remote", url).stdout)
+    assert info["digest"] == digest.group(0) and info["checks"]["ok"] is True
+    assert {c["name"] for c in info["checks"]["results"]} >= {"imports_offline", "deterministic", "adversarial"}
+
+    evaluated = run("eval", "arithmetic", "-n", "2", "--remote", url, "--json", str(home / "remote.json"))
+    assert evaluated.exit_code == 0 and "mean reward" in evaluated.output and "stored as enve_" in evaluated.output, \
+        evaluated.output
+    assert json.loads((home / "remote.json").read_text())["result"]["n_tasks"] == 2
+    with deps.database.session(write=False) as s:
+        from teachloop.store.repos.environments import EnvironmentRegistry
+
+        org = s.scalars(select(EnvironmentVersion.org_id)).first()
+        assert [e.n_tasks for e in EnvironmentRegistry(s).evals(org, "arithmetic")] == [2]
+
+    yanked = run("yank", "word-rev@0.1.0", "--reason", "typo", "--remote", url)
+    assert yanked.exit_code == 0 and "yanked word-rev@0.1.0" in yanked.output
+    refused = run("eval", "word-rev@0.1.0", "-n", "2", "--remote", url)
+    assert refused.exit_code == 1 and "is yanked (typo)" in refused.output, refused.output
+
+
+def test_remote_publish_of_a_failing_package_names_the_check_and_stores_nothing(
+    home: Path, server: tuple[str, Any]
+) -> None:
+    url, deps = server
+    run("new", "badenv")
+    env_py = home / "badenv/src/badenv/env.py"
+    env_py.write_text(env_py.read_text().replace("rng.choice(WORDS)", "random.choice(WORDS)"))
+    result = run("publish", "badenv", "--remote", url)
+    assert result.exit_code == 2 and "refusing to publish: check failed (deterministic)" in result.output
+    with deps.database.session(write=False) as s:
+        assert s.scalars(select(EnvironmentVersion)).first() is None
+    missing = run("info", "badenv@0.1.0", "--remote", url)
+    assert missing.exit_code == 2 and "no published environment 'badenv'" in missing.output
+
+
+@pytest.mark.parametrize("flag", [["--base-url", "http://127.0.0.1:9/v1"], ["--no-store"],
+                                  ["--judge-base-url", "http://127.0.0.1:9/v1"]])
+def test_remote_eval_refuses_local_only_options(home: Path, flag: list[str]) -> None:
+    result = run("eval", "arithmetic", "--remote", "http://127.0.0.1:9", *flag)
+    assert result.exit_code == 2 and "applies to a local evaluation" in result.output and flag[0] in result.output

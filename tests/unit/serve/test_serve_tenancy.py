@@ -113,6 +113,7 @@ def _own_everything(client: TestClient, database: Database, blobs: BlobStore, tm
         if hasattr(Datasets, "grant"):
             grant = Datasets(s).grant(t.org_id, dataset, third.id, license="CC-BY-4.0")
             ids[f"{prefix}_grant"] = grant.id
+    _own_market(database, blobs, t, tag, ids, prefix)
 
 
 def _own_runs_envs_evals(client: TestClient, database: Database, t: Tenant, tag: str, ids: dict[str, str],
@@ -133,6 +134,29 @@ def _own_runs_envs_evals(client: TestClient, database: Database, t: Tenant, tag:
     ids[f"{prefix}_eval"] = r.json()["id"]
 
 
+def _own_market(database: Database, blobs: BlobStore, t: Tenant, tag: str, ids: dict[str, str], prefix: str) -> None:
+    """A published listing (with an offer) and a draft listing of ``t``'s dataset; ``t`` buys its partner's
+    listing (an order, an entitlement) and signs a download link for it."""
+    from teachloop.core.money import Money
+    from teachloop.market import downloads, listings, offers, orders
+
+    partner, own = ids[f"{prefix}_partner"], {"a": "adata@1", "g": "gxdata@1"}[prefix]
+    _dataset(database, blobs, partner, f"{tag}pdata", f"{tag} partner row")
+    with database.session() as s:
+        for org, ref, key in ((t.org_id, own, ""), (partner, f"{tag}pdata@1", "p")):
+            lst = listings.create_listing(s, org, kind="dataset", ref=ref, title=f"{tag} {key}listing")
+            ids[f"{prefix}_{key}listing"] = listings.publish_listing(s, org, lst.id).id
+            ids[f"{prefix}_{key}offer"] = offers.create_offer(s, org, lst.id, pricing="licence", amount=100,
+                                                              currency="USD", use="research").id
+        ids[f"{prefix}_draft"] = listings.create_listing(s, t.org_id, kind="dataset", ref=own, title=f"{tag} draft").id
+    orders.deposit(database, orders.TestCharges(), t.org_id, f"dep-{prefix}", Money(amount=1000, currency="USD"),
+                   "card")
+    with database.session() as s:
+        order = orders.buy(s, t.org_id, ids[f"{prefix}_poffer"], f"buy-{prefix}")
+        ids[f"{prefix}_order"], ids[f"{prefix}_entitlement"] = order.id, order.entitlement_id
+        ids[f"{prefix}_link"] = downloads.sign_link(s, t.org_id, order.entitlement_id, "openai")
+
+
 def _create_runs_beside_globex(ctx: Ctx) -> None:
     # globex's idempotency key is no key of acme's: a new run, not globex's
     cfg = {"name": "gx-private", "algorithm": "grpo", "steps": 2, "rl": {"env": "arithmetic"}}
@@ -140,6 +164,25 @@ def _create_runs_beside_globex(ctx: Ctx) -> None:
                         headers={**auth(ctx.world.acme.owner), "Idempotency-Key": "key-g"})
     assert r.status_code == 201 and r.json()["id"] != ctx.world.ids["g_run"], r.text
     ctx.clean(r.text.replace("gx-private", "<name>"))
+
+
+def _publish_under_a_globex_name(ctx: Ctx) -> None:
+    # environment names are per organisation: globex's gxenv@1.0.0 neither blocks acme's (a 409 would reveal
+    # it) nor is touched by it
+    import tempfile
+
+    from teachloop.catalog.environments import archive
+    from teachloop.envs import scaffold
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = scaffold("gxenv", Path(tmp) / "gxenv")
+        (root / "pyproject.toml").write_text((root / "pyproject.toml").read_text().replace(
+            'version = "0.1.0"', 'version = "1.0.0"'))
+        r = ctx.client.post("/api/envs", files={"package": ("gxenv.tar.gz", archive(root), "application/gzip")},
+                            headers=auth(ctx.world.acme.owner))
+    assert r.status_code == 201 and r.json()["created"] and r.json()["version"]["ref"] == "gxenv@1.0.0", r.text
+    assert r.json()["version"]["digest"] != "sha256:" + "0" * 64  # acme's own content, not globex's row
+    ctx.clean(r.text.replace("gxenv", "<name>"))
 
 
 def _models_listing(ctx: Ctx) -> None:
@@ -153,7 +196,20 @@ def world(client: TestClient, tenants: Tenants, database: Database, blobs: BlobS
     w = World(tenants.acme, tenants.globex)
     _own_everything(client, database, blobs, tmp_path, tenants.globex, "gx", w.ids, "g")
     _own_everything(client, database, blobs, tmp_path, tenants.acme, "acme", w.ids, "a")
+    _own_requests(database, w)
     return w
+
+
+def _own_requests(database: Database, w: World) -> None:
+    """Globex's private data request (hidden from acme) and acme's own marketplace one."""
+    from teachloop.core.requests import RequestCreate
+    from teachloop.market.requests import DataRequests
+
+    with database.session() as s:
+        w.ids["g_request"] = DataRequests(s).post(w.globex.org_id, RequestCreate(
+            title="gx-confidential labels", description="gx-private task", visibility="private")).id
+        w.ids["a_request"] = DataRequests(s).post(w.acme.org_id, RequestCreate(
+            title="acme labels", description="acme task")).id
 
 
 def _rows(database: Database, org_id: str) -> dict[str, list[str]]:
@@ -293,6 +349,25 @@ def _operator_only(path: str) -> Callable[[Ctx], None]:
     return check
 
 
+def _operator_only_write(method: str, path: str, body: Any = None) -> Callable[[Ctx], None]:
+    """An operator-only write (prices, quotas, invoicing): an org owner gets 403 and nothing changes."""
+
+    def check(ctx: Ctx) -> None:
+        url = re.sub(r"\{org_id\}", ctx.world.globex.org_id, path)
+        r = ctx.call(method, url, body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied", r.text
+        ctx.clean(r.text)
+
+    return check
+
+
+def _post_request_beside_globex(ctx: Ctx) -> None:
+    # globex's private request's title is no obstacle and does not show in acme's answer
+    r = ctx.call("POST", "/api/requests", {"title": "gx-confidential labels", "description": "acme's own"})
+    assert r.status_code == 201 and r.json()["org_id"] == ctx.world.acme.org_id, r.text
+    ctx.clean(r.text.replace("gx-confidential", "<title>"))
+
+
 def _create_under_globex_names(ctx: Ctx) -> None:
     # a name globex uses is free for acme (a 409 would reveal it) ...
     r = ctx.call("POST", "/api/deployments", {"name": "gx-private"})
@@ -335,7 +410,42 @@ def _put_loop_naming_globex_dataset(ctx: Ctx) -> None:
                param="sources.0.dataset").run(ctx, "PUT", "/api/loops/support")
 
 
+def _catalogue_is_published_only(ctx: Ctx) -> None:
+    # the catalogue is every seller's published listings (globex's included: that is what it is for), never a draft
+    r = ctx.call("GET", "/api/market/listings")
+    assert r.status_code == 200, r.text
+    listed = {x["id"] for x in r.json()["data"]}
+    ids = ctx.world.ids
+    assert {ids["a_listing"], ids["g_listing"], ids["a_plisting"]} <= listed, listed
+    assert not {ids["a_draft"], ids["g_draft"]} & listed, listed
+
+
+def _buy_with_a_globex_key(ctx: Ctx) -> None:
+    # globex's idempotency key is no key of acme's: a new order of acme's, not globex's replayed
+    r = ctx.client.post("/api/market/orders", json={"offer": ctx.world.ids["a_poffer"]},
+                        headers={**auth(ctx.world.acme.owner), "Idempotency-Key": "buy-g"})
+    assert r.status_code == 201 and not r.json()["replayed"] and r.json()["id"] != ctx.world.ids["g_order"], r.text
+    ctx.clean(r.text)
+
+
+def _globex_link_refused(ctx: Ctx) -> None:
+    r = ctx.call("GET", f"/api/market/downloads/{ctx.world.ids['g_link']}")
+    assert r.status_code == 403 and "another organisation" in r.text, r.text
+    ctx.clean(r.text)
+    own = ctx.call("GET", f"/api/market/downloads/{ctx.world.ids['a_link']}")
+    assert own.status_code == 200 and "acme partner row" in own.text, own.text
+    ctx.clean(own.text)
+
+
+def _payouts_pay_only_acme(ctx: Ctx) -> None:
+    r = ctx.call("POST", "/api/market/payouts", {"batch": "probe"})
+    assert r.status_code == 200 and r.json()["payouts"] == [], r.text
+    ctx.clean(r.text)
+
+
 DEP = {"name": (lit("gx-private"), "no-such-dep")}
+LISTING = {"listing_id": (g("listing"), new_id("lst"))}
+LISTING_DRAFT = {"listing_id": (g("draft"), new_id("lst"))}
 LOOP = {"deployment": (lit("gx-private"), "no-such-dep")}
 TRACE = {"trace_id": (g("trace"), new_id("tr"))}
 RESPONSE = {"response_id": (g("response"), f"resp_{new_id('tr')}")}
@@ -343,6 +453,7 @@ COMPLETION = {"trace_id": (lambda w: f"chatcmpl-{w.ids['g_trace']}", f"chatcmpl-
 RUN = {"run_id": (g("run"), new_id("run"))}
 ENV_REF = {"ref": (lit("gxenv@1.0.0"), "noenv@1.0.0"), "env": (lit("gxenv"), "noenv")}
 ENV_NAME = {"name": (lit("gxenv"), "noenv")}
+REQUEST = {"request_id": (g("request"), new_id("dreq"))}
 DATASET_REFS = [{"ref": (lit("gxdata"), "nodata")}, {"ref": (lit("gxdata@1"), "nodata@1")},
                 {"ref": (g("dataset"), new_id("ds"))}]
 
@@ -415,6 +526,8 @@ PROBES: dict[tuple[str, str], list[Any]] = {
     ("GET", "/api/envs/{name}/evals"): [Hidden(ENV_NAME, status=200)],
     ("POST", "/api/envs/{ref}/check"): [Hidden(ENV_REF)],
     ("POST", "/api/envs/{ref}/yank"): [Hidden(ENV_REF, body=lambda v: {"reason": "x"})],
+    ("GET", "/api/envs/{ref}/checks"): [Hidden(ENV_REF), Hidden({"ref": (lit("gxenv"), "noenv")})],
+    ("POST", "/api/envs"): [Check(_publish_under_a_globex_name)],
     ("POST", "/api/evals"): [Hidden(RUN, body=lambda v: {"env": "arithmetic", "run": v["run_id"]}, param="run"),
                              Hidden({"ref": (lit("gxbot@1"), "nobot@1")}, param="adapter",
                                     body=lambda v: {"env": "arithmetic", "adapter": v["ref"]})],
@@ -436,6 +549,51 @@ PROBES: dict[tuple[str, str], list[Any]] = {
         Hidden({"name": (lit("gxdata"), "nodata"), "grant_id": (g("grant"), new_id("dg"))}),
         Hidden({"name": (lit("adata"), "adata"), "grant_id": (g("grant"), new_id("dg"))}),
     ],
+    ("POST", "/api/market/listings"): [
+        Hidden({"ref": (lit("gxdata@1"), "nodata@1")}, body=lambda v: {"kind": "dataset", "ref": v["ref"],
+                                                                       "title": "t"}, param="ref"),
+        Hidden({"ref": (g("dataset"), new_id("ds"))}, body=lambda v: {"kind": "dataset", "ref": v["ref"],
+                                                                      "title": "t"}, param="ref")],
+    ("GET", "/api/market/listings"): [Check(_catalogue_is_published_only),
+                                      Listing(lambda w: [w.ids["a_listing"], w.ids["a_draft"]], query="?mine=true")],
+    ("GET", "/api/market/listings/{listing_id}"): [Hidden(LISTING_DRAFT, param="listing")],
+    ("POST", "/api/market/listings/{listing_id}/publish"): [Hidden(LISTING_DRAFT, param="listing"),
+                                                            Hidden(LISTING, param="listing")],
+    ("GET", "/api/market/listings/{listing_id}/croissant"): [Hidden(LISTING_DRAFT, param="listing")],
+    ("GET", "/api/market/listings/{listing_id}/offers"): [Hidden(LISTING_DRAFT, param="listing")],
+    ("POST", "/api/market/listings/{listing_id}/offers"): [
+        Hidden(LISTING, param="listing", body=lambda v: {"amount": 100, "currency": "USD", "use": "research"})],
+    ("POST", "/api/market/orders"): [Check(_buy_with_a_globex_key)],
+    ("GET", "/api/market/orders"): [Listing(lambda w: [w.ids["a_order"]])],
+    ("POST", "/api/market/orders/{order_id}/refund"): [Hidden({"order_id": (g("order"), new_id("ord"))},
+                                                              param="order")],
+    ("GET", "/api/market/entitlements"): [Listing(lambda w: [w.ids["a_entitlement"]])],
+    ("POST", "/api/market/entitlements/{entitlement_id}/links"): [
+        Hidden({"entitlement_id": (g("entitlement"), new_id("etl"))}, body=lambda v: {"format": "openai"},
+               param="entitlement")],
+    ("GET", "/api/market/downloads/{token}"): [Check(_globex_link_refused)],
+    ("GET", "/api/market/earnings"): [Listing(lambda w: [])],
+    ("POST", "/api/market/payouts"): [Check(_payouts_pay_only_acme)],
+    ("POST", "/api/requests"): [Check(_post_request_beside_globex)],
+    ("GET", "/api/requests"): [Listing(lambda w: [w.ids["a_request"]])],
+    ("GET", "/api/requests/{request_id}"): [Hidden(REQUEST, param="request_id")],
+    ("GET", "/api/requests/{request_id}/matches"): [Hidden(REQUEST, param="request_id")],
+    ("POST", "/api/requests/{request_id}/proposals"): [
+        Hidden(REQUEST, param="request_id", body=lambda v: {"listing_id": new_id("lst")})],
+    ("GET", "/api/requests/{request_id}/proposals"): [Hidden(REQUEST, param="request_id")],
+    ("POST", "/api/requests/{request_id}/proposals/{proposal_id}/accept"): [
+        Hidden({**REQUEST, "proposal_id": (lit("dprop_x"), "dprop_x")}, param="request_id", body=lambda v: {})],
+    ("GET", "/api/billing/prices"): [Check(_operator_only("/api/billing/prices"))],
+    ("PUT", "/api/billing/prices"): [Check(_operator_only_write("PUT", "/api/billing/prices",
+                                                                {"meter": "env_run", "price": "1"}))],
+    ("DELETE", "/api/billing/prices"): [Check(_operator_only_write("DELETE", "/api/billing/prices?meter=env_run"))],
+    ("POST", "/api/billing/orgs/{org_id}/invoices"): [
+        Check(_operator_only_write("POST", "/api/billing/orgs/{org_id}/invoices", {"period": "2020-01"}))],
+    ("PUT", "/api/billing/orgs/{org_id}/quotas"): [
+        Check(_operator_only_write("PUT", "/api/billing/orgs/{org_id}/quotas", {"name": "tokens_per_day", "limit": 0}))],
+    ("GET", "/api/billing/usage"): [Listing(lambda w: [w.acme.org_id])],
+    ("GET", "/api/billing/invoices"): [Listing(lambda w: [])],
+    ("GET", "/api/billing/quotas"): [Listing(lambda w: [w.acme.org_id])],
 }
 
 

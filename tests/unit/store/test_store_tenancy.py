@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text
 
-from teachloop.core.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from teachloop.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from teachloop.core.tenancy import Principal, Role
 from teachloop.store import ApiKeys, AuditLog, Database, Tenancy, bootstrap
 from teachloop.store.repos.keys import KEY_RE
@@ -238,3 +238,80 @@ def test_bootstrap_is_idempotent(db: Database) -> None:
     with db.session(write=False) as s:
         assert [o.name for o in Tenancy(s).list_orgs()] == ["default", "research"]
         assert len(s.scalars(select(ApiKey)).all()) == 2
+
+
+def test_set_role_revokes_the_keys_the_new_role_could_not_create(db: Database, tenant: Membership) -> None:
+    with db.session() as s:
+        tenancy, keys = Tenancy(s), ApiKeys(s)
+        user = tenancy.create_user("ada@acme.test")
+        tenancy.add_member(tenant.org_id, user.id, "admin")
+        admin_key = keys.create_key(tenant.org_id, user.id, "admin", "a").key.id
+        member_key = keys.create_key(tenant.org_id, user.id, "member", "m").key.id
+        viewer_key = keys.create_key(tenant.org_id, user.id, "viewer", "v").key.id
+    with db.session() as s:
+        change = Tenancy(s).set_role(tenant.org_id, user.id, "member", by=Role.OWNER, actor="key_x")
+        assert (change.before, change.after) == (Role.ADMIN, Role.MEMBER)
+        assert [k.id for k in change.revoked_keys] == [admin_key]
+    with db.session(write=False) as s:
+        assert Tenancy(s).get_membership(tenant.org_id, user.id).role_enum is Role.MEMBER
+        live = {k.id for k in ApiKeys(s).list(tenant.org_id, include_revoked=False)}
+        assert admin_key not in live and {member_key, viewer_key} <= live
+        actions = [e.action for e in s.scalars(select(AuditEvent).where(AuditEvent.org_id == tenant.org_id))]
+        assert "member.role" in actions and "api_key.revoke" in actions
+
+
+def test_remove_member_revokes_every_key_and_the_membership(db: Database, tenant: Membership) -> None:
+    with db.session() as s:
+        user = Tenancy(s).create_user("bob@acme.test")
+        Tenancy(s).add_member(tenant.org_id, user.id, "viewer")
+        created = ApiKeys(s).create_key(tenant.org_id, user.id, "viewer", "k")
+    with db.session() as s:
+        change = Tenancy(s).remove_member(tenant.org_id, user.id)
+        assert change.after is None and [k.id for k in change.revoked_keys] == [created.key.id]
+    with db.session(write=False) as s:
+        assert [u.email for _, u in Tenancy(s).list_members(tenant.org_id)] == ["owner@acme.test"]
+        assert ApiKeys(s).get(tenant.org_id, created.key.id).revoked_at is not None
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "param"),
+    [
+        (lambda t, org, owner, member: t.set_role(org, owner, "admin"), Conflict, "role"),  # the last owner
+        (lambda t, org, owner, member: t.remove_member(org, owner), Conflict, "role"),
+        (lambda t, org, owner, member: t.set_role(org, member, "member"), InvalidInput, "role"),  # no change
+        (lambda t, org, owner, member: t.set_role(org, member, "operator"), InvalidInput, "role"),
+        (lambda t, org, owner, member: t.set_role(org, member, "chief"), InvalidInput, "role"),
+        (lambda t, org, owner, member: t.set_role(org, member, "owner", by=Role.ADMIN), Forbidden, "role"),
+        (lambda t, org, owner, member: t.remove_member(org, owner, by=Role.ADMIN), Forbidden, "role"),
+        (lambda t, org, owner, member: t.remove_member(org, "usr_missing"), NotFound, "user_id"),
+    ],
+)
+def test_refused_membership_changes_change_nothing(
+    db: Database, tenant: Membership, other_tenant: Membership, call: Callable[..., object], error: type[Exception],
+    param: str,
+) -> None:
+    with db.session() as s:
+        user = Tenancy(s).create_user("carol@acme.test")
+        Tenancy(s).add_member(tenant.org_id, user.id, "member")
+        ApiKeys(s).create_key(tenant.org_id, tenant.user_id, "owner", "owner-key")
+    with db.session(write=False) as s:
+        before = sorted(repr((m.user_id, m.role)) for m, _ in Tenancy(s).list_members(tenant.org_id))
+        keys_before = [(k.id, k.revoked_at) for k in ApiKeys(s).list(tenant.org_id)]
+    with pytest.raises(error) as info, db.session() as s:
+        call(Tenancy(s), tenant.org_id, tenant.user_id, user.id)
+    assert getattr(info.value, "param", None) == param
+    with db.session(write=False) as s:
+        assert sorted(repr((m.user_id, m.role)) for m, _ in Tenancy(s).list_members(tenant.org_id)) == before
+        assert [(k.id, k.revoked_at) for k in ApiKeys(s).list(tenant.org_id)] == keys_before
+
+
+def test_another_orgs_member_is_not_found_for_role_changes(
+    db: Database, tenant: Membership, other_tenant: Membership
+) -> None:
+    for call in (lambda t: t.set_role(tenant.org_id, other_tenant.user_id, "viewer"),
+                 lambda t: t.remove_member(tenant.org_id, other_tenant.user_id)):
+        with pytest.raises(NotFound) as info, db.session() as s:
+            call(Tenancy(s))
+        assert str(info.value) == f"user {other_tenant.user_id!r} not found in this organisation"
+    with db.session(write=False) as s:
+        assert Tenancy(s).get_membership(other_tenant.org_id, other_tenant.user_id).role_enum is Role.OWNER

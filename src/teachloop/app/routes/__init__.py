@@ -2,15 +2,29 @@
 
 from fastapi import APIRouter
 
+from teachloop.app.routes import (
+    billing,
+    datasets,
+    deployments,
+    envs,
+    evals,
+    loops,
+    market,
+    meta,
+    metrics,
+    models,
+    openai,
+    requests,
+    runs,
+    traces,
+)
 from teachloop.app.routes import completions as completions_api
-from teachloop.app.routes import envs, evals, meta, metrics, models, runs
 from teachloop.app.routes import responses as responses_api
-from teachloop.loop import rest as loop_rest
-from teachloop.serve import openai_api, rest
 
 PUBLIC: list[APIRouter] = [meta.public]
-PROTECTED: list[APIRouter] = [meta.api, openai_api.router, rest.router, loop_rest.router, metrics.router,
-                              responses_api.router, completions_api.router,
-                              runs.router, envs.router, evals.router, models.router]
+PROTECTED: list[APIRouter] = [meta.api, openai.router, responses_api.router, completions_api.router, deployments.router,
+                              traces.router, metrics.router, loops.router, datasets.router, runs.router, envs.router,
+                              evals.router, models.router, market.router, requests.router,
+                              billing.router]
 
 __all__ = ["PROTECTED", "PUBLIC"]

@@ -33,6 +33,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from teachloop.app.auth import Member, ServingDep
 from teachloop.core.errors import InvalidInput, TeachloopError
 from teachloop.serve.completions import (
     MAX_LOGPROBS,
@@ -41,7 +42,6 @@ from teachloop.serve.completions import (
     PromptInfo,
     open_completion,
 )
-from teachloop.serve.deps import ServingDep, Writer
 from teachloop.serve.scheduler import TokenEvent
 from teachloop.serve.service import Reply
 from teachloop.serve.text import TextStream, TokenText
@@ -312,8 +312,14 @@ def _deltas(run: CompletionRun, text: TokenText, state: dict[int, _Choice], p: i
 # ---------------------------------------------------------------------------------------------- route
 
 
-@router.post("/completions", response_model=Completion)
-async def create_completion(body: CompletionRequest, principal: Writer, serving: ServingDep) -> Any:
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The completion; with stream: true, server-sent events of text_completion objects "
+                         "ending with data: [DONE].", "content": {"text/event-stream": {}}},
+}
+
+
+@router.post("/completions", response_model=Completion, responses=_STREAM)
+async def create_completion(body: CompletionRequest, principal: Member, serving: ServingDep) -> Any:
     """Create a text completion (OpenAI's legacy API; ``stream: true`` for server-sent events)."""
     inp = to_completion_input(body)
     run = await open_completion(serving, principal, inp)

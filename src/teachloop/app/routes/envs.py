@@ -1,4 +1,4 @@
-"""``/api/envs``: environments over REST -- list, info, versions, stored results, checks, yank.
+"""``/api/envs``: environments over REST -- list, info, versions, stored results, checks, publish, yank.
 
 - ``GET /api/envs``: the environments installed on the server and the
   organisation's published versions.
@@ -8,20 +8,33 @@
 - ``GET /api/envs/{name}/versions``, ``GET /api/envs/{name}/evals`` (stored
   evaluation results, from ``teachloop env eval`` or ``/api/evals``).
 - ``POST /api/envs/{ref}/check``: run ``teachloop env check``'s checks on the server.
+- ``GET /api/envs/{ref}/checks``: the checks a published version passed when it was published.
+- ``POST /api/envs`` (multipart, file field ``package``: a ``.tar.gz`` or ``.zip`` of
+  the package folder, bounded by the server's body limit): ``teachloop env
+  publish`` on the server -- every check, then the immutable version (201; 200
+  with ``created`` false when the same content is already that version). A
+  failing check is a 400 naming each failing check, and nothing is stored; the
+  same version with other content is a 409. Names are organisation-scoped: a
+  name another organisation uses is free here.
 - ``POST /api/envs/{ref}/yank`` ``{"reason": ...}``: training and evaluation refuse it from then on.
+
+Publishing and yanking are ``catalog.environments``' (the CLI calls the same functions).
 
 References from the API are untrusted: names, ``rg:``, ``vf:`` and published
 versions resolve; paths and ``module:attr`` are 400. Another organisation's
 published environment is a 404 exactly like a missing one. Reads need a
-viewer key, checks and yanks a member key.
+viewer key; checks, publishing and yanks a member key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from teachloop.app.auth import Deps, Member, Viewer
 from teachloop.core.api import (
@@ -29,6 +42,7 @@ from teachloop.core.api import (
     EnvCheck,
     EnvInfo,
     EnvList,
+    EnvPublished,
     EnvVersion,
     EnvVersionList,
     EvalResult,
@@ -55,6 +69,13 @@ def result_out(row: EnvironmentEval) -> EvalResult:
     return EvalResult(id=row.id, env_name=row.env_name, env_version=row.env_version, env_digest=row.env_digest,
                       model=row.model, n_tasks=row.n_tasks, n_episodes=row.n_episodes, mean=row.mean,
                       ci_low=row.ci_low, ci_high=row.ci_high, created_by=row.created_by, created_at=row.created_at)
+
+
+def check_out(target: str, report: dict[str, Any]) -> EnvCheck:
+    """The wire form of a check report (``CheckReport.to_dict()``, stored with a version or just run)."""
+    return EnvCheck(target=target, ok=bool(report.get("ok")), seconds=float(report.get("seconds") or 0.0),
+                    results=[CheckOutcome(name=str(r["name"]), status=str(r["status"]), message=str(r["message"]))
+                             for r in report.get("results", [])])
 
 
 def _published(deps: Any, org_id: str, ref: str) -> EnvironmentVersion | None:
@@ -112,7 +133,7 @@ def env_info(ref: str, principal: Viewer, deps: Deps) -> EnvInfo:
                      if e.env_digest == row.digest][:5]
             return EnvInfo(ref=f"{row.name}@{row.version}", name=row.name, version=row.version, digest=row.digest,
                            yanked=row.yanked, yank_reason=row.yank_reason, manifest=row.manifest, description=None,
-                           recent_evals=evals)
+                           recent_evals=evals, checks=check_out(row.ref, row.checks) if row.checks else None)
     from teachloop.catalog.envref import resolve_env
 
     resolved = resolve_env(ref, trusted=False)
@@ -143,13 +164,50 @@ async def check_env(ref: str, principal: Member, deps: Deps) -> EnvCheck:
                              for r in report.results])
 
 
+@router.get("/envs/{ref}/checks", response_model=EnvCheck)
+def env_checks(ref: str, principal: Viewer, deps: Deps) -> EnvCheck:
+    """The checks a published version (NAME@VERSION, or NAME: its newest live one) passed when it was published."""
+    with deps.database.session(write=False) as session:
+        row = EnvironmentRegistry(session).resolve(principal.org_id, ref)
+    if not row.checks:
+        raise NotFound(f"{row.ref} was published before check results were stored; run POST /api/envs/{row.ref}/check "
+                       "to check it now", param="ref")
+    return check_out(row.ref, row.checks)
+
+
+@router.post("/envs", status_code=201, response_model=EnvPublished)
+async def publish_env(
+    principal: Member,
+    deps: Deps,
+    response: Response,
+    package: UploadFile = File(description="A .tar.gz or .zip of the environment package folder (its files at the "
+                               "top, or in one top folder), as `teachloop env publish --remote` sends it."),
+) -> EnvPublished:
+    """Check and publish an environment package as an immutable version of the organisation."""
+    from teachloop.catalog.environments import publish_package, unpack_package
+
+    data = await package.read()
+    work = Path(tempfile.mkdtemp(prefix="teachloop-upload-"))
+    try:
+        folder = await asyncio.to_thread(unpack_package, data, work / "package", filename=package.filename or "")
+        published = await publish_package(deps.database, deps.blobs, principal.org_id, folder, actor=principal.key_id)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+    if not published.created:
+        response.status_code = 200
+    row = published.version
+    return EnvPublished(created=published.created, version=version_out(row),
+                        checks=check_out(row.ref, published.report.to_dict()))
+
+
 @router.post("/envs/{ref}/yank", response_model=EnvVersion)
 def yank_env(ref: str, principal: Member, deps: Deps, body: YankRequest | None = None) -> EnvVersion:
     """Yank a published NAME@VERSION: training and evaluation refuse it from now on."""
-    with deps.database.session() as session:
-        row = EnvironmentRegistry(session).yank(principal.org_id, ref, reason=body.reason if body else None,
-                                                actor=principal.key_id)
-        return version_out(row)
+    from teachloop.catalog.environments import yank_version
+
+    row = yank_version(deps.database, principal.org_id, ref, reason=body.reason if body else None,
+                       actor=principal.key_id)
+    return version_out(row)
 
 
-__all__ = ["result_out", "router", "version_out"]
+__all__ = ["check_out", "result_out", "router", "version_out"]

@@ -25,8 +25,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from teachloop.app.auth import Deps, Operator
-from teachloop.serve.deps import current_serving
+from teachloop.app.auth import Deps, Operator, current_serving
 from teachloop.serve.metrics import ServingCollector, cache_stats
 from teachloop.serve.service import Serving
 from teachloop.store.repos.tenancy import Tenancy

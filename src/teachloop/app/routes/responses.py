@@ -20,8 +20,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from teachloop.app.auth import Member, ServingDep, Viewer
 from teachloop.serve import responses
-from teachloop.serve.deps import Reader, ServingDep, Writer
 from teachloop.serve.responses import ResponseCreate
 from teachloop.serve.wire import TRACE_HEADER
 
@@ -109,9 +109,9 @@ async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     "/responses",
     response_model=None,
     responses={200: {"model": ResponseObject, "description": "The response, or with stream: true its events "
-                     "(text/event-stream)."}},
+                     "(text/event-stream).", "content": {"text/event-stream": {}}}},
 )
-async def create_response(body: ResponseCreate, principal: Writer, serving: ServingDep) -> Any:
+async def create_response(body: ResponseCreate, principal: Member, serving: ServingDep) -> Any:
     """Create a model response (OpenAI-compatible; ``stream: true`` for server-sent events)."""
     run = await responses.open_response(serving, principal, body)
     headers = {TRACE_HEADER: run.trace_id}
@@ -122,14 +122,14 @@ async def create_response(body: ResponseCreate, principal: Writer, serving: Serv
 
 
 @router.get("/responses/{response_id}", response_model=None, responses={200: {"model": ResponseObject}})
-async def get_response(response_id: str, principal: Reader, serving: ServingDep) -> JSONResponse:
+async def get_response(response_id: str, principal: Viewer, serving: ServingDep) -> JSONResponse:
     """A stored response of the caller's organisation; 404 when missing, deleted or created with store: false."""
     body = await asyncio.to_thread(responses.get_response, serving.database, principal.org_id, response_id)
     return JSONResponse(body)
 
 
 @router.delete("/responses/{response_id}", response_model=DeletedResponse)
-async def delete_response(response_id: str, principal: Writer, serving: ServingDep) -> dict[str, Any]:
+async def delete_response(response_id: str, principal: Member, serving: ServingDep) -> dict[str, Any]:
     """Delete a stored response: it can no longer be read or continued (its trace stays in /api/traces)."""
     return await asyncio.to_thread(responses.delete_response, serving.database, principal, response_id)
 

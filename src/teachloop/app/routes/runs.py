@@ -13,7 +13,8 @@
 
 Every route is scoped to the caller's organisation: another organisation's run
 is a 404 exactly like a missing one. Reads need a viewer key, writes a member
-key. The services live in ``train.jobs`` and ``train.runs``.
+key. The services live in ``train.jobs`` and ``train.runs``. Creating a run past the organisation's
+``concurrent_runs`` or ``spend_per_month`` quota is 429 naming the quota (``market.quotas``); nothing is queued.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from teachloop.app.auth import Deps, Member, Viewer
 from teachloop.core.api import Checkpoint, CheckpointList, MetricPoint, Run, RunCreate, RunList, RunMetrics
+from teachloop.market.quotas import run_admission
 from teachloop.train.jobs import cancel_run, resume_run, submit_run
 from teachloop.train.runs import RunInfo, RunStore
 
@@ -48,7 +50,8 @@ def create_run(
     A config without ``model`` trains on the server's configured model.
     """
     run, created = submit_run(deps.database, deps.blobs, principal.org_id, body.config,
-                              idempotency_key=idempotency_key, default_model=deps.settings.model)
+                              idempotency_key=idempotency_key, default_model=deps.settings.model,
+                              admit=run_admission)
     if not created:
         response.status_code = 200
     return run_out(run)

@@ -59,9 +59,12 @@ class EnvironmentRegistry:
 
     def publish(
         self, org_id: str, *, name: str, version: str, digest: str, manifest: dict[str, Any], blob_key: str,
-        actor: str = "system",
+        checks: dict[str, Any] | None = None, actor: str = "system",
     ) -> tuple[EnvironmentVersion, bool]:
-        """Store a new immutable version; returns (row, created). ``Conflict`` if the version exists with other content."""
+        """Store a new immutable version; returns (row, created). ``Conflict`` if the version exists with other content.
+
+        ``checks`` is the publish-time check report, stored with the version (an existing one keeps its own).
+        """
         split_ref(name)
         semver_key(version)
         if not _DIGEST.match(digest):
@@ -76,7 +79,7 @@ class EnvironmentRegistry:
                 param="version",
             )
         row = EnvironmentVersion(org_id=org_id, name=name, version=version, digest=digest, manifest=manifest,
-                                 blob_key=blob_key, published_by=actor)
+                                 blob_key=blob_key, checks=checks, published_by=actor)
         self.session.add(row)
         self.session.flush()
         self.audit.record(org_id, actor, "env.publish", row.id, {"ref": row.ref, "digest": digest})

@@ -85,7 +85,7 @@ class ApiKeys:
         tenancy.get_org(org_id)
         if user_id is not None:
             member_role = tenancy.get_membership(org_id, user_id).role_enum
-            if not _may_grant(member_role, role):
+            if not may_grant(member_role, role):
                 raise InvalidInput(
                     f"cannot create a {role.value!r} key for a user whose role is {member_role.value!r}",
                     param="role",
@@ -197,11 +197,17 @@ def _key_name(name: str) -> str:
     return name
 
 
-def _may_grant(member: Role, wanted: Role) -> bool:
+def may_grant(member: Role, wanted: Role) -> bool:
+    """Whether a member of role ``member`` may create (and keep) a key of role ``wanted``.
+
+    Their own role, or a lower one on the owner > admin > member > viewer scale; admins and owners any
+    role (``create_key`` refuses the operator role before asking). ``Tenancy.set_role`` revokes the keys
+    a new role fails this for.
+    """
     if member == wanted or member.at_least(Role.ADMIN):
         return True
     ranked = {Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER}
     return member in ranked and wanted in ranked and member.at_least(wanted)
 
 
-__all__ = ["KEY_RE", "ApiKeys", "CreatedKey", "hash_key"]
+__all__ = ["KEY_RE", "ApiKeys", "CreatedKey", "hash_key", "may_grant"]

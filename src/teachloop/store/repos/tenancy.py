@@ -5,6 +5,15 @@ as s: Tenancy(s)...``) and never commits. Reads of tenant rows take the
 ``org_id`` and filter by it: a membership of another organisation is
 ``NotFound`` exactly like a missing one. Organisations and users are global,
 so their listings (``list_orgs``) are operator views.
+
+Membership changes (``set_role``, ``remove_member``) keep two rules: the
+organisation's last owner can be neither demoted nor removed (``Conflict``;
+the owners are locked while counted), and, given the acting role ``by``,
+only an owner may change or remove an owner or make someone one
+(``Forbidden``). A member's API keys that their new role could not create
+(``keys.may_grant``) are revoked with the change; a removed member's are all
+revoked. Both return a ``RoleChange`` naming what changed; in a read session
+they are a dry run (nothing persists).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from teachloop.core.errors import Conflict, InvalidInput, NotFound
+from teachloop.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from teachloop.core.ids import is_id
 from teachloop.core.tenancy import Role
 from teachloop.store.repos.audit import AuditLog
@@ -55,6 +64,16 @@ class OrgSummary:
     org: Organisation
     members: int
     active_keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChange:
+    """A change of one membership as made: the user, their role before and after (None: removed), keys revoked."""
+
+    user: User
+    before: Role
+    after: Role | None
+    revoked_keys: list[ApiKey]
 
 
 class Tenancy:
@@ -185,5 +204,54 @@ class Tenancy:
                 return user
         raise NotFound(f"organisation {org_id} has no owner", param="org_id")
 
+    def set_role(
+        self, org_id: str, user_id: str, role: Role | str, *, by: Role | None = None, actor: str = "system"
+    ) -> RoleChange:
+        """Give the member ``role``, revoking their keys the new role could not create (module docstring rules).
 
-__all__ = ["OrgSummary", "Tenancy", "clean_email", "parse_role"]
+        ``InvalidInput`` if they already have it or it is not an organisation role; ``NotFound`` if they
+        are not a member; ``Forbidden``/``Conflict`` for the owner rules. A refused change changes nothing.
+        """
+        wanted = parse_role(role)
+        if wanted is Role.OPERATOR:
+            raise InvalidInput("operator is not an organisation role", param="role")
+        return self._change(org_id, user_id, wanted, by, actor)
+
+    def remove_member(self, org_id: str, user_id: str, *, by: Role | None = None, actor: str = "system") -> RoleChange:
+        """Remove the member and revoke every key of theirs (their sessions check the membership and stop too)."""
+        return self._change(org_id, user_id, None, by, actor)
+
+    def _change(self, org_id: str, user_id: str, role: Role | None, by: Role | None, actor: str) -> RoleChange:
+        from teachloop.store.repos.keys import ApiKeys, may_grant  # keys imports this module
+
+        membership = self.get_membership(org_id, user_id)
+        user = self.session.get(User, user_id)
+        assert user is not None  # the membership references it
+        before = membership.role_enum
+        if role is not None and role is before:
+            raise InvalidInput(f"{user.email} is already {before.value}", param="role")
+        if by is not None and Role.OWNER in (before, role) and by is not Role.OWNER:
+            raise Forbidden("only an owner may change or remove an owner, or make someone an owner", param="role")
+        if before is Role.OWNER:
+            owners = self.session.scalars(select(Membership.id).where(
+                Membership.org_id == org_id, Membership.role == Role.OWNER.value).with_for_update()).all()
+            if len(owners) <= 1:
+                what = "removed" if role is None else "demoted"
+                raise Conflict(f"{user.email} is the organisation's last owner and cannot be {what}; make another "
+                               "member owner first", param="role")
+        keys = ApiKeys(self.session)
+        held = [k for k in keys.list(org_id, include_revoked=False) if k.user_id == user_id]
+        revoked = held if role is None else [k for k in held if not may_grant(role, k.role_enum)]
+        for key in revoked:
+            keys.revoke(org_id, key.id, actor=actor)
+        if role is None:
+            self.session.delete(membership)
+            self.audit.record(org_id, actor, "member.remove", user_id, {"role": before.value})
+        else:
+            membership.role = role.value
+            self.audit.record(org_id, actor, "member.role", user_id, {"from": before.value, "to": role.value})
+        self.session.flush()
+        return RoleChange(user, before, role, revoked)
+
+
+__all__ = ["OrgSummary", "RoleChange", "Tenancy", "clean_email", "parse_role"]

@@ -17,6 +17,7 @@ from teachloop.store.schema.base import (
     ref_column,
     utc_now,
 )
+from teachloop.store.schema.billing import BillingInvoice, BillingPrice, BillingQuota
 from teachloop.store.schema.console import ConsoleSession, ServerSecret, SigninAttempt, SigninLink
 from teachloop.store.schema.datasets import Dataset, DatasetRow
 from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange
@@ -25,6 +26,14 @@ from teachloop.store.schema.idempotency import IdempotencyKey
 from teachloop.store.schema.jobs import JobRow, JobStatus
 from teachloop.store.schema.ledger import LedgerAccount, LedgerEntry, LedgerPosting
 from teachloop.store.schema.loops import Loop, LoopIteration, TraceScore
+from teachloop.store.schema.market import (
+    MarketEntitlement,
+    MarketListing,
+    MarketOffer,
+    MarketOrder,
+    MarketUsage,
+)
+from teachloop.store.schema.requests import DataRequest, RequestProposal
 from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
 from teachloop.store.schema.tenancy import ApiKey, Membership, Organisation, User
 from teachloop.store.schema.traces import Feedback, Trace
@@ -35,7 +44,11 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "BillingInvoice",
+    "BillingPrice",
+    "BillingQuota",
     "ConsoleSession",
+    "DataRequest",
     "Dataset",
     "DatasetRow",
     "Deployment",
@@ -52,9 +65,15 @@ __all__ = [
     "LedgerPosting",
     "Loop",
     "LoopIteration",
+    "MarketEntitlement",
+    "MarketListing",
+    "MarketOffer",
+    "MarketOrder",
+    "MarketUsage",
     "Membership",
     "OrgOwned",
     "Organisation",
+    "RequestProposal",
     "RunCheckpoint",
     "RunMetric",
     "ServerSecret",

@@ -4,7 +4,9 @@ An ``EnvironmentVersion`` is one published version of an environment package,
 owned by the publishing organisation: ``(org_id, name, version)`` is unique,
 ``digest`` is the content hash of the package files (``envs.manifest.package_hash``),
 ``blob_key`` the content key of the package archive in the blob store, and
-``manifest`` the JSON of ``envs.manifest.Manifest``. Rows never change except
+``manifest`` the JSON of ``envs.manifest.Manifest``, and ``checks`` the
+publish-time check report (``envs.check.CheckReport.to_dict()``; null for
+versions published before it was recorded). Rows never change except
 for yanking (the ORM refuses any other update, and every delete).
 
 An ``EnvironmentEval`` is one ``teachloop env eval`` result, pinned to the
@@ -41,6 +43,7 @@ class EnvironmentVersion(OrgOwned, Base):
     digest: Mapped[str] = mapped_column(String(71), index=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSONType)
     blob_key: Mapped[str] = mapped_column(String(200))
+    checks: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     published_by: Mapped[str] = mapped_column(String(200))
     yanked: Mapped[bool] = mapped_column(default=False)
     yanked_at: Mapped[datetime | None]

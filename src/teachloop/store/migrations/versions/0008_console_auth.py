@@ -19,7 +19,7 @@ ID = sa.String(length=40)
 TS = sa.DateTime(timezone=True)
 
 
-def _org(table: str) -> list[sa.SchemaItem]:
+def _org(table: str) -> list[sa.schema.SchemaItem]:
     return [
         sa.Column("org_id", ID, nullable=False),
         sa.ForeignKeyConstraint(["org_id"], ["organisations.id"], name=f"fk_{table}_org_id_organisations"),

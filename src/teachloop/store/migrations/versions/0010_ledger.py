@@ -18,7 +18,7 @@ depends_on: str | None = None
 ID = sa.String(length=40)
 
 
-def _org_id(table: str) -> list[sa.SchemaItem]:
+def _org_id(table: str) -> list[sa.schema.SchemaItem]:
     return [
         sa.Column("org_id", ID, nullable=False),
         sa.ForeignKeyConstraint(["org_id"], ["organisations.id"], name=f"fk_{table}_org_id_organisations"),
