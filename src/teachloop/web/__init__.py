@@ -15,7 +15,7 @@ How the console is built (see ``docs/console.md`` for adding a page):
 - one module per area, each an ``APIRouter(route_class=ConsoleRoute,
   dependencies=[Depends(require_csrf)])``: ``signin``, ``overview``, ``traces``,
   ``deployments``, ``loops``, ``runs``, ``environments``, ``datasets``,
-  ``settings``; ``router`` below includes them all. ``charts`` computes the
+  ``market``, ``settings``; ``router`` below includes them all. ``charts`` computes the
   server-rendered SVG line charts that ``templates/_chart.html`` draws.
 - ``templates/`` (``base.html`` holds the layout, skip link and navigation) and
   ``static/console.css``, served at ``/static/console.css``. There is no
@@ -32,7 +32,18 @@ from starlette.responses import Response
 from teachloop.app.deps import AppDeps
 from teachloop.app.factory import create_app
 from teachloop.core.errors import NotFound
-from teachloop.web import datasets, deployments, environments, loops, overview, runs, settings, signin, traces
+from teachloop.web import (
+    datasets,
+    deployments,
+    environments,
+    loops,
+    market,
+    overview,
+    runs,
+    settings,
+    signin,
+    traces,
+)
 from teachloop.web.auth import require_csrf
 from teachloop.web.render import ConsoleRoute
 
@@ -54,7 +65,7 @@ def static_file(name: str) -> Response:
 #: every console route, flat (``create_app`` hands these routes to the guard, which matches paths against them)
 router = APIRouter()
 for _area in (signin.router, overview.router, traces.router, deployments.router, loops.router, runs.router,
-              environments.router, datasets.router, settings.router, _static):
+              environments.router, datasets.router, market.router, settings.router, _static):
     router.routes.extend(_area.routes)
 
 

@@ -49,6 +49,7 @@ NAV: list[tuple[str, str]] = [
     ("Runs", "/runs"),
     ("Environments", "/environments"),
     ("Datasets", "/datasets"),
+    ("Market", "/market"),
     ("Settings", "/settings"),
 ]
 

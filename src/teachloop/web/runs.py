@@ -9,11 +9,19 @@
   at the lowest step -- step 0 is the before-training evaluation -- against
   the newest), every figure per step (at most ``TABLE_ROWS`` rows, evenly
   thinned) and the checkpoints.
+- ``/runs/{id}/deploy`` (``?name=NAME``): deploy a completed run's final
+  adapter in one step -- the GET shows what will be created (the adapter
+  ``NAME@next`` published from the run, served by the new deployment ``NAME``)
+  and refuses early (a run without a final adapter is 400, an existing name
+  409); only the POST creates it, through ``serve.deployments.create_deployment``
+  with ``run`` -- the same call as ``POST /api/deployments {"run": ...}`` and
+  ``teachloop deploy create NAME --run RUN_ID`` -- and redirects to the new
+  deployment's page. Needs the member role.
 
 Everything is read through ``train.runs.RunStore``, the store
 ``/api/runs`` reads, scoped to the signed-in member's organisation: another
-organisation's run is a 404 page like a missing one. Needs the viewer role;
-nothing here changes a run.
+organisation's run is a 404 page like a missing one. Reading needs the viewer
+role; nothing here changes a run.
 """
 
 from __future__ import annotations
@@ -21,15 +29,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from sqlalchemy import select
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
+from teachloop.core.errors import Conflict, InvalidInput
 from teachloop.core.tenancy import Role
+from teachloop.serve.deployments import DeploymentCreate, create_deployment
+from teachloop.store.repos.deployments import Deployments
 from teachloop.store.schema.runs import TrainingRun
 from teachloop.train.runs import RunStore
-from teachloop.web.auth import SignedIn, app_deps, require, require_csrf
+from teachloop.web.auth import SignedIn, Viewer, app_deps, require, require_csrf, serving_of
 from teachloop.web.charts import LineChart, line_chart
 from teachloop.web.render import ConsoleRoute, page
 
@@ -130,7 +142,45 @@ def run_detail(request: Request, viewer: SignedIn, run_id: str,
                                                 y_label=eval_key, dots=[f"eval {eval_key}"])))
     table, stride = _thin(train)
     return page(request, "run.html", run=run, charts=charts, names=names, charted=wanted, changes=eval_changes(evals),
-                evals=evals, eval_names=metric_names(evals), table=table, stride=stride, checkpoints=checkpoints)
+                evals=evals, eval_names=metric_names(evals), table=table, stride=stride, checkpoints=checkpoints,
+                member_role=Role.MEMBER)
+
+
+def _deployable(request: Request, viewer: Viewer, run_id: str, name: str) -> tuple[Any, str]:
+    """The run (404 if missing or another organisation's) and the name, refused early: no final adapter (400),
+    no or a taken name (400 / 409)."""
+    deps = app_deps(request)
+    org = viewer.principal.org_id
+    run = RunStore(deps.database, deps.blobs).get(org, run_id)
+    if not run.final_adapter_key:
+        raise InvalidInput(f"run {run.id} is {run.status} and has no final adapter yet; deploy it once it has "
+                           "completed", param="run")
+    name = name.strip()
+    if not name:
+        raise InvalidInput("name the deployment (what clients will pass as model)", param="name")
+    with deps.database.session(write=False) as session:
+        if Deployments(session).find(org, name) is not None:
+            raise Conflict(f"deployment {name!r} already exists; change it from its page", param="name")
+    return run, name
+
+
+@router.get("/runs/{run_id}/deploy")
+def confirm_deploy(request: Request, viewer: SignedIn, run_id: str, name: str = "") -> Response:
+    """What deploying the run as ``name`` will create, and the button that does it."""
+    require(viewer, Role.MEMBER, "deploying a run")
+    run, name = _deployable(request, viewer, run_id, name[:200])
+    return page(request, "confirm_deploy_run.html", run=run, name=name)
+
+
+@router.post("/runs/{run_id}/deploy")
+def deploy_run(request: Request, viewer: SignedIn, run_id: str,
+               name: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """Publish the run's final adapter as ``name`` and create the deployment ``name`` serving it."""
+    require(viewer, Role.MEMBER, "deploying a run")
+    run, name = _deployable(request, viewer, run_id, name)
+    out = create_deployment(serving_of(request), viewer.principal, DeploymentCreate(name=name, run=run.id))
+    return RedirectResponse(f"/deployments/{quote(name, safe='')}?done=created-{out.get('revision', 1)}",
+                            status_code=303)
 
 
 __all__ = ["DEFAULT_CURVES", "EVAL_KEYS", "EvalChange", "eval_changes", "metric_names", "router"]
