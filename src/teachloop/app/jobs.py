@@ -7,6 +7,8 @@ the API, ``train.jobs``) and ``eval`` (an evaluation, ``train.evaluations``).
 They train and evaluate on ``deps.engine`` when the process serves that base
 model (``teachloop up``), else on a model loaded once per process through the
 runtime loader (``app.runtime.ModelCache``, which honours ``TEACHLOOP_ENGINE``).
+Assembling them installs the marketplace's usage gate (``catalog.usage``), so a
+loop iteration on a bought dataset is checked against its entitlement and metered.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from teachloop.app.deps import AppDeps
 from teachloop.app.runtime import ModelCache
+from teachloop.catalog.usage import install_usage_gate
+from teachloop.market.entitlements import MarketUsageGate
 from teachloop.store.queue import Job
 from teachloop.store.worker import Handler
 
@@ -45,6 +49,7 @@ def job_handlers(deps: AppDeps) -> dict[str, Handler]:
     from teachloop.train.jobs import JOB_KIND as TRAIN
     from teachloop.train.jobs import train_handler
 
+    install_usage_gate(MarketUsageGate())
     cache = model_cache(deps)
 
     def models(name: str | None = None) -> tuple[Engine, Renderer]:

@@ -14,7 +14,10 @@ runs depend on staying exactly what they were:
   pinned by content digest; published versions fetched and verified);
 - environment publishing (``environments``: one ``publish_package`` -- checks,
   reproducible archive, digest, the version with its check report -- and one
-  ``yank_version``, whoever publishes: ``teachloop env publish``, ``POST /api/envs``).
+  ``yank_version``, whoever publishes: ``teachloop env publish``, ``POST /api/envs``);
+- usage of another organisation's resources (``usage``: the ``UsageGate`` seam
+  ``market`` implements and ``app``/``cli`` install, through which ``loop``
+  checks and meters each use of a bought dataset without importing ``market``).
 
 It sits below ``serve``, ``train``, ``loop``, ``tinker``, ``work`` and
 ``market`` (they use it; ``work`` and ``market`` reach datasets and adapters

@@ -230,8 +230,10 @@ def run(
     background: bool = typer.Option(False, "--background", help="Queue the loop as a worker job instead."),
 ) -> None:
     """Run the loop in the foreground with a live status view (or queue it for the worker)."""
+    from teachloop.catalog.usage import install_usage_gate
     from teachloop.loop import LoopRunner, TrainDeps, enqueue_tick
     from teachloop.loop.service import find_loop
+    from teachloop.market.entitlements import MarketUsageGate
 
     with errors(), StoreContext(org) as ctx:
         from teachloop.store.repos.deployments import Deployments
@@ -245,6 +247,7 @@ def run(
                           "(`teachloop up` or `teachloop worker`)", highlight=False)
             return
         engine, renderer = _engine(ctx, base)
+        install_usage_gate(MarketUsageGate())  # bought datasets: entitlement checked, each iteration metered
         view = LiveView(deployment)
         runner = LoopRunner(TrainDeps(engine, renderer, ctx.database, ctx.blobs, ctx.org_id,
                                       ctx.settings.home / "envs", base), deployment, listener=view.listen)

@@ -40,7 +40,10 @@ A config looks like::
 the deployment, every environment (resolved to a digest), every dataset (its
 own, or another organisation's under a grant: ``OWNER/NAME[@N]``) and label
 dataset. Nothing is written by either. This module knows nothing of engines
-or training runs.
+or training runs. A dataset bought on the marketplace and since refunded is
+refused with the reason (``catalog.usage.explain_unusable``), and
+``meter_bought_sources`` -- called once per iteration -- checks and meters each
+granted dataset through the installed ``catalog.usage`` gate.
 
 Rules worth knowing (each refusal names the field):
 
@@ -65,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.orm import Session
 
 from teachloop.catalog.envref import ResolvedEnv, resolve_env
+from teachloop.catalog.usage import explain_unusable, meter_use
 from teachloop.core.errors import InvalidInput, TeachloopError
 from teachloop.core.ids import is_id
 from teachloop.core.rl import content_hash
@@ -486,7 +490,8 @@ def check_references(cfg: LoopConfig, session: Session, *, blobs: BlobStore, org
             try:
                 ds, grant = Datasets(session).resolve_usable(org_id, src.dataset)
             except TeachloopError as err:
-                raise InvalidInput(f"config field {param}: {err}", param=param) from None
+                why = explain_unusable(session, org_id, src.dataset)  # a bought dataset refunded: say so
+                raise InvalidInput(f"config field {param}: {why or err}", param=param) from None
             if isinstance(src, LabelsSource) and ds.origin != "labels":
                 raise InvalidInput(f"config field {param}: {ds.ref} is not a label dataset (import labels with "
                                    "`teachloop data import --kind labels`)", param=param)
@@ -501,6 +506,24 @@ def check_references(cfg: LoopConfig, session: Session, *, blobs: BlobStore, org
         for i, g in enumerate(cfg.gate.environments)
     ]
     return References(deployment, source_envs, gate_envs, datasets, licenses)
+
+
+def meter_bought_sources(session: Session, cfg: LoopConfig, refs: References, *, org_id: str,
+                         detail: dict[str, Any] | None = None) -> int:
+    """Check and meter one ``train`` use of each granted dataset the sources read (``catalog.usage``).
+
+    Called once per iteration, in a write session, before the rows are read. Returns how many uses
+    the installed gate metered (0 with no gate, or when no grant came from the marketplace);
+    ``Forbidden`` naming the dataset when an entitlement was revoked -- then nothing is trained.
+    """
+    metered = 0
+    for i in sorted(refs.licenses):  # the sources read under a grant (another organisation's datasets)
+        src = cfg.sources[i]
+        for ds in refs.datasets.get(i, []):
+            label = getattr(src, "dataset", None) or ds.ref
+            metered += meter_use(session, org_id, "dataset", ds.id, "train", label=label,
+                                 detail={**(detail or {}), "source": i, "dataset": ds.ref, "digest": ds.digest})
+    return metered
 
 
 def _fits(kind: str, want: str) -> bool:
@@ -525,6 +548,7 @@ __all__ = [
     "TriggerConfig",
     "check_references",
     "load_loop_config",
+    "meter_bought_sources",
     "pinned",
     "training_dict",
     "validate_loop_config",

@@ -15,7 +15,11 @@ A tick:
 5. counts the new usable examples since the loop's cursor (by arrival time:
    feedback, grader scores and dataset rows that came after it) and, if the
    trigger is due and today's training budget allows, runs an iteration:
-   snapshot -> train -> gate -> canary (the watch goes on meanwhile).
+   snapshot -> train -> gate -> canary (the watch goes on meanwhile). Each
+   dataset another organisation granted through the marketplace is checked and
+   metered once per iteration first (``meter_bought_sources``); a revoked
+   (refunded) entitlement fails the iteration, naming the dataset, before
+   anything is read or trained (the refusal stays in the access log).
 
 An iteration that fails -- no usable data, a training run that fails, an
 eval or gate that raises -- is recorded with status ``failed`` (or
@@ -44,11 +48,24 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from teachloop.core.errors import ConfigurationError, Conflict, NotFound, ServiceUnavailable, TeachloopError
+from teachloop.core.errors import (
+    ConfigurationError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    TeachloopError,
+)
 from teachloop.core.loop import CanaryRecord, IterationStage, IterationStatus, Judgement, LoopPhase, Revisions
 from teachloop.engine.completer import EngineCompleter
 from teachloop.loop import promotion
-from teachloop.loop.config import LoopConfig, References, check_references, validate_loop_config
+from teachloop.loop.config import (
+    LoopConfig,
+    References,
+    check_references,
+    meter_bought_sources,
+    validate_loop_config,
+)
 from teachloop.loop.curation import curate
 from teachloop.loop.gate import GateDecision, Suite, decide, likelihood_suite, reward_suite
 from teachloop.loop.scoring import AnswerFinder, score_new_traffic
@@ -240,6 +257,16 @@ class LoopRunner:
         stage = IterationStage.DATA
         run_adapter: str | None = None
         try:
+            if refs.licenses:  # bought datasets: entitlement checked and the use metered, once per iteration
+                refused: Forbidden | None = None
+                with d.database.session() as s:
+                    try:
+                        meter_bought_sources(s, cfg, refs, org_id=d.org_id,
+                                             detail={"loop_id": loop.id, "iteration": it.number})
+                    except Forbidden as err:  # commit the refusal's access-log row, then fail the iteration
+                        refused = err
+                if refused is not None:
+                    raise refused
             with d.database.session(write=False) as s:
                 cands = collect(s, cfg, refs, org_id=d.org_id, loop_id=loop.id)
             newest = max((c.created_at for c in cands if c.created_at is not None), default=loop.cursor)

@@ -13,6 +13,12 @@ iteration on a bought dataset, and every run of a bought environment, calls: it 
 ``Forbidden`` (403) naming why when no active entitlement covers the action. ``bill_usage``
 bills usage-priced entitlements (per training use, per environment run) from the meter's
 unbilled allowed uses: one sale entry split by lineage like a purchase.
+
+``MarketUsageGate`` is ``catalog.usage.UsageGate`` over ``require``: the process wiring (``app``,
+``cli``) installs it with ``catalog.usage.install_usage_gate`` so the loop's iterations on a bought
+dataset (and whatever else meters through ``catalog.usage``) are checked and metered without
+importing ``market``. A resource the organisation never bought on the marketplace is not its
+business (answered False, nothing written); a usage-priced entitlement is billed at each metered use.
 """
 
 from __future__ import annotations
@@ -150,5 +156,41 @@ def bill_usage(session: Session, org_id: str, entitlement_id: str) -> tuple[str 
     return entry_id, units
 
 
-__all__ = ["bill_usage", "entitlement_of_order", "entitlement_view", "grant_entitlement", "list_entitlements",
+class MarketUsageGate:
+    """``catalog.usage.UsageGate`` answered from the marketplace's entitlements (see the module docstring).
+
+    ``bill`` (default True): bill a usage-priced entitlement (``bill_usage``) right after each metered use.
+    """
+
+    def __init__(self, *, bill: bool = True, actor: str = "system") -> None:
+        self.bill = bill
+        self.actor = actor
+
+    @staticmethod
+    def _bought(session: Session, org_id: str, resource_id: str) -> bool:
+        return session.scalar(select(MarketEntitlement.id).where(
+            MarketEntitlement.org_id == org_id, MarketEntitlement.resource_id == resource_id).limit(1)) is not None
+
+    def check_and_meter(self, session: Session, org_id: str, kind: str, resource_id: str, action: str, *,
+                        units: int = 1, detail: dict[str, Any] | None = None) -> bool:
+        """``require`` for a resource bought on the marketplace; False (nothing written) for any other."""
+        if not self._bought(session, org_id, resource_id):
+            return False
+        ent = require(session, org_id, resource_id, action, actor=self.actor, detail=detail, units=units)
+        if self.bill and Pricing(ent.pricing).usage:
+            bill_usage(session, org_id, ent.id)
+        return True
+
+    def refusal(self, session: Session, org_id: str, kind: str, resource_id: str, action: str) -> str | None:
+        """Why ``require`` would refuse (read-only); None when allowed or never bought here."""
+        rows = list(session.scalars(select(MarketEntitlement).where(
+            MarketEntitlement.org_id == org_id, MarketEntitlement.resource_id == resource_id)))
+        if not rows or any(r.revoked_at is None and action in r.actions for r in rows):
+            return None
+        if any(r.revoked_at for r in rows):
+            return f"{action} refused: the entitlement was revoked (refunded); buy an offer of its listing again"
+        return f"{action} refused: the entitlement does not include {action}"
+
+
+__all__ = ["MarketUsageGate", "bill_usage", "entitlement_of_order", "entitlement_view", "grant_entitlement", "list_entitlements",
            "require", "revoke_entitlement"]
