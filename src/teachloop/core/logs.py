@@ -83,9 +83,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (never a stream closed since)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def log_handler(fmt: LogFormat = "text", stream: TextIO | None = None) -> logging.Handler:
-    """A stream handler writing ``fmt`` lines, with the trace id stamped on each record."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    """A stream handler writing ``fmt`` lines, with the trace id stamped on each record.
+
+    Without ``stream`` it writes to the current ``sys.stderr`` at each record, so a process that
+    swaps stderr (a test runner capturing output, a CLI runner) never logs into a closed stream.
+    """
+    handler: logging.StreamHandler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()  # type: ignore[type-arg]
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(TraceIdFilter())
     return handler

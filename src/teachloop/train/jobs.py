@@ -109,10 +109,12 @@ def submit_run(database: Database, blobs: BlobStore, org_id: str, raw: Any, *, i
                 if idempotency_key is not None:
                     keys.remember(org_id, _SCOPE, idempotency_key, digest, run.id)
                 return run, True
-        except IntegrityError:
+        except (IntegrityError, Conflict) as err:
             # two requests raced with one new key (PostgreSQL runs them concurrently): the loser's transaction
-            # rolled back whole; the second attempt finds the winner's key and answers with its run
-            if idempotency_key is None or attempt:
+            # rolled back whole (the store reports the unique violation as a Conflict); the second attempt
+            # finds the winner's key and answers with its run
+            raced = isinstance(err, IntegrityError) or isinstance(err.__cause__, IntegrityError)
+            if idempotency_key is None or attempt or not raced:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
