@@ -31,6 +31,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from teachloop.core.market import Order
 from teachloop.core.money import check_currency
 from teachloop.core.requests import (
     AcceptedMatch,
@@ -289,6 +290,34 @@ class DataRequests:
         return _request_out(request)
 
 
+def order_for_proposal(session: Session, org_id: str, request_id: str, proposal_id: str, offer_id: str, key: str,
+                       *, actor: str = "system") -> Order:
+    """Buy ``offer_id`` of the listing an accepted proposal named, paying its broker's commission.
+
+    The order's royalty split gives the proposal's broker ``commission_bps`` of the price (``orders.buy``'s
+    ``broker``), and the order is recorded on the proposal (``attach_order``), all in the caller's
+    transaction. The proposal must be accepted and name a listing the offer belongs to; retrying with the
+    same idempotency key returns the same order.
+    """
+    from teachloop.market.offers import get_offer_row
+    from teachloop.market.orders import buy
+
+    requests = DataRequests(session)
+    _, row = requests._proposal(org_id, request_id, proposal_id)
+    if row.status != ProposalStatus.ACCEPTED.value:
+        raise Conflict(f"proposal {proposal_id} is {row.status}; accept it before ordering", param="proposal_id")
+    if row.candidate_kind != "listing":
+        raise InvalidInput(f"proposal {proposal_id} proposes a {row.candidate_kind}, not a listing: there is "
+                           "nothing to order yet", param="proposal_id")
+    if get_offer_row(session, offer_id).listing_id != row.candidate_ref:
+        raise InvalidInput(f"offer {offer_id} is not an offer of listing {row.candidate_ref}, which the "
+                           "proposal names", param="offer")
+    order = buy(session, org_id, offer_id, key, broker=row.broker_org_id, broker_bps=row.commission_bps,
+                actor=actor)
+    requests.attach_order(org_id, request_id, proposal_id, order.id)
+    return order
+
+
 def accepted_match(session: Session, order_ref: str) -> AcceptedMatch | None:
     """The accepted proposal an order came from (broker and commission for the royalty split), or None."""
     row = session.scalar(select(RequestProposal).where(RequestProposal.order_ref == order_ref,
@@ -300,4 +329,4 @@ def accepted_match(session: Session, order_ref: str) -> AcceptedMatch | None:
                          broker_org_id=row.broker_org_id, commission_bps=row.commission_bps)
 
 
-__all__ = ["DataRequests", "accepted_match"]
+__all__ = ["DataRequests", "accepted_match", "order_for_proposal"]

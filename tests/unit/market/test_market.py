@@ -290,3 +290,43 @@ def test_download_refusals(world) -> None:  # type: ignore[no-untyped-def]
     time.sleep(1.1)
     with pytest.raises(downloads.LinkExpired):
         downloads.open_link(db, buyer, link, max_age=0)
+
+
+def test_an_order_for_a_brokered_proposal_pays_the_broker_its_commission(world) -> None:  # type: ignore[no-untyped-def]
+    """Request -> broker proposal -> accept -> order: the broker earns commission_bps of the price, exactly."""
+    from teachloop.core.requests import ProposalCreate, RequestCreate
+    from teachloop.core.tenancy import Principal, Role
+    from teachloop.market.requests import DataRequests, accepted_match, order_for_proposal
+
+    db, seller, buyer, _ = world
+    broker = _org(db, "broker")
+    lst, lst2 = _publish(db, seller, "clean@1"), _publish(db, seller, "mixed@1")
+    with db.session() as s:
+        offer = offers.create_offer(s, seller, lst, pricing="licence", amount=2000, currency="USD", use="commercial")
+        other = offers.create_offer(s, seller, lst2, pricing="licence", amount=10, currency="USD",
+                                    use="non-commercial")
+    orders.deposit(db, orders.TestCharges(), buyer, "dep", Money(amount=5000, currency="USD"), "card")
+    with db.session() as s:
+        requests = DataRequests(s)
+        req = requests.post(buyer, RequestCreate(title="clean chats", description="chat pairs for support",
+                                                 licences=["commercial"], budget=3000, currency="USD"))
+        prop = requests.propose(Principal(broker, None, "k", Role.BROKER), req.id,
+                                ProposalCreate(listing_id=lst, commission_bps=500))
+    with db.session() as s:  # not accepted yet: nothing to order
+        with pytest.raises(Conflict, match="accept it"):
+            order_for_proposal(s, buyer, req.id, prop.id, offer.id, "o-1")
+        DataRequests(s).accept(buyer, req.id, prop.id)
+    before = _counts(db)
+    with db.session() as s, pytest.raises(InvalidInput) as err:  # an offer of another listing
+        order_for_proposal(s, buyer, req.id, prop.id, other.id, "o-1")
+    assert err.value.param == "offer" and _counts(db) == before
+    with db.session() as s:
+        order = order_for_proposal(s, buyer, req.id, prop.id, offer.id, "o-1")
+    parts = {p.party: p.amount for p in order.shares}
+    assert parts[f"broker:{broker}"] == 100 and parts["platform"] == 200 and sum(parts.values()) == 2000
+    assert _held(db, broker, f"royalty:pending:broker:{broker}:USD") == 100
+    with db.session() as s:
+        assert order_for_proposal(s, buyer, req.id, prop.id, offer.id, "o-1").replayed  # a retry: the same order
+        match = accepted_match(s, order.id)
+        assert match is not None and (match.broker_org_id, match.commission_bps) == (broker, 500)
+        assert Ledger(s).check().ok

@@ -232,8 +232,8 @@ class Ctx:
     world: World
     database: Database
 
-    def call(self, method: str, url: str, body: Any = None) -> Any:
-        kwargs: dict[str, Any] = {"headers": auth(self.world.acme.owner)}
+    def call(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        kwargs: dict[str, Any] = {"headers": {**auth(self.world.acme.owner), **(headers or {})}}
         if body is not None:
             kwargs["json"] = body
         return self.client.request(method, url, **kwargs)
@@ -264,6 +264,7 @@ class Hidden:
     status: int = 404
     param: str | None = None
     query: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. an Idempotency-Key the route requires
 
     def run(self, ctx: Ctx, method: str, path: str) -> None:
         present = {k: v(ctx.world) for k, (v, _) in self.subst.items()}
@@ -271,7 +272,7 @@ class Hidden:
         answers = []
         for values in (present, missing):
             url = re.sub(r"\{(\w+)\}", lambda m, v=values: v[m.group(1)], path + self.query)
-            answers.append(ctx.call(method, url, self.body(values) if self.body else None))
+            answers.append(ctx.call(method, url, self.body(values) if self.body else None, self.headers))
         a, b = answers
         assert a.status_code == b.status_code == self.status, (a.status_code, a.text, b.status_code, b.text)
         swapped_a, swapped_b = a.text, b.text
@@ -583,6 +584,9 @@ PROBES: dict[tuple[str, str], list[Any]] = {
     ("GET", "/api/requests/{request_id}/proposals"): [Hidden(REQUEST, param="request_id")],
     ("POST", "/api/requests/{request_id}/proposals/{proposal_id}/accept"): [
         Hidden({**REQUEST, "proposal_id": (lit("dprop_x"), "dprop_x")}, param="request_id", body=lambda v: {})],
+    ("POST", "/api/requests/{request_id}/proposals/{proposal_id}/order"): [
+        Hidden({**REQUEST, "proposal_id": (lit("dprop_x"), "dprop_x")}, param="request_id",
+               body=lambda v: {"offer": new_id("off")}, headers={"Idempotency-Key": "probe-order"})],
     ("GET", "/api/billing/prices"): [Check(_operator_only("/api/billing/prices"))],
     ("PUT", "/api/billing/prices"): [Check(_operator_only_write("PUT", "/api/billing/prices",
                                                                 {"meter": "env_run", "price": "1"}))],

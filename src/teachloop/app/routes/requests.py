@@ -26,9 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header, Response
 
 from teachloop.app.auth import CurrentPrincipal, Deps
+from teachloop.app.routes.market import OrderCreate, OrderOut, order_out
 from teachloop.core.errors import Forbidden
 from teachloop.core.requests import (
     AcceptBody,
@@ -41,7 +42,7 @@ from teachloop.core.requests import (
     RequestList,
 )
 from teachloop.core.tenancy import Principal, Role
-from teachloop.market.requests import DataRequests
+from teachloop.market.requests import DataRequests, order_for_proposal
 
 router = APIRouter(prefix="/api", tags=["requests"])
 
@@ -114,6 +115,22 @@ def accept_proposal(request_id: str, proposal_id: str, body: AcceptBody, princip
     """The buyer accepts one proposal: the others are declined and the request becomes ``matched``."""
     with deps.database.session() as s:
         return DataRequests(s).accept(principal.org_id, request_id, proposal_id, body.order_ref)
+
+
+@router.post("/requests/{request_id}/proposals/{proposal_id}/order", status_code=201, response_model=OrderOut,
+             responses={200: {"model": OrderOut, "description": "The first order of a repeated idempotency key."}})
+def order_proposal(
+    request_id: str, proposal_id: str, body: OrderCreate, principal: Buyer, deps: Deps, response: Response,
+    idempotency_key: str = Header(alias="Idempotency-Key", description="Makes a retried order safe: the same key "
+                                  "and body return the first order; another body is 409."),
+) -> OrderOut:
+    """Buy an offer of the listing an accepted proposal named; the proposal's broker earns its commission."""
+    with deps.database.session() as s:
+        order = order_for_proposal(s, principal.org_id, request_id, proposal_id, body.offer, idempotency_key,
+                                   actor=principal.key_id)
+    if order.replayed:
+        response.status_code = 200
+    return order_out(order)
 
 
 __all__ = ["Buyer", "Proposer", "Reader", "router"]
