@@ -65,6 +65,19 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo what a test's in-process ``teachloop serve``/``up`` did to the root logger (handlers, level)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def teachloop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty TEACHLOOP_HOME for this test (other location variables unset)."""
