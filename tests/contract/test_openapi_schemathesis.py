@@ -169,7 +169,7 @@ def test_the_document_describes_every_body() -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=25, derandomize=True, deadline=None, phases=[Phase.explicit, Phase.generate],
+@settings(max_examples=12, derandomize=True, deadline=None, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=list(HealthCheck))
 def test_no_server_errors_and_responses_match_the_document(case: Any, world: _World) -> None:
     case.call_and_validate(app=world.app, headers=world.headers_for(case.operation.path), checks=CHECKS)
