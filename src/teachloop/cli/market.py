@@ -8,18 +8,25 @@ sum of its postings, no non-negative account holds less than zero. It prints ``o
 and exits 0, or names each broken invariant and exits 1. ``--json`` prints the
 accounts or the report as JSON instead of a table. ``market buy OFFER_ID --org ORG [--key K]``
 buys an offer from the organisation's prepaid balance; the same key answers the same order.
+``market list KIND REF --org ORG --title T [--publish]`` lists a version the organisation
+owns; ``market offer LISTING --org ORG --amount 49.99 [--pricing --currency --use]`` offers a
+published listing (refused past its computed licence).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from teachloop.cli._common import console, handle_errors, settings
 
-app = typer.Typer(help="The marketplace's money: balances and ledger checks.", no_args_is_help=True)
+app = typer.Typer(help="The marketplace: listings, offers, orders, payouts, invoices, and the ledger's balances "
+                       "and checks.", no_args_is_help=True)
 
 OrgOpt = typer.Option(None, "--org", help="Organisation name or id (default: the whole ledger).")
 
@@ -121,6 +128,70 @@ def listings_cmd(
         table.add_row(lst.id, lst.kind.value, lst.resource_ref, lst.title, lst.status.value,
                       str(lst.licence.get("summary", "")))
     console.print(table)
+
+
+@contextmanager
+def _store() -> Iterator[Any]:
+    """The configured database, migrated, closed afterwards (inside ``handle_errors``)."""
+    from teachloop.store import Database
+
+    database = Database.connect(settings().database_url)
+    try:
+        database.require_migrated()
+        yield database
+    finally:
+        database.close()
+
+
+@app.command("list")
+def list_cmd(
+    kind: str = typer.Argument(..., help="dataset, environment or adapter."),
+    ref: str = typer.Argument(..., help="The version to sell, one the organisation owns (NAME@N for a dataset, "
+                                        "NAME@VERSION for an environment, NAME@N for an adapter)."),
+    org: str = typer.Option(..., "--org", help="The selling organisation (name or id)."),
+    title: str = typer.Option(..., "--title", help="The listing's title in the catalogue."),
+    description: str = typer.Option("", "--description", help="What it is and what it is for."),
+    publish: bool = typer.Option(False, "--publish", help="Publish at once: compute the card, licence and Croissant "
+                                                          "metadata and pin the content digest."),
+) -> None:
+    """Create a listing of a version the organisation owns (a draft; --publish publishes it)."""
+    from teachloop.market.listings import create_listing, publish_listing
+    from teachloop.store import Tenancy
+
+    with handle_errors(), _store() as database, database.session() as session:
+        org_id = Tenancy(session).find_org(org).id
+        listing = create_listing(session, org_id, kind=kind, ref=ref, title=title, description=description)
+        if publish:
+            listing = publish_listing(session, org_id, listing.id)
+    console.print(f"listing {listing.id} ({listing.status.value}): {listing.kind.value} {listing.resource_ref}; "
+                  f"licence {listing.licence.get('summary', 'computed at publication')}", highlight=False,
+                  soft_wrap=True)
+
+
+@app.command("offer")
+def offer_cmd(
+    listing: str = typer.Argument(..., help="A published listing of the organisation (lst_...)."),
+    org: str = typer.Option(..., "--org", help="The selling organisation (name or id)."),
+    pricing: str = typer.Option("licence", "--pricing", help="licence (one price), row (per row), training_use "
+                                                              "or env_run (billed from the meter)."),
+    amount: str = typer.Option(..., "--amount", help="The price in the currency's units, e.g. 49.99 (no fraction "
+                                                     "of a minor unit)."),
+    currency: str = typer.Option("USD", "--currency", help="ISO 4217 code."),
+    use: str = typer.Option("commercial", "--use", help="commercial, non-commercial or research: refused when the "
+                                                        "listing's computed licence allows less."),
+    derivatives: bool = typer.Option(False, "--derivatives", help="Also grant derivative datasets."),
+) -> None:
+    """Offer a published listing at a price; an offer beyond its computed licence is refused, naming the sources."""
+    from teachloop.core.money import format_minor, to_minor
+    from teachloop.market.offers import create_offer
+    from teachloop.store import Tenancy
+
+    with handle_errors(), _store() as database, database.session() as session:
+        minor = to_minor(amount, currency, param="--amount")
+        offer = create_offer(session, Tenancy(session).find_org(org).id, listing, pricing=pricing, amount=minor,
+                             currency=currency, use=use, derivatives=derivatives)
+    console.print(f"offer {offer.id}: {format_minor(offer.amount, offer.currency)} per {offer.pricing.value}, "
+                  f"{offer.use} use", highlight=False, soft_wrap=True)
 
 
 @app.command("payouts")
