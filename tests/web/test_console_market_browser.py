@@ -14,10 +14,6 @@ saying why, only when the browser is missing -- except in CI, where that fails t
 from __future__ import annotations
 
 import json
-import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,69 +21,32 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from teachloop.app import AppDeps
 from teachloop.ledger import Ledger
 from teachloop.serve import Serving
 from teachloop.store import BlobStore, Database
 from teachloop.store.schema.market import MarketOrder
-from teachloop.web import create_console_app
+from tests.web.browser import LAPTOP, artifacts, chromium, console_url, needs_chromium
 from tests.web.conftest import PASSWORD, World
 from tests.web.market_world import DEPOSIT, FIRST_ROW, PRICE, royalty_balances, seed_market
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-LAPTOP = {"width": 1280, "height": 800}
-
 # In CI (CI=true) a missing browser is a failure, never a silent skip: `make test` must have installed it.
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="no /usr/bin/chromium: install it with `apt-get install chromium` (make test does so as root)",
-)
-
-
-def _artifacts() -> Path:
-    root = Path(os.environ.get("TEACHLOOP_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / ".pytest-artifacts")
-    folder = root / "console"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def live_url(database: Database, blobs: BlobStore, serving: Serving, settings: Any) -> Iterator[str]:
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    app = create_console_app(AppDeps(settings, database, blobs, serving=serving))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with console_url(database, blobs, serving, settings) as url:
+        yield url
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _shot(page: Any, name: str) -> None:
-    page.screenshot(path=str(_artifacts() / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=True)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= LAPTOP["width"], f"{page.url} is {width}px wide at a laptop's width"
 

@@ -71,6 +71,29 @@ def pick_org(tenancy: Any, ref: str | None) -> Any:
     return orgs[0]
 
 
+def connect_database() -> Any:
+    """The configured database, checked to be migrated (closed again if it is not); the caller closes it."""
+    from teachloop.store import Database
+
+    database = Database.connect(settings().database_url)
+    try:
+        database.require_migrated()
+    except BaseException:
+        database.close()
+        raise
+    return database
+
+
+@contextlib.contextmanager
+def open_database() -> Iterator[Any]:
+    """``connect_database()`` for a ``with`` block (for commands that span organisations; else ``StoreContext``)."""
+    database = connect_database()
+    try:
+        yield database
+    finally:
+        database.close()
+
+
 class StoreContext:
     """The configured database (migrated), blob store and chosen organisation, for one command.
 
@@ -78,12 +101,11 @@ class StoreContext:
     """
 
     def __init__(self, org: str | None = None) -> None:
-        from teachloop.store import BlobStore, Database, Tenancy
+        from teachloop.store import BlobStore, Tenancy
 
         self.settings = settings()
-        self.database = Database.connect(self.settings.database_url)
+        self.database = connect_database()
         try:
-            self.database.require_migrated()
             with self.database.session(write=False) as session:
                 chosen = pick_org(Tenancy(session), org)
                 self.org_id: str = chosen.id

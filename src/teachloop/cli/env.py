@@ -29,6 +29,7 @@ from rich.table import Table
 
 from teachloop.cli._common import (
     StoreContext,
+    connect_database,
     console,
     err_console,
     handle_errors,
@@ -42,7 +43,7 @@ from teachloop.core.errors import ConfigurationError, InvalidInput, ServiceUnava
 if TYPE_CHECKING:
     from teachloop.core.rl import ChatCompleter
     from teachloop.envs import CheckReport, Environment, EvalReport
-    from teachloop.store import BlobStore, Database
+    from teachloop.store import BlobStore
 
 app = typer.Typer(help="Write, check, evaluate and publish RL environments.", no_args_is_help=True)
 
@@ -118,25 +119,13 @@ class Hub:
     org_name: str
 
 
-def _database() -> Database:
-    from teachloop.store import Database
-
-    db = Database.connect(settings().database_url)
-    try:
-        db.require_migrated()
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
 @contextlib.contextmanager
 def hub(org: str | None) -> Iterator[Hub]:
     """The hub for one command: commits when the block succeeds, rolls back otherwise."""
     from teachloop.store import BlobStore, Tenancy
 
     cfg = settings()
-    db = _database()
+    db = connect_database()
     try:
         with db.session() as session:
             chosen = pick_org(Tenancy(session), org)

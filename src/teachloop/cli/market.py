@@ -16,14 +16,11 @@ published listing (refused past its computed licence).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import typer
 from rich.table import Table
 
-from teachloop.cli._common import console, handle_errors, settings
+from teachloop.cli._common import console, handle_errors, open_database
 
 app = typer.Typer(help="The marketplace: listings, offers, orders, payouts, invoices, and the ledger's balances "
                        "and checks.", no_args_is_help=True)
@@ -44,32 +41,26 @@ def balance(
     """Show ledger balances, or with --check prove that the books balance."""
     from teachloop.core.money import format_minor
     from teachloop.ledger import Accounts, Ledger
-    from teachloop.store import Database, Tenancy
+    from teachloop.store import Tenancy
     from teachloop.store.schema import LedgerAccount
 
-    with handle_errors():
-        database = Database.connect(settings().database_url)
-        try:
-            database.require_migrated()
-            with database.session(write=False) as session:
-                org_id = Tenancy(session).find_org(org).id if org else None
-                ledger = Ledger(session)
-                if check:
-                    report = ledger.check(org_id)
-                else:
-                    rows = (
-                        Accounts(session).list(org_id)
-                        if org_id
-                        else [
-                            Accounts(session).get(r.org_id, r.id)
-                            for r in session.query(LedgerAccount).order_by(
-                                LedgerAccount.org_id, LedgerAccount.name
-                            )
-                        ]
+    with handle_errors(), open_database() as database, database.session(write=False) as session:
+        org_id = Tenancy(session).find_org(org).id if org else None
+        ledger = Ledger(session)
+        if check:
+            report = ledger.check(org_id)
+        else:
+            rows = (
+                Accounts(session).list(org_id)
+                if org_id
+                else [
+                    Accounts(session).get(r.org_id, r.id)
+                    for r in session.query(LedgerAccount).order_by(
+                        LedgerAccount.org_id, LedgerAccount.name
                     )
-                    trial = ledger.trial_balance(org_id)
-        finally:
-            database.close()
+                ]
+            )
+            trial = ledger.trial_balance(org_id)
     if check:
         if as_json:
             console.print_json(json.dumps({**report.model_dump(mode="json"), "ok": report.ok}))
@@ -113,34 +104,15 @@ def listings_cmd(
 ) -> None:
     """List published listings (the catalogue), or the organisation's own with --mine."""
     from teachloop.market.listings import list_listings
-    from teachloop.store import Database, Tenancy
+    from teachloop.store import Tenancy
 
-    with handle_errors():
-        database = Database.connect(settings().database_url)
-        try:
-            database.require_migrated()
-            with database.session(write=False) as session:
-                rows = list_listings(session, Tenancy(session).find_org(org).id, mine=mine)
-        finally:
-            database.close()
+    with handle_errors(), open_database() as database, database.session(write=False) as session:
+        rows = list_listings(session, Tenancy(session).find_org(org).id, mine=mine)
     table = Table("id", "kind", "version", "title", "status", "licence", title="listings")
     for lst in rows:
         table.add_row(lst.id, lst.kind.value, lst.resource_ref, lst.title, lst.status.value,
                       str(lst.licence.get("summary", "")))
     console.print(table)
-
-
-@contextmanager
-def _store() -> Iterator[Any]:
-    """The configured database, migrated, closed afterwards (inside ``handle_errors``)."""
-    from teachloop.store import Database
-
-    database = Database.connect(settings().database_url)
-    try:
-        database.require_migrated()
-        yield database
-    finally:
-        database.close()
 
 
 @app.command("list")
@@ -158,7 +130,7 @@ def list_cmd(
     from teachloop.market.listings import create_listing, publish_listing
     from teachloop.store import Tenancy
 
-    with handle_errors(), _store() as database, database.session() as session:
+    with handle_errors(), open_database() as database, database.session() as session:
         org_id = Tenancy(session).find_org(org).id
         listing = create_listing(session, org_id, kind=kind, ref=ref, title=title, description=description)
         if publish:
@@ -186,7 +158,7 @@ def offer_cmd(
     from teachloop.market.offers import create_offer
     from teachloop.store import Tenancy
 
-    with handle_errors(), _store() as database, database.session() as session:
+    with handle_errors(), open_database() as database, database.session() as session:
         minor = to_minor(amount, currency, param="--amount")
         offer = create_offer(session, Tenancy(session).find_org(org).id, listing, pricing=pricing, amount=minor,
                              currency=currency, use=use, derivatives=derivatives)
@@ -203,26 +175,19 @@ def payouts_cmd(
     """List royalty payables; with --run, release matured earnings and run a payout batch (test provider)."""
     from teachloop.core.money import format_minor
     from teachloop.ledger import Payouts, TestProvider
-    from teachloop.market.royalties import payable_accounts, payout_batch, settle_due
-    from teachloop.store import Database, Tenancy
+    from teachloop.market.royalties import payable_accounts, release_and_pay
+    from teachloop.store import Tenancy
 
-    with handle_errors():
-        database = Database.connect(settings().database_url)
-        try:
-            database.require_migrated()
-            with database.session(write=False) as session:
-                org_id = Tenancy(session).find_org(org).id if org else None
-            if run:
-                with database.session() as session:
-                    settled = settle_due(session)
-                from teachloop.store.schema.base import utc_now
+    with handle_errors(), open_database() as database:
+        with database.session(write=False) as session:
+            org_id = Tenancy(session).find_org(org).id if org else None
+        if run:
+            from teachloop.store.schema.base import utc_now
 
-                paid = payout_batch(database, Payouts(database, TestProvider()), batch or utc_now().strftime("%Y%m%d"),
-                                    org_id=org_id)
-            with database.session(write=False) as session:
-                rows = [(a.org_id, a.name, -a.balance, a.currency) for a in payable_accounts(session, org_id)]
-        finally:
-            database.close()
+            settled, paid = release_and_pay(database, Payouts(database, TestProvider()),
+                                            batch or utc_now().strftime("%Y%m%d"), org_id=org_id)
+        with database.session(write=False) as session:
+            rows = [(a.org_id, a.name, -a.balance, a.currency) for a in payable_accounts(session, org_id)]
     if run:
         console.print(f"released {len(settled)} order(s); {len(paid)} payout(s): "
                       + ", ".join(f"{p.destination} {format_minor(p.amount.amount, p.amount.currency)} {p.status}"
@@ -244,16 +209,10 @@ def buy_cmd(
     from teachloop.core.ids import new_id
     from teachloop.core.money import format_minor
     from teachloop.market.orders import buy
-    from teachloop.store import Database, Tenancy
+    from teachloop.store import Tenancy
 
-    with handle_errors():
-        database = Database.connect(settings().database_url)
-        try:
-            database.require_migrated()
-            with database.session() as session:
-                order = buy(session, Tenancy(session).find_org(org).id, offer, key or new_id("buy"))
-        finally:
-            database.close()
+    with handle_errors(), open_database() as database, database.session() as session:
+        order = buy(session, Tenancy(session).find_org(org).id, offer, key or new_id("buy"))
     note = " (already bought with this key)" if order.replayed else ""
     console.print(f"order {order.id}{note}: {format_minor(order.amount, order.currency)}; entitlement "
                   f"{order.entitlement_id}; key {order.key}", highlight=False, soft_wrap=True)
@@ -271,23 +230,18 @@ def invoices_cmd(
     from teachloop.core.billing import previous_period
     from teachloop.core.money import format_minor
     from teachloop.market.billing import Billing
-    from teachloop.store import Database, Tenancy
+    from teachloop.store import Tenancy
     from teachloop.store.schema import Organisation
 
-    with handle_errors():
-        database = Database.connect(settings().database_url)
-        try:
-            database.require_migrated()
-            month = period or previous_period(datetime.now(UTC))
+    with handle_errors(), open_database() as database:
+        month = period or previous_period(datetime.now(UTC))
+        with database.session() as session:
+            org_ids = [Tenancy(session).find_org(org).id] if org else [
+                o.id for o in session.query(Organisation).order_by(Organisation.name)]
+        invoices = []
+        for org_id in org_ids:
             with database.session() as session:
-                org_ids = [Tenancy(session).find_org(org).id] if org else [
-                    o.id for o in session.query(Organisation).order_by(Organisation.name)]
-            invoices = []
-            for org_id in org_ids:
-                with database.session() as session:
-                    invoices.append(Billing(session).invoice(org_id, month))
-        finally:
-            database.close()
+                invoices.append(Billing(session).invoice(org_id, month))
     if as_json:
         console.print_json(json.dumps([inv.model_dump(mode="json") for inv in invoices]))
         return

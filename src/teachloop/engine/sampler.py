@@ -169,7 +169,8 @@ class DecodeBatch:
         for req in requests:
             row_start.append(r0)
             r0 += req.n
-        scopes = [self.fw.adapter_version(r.adapter) for r in requests] if self.prefix is not None else []
+        versions = {a: self.fw.adapter_version(a) for a in {r.adapter for r in requests}} if self.prefix is not None else {}
+        scopes = [versions[r.adapter] for r in requests] if self.prefix is not None else []
         cached = [0] * len(requests)
         if self.prefix is not None:
             for j, req in enumerate(requests):

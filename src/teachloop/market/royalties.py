@@ -181,5 +181,16 @@ def payout_batch(db: Database, payouts: Payouts, batch: str, *, org_id: str | No
     return out
 
 
+def release_and_pay(db: Database, payouts: Payouts, batch: str, *,
+                    org_id: str | None = None) -> tuple[list[str], list[Payout]]:
+    """Settle the matured sales (of seller ``org_id``, or every seller's), then pay the payables out.
+
+    Returns the settled order ids and the payouts of batch ``batch`` (idempotent per account).
+    """
+    with db.session() as s:
+        released = settle_due(s, seller_org_id=org_id)
+    return released, payout_batch(db, payouts, batch, org_id=org_id)
+
+
 __all__ = ["DEFAULT_FEE_BPS", "account_name", "allocate", "lineage_parties", "open_party", "party_books",
-           "payable_accounts", "payout_batch", "settle_due", "shares"]
+           "payable_accounts", "payout_batch", "release_and_pay", "settle_due", "shares"]

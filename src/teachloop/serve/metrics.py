@@ -224,7 +224,7 @@ def cache_stats(scheduler: Scheduler | None) -> CacheStats:
     ``queries``, ``hits`` and ``bytes`` of its ``prefix.stats()`` (``engine.prefix``),
     when it has a prefix cache. No batch (idle since start, or no engine): zeros.
     """
-    batch = getattr(scheduler, "_batch", None) if scheduler is not None else None
+    batch = scheduler.batch if scheduler is not None else None
     if batch is None:
         return CacheStats()
     try:

@@ -258,6 +258,11 @@ class Scheduler:
                 job.sink.fail(gone)
 
     @property
+    def batch(self) -> DecodeBatchLike | None:
+        """The running batch (None before the first request or after a failed step); read it, never drive it."""
+        return self._batch
+
+    @property
     def running(self) -> bool:
         """Whether the scheduler thread is alive."""
         return self._thread is not None and self._thread.is_alive() and not self._stopping

@@ -401,10 +401,8 @@ def payouts(request: Request, viewer: SignedIn, batch: Annotated[str, Form(max_l
     if any(c.isspace() or not c.isprintable() for c in batch):
         raise InvalidInput("batch must be printable characters without spaces", param="batch")
     deps = app_deps(request)
-    with deps.database.session() as s:
-        released = royalties.settle_due(s, seller_org_id=viewer.principal.org_id)
-    paid = royalties.payout_batch(deps.database, Payouts(deps.database, TestProvider()), batch,
-                                  org_id=viewer.principal.org_id)
+    released, paid = royalties.release_and_pay(deps.database, Payouts(deps.database, TestProvider()), batch,
+                                               org_id=viewer.principal.org_id)
     return RedirectResponse(f"/market/selling?done=released-{len(released)}-paid-{len(paid)}", status_code=303)
 
 

@@ -210,7 +210,7 @@ class _Tensor:
 
 class _Holder:
     def __init__(self, batch: Any) -> None:
-        self._batch = batch
+        self.batch = batch  # Scheduler.batch
 
 
 def test_cache_stats_read_what_the_batch_reports() -> None:

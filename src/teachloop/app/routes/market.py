@@ -517,10 +517,8 @@ def run_payouts(body: PayoutRun, principal: Admin, deps: Deps) -> PayoutBatch:
     batch = body.batch or utc_now().strftime("%Y%m%d")
     if len(batch) > 100 or any(c.isspace() or not c.isprintable() for c in batch):
         raise InvalidInput("batch must be at most 100 printable characters without spaces", param="batch")
-    with deps.database.session() as s:
-        released = royalties.settle_due(s, seller_org_id=principal.org_id)  # only this seller's sales
-    paid = royalties.payout_batch(deps.database, Payouts(deps.database, TestProvider()), batch,
-                                  org_id=principal.org_id)
+    released, paid = royalties.release_and_pay(deps.database, Payouts(deps.database, TestProvider()), batch,
+                                               org_id=principal.org_id)  # only this seller's sales
     return PayoutBatch(batch=batch, released=len(released), payouts=[
         PayoutOut(account_id=p.account_id, destination=p.destination, amount=p.amount.amount,
                   currency=p.amount.currency, status=p.status.value, entry_id=p.entry_id) for p in paid])
