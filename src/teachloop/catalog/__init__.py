@@ -36,7 +36,14 @@ from teachloop.catalog.environments import (
     unpack_package,
     yank_version,
 )
-from teachloop.catalog.envref import ResolvedEnv, fetch_package, is_hub_ref, local_digest, resolve_env
+from teachloop.catalog.envref import (
+    ResolvedEnv,
+    fetch_package,
+    is_hub_ref,
+    local_digest,
+    meter_env_run,
+    resolve_env,
+)
 from teachloop.catalog.export import FORMATS, dataset_json, export_dataset, grant_json, lineage, row_json
 from teachloop.catalog.imports import (
     IMPORT_FORMATS,
@@ -65,6 +72,7 @@ __all__ = [
     "is_hub_ref",
     "lineage",
     "local_digest",
+    "meter_env_run",
     "parse_rows",
     "publish_adapter",
     "publish_package",

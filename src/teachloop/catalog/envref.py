@@ -7,7 +7,14 @@ content, before any compute is spent.
 * ``NAME@VERSION`` / ``NAME@sha256:...``: a version published in the
   caller's organisation's registry (the registry has no public versions); its
   archive is fetched from the blob store, verified against the digest, and
-  loaded. A yanked version is refused -- even when named exactly -- unless
+  loaded.
+* ``OWNER/NAME@VERSION``: a version another organisation published and the
+  caller bought on the marketplace. Resolving it checks (read-only) that an
+  active entitlement covers ``run`` (``catalog.usage.require_entitled``: never
+  bought answers like a name that does not exist; refunded is ``Forbidden``
+  saying so); ``ResolvedEnv.bought`` then holds the version's id, and the run
+  that uses it meters one use with ``meter_env_run`` in its write session
+  (a usage-priced offer is billed from that meter). A yanked version is refused -- even when named exactly -- unless
   ``allow_yanked`` (inspection only: ``env info``/``env check``).
 * anything else (built-in or installed name, folder, file, ``rg:...``,
   ``module:attr``): loaded locally by ``envs.registry.load``.
@@ -44,7 +51,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 import teachloop
-from teachloop.core.errors import ConfigurationError, InvalidInput
+from teachloop.catalog.usage import meter_use, require_entitled
+from teachloop.core.errors import ConfigurationError, InvalidInput, NotFound
 from teachloop.core.files import files_digest, replace_dir
 from teachloop.core.rl import content_hash
 from teachloop.envs import Environment, load
@@ -52,6 +60,8 @@ from teachloop.envs.manifest import package_hash
 from teachloop.envs.registry import entry_point, load_package, references_trusted, split_query
 from teachloop.store.blobs import BlobStore
 from teachloop.store.repos.environments import EnvironmentRegistry
+from teachloop.store.repos.tenancy import Tenancy
+from teachloop.store.schema.environments import EnvironmentVersion
 
 _ENVS_DIR = Path(inspect.getfile(Environment)).parent
 #: Shared code that decides a built-in's tasks and rewards, besides its own module.
@@ -68,6 +78,8 @@ class ResolvedEnv:
         name: the environment's name.
         version: the published version, or None for a local environment.
         digest: ``sha256:`` content digest.
+        bought: the environment version's id when it belongs to another organisation and is used
+            under a marketplace entitlement (``OWNER/NAME@VERSION``); None otherwise.
     """
 
     env: Environment
@@ -75,6 +87,7 @@ class ResolvedEnv:
     name: str
     version: str | None
     digest: str
+    bought: str | None = None
 
 
 def is_hub_ref(ref: str, *, trusted: bool = True) -> bool:
@@ -219,7 +232,7 @@ def resolve_env(
         return ResolvedEnv(env, ref, env.name, None, local_digest(ref, env, kwargs, trusted=trust))
     if session is None or blobs is None or org_id is None or cache is None:
         raise ConfigurationError(f"resolving the published environment {ref!r} needs the database and blob store")
-    row = EnvironmentRegistry(session).resolve(org_id, ref)
+    row, bought = _published(session, org_id, ref)
     if row.yanked and not allow_yanked:
         raise InvalidInput(
             f"environment {row.ref} is yanked ({row.yank_reason or 'no reason given'}); training and evaluation "
@@ -227,7 +240,43 @@ def resolve_env(
             param="env",
         )
     folder = fetch_package(blobs, row.blob_key, row.digest, cache)
-    return ResolvedEnv(load_package(folder, **kwargs), row.ref, row.name, row.version, row.digest)
+    shown = f"{ref.partition('/')[0]}/{row.ref}" if bought else row.ref
+    return ResolvedEnv(load_package(folder, **kwargs), shown, row.name, row.version, row.digest,
+                       row.id if bought else None)
 
 
-__all__ = ["ResolvedEnv", "fetch_package", "is_hub_ref", "local_digest", "resolve_env"]
+def _published(session: Session, org_id: str, ref: str) -> tuple[EnvironmentVersion, bool]:
+    """The published version ``ref`` names for ``org_id``, and whether it is another organisation's (bought)."""
+    registry = EnvironmentRegistry(session)
+    owner, slash, rest = ref.strip().partition("/")
+    if not slash:
+        return registry.resolve(org_id, ref), False
+    unavailable = NotFound(f"environment {ref!r} is not available to this organisation: buy a listing of it on "
+                           "the marketplace first", param="env")
+    try:
+        seller = Tenancy(session).find_org(owner)
+    except NotFound:
+        raise unavailable from None
+    if seller.id == org_id:
+        return registry.resolve(org_id, rest), False
+    try:
+        row = registry.resolve(seller.id, rest)
+    except NotFound:
+        raise unavailable from None
+    require_entitled(session, org_id, "environment", row.id, "run", label=ref)
+    return row, True
+
+
+def meter_env_run(session: Session, org_id: str, resolved: ResolvedEnv, *, units: int = 1,
+                  detail: dict[str, Any] | None = None) -> bool:
+    """Meter one run of a bought environment (``resolved.bought``) in ``session``; False when not bought.
+
+    ``Forbidden`` when the entitlement was revoked since the reference was resolved.
+    """
+    if resolved.bought is None:
+        return False
+    return meter_use(session, org_id, "environment", resolved.bought, "run", label=resolved.ref, units=units,
+                     detail=detail)
+
+
+__all__ = ["ResolvedEnv", "fetch_package", "is_hub_ref", "local_digest", "meter_env_run", "resolve_env"]

@@ -14,6 +14,11 @@ that the process wiring (``app``, ``cli`` -- layers that may import ``market``) 
   True when it checked an active entitlement and metered the use (usage-priced offers are
   billed from that meter); and raises ``Forbidden`` (403) naming the resource and why when
   the entitlement is revoked (refunded) or does not cover ``action`` -- the refusal is logged.
+- ``require_entitled(session, org_id, kind, resource_id, action, label=...)`` -- read-only -- the
+  check before a bought resource is *loaded* (an environment of another organisation, named
+  ``OWNER/NAME@VERSION``): ``NotFound`` when no entitlement was ever held (worded like a name
+  that does not exist, so nothing of the seller leaks), ``Forbidden`` naming why when it was
+  revoked. The use itself is metered later with ``meter_use``, in the write session of the run.
 - ``explain_unusable(session, org_id, ref, action)`` -- read-only -- says why a dataset
   reference ``OWNER/NAME[@N]`` that no longer resolves for ``org_id`` (its grant was revoked)
   is refused, when the gate knows (e.g. "the entitlement was revoked (refunded)"); None
@@ -48,6 +53,10 @@ class UsageGate(Protocol):
         """Why ``action`` on ``resource_id`` would be refused (read-only); None when allowed or not bought."""
         ...
 
+    def entitled(self, session: Session, org_id: str, kind: str, resource_id: str, action: str) -> bool:
+        """Whether an active entitlement of ``org_id`` covers ``action`` on ``resource_id`` (read-only)."""
+        ...
+
 
 _gate: UsageGate | None = None
 
@@ -80,6 +89,23 @@ def meter_use(session: Session, org_id: str, kind: str, resource_id: str, action
         raise Forbidden(f"{kind} {label!r}: {err.message}", param=err.param or kind) from None
 
 
+def require_entitled(session: Session, org_id: str, kind: str, resource_id: str, action: str, *,
+                     label: str) -> None:
+    """Refuse loading another organisation's resource unless an active entitlement covers ``action``.
+
+    ``NotFound`` (no gate, or never bought: the same answer as a name that does not exist);
+    ``Forbidden`` naming why when the entitlement was revoked or does not cover ``action``.
+    """
+    gate = _gate
+    if gate is not None and gate.entitled(session, org_id, kind, resource_id, action):
+        return
+    why = gate.refusal(session, org_id, kind, resource_id, action) if gate is not None else None
+    if why is not None:
+        raise Forbidden(f"{kind} {label!r}: {why}", param=kind)
+    raise NotFound(f"{kind} {label!r} is not available to this organisation: buy a listing of it on the "
+                   "marketplace first", param="env" if kind == "environment" else kind)
+
+
 def explain_unusable(session: Session, org_id: str, ref: str, action: str = "train") -> str | None:
     """Why the installed gate refuses ``org_id`` the dataset ``ref`` (``OWNER/NAME[@N]``), or None."""
     gate = _gate
@@ -97,4 +123,4 @@ def explain_unusable(session: Session, org_id: str, ref: str, action: str = "tra
     return None if why is None else f"dataset {ref!r}: {why}"
 
 
-__all__ = ["UsageGate", "explain_unusable", "install_usage_gate", "meter_use", "usage_gate"]
+__all__ = ["UsageGate", "explain_unusable", "install_usage_gate", "meter_use", "require_entitled", "usage_gate"]

@@ -10,7 +10,8 @@ accounts or the report as JSON instead of a table. ``market buy OFFER_ID --org O
 buys an offer from the organisation's prepaid balance; the same key answers the same order.
 ``market list KIND REF --org ORG --title T [--publish]`` lists a version the organisation
 owns; ``market offer LISTING --org ORG --amount 49.99 [--pricing --currency --use]`` offers a
-published listing (refused past its computed licence).
+published listing (refused past its computed licence). ``market request ...`` (``cli/requests.py``)
+posts data requests, matches, proposes (as a supplier or a broker), accepts and orders.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import json
 import typer
 from rich.table import Table
 
+from teachloop.cli import requests
 from teachloop.cli._common import console, handle_errors, open_database
 
-app = typer.Typer(help="The marketplace: listings, offers, orders, payouts, invoices, and the ledger's balances "
-                       "and checks.", no_args_is_help=True)
+app = typer.Typer(help="The marketplace: listings, offers, orders, payouts, invoices, data requests, and the "
+                       "ledger's balances and checks.", no_args_is_help=True)
+app.add_typer(requests.app, name="request")
 
 OrgOpt = typer.Option(None, "--org", help="Organisation name or id (default: the whole ledger).")
 

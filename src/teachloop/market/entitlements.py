@@ -181,6 +181,12 @@ class MarketUsageGate:
             bill_usage(session, org_id, ent.id)
         return True
 
+    def entitled(self, session: Session, org_id: str, kind: str, resource_id: str, action: str) -> bool:
+        """Whether an active (not revoked) entitlement of ``org_id`` covers ``action`` (read-only)."""
+        rows = session.scalars(select(MarketEntitlement).where(
+            MarketEntitlement.org_id == org_id, MarketEntitlement.resource_id == resource_id))
+        return any(r.revoked_at is None and action in r.actions for r in rows)
+
     def refusal(self, session: Session, org_id: str, kind: str, resource_id: str, action: str) -> str | None:
         """Why ``require`` would refuse (read-only); None when allowed or never bought here."""
         rows = list(session.scalars(select(MarketEntitlement).where(

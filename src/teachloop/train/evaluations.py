@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from teachloop.catalog.envref import resolve_env
+from teachloop.catalog.envref import meter_env_run, resolve_env
 from teachloop.core.api import EvalRequest
 from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.engine.base import Engine
@@ -91,6 +91,9 @@ def eval_handler(database: Database, blobs: BlobStore, env_cache: Path,
             resolved = resolve_env(request.env, session=session, blobs=blobs, org_id=org, cache=env_cache,
                                    **request.env_args)
             blob_key, adapter_label = _adapter_blob(session, database, blobs, org, request)
+        if resolved.bought:  # a bought environment: one metered run per evaluation, before any compute
+            with database.session() as session:
+                meter_env_run(session, org, resolved, detail={"eval": job.id})
         engine, renderer = models(request.model)
         base = request.model or "base"
         adapter = None

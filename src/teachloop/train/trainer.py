@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from teachloop.catalog.envref import ResolvedEnv, resolve_env
+from teachloop.catalog.envref import ResolvedEnv, meter_env_run, resolve_env
 from teachloop.core.errors import Conflict, InvalidInput, NotFound, TeachloopError
 from teachloop.core.sampling import SamplingParams
 from teachloop.engine.base import Engine
@@ -281,6 +281,8 @@ class Trainer:
         if fw is not None and hasattr(fw, "checkpoint_layers"):
             fw.checkpoint_layers = cfg.low_memory
         self.runs.start(org, run.id)
+        if start == 0:
+            self._meter_bought(prepared, run.id)
         self.listener("run", {"run": self.runs.get(org, run.id), "start": start})
         algo = self._algorithm(prepared, adapter)
         try:
@@ -312,6 +314,14 @@ class Trainer:
             if close is not None:
                 await close()
         return self.runs.get(org, run.id)
+
+    def _meter_bought(self, prepared: Prepared, run_id: str) -> None:
+        """One metered use per run of each bought environment it names (``catalog.envref.meter_env_run``)."""
+        bought = {e.bought: e for e in (prepared.train_env, prepared.eval_env) if e is not None and e.bought}
+        if bought:
+            with self.deps.database.session() as s:
+                for env in bought.values():
+                    meter_env_run(s, self.deps.org_id, env, detail={"run": run_id})
 
     async def _record_eval(self, algo: Algorithm, prepared: Prepared, adapter: str, run_id: str, step: int) -> None:
         values = await self._evaluate(algo, prepared, adapter)

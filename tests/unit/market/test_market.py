@@ -330,3 +330,35 @@ def test_an_order_for_a_brokered_proposal_pays_the_broker_its_commission(world) 
         match = accepted_match(s, order.id)
         assert match is not None and (match.broker_org_id, match.commission_bps) == (broker, 500)
         assert Ledger(s).check().ok
+
+
+def test_every_download_format_loads_with_its_reader(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What a buyer downloads opens with the standard readers: the HF archive with ``datasets.load_from_disk``,
+    parquet with pyarrow, the OpenAI JSONL line by line; each holds every row of the version sold."""
+    import io
+    import tarfile
+
+    import datasets as hf
+    import pyarrow.parquet as pq
+
+    db, seller, buyer, _ = world
+    lst = _publish(db, seller, "clean@1")
+    with db.session() as s:
+        offer = offers.create_offer(s, seller, lst, pricing="licence", amount=100, currency="USD")
+        rows = listings.get_listing_row(s, lst, org_id=seller).card["size"]["rows"]
+    orders.deposit(db, orders.TestCharges(), buyer, "d", Money(amount=100, currency="USD"), "c")
+    with db.session() as s:
+        order = orders.buy(s, buyer, offer.id, "k")
+        links = {f: downloads.sign_link(s, buyer, order.entitlement_id, f) for f in ("hf", "parquet", "openai")}
+    body, media, name = downloads.open_link(db, buyer, links["hf"])
+    assert media == "application/gzip" and name.endswith(".hf.tar.gz")
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        tar.extractall(tmp_path / "hf", filter="data")
+    loaded = hf.load_from_disk(str(next((tmp_path / "hf").iterdir())))
+    total = sum(len(split) for split in loaded.values()) if isinstance(loaded, hf.DatasetDict) else len(loaded)
+    assert total == rows
+    body, _, _ = downloads.open_link(db, buyer, links["parquet"])
+    assert pq.read_table(io.BytesIO(body)).num_rows == rows
+    body, _, _ = downloads.open_link(db, buyer, links["openai"])
+    lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+    assert len(lines) == rows and all("messages" in line for line in lines)

@@ -84,3 +84,53 @@ def test_listing_another_organisations_dataset_is_refused(db: Database) -> None:
     result = CliRunner().invoke(app, ["market", "list", "dataset", "mixed@1", "--org", "buyer", "--title", "x"])
     assert result.exit_code == 2 and "mixed@1" in result.output, result.output
     assert _count(db, MarketListing) == 0
+
+
+def test_request_broker_proposal_and_order_from_the_terminal(db: Database) -> None:
+    """A buyer posts a request, a broker proposes the seller's listing, the buyer accepts and orders: the broker
+    earns its commission; a bad request is refused by name and stores nothing."""
+    from teachloop.ledger import Ledger
+    from teachloop.store.schema.requests import DataRequest
+
+    runner = CliRunner()
+    with db.session() as s:
+        Tenancy(s).create_org("broker")
+    listed = runner.invoke(app, ["market", "list", "dataset", "mixed@1", "--org", "seller", "--title", "Mixed chats",
+                                 "--publish"])
+    listing = re.search(r"listing (lst_\w+)", listed.output)
+    assert listing is not None, listed.output
+    offered = runner.invoke(app, ["market", "offer", listing.group(1), "--org", "seller", "--amount", "10.00",
+                                  "--use", "non-commercial"])
+    offer = re.search(r"offer (off_\w+)", offered.output)
+    assert offer is not None, offered.output
+    bad = runner.invoke(app, ["market", "request", "post", "Chats", "--org", "buyer", "--description", "chat data",
+                              "--budget", "1.005"])
+    assert bad.exit_code == 2 and "--budget" in bad.output and _count(db, DataRequest) == 0, bad.output
+    posted = runner.invoke(app, ["market", "request", "post", "Support chats", "--org", "buyer", "--description",
+                                 "short question and answer chats", "--budget", "50.00"])
+    request = re.search(r"request (dreq_\w+) \(open\)", posted.output)
+    assert posted.exit_code == 0 and request is not None, posted.output
+    listed_requests = runner.invoke(app, ["market", "request", "list", "--org", "broker", "--json"])
+    assert request.group(1) in listed_requests.output, listed_requests.output
+    # a supplier cannot propose another organisation's listing without acting as a broker
+    refused = runner.invoke(app, ["market", "request", "propose", request.group(1), listing.group(1),
+                                  "--org", "broker"])
+    assert refused.exit_code != 0, refused.output
+    proposed = runner.invoke(app, ["market", "request", "propose", request.group(1), listing.group(1), "--org",
+                                   "broker", "--broker", "--commission-bps", "500"])
+    proposal = re.search(r"proposal (prop_\w+)", proposed.output)
+    assert proposed.exit_code == 0 and proposal is not None, proposed.output
+    accepted = runner.invoke(app, ["market", "request", "accept", request.group(1), proposal.group(1),
+                                   "--org", "buyer"])
+    assert accepted.exit_code == 0 and "accepted" in accepted.output, accepted.output
+    with db.session(write=False) as s:
+        buyer, broker = Tenancy(s).find_org("buyer").id, Tenancy(s).find_org("broker").id
+    orders.deposit(db, orders.TestCharges(), buyer, "dep", Money(amount=2500, currency="USD"), "card")
+    ordered = runner.invoke(app, ["market", "request", "order", request.group(1), proposal.group(1), offer.group(1),
+                                  "--org", "buyer", "--key", "rq1"])
+    assert ordered.exit_code == 0 and "10.00 USD" in ordered.output, ordered.output
+    with db.session(write=False) as s:
+        held = {a.name: a.held for a in Ledger(s).accounts.list(broker)}
+    assert 50 in held.values(), held  # 5% of 10.00 USD, pending for the broker
+    checked = runner.invoke(app, ["market", "balance", "--check"])
+    assert checked.exit_code == 0, checked.output
