@@ -150,6 +150,28 @@ class Entitlement(BaseModel):
     created_at: datetime = Field(description="When it was granted (UTC).")
 
 
+class UsageRecord(BaseModel):
+    """One metered use of a bought version: a download, a training use or an environment run.
+
+    The buyer sees its own uses with ``detail`` (which run or evaluation); the seller sees the uses
+    of what it sold, without ``detail`` (the buyer's run ids are the buyer's business).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(description="Use id, ``use_...``.")
+    buyer_org_id: str = Field(description="The organisation that used it.")
+    seller_org_id: str = Field(description="The organisation that sold it.")
+    listing_id: str = Field(description="The listing bought.")
+    entitlement_id: str = Field(description="The entitlement that allowed it.")
+    resource_id: str = Field(description="The version used.")
+    action: str = Field(description="download, train or run.")
+    units: int = Field(description="Units metered (one per run, download or training use).")
+    billed: bool = Field(description="Whether a usage-priced offer has billed it already.")
+    detail: dict[str, Any] | None = Field(default=None, description="Buyer view only: what the use was for.")
+    created_at: datetime = Field(description="When (UTC).")
+
+
 __all__ = [
     "Action",
     "Entitlement",
@@ -161,4 +183,5 @@ __all__ = [
     "Pricing",
     "ResourceKind",
     "RoyaltyShare",
+    "UsageRecord",
 ]

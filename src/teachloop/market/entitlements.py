@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import Forbidden, InvalidInput
-from teachloop.core.market import Action, Entitlement, Pricing, ResourceKind
+from teachloop.core.market import Action, Entitlement, Pricing, ResourceKind, UsageRecord
 from teachloop.store.repos.datasets import Datasets
 from teachloop.store.schema.base import utc_now
 from teachloop.store.schema.datasets import Dataset, DatasetGrant
@@ -156,6 +156,24 @@ def bill_usage(session: Session, org_id: str, entitlement_id: str) -> tuple[str 
     return entry_id, units
 
 
+def list_uses(session: Session, org_id: str, *, as_seller: bool = False, limit: int = 200) -> list[UsageRecord]:
+    """The allowed, metered uses newest first: of what ``org_id`` bought, or (``as_seller``) of what it sold.
+
+    The seller's view leaves out ``detail`` (which of the buyer's runs or evaluations used it).
+    """
+    if not 1 <= limit <= 1000:
+        raise InvalidInput(f"limit must be between 1 and 1000, got {limit}", param="limit")
+    side = MarketEntitlement.seller_org_id if as_seller else MarketEntitlement.org_id
+    rows = session.execute(
+        select(MarketUsage, MarketEntitlement).join(MarketEntitlement, MarketEntitlement.id == MarketUsage.entitlement_id)
+        .where(side == org_id, MarketUsage.allowed)
+        .order_by(MarketUsage.created_at.desc(), MarketUsage.id.desc()).limit(limit)).all()
+    return [UsageRecord(id=u.id, buyer_org_id=u.org_id, seller_org_id=e.seller_org_id, listing_id=e.listing_id,
+                entitlement_id=e.id, resource_id=u.resource_id, action=u.action, units=u.units,
+                billed=u.billed_entry_id is not None, detail=None if as_seller else dict(u.detail or {}),
+                created_at=u.created_at) for u, e in rows]
+
+
 class MarketUsageGate:
     """``catalog.usage.UsageGate`` answered from the marketplace's entitlements (see the module docstring).
 
@@ -199,4 +217,4 @@ class MarketUsageGate:
 
 
 __all__ = ["MarketUsageGate", "bill_usage", "entitlement_of_order", "entitlement_view", "grant_entitlement", "list_entitlements",
-           "require", "revoke_entitlement"]
+           "list_uses", "require", "revoke_entitlement"]

@@ -376,7 +376,7 @@ def royalty_accounts(ledger: Ledger, org_id: str) -> list[Royalty]:
 
 @router.get("/market/selling")
 def selling(request: Request, viewer: SignedIn, done: str = "") -> Response:
-    """The organisation's listings, sales, earnings (pending, payable) and payouts."""
+    """The organisation's listings, sales, buyers' metered uses, earnings (pending, payable) and payouts."""
     require(viewer, Role.VIEWER, "reading sales")
     org = viewer.principal.org_id
     with app_deps(request).database.session(write=False) as s:
@@ -384,12 +384,13 @@ def selling(request: Request, viewer: SignedIn, done: str = "") -> Response:
         sales = list(s.scalars(select(MarketOrder).where(MarketOrder.seller_org_id == org)
                                .order_by(MarketOrder.created_at.desc(), MarketOrder.id)))
         accounts = royalty_accounts(Ledger(s), org)
+        uses = entitlements.list_uses(s, org, as_seller=True, limit=100)
     totals: dict[str, dict[str, int]] = {"pending": {}, "payable": {}}
     for acc in accounts:
         totals[acc.state][acc.currency] = totals[acc.state].get(acc.currency, 0) + acc.amount
     titles = {lst.id: lst.title for lst in mine}
     return page(request, "market_selling.html", **_ctx(
-        listings=mine, sales=sales, titles=titles, accounts=accounts, totals=totals, done=done,
+        listings=mine, sales=sales, uses=uses, titles=titles, accounts=accounts, totals=totals, done=done,
         can_pay=viewer.can(Role.ADMIN), batch=utc_now().strftime("%Y%m%d")))
 
 

@@ -17,13 +17,13 @@ from teachloop.core.money import Money
 from teachloop.envs.scaffold import scaffold
 from teachloop.ledger import Ledger
 from teachloop.market import listings, offers, orders
-from teachloop.market.entitlements import MarketUsageGate
+from teachloop.market.entitlements import MarketUsageGate, list_uses
 from teachloop.store import BlobStore, Database, Tenancy
 from teachloop.store.schema.market import MarketUsage
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Database, BlobStore, str, str, str]]:
+def world(tmp_path: Path) -> Iterator[tuple[Database, BlobStore, str, str, str, str]]:
     db = Database(f"sqlite:///{tmp_path / 'm.db'}")
     db.migrate()
     blobs = BlobStore(str(tmp_path / "blobs"))
@@ -39,7 +39,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Database, BlobStore, str, str, str]]
         offer = offers.create_offer(s, seller, lst.id, pricing="env_run", amount=25, currency="USD")
     orders.deposit(db, orders.TestCharges(), buyer, "dep", Money(amount=1000, currency="USD"), "card")
     previous = install_usage_gate(MarketUsageGate())
-    yield db, blobs, buyer, offer.id, f"envmaker/{ref}"
+    yield db, blobs, buyer, offer.id, f"envmaker/{ref}", seller
     install_usage_gate(previous)
     db.close()
 
@@ -50,7 +50,7 @@ def _resolve(db: Database, blobs: BlobStore, org: str, ref: str, cache: Path):  
 
 
 def test_a_bought_environment_runs_metered_and_billed_and_is_refused_after_a_refund(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    db, blobs, buyer, offer_id, ref = world
+    db, blobs, buyer, offer_id, ref, seller = world
     cache = tmp_path / "cache"
     name, _, version = ref.partition("@")
     with pytest.raises(NotFound) as never_bought:
@@ -75,6 +75,12 @@ def test_a_bought_environment_runs_metered_and_billed_and_is_refused_after_a_ref
         assert Ledger(s).check().ok
     assert uses == [("run", True, 1), ("run", True, 1)]
     assert before - after == 2 * 25  # two runs billed from the meter at the offer's price
+    with db.session(write=False) as s:  # the environment maker sees each run, without the buyer's run details
+        sold = list_uses(s, seller, as_seller=True)
+        bought = list_uses(s, buyer)
+        assert list_uses(s, buyer, as_seller=True) == [] and list_uses(s, seller) == []
+    assert [(u.action, u.buyer_org_id, u.billed, u.detail) for u in sold] == [("run", buyer, True, None)] * 2
+    assert sorted(u.detail["run"] for u in bought if u.detail) == ["0", "1"]
     with db.session() as s:
         orders.refund(s, buyer, order.id, "refund-env")
     with pytest.raises(Forbidden, match="revoked"):
@@ -84,7 +90,7 @@ def test_a_bought_environment_runs_metered_and_billed_and_is_refused_after_a_ref
 
 
 def test_without_the_marketplace_another_orgs_environment_is_not_found(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    db, blobs, buyer, _, ref = world
+    db, blobs, buyer, _, ref, _ = world
     previous = install_usage_gate(None)
     try:
         with pytest.raises(NotFound, match="not available to this organisation"):

@@ -16,6 +16,8 @@
   is posted for a refused call. ``GET /api/market/orders``; ``POST .../{order_id}/refund`` while the
   refund window is open.
 - ``GET /api/market/entitlements`` (viewer): the organisation's own.
+- ``GET /api/market/uses?side=buyer|seller`` (viewer): metered uses of what it bought, or of what
+  it sold (an environment maker sees each buyer's runs, without the buyer's run details).
 - ``POST /api/market/entitlements/{entitlement_id}/links`` (member): a signed download link
   (``format``: openai, dpo, parquet, hf) valid ``LINK_TTL`` seconds; ``GET
   /api/market/downloads/{token}`` (viewer) answers the file. The link is bound to the buyer
@@ -33,7 +35,7 @@ models only.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from teachloop.app.auth import Admin, Deps, Member, Viewer
 from teachloop.catalog.licences import Use
 from teachloop.core.errors import InvalidInput, NotFound
-from teachloop.core.market import Entitlement, Listing, Offer, Order, ResourceKind
+from teachloop.core.market import Entitlement, Listing, Offer, Order, ResourceKind, UsageRecord
 from teachloop.ledger import Ledger, Payouts, TestProvider
 from teachloop.market import downloads, entitlements, listings, offers, orders, royalties
 from teachloop.store.schema.base import utc_now
@@ -233,6 +235,12 @@ class EntitlementList(BaseModel):
     """Entitlements, oldest first."""
 
     data: list[EntitlementOut] = Field(description="The organisation's entitlements.")
+
+
+class UseList(BaseModel):
+    """Metered uses, newest first (``core.market.UsageRecord``)."""
+
+    data: list[UsageRecord] = Field(description="Uses of what the organisation bought, or (side=seller) of what it sold.")
 
 
 class LinkOut(BaseModel):
@@ -467,6 +475,15 @@ def list_entitlements(principal: Viewer, deps: Deps) -> EntitlementList:
     with deps.database.session(write=False) as s:
         found = entitlements.list_entitlements(s, principal.org_id)
     return EntitlementList(data=[entitlement_out(e) for e in found])
+
+
+@router.get("/uses", response_model=UseList)
+def list_uses(principal: Viewer, deps: Deps, side: Literal["buyer", "seller"] = "buyer",
+              limit: int = Query(default=200, ge=1, le=1000)) -> UseList:
+    """Metered uses (downloads, training uses, environment runs): of what the organisation bought, or with
+    ``side=seller`` of what it sold (without the buyer's run details)."""
+    with deps.database.session(write=False) as s:
+        return UseList(data=entitlements.list_uses(s, principal.org_id, as_seller=side == "seller", limit=limit))
 
 
 @router.post("/entitlements/{entitlement_id}/links", status_code=201, response_model=LinkOut)
