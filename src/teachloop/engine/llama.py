@@ -1,8 +1,8 @@
 """A lean functional forward for Llama-family decoders with per-row LoRA adapters.
 
 This is the engine's hot path. It reads the weights of a Hugging Face
-``LlamaForCausalLM`` (or Mistral / Qwen2, same block structure) in place -- no
-copy of the base -- and the LoRA weights of PEFT ``LoraLayer`` modules, so
+``LlamaForCausalLM`` (or Mistral / Qwen2 / Qwen3, same block structure; Qwen3 adds
+RMSNorms on each head's queries and keys) in place -- no copy of the base -- and the LoRA weights of PEFT ``LoraLayer`` modules, so
 adapters created, trained, saved and loaded through PEFT are exactly the ones
 used here (a test checks logits against the PEFT model's own forward).
 
@@ -20,12 +20,18 @@ Both take an ``AdapterRows`` plan saying which rows use which adapter, so one
 forward pass serves requests for several adapters at once. ``None`` as an
 adapter name means the base model (adapter disabled), the reference policy.
 
+Which models take this path is decided by ``fast_path_problem`` (architecture,
+activation and a rotary scheme whose frequencies do not depend on the sequence
+length: default, ``linear``, ``llama3`` (Llama 3.x) or ``yarn``); any other causal
+LM runs on ``engine/hf_generic.py``'s slower path through transformers' own classes.
+
 This module knows nothing about tokenisation, sampling, losses or storage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +50,33 @@ from teachloop.engine.ops import (
     rope,
 )
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+#: rotary schemes with fixed frequencies (``inv_freq`` and ``attention_scaling`` read once from the model);
+#: ``dynamic`` and ``longrope`` recompute them from the sequence length, so they take the generic path
+FAST_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def fast_path_problem(config: Mapping[str, Any], architecture: str | None = None) -> str | None:
+    """Why a model with this ``config.json`` content cannot run on ``LlamaForward`` (``None``: it can).
+
+    ``architecture`` overrides ``config["architectures"][0]`` (a model built in memory has none).
+    Reads both the transformers 5 ``rope_parameters`` and the older ``rope_scaling`` key.
+    """
+    arch = architecture or next(iter(config.get("architectures") or [None]))
+    if arch not in SUPPORTED_ARCHITECTURES:
+        return f"the fast path supports {', '.join(SUPPORTED_ARCHITECTURES)}; this model is {arch}"
+    act = config.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        return f"the fast path computes SwiGLU (silu); this model's activation is {act}"
+    for key in ("rope_parameters", "rope_scaling"):
+        rope_cfg = config.get(key)
+        if isinstance(rope_cfg, Mapping):
+            kind = rope_cfg.get("rope_type") or rope_cfg.get("type") or "default"
+            if kind not in FAST_ROPE_TYPES:
+                return f"the fast path supports rope types {', '.join(FAST_ROPE_TYPES)}; this model uses {kind}"
+    return None
+
 
 #: rows per chunk of the fused unembedding: ``[128, 49152]`` float32 logits are 25 MB, so the
 #: softmax passes over a chunk run in the L3 cache instead of streaming from memory.
@@ -89,6 +121,9 @@ class Block:
     # LoRA on the unfused q/k/v and gate/up projections lives here, split by output slice.
     qkv_split: tuple[int, int, int] = (0, 0, 0)
     gate_up_split: tuple[int, int] = (0, 0)
+    # Qwen3: RMSNorm weights ``[head_dim]`` applied to every head's queries / keys before the rotation
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
     lora_parts: dict[str, dict[str, LoraWeights]] = field(default_factory=dict)  # adapter -> module -> weights
 
 
@@ -106,6 +141,9 @@ class KVCache:
 
     Active rows are kept contiguous at ``0 .. n-1``; ``remove`` moves the last
     active row into the hole, so attention always reads a view, never a gather.
+    ``extra`` holds one opaque object per row for a forward that keeps more state
+    per row (``engine/hf_generic.py``: the model's own cache); rows carry it when
+    they move or grow, ``copy_row`` deep-copies it and a freed row drops it.
     """
 
     def __init__(
@@ -117,6 +155,7 @@ class KVCache:
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
         self.n = 0
         self.capacity = capacity
+        self.extra: list[Any] = [None] * rows
 
     @property
     def rows(self) -> int:
@@ -138,6 +177,7 @@ class KVCache:
         lengths[: self.lengths.shape[0]] = self.lengths
         self.lengths = lengths
         self.capacity = new_cap
+        self.extra += [None] * (new_rows - len(self.extra))
 
     def copy_row(self, src: int, dst: int) -> None:
         """Copy row ``src`` (its whole prefix) onto row ``dst``."""
@@ -146,14 +186,17 @@ class KVCache:
             for t in store:
                 t[dst, :, :length] = t[src, :, :length]
         self.lengths[dst] = length
+        self.extra[dst] = None if self.extra[src] is None else copy.deepcopy(self.extra[src])
 
     def remove(self, row: int) -> int | None:
         """Free active row ``row`` by moving the last active row into it; returns the moved row's old index."""
         last = self.n - 1
         moved = None
+        carried, self.extra[last] = self.extra[last], None  # moved with the row, not copied
         if row != last:
             self.copy_row(last, row)
             moved = last
+        self.extra[row] = carried if row != last else None
         self.lengths[last] = 0
         self.n -= 1
         return moved
@@ -280,12 +323,11 @@ class LlamaForward:
     """
 
     def __init__(self, hf_model: Any, *, pack: bool | str | None = None) -> None:
-        arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise ModelError(
-                f"the torch engine supports {', '.join(SUPPORTED_ARCHITECTURES)}; this model is {arch}"
-            )
         cfg = hf_model.config
+        arch = (getattr(cfg, "architectures", None) or [type(hf_model).__name__])[0]
+        problem = fast_path_problem(cfg.to_dict(), arch)
+        if problem is not None:
+            raise ModelError(problem)
         self.config = cfg
         self.n_heads: int = cfg.num_attention_heads
         self.kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -320,6 +362,8 @@ class LlamaForward:
                         self.kv_heads * self.head_dim,
                     ),
                     gate_up_split=(cfg.intermediate_size, cfg.intermediate_size),
+                    q_norm=_weight_of(getattr(attn, "q_norm", None)),
+                    k_norm=_weight_of(getattr(attn, "k_norm", None)),
                 )
             )
         self.lm_head = Proj(_base(hf_model.lm_head).weight, _base(hf_model.lm_head).bias)
@@ -478,6 +522,19 @@ class LlamaForward:
         q, k, v = qkv.split(block.qkv_split, dim=-1)
         return q, k, v
 
+    def _heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: Block, training: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[T, H*d]`` projections -> ``[T, heads, d]``, with Qwen3's per-head q/k norms applied."""
+        q = q.view(-1, self.n_heads, self.head_dim)
+        k = k.view(-1, self.kv_heads, self.head_dim)
+        v = v.view(-1, self.kv_heads, self.head_dim)
+        if block.q_norm is not None:
+            q = self._norm(q, block.q_norm, training)
+        if block.k_norm is not None:
+            k = self._norm(k, block.k_norm, training)
+        return q, k, v
+
     def _block_post(
         self, x: torch.Tensor, attn: torch.Tensor, block: Block, rows: AdapterRows, training: bool
     ) -> torch.Tensor:
@@ -520,10 +577,7 @@ class LlamaForward:
         grad = training and torch.is_grad_enabled()
 
         def layer(i: int, block: Block, x: torch.Tensor) -> torch.Tensor:
-            q, k, v = self._block_pre(x, block, rows, training)
-            q = q.view(-1, self.n_heads, self.head_dim)
-            k = k.view(-1, self.kv_heads, self.head_dim)
-            v = v.view(-1, self.kv_heads, self.head_dim)
+            q, k, v = self._heads(*self._block_pre(x, block, rows, training), block, training)
             if grad:
                 q, k = RopeFn.apply(q, cos, sin), RopeFn.apply(k, cos, sin)
             else:
@@ -561,10 +615,7 @@ class LlamaForward:
         groups = self.n_heads // self.kv_heads
         scale = self.head_dim**-0.5
         for i, block in enumerate(self.blocks):
-            q, k, v = self._block_pre(x, block, rows, False)
-            q = q.view(n, self.n_heads, self.head_dim)
-            k = k.view(n, self.kv_heads, self.head_dim)
-            v = v.view(n, self.kv_heads, self.head_dim)
+            q, k, v = self._heads(*self._block_pre(x, block, rows, False), block, False)
             q, k = rope(q, cos, sin), rope(k, cos, sin)
             kc, vc = cache.k[i], cache.v[i]
             kc[ar, :, positions] = k
@@ -617,10 +668,7 @@ class LlamaForward:
         cos, sin = self._rope(positions, x.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
         for i, block in enumerate(self.blocks):
-            q, k, v = self._block_pre(x, block, rows, False)
-            q = q.view(-1, self.n_heads, self.head_dim)
-            k = k.view(-1, self.kv_heads, self.head_dim)
-            v = v.view(-1, self.kv_heads, self.head_dim)
+            q, k, v = self._heads(*self._block_pre(x, block, rows, False), block, False)
             q, k = rope(q, cos, sin), rope(k, cos, sin)
             kc, vc = cache.k[i], cache.v[i]
             kc[tok_row, :, positions] = k
@@ -732,6 +780,11 @@ def row_plan(adapters: Sequence[str | None], device: Any = None) -> AdapterRows:
     return token_rows(adapters, [1] * len(adapters), device)
 
 
+def _weight_of(module: Any) -> torch.Tensor | None:
+    """The weight of an optional norm module (``None`` when the model has none)."""
+    return None if module is None else module.weight
+
+
 def _base(module: Any) -> Any:
     """The plain ``nn.Linear`` under a PEFT wrapper (or the module itself)."""
     return getattr(module, "base_layer", module)
@@ -777,6 +830,7 @@ def _lora_delta(x: torch.Tensor, w: LoraWeights, training: bool) -> torch.Tensor
 
 __all__ = [
     "ATTN_MODULES",
+    "FAST_ROPE_TYPES",
     "MLP_MODULES",
     "SUPPORTED_ARCHITECTURES",
     "UNEMBED_MODULES",
@@ -786,6 +840,7 @@ __all__ = [
     "LoraWeights",
     "Segments",
     "can_pack",
+    "fast_path_problem",
     "row_plan",
     "single",
     "token_rows",

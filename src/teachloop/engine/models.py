@@ -20,6 +20,10 @@ Contract:
   ``config.json``, or a hub id ``org/name`` (downloaded through ``transformers``
   and stored as ``org--name``).
 
+``list_base_models`` says, per cached model, its architecture, family and whether the
+torch engine runs it on the fast path (``engine/llama.py``) or the generic one
+(``engine/hf_generic.py``); Tinker's ``get_server_capabilities`` lists it.
+
 This module hands out folder paths. It knows nothing about sampling, training,
 adapters or chat templates; torch and transformers are imported only to convert.
 """
@@ -121,6 +125,33 @@ class ModelInfo:
     source: str = ""
     created_at: str = ""
     problem: str | None = None
+
+
+ForwardPath = Literal["fast", "generic"]
+
+
+@dataclass(frozen=True)
+class BaseModelEntry:
+    """A usable base model of the cache as the torch engine would run it.
+
+    Attributes:
+        name: the model's name (what ``resolve_model`` and runs' ``base_model`` take).
+        path: its folder.
+        architecture: ``config.json``'s first ``architectures`` entry (e.g. ``Qwen3ForCausalLM``).
+        family: ``config.json``'s ``model_type`` (``llama``, ``qwen3``, ``gpt2``, ...).
+        forward: ``fast`` (the functional forward of ``engine/llama.py``) or ``generic``
+            (transformers' own model class; slower, same results).
+        reason: why the fast path does not take it (``None`` on the fast path).
+        context_length: ``max_position_embeddings`` (or ``n_positions``) if the config says.
+    """
+
+    name: str
+    path: Path
+    architecture: str
+    family: str
+    forward: ForwardPath
+    reason: str | None = None
+    context_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +310,35 @@ def list_models(settings: Settings) -> list[ModelInfo]:
         return []
     out = [_info(p) for p in sorted(cache.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     return sorted(out, key=lambda m: m.name)
+
+
+def list_base_models(settings: Settings) -> list[BaseModelEntry]:
+    """The cache's usable models (status ``ok``, a readable ``config.json``) with family and forward path.
+
+    Reads only the config files; the fast-path check comes from ``engine/llama.py`` (imported here
+    lazily, so ``torch`` loads on the first call, not with this module).
+    """
+    from teachloop.engine.llama import fast_path_problem
+
+    out: list[BaseModelEntry] = []
+    for info in list_models(settings):
+        if info.status != "ok":
+            continue
+        try:
+            config = json.loads((info.path / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(config, dict):
+            continue
+        arch = str((config.get("architectures") or ["unknown"])[0])
+        problem = fast_path_problem(config, arch)
+        length = config.get("max_position_embeddings", config.get("n_positions"))
+        out.append(BaseModelEntry(
+            name=info.name, path=info.path, architecture=arch, family=str(config.get("model_type", "unknown")),
+            forward="fast" if problem is None else "generic", reason=problem,
+            context_length=length if isinstance(length, int) else None,
+        ))
+    return out
 
 
 def verify_model(settings: Settings, name: str, *, progress: ProgressCallback | bool | None = None) -> ModelInfo:
@@ -743,6 +803,8 @@ def _bytes_reporter(report: ProgressCallback, start: int, total: int) -> Callabl
 __all__ = [
     "KNOWN_MODELS",
     "MANIFEST",
+    "BaseModelEntry",
+    "ForwardPath",
     "HubSource",
     "KnownModel",
     "ModelInfo",
@@ -751,6 +813,7 @@ __all__ = [
     "WheelGGUFSource",
     "add_model",
     "ensure_default_model",
+    "list_base_models",
     "list_models",
     "pull_model",
     "remove_model",

@@ -47,7 +47,8 @@ from teachloop.core.training import (
 )
 from teachloop.engine.base import AdapterInfo, LogprobsFor
 from teachloop.engine.compute import ComputeThread
-from teachloop.engine.llama import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES, LlamaForward, Segments, single
+from teachloop.engine.hf_generic import build_forward, lora_target_groups, lora_targets
+from teachloop.engine.llama import Segments, single
 from teachloop.engine.losses import TokenInputs, compute_loss
 from teachloop.engine.packing import plan_packing
 from teachloop.engine.prefix import PrefixCache
@@ -123,7 +124,7 @@ class TorchEngine:
         model.eval()
         self.hf: Any = model.to(self.device)  # type: ignore[arg-type]
         self._peft: Any = None
-        self.fw = LlamaForward(self.hf, pack=pack)
+        self.fw = build_forward(self.hf, pack=pack)  # LlamaForward, or GenericForward for other architectures
         #: prompt-prefix keys/values shared by the serving batches that ask for it (``batch(prefix_cache=True)``)
         self.prefix = PrefixCache()
         eos: set[int] = set()
@@ -196,13 +197,7 @@ class TorchEngine:
     def _lora_config(self, spec: LoraSpec) -> Any:
         from peft import LoraConfig
 
-        targets: list[str] = []
-        if spec.train_attn:
-            targets += ATTN_MODULES
-        if spec.train_mlp:
-            targets += MLP_MODULES
-        if spec.train_unembed:
-            targets += UNEMBED_MODULES
+        targets = lora_targets(self.fw, attn=spec.train_attn, mlp=spec.train_mlp, unembed=spec.train_unembed)
         return LoraConfig(
             r=spec.rank,
             lora_alpha=spec.alpha,  # type: ignore[arg-type]
@@ -253,6 +248,8 @@ class TorchEngine:
                 self._peft = get_peft_model(self.hf, config, adapter_name=name)
             else:
                 self._peft.add_adapter(name, config)
+                if self._peft.active_adapter not in self._peft.peft_config:  # the last adapter was deleted:
+                    self._peft.set_adapter(name)  # PEFT still names it active, and save_pretrained would fail
         self._peft.base_model.model.requires_grad_(False)
         for state in self._adapters.values():
             for p in state.params:
@@ -340,7 +337,7 @@ class TorchEngine:
             raise ModelError(f"{cfg_file} is not valid JSON: {err}".splitlines()[0]) from None
         if not isinstance(cfg, dict):
             raise ModelError(f"{cfg_file} is not a JSON object")
-        spec = _spec_from_peft(cfg)
+        spec = _spec_from_peft(cfg, lora_target_groups(self.fw))
         weights_file = path / "adapter_model.safetensors"
         if not weights_file.is_file():
             raise NotFound(f"{path} has no adapter_model.safetensors")
@@ -360,6 +357,8 @@ class TorchEngine:
             if weight is None or weight.dim() != 2:
                 raise ModelError(f"adapter at {path} does not fit this base model: no layer {owner!r}")
             out_f, in_f = weight.shape
+            if type(getattr(module, "base_layer", module)).__name__ == "Conv1D":  # GPT-2 style: weight [in, out]
+                in_f, out_f = out_f, in_f
             want = (spec.rank, in_f) if ".lora_A." in key else (out_f, spec.rank)
             if tuple(tensor.shape) != want:
                 raise ModelError(
@@ -558,6 +557,32 @@ class TorchEngine:
         result = self.forward(batch, "cross_entropy", adapter=adapter)
         return result.logprobs
 
+    @_on_compute
+    def prompt_top_logprobs(
+        self, tokens: Sequence[int], k: int, adapter: str | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """``out[t]``: the ``k`` most likely next tokens after ``tokens[: t + 1]`` with their logprobs.
+
+        Length ``len(tokens) - 1`` (the last position predicts past the prompt and is left out);
+        logprobs follow the same unscaled-model convention as ``logprobs``.
+        """
+        if not 1 <= k <= 100:
+            raise InvalidInput("k must be between 1 and 100", param="k")
+        if len(tokens) < 2:
+            return []
+        if adapter is not None:
+            self._check_name(adapter)
+        with self._lock, torch.no_grad():
+            if adapter is not None:
+                self._get(adapter)
+            seq = torch.tensor(list(tokens[:-1]), dtype=torch.long, device=self.device)
+            rows = single(adapter)
+            hidden = self.fw.forward_packed(seq, [len(seq)], rows)
+            logits = self.fw.logits(hidden, rows)
+            values, indices = logits.topk(min(k, logits.shape[-1]), dim=-1)
+            values = values - torch.logsumexp(logits, dim=-1, keepdim=True)
+            return [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+
     # --------------------------------------------------------------- training
     @_on_compute
     def forward_backward(
@@ -749,19 +774,19 @@ def _owned_by(param_name: str, adapter: str) -> bool:
     return f".lora_A.{adapter}." in param_name or f".lora_B.{adapter}." in param_name
 
 
-def _spec_from_peft(cfg: dict[str, Any]) -> LoraSpec:
+def _spec_from_peft(cfg: dict[str, Any], groups: dict[str, list[str]]) -> LoraSpec:
     targets = cfg.get("target_modules") or []
     if isinstance(targets, str):
         targets = [targets]
-    names = {t.split(".")[-1] for t in targets}
+    names = set(targets) | {t.split(".")[-1] for t in targets}
     try:
         return LoraSpec(
             rank=int(cfg.get("r", 8)),
             alpha=float(cfg.get("lora_alpha", 8)),
             dropout=float(cfg.get("lora_dropout", 0.0)),
-            train_attn=bool(names & set(ATTN_MODULES)),
-            train_mlp=bool(names & set(MLP_MODULES)),
-            train_unembed=bool(names & set(UNEMBED_MODULES)),
+            train_attn=bool(names & set(groups["attn"])),
+            train_mlp=bool(names & set(groups["mlp"])),
+            train_unembed=bool(names & set(groups["unembed"])),
         )
     except ValueError as err:
         raise ModelError(f"unsupported adapter_config.json: {err}".splitlines()[0]) from None
