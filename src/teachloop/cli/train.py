@@ -202,6 +202,10 @@ def _printer(total: int) -> Any:
             console.print(f"[cyan]eval @ {payload['step']}[/]  {_fmt(payload['values'])}", highlight=False)
         elif event == "checkpoint":
             console.print(f"[dim]checkpoint @ {payload['step']}[/]")
+        elif event == "alarm":
+            console.print(f"[bold red]ALARM[/] {payload['alarm'].summary()}", highlight=False)
+        elif event == "stopped":
+            console.print(f"[yellow]stopped at step {payload['step']}[/]: {payload['reason']}", highlight=False)
 
     return listen
 
@@ -219,7 +223,7 @@ def runs_list(
         runs = store.list_runs(limit)
         if as_json:
             for r in runs:
-                typer.echo(json.dumps(r.__dict__, default=str))
+                typer.echo(json.dumps(r.__dict__, default=_json_default))
             return
         table = Table(title=f"runs in {store.org_name}", title_justify="left")
         for col in ("id", "name", "algorithm", "status", "step", "created"):
@@ -252,7 +256,7 @@ def runs_show(
             evals = [(s, v) for s, p, v in rows if p == "eval"]
             if as_json:
                 typer.echo(json.dumps({"run": run.__dict__, "metrics": [
-                    {"step": s, "phase": p, "values": v} for s, p, v in rows]}, default=str))
+                    {"step": s, "phase": p, "values": v} for s, p, v in rows]}, default=_json_default))
                 if plot is not None:
                     err_console.print(f"wrote {_write_plot(run, train, evals, plot)}")
                 return
@@ -262,6 +266,7 @@ def runs_show(
                 console.print(f"  {k}: {json.dumps(v, default=str)}", highlight=False)
             if run.error:
                 err_console.print(f"  error: {run.error}")
+            _print_watch(run)
             table = Table(title="metrics", title_justify="left")
             keys = [k for k in _KEYS if any(k in v for _, v in train)]
             table.add_column("step", justify="right")
@@ -281,6 +286,23 @@ def runs_show(
 
 
 Rows = list[tuple[int, dict[str, Any]]]
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what ``json`` cannot write: pydantic models (the alarm) as objects, the rest as text."""
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else str(value)
+
+
+def _print_watch(run: Any) -> None:
+    """The watch's verdicts on a run: its best held-out step, why it stopped, its reward-hack alarm."""
+    if getattr(run, "best_step", None) is not None:
+        console.print(f"  best held-out: step {run.best_step} (score {run.best_score:.4g})", highlight=False)
+    if getattr(run, "stop_reason", None):
+        console.print(f"  stopped at step {run.step}: {run.stop_reason}", highlight=False)
+    if getattr(run, "alarm", None) is not None:
+        console.print(f"[bold red]  ALARM[/] {run.alarm.summary()}; the loop never promotes this run",
+                      highlight=False)
 
 
 class _Runs:
@@ -330,7 +352,8 @@ def _record(run: Any) -> Any:
 
     return RunInfo(run.id, "", run.name, run.algorithm, run.status, run.base_model, run.config, run.inputs, run.step,
                    run.total_steps, run.last_checkpoint_step, None, "(on the server)" if run.has_adapter else None,
-                   run.error, run.created_at, run.finished_at)
+                   run.error, run.created_at, run.finished_at, run.best_step, run.best_score, None, run.stop_reason,
+                   run.alarm)
 
 
 def _source(org: str | None, remote: str | None) -> _Runs:

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from teachloop.core.training import RewardHackAlarm
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,6 +52,12 @@ class Run(_Response):
     error: str | None = Field(description="Why it failed or was cancelled.")
     created_at: datetime = Field(description="When it was created.")
     finished_at: datetime | None = Field(description="When it completed, failed or was cancelled.")
+    best_step: int | None = Field(default=None, description="Step of the best held-out evaluation after step 0.")
+    best_score: float | None = Field(default=None, description="Its held-out score (eval.metric).")
+    stop_reason: str | None = Field(default=None, description="Why it ended before its last step: early_stop or "
+                                    "reward_hack_alarm.")
+    alarm: RewardHackAlarm | None = Field(default=None, description="The reward-hack alarm it raised, if any "
+                                          "(the loop never promotes such a run).")
 
 
 class RunList(_Response):

@@ -195,6 +195,41 @@ class OptimStepResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class RewardHackAlarm(BaseModel):
+    """A training run's reward-hack alarm: training reward rose while held-out reward fell beyond noise.
+
+    Raised by ``train.watch`` (the test is described there and in ``docs/training.md``, section
+    "Watching a run"), stored on the run record, and read by the loop, which never promotes a
+    candidate whose run raised one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: int = Field(description="The optimizer step of the held-out evaluation that raised it.")
+    window_start: int = Field(description="The step of the window's first held-out evaluation.")
+    train_slope: float = Field(description="OLS slope of the per-step training reward over the window (per step).")
+    train_p: float = Field(description="One-sided p-value of the slope t-test (H1: slope > 0).")
+    heldout_before: float = Field(description="Held-out mean reward at window_start.")
+    heldout_after: float = Field(description="Held-out mean reward at step.")
+    heldout_p: float = Field(description="One-sided p-value of the paired t-test on per-task rewards (H1: fell).")
+    heldout_tasks: int = Field(description="Held-out tasks paired between the two evaluations.")
+    alpha: float = Field(description="Significance level both tests had to pass (alarm.alpha).")
+    min_drop: float = Field(description="The smallest held-out drop that counts (alarm.min_drop).")
+    action: Literal["stop", "continue"] = Field(description="What the run did (alarm.on_alarm).")
+
+    @property
+    def heldout_drop(self) -> float:
+        """How far held-out reward fell over the window (positive)."""
+        return self.heldout_before - self.heldout_after
+
+    def summary(self) -> str:
+        """One line for people: what rose, what fell, the p-values."""
+        return (f"reward-hack alarm at step {self.step}: training reward rising ({self.train_slope:+.4g}/step, "
+                f"p = {self.train_p:.3g}) while held-out reward fell {self.heldout_before:.4g} -> "
+                f"{self.heldout_after:.4g} over steps {self.window_start}-{self.step} on {self.heldout_tasks} tasks "
+                f"(p = {self.heldout_p:.3g}, alpha {self.alpha:g}); run {'stopped' if self.action == 'stop' else 'continued'}")
+
+
 __all__ = [
     "LOSS_FNS",
     "RL_LOSSES",
@@ -206,4 +241,5 @@ __all__ = [
     "LossConfig",
     "LossFn",
     "OptimStepResult",
+    "RewardHackAlarm",
 ]

@@ -19,9 +19,19 @@ A config file looks like::
     group_size = 8
     max_tokens = 32
 
+    [eval]
+    every = 10                  # held-out evaluation every 10 steps (best checkpoint, early stop)
+
+    [alarm]                     # reward-hack alarm (train.watch)
+    on_alarm = "stop"
+
+    [report]                    # experiment trackers (train.report)
+    to = ["tensorboard", "mlflow"]
+
 Every field can also be set on the command line (``--rl.group_size 8``,
 ``--optim.lr=1e-4``, ``--steps 10``). Errors name the field and the allowed
-values (``InvalidInput`` with ``param`` set to the dotted field path). This
+values (``InvalidInput`` with ``param`` set to the dotted field path); cross-field checks
+(``eval.every`` within the run, an alarm window its test can use) name their field too. This
 module knows nothing about engines, stores or environments beyond their names.
 """
 
@@ -37,6 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from teachloop.core.errors import InvalidInput
 from teachloop.core.settings import DEFAULT_MODEL
 from teachloop.core.training import AdamParams, LoraSpec, LossConfig
+
+#: The fewest training steps an alarm window may span (the slope t-test then has 2 degrees of freedom).
+MIN_ALARM_STEPS = 4
 
 
 class _Section(BaseModel):
@@ -135,14 +148,72 @@ class DataSection(_Section):
 
 
 class EvalSection(_Section):
-    """Held-out evaluation, run before the first step and after the last."""
+    """Held-out evaluation: before the first step, every ``every`` steps, and after the last.
+
+    The held-out score (``metric``) picks the best checkpoint and drives early stopping
+    (``train.watch``).
+    """
 
     env: str | None = Field(default=None, description="Environment to evaluate on (default: rl.env for grpo).")
     env_args: dict[str, Any] | None = Field(default=None, description="Its arguments (default: rl.env_args).")
     tasks: int = Field(default=100, ge=0, description="Held-out tasks (0 disables environment eval).")
     seed: int = Field(default=1_000_003, description="Seed of the held-out task stream (disjoint from training).")
     max_tokens: int | None = Field(default=None, ge=1, description="New tokens per turn (default: rl.max_tokens).")
-    every: int = Field(default=0, ge=0, description="Also evaluate every N steps (0: before and after only).")
+    every: int | None = Field(
+        default=None, ge=0,
+        description="Also evaluate every N steps; 0: before and after only; unset: steps // 5 for grpo with a "
+        "held-out environment and at least 10 steps, else 0.",
+    )
+    metric: str | None = Field(
+        default=None,
+        description="Held-out figure that ranks checkpoints (default: reward_mean, heldout_nll for sft, "
+        "heldout_dpo_loss for dpo; *_nll and *_loss are minimised).",
+    )
+    keep_best: bool = Field(
+        default=True,
+        description="Keep the checkpoint with the best held-out score (after step 0) as the final adapter.",
+    )
+    patience: int = Field(
+        default=0, ge=0, description="Stop early after N evaluations without improving by more than min_delta "
+        "(0: never).",
+    )
+    min_delta: float = Field(default=0.0, ge=0, description="The smallest held-out improvement that counts.")
+
+
+class AlarmSection(_Section):
+    """The reward-hack alarm: training reward rising while held-out reward falls beyond noise.
+
+    Over a window of ``window`` held-out evaluations, the alarm fires when both one-sided tests pass
+    at ``alpha``: an OLS slope t-test says the per-step training reward rose, and a paired t-test on
+    per-task held-out rewards (first vs last evaluation of the window, same tasks) says held-out
+    reward fell, by at least ``min_drop`` (see ``train.watch``).
+    """
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Raise the alarm (unset: on for grpo with a held-out environment when the window fits the run).",
+    )
+    window: int = Field(default=3, ge=1, description="Held-out evaluations in the window (>= 2; the window's "
+                        "training steps, (window - 1) * eval.every, must be >= 4).")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Significance level of each one-sided test.")
+    min_drop: float = Field(default=0.02, ge=0, description="The smallest held-out drop that raises the alarm.")
+    on_alarm: Literal["stop", "continue"] = Field(default="stop", description="Stop the run, or record and go on.")
+
+
+#: The experiment trackers a run can report to, with the extra that installs each.
+TRACKERS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
+
+
+class ReportSection(_Section):
+    """Experiment trackers the run reports its config and metrics to (``train.report``)."""
+
+    to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=list, description="Trackers: tensorboard, mlflow (file store), wandb (offline), trackio.",
+    )
+    dir: str = Field(default="teachloop-reports", min_length=1,
+                     description="Folder the trackers write under (one subfolder each).")
+    project: str = Field(default="teachloop", min_length=1, max_length=200,
+                         description="Project / experiment name in the trackers.")
 
 
 class TrainConfig(BaseModel):
@@ -165,6 +236,8 @@ class TrainConfig(BaseModel):
     rl: RLSection | None = None
     data: DataSection | None = None
     eval: EvalSection = Field(default_factory=EvalSection)
+    alarm: AlarmSection = Field(default_factory=AlarmSection)
+    report: ReportSection = Field(default_factory=ReportSection)
 
     @model_validator(mode="after")
     def _sections_fit_algorithm(self) -> TrainConfig:
@@ -172,7 +245,46 @@ class TrainConfig(BaseModel):
             raise ValueError("algorithm 'grpo' needs an [rl] section with rl.env")
         if self.algorithm in ("sft", "dpo") and self.data is None:
             raise ValueError(f"algorithm {self.algorithm!r} needs a [data] section with data.train")
+        self._watch_fits_run()
         return self
+
+    def _watch_fits_run(self) -> None:
+        """Refuse an eval interval larger than the run and an alarm window too short for its test."""
+        if self.eval.every is not None and self.eval.every > self.steps:
+            raise InvalidInput(f"eval.every {self.eval.every} is larger than the run ({self.steps} steps); "
+                               f"use at most {self.steps}, or 0 to evaluate before and after only", param="eval.every")
+        if self.alarm.enabled:
+            every, w = self.eval_every(), self.alarm.window
+            if self.algorithm != "grpo" or self.eval_env() is None:
+                raise InvalidInput("alarm.enabled needs a training reward and a held-out reward: algorithm grpo "
+                                   "with eval.tasks > 0", param="alarm.enabled")
+            if every == 0:
+                raise InvalidInput("alarm.enabled needs held-out evaluations during the run; set eval.every",
+                                   param="eval.every")
+            if w < 2 or (w - 1) * every < MIN_ALARM_STEPS:
+                raise InvalidInput(
+                    f"alarm.window {w} is too short for the alarm's test: it needs >= 2 evaluations spanning "
+                    f">= {MIN_ALARM_STEPS} training steps ((window - 1) * eval.every = {(w - 1) * every}); "
+                    f"raise alarm.window or eval.every", param="alarm.window")
+            if (w - 1) * every > self.steps:
+                raise InvalidInput(f"alarm.window {w} spans {(w - 1) * every} steps, longer than the run "
+                                   f"({self.steps} steps)", param="alarm.window")
+
+    def eval_every(self) -> int:
+        """Evaluate every N steps (0: before and after only), the default resolved (see ``EvalSection.every``)."""
+        if self.eval.every is not None:
+            return self.eval.every
+        if self.algorithm == "grpo" and self.eval_env() is not None and self.steps >= 10:
+            return self.steps // 5
+        return 0
+
+    def alarm_on(self) -> bool:
+        """Whether the reward-hack alarm watches this run (the default resolved; see ``AlarmSection.enabled``)."""
+        if self.alarm.enabled is not None:
+            return self.alarm.enabled
+        every, w = self.eval_every(), self.alarm.window
+        return (self.algorithm == "grpo" and self.eval_env() is not None and every > 0 and w >= 2
+                and MIN_ALARM_STEPS <= (w - 1) * every <= self.steps)
 
     def eval_env(self) -> tuple[str, dict[str, Any]] | None:
         """The environment of the held-out evaluation, if any."""
@@ -316,6 +428,9 @@ def validate_config(raw: dict[str, Any]) -> TrainConfig:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "config"
         msg = first["msg"]
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, InvalidInput) and cause.param:  # a cross-field check that names its field
+            raise InvalidInput(f"config field {cause.param}: {cause.message}", param=cause.param) from None
         if first["type"] == "extra_forbidden":
             section = _section_of(first["loc"])
             allowed = ", ".join(sorted(section.model_fields)) if section else ""
@@ -325,6 +440,7 @@ def validate_config(raw: dict[str, Any]) -> TrainConfig:
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "lora": LoraSection, "optim": OptimSection, "rl": RLSection, "data": DataSection, "eval": EvalSection,
+    "alarm": AlarmSection, "report": ReportSection,
 }
 
 
@@ -335,11 +451,15 @@ def _section_of(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 __all__ = [
+    "MIN_ALARM_STEPS",
+    "TRACKERS",
+    "AlarmSection",
     "DataSection",
     "EvalSection",
     "LoraSection",
     "OptimSection",
     "RLSection",
+    "ReportSection",
     "TrainConfig",
     "field_reference",
     "load_config",

@@ -12,6 +12,12 @@ worker), ``running``, ``cancelling`` (asked to stop; the trainer stops at the
 next step boundary), and the final ``completed``, ``failed``, ``cancelled``.
 ``request_cancel`` cancels a run that has not started at once and marks a
 running one ``cancelling``.
+
+The watch (``train.watch``): ``save_best`` uploads the adapter of the best
+held-out evaluation and records its step and score; ``record_alarm`` stores a
+reward-hack alarm on the run; ``finish(stop_reason=...)`` says why a run ended
+before its last step. ``RunInfo.alarm`` is what the loop reads to refuse a
+candidate.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from teachloop.core.errors import Conflict, InvalidInput, NotFound
+from teachloop.core.training import RewardHackAlarm
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.store.schema.base import utc_now
@@ -54,12 +61,24 @@ class RunInfo:
     error: str | None
     created_at: Any
     finished_at: Any
+    #: Step of the best held-out evaluation after step 0 (its adapter is the final one with eval.keep_best).
+    best_step: int | None = None
+    #: Its held-out score (eval.metric).
+    best_score: float | None = None
+    #: Blob key of the best adapter (PEFT folder).
+    best_adapter_key: str | None = None
+    #: Why the run ended before its last step: ``early_stop``, ``reward_hack_alarm``; ``None`` otherwise.
+    stop_reason: str | None = None
+    #: The reward-hack alarm the run raised, if any (the loop never promotes such a run).
+    alarm: RewardHackAlarm | None = None
 
 
 def _info(row: TrainingRun) -> RunInfo:
     return RunInfo(row.id, row.org_id, row.name, row.algorithm, row.status, row.base_model, dict(row.config),
                    dict(row.inputs or {}), row.step, row.total_steps, row.last_checkpoint_step,
-                   row.last_checkpoint_key, row.final_adapter_key, row.error, row.created_at, row.finished_at)
+                   row.last_checkpoint_key, row.final_adapter_key, row.error, row.created_at, row.finished_at,
+                   row.best_step, row.best_score, row.best_adapter_key, row.stop_reason,
+                   RewardHackAlarm.model_validate(row.alarm) if row.alarm else None)
 
 
 class RunStore:
@@ -129,12 +148,25 @@ class RunStore:
         self.update(org_id, run_id, status="running", started_at=utc_now(), error=None, finished_at=None)
 
     def finish(self, org_id: str, run_id: str, status: str, *, error: str | None = None,
-               final_adapter_key: str | None = None) -> None:
-        """Mark the run completed, failed or cancelled."""
+               final_adapter_key: str | None = None, stop_reason: str | None = None) -> None:
+        """Mark the run completed, failed or cancelled (``stop_reason``: why it ended before its last step)."""
         fields: dict[str, Any] = {"status": status, "error": error, "finished_at": utc_now()}
         if final_adapter_key is not None:
             fields["final_adapter_key"] = final_adapter_key
+        if stop_reason is not None:
+            fields["stop_reason"] = stop_reason
         self.update(org_id, run_id, **fields)
+
+    def save_best(self, org_id: str, run_id: str, step: int, score: float, folder: Path) -> str:
+        """Upload the adapter of the best held-out evaluation so far and record it; returns its blob key."""
+        key = f"runs/{run_id}/best"
+        self.blobs.put_dir(key, folder, overwrite=True)
+        self.update(org_id, run_id, best_step=step, best_score=score, best_adapter_key=key)
+        return key
+
+    def record_alarm(self, org_id: str, run_id: str, alarm: RewardHackAlarm) -> None:
+        """Store the run's reward-hack alarm."""
+        self.update(org_id, run_id, alarm=alarm.model_dump(mode="json"))
 
     def request_cancel(self, org_id: str, run_id: str) -> RunInfo:
         """Cancel a queued run now, or ask a running one to stop (``cancelling``); ``Conflict`` once finished."""

@@ -12,6 +12,17 @@ before the first step, runs the steps (metrics stored per step, checkpoints
 every ``checkpoint_every`` steps), evaluates after the last step, stores the
 final adapter, and marks the run completed -- or failed, with the error.
 
+Watching (``train.watch``): held-out evaluation also runs every
+``TrainConfig.eval_every()`` steps; each evaluation after step 0 that is the
+best so far uploads its adapter (``RunStore.save_best``); with
+``eval.keep_best`` the final adapter (and the engine's ``run:ID`` adapter)
+is the best one. Early stopping (``eval.patience``) and a reward-hack alarm
+with ``alarm.on_alarm = "stop"`` end the run at that evaluation: it is
+``completed`` with ``stop_reason`` set and ``step`` below ``total_steps``; an
+alarm is stored on the run either way. Every step's and evaluation's figures
+also go to the trackers of ``[report]`` (``train.report``), which
+``prepare_inputs`` checks are installed.
+
 Cancellation: ``should_stop`` (a callable the caller passes, e.g. one that
 reads the run record's ``cancelling`` status) is checked before every step;
 when it answers True the run is marked ``cancelled`` at that step boundary
@@ -44,10 +55,13 @@ from teachloop.store.db import Database
 from teachloop.train.config import TrainConfig, validate_config
 from teachloop.train.data import LoadedData, load_dpo, load_sft, split_holdout
 from teachloop.train.grpo import GRPO
+from teachloop.train.report import Reporters, check_trackers, open_reporters
 from teachloop.train.runs import RunInfo, RunStore
 from teachloop.train.supervised import DPO, SFT
+from teachloop.train.watch import Verdict, Watch
 
-#: Called with (event, payload): "run" {run}, "eval" {step, values}, "step" {step, values}, "checkpoint" {step}.
+#: Called with (event, payload): "run" {run}, "eval" {step, values, best}, "step" {step, values},
+#: "checkpoint" {step}, "alarm" {step, alarm}, "stopped" {step, reason}.
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -149,6 +163,7 @@ def prepare_inputs(config: TrainConfig, *, renderer: Renderer, database: Databas
     Raises ``InvalidInput`` (naming the field) or ``NotFound``.
     """
     cfg = config
+    check_trackers(cfg)
     where: dict[str, Any] = {"database": database, "blobs": blobs, "org_id": org_id, "env_cache": env_cache}
     if cfg.rl is not None and cfg.rl.max_tokens >= context_length:
         raise InvalidInput(f"rl.max_tokens {cfg.rl.max_tokens} does not fit the model's context of "
@@ -231,8 +246,11 @@ class Trainer:
         cls = SFT if cfg.algorithm == "sft" else DPO
         return cls(data=cfg.data, train=train, holdout=holdout, **common)  # type: ignore[arg-type]
 
-    async def _evaluate(self, algo: Algorithm, prepared: Prepared, adapter: str) -> dict[str, Any]:
+    async def _evaluate(self, algo: Algorithm, prepared: Prepared,
+                        adapter: str) -> tuple[dict[str, Any], dict[str, float]]:
+        """(figures, mean reward per held-out task id) of the held-out evaluation."""
         values: dict[str, Any] = {}
+        tasks: dict[str, float] = {}
         own = getattr(algo, "evaluate", None)
         if own is not None:
             values.update(await own())
@@ -249,7 +267,8 @@ class Trainer:
                            "reward_ci_high": report.ci_high, "eval_tasks": float(report.n_tasks),
                            "eval_failures": float(sum(report.failure_counts.values())),
                            "eval_seconds": report.seconds})
-        return values
+            tasks = dict(report.task_means)
+        return values, tasks
 
     async def run(self, *, resume: str | None = None) -> RunInfo:
         """Run (or resume) to completion; returns the finished run record."""
@@ -285,31 +304,49 @@ class Trainer:
             self._meter_bought(prepared, run.id)
         self.listener("run", {"run": self.runs.get(org, run.id), "start": start})
         algo = self._algorithm(prepared, adapter)
+        current = self.runs.get(org, run.id)
+        watch = Watch(cfg, best_step=current.best_step, best_score=current.best_score, alarm=current.alarm)
+        every = cfg.eval_every()
+        reporters = Reporters([])
         try:
+            reporters = open_reporters(cfg, run.id)
             if start == 0:
-                await self._record_eval(algo, prepared, adapter, run.id, 0)
+                await self._record_eval(algo, prepared, adapter, run.id, 0, watch, reporters)
+            stop: str | None = None
+            done = start
             for step in range(start, cfg.steps):
                 if self.should_stop():
                     raise RunCancelled(f"run {run.id} was cancelled at step {step} of {cfg.steps}", param="run")
                 values = await algo.step(step)
-                self.runs.record(org, run.id, step + 1, "train", values)
-                self.listener("step", {"step": step + 1, "values": values})
-                last = step + 1 == cfg.steps
-                if not last and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                    self._checkpoint(run.id, adapter, step + 1)
-                if not last and cfg.eval.every and (step + 1) % cfg.eval.every == 0:
-                    await self._record_eval(algo, prepared, adapter, run.id, step + 1)
-            await self._record_eval(algo, prepared, adapter, run.id, cfg.steps)
-            self._checkpoint(run.id, adapter, cfg.steps)
+                done = step + 1
+                self.runs.record(org, run.id, done, "train", values)
+                watch.on_train(done, values)
+                reporters.log(done, "train", values)
+                self.listener("step", {"step": done, "values": values})
+                last = done == cfg.steps
+                if not last and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                    self._checkpoint(run.id, adapter, done)
+                if not last and every and done % every == 0:
+                    stop = (await self._record_eval(algo, prepared, adapter, run.id, done, watch, reporters)).stop
+                    if stop is not None:
+                        self.listener("stopped", {"step": done, "reason": stop})
+                        break
+            if stop is None:
+                await self._record_eval(algo, prepared, adapter, run.id, done, watch, reporters)
+            self._checkpoint(run.id, adapter, done)
+            best = self.runs.get(org, run.id)
             with tempfile.TemporaryDirectory(prefix="teachloop-adapter-") as tmp:
+                if cfg.eval.keep_best and best.best_adapter_key and best.best_step not in (None, done):
+                    engine.load_adapter(adapter, self.deps.blobs.get_dir(best.best_adapter_key, Path(tmp) / "best"))
                 engine.save_adapter(adapter, Path(tmp) / "adapter")
                 key = self.runs.save_adapter(org, run.id, Path(tmp) / "adapter")
-            self.runs.finish(org, run.id, "completed", final_adapter_key=key)
+            self.runs.finish(org, run.id, "completed", final_adapter_key=key, stop_reason=stop)
         except BaseException as err:
             status = "cancelled" if isinstance(err, KeyboardInterrupt | SystemExit | RunCancelled) else "failed"
             self.runs.finish(org, run.id, status, error=f"{type(err).__name__}: {err}"[:2000])
             raise
         finally:
+            reporters.close()
             close = getattr(algo, "close", None)
             if close is not None:
                 await close()
@@ -323,11 +360,25 @@ class Trainer:
                 for env in bought.values():
                     meter_env_run(s, self.deps.org_id, env, detail={"run": run_id})
 
-    async def _record_eval(self, algo: Algorithm, prepared: Prepared, adapter: str, run_id: str, step: int) -> None:
-        values = await self._evaluate(algo, prepared, adapter)
-        if values:
-            self.runs.record(self.deps.org_id, run_id, step, "eval", values)
-            self.listener("eval", {"step": step, "values": values})
+    async def _record_eval(self, algo: Algorithm, prepared: Prepared, adapter: str, run_id: str, step: int,
+                           watch: Watch, reporters: Reporters) -> Verdict:
+        """Evaluate, store the figures, and act on the watch's verdict (best adapter, alarm)."""
+        org = self.deps.org_id
+        values, tasks = await self._evaluate(algo, prepared, adapter)
+        if not values:
+            return Verdict(False, None)
+        self.runs.record(org, run_id, step, "eval", values)
+        reporters.log(step, "eval", values)
+        verdict = watch.on_eval(step, values, tasks)
+        if verdict.improved and verdict.score is not None:
+            with tempfile.TemporaryDirectory(prefix="teachloop-best-") as tmp:
+                self.deps.engine.save_adapter(adapter, Path(tmp) / "best")
+                self.runs.save_best(org, run_id, step, verdict.score, Path(tmp) / "best")
+        self.listener("eval", {"step": step, "values": values, "best": verdict.improved})
+        if verdict.alarm is not None:
+            self.runs.record_alarm(org, run_id, verdict.alarm)
+            self.listener("alarm", {"step": step, "alarm": verdict.alarm})
+        return verdict
 
     def _checkpoint(self, run_id: str, adapter: str, step: int) -> None:
         with tempfile.TemporaryDirectory(prefix="teachloop-ckpt-") as tmp:

@@ -126,6 +126,10 @@ _EVERY_FIELD = {
     "data.dpo_beta": "0.3",
     "eval.env": "arithmetic", "eval.env_args": "{ level = 1 }", "eval.tasks": "5", "eval.seed": "11",
     "eval.max_tokens": "7", "eval.every": "2",
+    "eval.metric": "reward_ci_low", "eval.keep_best": "false", "eval.patience": "3", "eval.min_delta": "0.01",
+    "alarm.enabled": "false", "alarm.window": "4", "alarm.alpha": "0.01", "alarm.min_drop": "0.05",
+    "alarm.on_alarm": "continue",
+    "report.to": '["tensorboard"]', "report.dir": "reports", "report.project": "p2",
 }
 
 

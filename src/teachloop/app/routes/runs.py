@@ -37,7 +37,8 @@ def run_out(run: RunInfo) -> Run:
     return Run(id=run.id, name=run.name, algorithm=run.algorithm, status=run.status, base_model=run.base_model,
                step=run.step, total_steps=run.total_steps, config=run.config, inputs=run.inputs,
                last_checkpoint_step=run.last_checkpoint_step, has_adapter=run.final_adapter_key is not None,
-               error=run.error, created_at=run.created_at, finished_at=run.finished_at)
+               error=run.error, created_at=run.created_at, finished_at=run.finished_at, best_step=run.best_step,
+               best_score=run.best_score, stop_reason=run.stop_reason, alarm=run.alarm)
 
 
 @router.post("/runs", status_code=201, response_model=Run)

@@ -5,7 +5,11 @@ trained on (environments, datasets), its status and progress. ``RunMetric``
 rows are the time series: one row per (run, step, phase) with a JSON object of
 figures (``phase`` is ``train`` or ``eval``; eval rows at step 0 are the
 before-training evaluation). ``RunCheckpoint`` rows point at blob-store keys
-of checkpoints (adapter + optimizer + step). This module knows nothing of
+of checkpoints (adapter + optimizer + step). The watch columns (issue 16,
+``train.watch``): ``best_step``/``best_score``/``best_adapter_key`` name the
+best held-out checkpoint, ``stop_reason`` why a run ended before its last step
+(``early_stop``, ``reward_hack_alarm``), ``alarm`` the reward-hack alarm
+(``core.training.RewardHackAlarm`` as JSON) when one was raised. This module knows nothing of
 engines or algorithms.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from teachloop.store.schema.base import Base, JSONType, OrgOwned, Timestamps, id_column, ref_column, utc_now
@@ -41,6 +45,11 @@ class TrainingRun(OrgOwned, Timestamps, Base):
     last_checkpoint_key: Mapped[str | None] = mapped_column(String(300))
     final_adapter_key: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
+    best_step: Mapped[int | None] = mapped_column(Integer)
+    best_score: Mapped[float | None] = mapped_column(Float)
+    best_adapter_key: Mapped[str | None] = mapped_column(String(300))
+    stop_reason: Mapped[str | None] = mapped_column(String(40))
+    alarm: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
