@@ -135,8 +135,10 @@ class RLSection(_Section):
 class DataSection(_Section):
     """Datasets for SFT (chat JSONL) and DPO (preference pairs JSONL)."""
 
-    train: str = Field(description="Path of the training JSONL.")
-    eval: str | None = Field(default=None, description="Held-out JSONL; default: a holdout split of train.")
+    train: str = Field(description="Path of the training JSONL, or a catalog dataset: dataset:NAME@N (the "
+                                   "organisation's) or dataset:OWNER/NAME@N (another's, under a grant or a purchase).")
+    eval: str | None = Field(default=None, description="Held-out JSONL or dataset:REF; default: a holdout split of "
+                                                       "train.")
     holdout_frac: float = Field(default=0.05, ge=0, lt=1, description="Held-out share of train when eval is unset.")
     batch_size: int = Field(default=8, ge=1, le=4096, description="Rows per optimizer step.")
     max_seq_len: int = Field(default=2048, ge=8, description="Rows longer than this (in tokens) are skipped.")

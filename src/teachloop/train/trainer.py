@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from teachloop.catalog.envref import ResolvedEnv, meter_env_run, resolve_env
+from teachloop.catalog.usage import meter_use
 from teachloop.core.errors import Conflict, InvalidInput, NotFound, TeachloopError
 from teachloop.core.sampling import SamplingParams
 from teachloop.engine.base import Engine
@@ -52,6 +53,7 @@ from teachloop.envs.eval import evaluate as evaluate_env
 from teachloop.render import Renderer
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
+from teachloop.train.catalog_data import CatalogData, is_catalog_ref, materialize
 from teachloop.train.config import TrainConfig, validate_config
 from teachloop.train.data import LoadedData, load_dpo, load_sft, split_holdout
 from teachloop.train.grpo import GRPO
@@ -106,6 +108,7 @@ class Prepared:
     eval_env: ResolvedEnv | None
     data: LoadedData | None
     eval_data: LoadedData | None
+    catalog: dict[str, CatalogData] = field(default_factory=dict)  # "dataset" / "eval_dataset" named dataset:REF
 
     def inputs(self) -> dict[str, Any]:
         """What the run record stores about its inputs."""
@@ -117,6 +120,8 @@ class Prepared:
             if data is not None:
                 out[key] = {"digest": data.digest, "rows": data.total, "used": len(data.items),
                             "skipped": dict(data.skipped)}
+                if key in self.catalog:
+                    out[key]["ref"] = self.catalog[key].ref
         return out
 
 
@@ -178,6 +183,7 @@ def prepare_inputs(config: TrainConfig, *, renderer: Renderer, database: Databas
         same = cfg.rl is not None and eval_ref == (cfg.rl.env, cfg.rl.env_args)
         eval_env = train_env if same else _resolve(*eval_ref, "eval", **where)
     data = eval_data = None
+    catalog: dict[str, CatalogData] = {}
     if cfg.data is not None:
         d = cfg.data
         loader = load_sft if cfg.algorithm == "sft" else load_dpo
@@ -185,12 +191,18 @@ def prepare_inputs(config: TrainConfig, *, renderer: Renderer, database: Databas
                               "max_skipped_frac": d.max_skipped_frac}
         if cfg.algorithm == "sft":
             kw["train_on"] = d.train_on
-        data = loader(Path(d.train), renderer, **kw)
-        if d.eval:
-            eval_data = loader(Path(d.eval), renderer, field="data.eval", **kw)
-        else:
-            split_holdout(data.items, d.holdout_frac, cfg.seed)  # refuses a split that leaves nothing to train on
-    return Prepared(train_env, eval_env, data, eval_data)
+        with tempfile.TemporaryDirectory(prefix="teachloop-data-") as tmp:
+            for key, value, fld in (("dataset", d.train, "data.train"), ("eval_dataset", d.eval, "data.eval")):
+                if value is not None and is_catalog_ref(value):
+                    catalog[key] = materialize(value, field=fld, algorithm=cfg.algorithm, database=database,
+                                               org_id=org_id, folder=Path(tmp))
+            data = loader(catalog["dataset"].path if "dataset" in catalog else Path(d.train), renderer, **kw)
+            if d.eval:
+                eval_path = catalog["eval_dataset"].path if "eval_dataset" in catalog else Path(d.eval)
+                eval_data = loader(eval_path, renderer, field="data.eval", **kw)
+            else:
+                split_holdout(data.items, d.holdout_frac, cfg.seed)  # refuses a split that leaves nothing to train on
+    return Prepared(train_env, eval_env, data, eval_data, catalog)
 
 
 def verify_pinned(run: RunInfo, prepared: Prepared) -> None:
@@ -353,12 +365,17 @@ class Trainer:
         return self.runs.get(org, run.id)
 
     def _meter_bought(self, prepared: Prepared, run_id: str) -> None:
-        """One metered use per run of each bought environment it names (``catalog.envref.meter_env_run``)."""
+        """One metered use per run of each bought environment (``catalog.envref.meter_env_run``) and each
+        granted dataset (``catalog.usage.meter_use``, ``train``) it names."""
         bought = {e.bought: e for e in (prepared.train_env, prepared.eval_env) if e is not None and e.bought}
-        if bought:
+        granted = {c.dataset_id: c for c in prepared.catalog.values() if c.granted}
+        if bought or granted:
             with self.deps.database.session() as s:
                 for env in bought.values():
                     meter_env_run(s, self.deps.org_id, env, detail={"run": run_id})
+                for data in granted.values():
+                    meter_use(s, self.deps.org_id, "dataset", data.dataset_id, "train", label=data.ref,
+                              detail={"run": run_id})
 
     async def _record_eval(self, algo: Algorithm, prepared: Prepared, adapter: str, run_id: str, step: int,
                            watch: Watch, reporters: Reporters) -> Verdict:
