@@ -10,6 +10,13 @@ with. The REST API (``/api/deployments``) does the same over HTTP.
 ``deploy create NAME --run RUN_ID`` serves a completed training run's final
 adapter in one step (also against a server: ``--remote URL`` or ``TEACHLOOP_URL``).
 
+``--upstream-url URL --upstream-model MODEL`` makes the primary arm an upstream
+OpenAI-compatible endpoint (issue 17): its API key is read from the environment
+variable ``--upstream-key-env`` names (default ``OPENAI_API_KEY``; never from
+the command line, so it stays out of shell history), probed, and stored
+encrypted with ``TEACHLOOP_UPSTREAM_KEY``. ``--price MODEL=PROMPT/COMPLETION``
+(minor units per million tokens) prices a model's tokens.
+
 An adapter reference (``--adapter``, ``--canary``) is ``NAME@N``, ``NAME`` (its
 newest version), an ``av_...`` id, or a local PEFT folder, which is first
 pushed as the next version of the adapter named like the deployment.
@@ -17,6 +24,7 @@ pushed as the next version of the adapter named like the deployment.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +38,7 @@ from teachloop.core.errors import Conflict, InvalidInput
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from teachloop.core.settings import Settings
     from teachloop.store import BlobStore
     from teachloop.store.schema import AdapterVersion, Deployment
 
@@ -56,14 +65,58 @@ def _version(session: Session, blobs: BlobStore, org_id: str, ref: str, name: st
     return AdapterVersions(session).resolve(org_id, ref)
 
 
+def _upstream(session: Session, settings: Settings, org_id: str, url: str, model: str | None, key_env: str,
+              timeout: float, retries: int, check: bool) -> str:
+    """Probe and store an upstream arm (key from the environment, encrypted); its id. Errors name the field."""
+    import os
+
+    from pydantic import ValidationError
+
+    from teachloop.core.upstream import UpstreamSpec
+    from teachloop.serve.upstream import KeyBox, register_upstream
+
+    if not model:
+        raise InvalidInput("--upstream-url needs --upstream-model", param="upstream.model")
+    try:
+        spec = UpstreamSpec(base_url=url, model=model, api_key=os.environ.get(key_env, ""),  # type: ignore[arg-type]
+                            timeout_s=timeout, max_retries=retries)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        hint = f" (read from ${key_env})" if field == "api_key" else ""
+        raise InvalidInput(f"upstream.{field}: {first['msg']}{hint}", param=f"upstream.{field}") from None
+    keys = KeyBox(settings.upstream_key.get_secret_value())
+    return register_upstream(session, keys, org_id, spec, actor=ACTOR, check=check).id
+
+
+def _prices(prices: list[str]) -> dict[str, dict[str, int | str]]:
+    """``MODEL=PROMPT/COMPLETION`` (minor units per million tokens) options as a deployment's prices."""
+    out: dict[str, dict[str, int | str]] = {}
+    for item in prices:
+        model, _, pair = item.partition("=")
+        prompt, _, completion = pair.partition("/")
+        if not model or not prompt.isdigit() or not completion.isdigit():
+            raise InvalidInput(f"--price takes MODEL=PROMPT/COMPLETION in minor units per million tokens, got {item!r}",
+                               param="prices")
+        out[model] = {"prompt_per_1m": int(prompt), "completion_per_1m": int(completion), "currency": "USD"}
+    return out
+
+
+_UP_URL = "An upstream OpenAI-compatible base URL as the primary arm (e.g. https://api.openai.com/v1)."
+_UP_KEY = "Environment variable holding the upstream's API key (never passed on the command line)."
+
+
 def _show(session: Session, org_id: str, rows: list[Deployment]) -> None:
     from teachloop.store.repos.deployments import AdapterVersions
+    from teachloop.store.schema.deployments import UpstreamEndpoint
 
     ids = {i for d in rows for i in (d.adapter_version_id, d.canary_version_id) if i}
     versions = AdapterVersions(session).by_ids(org_id, ids)
     table = Table("name", "base model", "adapter", "canary", "revision", "updated")
     for d in rows:
         adapter = versions[d.adapter_version_id].ref if d.adapter_version_id else "(base)"
+        if d.upstream_id and (up := session.get(UpstreamEndpoint, d.upstream_id)) is not None:
+            adapter = f"upstream {up.model} at {up.base_url}"
         canary = f"{versions[d.canary_version_id].ref} @ {d.canary_percent}%" if d.canary_version_id else "-"
         table.add_row(d.name, d.base_model, adapter, canary, str(d.revision), d.updated_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
@@ -119,6 +172,13 @@ def create(
                                    "as the next version of the adapter named like the deployment)."),
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
     remote: str | None = remote_option(),
+    upstream_url: str | None = typer.Option(None, "--upstream-url", help=_UP_URL),
+    upstream_model: str | None = typer.Option(None, "--upstream-model", help="The model to ask upstream."),
+    upstream_key_env: str = typer.Option("OPENAI_API_KEY", "--upstream-key-env", help=_UP_KEY),
+    upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help="Seconds to the first byte (and between)."),
+    upstream_retries: int = typer.Option(2, "--upstream-retries", min=0, max=5, help="Retries of a failed call."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Probe the upstream's model first."),
+    price: list[str] = typer.Option([], "--price", help="MODEL=PROMPT/COMPLETION, minor units per 1M tokens."),
 ) -> None:
     """Create a deployment (``--run RUN_ID`` deploys a training run's adapter in one step)."""
     from teachloop.store.repos.deployments import Deployments, DeploymentState
@@ -128,6 +188,8 @@ def create(
             raise InvalidInput("--canary-percent needs --canary", param="canary_percent")
         if run is not None and adapter is not None:
             raise InvalidInput("give --adapter or --run, not both", param="run")
+        if upstream_url is not None and (adapter is not None or run is not None):
+            raise InvalidInput("the primary arm is an adapter (or run) or an upstream, not both", param="upstream")
         if remote:
             if run is None or adapter or canary or base:
                 raise InvalidInput("with --remote, deploy create takes --run RUN_ID only", param="remote")
@@ -151,7 +213,10 @@ def create(
                               highlight=False)
             second = _version(session, blobs, org_id, canary, name, base_model) if canary else None
             state = DeploymentState(base_model, primary.id if primary else None, second.id if second else None,
-                                    canary_percent if second else 0)
+                                    canary_percent if second else 0, prices=_prices(price))
+            if upstream_url is not None:
+                state = replace(state, upstream_id=_upstream(session, ctx.settings, org_id, upstream_url, upstream_model,
+                                                             upstream_key_env, upstream_timeout, upstream_retries, check))
             row = Deployments(session).create(org_id, name, state, actor=ACTOR)
             _show(session, org_id, [row])
 
@@ -163,14 +228,20 @@ def update(
     canary: str | None = typer.Option(None, "--canary", help=f"New canary: {_REF_HELP} `none` ends the canary."),
     canary_percent: int | None = typer.Option(None, "--canary-percent", min=0, max=100, help="Share on the canary."),
     org: str | None = typer.Option(None, "--org", help=_ORG_HELP),
+    upstream_url: str | None = typer.Option(None, "--upstream-url", help=_UP_URL + " Replaces the adapter."),
+    upstream_model: str | None = typer.Option(None, "--upstream-model", help="The model to ask upstream."),
+    upstream_key_env: str = typer.Option("OPENAI_API_KEY", "--upstream-key-env", help=_UP_KEY),
+    upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help="Seconds to the first byte (and between)."),
+    upstream_retries: int = typer.Option(2, "--upstream-retries", min=0, max=5, help="Retries of a failed call."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Probe the upstream's model first."),
 ) -> None:
-    """Change a deployment's adapter and/or canary (applies to the next request; no restart)."""
-    from dataclasses import replace
-
+    """Change a deployment's adapter (or upstream) and/or canary (applies to the next request; no restart)."""
     from teachloop.store.repos.deployments import Deployments, DeploymentState
 
     with errors():
-        if adapter is None and canary is None and canary_percent is None:
+        if upstream_url is not None and adapter is not None:
+            raise InvalidInput("give --adapter or --upstream-url, not both", param="upstream")
+        if adapter is None and canary is None and canary_percent is None and upstream_url is None:
             raise InvalidInput("nothing to change: pass --adapter, --canary and/or --canary-percent", param="adapter")
         with StoreContext(org) as ctx, ctx.database.session() as session:
             org_id, blobs = ctx.org_id, ctx.blobs
@@ -178,7 +249,11 @@ def update(
             state = DeploymentState.of(repo.get(org_id, name))
             if adapter is not None:
                 version = None if adapter == "base" else _version(session, blobs, org_id, adapter, name, state.base_model)
-                state = replace(state, adapter_version_id=version.id if version else None)
+                state = replace(state, adapter_version_id=version.id if version else None, upstream_id=None)
+            if upstream_url is not None:
+                up = _upstream(session, ctx.settings, org_id, upstream_url, upstream_model, upstream_key_env,
+                               upstream_timeout, upstream_retries, check)
+                state = replace(state, adapter_version_id=None, upstream_id=up)
             if canary is not None:
                 if canary == "none":
                     state = replace(state, canary_version_id=None, canary_percent=0)

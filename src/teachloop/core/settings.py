@@ -8,11 +8,12 @@ Every variable, its default and meaning is listed in ``SETTINGS`` (and in
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from teachloop.core.errors import ConfigurationError
 
@@ -52,6 +53,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "256",
         "MiB of prompt-prefix keys/values the serving engine keeps for reuse (LRU); 0 turns prefix caching off",
     ),
+    "TEACHLOOP_UPSTREAM_KEY": (
+        "",
+        "Fernet key (urlsafe base64 of 32 bytes) that encrypts upstream API keys at rest; upstream arms need it",
+    ),
 }
 
 
@@ -79,6 +84,9 @@ class Settings(BaseModel):
     )
     metrics_org_labels: bool = Field(
         default=False, description="Label /metrics series by org_id too (off: no label names an organisation)."
+    )
+    upstream_key: SecretStr = Field(
+        default=SecretStr(""), description="Fernet key encrypting upstream API keys at rest (empty: no upstream arms)."
     )
 
     @classmethod
@@ -127,6 +135,13 @@ class Settings(BaseModel):
                 f"TEACHLOOP_PREFIX_CACHE_MB must be a whole number of MiB (0 turns it off), got {prefix_raw!r}",
                 param="TEACHLOOP_PREFIX_CACHE_MB",
             )
+        upstream_key = (env.get("TEACHLOOP_UPSTREAM_KEY") or "").strip()
+        if upstream_key and not _fernet_key(upstream_key):
+            raise ConfigurationError(
+                "TEACHLOOP_UPSTREAM_KEY must be a Fernet key: urlsafe base64 of 32 bytes (44 characters; "
+                "make one with `python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)",
+                param="TEACHLOOP_UPSTREAM_KEY",
+            )
         return cls(
             home=home,
             model_cache=Path(env.get("TEACHLOOP_MODEL_CACHE") or home / "models").expanduser(),
@@ -141,7 +156,16 @@ class Settings(BaseModel):
             log_format=log_format,  # type: ignore[arg-type]
             metrics_org_labels=org_labels in ("1", "true", "yes"),
             prefix_cache_mb=int(prefix_raw),
+            upstream_key=SecretStr(upstream_key),
         )
+
+
+def _fernet_key(value: str) -> bool:
+    """Whether ``value`` decodes as urlsafe base64 to exactly 32 bytes (what Fernet takes)."""
+    try:
+        return len(base64.urlsafe_b64decode(value.encode("ascii"))) == 32 and len(value) == 44
+    except (ValueError, UnicodeEncodeError):
+        return False
 
 
 __all__ = ["DEFAULT_MODEL", "SETTINGS", "Settings"]

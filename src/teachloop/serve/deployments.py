@@ -11,6 +11,14 @@ with. ``create_deployment`` with ``run`` publishes a completed training run's
 final adapter as the next version of the adapter named like the deployment and
 serves it, in one step.
 
+An arm may be an **upstream** OpenAI-compatible endpoint instead of an adapter
+(``upstream`` for the primary arm, ``canary.upstream``, ``shadow.upstream``;
+issue 17): each is probed first (``serve.upstream.probe``: a model the upstream
+answers 404 for is refused naming ``upstream.model``) and stored as a new
+immutable row with its key encrypted; the views show ``api_key: "set"``, never
+the key. ``shadow`` sends ``percent`` % of requests to a second arm in the
+background; ``prices`` prices each model's tokens (``core.upstream.ModelPrice``).
+
 The ``*_json`` views are the records as the API and the CLI present them.
 Blocking (database and engine work): call from a thread on an event loop. The
 registry itself lives in ``store.repos.deployments``; knows nothing of HTTP.
@@ -19,17 +27,20 @@ registry itself lives in ``store.repos.deployments``; knows nothing of HTTP.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from teachloop.core.errors import Conflict, InvalidInput
 from teachloop.core.tenancy import Principal
+from teachloop.core.upstream import ModelPrice, UpstreamSpec
 from teachloop.serve.service import Serving
+from teachloop.serve.upstream import probe, register_upstream, upstream_json
 from teachloop.store.db import Database
 from teachloop.store.repos.deployments import AdapterVersions, Deployments, DeploymentState
-from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange
+from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange, UpstreamEndpoint
 
 
 class _Strict(BaseModel):
@@ -39,10 +50,31 @@ class _Strict(BaseModel):
 
 
 class CanaryIn(_Strict):
-    """A canary: an adapter reference served to ``percent`` % of users."""
+    """A canary: an adapter reference (or an upstream) served to ``percent`` % of users."""
 
-    adapter: str = Field(min_length=1, description="NAME@N, NAME (newest version) or an av_... id.")
+    adapter: str | None = Field(default=None, min_length=1, description="NAME@N, NAME (newest version) or an av_... id.")
+    upstream: UpstreamSpec | None = Field(default=None, description="An upstream endpoint as the canary arm.")
     percent: int = Field(ge=0, le=100, description="Share of users (by a hash of `user`) who get the canary.")
+
+    @model_validator(mode="after")
+    def _one_arm(self) -> CanaryIn:
+        if (self.adapter is None) == (self.upstream is None):
+            raise ValueError("give the canary an adapter or an upstream (exactly one)")
+        return self
+
+
+class ShadowIn(_Strict):
+    """A shadow arm: ``percent`` % of requests also go there; only the primary's answer is returned."""
+
+    adapter: str | None = Field(default=None, min_length=1, description="NAME@N, NAME or an av_... id.")
+    upstream: UpstreamSpec | None = Field(default=None, description="An upstream endpoint as the shadow arm.")
+    percent: int = Field(ge=0, le=100, description="Share of requests (at random) also sent to the shadow.")
+
+    @model_validator(mode="after")
+    def _one_arm(self) -> ShadowIn:
+        if (self.adapter is None) == (self.upstream is None):
+            raise ValueError("give the shadow an adapter or an upstream (exactly one)")
+        return self
 
 
 class DeploymentCreate(_Strict):
@@ -54,6 +86,12 @@ class DeploymentCreate(_Strict):
     run: str | None = Field(default=None, description="A completed training run (run_...): its final adapter is "
                             "published as the next version of the adapter named like the deployment and served.")
     canary: CanaryIn | None = None
+    upstream: UpstreamSpec | None = Field(default=None, description="An upstream endpoint as the primary arm "
+                                                                    "(instead of an adapter).")
+    shadow: ShadowIn | None = Field(default=None, description="A shadow arm and its share of requests.")
+    prices: dict[str, ModelPrice] | None = Field(default=None, description="Model id (upstream model, adapter "
+                                                 "NAME@N or NAME, base model) -> its token prices.")
+    check_upstream: bool = Field(default=True, description="Probe each upstream (GET BASE/models/MODEL) first.")
 
 
 class DeploymentPatch(_Strict):
@@ -61,6 +99,11 @@ class DeploymentPatch(_Strict):
 
     adapter: str | None = Field(default=None, description="Adapter reference; null serves the base model alone.")
     canary: CanaryIn | None = Field(default=None, description="The canary; null ends it.")
+    upstream: UpstreamSpec | None = Field(default=None, description="An upstream as the primary arm (replaces the "
+                                                                    "adapter); null serves the adapter (or base).")
+    shadow: ShadowIn | None = Field(default=None, description="The shadow arm; null ends it.")
+    prices: dict[str, ModelPrice] | None = Field(default=None, description="Token prices by model id (replaced).")
+    check_upstream: bool = Field(default=True, description="Probe each upstream (GET BASE/models/MODEL) first.")
 
 
 class RollbackIn(_Strict):
@@ -88,20 +131,35 @@ def version_json(v: AdapterVersion | None) -> dict[str, Any] | None:
             "created_at": _iso(v.created_at)}
 
 
-def deployment_json(d: Deployment, versions: dict[str, AdapterVersion]) -> dict[str, Any]:
-    """A deployment with its adapter and canary versions (``versions`` maps their ids to rows)."""
+def deployment_json(d: Deployment, versions: dict[str, AdapterVersion],
+                    upstreams: dict[str, UpstreamEndpoint] | None = None) -> dict[str, Any]:
+    """A deployment with its adapter, canary and shadow arms (``versions`` and ``upstreams`` map ids to rows).
+
+    An upstream shows its URL, model and limits and ``api_key: "set"``, never the key.
+    """
+    ups = upstreams or {}
     canary = None
-    if d.canary_version_id:
-        canary = {"adapter": version_json(versions.get(d.canary_version_id)), "percent": d.canary_percent}
+    if d.canary_version_id or d.canary_upstream_id:
+        canary = {"adapter": version_json(versions.get(d.canary_version_id or "")),
+                  "upstream": upstream_json(ups.get(d.canary_upstream_id or "")), "percent": d.canary_percent}
+    shadow = None
+    if d.shadow_version_id or d.shadow_upstream_id:
+        shadow = {"adapter": version_json(versions.get(d.shadow_version_id or "")),
+                  "upstream": upstream_json(ups.get(d.shadow_upstream_id or "")), "percent": d.shadow_percent}
     return {"id": d.id, "name": d.name, "base_model": d.base_model,
-            "adapter": version_json(versions.get(d.adapter_version_id or "")), "canary": canary,
+            "adapter": version_json(versions.get(d.adapter_version_id or "")),
+            "upstream": upstream_json(ups.get(d.upstream_id or "")), "canary": canary, "shadow": shadow,
+            "prices": dict(d.prices or {}),
             "revision": d.revision, "created_at": _iso(d.created_at), "updated_at": _iso(d.updated_at)}
 
 
 def _deployments_json(session: Any, org_id: str, rows: list[Deployment]) -> list[dict[str, Any]]:
-    ids = {i for d in rows for i in (d.adapter_version_id, d.canary_version_id) if i}
+    ids = {i for d in rows for i in (d.adapter_version_id, d.canary_version_id, d.shadow_version_id) if i}
     versions = AdapterVersions(session).by_ids(org_id, ids)
-    return [deployment_json(d, versions) for d in rows]
+    up_ids = {i for d in rows for i in (d.upstream_id, d.canary_upstream_id, d.shadow_upstream_id) if i}
+    upstreams = {u.id: u for u in (session.get(UpstreamEndpoint, i) for i in up_ids)
+                 if u is not None and u.org_id == org_id}
+    return [deployment_json(d, versions, upstreams) for d in rows]
 
 
 def change_json(c: DeploymentChange) -> dict[str, Any]:
@@ -140,17 +198,31 @@ def list_adapters(database: Database, org_id: str, name: str | None = None) -> l
 # ---------------------------------------------------------------------------------------------- changes
 
 
-def _versions_for(session: Any, org_id: str, adapter: str | None, canary: CanaryIn | None) -> tuple[
-    AdapterVersion | None, AdapterVersion | None
-]:
-    versions = AdapterVersions(session)
-    primary = versions.resolve(org_id, adapter) if adapter is not None else None
-    second = versions.resolve(org_id, canary.adapter) if canary is not None else None
-    return primary, second
+def _upstream_specs(body: DeploymentCreate | DeploymentPatch) -> dict[str, UpstreamSpec]:
+    """State field -> the upstream ``body`` configures there; each probed first (``check_upstream``)."""
+    specs: dict[str, UpstreamSpec] = {}
+    if body.upstream is not None:
+        specs["upstream_id"] = body.upstream
+    if body.canary is not None and body.canary.upstream is not None:
+        specs["canary_upstream_id"] = body.canary.upstream
+    if body.shadow is not None and body.shadow.upstream is not None:
+        specs["shadow_upstream_id"] = body.shadow.upstream
+    params = {"upstream_id": "upstream", "canary_upstream_id": "canary.upstream",
+              "shadow_upstream_id": "shadow.upstream"}
+    if body.check_upstream:
+        for state_field, spec in specs.items():
+            probe(spec, params[state_field])
+    return specs
 
 
-def _apply_change(serving: Serving, principal: Principal, name: str, plan: Plan) -> dict[str, Any]:
-    """Preload the versions the new state serves, commit the change, resync adapters."""
+def _prices(prices: dict[str, ModelPrice] | None) -> dict[str, Any]:
+    return {k: v.model_dump() for k, v in (prices or {}).items()}
+
+
+def _apply_change(serving: Serving, principal: Principal, name: str, plan: Plan,
+                  upstreams: dict[str, UpstreamSpec] | None = None) -> dict[str, Any]:
+    """Preload the versions the new state serves, store new upstreams, commit the change, resync adapters."""
+    keys = serving.keybox() if upstreams else None  # no Fernet key: refused before anything is written
     with serving.database.session(write=False) as session:
         state, versions = plan(session)
     held: list[str] = []
@@ -161,6 +233,10 @@ def _apply_change(serving: Serving, principal: Principal, name: str, plan: Plan)
         with serving.database.session() as session:
             repo = Deployments(session)
             actor = principal.key_id
+            if upstreams and keys is not None:
+                ids: dict[str, Any] = {f: register_upstream(session, keys, principal.org_id, spec, actor=actor, check=False).id
+                       for f, spec in upstreams.items()}
+                state = replace(state, **ids)
             if repo.find(principal.org_id, name) is None:
                 row = repo.create(principal.org_id, name, state, actor=actor)
             else:
@@ -190,6 +266,9 @@ def _publish_run(serving: Serving, principal: Principal, body: DeploymentCreate)
 def create_deployment(serving: Serving, principal: Principal, body: DeploymentCreate) -> dict[str, Any]:
     """Create a deployment: a name mapped to a base model and an optional adapter version (and canary)."""
     base = body.base_model or serving.base_model
+    if body.upstream is not None and (body.adapter is not None or body.run is not None):
+        raise InvalidInput("the primary arm is an adapter (or run) or an upstream, not both", param="upstream")
+    upstreams = _upstream_specs(body)
     if body.run is not None:
         if body.adapter is not None:
             raise InvalidInput("give adapter or run, not both", param="run")
@@ -202,37 +281,58 @@ def create_deployment(serving: Serving, principal: Principal, body: DeploymentCr
     def plan(session: Any) -> tuple[DeploymentState, list[AdapterVersion]]:
         if Deployments(session).find(principal.org_id, body.name) is not None:
             raise Conflict(f"deployment {body.name!r} already exists; use PATCH", param="name")
-        primary, canary = _versions_for(session, principal.org_id, body.adapter, body.canary)
+        versions = AdapterVersions(session)
+        primary = versions.resolve(principal.org_id, body.adapter) if body.adapter is not None else None
+        canary = versions.resolve(principal.org_id, body.canary.adapter) if body.canary and body.canary.adapter else None
+        shadow = versions.resolve(principal.org_id, body.shadow.adapter) if body.shadow and body.shadow.adapter else None
         state = DeploymentState(base, primary.id if primary else None, canary.id if canary else None,
-                                body.canary.percent if body.canary else 0)
-        return state, [v for v in (primary, canary) if v is not None]
+                                body.canary.percent if body.canary else 0, shadow_version_id=shadow.id if shadow else None,
+                                shadow_percent=body.shadow.percent if body.shadow else 0, prices=_prices(body.prices))
+        return state, [v for v in (primary, canary, shadow) if v is not None]
 
-    return _apply_change(serving, principal, body.name, plan)
+    return _apply_change(serving, principal, body.name, plan, upstreams)
 
 
 def update_deployment(serving: Serving, principal: Principal, name: str, body: DeploymentPatch) -> dict[str, Any]:
     """Change a deployment's adapter and/or canary (the fields ``body`` sets)."""
-    given = body.model_fields_set
+    given = body.model_fields_set - {"check_upstream"}
     if not given:
-        raise InvalidInput("nothing to change: send adapter and/or canary", param="adapter")
+        raise InvalidInput("nothing to change: send adapter, upstream, canary, shadow and/or prices", param="adapter")
+    if "adapter" in given and body.adapter is not None and body.upstream is not None:
+        raise InvalidInput("the primary arm is an adapter or an upstream, not both", param="upstream")
+    upstreams = _upstream_specs(body)
 
     def plan(session: Any) -> tuple[DeploymentState, list[AdapterVersion]]:
         row = Deployments(session).get(principal.org_id, name)
         current = DeploymentState.of(row)
         versions = AdapterVersions(session)
-        primary_id, canary_id, percent = current.adapter_version_id, current.canary_version_id, current.canary_percent
+        state = current
         if "adapter" in given:
-            primary_id = versions.resolve(principal.org_id, body.adapter).id if body.adapter else None
+            state = replace(state, upstream_id=None,
+                            adapter_version_id=versions.resolve(principal.org_id, body.adapter).id if body.adapter else None)
+        if "upstream" in given:  # a new upstream's id is filled in when it is stored; null: back to the adapter
+            state = replace(state, upstream_id=None if body.upstream is None else current.upstream_id)
+            if body.upstream is not None:
+                state = replace(state, adapter_version_id=None)
         if "canary" in given:
             if body.canary is None:
-                canary_id, percent = None, 0
+                state = replace(state, canary_version_id=None, canary_upstream_id=None, canary_percent=0)
             else:
-                canary_id, percent = versions.resolve(principal.org_id, body.canary.adapter).id, body.canary.percent
-        state = DeploymentState(current.base_model, primary_id, canary_id, percent)
-        loaded = versions.by_ids(principal.org_id, {i for i in (primary_id, canary_id) if i})
+                cid = versions.resolve(principal.org_id, body.canary.adapter).id if body.canary.adapter else None
+                state = replace(state, canary_version_id=cid, canary_upstream_id=None, canary_percent=body.canary.percent)
+        if "shadow" in given:
+            if body.shadow is None:
+                state = replace(state, shadow_version_id=None, shadow_upstream_id=None, shadow_percent=0)
+            else:
+                sid = versions.resolve(principal.org_id, body.shadow.adapter).id if body.shadow.adapter else None
+                state = replace(state, shadow_version_id=sid, shadow_upstream_id=None, shadow_percent=body.shadow.percent)
+        if "prices" in given:
+            state = replace(state, prices=_prices(body.prices))
+        wanted = {i for i in (state.adapter_version_id, state.canary_version_id, state.shadow_version_id) if i}
+        loaded = versions.by_ids(principal.org_id, wanted)
         return state, list(loaded.values())
 
-    return _apply_change(serving, principal, name, plan)
+    return _apply_change(serving, principal, name, plan, upstreams)
 
 
 def rollback_deployment(serving: Serving, principal: Principal, name: str, to_revision: int | None) -> dict[str, Any]:
@@ -249,6 +349,7 @@ __all__ = [
     "DeploymentCreate",
     "DeploymentPatch",
     "RollbackIn",
+    "ShadowIn",
     "change_json",
     "create_deployment",
     "deployment_history",

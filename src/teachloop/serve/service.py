@@ -20,6 +20,17 @@ percentage -- or at random when the request has no ``user``.
 Each organisation's accepted requests, tokens and traces are counted apart in
 ``usage`` (``serve.usage``); that is what the stats route shows a caller.
 
+An arm may be an **upstream** (``Target.upstream_id``, issue 17): ``route``
+resolves the target once, and ``upstream_chat`` relays the request through
+``serve.upstream`` instead of the scheduler (only chat completions relay; the
+other endpoints refuse such a deployment naming ``model``). A deployment with a
+shadow arm sends ``shadow_percent`` % of requests there as well, in the
+background (``shadow``): the caller only sees the primary's answer, the
+shadow's is traced with ``arm: "shadow"`` and ``shadow_of`` naming the trace it
+shadowed. Each trace carries ``cost_micro`` when the deployment prices the
+model that answered (``prices``: upstream model id, adapter ``NAME@N`` or
+``NAME``, or the base model id).
+
 Without an engine (``engine=None``) the registry, traces and feedback work and
 chat completions answer 503. Threads start in ``start`` and stop in ``close``;
 nothing starts on construction. This module knows nothing of HTTP.
@@ -46,7 +57,9 @@ from teachloop.core.errors import InvalidInput, NotFound, PayloadTooLarge, Servi
 from teachloop.core.ids import new_id
 from teachloop.core.logs import bind_trace_id
 from teachloop.core.sampling import SampledSequence, SamplingParams
+from teachloop.core.settings import Settings
 from teachloop.core.tenancy import Principal
+from teachloop.core.upstream import cost_micro
 from teachloop.render.renderer import Renderer
 from teachloop.serve.adapters import AdapterPool
 from teachloop.serve.grammar import GrammarConstraint, Grammars, StructureKind, plan, structure_kind
@@ -61,10 +74,12 @@ from teachloop.serve.scheduler import (
 )
 from teachloop.serve.text import TextStream, TokenText, cut_at_stops
 from teachloop.serve.traces import TraceWriter
+from teachloop.serve.upstream import KeyBox, Relayed, Streamed, Upstream, UpstreamRelay, UpstreamRequest
 from teachloop.serve.usage import Usage
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.store.repos.deployments import AdapterVersions, Deployments
+from teachloop.store.schema.deployments import Deployment, UpstreamEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +128,13 @@ class Target:
     adapter_ref: str | None = None
     digest: str | None = None
     blob_key: str | None = None
+    #: the upstream endpoint answering this arm (then no adapter), and the model asked there
+    upstream_id: str | None = None
+    upstream_model: str | None = None
+    #: the price of the answering model (``core.upstream.ModelPrice`` fields), when the deployment sets one
+    price: dict[str, Any] | None = None
+    #: where this request is also sent in shadow (None: not this time)
+    shadow: Target | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -199,6 +221,7 @@ class Serving:
         base_model: str | None = None,
         config: ServingConfig | None = None,
         admission: Callable[[str, str], None] | None = None,
+        upstream_key: str | None = None,
     ) -> None:
         if engine is not None and (renderer is None or not base_model):
             raise InvalidInput("serving an engine needs its renderer and base model id", param="renderer")
@@ -230,6 +253,12 @@ class Serving:
             self._stop_texts = list(dict.fromkeys([*renderer.stop_sequences(), *map(self._decode1, self._stop_ids)]))
         # structured outputs (serve.grammar): the tokenizer's grammars, compiled on first use and cached
         self.grammars = Grammars(renderer.tokenizer, self._stop_ids) if renderer is not None else None
+        # upstream arms (serve.upstream): the Fernet key (None: TEACHLOOP_UPSTREAM_KEY), decrypted endpoints by id
+        self._upstream_key = upstream_key
+        self._keys: KeyBox | None = None
+        self._upstreams: dict[str, Upstream] = {}
+        self.relay = UpstreamRelay()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def vocab_size(self) -> int:
@@ -308,29 +337,132 @@ class Serving:
                 raise ModelNotFound(
                     f"the model {model!r} does not exist or you do not have access to it", param="model"
                 )
-            version_id, arm = dep.adapter_version_id, "primary"
-            if dep.canary_version_id and dep.canary_percent > 0:
+            version_id, upstream_id, arm = dep.adapter_version_id, dep.upstream_id, "primary"
+            if (dep.canary_version_id or dep.canary_upstream_id) and dep.canary_percent > 0:
                 bucket = canary_bucket(dep.id, user) if user else random.randrange(100)
                 if bucket < dep.canary_percent:
-                    version_id, arm = dep.canary_version_id, "canary"
-            target = Target(
-                model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
-                arm=arm,
-            )
-            if version_id is None:
-                return target
-            version = AdapterVersions(session).get(org_id, version_id)
-            return replace(target, adapter_version_id=version.id, adapter_ref=version.ref, digest=version.digest,
-                           blob_key=version.blob_key)
+                    version_id, upstream_id, arm = dep.canary_version_id, dep.canary_upstream_id, "canary"
+            target = _arm(session, org_id, dep, model, arm, version_id, upstream_id)
+            shadowing = dep.shadow_version_id or dep.shadow_upstream_id
+            if shadowing and dep.shadow_percent > 0 and random.randrange(100) < dep.shadow_percent:
+                shadow = _arm(session, org_id, dep, model, "shadow", dep.shadow_version_id, dep.shadow_upstream_id)
+                target = replace(target, shadow=shadow)
+            return target
+
+    # ------------------------------------------------------------------ upstream arms and shadows
+    def keybox(self) -> KeyBox:
+        """The key that encrypts upstream API keys (``ConfigurationError`` when this server has none)."""
+        if self._keys is None:
+            secret = self._upstream_key
+            if secret is None:
+                secret = Settings.from_env().upstream_key.get_secret_value()
+            self._keys = KeyBox(secret)
+        return self._keys
+
+    def upstream(self, org_id: str, upstream_id: str) -> Upstream:
+        """The organisation's upstream endpoint, key decrypted (rows are immutable: cached by id)."""
+        cached = self._upstreams.get(upstream_id)
+        if cached is None:
+            with self.database.session(write=False) as session:
+                row = session.get(UpstreamEndpoint, upstream_id)
+                if row is None or row.org_id != org_id:
+                    raise NotFound(f"upstream {upstream_id!r} not found", param="model")
+                cached = Upstream.of(row, self.keybox())
+            self._upstreams[upstream_id] = cached
+        return cached
+
+    async def route(self, principal: Principal, chat: ChatInput) -> Target:
+        """Quotas, then what serves ``chat.model`` (resolved once: pass it to ``open_chat`` or ``upstream_chat``)."""
+
+        def work() -> Target:
+            if self.admission is not None:
+                self.admission(principal.org_id, chat.model)
+            return self.resolve(principal.org_id, chat.model, chat.user)
+
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+
+    def _upstream_request(self, principal: Principal, chat: ChatInput, body: dict[str, Any], target: Target,
+                          shadow_of: str | None = None) -> UpstreamRequest:
+        assert target.upstream_id is not None
+        upstream = self.upstream(principal.org_id, target.upstream_id)
+        trace = {
+            "org_id": principal.org_id, "key_id": principal.key_id, "model": chat.model,
+            "deployment_id": target.deployment_id, "deployment_revision": target.deployment_revision,
+            "arm": target.arm, "adapter_version_id": None, "base_model": target.base_model,
+            "messages": chat.trace_messages, "tools": chat.trace_tools, "params": chat.trace_params,
+            "stream": bool(body.get("stream")), "user": chat.user, "request_metadata": dict(chat.metadata),
+            "shadow_of": shadow_of,
+        }
+        return UpstreamRequest(upstream, body, trace, target.price, chat.include_usage, self.relay, self.traces)
+
+    async def upstream_chat(self, principal: Principal, chat: ChatInput, body: dict[str, Any],
+                            target: Target) -> Relayed | Streamed:
+        """Relay ``body`` (the caller's request, as sent) to the target's upstream; traced like a local call."""
+        if target.upstream_id in self._upstreams:  # the endpoint is cached: no thread hop for the database
+            request = self._upstream_request(principal, chat, body, target)
+        else:
+            loop = asyncio.get_running_loop()
+            request = await loop.run_in_executor(None, self._upstream_request, principal, chat, body, target)
+        org_id = principal.org_id
+        self.usage.started(org_id)
+        answered = False
+        try:
+            if chat.stream:
+                streamed = await request.open_stream()
+                answered = True
+                return streamed
+            relayed = await request.complete()
+            answered = True
+            usage = relayed.body.get("usage") or {}
+            self.usage.traced(org_id)
+            self.usage.tokens(org_id, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            return relayed
+        finally:
+            self.usage.finished(org_id, answered=answered)
+
+    def shadow(self, principal: Principal, chat: ChatInput, body: dict[str, Any], target: Target,
+               trace_id: str) -> None:
+        """Send the request to ``target.shadow`` in the background (if set); its trace names ``trace_id``."""
+        if target.shadow is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._run_shadow(principal, chat, body, target.shadow,
+                                                                       trace_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_shadow(self, principal: Principal, chat: ChatInput, body: dict[str, Any], shadow: Target,
+                          trace_id: str) -> None:
+        quiet = replace(chat, stream=False, include_usage=False)
+        try:
+            if shadow.upstream_id is not None:
+                sent = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+                loop = asyncio.get_running_loop()
+                request = await loop.run_in_executor(None, self._upstream_request, principal, quiet, sent, shadow,
+                                                     trace_id)
+                await request.complete()
+                return
+            run = await self.open_chat(principal, quiet, target=shadow)
+            run.shadow_of = trace_id
+            try:
+                await run.record(await run.replies())
+            finally:
+                run.close()
+        except TeachloopError as err:  # a shadow never fails the caller: its failure is logged (and traced upstream)
+            log.warning("shadow of %s failed: %s", trace_id, err)
+        except Exception:
+            log.exception("shadow of %s failed", trace_id)
 
     # ------------------------------------------------------------------ chat
-    async def open_chat(self, principal: Principal, chat: ChatInput) -> ChatRun:
-        """Resolve, render, hold the adapter and queue the job; the caller must ``close`` the run."""
+    async def open_chat(self, principal: Principal, chat: ChatInput, target: Target | None = None) -> ChatRun:
+        """Resolve (unless ``target`` is given: see ``route``), render, hold the adapter and queue the job.
+
+        The caller must ``close`` the run.
+        """
         started = time.perf_counter()
         created = datetime.now(UTC)
-        pending = asyncio.get_running_loop().run_in_executor(None, self._prepare, principal.org_id, chat)
+        pending = asyncio.get_running_loop().run_in_executor(None, self._prepare, principal.org_id, chat, target)
         try:
-            target, prompt, params, adapter, constraint = await asyncio.shield(pending)
+            resolved, prompt, params, adapter, constraint = await asyncio.shield(pending)
         except asyncio.CancelledError:  # the caller left while the adapter loaded: let go of it when it is done
             pending.add_done_callback(self._release_prepared)
             raise
@@ -345,7 +477,7 @@ class Serving:
                 self.pool.release(adapter)
             raise
         self.usage.started(principal.org_id)
-        return ChatRun(self, principal, chat, target, prompt, job, sink, adapter, started, created)
+        return ChatRun(self, principal, chat, resolved, prompt, job, sink, adapter, started, created)
 
     def _release_prepared(self, done: asyncio.Future[_Prepared]) -> None:
         if not done.cancelled() and done.exception() is None and self.pool is not None:
@@ -358,6 +490,9 @@ class Serving:
         if self.admission is not None:  # quotas first: an organisation past its limit is refused before any work
             self.admission(org_id, model)
         target = self.resolve(org_id, model, user)
+        if target.upstream_id is not None:
+            raise InvalidInput(f"model {model!r} is answered by an upstream; only /v1/chat/completions relays to it",
+                               param="model")
         if self.engine is None or self.renderer is None or not self.can_generate:
             raise ServiceUnavailable("no model is loaded on this server; completions are unavailable")
         if target.base_model != self.base_model:
@@ -367,10 +502,14 @@ class Serving:
             )
         return target
 
-    def _prepare(self, org_id: str, chat: ChatInput) -> _Prepared:
-        if self.admission is not None:  # quotas first: an organisation past its limit is refused before any work
-            self.admission(org_id, chat.model)
-        target = self.resolve(org_id, chat.model, chat.user)
+    def _prepare(self, org_id: str, chat: ChatInput, target: Target | None = None) -> _Prepared:
+        if target is None:
+            if self.admission is not None:  # quotas first: an organisation past its limit is refused before any work
+                self.admission(org_id, chat.model)
+            target = self.resolve(org_id, chat.model, chat.user)
+        if target.upstream_id is not None:
+            raise InvalidInput(f"model {chat.model!r} is answered by an upstream; only /v1/chat/completions relays "
+                               "to it", param="model")
         if self.engine is None or self.renderer is None or not self.can_generate:
             raise ServiceUnavailable("no model is loaded on this server; chat completions are unavailable")
         if target.base_model != self.base_model:
@@ -451,6 +590,31 @@ class Serving:
         )
 
 
+def _price(prices: dict[str, Any] | None, *names: str | None) -> dict[str, Any] | None:
+    """The first price ``prices`` sets among ``names``."""
+    for name in names:
+        if name and prices and isinstance(prices.get(name), dict):
+            return dict(prices[name])
+    return None
+
+
+def _arm(session: Any, org_id: str, dep: Deployment, model: str, arm: str, version_id: str | None,
+         upstream_id: str | None) -> Target:
+    """The target of one arm of ``dep``: an upstream, an adapter version, or the base model alone."""
+    target = Target(model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
+                    arm=arm)
+    if upstream_id is not None:
+        row = session.get(UpstreamEndpoint, upstream_id)
+        if row is None or row.org_id != org_id:
+            raise NotFound(f"upstream {upstream_id!r} not found", param="model")
+        return replace(target, upstream_id=row.id, upstream_model=row.model, price=_price(dep.prices, row.model))
+    if version_id is None:
+        return replace(target, price=_price(dep.prices, dep.base_model))
+    version = AdapterVersions(session).get(org_id, version_id)
+    return replace(target, adapter_version_id=version.id, adapter_ref=version.ref, digest=version.digest,
+                   blob_key=version.blob_key, price=_price(dep.prices, version.ref, version.name, dep.base_model))
+
+
 class ChatRun:
     """One chat request in flight: its events, its replies, its trace."""
 
@@ -481,6 +645,7 @@ class ChatRun:
         self._outcome = _Outcome()
         self._recorded = False  # a trace was submitted (record or record_cancelled): never a second one
         self._seen: dict[int, tuple[list[int], list[float]]] = {}  # tokens and logprobs per choice so far
+        self.shadow_of: str | None = None  # the trace this run shadows (``Serving.shadow``)
         # runs on close(), or when the run is garbage-collected unclosed (a stream dropped before it began)
         self._release = weakref.finalize(
             self, _release, serving.scheduler, serving.pool, job, adapter, serving.usage, principal.org_id, self._outcome
@@ -603,6 +768,8 @@ class ChatRun:
             "user": chat.user,
             "request_metadata": dict(chat.metadata),
             "created_at": self.created,
+            "cost_micro": cost_micro(target.price, self.prompt_tokens, sum(r.completion_tokens for r in replies)),
+            "shadow_of": self.shadow_of,
         }
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ Another organisation's deployment is a 404 page like a missing one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -104,12 +104,13 @@ def _change(session: Session, viewer: Viewer, name: str, action: str, to_revisio
         raise Conflict(f"deployment {name!r} has no canary to {'promote' if action == 'promote' else 'split'}",
                        param="canary")
     if action == "promote":
-        state = DeploymentState(current.base_model, current.canary_version_id, None, 0)
+        state = replace(current, adapter_version_id=current.canary_version_id, upstream_id=None,  # issue 17
+                        canary_version_id=None, canary_upstream_id=None, canary_percent=0)
         sentence = "serve the canary version to everyone and end the canary"
     else:
         if percent is None or not 1 <= percent <= 99:
             raise InvalidInput("the canary's share must be 1-99 %", param="percent")
-        state = DeploymentState(current.base_model, current.adapter_version_id, current.canary_version_id, percent)
+        state = replace(current, canary_percent=percent)  # keeps an upstream arm, the shadow and prices (issue 17)
         sentence = f"serve the canary to {percent} % of users"
     row, _ = repo.update(org, name, state, actor=actor)
     return row, sentence

@@ -51,11 +51,32 @@ class AdapterVersionList(BaseModel):
     data: list[AdapterVersionOut] = Field(description="The versions.")
 
 
+class UpstreamOut(BaseModel):
+    """An upstream OpenAI-compatible endpoint answering an arm (its API key is never shown)."""
+
+    id: str = Field(description="Upstream id (ups_...); immutable: a change stores a new one.")
+    base_url: str = Field(description="The upstream's OpenAI base URL.")
+    model: str = Field(description="The model asked upstream.")
+    api_key: str = Field(description="Always `set`: the key is stored encrypted and never returned.")
+    timeout_s: float = Field(description="Longest wait for the first byte and between two bytes.")
+    connect_timeout_s: float = Field(description="Longest wait to connect.")
+    max_retries: int = Field(description="Retries of a refused connection, a 429, a 5xx or a timeout.")
+
+
 class CanaryOut(BaseModel):
-    """A canary: another adapter version served to a share of the users."""
+    """A canary: another adapter version (or an upstream) served to a share of the users."""
 
     adapter: AdapterVersionOut | None = Field(description="The canary's adapter version.")
+    upstream: UpstreamOut | None = Field(default=None, description="The canary's upstream, when it is one.")
     percent: int = Field(description="Share of users (by a hash of `user`) who get it.")
+
+
+class ShadowOut(BaseModel):
+    """A shadow arm: a share of requests also sent there; its answers are traced, never returned."""
+
+    adapter: AdapterVersionOut | None = Field(description="The shadow's adapter version.")
+    upstream: UpstreamOut | None = Field(description="The shadow's upstream, when it is one.")
+    percent: int = Field(description="Share of requests (at random) also sent to the shadow.")
 
 
 class DeploymentOut(BaseModel):
@@ -66,6 +87,11 @@ class DeploymentOut(BaseModel):
     base_model: str = Field(description="The base model it serves.")
     adapter: AdapterVersionOut | None = Field(description="The adapter version served to everyone; null: the base.")
     canary: CanaryOut | None = Field(description="The canary, if any.")
+    upstream: UpstreamOut | None = Field(default=None, description="The upstream answering everyone (instead of "
+                                                                   "an adapter), if any.")
+    shadow: ShadowOut | None = Field(default=None, description="The shadow arm, if any.")
+    prices: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Token prices by model id (minor "
+                                              "units per 1,000,000 prompt / completion tokens).")
     revision: int = Field(description="Counts the changes of its state (1 when created).")
     created_at: datetime = Field(description="When it was created.")
     updated_at: datetime = Field(description="When it last changed.")

@@ -17,7 +17,11 @@ failure after the first byte is sent as ``data: {"error": ...}`` with no
 ``[DONE]``. A client that leaves mid-stream frees its batch rows at once, and
 its trace records the tokens produced so far with ``finish_reason: "cancelled"``.
 Every response carries ``x-teachloop-trace-id``; the completion
-``id`` is ``chatcmpl-<trace id>``.
+``id`` is ``chatcmpl-<trace id>``. A deployment arm answered by an upstream
+(``serve.upstream``) is relayed: the upstream's body (or stream) passes
+through with the teachloop id and the deployment's name as ``model``, and its
+errors keep the upstream's status. A deployment with a shadow arm also sends
+the request there in the background (never seen by the caller).
 
 The request body and its checks live in ``serve.chat``; ``service.Serving`` does the
 work. This module knows HTTP and the response models only.
@@ -30,16 +34,18 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from teachloop.app.auth import Member, ServingDep, Viewer
 from teachloop.core.chat import Message
 from teachloop.core.errors import TeachloopError
+from teachloop.core.tenancy import Principal
 from teachloop.serve.chat import ChatCompletionRequest, to_chat_input
 from teachloop.serve.scheduler import TokenEvent
-from teachloop.serve.service import ChatRun, ModelNotFound, Reply, Serving
+from teachloop.serve.service import ChatInput, ChatRun, ModelNotFound, Reply, Serving, Target
 from teachloop.serve.text import TokenText
+from teachloop.serve.upstream import Relayed
 from teachloop.serve.wire import SSE_DONE, TRACE_HEADER, sse, sse_error, usage_json
 from teachloop.store.repos.deployments import Deployments
 
@@ -287,7 +293,11 @@ async def chat_completions(body: ChatCompletionRequest, principal: Member, servi
                            response: Response) -> Any:
     """Create a chat completion (OpenAI-compatible; ``stream: true`` for server-sent events)."""
     chat = to_chat_input(body)
-    run = await serving.open_chat(principal, chat)
+    target = await serving.route(principal, chat)
+    if target.upstream_id is not None:
+        return await _relay(serving, principal, chat, body, target)
+    run = await serving.open_chat(principal, chat, target=target)
+    serving.shadow(principal, chat, body.model_dump(exclude_unset=True, by_alias=True), target, run.trace_id)
     headers = {TRACE_HEADER: run.trace_id}
     if chat.stream:
         headers["cache-control"] = "no-cache"
@@ -299,6 +309,18 @@ async def chat_completions(body: ChatCompletionRequest, principal: Member, servi
         run.close()
     response.headers[TRACE_HEADER] = run.trace_id
     return completion_body(serving, run, replies)
+
+
+async def _relay(serving: Serving, principal: Principal, chat: ChatInput, body: ChatCompletionRequest,
+                 target: Target) -> Response:
+    """Answer from the target's upstream: its JSON (or stream) passed through, traced."""
+    raw = body.model_dump(exclude_unset=True, by_alias=True)
+    out = await serving.upstream_chat(principal, chat, raw, target)
+    serving.shadow(principal, chat, raw, target, out.trace_id)
+    if isinstance(out, Relayed):
+        return JSONResponse(out.body, headers={TRACE_HEADER: out.trace_id})
+    return StreamingResponse(out.frames, media_type="text/event-stream",
+                             headers={TRACE_HEADER: out.trace_id, "cache-control": "no-cache"})
 
 
 def _cards(serving: Serving, org_id: str) -> list[ModelCard]:

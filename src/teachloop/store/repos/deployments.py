@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from teachloop.core.errors import Conflict, InvalidInput, NotFound
 from teachloop.core.ids import is_id
 from teachloop.store.repos.audit import AuditLog
-from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange
+from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange, UpstreamEndpoint
 from teachloop.store.schema.runs import TrainingRun
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
@@ -57,12 +57,23 @@ class DeploymentState:
         adapter_version_id: the adapter version served (None: the base model alone).
         canary_version_id: a second adapter version served to ``canary_percent`` % of users.
         canary_percent: 0-100; 0 when there is no canary.
+        upstream_id: the upstream endpoint the primary arm sends requests to (then no adapter version).
+        canary_upstream_id: an upstream endpoint as the canary arm (instead of ``canary_version_id``).
+        shadow_version_id / shadow_upstream_id: the shadow arm (one of them), sent ``shadow_percent`` % of
+            requests in the background; the caller only ever sees the primary's (or canary's) answer.
+        prices: model id -> ``core.upstream.ModelPrice`` fields, the cost of each arm's tokens.
     """
 
     base_model: str
     adapter_version_id: str | None = None
     canary_version_id: str | None = None
     canary_percent: int = 0
+    upstream_id: str | None = None
+    canary_upstream_id: str | None = None
+    shadow_version_id: str | None = None
+    shadow_upstream_id: str | None = None
+    shadow_percent: int = 0
+    prices: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
     def to_json(self) -> dict[str, Any]:
         """The state as stored in ``DeploymentChange.state``."""
@@ -71,7 +82,9 @@ class DeploymentState:
     @classmethod
     def of(cls, row: Deployment) -> DeploymentState:
         """The current state of ``row``."""
-        return cls(row.base_model, row.adapter_version_id, row.canary_version_id, row.canary_percent)
+        return cls(row.base_model, row.adapter_version_id, row.canary_version_id, row.canary_percent,
+                   row.upstream_id, row.canary_upstream_id, row.shadow_version_id, row.shadow_upstream_id,
+                   row.shadow_percent or 0, dict(row.prices or {}))
 
 
 class AdapterVersions:
@@ -220,6 +233,10 @@ class Deployments:
             )
         ):
             ids.update(i for i in (primary, canary) if i)
+        for (shadow,) in self.session.execute(
+            select(Deployment.shadow_version_id).where(Deployment.base_model == base_model)
+        ):
+            ids.update(i for i in (shadow,) if i)
         if not ids:
             return []
         return list(self.session.scalars(select(AdapterVersion).where(AdapterVersion.id.in_(ids))))
@@ -235,6 +252,9 @@ class Deployments:
         row = Deployment(
             org_id=org_id, name=name, base_model=state.base_model, adapter_version_id=state.adapter_version_id,
             canary_version_id=state.canary_version_id, canary_percent=state.canary_percent, revision=1,
+            upstream_id=state.upstream_id, canary_upstream_id=state.canary_upstream_id,
+            shadow_version_id=state.shadow_version_id, shadow_upstream_id=state.shadow_upstream_id,
+            shadow_percent=state.shadow_percent, prices=dict(state.prices),
         )
         self.session.add(row)
         self.session.flush()
@@ -305,9 +325,26 @@ class Deployments:
             raise InvalidInput("base_model must be 1-300 characters", param="base_model")
         if not 0 <= state.canary_percent <= 100:
             raise InvalidInput(f"canary_percent must be 0-100, got {state.canary_percent}", param="canary_percent")
-        if state.canary_version_id is None and state.canary_percent:
+        if state.canary_version_id is None and state.canary_upstream_id is None and state.canary_percent:
             raise InvalidInput("canary_percent needs a canary adapter version", param="canary_percent")
-        for param, version_id in (("adapter", state.adapter_version_id), ("canary", state.canary_version_id)):
+        if state.upstream_id is not None and state.adapter_version_id is not None:
+            raise InvalidInput("the primary arm is an adapter or an upstream, not both", param="upstream")
+        if state.canary_upstream_id is not None and state.canary_version_id is not None:
+            raise InvalidInput("the canary is an adapter or an upstream, not both", param="canary.upstream")
+        if state.shadow_upstream_id is not None and state.shadow_version_id is not None:
+            raise InvalidInput("the shadow is an adapter or an upstream, not both", param="shadow.upstream")
+        if not 0 <= state.shadow_percent <= 100:
+            raise InvalidInput(f"shadow percent must be 0-100, got {state.shadow_percent}", param="shadow.percent")
+        if state.shadow_version_id is None and state.shadow_upstream_id is None and state.shadow_percent:
+            raise InvalidInput("shadow percent needs a shadow arm", param="shadow.percent")
+        for param, upstream_id in (("upstream", state.upstream_id), ("canary.upstream", state.canary_upstream_id),
+                                   ("shadow.upstream", state.shadow_upstream_id)):
+            if upstream_id is not None:
+                upstream = self.session.get(UpstreamEndpoint, upstream_id)
+                if upstream is None or upstream.org_id != org_id:
+                    raise NotFound(f"upstream {upstream_id!r} not found", param=param)
+        for param, version_id in (("adapter", state.adapter_version_id), ("canary", state.canary_version_id),
+                                  ("shadow.adapter", state.shadow_version_id)):
             if version_id is None:
                 continue
             version = self.adapters.get(org_id, version_id)
@@ -322,6 +359,12 @@ class Deployments:
         row.adapter_version_id = state.adapter_version_id
         row.canary_version_id = state.canary_version_id
         row.canary_percent = state.canary_percent
+        row.upstream_id = state.upstream_id
+        row.canary_upstream_id = state.canary_upstream_id
+        row.shadow_version_id = state.shadow_version_id
+        row.shadow_upstream_id = state.shadow_upstream_id
+        row.shadow_percent = state.shadow_percent
+        row.prices = dict(state.prices)
         row.revision += 1
 
     def _record(self, row: Deployment, action: str, restored_from: int | None, actor: str) -> None:

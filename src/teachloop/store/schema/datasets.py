@@ -34,7 +34,7 @@ from teachloop.store.schema.base import Base, JSONType, OrgOwned, id_column, ref
 
 DATASET_KINDS = ("chat", "pairs", "prompts")
 DATASET_SPLITS = ("train", "holdout")
-ROW_SOURCES = ("feedback", "correction", "grader", "expert", "dataset", "import")
+ROW_SOURCES = ("feedback", "correction", "grader", "expert", "dataset", "import", "upstream")  # upstream: issue 17
 DATASET_ORIGINS = ("loop", "import", "labels")
 
 

@@ -10,6 +10,15 @@
   ``revision`` counts changes, starting at 1.
 - ``DeploymentChange``: one row per revision with the full state it set, so a
   rollback restores an earlier state exactly (append-only).
+- ``UpstreamEndpoint``: an OpenAI-compatible server an arm can send requests to
+  instead of a local adapter (issue 17): base URL, model, timeouts, retries and
+  the API key *encrypted* (``key_ciphertext``, Fernet; the plain key is never
+  stored). Immutable like adapter versions, so a rollback restores the exact
+  upstream an earlier revision used. A deployment's primary arm is an upstream
+  when ``upstream_id`` is set (then ``adapter_version_id`` is None), its canary
+  when ``canary_upstream_id`` is; ``shadow_percent`` % of requests are also sent,
+  unseen by the caller, to the shadow arm (``shadow_version_id`` or
+  ``shadow_upstream_id``); ``prices`` maps model ids to ``core.upstream.ModelPrice``.
 
 This module knows nothing of engines, blobs or HTTP.
 """
@@ -19,7 +28,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, UniqueConstraint, event
+from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Mapper, mapped_column
 
@@ -67,6 +76,28 @@ class Deployment(OrgOwned, Timestamps, Base):
     canary_version_id: Mapped[str | None] = ref_column("adapter_versions.id", nullable=True)
     canary_percent: Mapped[int] = mapped_column(Integer, default=0)
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    upstream_id: Mapped[str | None] = ref_column("upstream_endpoints.id", nullable=True)
+    canary_upstream_id: Mapped[str | None] = ref_column("upstream_endpoints.id", nullable=True)
+    shadow_version_id: Mapped[str | None] = ref_column("adapter_versions.id", nullable=True)
+    shadow_upstream_id: Mapped[str | None] = ref_column("upstream_endpoints.id", nullable=True)
+    shadow_percent: Mapped[int] = mapped_column(Integer, default=0)
+    prices: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class UpstreamEndpoint(OrgOwned, Base):
+    """An upstream OpenAI-compatible endpoint with its encrypted key (immutable)."""
+
+    __tablename__ = "upstream_endpoints"
+
+    id: Mapped[str] = id_column("ups")
+    base_url: Mapped[str] = mapped_column(String(2000))
+    model: Mapped[str] = mapped_column(String(300))
+    key_ciphertext: Mapped[str] = mapped_column(Text)
+    timeout_s: Mapped[float] = mapped_column(Float)
+    connect_timeout_s: Mapped[float] = mapped_column(Float)
+    max_retries: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
 class DeploymentChange(OrgOwned, Base):
@@ -89,9 +120,9 @@ def _refuse(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
     raise PermissionError(f"{type(target).__name__} rows are immutable; refusing to change {target.id}")
 
 
-for _immutable in (AdapterVersion, DeploymentChange):
+for _immutable in (AdapterVersion, DeploymentChange, UpstreamEndpoint):
     event.listen(_immutable, "before_update", _refuse)
     event.listen(_immutable, "before_delete", _refuse)
 
 
-__all__ = ["DEPLOYMENT_ACTIONS", "AdapterVersion", "Deployment", "DeploymentChange"]
+__all__ = ["DEPLOYMENT_ACTIONS", "AdapterVersion", "Deployment", "DeploymentChange", "UpstreamEndpoint"]

@@ -6,6 +6,11 @@
   ``params``, what served it (requested ``model``, deployment and its revision,
   canary ``arm``, adapter version, base model), the client's ``user`` and
   ``request_metadata``, token counts and latency. Written once, never updated.
+  An arm answered by an upstream (issue 17) also names its ``upstream_id``;
+  ``cost_micro`` is the call's cost in millionths of a minor unit when the
+  deployment prices the model; ``error`` says what went wrong when the call
+  failed (``finish_reason: "error"``); a shadow call (``arm: "shadow"``) names
+  the trace of the request it shadowed in ``shadow_of``.
 - ``Feedback``: a score, label, comment and/or corrected output on one choice
   of a trace; a trace may have any number (append-only).
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Index, Integer, String, Text, event
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, Text, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Mapper, mapped_column
 
@@ -54,6 +59,10 @@ class Trace(OrgOwned, Base):
     user: Mapped[str | None] = mapped_column(String(256))
     request_metadata: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    upstream_id: Mapped[str | None] = ref_column("upstream_endpoints.id", nullable=True)
+    cost_micro: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    shadow_of: Mapped[str | None] = mapped_column(String(40), index=True)
 
 
 class Feedback(OrgOwned, Base):
