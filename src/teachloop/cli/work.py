@@ -5,7 +5,9 @@ template, settings, source); ``work projects`` lists them with their progress; `
 PROJECT FILE.jsonl`` adds items (one ``ItemIn`` per line; a ``gold_answer`` makes a gold item);
 ``work expert EMAIL --skill S`` makes a member an expert; ``work experts`` lists them with their
 quality; ``work agreement PROJECT`` prints alpha, kappas and the least agreed items; ``work dataset
-PROJECT`` records the aggregated results as the next dataset version; ``work release`` moves pay
+PROJECT`` records the aggregated results as the next dataset version; ``work publish PROJECT``
+publishes an authoring project's accepted tasks as an environment version (every publish-time check
+runs; ``--name``, ``--version``); ``work release`` moves pay
 whose review window closed to the experts' payable balances; ``work close-period PROJECT PERIOD``
 posts the minimum-hourly-rate top-ups. Each takes ``--org`` (name or id; default: the only one).
 """
@@ -151,6 +153,25 @@ def dataset(project: str = typer.Argument(..., help="Project name or id."), org:
     else:
         console.print(f"{out.dataset}: {out.rows} {out.kind} rows ({'new' if out.created else 'unchanged'}); "
                       f"{out.skipped_low_confidence} results below the confidence threshold")
+
+
+@app.command("publish")
+def publish_env(project: str = typer.Argument(..., help="An authoring project's name or id."),
+                name: str | None = typer.Option(None, "--name", help="Environment name (default <project>-tasks)."),
+                version: str | None = typer.Option(None, "--version", help="Semver (default: the next minor)."),
+                org: str | None = OrgOpt) -> None:
+    """Publish the accepted authored tasks as an environment version through the environment hub."""
+    import asyncio
+
+    from teachloop.core.work import EnvPublish
+    from teachloop.work.publish import publish_environment
+
+    with handle_errors(), StoreContext(org) as ctx:
+        body = EnvPublish(name=name, version=version)
+        out = asyncio.run(publish_environment(ctx.database, ctx.blobs, ctx.org_id, project, body, actor="cli"))
+    state = "published" if out.created else "unchanged, already published"
+    console.print(f"{out.environment} ({state}): {out.tasks} tasks by {len(out.contributors)} experts, "
+                  f"{out.skipped} answers left out; checks passed: {', '.join(out.checks)}")
 
 
 @app.command("release")

@@ -406,6 +406,61 @@ class DatasetResult(BaseModel):
     skipped_low_confidence: int
 
 
+class EnvPublish(_Strict):
+    """Body of ``POST /api/work/projects/{project}/environment``: publish the authored tasks as an environment.
+
+    ``name`` defaults to ``<project>-tasks``; ``version`` (semver) to the latest published version of that
+    name when the tasks are unchanged (nothing new is published), else the next minor version (``1.0.0`` first).
+    """
+
+    name: str | None = Field(default=None, max_length=100, pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$",
+                             description="Environment name (lower case letters, digits, '-', '_', '.').")
+    version: str | None = Field(default=None, max_length=64, description="Semver of the version to publish.")
+
+
+class EnvPublished(BaseModel):
+    """An environment version made from a project's accepted authored tasks, with who wrote each task."""
+
+    project_id: str
+    environment: str = Field(description="NAME@VERSION: resolvable with catalog.envref.resolve_env.")
+    digest: str = Field(description="sha256 content hash of the package.")
+    created: bool = Field(description="False when the same package was published already (nothing changed).")
+    tasks: int
+    skipped: int = Field(description="Accepted answers left out: duplicates of another task, or a reference "
+                                     "answer the grader cannot read back (it holds <answer> tags).")
+    contributors: dict[str, int] = Field(description="Royalty party (expert:<user id>) -> tasks they wrote.")
+    checks: list[str] = Field(description="The publish-time checks that passed.")
+
+
+class SuggestionsFill(_Strict):
+    """Body of ``POST /api/work/projects/{project}/suggestions``: ask a deployment for each item's suggestion."""
+
+    deployment: str = Field(min_length=1, max_length=200, description="Deployment (or base model) to ask.")
+    limit: int = Field(default=50, ge=1, le=500, description="Items to fill at most in this call.")
+    max_tokens: int = Field(default=512, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+
+
+class SuggestionsFilled(BaseModel):
+    """What a fill call did."""
+
+    project_id: str
+    filled: int = Field(description="Items that got a suggestion.")
+    refused: int = Field(description="Replies left out (empty or too long for the template).")
+    remaining: int = Field(description="Items still without one (call again).")
+    model: str
+
+
+class ExamSummary(BaseModel):
+    """An exam as the owner lists it (no questions)."""
+
+    id: str
+    skill: str
+    questions: int
+    pass_score: float
+    cooldown_s: int
+
+
 class DisputeCreate(_Strict):
     """Body of ``POST /api/work/answers/{answer_id}/disputes``."""
 
@@ -490,9 +545,12 @@ __all__ = [
     "DisputeOut",
     "DisputeResolve",
     "EarningsOut",
+    "EnvPublish",
+    "EnvPublished",
     "ExamCreate",
     "ExamOut",
     "ExamQuestion",
+    "ExamSummary",
     "ExpertCreate",
     "ExpertOut",
     "ItemAgreement",
@@ -513,6 +571,8 @@ __all__ = [
     "ReviewBody",
     "ReviewDecision",
     "SubmitBody",
+    "SuggestionsFill",
+    "SuggestionsFilled",
     "TaskOut",
     "TaskType",
     "TemplateOut",

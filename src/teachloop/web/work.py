@@ -42,7 +42,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
-from sqlalchemy import select
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
@@ -59,7 +58,6 @@ from teachloop.core.work import (
     TemplateSpec,
 )
 from teachloop.store.repos.sessions import ConsoleSessions, SigninLinks
-from teachloop.store.schema.work import WorkExam, WorkExamAttempt
 from teachloop.web.auth import SignedIn, Viewer, app_deps, require_csrf, start_session
 from teachloop.web.market import money
 from teachloop.web.render import CSP, ConsoleRoute, page
@@ -155,7 +153,7 @@ def answer_value(task_type: TaskType, spec: TemplateSpec, payload: dict[str, Any
 
 def _exam_skills(request: Request, org_id: str) -> list[str]:
     with app_deps(request).database.session(write=False) as s:
-        return list(s.scalars(select(WorkExam.skill).where(WorkExam.org_id == org_id).order_by(WorkExam.skill)))
+        return [e.skill for e in workforce.list_exams(s, org_id)]
 
 
 def _join_page(request: Request, token: str, *, status: int = 200, message: str | None = None) -> Response:
@@ -233,14 +231,12 @@ def _expert(s: Any, viewer: Viewer) -> Any:
 
 
 def _exams(s: Any, org_id: str, user_id: str) -> list[ExamState]:
+    attempts = workforce.my_attempts(s, org_id, user_id)  # newest first
     out = []
-    for exam in s.scalars(select(WorkExam).where(WorkExam.org_id == org_id).order_by(WorkExam.skill)):
-        attempts = list(s.scalars(select(WorkExamAttempt).where(WorkExamAttempt.exam_id == exam.id,
-                                                               WorkExamAttempt.expert_id == user_id)
-                                  .order_by(WorkExamAttempt.created_at.desc(), WorkExamAttempt.id.desc())))
-        last = workforce.attempt_out(attempts[0], exam) if attempts else None
-        out.append(ExamState(exam.skill, any(a.passed for a in attempts), last.retake_after if last else None,
-                             max((a.score for a in attempts), default=None)))
+    for exam in workforce.list_exams(s, org_id):
+        mine = [a for a in attempts if a.skill == exam.skill]
+        out.append(ExamState(exam.skill, any(a.passed for a in mine), mine[0].retake_after if mine else None,
+                             max((a.score for a in mine), default=None)))
     return out
 
 
@@ -332,7 +328,7 @@ def queue(request: Request, viewer: SignedIn, project: str, done: str = "") -> R
         row = projects.get_project(s, org, project)
         settings = projects.settings_of(row)
         spec = projects.spec_of(projects.template_of(s, row))
-        answered = sum(1 for a in tasks.my_answers(s, org, user, limit=10_000) if a.project_id == row.id)
+        answered = len(tasks.my_answers(s, org, user, limit=10_000, project_ref=row.id))
     return scripted(page(request, "work_queue.html", project=row, spec=spec, expert=expert, answered=answered,
                          pay=_pay_text(settings), done=done,
                          qualified=not settings.skill or settings.skill in expert.qualified, skill=settings.skill))

@@ -7,18 +7,26 @@ Every object is found through ``teachloop.work`` within the session's organisati
 organisation's project, answer or dispute is the same 404 as a missing one.
 
 - ``/work/projects``: the projects with their progress, the experts with their quality, the
-  exams; an admin invites an expert (a single-use ``/work/join/{token}`` link, shown once) and a
-  member sets a skill's exam (questions as text: ``id: question`` then one ``- option`` a line,
-  the right one written ``* option``).
+  exams; an admin invites an expert (a single-use ``/work/join/{token}`` link, shown once) and
+  pays an expert's payable balance out (``POST /work/experts/payouts``: ``work.pay.payout``, the
+  batch name keying it, so a retry pays once); a member sets a skill's exam (questions as text:
+  ``id: question`` then one ``- option`` a line, the right one written ``* option``).
 - ``/work/projects/new``: project setup (name, task type, instructions, rubric criteria as
-  ``id low-high description`` lines, quorum, gold share, lease, skill, pay, source). *Preview*
+  ``id low-high description`` lines, quorum, gold share, lease, skill, pay, source -- a marketplace
+  data request the organisation can see becomes the project through ``app.joins.project_from_request``,
+  as ``POST /api/requests/{id}/project`` does). *Preview*
   (``POST /work/projects/preview``) validates the form and shows the task as an expert will see
   it on a sample item, writing nothing; *Create* (``POST /work/projects``) makes the project.
 - ``/work/projects/{project}``: progress (items, gold, complete, answers by status), agreement
   (Krippendorff's alpha, Cohen's kappa per expert pair, per item the aggregated label, its
   confidence and agreement), each expert's quality in the project, the result datasets and
   *Build the dataset* (``results.build_dataset``), the template preview, and adding items (JSON
-  lines of ``ItemIn``; every line is checked before any is added).
+  lines of ``ItemIn``; every line is checked before any is added). A member also edits the template
+  (``POST .../templates``: the next version), the settings (``POST .../settings``: the fields the
+  form shows replace theirs, the rest stay), closes a pay period (``POST .../periods``, listed with
+  its top-ups), fills model suggestions from a deployment (``POST .../suggestions``:
+  ``app.joins.fill_suggestions`` with the console's serving runtime) and publishes an authoring
+  project's accepted tasks as an environment version (``POST .../environment``: ``work.publish``).
 - ``/work/projects/{project}/review``: submitted answers with their items; accept, fix (the
   corrected reply, or the corrected value as JSON) or reject with a reason
   (``review.review``; a rejection without a reason is refused).
@@ -31,44 +39,52 @@ Bad form input is a 400 page naming the field; nothing is written.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import ValidationError
-from sqlalchemy import select
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
-from teachloop.core.errors import InvalidInput
+from teachloop.app import joins
+from teachloop.app.auth import current_serving
+from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.core.tenancy import Role
 from teachloop.core.work import (
     AnswerStatus,
     Criterion,
     DisputeResolve,
+    EnvPublish,
     ExamCreate,
     ExamQuestion,
     ItemIn,
+    PeriodClose,
     ProjectCreate,
     ProjectSettings,
     ProjectSource,
     ReviewBody,
+    SuggestionsFill,
     TaskType,
     TemplateSpec,
 )
+from teachloop.ledger import Payouts, TestProvider
+from teachloop.market.requests import DataRequests
 from teachloop.store.repos.sessions import NewLink, SigninLinks
-from teachloop.store.repos.work import WorkQueue
-from teachloop.store.schema.work import WorkExam, WorkItem
+from teachloop.store.schema.base import utc_now
 from teachloop.web.auth import SignedIn, Viewer, app_deps, require, require_csrf
 from teachloop.web.market import money
 from teachloop.web.render import ConsoleRoute, page
 from teachloop.web.work import Fields, task_context
-from teachloop.work import projects, results, review, workforce
+from teachloop.work import pay, projects, publish, results, review, suggestions, workforce
 
 router = APIRouter(route_class=ConsoleRoute, dependencies=[Depends(require_csrf)])
 
 TASK_TYPES = [t.value for t in TaskType]
-SOURCES = ("manual", "traces", "dataset", "environment")
+SOURCES = ("manual", "traces", "dataset", "environment", "request")
 #: the sample item each task type's template preview shows
 SAMPLES: dict[TaskType, dict[str, Any]] = {
     TaskType.DEMONSTRATION: {"prompt": [{"role": "user", "content": "How do I reset my password?"}]},
@@ -155,14 +171,20 @@ def _number(raw: str, param: str, cast: Any = int) -> Any:
         raise InvalidInput(f"{param} must be {kind}, got {raw!r}", param=param) from None
 
 
-def project_body(fields: FormData) -> ProjectCreate:
-    """The ``ProjectCreate`` the setup form stands for; ``InvalidInput`` naming the first wrong field."""
-    task_type = _field(fields, "task_type")
-    if task_type not in TASK_TYPES:
-        raise InvalidInput(f"task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}", param="task_type")
-    template = _model(TemplateSpec, "template", instructions=_field(fields, "instructions"),
-                      criteria=parse_criteria(_field(fields, "criteria")),
-                      allow_unchanged=bool(_field(fields, "allow_unchanged")))
+def template_body(fields: FormData) -> TemplateSpec:
+    """The ``TemplateSpec`` of a form's ``instructions``, ``criteria`` and ``allow_unchanged`` fields."""
+    return _model(TemplateSpec, "template", instructions=_field(fields, "instructions"),  # type: ignore[no-any-return]
+                  criteria=parse_criteria(_field(fields, "criteria")),
+                  allow_unchanged=bool(_field(fields, "allow_unchanged")))
+
+
+def criteria_text(spec: TemplateSpec) -> str:
+    """A template's criteria as the form writes them (``id low-high description`` lines)."""
+    return "\n".join(f"{c.id} {c.low}-{c.high} {c.description}" for c in spec.criteria)
+
+
+def settings_body(fields: FormData, base: ProjectSettings | None = None) -> ProjectSettings:
+    """The ``ProjectSettings`` a form stands for, over ``base`` (the settings the form does not show stay)."""
     ints = {k: _number(_field(fields, k), k) for k in ("quorum", "lease_seconds", "rate", "min_hourly", "min_gold")
             if _field(fields, k).strip()}
     floats = {k: _number(_field(fields, k), k, float) for k in ("gold_share", "pause_below", "min_confidence")
@@ -171,16 +193,35 @@ def project_body(fields: FormData) -> ProjectCreate:
     if days.strip():
         ints["review_window_s"] = int(_number(days, "review_window_days", float) * 86_400)
     reviewers = [x.strip() for x in _field(fields, "reviewers").split(",") if x.strip()]
-    settings = _model(ProjectSettings, "settings", **ints, **floats, skill=_field(fields, "skill").strip() or None,
-                      show_suggestions=bool(_field(fields, "show_suggestions")),
-                      pay_mode=_field(fields, "pay_mode") or "task",
-                      currency=(_field(fields, "currency").strip() or "USD").upper(), reviewers=reviewers)
+    kept = base.model_dump() if base is not None else {}
+    return _model(ProjectSettings, "settings", **{  # type: ignore[no-any-return]
+        **kept, **ints, **floats, "skill": _field(fields, "skill").strip() or None,
+        "show_suggestions": bool(_field(fields, "show_suggestions")), "pay_mode": _field(fields, "pay_mode") or "task",
+        "currency": (_field(fields, "currency").strip() or "USD").upper(), "reviewers": reviewers})
+
+
+def project_body(fields: FormData) -> ProjectCreate:
+    """The ``ProjectCreate`` the setup form stands for; ``InvalidInput`` naming the first wrong field.
+
+    With the source ``request``, ``source_request`` names the data request; ``create`` then makes
+    the project through ``app.joins.project_from_request`` (the request's spec is added there).
+    """
+    task_type = _field(fields, "task_type")
+    if task_type not in TASK_TYPES:
+        raise InvalidInput(f"task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}", param="task_type")
+    template = template_body(fields)
+    settings = settings_body(fields)
     kind = _field(fields, "source") or "manual"
     if kind not in SOURCES:
         raise InvalidInput(f"source must be one of {', '.join(SOURCES)}, got {kind!r}", param="source")
     raw_filter = _field(fields, "source_filter").strip()
     source_fields: dict[str, Any] = {"kind": kind, "ref": _field(fields, "source_ref").strip() or None,
                                      "filter": _json(raw_filter, "source_filter") if raw_filter else {}}
+    if kind == "request":
+        request_id = _field(fields, "source_request").strip()
+        if not request_id:
+            raise InvalidInput("choose the data request the project answers", param="source_request")
+        source_fields = {"kind": kind, "fulfils": request_id}
     if _field(fields, "source_tasks").strip():
         source_fields["tasks"] = _number(_field(fields, "source_tasks"), "source_tasks")
     source = _model(ProjectSource, "source", **source_fields)
@@ -227,11 +268,12 @@ def _projects_page(request: Request, viewer: Viewer, *, status: int = 200, new_l
         found = [projects.project_out(s, p) for p in projects.list_projects(s, org)]
         experts = [ExpertRow(workforce.expert_out(s, e), review.quality(s, org, e.user_id))
                    for e in workforce.list_experts(s, org)]
-        exams = list(s.scalars(select(WorkExam).where(WorkExam.org_id == org).order_by(WorkExam.skill)))
+        exams = workforce.list_exams(s, org)
         invites = [i for i in SigninLinks(s).pending_invites(org) if i.role is Role.EXPERT]
     return page(request, "work_projects.html", status=status, projects=found, experts=experts, exams=exams,
                 invites=invites, new_link=new_link, link_url=_invite_url(request, new_link), done=done,
-                can_write=viewer.can(Role.MEMBER), can_invite=viewer.can(Role.ADMIN))
+                can_write=viewer.can(Role.MEMBER), can_invite=viewer.can(Role.ADMIN), can_pay=viewer.can(Role.ADMIN),
+                batch=utc_now().strftime("%Y%m%d"))
 
 
 @router.get("/work/projects")
@@ -270,20 +312,22 @@ def set_exam(
     return RedirectResponse("/work/projects?done=exam-saved", status_code=303)
 
 
-def _setup_page(request: Request, *, status: int = 200, form: dict[str, str] | None = None,
+def _setup_page(request: Request, viewer: Viewer, *, status: int = 200, form: dict[str, str] | None = None,
                 preview: ProjectCreate | None = None, message: str | None = None) -> Response:
     context: dict[str, Any] = {}
     if preview is not None:
         context = task_context(preview.task_type, preview.template, SAMPLES[preview.task_type])
+    with app_deps(request).database.session(write=False) as s:
+        requests = DataRequests(s).list_requests(viewer.principal.org_id)
     return page(request, "work_setup.html", status=status, form=form or {}, preview=preview, message=message,
-                task_types=TASK_TYPES, sources=SOURCES, values={}, **context)
+                task_types=TASK_TYPES, sources=SOURCES, requests=requests, values={}, **context)
 
 
 @router.get("/work/projects/new")
 def setup(request: Request, viewer: SignedIn) -> Response:
     """The project setup form."""
     require(viewer, Role.MEMBER, "creating labeling projects")
-    return _setup_page(request)
+    return _setup_page(request, viewer)
 
 
 def _typed(fields: FormData) -> dict[str, str]:
@@ -299,21 +343,27 @@ def preview(request: Request, viewer: SignedIn, fields: Fields) -> Response:
         if body.task_type is TaskType.RUBRIC and not body.template.criteria:
             raise InvalidInput("a rubric project needs at least one criterion", param="criteria")
     except InvalidInput as err:
-        return _setup_page(request, status=400, form=_typed(fields), message=err.message)
-    return _setup_page(request, form=_typed(fields), preview=body)
+        return _setup_page(request, viewer, status=400, form=_typed(fields), message=err.message)
+    return _setup_page(request, viewer, form=_typed(fields), preview=body)
 
 
 @router.post("/work/projects")
 def create(request: Request, viewer: SignedIn, fields: Fields) -> Response:
     """Create the project (template version 1, its first items from the source)."""
     require(viewer, Role.MEMBER, "creating labeling projects")
+    org, actor = viewer.principal.org_id, viewer.principal.key_id
     try:
         body = project_body(fields)
         with app_deps(request).database.session() as s:
-            row = projects.create_project(s, viewer.principal.org_id, body, actor=viewer.principal.key_id)
+            if body.source.kind == "request":
+                row = joins.project_from_request(s, org, body.source.fulfils or "", name=body.name, title=body.title,
+                                                 task_type=body.task_type, template=body.template,
+                                                 settings=body.settings, actor=actor)
+            else:
+                row = projects.create_project(s, org, body, actor=actor)
             project_id = row.id
-    except InvalidInput as err:
-        return _setup_page(request, status=400, form=_typed(fields), message=err.message)
+    except (InvalidInput, NotFound) as err:
+        return _setup_page(request, viewer, status=err.status, form=_typed(fields), message=err.message)
     return RedirectResponse(f"/work/projects/{project_id}?done=created", status_code=303)
 
 
@@ -333,11 +383,14 @@ def project_page(request: Request, viewer: SignedIn, project: str, done: str = "
         quality = [ExpertRow(workforce.expert_out(s, workforce.get_expert(s, org, u)),
                              review.quality(s, org, u, row.id)) for u in experts if u in handles]
         agreement = results.agreement(s, org, row.id)
-        datasets = WorkQueue(s).result_datasets(org, row)
+        datasets = results.result_datasets(s, org, row.id)
+        periods = [pay.period_out(p) for p in pay.list_periods(s, org, row)]
     sample = SAMPLES[out.task_type]
+    edit = {"instructions": spec.instructions, "criteria": criteria_text(spec), "allow_unchanged": spec.allow_unchanged}
     return page(request, "work_project.html", project=out, by_status=by_status, quality=quality,
-                agreement=agreement, handles=handles, datasets=datasets, done=done, money=money,
-                can_write=viewer.can(Role.MEMBER), values={}, preview=True,
+                agreement=agreement, handles=handles, datasets=datasets, periods=periods, edit=edit, done=done,
+                money=money, can_write=viewer.can(Role.MEMBER), values={}, preview=True,
+                suggestible=out.task_type in suggestions.SUGGESTIBLE,
                 **task_context(out.task_type, spec, sample))
 
 
@@ -364,6 +417,104 @@ def build(request: Request, viewer: SignedIn, project: str) -> Response:
     return RedirectResponse(f"/work/projects/{result.project_id}?done={done}", status_code=303)
 
 
+@router.post("/work/projects/{project}/templates")
+def new_template(request: Request, viewer: SignedIn, fields: Fields, project: str) -> Response:
+    """The next template version (new tasks use it; answers keep the version they answered)."""
+    require(viewer, Role.MEMBER, "editing templates")
+    spec = template_body(fields)
+    with app_deps(request).database.session() as s:
+        row = projects.new_template(s, viewer.principal.org_id, project, spec, actor=viewer.principal.key_id)
+        target, version = row.project_id, row.version
+    return RedirectResponse(f"/work/projects/{target}?done=template-v{version}", status_code=303)
+
+
+@router.post("/work/projects/{project}/settings")
+def put_settings(request: Request, viewer: SignedIn, fields: Fields, project: str) -> Response:
+    """Replace the settings the form shows (the others stay); they apply from now on."""
+    require(viewer, Role.MEMBER, "changing project settings")
+    org = viewer.principal.org_id
+    with app_deps(request).database.session() as s:
+        row = projects.get_project(s, org, project)
+        body = settings_body(fields, projects.settings_of(row))
+        projects.update_settings(s, org, row.id, body, actor=viewer.principal.key_id)
+        target = row.id
+    return RedirectResponse(f"/work/projects/{target}?done=settings-saved", status_code=303)
+
+
+def _until(raw: str) -> datetime | None:
+    if not raw.strip():
+        return None
+    try:
+        at = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise InvalidInput(f"until must be a date and time like 2026-12-01T09:00, got {raw!r}", param="until") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@router.post("/work/projects/{project}/periods")
+def close_period(request: Request, viewer: SignedIn, project: str,
+                 period: Annotated[str, Form(max_length=40)] = "",
+                 until: Annotated[str, Form(max_length=40)] = "") -> Response:
+    """Close a pay period (ending now, or at ``until``, UTC) and post the minimum-hourly-rate top-ups."""
+    require(viewer, Role.MEMBER, "closing pay periods")
+    body = _model(PeriodClose, "period", period=period.strip(), until=_until(until))
+    with app_deps(request).database.session() as s:
+        row = projects.get_project(s, viewer.principal.org_id, project)
+        closed = pay.close_period(s, viewer.principal.org_id, row, body.period, until=body.until,
+                                  actor=viewer.principal.key_id)
+        target, topups = row.id, len(closed.topups or {})
+    return RedirectResponse(f"/work/projects/{target}?done=period-{quote(body.period)}-closed-{topups}-top-ups",
+                            status_code=303)
+
+
+@router.post("/work/projects/{project}/environment")
+async def publish_environment(request: Request, viewer: SignedIn, project: str,
+                              name: Annotated[str, Form(max_length=100)] = "",
+                              version: Annotated[str, Form(max_length=64)] = "") -> Response:
+    """Publish the accepted authored tasks as an environment version (every publish-time check runs)."""
+    require(viewer, Role.MEMBER, "publishing environments")
+    body = _model(EnvPublish, "environment", name=name.strip() or None, version=version.strip() or None)
+    deps = app_deps(request)
+    out = await publish.publish_environment(deps.database, deps.blobs, viewer.principal.org_id, project, body,
+                                            actor=viewer.principal.key_id)
+    state = "published" if out.created else "unchanged"
+    return RedirectResponse(f"/work/projects/{out.project_id}?done=environment-{quote(out.environment)}-{state}",
+                            status_code=303)
+
+
+@router.post("/work/projects/{project}/suggestions")
+async def fill_suggestions(request: Request, viewer: SignedIn, project: str,
+                           deployment: Annotated[str, Form(max_length=200)] = "",
+                           limit: Annotated[str, Form(max_length=10)] = "50") -> Response:
+    """Ask a deployment for the suggestion of each item without one (traced completions of the organisation)."""
+    require(viewer, Role.MEMBER, "filling model suggestions")
+    body = _model(SuggestionsFill, "suggestions", deployment=deployment.strip(), limit=_number(limit, "limit"))
+    out = await joins.fill_suggestions(app_deps(request).database, current_serving(request), viewer.principal,
+                                       project, body)
+    done = f"suggestions-{out.filled}-filled-{out.refused}-refused-{out.remaining}-left"
+    return RedirectResponse(f"/work/projects/{out.project_id}?done={done}", status_code=303)
+
+
+@router.post("/work/experts/payouts")
+def payout(request: Request, viewer: SignedIn, expert: Annotated[str, Form(max_length=40)] = "",
+           currency: Annotated[str, Form(max_length=3)] = "USD",
+           batch: Annotated[str, Form(max_length=100)] = "") -> Response:
+    """Pay an expert's whole payable work balance out (admin); the batch name makes a retry pay once."""
+    require(viewer, Role.ADMIN, "paying experts out")
+    currency, batch = currency.strip().upper(), batch.strip() or utc_now().strftime("%Y%m%d")
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        raise InvalidInput(f"currency must be a three-letter code, got {currency!r}", param="currency")
+    if any(c.isspace() or not c.isprintable() for c in batch):
+        raise InvalidInput("batch must be printable characters without spaces", param="batch")
+    org, deps = viewer.principal.org_id, app_deps(request)
+    with deps.database.session(write=False) as s:
+        handle = workforce.get_expert(s, org, expert.strip()).handle
+    paid = pay.payout(deps.database, Payouts(deps.database, TestProvider()), org, expert.strip(),
+                      f"work:payout:{expert.strip()}:{batch}", currency)
+    done = f"paid-{money(paid.amount.amount, currency)}-to-{handle}" if paid else f"nothing-payable-for-{handle}"
+    return RedirectResponse(f"/work/projects?done={quote(done)}", status_code=303)
+
+
 # ------------------------------------------------------------------------------------------ review
 
 
@@ -388,8 +539,7 @@ def review_page(request: Request, viewer: SignedIn, project: str, done: str = ""
         task_type = TaskType(row.task_type)
         pending = []
         for a in waiting:
-            item = s.get(WorkItem, a.item_id)
-            payload = dict(item.payload) if item is not None else {}
+            payload = projects.item_payload(s, org, a.item_id)
             pending.append(Pending(review.answer_out(a), payload, task_context(task_type, spec, payload)))
         title, project_id = row.title, row.id
     return page(request, "work_review.html", title=title, project_id=project_id, pending=pending, handles=handles,
@@ -475,5 +625,5 @@ def resolve(request: Request, viewer: SignedIn, dispute_id: str,
     return RedirectResponse(f"/work/projects/{project_id}/gold?done=dispute-{decision}", status_code=303)
 
 
-__all__ = ["SAMPLES", "SOURCES", "TASK_TYPES", "items_of", "parse_criteria", "parse_questions", "project_body",
-           "router"]
+__all__ = ["SAMPLES", "SOURCES", "TASK_TYPES", "criteria_text", "items_of", "parse_criteria", "parse_questions",
+           "project_body", "router", "settings_body", "template_body"]

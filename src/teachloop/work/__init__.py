@@ -12,12 +12,14 @@ imports ``loop/``, ``train/``, ``market/`` or ``serve/``. Services take a caller
 - ``review``: accept / fix / reject, quality and the pause rule, gold disputes;
 - ``pay``: earnings through the ledger, review windows, minimum-rate top-ups, payouts;
 - ``results``: agreement, aggregation, dataset versions;
+- ``publish``: authored tasks published as an environment version (with who wrote each task);
+- ``suggestions``: items without a model suggestion, and storing a deployment's replies;
 - ``values``: answer validation per task type; ``quality``: the statistics.
 
 ``docs/work.md`` describes the whole; the domain types are in ``teachloop.core.work``.
 """
 
-from teachloop.work import pay, projects, results, review, tasks, values, workforce
+from teachloop.work import pay, projects, publish, results, review, suggestions, tasks, values, workforce
 from teachloop.work.quality import (
     AggregatedLabel,
     RankedItem,
@@ -47,9 +49,11 @@ __all__ = [
     "pay",
     "preference_confidence",
     "projects",
+    "publish",
     "ranking_from_orderings",
     "results",
     "review",
+    "suggestions",
     "tasks",
     "values",
     "wilson_lower_bound",

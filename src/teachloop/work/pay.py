@@ -144,6 +144,13 @@ def close_period(session: Session, org_id: str, project: WorkProject, period: st
     return row
 
 
+def list_periods(session: Session, org_id: str, project: WorkProject) -> list[WorkPayPeriod]:
+    """The project's closed pay periods, latest first."""
+    return list(session.scalars(select(WorkPayPeriod).where(WorkPayPeriod.org_id == org_id,
+                                                            WorkPayPeriod.project_id == project.id)
+                                .order_by(WorkPayPeriod.ends_at.desc(), WorkPayPeriod.id.desc())))
+
+
 def period_out(row: WorkPayPeriod) -> PeriodOut:
     """A closed period as returned by the API."""
     return PeriodOut(id=row.id, project_id=row.project_id, period=row.period, starts_at=row.starts_at,
@@ -180,5 +187,5 @@ def payout(db: Database, payouts: Payouts, org_id: str, user_id: str, key: str, 
     return payouts.request(org_id, key, account, Money(amount=held, currency=currency), f"expert:{user_id}")
 
 
-__all__ = ["PAID_STATES", "amount_for", "close_period", "earn", "earnings", "expert_account", "payout",
-           "period_out", "release_due"]
+__all__ = ["PAID_STATES", "amount_for", "close_period", "earn", "earnings", "expert_account", "list_periods",
+           "payout", "period_out", "release_due"]

@@ -283,6 +283,14 @@ def template_out(row: WorkTemplate) -> TemplateOut:
     return TemplateOut(project_id=row.project_id, version=row.version, spec=spec_of(row), created_at=row.created_at)
 
 
+def item_payload(session: Session, org_id: str, item_id: str) -> dict[str, Any]:
+    """What an item shows (its prompt, reply, candidates, suggestion, context): never its gold answer."""
+    row = session.get(WorkItem, item_id)
+    if row is None or row.org_id != org_id:
+        raise NotFound(f"item {item_id!r} not found", param="item")
+    return dict(row.payload)
+
+
 def list_items(session: Session, org_id: str, ref: str, *, gold: bool | None = None, limit: int = 500) -> list[ItemOut]:
     """The owner's view of a project's items (gold answers included), oldest first."""
     project = get_project(session, org_id, ref)
@@ -298,6 +306,6 @@ def list_items(session: Session, org_id: str, ref: str, *, gold: bool | None = N
                     answers=counts.get(r.id, 0), created_at=r.created_at) for r in rows]
 
 
-__all__ = ["COUNTED", "add_items", "counted_answers", "create_project", "get_project", "list_items",
+__all__ = ["COUNTED", "add_items", "counted_answers", "create_project", "get_project", "item_payload", "list_items",
            "list_projects", "new_template", "project_out", "settings_of", "spec_of", "template_of", "template_out",
            "update_settings"]

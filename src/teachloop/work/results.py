@@ -29,7 +29,7 @@ authoring       prompts   the authored prompt with its reference answer and rubr
 
 Aggregates below ``min_confidence`` stay out (counted in ``skipped_low_confidence``). Authored
 tasks become an environment-tasks dataset (``prompts`` rows that the loop's GRPO and any
-environment reading a dataset use), not a published environment package.
+environment reading a dataset use); ``work.publish`` publishes them as an environment version too.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.store.repos.datasets import NewRow, expert_label
 from teachloop.store.repos.work import WorkQueue
+from teachloop.store.schema.datasets import Dataset
 from teachloop.store.schema.work import WorkAnswer, WorkItem, WorkProject
 from teachloop.work.projects import COUNTED, get_project, settings_of, spec_of, template_of
 from teachloop.work.quality import (
@@ -73,6 +74,11 @@ def _answers(session: Session, project: WorkProject, states: tuple[str, ...]) ->
     return list(session.scalars(select(WorkAnswer).where(
         WorkAnswer.project_id == project.id, WorkAnswer.is_gold.is_(False), WorkAnswer.status.in_(states))
         .order_by(WorkAnswer.created_at, WorkAnswer.id)))
+
+
+def accepted_answers(session: Session, project: WorkProject) -> list[WorkAnswer]:
+    """The project's accepted or fixed answers on non-gold items, oldest first."""
+    return _answers(session, project, ("accepted", "fixed"))
 
 
 def _by_question(task_type: TaskType, answers: list[WorkAnswer]) -> dict[str, dict[str, dict[str, Hashable]]]:
@@ -216,6 +222,11 @@ def _trace(session: Session, item: WorkItem) -> str | None:
     return trace.id if trace is not None and trace.org_id == item.org_id else None
 
 
+def result_datasets(session: Session, org_id: str, project_ref: str) -> list[Dataset]:
+    """The versions of the project's result dataset, newest first."""
+    return WorkQueue(session).result_datasets(org_id, get_project(session, org_id, project_ref))
+
+
 def build_dataset(database: Database, blobs: BlobStore, org_id: str, project_ref: str, *,
                   actor: str = "system") -> DatasetResult:
     """Record the project's aggregated results as the next version of its dataset (module docstring)."""
@@ -236,4 +247,4 @@ def build_dataset(database: Database, blobs: BlobStore, org_id: str, project_ref
                          skipped_low_confidence=skipped)
 
 
-__all__ = ["KIND_OF", "agreement", "build_dataset", "final_value"]
+__all__ = ["KIND_OF", "accepted_answers", "agreement", "build_dataset", "final_value", "result_datasets"]

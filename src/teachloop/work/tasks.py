@@ -190,11 +190,14 @@ def release(session: Session, org_id: str, user_id: str | None, assignment_id: s
     return lease
 
 
-def my_answers(session: Session, org_id: str, user_id: str | None, *, limit: int = 200) -> list[MyAnswerOut]:
-    """The expert's own answers, newest first, with their reviews (never a gold answer)."""
+def my_answers(session: Session, org_id: str, user_id: str | None, *, limit: int = 200,
+               project_ref: str | None = None) -> list[MyAnswerOut]:
+    """The expert's own answers (in one project), newest first, with their reviews (never a gold answer)."""
     get_expert(session, org_id, user_id)
-    rows = session.scalars(select(WorkAnswer).where(WorkAnswer.org_id == org_id, WorkAnswer.expert_id == user_id)
-                           .order_by(WorkAnswer.created_at.desc(), WorkAnswer.id.desc()).limit(limit))
+    query = select(WorkAnswer).where(WorkAnswer.org_id == org_id, WorkAnswer.expert_id == user_id)
+    if project_ref is not None:
+        query = query.where(WorkAnswer.project_id == get_project(session, org_id, project_ref).id)
+    rows = session.scalars(query.order_by(WorkAnswer.created_at.desc(), WorkAnswer.id.desc()).limit(limit))
     return [MyAnswerOut(id=a.id, project_id=a.project_id, item_id=a.item_id, status=AnswerStatus(a.status),
                         reason=a.reason, gold_scored=a.is_gold, gold_correct=a.gold_correct, amount=a.amount,
                         currency=a.currency, created_at=a.created_at) for a in rows]

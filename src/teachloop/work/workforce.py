@@ -22,7 +22,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import Conflict, InvalidInput, NotFound
-from teachloop.core.work import AttemptOut, ExamCreate, ExamOut, ExpertCreate, ExpertOut, PublicQuestion
+from teachloop.core.work import (
+    AttemptOut,
+    ExamCreate,
+    ExamOut,
+    ExamSummary,
+    ExpertCreate,
+    ExpertOut,
+    PublicQuestion,
+)
 from teachloop.store.repos.audit import AuditLog
 from teachloop.store.schema.base import utc_now
 from teachloop.store.schema.tenancy import Membership, User
@@ -139,6 +147,22 @@ def get_exam(session: Session, org_id: str, skill: str) -> WorkExam:
     return row
 
 
+def list_exams(session: Session, org_id: str) -> list[ExamSummary]:
+    """The organisation's exams by skill (no questions: what the owner's list and the join form show)."""
+    rows = session.scalars(select(WorkExam).where(WorkExam.org_id == org_id).order_by(WorkExam.skill))
+    return [ExamSummary(id=r.id, skill=r.skill, questions=len(r.questions or []), pass_score=r.pass_score,
+                        cooldown_s=r.cooldown_s) for r in rows]
+
+
+def my_attempts(session: Session, org_id: str, user_id: str | None) -> list[AttemptOut]:
+    """The expert's exam attempts, newest first (each with its retake time when failed)."""
+    get_expert(session, org_id, user_id)
+    rows = session.execute(select(WorkExamAttempt, WorkExam).join(WorkExam, WorkExam.id == WorkExamAttempt.exam_id)
+                           .where(WorkExamAttempt.org_id == org_id, WorkExamAttempt.expert_id == user_id)
+                           .order_by(WorkExamAttempt.created_at.desc(), WorkExamAttempt.id.desc()))
+    return [attempt_out(a, exam) for a, exam in rows]
+
+
 def exam_for(session: Session, org_id: str, skill: str) -> ExamOut:
     """The exam as an expert sees it: questions and options, never the answers."""
     row = get_exam(session, org_id, skill)
@@ -191,4 +215,4 @@ def attempt(session: Session, org_id: str, user_id: str, skill: str, answers: di
 
 
 __all__ = ["add_expert", "attempt", "attempt_out", "check_skill", "exam_for", "expert_out", "get_exam",
-           "get_expert", "list_experts", "pause", "put_exam", "qualified", "resume"]
+           "get_expert", "list_exams", "list_experts", "my_attempts", "pause", "put_exam", "qualified", "resume"]

@@ -217,3 +217,29 @@ def test_operator_prices_quotas_429_and_idempotent_invoices(client: TestClient, 
     assert client.get("/api/billing/quotas", headers=buyer).json()["data"] == []
     r = client.delete("/api/billing/prices?meter=prompt_tokens&scope=*", headers=op)
     assert r.status_code == 204 and client.get("/api/billing/prices", headers=op).json()["data"] == []
+
+
+def test_a_request_becomes_a_labeling_project_and_is_fulfilled_by_a_listing(client: TestClient, keys: Keys) -> None:
+    """The app layer joins market and work: a supplier turns an open request into its own labeling project (the
+    request's text is the template), the buyer marks the request fulfilled; bad input changes nothing."""
+    body = {"title": "Support replies", "description": "Ideal replies to <b>angry</b> customers.", "size": 50}
+    rid = client.post("/api/requests", json=body, headers=auth(keys.buyer)).json()["id"]
+    bad = error_of(client.post(f"/api/requests/{rid}/project", json={"name": "x", "task_type": "juggling"},
+                               headers=auth(keys.broker_member)), 400)
+    assert "task_type" in (bad["param"] or bad["message"])
+    assert client.get("/api/work/projects", headers=auth(keys.broker_member)).json()["data"] == []
+    r = client.post(f"/api/requests/{rid}/project", json={"name": "support-replies", "task_type": "demonstration"},
+                    headers=auth(keys.broker_member))
+    assert r.status_code == 201, r.text
+    project = r.json()
+    assert project["fulfils"] == rid and project["task_type"] == "demonstration"
+    assert project["title"] == "Support replies"
+    template = client.get(f"/api/work/projects/{project['id']}/templates/1", headers=auth(keys.broker_member))
+    assert template.status_code == 200, template.text
+    instructions = template.json()["spec"]["instructions"]
+    assert "Ideal replies to <b>angry</b> customers." in instructions and "size: 50" in instructions
+    # the buyer marks its request fulfilled by a listing; a second time is a conflict
+    done = client.post(f"/api/requests/{rid}/fulfil", json={"listing_id": keys.relevant}, headers=auth(keys.buyer))
+    assert done.status_code == 200 and done.json()["status"] == "fulfilled", done.text
+    error_of(client.post(f"/api/requests/{rid}/fulfil", json={"listing_id": keys.relevant}, headers=auth(keys.buyer)),
+             409)

@@ -49,7 +49,7 @@ def test_create_items_experts_and_refusals(db: Database, org: Org, env: Path) ->
     before = (_count(db, WorkProject), _count(db, WorkItem))
     items.write_text(json.dumps({"prompt": [{"role": "user", "content": "q"}], "candidates": []}))
     for args in (["work", "items", "cmp", str(items)], ["work", "create", str(spec)],
-                 ["work", "expert", "nobody@acme.test"], ["work", "agreement", "nope"]):
+                 ["work", "expert", "nobody@acme.test"], ["work", "agreement", "nope"], ["work", "publish", "cmp"]):
         r = runner.invoke(app, [*args, "--org", "acme"])
         assert r.exit_code != 0 and "Traceback" not in r.output, (args, r.output)
     assert (_count(db, WorkProject), _count(db, WorkItem)) == before

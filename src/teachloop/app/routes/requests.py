@@ -15,6 +15,12 @@
   the caller's own for anyone else.
 - ``POST /api/requests/{request_id}/proposals/{proposal_id}/accept``: the buyer accepts one
   proposal (the others are declined, the request becomes ``matched``); retrying is a no-op.
+- ``POST /api/requests/{request_id}/fulfil``: the buyer marks its request fulfilled by a listing.
+- ``POST /api/requests/{request_id}/project`` (201): turn a request the caller can see into a
+  labeling project of the caller's organisation (``work.projects.create_project`` with a
+  ``request`` source: the request's spec becomes the template's instructions and the project
+  records that it fulfils the request). This is the join of ``market`` and ``work``, which never
+  import each other: only the app layer holds both.
 
 Reads need a viewer key (or a ``buyer`` / ``broker`` key), writes a member key (or the
 ``buyer`` role to post and accept, the ``broker`` role to propose). The service is
@@ -27,8 +33,10 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from teachloop.app.auth import CurrentPrincipal, Deps
+from teachloop.app import joins
+from teachloop.app.auth import CurrentPrincipal, Deps, Member
 from teachloop.app.routes.market import OrderCreate, OrderOut, order_out
 from teachloop.core.errors import Forbidden
 from teachloop.core.requests import (
@@ -42,7 +50,9 @@ from teachloop.core.requests import (
     RequestList,
 )
 from teachloop.core.tenancy import Principal, Role
+from teachloop.core.work import ProjectOut, ProjectSettings, TaskType, TemplateSpec
 from teachloop.market.requests import DataRequests, order_for_proposal
+from teachloop.work.projects import project_out
 
 router = APIRouter(prefix="/api", tags=["requests"])
 
@@ -133,4 +143,39 @@ def order_proposal(
     return order_out(order)
 
 
-__all__ = ["Buyer", "Proposer", "Reader", "router"]
+class FulfilBody(BaseModel):
+    """Body of ``POST /api/requests/{id}/fulfil``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listing_id: str = Field(max_length=40, description="The listing that fulfils the request.")
+
+
+class RequestProject(BaseModel):
+    """Body of ``POST /api/requests/{id}/project``: the labeling project to make from the request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="The project's name in the organisation.")
+    task_type: TaskType
+    template: TemplateSpec = Field(default_factory=TemplateSpec, description="Added to the request's own text.")
+    settings: ProjectSettings = Field(default_factory=ProjectSettings)
+
+
+@router.post("/requests/{request_id}/fulfil", response_model=DataRequestOut)
+def fulfil_request(request_id: str, body: FulfilBody, principal: Buyer, deps: Deps) -> DataRequestOut:
+    """The buyer marks its request fulfilled by a listing (its own, or a published one)."""
+    with deps.database.session() as s:
+        return DataRequests(s).fulfil(principal.org_id, request_id, body.listing_id)
+
+
+@router.post("/requests/{request_id}/project", status_code=201, response_model=ProjectOut)
+def project_from_request(request_id: str, body: RequestProject, principal: Member, deps: Deps) -> ProjectOut:
+    """A labeling project of the caller's organisation made from a request it can see (its spec is the template)."""
+    with deps.database.session() as s:
+        row = joins.project_from_request(s, principal.org_id, request_id, name=body.name, task_type=body.task_type,
+                                         template=body.template, settings=body.settings, actor=principal.key_id)
+        return project_out(s, row)
+
+
+__all__ = ["Buyer", "FulfilBody", "Proposer", "Reader", "RequestProject", "router"]

@@ -10,6 +10,11 @@ Owners (a member key or higher):
   (``?gold=``) with gold answers; ``GET .../answers`` (``?status=``).
 - ``GET .../{project}/agreement``; ``POST .../{project}/dataset``: aggregate and record the next
   dataset version; ``POST .../{project}/periods``: close a pay period (minimum-rate top-ups).
+- ``POST .../{project}/environment``: publish an authoring project's accepted tasks as an
+  environment version through the environment hub (``work.publish``; every publish-time check runs).
+- ``POST .../{project}/suggestions``: ask a deployment (``core.work.SuggestionsFill``) for the model
+  suggestion of each item without one (``app.joins.fill_suggestions``: the serving runtime answers,
+  ``work.suggestions`` stores; each call is a traced completion of the organisation).
 - ``POST /api/work/experts``: a member becomes an expert (skills); ``GET /api/work/experts``;
   ``GET /api/work/experts/{user_id}/quality``; ``PUT /api/work/exams/{skill}``;
   ``GET /api/work/disputes``, ``POST /api/work/disputes/{dispute_id}/resolve``;
@@ -36,7 +41,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from teachloop.app.auth import CurrentPrincipal, Deps, Member
+from teachloop.app import joins
+from teachloop.app.auth import CurrentPrincipal, Deps, Member, ServingDep
 from teachloop.core.errors import Forbidden
 from teachloop.core.tenancy import Principal, Role
 from teachloop.core.work import (
@@ -49,6 +55,8 @@ from teachloop.core.work import (
     DisputeOut,
     DisputeResolve,
     EarningsOut,
+    EnvPublish,
+    EnvPublished,
     ExamCreate,
     ExamOut,
     ExpertCreate,
@@ -64,11 +72,13 @@ from teachloop.core.work import (
     QualityOut,
     ReviewBody,
     SubmitBody,
+    SuggestionsFill,
+    SuggestionsFilled,
     TaskOut,
     TemplateOut,
     TemplateSpec,
 )
-from teachloop.work import pay, projects, results, review, tasks, workforce
+from teachloop.work import pay, projects, publish, results, review, tasks, workforce
 
 router = APIRouter(prefix="/api/work", tags=["work"])
 
@@ -239,6 +249,20 @@ def agreement(project: str, principal: Member, deps: Deps) -> AgreementOut:
 def build_dataset(project: str, principal: Member, deps: Deps) -> DatasetResult:
     """Aggregate the accepted answers and record the next version of the project's dataset."""
     return results.build_dataset(deps.database, deps.blobs, principal.org_id, project, actor=principal.key_id)
+
+
+@router.post("/projects/{project}/environment", response_model=EnvPublished)
+async def publish_environment(project: str, body: EnvPublish, principal: Member, deps: Deps) -> EnvPublished:
+    """Publish the accepted authored tasks as an environment version (``created`` false when unchanged)."""
+    return await publish.publish_environment(deps.database, deps.blobs, principal.org_id, project, body,
+                                             actor=principal.key_id)
+
+
+@router.post("/projects/{project}/suggestions", response_model=SuggestionsFilled)
+async def fill_suggestions(project: str, body: SuggestionsFill, principal: Member, deps: Deps,
+                           serving: ServingDep) -> SuggestionsFilled:
+    """Ask a deployment for the suggestion of each item that has none (demonstration and correction projects)."""
+    return await joins.fill_suggestions(deps.database, serving, principal, project, body)
 
 
 @router.post("/projects/{project}/periods", status_code=201, response_model=PeriodOut)
