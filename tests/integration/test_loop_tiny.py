@@ -73,15 +73,17 @@ def _config() -> dict[str, Any]:
     digits = {"env": DIGITS}
     return {
         "sources": [{"kind": "grader", **digits, "lookup_tasks": 50, "min_score": 0.5}],
-        "curation": {"holdout_frac": 0.3, "pii": False, "near_dup_threshold": None, "dedupe": False},
+        "curation": {"holdout_frac": 0.3, "near_dup_threshold": None, "dedupe": False},  # pii: on, as shipped
         "trigger": {"every": 24, "min_examples": 8},
         "algorithm": {"kind": "grpo", "train": {
             "steps": 12, "seed": 1, "lora": {"rank": 8, "unembed": True}, "optim": {"lr": 3e-2},
             "rl": {"prompts_per_step": 4, "group_size": 6, "max_tokens": 8}}},
-        "gate": {"max_tokens": 8, "confidence": 0.9, "bootstrap_samples": 2000, "max_regression": 0.5,
+        # the documented gate and rollback thresholds (max_regression 0.05, max_drop 0.05): a candidate that
+        # is not really better fails here
+        "gate": {"max_tokens": 8, "confidence": 0.9, "bootstrap_samples": 2000,
                  "environments": [{**digits, "tasks": 21, "seed": 3}]},
         "promotion": {"canary_percent": 50, "canary_min_requests": 4, "min_samples": 4, "signals": ["grader"],
-                      "max_drop": 0.9, "watch_requests": 4},
+                      "watch_requests": 4},
     }
 
 
@@ -110,6 +112,8 @@ def test_one_full_iteration_trains_gates_and_canaries_through_the_running_server
     assert it["counts"]["train"] + it["counts"]["holdout"] == 28
     assert it["gate"]["test"]["method"].startswith("paired bootstrap")
     assert it["status"] == "canary", it["reason"]
+    assert it["gate"]["test"]["lower_bound"] > 0  # better at 90% confidence ...
+    assert all(s["mean_diff"] >= -0.05 for s in it["gate"]["suites"]), it["gate"]  # ... and no suite fell
     with db.session(write=False) as s:
         dep = Deployments(s).get(org, "digits")
     assert dep.canary_version_id is not None and dep.canary_percent == 50
@@ -124,7 +128,9 @@ def test_one_full_iteration_trains_gates_and_canaries_through_the_running_server
     assert min(arms["primary"], arms["canary"]) >= 4, arms
     result = asyncio.run(runner.tick())
     [it] = history(db, org, "digits")
-    assert it["status"] == "promoted" and result.phase == "watch"
+    assert it["status"] == "promoted" and result.phase == "watch", it["reason"]
+    canary = it["canary"]["canary"]  # online, the canary arm did not fall by more than max_drop 0.05
+    assert canary["candidate"]["grader_mean"] >= canary["baseline"]["grader_mean"] - 0.05, canary
     with db.session(write=False) as s:
         dep = Deployments(s).get(org, "digits")
         version = Deployments(s).adapters.get(org, str(dep.adapter_version_id))
@@ -136,9 +142,16 @@ def test_the_demo_runs_on_the_tiny_model(tmp_path: Path) -> None:
     from teachloop.cli.demo import DemoOptions, run_demo
 
     model = tiny_llama(tmp_path / "models")
-    rounds = run_demo(DemoOptions(iterations=1, requests=16, users=4, steps=2, gate_tasks=8, max_rounds=2),
-                      tmp_path / "home", model_dir=model)
+    result = run_demo(DemoOptions(iterations=1, requests=16, users=4, steps=2, gate_tasks=8, max_rounds=2,
+                                  fresh_tasks=8, reference_minutes=0.05), tmp_path / "home", model_dir=model)
+    rounds = result.rounds
     assert [r.number for r in rounds] == [0, 1] and all(r.requests == 16 for r in rounds)
+    # both curves: the loop's online reward per round and the offline reference over the loop's wall clock
+    assert [r.minutes for r in rounds] == sorted(r.minutes for r in rounds) and rounds[0].minutes > 0
+    assert len(result.reference) == 7 and all(0.0 <= y <= 1.0 for _, y in result.reference)
+    assert result.reference[-1][0] >= 0.05  # trained for the minutes asked (by default: as long as the loop ran)
+    svg = (tmp_path / "home" / "demo.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "offline GRPO reference" in svg
     assert all("primary:base" in r.reward for r in rounds)
     db = Database(f"sqlite:///{tmp_path / 'home' / 'teachloop.db'}")
     with db.session(write=False) as s:

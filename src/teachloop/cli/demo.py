@@ -17,7 +17,25 @@
    an iteration (snapshot -> GRPO -> gate -> canary), judges the canary, or
    watches the promoted version.
 5. It prints each round's online reward per arm and, at the end, the online
-   reward of each version the deployment served to everyone.
+   reward of each version the deployment served to everyone, and checks every
+   promotion on a **fresh held-out set** (``--fresh-tasks`` tasks of a seed
+   neither the traffic nor the gate used): the promoted version's greedy
+   reward against the version it replaced.
+6. The **offline reference** (unless ``--no-reference``): GRPO as
+   ``bench/learn_arithmetic.py`` trains it (8 prompts x 8 samples, lr 5e-4,
+   LoRA r16, the level's train split), on the same engine, for as long as the
+   loop ran (its wall clock from the first round to the last), evaluated
+   greedily on ``2 x --requests`` traffic-like tasks at seven points (the
+   evaluations are outside its clock). Both curves -- the loop's online
+   reward per round and the reference -- are printed and written as an SVG
+   (``--svg``, default ``HOME/demo.svg``; ``train.plot.svg_plot``).
+
+The loop keeps what it learns (``algorithm.lineage``: each iteration continues
+the newest candidate that was not worse than the deployed version; steps
+double while the candidate still improves, up to 4x ``--steps``; rollouts at
+temperature 0.7 once the gate reward reaches 0.8). ``--restart`` runs the
+behaviour before issue 16 instead (every iteration restarts from the deployed
+adapter with ``--steps`` steps), which ``bench/loop_vs_offline.py`` compares.
 
 The demo stops after ``--iterations`` promotions, ``--max-rounds`` rounds or
 ``--budget-min`` minutes, whichever comes first.
@@ -32,7 +50,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +77,18 @@ class DemoOptions:
     gate_tasks: int = 200
     canary_percent: int = 25
     seed: int = 0
+    lineage: bool = True
+    reference: bool = True
+    fresh_tasks: int = 100
+    svg: Path | None = None
+    reference_minutes: float | None = None  # None: as long as the loop ran
+
+
+def keep(opts: DemoOptions) -> dict[str, Any]:
+    """The loop's lineage fields (issue 16), or those of the behaviour before it (``lineage = False``)."""
+    if not opts.lineage:
+        return {"lineage": False, "max_steps": None, "late_temperature": None}
+    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": 0.7, "late_reward": 0.8}
 
 
 def loop_config(opts: DemoOptions) -> dict[str, Any]:
@@ -69,7 +99,7 @@ def loop_config(opts: DemoOptions) -> dict[str, Any]:
         "sources": [{"kind": "grader", **env, "answer": "lookup", "lookup_tasks": 5000}],
         "curation": {"holdout_frac": 0.1, "metadata": {"app": "calc-demo"}},
         "trigger": {"every": max(8, opts.requests // 2), "min_examples": 16},
-        "algorithm": {"kind": "grpo", "warm_start": True, "train": {
+        "algorithm": {"kind": "grpo", "warm_start": True, **keep(opts), "train": {
             "steps": opts.steps, "seed": opts.seed, "lora": {"rank": 16, "alpha": 32}, "optim": {"lr": 5e-4},
             "rl": {"prompts_per_step": 4, "group_size": 8, "max_tokens": 32, "temperature": 1.0}}},
         "gate": {"metric": "reward", "test": "bootstrap", "confidence": 0.95, "max_tokens": 32,
@@ -92,6 +122,25 @@ class Round:
     reward: dict[str, float | None] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     loop: str = ""
+    minutes: float = 0.0  # when the round's traffic ended, minutes since the first round began
+
+    @property
+    def overall(self) -> float | None:
+        """The round's online reward over every arm (what the users got)."""
+        n = sum(self.counts.values())
+        return sum((self.reward[k] or 0.0) * c for k, c in self.counts.items()) / n if n else None
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured: the rounds, the offline reference curve, the fresh held-out checks."""
+
+    rounds: list[Round]
+    reference: list[tuple[float, float]] = field(default_factory=list)
+    fresh: list[dict[str, Any]] = field(default_factory=list)
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+    loop_minutes: float = 0.0
+    svg: Path | None = None
 
 
 def _free_port() -> int:
@@ -218,15 +267,17 @@ async def _rounds(url: str, key: str, opts: DemoOptions, runner: Any, database: 
 
     rounds: list[Round] = []
     promoted = 0
+    t_loop = time.perf_counter()
     for number in range(opts.max_rounds):
         if promoted >= opts.iterations or (time.perf_counter() - t0) / 60 > opts.budget_min:
             break
         served = _serving(database, org_id)
         since = utc_now()
         answered, seconds = await send_round(url, key, opts, number)
+        ended = (time.perf_counter() - t_loop) / 60
         result = await runner.tick()
         reward, counts = round_figures(database, org_id, since)
-        rnd = Round(number, served, answered, seconds, reward, counts)
+        rnd = Round(number, served, answered, seconds, reward, counts, minutes=ended)
         shown = "  ".join(f"{k} {v:.3f} (n={counts[k]})" for k, v in sorted(reward.items()) if v is not None)
         console.print(f"[bold]round {number}[/]: {answered} requests in {seconds:.0f}s to {served}: online reward "
                       f"{shown}", highlight=False)
@@ -255,7 +306,126 @@ def summary(rounds: list[Round]) -> list[tuple[str, float, int]]:
     return result
 
 
-def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) -> list[Round]:
+def _greedy_reward(engine: Any, renderer: Any, tasks: list[Any], adapter: str | None) -> float:
+    """Mean grader reward of greedy 32-token replies of ``adapter`` (None: the base) to ``tasks``."""
+    from teachloop.core.sampling import SamplingParams
+    from teachloop.engine.completer import EngineCompleter
+    from teachloop.envs import Arithmetic, rollout
+
+    groups = asyncio.run(rollout(Arithmetic(level=1), tasks, EngineCompleter(engine, renderer, adapter=adapter),
+                                 group_size=1, params=SamplingParams(max_tokens=32, temperature=0.0),
+                                 max_concurrent_groups=max(1, len(tasks))))
+    return statistics.fmean(g.rewards[0] for g in groups) if groups else 0.0
+
+
+def fresh_check(engine: Any, renderer: Any, blobs: Any, iterations: list[dict[str, Any]], versions: dict[str, Any],
+                opts: DemoOptions) -> list[dict[str, Any]]:
+    """Each promotion on a fresh held-out set: the promoted version's greedy reward vs the version it replaced.
+
+    ``versions`` maps ``NAME@N`` to its ``AdapterVersion``; the tasks come from a seed neither the traffic
+    (10_000 + ...) nor the gate (1_000_003) uses.
+    """
+    from teachloop.envs import Arithmetic
+
+    tasks = Arithmetic(level=1).take(opts.fresh_tasks, seed=7_000_007 + opts.seed)
+    out = []
+    loaded: dict[str | None, float] = {}
+
+    def score(ref: str) -> float:
+        if ref not in loaded:
+            name = None
+            if ref != "base":
+                name = f"demo-fresh-{versions[ref].version}"
+                with tempfile.TemporaryDirectory(prefix="teachloop-demo-") as tmp:
+                    engine.load_adapter(name, blobs.get_dir(versions[ref].blob_key, Path(tmp) / "a"))
+            loaded[ref] = _greedy_reward(engine, renderer, tasks, name)
+        return loaded[ref]
+
+    for it in sorted(iterations, key=lambda i: i["number"]):
+        if it["status"] != "promoted" or not it.get("candidate"):
+            continue
+        before, after = score(it["baseline"]), score(it["candidate"])
+        out.append({"iteration": it["number"], "replaced": it["baseline"], "promoted": it["candidate"],
+                    "replaced_reward": before, "promoted_reward": after, "n": len(tasks), "worse": after < before})
+    return out
+
+
+def offline_reference(engine: Any, renderer: Any, minutes: float, opts: DemoOptions, *, points: int = 7,
+                      log: Any = None) -> list[tuple[float, float]]:
+    """GRPO offline (bench/learn_arithmetic.py's setup) for ``minutes`` of training wall clock, evaluated greedily
+    on ``2 x opts.requests`` traffic-like tasks at ``points`` evenly spaced times (evaluation outside the clock)."""
+    from teachloop.catalog.envref import resolve_env
+    from teachloop.envs import Arithmetic
+    from teachloop.train.config import LoraSection, OptimSection, RLSection
+    from teachloop.train.grpo import GRPO
+
+    name = "demo-offline-reference"
+    engine.create_adapter(name, LoraSection(rank=16, alpha=32).spec(seed=opts.seed))
+    args: dict[str, Any] = {"level": 1, "split": "train"}
+    rl = RLSection(env="arithmetic", env_args=args, prompts_per_step=8, group_size=8, max_tokens=32,
+                   temperature=1.0, loss="ppo")
+    algo = GRPO(rl=rl, optim=OptimSection(lr=5e-4, grad_clip=1.0), total_steps=10**6, seed=opts.seed,
+                env=resolve_env("arithmetic", **args), engine=engine, renderer=renderer, adapter=name)
+    tasks = Arithmetic(level=1).take(2 * opts.requests, seed=20_000 + opts.seed)
+    budget = minutes * 60
+    marks = [budget * i / (points - 1) for i in range(points)] if points > 1 else [budget]
+    curve: list[tuple[float, float]] = []
+    spent, step = 0.0, 0
+
+    async def train_until(limit: float) -> None:
+        nonlocal spent, step
+        while spent < limit:
+            t = time.perf_counter()
+            await algo.step(step)
+            spent += time.perf_counter() - t
+            step += 1
+
+    for mark in marks:
+        asyncio.run(train_until(mark))
+        curve.append((spent / 60, _greedy_reward(engine, renderer, tasks, name)))
+        if log is not None:
+            log(f"offline reference: {spent / 60:5.1f} min, {step} steps: reward {curve[-1][1]:.3f}")
+    drop = getattr(engine, "delete_adapter", None)
+    if drop is not None:
+        with contextlib.suppress(Exception):
+            drop(name)
+    return curve
+
+
+def loop_curve(rounds: list[Round]) -> list[tuple[float, float]]:
+    """(minutes since the first round began, the round's online reward over every arm) per round."""
+    return [(r.minutes, float(r.overall)) for r in rounds if r.overall is not None]
+
+
+def write_svg(path: Path, rounds: list[Round], reference: list[tuple[float, float]]) -> Path:
+    """Both curves as an SVG (``train.plot.svg_plot``)."""
+    from teachloop.train.plot import svg_plot
+
+    series: dict[str, Sequence[tuple[float, float]]] = {"loop: online reward per round": loop_curve(rounds)}
+    if reference:
+        series["offline GRPO reference (held-out traffic-like tasks)"] = list(reference)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(svg_plot(series, title="teachloop demo: the loop vs offline GRPO", y_label="reward",
+                             x_label="minutes"), encoding="utf-8")
+    return path
+
+
+def print_curves(rounds: list[Round], reference: list[tuple[float, float]]) -> None:
+    """Both curves as a table, and each one's last point."""
+    console.print("[bold]online reward per round (loop) and the offline reference:[/]")
+    for r in rounds:
+        if r.overall is not None:
+            console.print(f"  loop      {r.minutes:5.1f} min  round {r.number:2d}  {r.overall:.3f}  ({r.served})",
+                          highlight=False)
+    for minute, reward in reference:
+        console.print(f"  offline   {minute:5.1f} min            {reward:.3f}", highlight=False)
+    if rounds and reference:
+        last = loop_curve(rounds)[-1][1] if loop_curve(rounds) else 0.0
+        console.print(f"  end: loop {last:.3f} vs offline {reference[-1][1]:.3f} "
+                      f"({100 * (last - reference[-1][1]):+.1f} points)", highlight=False)
+
+
+def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) -> DemoResult:
     """The whole demo (see the module docstring); returns its rounds."""
     import httpx
 
@@ -299,8 +469,19 @@ def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) ->
                           f"({(time.perf_counter() - t0):.0f}s)", highlight=False)
             runner = LoopRunner(TrainDeps(engine, renderer, database, blobs, org_id, home / "envs", base),
                                 DEPLOYMENT, listener=_printer(t0))
+            t_loop = time.perf_counter()
             rounds = asyncio.run(_rounds(url, key, opts, runner, database, org_id, t0))
+            loop_minutes = (time.perf_counter() - t_loop) / 60
             iterations = _history(database, org_id)
+        with database.session(write=False) as s:
+            from teachloop.store.repos.deployments import AdapterVersions
+
+            versions = {v.ref: v for v in AdapterVersions(s).list(org_id, DEPLOYMENT)}
+        fresh = fresh_check(engine, renderer, blobs, iterations, versions, opts) if opts.fresh_tasks else []
+        ref_minutes = loop_minutes if opts.reference_minutes is None else opts.reference_minutes
+        reference = (offline_reference(engine, renderer, ref_minutes, opts,
+                                       log=lambda m: console.print(m, highlight=False))
+                     if opts.reference else [])
     finally:
         deps.close()
     console.print()
@@ -308,14 +489,26 @@ def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) ->
     for it in reversed(iterations):
         suites = ", ".join(f"{s['name']} {s['baseline_mean']:.3f} -> {s['candidate_mean']:.3f}"
                            for s in (it.get("gate") or {}).get("suites", []))
+        start = ""
+        if it.get("plan"):
+            pl = it["plan"]
+            start = f"from {pl['start']}{' ' + str(pl['parent_iteration']) if pl.get('parent_iteration') else ''}, " \
+                    f"{pl['steps']} steps  "
         console.print(f"  {it['number']}: {it['status']:11s} {it.get('candidate') or '-':8s} "
-                      f"train {it['train_seconds']:.0f}s  gate: {suites or '-'}", highlight=False)
+                      f"train {it['train_seconds']:.0f}s  {start}gate: {suites or '-'}", highlight=False)
     console.print("[bold]the deployed model's online reward (traffic it served to everyone):[/]")
     for version, reward, n in summary(rounds):
         console.print(f"  {version:10s} {reward:.3f}  (n={n})", highlight=False)
+    for f in fresh:
+        console.print(f"  fresh held-out check, iteration {f['iteration']}: {f['replaced']} {f['replaced_reward']:.3f}"
+                      f" -> {f['promoted']} {f['promoted_reward']:.3f} (n={f['n']})"
+                      f"{'  WORSE' if f['worse'] else ''}", highlight=False)
+    print_curves(rounds, reference)
+    svg = write_svg(opts.svg or home / "demo.svg", rounds, reference)
+    console.print(f"curves: {svg}", highlight=False)
     console.print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min; loop history: "
                   f"TEACHLOOP_HOME={home} teachloop loop history {DEPLOYMENT}", highlight=False)
-    return rounds
+    return DemoResult(rounds, reference, fresh, iterations, loop_minutes, svg)
 
 
 def _history(database: Any, org_id: str) -> list[dict[str, Any]]:
@@ -327,9 +520,12 @@ def _history(database: Any, org_id: str) -> list[dict[str, Any]]:
 def _environ() -> dict[str, str]:
     import os
 
+    from teachloop.core.settings import Settings
+
     env = dict(os.environ)
     for var in ("TEACHLOOP_DATABASE_URL", "TEACHLOOP_BLOB_URL"):
         env.pop(var, None)  # the demo's own home holds its database and blobs
+    env.setdefault("TEACHLOOP_MODEL_CACHE", str(Settings.from_env(env).model_cache))  # the usual one, not HOME's
     return env
 
 
@@ -342,13 +538,35 @@ def demo(
     steps: int = typer.Option(12, "--steps", min=1, help="GRPO steps per iteration."),
     max_rounds: int = typer.Option(12, "--max-rounds", min=1, help="Rounds of traffic at most."),
     budget_min: float = typer.Option(28.0, "--budget-min", min=1, help="Start no round after this many minutes."),
+    restart: bool = typer.Option(False, "--restart", help="The loop before issue 16: every iteration restarts from "
+                                                          "the deployed adapter with --steps steps."),
+    reference: bool = typer.Option(True, "--reference/--no-reference",
+                                   help="Train the offline GRPO reference for as long as the loop ran."),
+    fresh_tasks: int = typer.Option(100, "--fresh-tasks", min=0,
+                                    help="Fresh held-out tasks each promotion is checked on (0: no check)."),
+    svg: Path = typer.Option(None, "--svg", help="Where to write both curves (default: HOME/demo.svg)."),
 ) -> None:
     """Run the loop end to end: simulated users -> traces -> grader -> GRPO -> gate -> canary -> better model."""
     with handle_errors():
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
         opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, max_rounds=max_rounds,
-                           budget_min=budget_min)
+                           budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
+                           svg=svg)
         run_demo(opts, folder)
 
 
-__all__ = ["DemoOptions", "Round", "app", "loop_config", "run_demo", "summary"]
+__all__ = [
+    "DemoOptions",
+    "DemoResult",
+    "Round",
+    "app",
+    "fresh_check",
+    "keep",
+    "loop_config",
+    "loop_curve",
+    "offline_reference",
+    "print_curves",
+    "run_demo",
+    "summary",
+    "write_svg",
+]

@@ -9,7 +9,10 @@ split), when to train (every N new usable examples or on a schedule), how
 the deployed version), the promotion rules (always a canary, then everyone,
 watched for as long as it serves; automatic rollback on a drop) and a daily
 training budget. ``LoopRunner.tick`` does one pass; every iteration is
-recorded with its data, run, figures, decision and reason. Dataset versions,
+recorded with its data, plan, run, figures, decision and reason. The loop keeps
+what it learns (``loop.lineage``): an iteration continues the newest candidate
+that was not worse than the deployed version, with steps that grow while it
+still improves (``algorithm.lineage``, ``max_steps``, ``late_temperature``). Dataset versions,
 their import and export, licences and grants, and adapter publishing are
 ``catalog``'s: the loop records its snapshots and candidates through it.
 
@@ -47,6 +50,7 @@ from teachloop.loop.gate import (
     reward_suite,
     sign_test,
 )
+from teachloop.loop.lineage import ContinueFrom, Plan
 from teachloop.loop.promotion import Verdict, judge, watch
 from teachloop.loop.runner import LoopRunner, TickResult
 from teachloop.loop.scoring import AnswerFinder, score_new_traffic
@@ -69,6 +73,7 @@ __all__ = [
     "BudgetConfig",
     "BudgetExceeded",
     "Candidate",
+    "ContinueFrom",
     "Curated",
     "CurationConfig",
     "CurationReport",
@@ -82,6 +87,7 @@ __all__ = [
     "LoopConfig",
     "LoopRunner",
     "PairedTest",
+    "Plan",
     "PromotionConfig",
     "References",
     "Suite",

@@ -67,11 +67,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
-from teachloop.catalog.envref import ResolvedEnv, resolve_env
+from teachloop.catalog.envref import ResolvedEnv, meter_env_run, resolve_env
 from teachloop.catalog.usage import explain_unusable, meter_use
 from teachloop.core.errors import InvalidInput, TeachloopError
 from teachloop.core.ids import is_id
 from teachloop.core.rl import content_hash
+from teachloop.loop.lineage import ContinueFrom, base_steps, resolve_continue_from
 from teachloop.store.blobs import BlobStore
 from teachloop.store.repos.datasets import Datasets
 from teachloop.store.repos.deployments import Deployments
@@ -154,12 +155,49 @@ class DatasetSource(_Source):
                                                    "(another organisation's, under a grant).")
 
 
+class ExpertsSource(_Source):
+    """A workforce project (``teachloop work``): the loop sends it the traces its grader was unsure of or that got
+    negative feedback (within a daily budget), and trains on the project's aggregated labels once confident."""
+
+    kind: Literal["experts"]
+    project: str = Field(min_length=1, max_length=100, description="The project (name or wprj_... id).")
+    grader_below: float | None = Field(default=None, description="Send traces the loop's grader scored below this.")
+    feedback_at_most: float | None = Field(default=0.0, description="Send traces with feedback at or below this "
+                                                                     "score (null: none).")
+    daily_budget: int = Field(default=50, ge=0, le=100_000, description="Traces sent per UTC day at most.")
+    min_confidence: float = Field(default=0.7, ge=0, le=1, description="Train on rows whose aggregated "
+                                                                       "confidence reaches this.")
+
+
+class UpstreamSource(_Source):
+    """Distillation (issue 17): the replies of the deployment's upstream arm (the teacher) as training data.
+
+    SFT rows are the teacher's replies (``filter``: all of them, or only those whose feedback / the loop's
+    grader scored >= ``min_score``); DPO pairs put the better of teacher and student (a local arm, a shadow
+    included) on one prompt over the other, as ``filter`` (feedback or grader) ranks them.
+    """
+
+    kind: Literal["upstream"]
+    filter: Literal["none", "feedback", "grader"] = Field(default="none",
+                                                          description="Keep the teacher's replies: all, or those "
+                                                                      "scored >= min_score by feedback / the grader.")
+    min_score: float = Field(default=1.0, description="Score at or above which a reply is good.")
+    max_score: float = Field(default=0.0, description="Score at or below which a reply is bad (DPO).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UpstreamSource:
+        if self.max_score >= self.min_score:
+            raise ValueError("max_score must be below min_score")
+        return self
+
+
 def pinned(ref: str | None) -> bool:
     """Whether a dataset reference names one fixed snapshot (``NAME@N`` or ``ds_...``), which never grows."""
     return ref is not None and ("@" in ref or is_id(ref.strip(), "ds"))
 
 
-Source = Annotated[FeedbackSource | GraderSource | LabelsSource | DatasetSource, Field(discriminator="kind")]
+Source = Annotated[FeedbackSource | GraderSource | LabelsSource | DatasetSource | ExpertsSource | UpstreamSource,
+                   Field(discriminator="kind")]
 
 
 class CurationConfig(_Section):
@@ -194,6 +232,24 @@ class AlgorithmConfig(_Section):
     kind: Literal["sft", "dpo", "grpo"]
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (steps, lora, optim, rl, data).")
     warm_start: bool = Field(default=True, description="Start from the deployed adapter (else from the base).")
+    # -- issue 16: keep what the loop learns (see loop.lineage); ``lineage = false``, ``max_steps = null`` and
+    # ``late_temperature = null`` give the behaviour before it (every iteration restarts from the deployed adapter)
+    lineage: bool = Field(default=True, description="Continue the newest candidate that was not worse than the "
+                                                    "deployed version on the gate (else restart from the deployed "
+                                                    "adapter every iteration).")
+    continue_from: str | None = Field(default=None, min_length=1, max_length=200,
+                                      description="The first iteration starts from this candidate of the loop: a "
+                                                  "run id (run_...) of one of its iterations, or a version of the "
+                                                  "deployment's adapter (NAME@N or av_...).")
+    max_steps: int | None = Field(default=None, ge=1, le=100_000,
+                                  description="Adaptive steps: an iteration whose parent candidate still improved "
+                                              "on the gate trains twice as many steps as the last, up to this; one "
+                                              "that got worse goes back to train.steps (null: always train.steps).")
+    late_temperature: float | None = Field(default=None, gt=0, le=5,
+                                           description="Rollout temperature once the lineage's gate reward reaches "
+                                                       "late_reward (null: rl.temperature throughout).")
+    late_reward: float = Field(default=0.8, description="Gate reward (candidate mean) from which late_temperature "
+                                                        "applies.")
 
 
 class GateEnv(_Section):
@@ -323,6 +379,21 @@ def _cross_checks(cfg: LoopConfig) -> None:
                            param="promotion.watch_requests")
     _check_growth(cfg)
     _check_train(cfg)
+    _check_lineage(cfg)
+
+
+def _check_lineage(cfg: LoopConfig) -> None:
+    """Issue 16's algorithm fields (loop.lineage); ``InvalidInput`` naming the field."""
+    a = cfg.algorithm
+    if a.continue_from is not None and not a.warm_start:
+        raise InvalidInput("config field algorithm.continue_from: needs algorithm.warm_start = true",
+                           param="algorithm.continue_from")
+    if a.max_steps is not None and a.max_steps < base_steps(cfg):
+        raise InvalidInput(f"config field algorithm.max_steps: {a.max_steps} is below algorithm.train.steps "
+                           f"({base_steps(cfg)})", param="algorithm.max_steps")
+    if a.late_temperature is not None and a.kind != "grpo":
+        raise InvalidInput("config field algorithm.late_temperature: only grpo samples rollouts",
+                           param="algorithm.late_temperature")
 
 
 def _live(src: Any, algorithm: str) -> bool:
@@ -333,7 +404,9 @@ def _live(src: Any, algorithm: str) -> bool:
         return True
     if isinstance(src, LabelsSource | DatasetSource):
         return not pinned(src.dataset)
-    return False
+    if isinstance(src, UpstreamSource):  # the upstream answers traffic all the time (GRPO: no reference answer)
+        return algorithm != "grpo"
+    return isinstance(src, ExpertsSource)  # an experts project's dataset grows as experts label
 
 
 def _check_growth(cfg: LoopConfig) -> None:
@@ -396,7 +469,7 @@ def training_dict(cfg: LoopConfig, *, model: str, name: str, env: str | None, en
 def _loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for p in loc:
-        if p in ("feedback", "grader", "labels", "dataset") and parts and parts[-1].isdigit():
+        if p in ("feedback", "grader", "labels", "dataset", "experts", "upstream") and parts and parts[-1].isdigit():
             continue  # the discriminator tag of a source
         parts.append(str(p))
     return ".".join(parts) or "config"
@@ -415,7 +488,7 @@ def validate_loop_config(raw: dict[str, Any]) -> LoopConfig:
         if first["type"] == "extra_forbidden":
             msg = "unknown field"
         elif first["type"] == "union_tag_invalid":
-            msg = "kind must be one of feedback, grader, labels, dataset"
+            msg = "kind must be one of feedback, grader, labels, dataset, experts, upstream"
         raise InvalidInput(f"config field {loc}: {msg}", param=loc) from None
     _cross_checks(cfg)
     return cfg
@@ -451,6 +524,7 @@ class References:
     gate_envs: list[ResolvedEnv]
     datasets: dict[int, list[Dataset]]
     licenses: dict[int, str] = field(default_factory=dict)
+    continue_from: ContinueFrom | None = None  # issue 16: algorithm.continue_from, resolved
 
 
 def _resolve(ref: str, args: dict[str, Any], field: str, session: Session, blobs: BlobStore, org_id: str,
@@ -481,6 +555,10 @@ def check_references(cfg: LoopConfig, session: Session, *, blobs: BlobStore, org
             if source_envs[i].env.multi_turn:
                 raise InvalidInput(f"config field sources.{i}.env: {src.env} is multi-turn; the loop grades "
                                    "single-turn traffic", param=f"sources.{i}.env")
+        elif isinstance(src, ExpertsSource):
+            _check_experts(session, org_id, src, i)
+        elif isinstance(src, UpstreamSource):
+            _check_upstream_source(cfg, deployment, src, i)
         elif isinstance(src, LabelsSource | DatasetSource):
             if isinstance(src, LabelsSource) and src.dataset is None:
                 datasets[i] = [d for d in Datasets(session).label_datasets(org_id) if _fits(d.kind, want)]
@@ -505,12 +583,47 @@ def check_references(cfg: LoopConfig, session: Session, *, blobs: BlobStore, org
         _resolve(g.env, g.env_args, f"gate.environments.{i}.env", session, blobs, org_id, cache)
         for i, g in enumerate(cfg.gate.environments)
     ]
-    return References(deployment, source_envs, gate_envs, datasets, licenses)
+    start = None  # issue 16: a candidate of this deployment's loop, in this organisation
+    if cfg.algorithm.continue_from is not None:
+        start = resolve_continue_from(session, org_id, deployment, cfg.algorithm.continue_from)
+    return References(deployment, source_envs, gate_envs, datasets, licenses, continue_from=start)
+
+
+def _check_upstream_source(cfg: LoopConfig, deployment: Deployment, src: UpstreamSource, index: int) -> None:
+    """An ``upstream`` source needs a teacher (an upstream arm) and a local arm to distil into."""
+    if cfg.algorithm.kind == "grpo":
+        raise InvalidInput(f"config field sources.{index}.kind: an upstream source gives SFT rows or DPO pairs, "
+                           "not GRPO prompts", param=f"sources.{index}.kind")
+    if src.filter == "grader" and cfg.grader_source() is None:
+        raise InvalidInput(f"config field sources.{index}.filter: grader needs a grader source to score the "
+                           "traffic", param=f"sources.{index}.filter")
+    teachers = (deployment.upstream_id, deployment.canary_upstream_id, deployment.shadow_upstream_id)
+    if not any(teachers):
+        raise InvalidInput(f"config field sources.{index}.kind: deployment {deployment.name!r} has no upstream arm "
+                           "to distil from", param=f"sources.{index}.kind")
+    if deployment.upstream_id and deployment.canary_upstream_id:
+        raise InvalidInput(f"config field deployment: both arms of {deployment.name!r} are upstream, so there is no "
+                           "local arm to distil into; make the canary an adapter (or end it)", param="deployment")
+
+
+def _check_experts(session: Session, org_id: str, src: ExpertsSource, index: int) -> None:
+    """The project an experts source names exists and can take single traces; ``InvalidInput`` naming the field."""
+    from teachloop.store.repos.work import WorkQueue
+
+    param = f"sources.{index}.project"
+    try:
+        project = WorkQueue(session).project(org_id, src.project)
+    except TeachloopError as err:
+        raise InvalidInput(f"config field {param}: {err}", param=param) from None
+    if project.task_type not in ("demonstration", "correction", "rubric"):
+        raise InvalidInput(f"config field {param}: {project.name} is a {project.task_type} project; the loop sends "
+                           "single traces, for a demonstration, correction or rubric project", param=param)
 
 
 def meter_bought_sources(session: Session, cfg: LoopConfig, refs: References, *, org_id: str,
                          detail: dict[str, Any] | None = None) -> int:
-    """Check and meter one ``train`` use of each granted dataset the sources read (``catalog.usage``).
+    """Check and meter one ``train`` use of each granted dataset the sources read, and one ``run`` of each
+    bought environment the sources and the gate name (``catalog.usage``).
 
     Called once per iteration, in a write session, before the rows are read. Returns how many uses
     the installed gate metered (0 with no gate, or when no grant came from the marketplace);
@@ -523,6 +636,9 @@ def meter_bought_sources(session: Session, cfg: LoopConfig, refs: References, *,
             label = getattr(src, "dataset", None) or ds.ref
             metered += meter_use(session, org_id, "dataset", ds.id, "train", label=label,
                                  detail={**(detail or {}), "source": i, "dataset": ds.ref, "digest": ds.digest})
+    bought_envs = {e.bought: e for e in [*refs.source_envs.values(), *refs.gate_envs] if e.bought}
+    for env in bought_envs.values():  # bought environments (OWNER/NAME@VERSION): one run per iteration
+        metered += meter_env_run(session, org_id, env, detail=detail)
     return metered
 
 
@@ -536,6 +652,7 @@ __all__ = [
     "BudgetConfig",
     "CurationConfig",
     "DatasetSource",
+    "ExpertsSource",
     "FeedbackSource",
     "GateConfig",
     "GateEnv",
@@ -546,6 +663,7 @@ __all__ = [
     "References",
     "Source",
     "TriggerConfig",
+    "UpstreamSource",
     "check_references",
     "load_loop_config",
     "meter_bought_sources",

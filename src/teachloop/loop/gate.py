@@ -177,14 +177,19 @@ def decide(suites: Sequence[Suite], cfg: GateConfig, *, baseline: str = "", cand
 
 
 async def reward_suite(name: str, env: Environment, tasks: Sequence[Task], baseline: ChatCompleter,
-                       candidate: ChatCompleter, *, max_tokens: int, deciding: bool = True) -> Suite:
-    """Greedy replies of both models to ``tasks``, scored by ``env``."""
+                       candidate: ChatCompleter, *, max_tokens: int, deciding: bool = True,
+                       baseline_rewards: Sequence[float] | None = None) -> Suite:
+    """Greedy replies of both models to ``tasks``, scored by ``env`` (``baseline_rewards``: the baseline's
+    rewards on these tasks, already measured -- greedy replies of an unchanged model -- so not sampled again)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     n = max(1, len(tasks))
-    base = await rollout(env, tasks, baseline, group_size=1, params=params, max_concurrent_groups=n)
+    if baseline_rewards is not None and len(baseline_rewards) == len(tasks):
+        base_r = [float(r) for r in baseline_rewards]
+    else:
+        base = await rollout(env, tasks, baseline, group_size=1, params=params, max_concurrent_groups=n)
+        base_r = [g.rewards[0] for g in base]
     cand = await rollout(env, tasks, candidate, group_size=1, params=params, max_concurrent_groups=n)
-    return Suite(name, "reward", [t.id for t in tasks], [g.rewards[0] for g in base], [g.rewards[0] for g in cand],
-                 deciding)
+    return Suite(name, "reward", [t.id for t in tasks], base_r, [g.rewards[0] for g in cand], deciding)
 
 
 def _logprob(engine: Engine, renderer: Renderer, messages: list[Any], adapter: str | None) -> tuple[float, float]:

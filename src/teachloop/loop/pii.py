@@ -16,11 +16,15 @@ in two passes:
      ``passwd``, ``pwd``, ``passphrase`` (``{{PASSWORD}}``) or ``secret``,
      ``token``, ``api_key``, ``access_key``, ``client_secret``,
      ``private_key``, ... (``{{SECRET}}``, values of 8 characters or more)
-     followed by ``:``, ``=`` or ``is`` -- the key word stays, the value
-     goes; and tokens of known shapes
-     anywhere (``sk-...``, ``AKIA...``, ``ghp_...``, ``xox?-...``,
-     ``Bearer ...``);
+     followed by ``:``, ``=`` or ``is`` -- also with a prefix joined by
+     ``_`` or ``-`` (``aws_secret_access_key``, ``GITHUB_TOKEN``,
+     ``db_password``) -- the key word stays, the value goes; and tokens of
+     known shapes anywhere (``sk-...``, AWS ``AKIA...``/``ASIA...``, Google
+     ``AIza...``, ``ghp_...``, ``xox?-...``, ``Bearer ...``);
    * ``{{URL}}`` -- ``http(s)://...`` and ``www....``;
+   * ``{{SOCIAL_SECURITY_NUMBER}}`` -- ``NNN-NN-NNNN`` or ``NNN NN NNNN`` in
+     the SSA's format, published sample numbers included (scrubadub's own
+     detector lets ``078-05-1120`` through);
 
 2. scrubadub's own phone, social security number, twitter handle and
    username/password detectors on what is left.
@@ -42,13 +46,18 @@ _PASSWORD_KEYS = r"pass(?:word|wd|phrase)?|pwd"
 _SECRET_KEYS = (r"secret|token|api[_\- ]?key|apikey|access[_\- ]?(?:key|token)|secret[_\- ]?key|auth[_\- ]?token|"
                 r"client[_\- ]?secret|private[_\- ]?key|bearer[_\- ]?token")
 KEY_VALUE = re.compile(
-    rf"\b(?P<key>{_PASSWORD_KEYS}|{_SECRET_KEYS})\b\s*(?::|=|\bis\b)\s*[\"']?(?P<value>[^\s\"',;]+)",
+    rf"\b(?P<key>(?:[A-Za-z0-9]+[_\-])*(?:{_PASSWORD_KEYS}|{_SECRET_KEYS}))\b\s*(?::|=|\bis\b)\s*[\"']?"
+    rf"(?P<value>[^\s\"',;]+)",
     re.IGNORECASE,
 )
 TOKEN = re.compile(
-    r"\b(?:sk-[A-Za-z0-9_\-]{8,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,})"
+    r"\b(?:sk-[A-Za-z0-9_\-]{8,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{35}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|xox[abprs]-[A-Za-z0-9\-]{10,})"
     r"|(?<=\bBearer )[A-Za-z0-9._\-]{16,}"
 )
+#: US social security numbers in the SSA's format (area not 000, 666 or 9xx; group not 00; serial not 0000),
+#: dashed or spaced -- including published ones (078-05-1120) that scrubadub's own detector lets through
+SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])")
 URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)\]]")
 MIN_SECRET = 8
 SCRUBADUB_DETECTORS = ("phone", "social_security_number", "twitter", "credential")
@@ -77,7 +86,8 @@ def secrets_in(text: str) -> Iterator[tuple[int, int, str]]:
     """(start, end, placeholder type) of credential values and known token shapes."""
     taken: list[tuple[int, int]] = []
     for m in KEY_VALUE.finditer(text):
-        kind = "password" if re.fullmatch(_PASSWORD_KEYS, m.group("key"), re.IGNORECASE) else "secret"
+        kind = "password" if re.search(rf"(?:^|[_\-])(?:{_PASSWORD_KEYS})$", m.group("key"), re.IGNORECASE) \
+            else "secret"
         if kind == "secret" and len(m.group("value")) < MIN_SECRET:
             continue  # "token budget: 5" is not a credential
         taken.append((m.start("value"), m.end("value")))
@@ -99,6 +109,9 @@ def _scrubbers() -> tuple[Any, Any]:
     class SecretFilth(Filth):  # type: ignore[misc]
         type = "secret"
 
+    class SSNFilth(Filth):  # type: ignore[misc]  # scrubadub's own class drops published numbers as invalid
+        type = "social_security_number"
+
     class _Spans(Detector):  # type: ignore[misc]
         """A scrubadub detector over a function yielding (start, end, filth class) spans."""
 
@@ -117,6 +130,7 @@ def _scrubbers() -> tuple[Any, Any]:
         _Spans("teachloop_secret", lambda t: ((b, e, PasswordFilth if k == "password" else SecretFilth)
                                               for b, e, k in secrets_in(t))),
         _Spans("teachloop_url", lambda t: ((m.start(), m.end(), UrlFilth) for m in URL.finditer(t))),
+        _Spans("teachloop_ssn", lambda t: ((m.start(), m.end(), SSNFilth) for m in SSN.finditer(t))),
     ])
     theirs = scrubadub.Scrubber(detector_list=list(SCRUBADUB_DETECTORS))
     return ours, theirs

@@ -31,7 +31,7 @@ knows about training or the gate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from sqlalchemy.orm import Session
@@ -122,7 +122,8 @@ def start_canary(session: Session, org_id: str, deployment: str, version_id: str
         raise InvalidInput(f"a canary serves 1..99 % of users, got {percent}", param="canary_percent")
     repo = Deployments(session)
     current = _state(repo.get(org_id, deployment))
-    state = DeploymentState(current.base_model, current.adapter_version_id, version_id, percent)
+    # issue 17: replace() keeps an upstream primary arm (the teacher), the shadow and the prices
+    state = replace(current, canary_version_id=version_id, canary_upstream_id=None, canary_percent=percent)
     row, _ = repo.update(org_id, deployment, state, actor=ACTOR)
     return row
 
@@ -131,7 +132,9 @@ def promote(session: Session, org_id: str, deployment: str, version_id: str) -> 
     """Make ``version_id`` the primary version for everyone, ending the canary."""
     repo = Deployments(session)
     current = _state(repo.get(org_id, deployment))
-    row, _ = repo.update(org_id, deployment, DeploymentState(current.base_model, version_id, None, 0), actor=ACTOR)
+    state = replace(current, adapter_version_id=version_id, upstream_id=None, canary_version_id=None,
+                    canary_upstream_id=None, canary_percent=0)  # issue 17: the owned adapter replaces an upstream
+    row, _ = repo.update(org_id, deployment, state, actor=ACTOR)
     return row
 
 

@@ -15,7 +15,10 @@ A tick:
 5. counts the new usable examples since the loop's cursor (by arrival time:
    feedback, grader scores and dataset rows that came after it) and, if the
    trigger is due and today's training budget allows, runs an iteration:
-   snapshot -> train -> gate -> canary (the watch goes on meanwhile). Each
+   snapshot -> plan -> train -> gate -> canary (the watch goes on meanwhile).
+   The plan (``loop.lineage``) says where the candidate starts -- the newest
+   candidate of the lineage that was not worse than the deployed version, or
+   the deployed adapter -- and its steps and temperature. Each
    dataset another organisation granted through the marketplace is checked and
    metered once per iteration first (``meter_bought_sources``); a revoked
    (refunded) entitlement fails the iteration, naming the dataset, before
@@ -57,8 +60,9 @@ from teachloop.core.errors import (
     TeachloopError,
 )
 from teachloop.core.loop import CanaryRecord, IterationStage, IterationStatus, Judgement, LoopPhase, Revisions
+from teachloop.core.rl import ChatCompleter
 from teachloop.engine.completer import EngineCompleter
-from teachloop.loop import promotion
+from teachloop.loop import lineage, promotion
 from teachloop.loop.config import (
     LoopConfig,
     References,
@@ -67,9 +71,10 @@ from teachloop.loop.config import (
     validate_loop_config,
 )
 from teachloop.loop.curation import curate
+from teachloop.loop.distill import gate_baseline
 from teachloop.loop.gate import GateDecision, Suite, decide, likelihood_suite, reward_suite
 from teachloop.loop.scoring import AnswerFinder, score_new_traffic
-from teachloop.loop.sources import collect
+from teachloop.loop.sources import collect, send_to_experts
 from teachloop.loop.training import TrainDeps, holdout_env, publish_candidate, snapshot, train_candidate
 from teachloop.loop.trigger import budget_left, day_start, due
 from teachloop.store.repos.deployments import AdapterVersions, Deployments
@@ -125,6 +130,7 @@ class LoopRunner:
         self.listener = listener or (lambda event, payload: None)
         self.clock = clock
         self._finder: tuple[str, AnswerFinder] | None = None
+        self._gate_cache: dict[tuple[Any, ...], list[float]] = {}
         self.check_seconds = 30.0
 
     # ------------------------------------------------------------------ state
@@ -188,6 +194,9 @@ class LoopRunner:
         if self._running(loop):
             result.note = "an iteration is running"
             return result
+        if any(src.kind == "experts" for src in cfg.sources):  # issue 14: unsure traffic goes to the experts
+            with self.deps.database.session() as s:
+                send_to_experts(s, cfg, refs, org_id=self.deps.org_id, loop_id=loop.id, now=now)
         new = self.new_examples(loop, cfg, refs)
         result.new_examples = new
         with self.deps.database.session(write=False) as s:
@@ -282,6 +291,9 @@ class LoopRunner:
             self._emit("stage", number=it.number, stage=IterationStage.TRAIN, dataset=ds.ref, counts=counts)
             stage = IterationStage.TRAIN
             baseline = self._version(dep.adapter_version_id)
+            plan = self._plan(loop, cfg, refs, it, baseline)
+            self._update_it(it.id, plan=plan.to_json())
+            self._emit("plan", number=it.number, plan=plan.to_json())
             started = self.clock()
 
             def on_step(step: int, values: dict[str, Any]) -> None:
@@ -291,8 +303,8 @@ class LoopRunner:
 
             try:
                 run = await train_candidate(d, cfg, refs, report.rows, name=f"{cfg.deployment}-loop-{it.number}",
-                                            warm_start=baseline if cfg.algorithm.warm_start else None,
-                                            budget_s=budget_s, on_step=on_step,
+                                            init_key=plan.adapter_key, steps=plan.steps,
+                                            temperature=plan.temperature, budget_s=budget_s, on_step=on_step,
                                             on_run=lambda run_id: self._update_it(it.id, run_id=run_id))
             finally:
                 self._update_it(it.id, train_seconds=(self.clock() - started).total_seconds())
@@ -319,6 +331,15 @@ class LoopRunner:
         finally:
             if run_adapter is not None:
                 drop_adapter(d.engine, run_adapter)
+
+    def _plan(self, loop: Loop, cfg: LoopConfig, refs: References, it: LoopIteration,
+              deployed: AdapterVersion | None) -> lineage.Plan:
+        """Where the iteration's candidate starts, its steps and temperature (``loop.lineage``)."""
+        d = self.deps
+        with d.database.session(write=False) as s:
+            past = [p for p in Loops(s).iterations(d.org_id, loop.id, limit=100) if p.id != it.id]
+            keys = lineage.final_adapters(s, d.org_id, [str(p.run_id) for p in past if p.run_id])
+        return lineage.plan(cfg, deployed, past, keys.get, continue_from=refs.continue_from)
 
     def _finish(self, it: LoopIteration, status: IterationStatus, reason: str, **fields: Any) -> LoopIteration:
         row = self._update_it(it.id, status=status, reason=reason, finished_at=self.clock(), stage=IterationStage.DONE,
@@ -348,8 +369,11 @@ class LoopRunner:
         try:
             g = cfg.gate
             suites: list[Suite] = []
-            base_c = EngineCompleter(d.engine, d.renderer, adapter=base_name)
+            base_c: ChatCompleter = EngineCompleter(d.engine, d.renderer, adapter=base_name)
             cand_c = EngineCompleter(d.engine, d.renderer, adapter=candidate)
+            teacher = gate_baseline(d.database, refs.deployment)  # issue 17: an upstream primary arm is the baseline
+            if teacher is not None:
+                base_c = teacher[1]
             empty = "empty holdout and no environments"
             if g.holdout and holdout:
                 if g.metric == "reward":
@@ -364,9 +388,15 @@ class LoopRunner:
                     suites.append(await likelihood_suite(holdout, d.engine, d.renderer, base_name, candidate))
             for spec, env_ref in zip(g.environments, refs.gate_envs, strict=True):
                 tasks = env_ref.env.take(spec.tasks, spec.seed)
-                suites.append(await reward_suite(env_ref.ref, env_ref.env, tasks, base_c, cand_c,
-                                                 max_tokens=g.max_tokens, deciding=g.metric == "reward"))
-            return decide(suites, g, baseline=baseline.ref if baseline else "base", candidate=candidate,
+                # the deployed version's greedy rewards on a fixed task set do not change: computed once
+                key = (teacher[0] if teacher else baseline.digest if baseline else "base", env_ref.digest, spec.tasks,
+                       spec.seed, g.max_tokens)
+                suite = await reward_suite(env_ref.ref, env_ref.env, tasks, base_c, cand_c, max_tokens=g.max_tokens,
+                                           deciding=g.metric == "reward", baseline_rewards=self._gate_cache.get(key))
+                self._gate_cache[key] = list(suite.baseline)
+                suites.append(suite)
+            return decide(suites, g, baseline=teacher[0] if teacher else baseline.ref if baseline else "base",
+                          candidate=candidate,
                           empty_reason=empty)
         finally:
             if loaded and base_name is not None:

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from teachloop.core.errors import InvalidInput, NotFound
 from teachloop.loop.config import LoopConfig, check_references, validate_loop_config
+from teachloop.loop.distill import iteration_figures
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
 from teachloop.store.queue import JobQueue
@@ -96,6 +97,7 @@ def iteration_json(it: LoopIteration, *, dataset: Dataset | None = None, run: Tr
                 "error": run.error if run else None} if it.run_id else None,
         "baseline": refs.get(it.baseline_version_id or "", "base"),
         "candidate": refs.get(it.candidate_version_id or "") if it.candidate_version_id else None,
+        "plan": it.plan,  # issue 16: where the candidate started, its steps and temperature (loop.lineage)
         "gate": it.gate, "canary": it.canary, "revisions": it.revisions, "train_seconds": it.train_seconds,
         "started_at": _iso(it.started_at), "finished_at": _iso(it.finished_at),
     }
@@ -111,8 +113,15 @@ def history(database: Database, org_id: str, deployment: str, *, limit: int = 10
         runs = {r.id: r for r in s.scalars(select(TrainingRun).where(TrainingRun.id.in_(run_ids)))}
         ids = {i for r in rows for i in (r.baseline_version_id, r.candidate_version_id) if i}
         versions = {v.id: v.ref for v in AdapterVersions(s).by_ids(org_id, ids).values()}
-        return [iteration_json(r, dataset=ds.get(r.dataset_id or ""), run=runs.get(r.run_id or ""), versions=versions)
-                for r in rows]
+        out = [iteration_json(r, dataset=ds.get(r.dataset_id or ""), run=runs.get(r.run_id or ""), versions=versions)
+               for r in rows]
+        if any(src.get("kind") == "upstream" for src in (loop.config or {}).get("sources", [])):
+            # issue 17: student vs teacher and cost per 1,000 requests over the traffic of each iteration: from
+            # the end of the one before (rows are newest first) to its own end (now, while it runs or canaries)
+            for k, (item, r) in enumerate(zip(out, rows, strict=True)):
+                since = rows[k + 1].finished_at if k + 1 < len(rows) else None
+                item["arms"] = iteration_figures(s, org_id, loop.deployment_id, loop.id, since, r.finished_at)
+        return out
 
 
 def status(database: Database, org_id: str, deployment: str) -> dict[str, Any]:

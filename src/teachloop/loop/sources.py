@@ -30,8 +30,11 @@ qualified it was given, when the grader scored it, or when a version of the
 Label sources read label datasets (``origin = "labels"``; each row names its
 expert); a dataset named ``OWNER/NAME`` is used under its grant's license.
 Feedback sources give no GRPO prompts (feedback has no reference answer).
-This module reads the store; it writes nothing and knows nothing of curation
-or training.
+An ``experts`` source reads the newest aggregated dataset of its workforce
+project (rows at or above ``min_confidence``); ``send_to_experts`` -- the one
+writer here, called by the runner in a write session -- adds the traces its
+policy picks to that project through ``store.repos.work``. Otherwise this
+module reads the store; it knows nothing of curation or training.
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ from sqlalchemy.orm import Session
 
 from teachloop.loop.config import (
     DatasetSource,
+    ExpertsSource,
     FeedbackSource,
     GraderSource,
     LabelsSource,
     LoopConfig,
     References,
+    UpstreamSource,
 )
 from teachloop.store.repos.datasets import Datasets
 from teachloop.store.schema.datasets import Dataset
@@ -122,7 +127,8 @@ def _trace_lineage(trace: Trace, license: str, **extra: Any) -> dict[str, Any]:
 
 def _traces(session: Session, org_id: str, deployment_id: str, ids: set[str], limit: int = 100_000) -> list[Trace]:
     q = select(Trace).where(Trace.org_id == org_id, Trace.deployment_id == deployment_id, Trace.id.in_(ids),
-                            Trace.finish_reason != "cancelled")  # a reply the client abandoned half-way is no example
+                            # a reply the client abandoned half-way, or a failed upstream call, is no example
+                            Trace.finish_reason.not_in(("cancelled", "error")))
     return [t for t in session.scalars(q.order_by(Trace.created_at.desc()).limit(limit)) if _text_only(t)]
 
 
@@ -292,6 +298,49 @@ def from_labels(session: Session, org_id: str, src: LabelsSource, refs: Referenc
     return _from_snapshots(session, org_id, refs.datasets.get(index, []), kind, "expert", refs.licenses.get(index))
 
 
+def from_experts(session: Session, org_id: str, src: ExpertsSource, kind: str) -> list[Candidate]:
+    """The newest aggregated dataset of the source's project: rows whose confidence reaches ``min_confidence``."""
+    from teachloop.store.repos.work import WorkQueue
+
+    repo = WorkQueue(session)
+    versions = repo.result_datasets(org_id, repo.project(org_id, src.project))
+    if not versions or not (versions[0].kind == kind or (kind == "prompts" and versions[0].kind == "chat")):
+        return []
+    rows = _from_snapshots(session, org_id, versions[:1], kind, "expert", None)
+    return [c for c in rows if c.score is None or c.score >= src.min_confidence]
+
+
+def send_to_experts(session: Session, cfg: LoopConfig, refs: References, *, org_id: str, loop_id: str,
+                    now: datetime) -> int:
+    """Add the traces an ``experts`` source's policy picks to its project (a write session); returns how many.
+
+    A trace goes when the loop's grader scored it below ``grader_below`` or its feedback is at most
+    ``feedback_at_most``; at most ``daily_budget`` per project and UTC day (items of origin ``loop``),
+    newest first, each trace once (``store.repos.work``).
+    """
+    from teachloop.store.repos.work import WorkQueue
+
+    repo, sent = WorkQueue(session), 0
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    for src in cfg.sources:
+        if not isinstance(src, ExpertsSource):
+            continue
+        project = repo.project(org_id, src.project)
+        left = src.daily_budget - repo.added_since(org_id, project, day, origin="loop")
+        if left <= 0:
+            continue
+        picked: set[str] = set()
+        if src.grader_below is not None:
+            picked |= set(session.scalars(select(TraceScore.trace_id).where(
+                TraceScore.org_id == org_id, TraceScore.loop_id == loop_id, TraceScore.score < src.grader_below)))
+        if src.feedback_at_most is not None:
+            picked |= set(session.scalars(select(Feedback.trace_id).where(
+                Feedback.org_id == org_id, Feedback.score <= src.feedback_at_most)))
+        fresh = _traces(session, org_id, refs.deployment.id, picked - repo.traces_in(project))
+        sent += len(repo.add_trace_items(org_id, project, fresh[:left], origin="loop", now=now))
+    return sent
+
+
 def collect(session: Session, cfg: LoopConfig, refs: References, *, org_id: str, loop_id: str,
             limit: int | None = None) -> list[Candidate]:
     """Every candidate of every source, newest first (undated dataset rows last)."""
@@ -308,8 +357,15 @@ def collect(session: Session, cfg: LoopConfig, refs: References, *, org_id: str,
             out += from_dataset(session, org_id, src, refs, i, kind)
         elif isinstance(src, LabelsSource):
             out += from_labels(session, org_id, src, refs, i, kind)
+        elif isinstance(src, ExpertsSource):
+            out += from_experts(session, org_id, src, kind)
+        elif isinstance(src, UpstreamSource):  # issue 17: distillation from the upstream arm (loop.distill)
+            from teachloop.loop.distill import from_upstream
+
+            out += from_upstream(session, org_id, dep, loop_id, src, kind, cap)
     out.sort(key=lambda c: (c.created_at is not None, c.created_at or datetime.min), reverse=True)
     return out
 
 
-__all__ = ["KIND_OF", "Candidate", "collect", "from_dataset", "from_feedback", "from_grader", "from_labels"]
+__all__ = ["KIND_OF", "Candidate", "collect", "from_dataset", "from_experts", "from_feedback", "from_grader",
+           "from_labels", "send_to_experts"]

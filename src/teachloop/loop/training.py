@@ -11,7 +11,9 @@
   (``envs.builtin.traffic.TrafficPrompts``) over the prompts file (its digest
   pinned in the environment arguments), graded by the grader source's
   environment. With ``warm_start`` the candidate starts from
-  the deployed adapter version (``WarmStart`` makes the trainer's fresh
+  the deployed adapter version, or from the PEFT folder the iteration's
+  ``loop.lineage.Plan`` names (an earlier candidate: ``init_key``), with the
+  plan's steps and temperature (``WarmStart`` makes the trainer's fresh
   adapter a copy of it). A training-time budget is enforced between steps:
   past it the run is stopped (``BudgetExceeded``) and recorded as failed.
 * ``publish_candidate`` fetches the run's final adapter and publishes it with
@@ -51,6 +53,7 @@ from teachloop.store.schema.deployments import AdapterVersion
 from teachloop.train.config import validate_config
 from teachloop.train.runs import RunInfo
 from teachloop.train.trainer import Trainer, TrainerDeps
+from teachloop.train.watch import refuse_alarmed
 
 #: The built-in environment GRPO trains on: the snapshot's prompts, graded by the grader source's env.
 TRAFFIC_ENV = "traffic"
@@ -151,10 +154,16 @@ class TrainDeps:
 
 
 async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, rows: Sequence[Curated], *,
-                          name: str, warm_start: AdapterVersion | None, budget_s: float,
+                          name: str, warm_start: AdapterVersion | None = None, budget_s: float,
                           on_step: Callable[[int, dict[str, Any]], None] | None = None,
-                          on_run: Callable[[str], object] | None = None) -> RunInfo:
-    """Train the iteration's candidate (see the module docstring); raises on failure (the run is marked failed)."""
+                          on_run: Callable[[str], object] | None = None, init_key: str | None = None,
+                          steps: int | None = None, temperature: float | None = None) -> RunInfo:
+    """Train the iteration's candidate (see the module docstring); raises on failure (the run is marked failed).
+
+    ``init_key`` (a PEFT folder in the blob store: an earlier candidate of the lineage) overrides
+    ``warm_start``; ``steps`` and ``temperature`` override ``train.steps`` and ``rl.temperature``
+    (the iteration's ``loop.lineage.Plan``).
+    """
     train = [r.candidate.content for r in rows if r.split == "train"]
     holdout = [r.candidate.content for r in rows if r.split == "holdout"]
     dep = refs.deployment
@@ -171,11 +180,17 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
             data_path = str(_write_jsonl(folder / "train.jsonl", train))
             if holdout:
                 eval_path = str(_write_jsonl(folder / "holdout.jsonl", holdout))
-        tc = validate_config(training_dict(cfg, model=dep.base_model, name=name, env=env, env_args=env_args,
-                                           data_path=data_path, eval_path=eval_path))
+        raw = training_dict(cfg, model=dep.base_model, name=name, env=env, env_args=env_args, data_path=data_path,
+                            eval_path=eval_path)
+        if steps is not None:
+            raw["steps"] = steps
+        if temperature is not None and "rl" in raw:
+            raw["rl"] = {**raw["rl"], "temperature": temperature}
+        tc = validate_config(raw)
         engine: Engine = deps.engine
-        if warm_start is not None:
-            init = deps.blobs.get_dir(warm_start.blob_key, folder / "init")
+        key = init_key or (warm_start.blob_key if warm_start is not None else None)
+        if key is not None:
+            init = deps.blobs.get_dir(key, folder / "init")
             engine = cast(Engine, WarmStart(deps.engine, init))
         started = time.monotonic()
 
@@ -194,12 +209,15 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
         trainer = Trainer(tc, TrainerDeps(engine=engine, renderer=deps.renderer, database=deps.database,
                                           blobs=deps.blobs, org_id=deps.org_id, env_cache=deps.env_cache),
                           listener=listen)
-        return await trainer.run()
+        run = await trainer.run()
+        refuse_alarmed(run)  # issue 16: a run that raised a reward-hack alarm is never gated nor promoted
+        return run
 
 
 def publish_candidate(database: Database, blobs: BlobStore, org_id: str, deployment: str, base_model: str,
                       run: RunInfo, info: dict[str, Any]) -> AdapterVersion:
     """Store the run's final adapter as the next version of adapter ``deployment``."""
+    refuse_alarmed(run)  # issue 16: never publish a candidate whose run raised a reward-hack alarm
     if not run.final_adapter_key:
         raise TeachloopError(f"run {run.id} has no final adapter")
     with tempfile.TemporaryDirectory(prefix="teachloop-publish-") as tmp, database.session() as s:

@@ -49,6 +49,7 @@ def svg_plot(
     title: str = "",
     y_label: str = "",
     points: dict[str, Sequence[tuple[float, float]]] | None = None,
+    x_label: str = "step",
     width: int = 720,
     height: int = 360,
 ) -> str:
@@ -84,7 +85,7 @@ def svg_plot(
     for t in _ticks(x0, x1, 8):
         out.append(f'<text x="{px(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{t:g}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#9ca3af"/>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">step</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>')
     if y_label:
         out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" '
                    f'text-anchor="middle">{escape(y_label)}</text>')

@@ -108,6 +108,9 @@ class Iteration(BaseModel):
     train_seconds: float = Field(description="Seconds spent training.")
     started_at: datetime = Field(description="When it started.")
     finished_at: datetime | None = Field(description="When it ended.")
+    arms: dict[str, Any] | None = Field(default=None, description="With an upstream source (issue 17): the "
+                                        "teacher's and the student's requests, scores and cost per 1,000 requests "
+                                        "over the iteration's traffic, and cost_saved_per_1k.")
 
 
 class IterationList(BaseModel):

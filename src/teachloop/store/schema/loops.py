@@ -19,6 +19,9 @@
   ``promoted``, ``rolled_back``, ``superseded``) and the ``reason`` for it.
 - ``TraceScore``: the environment grader's score of one served trace (the
   online reward), once per (loop, trace).
+- ``LoopIteration.plan`` (issue 16) records how the iteration trained: where its candidate started
+  (the deployed adapter, an earlier candidate of the lineage, ...), its steps and temperature
+  (``loop.lineage.Plan.to_json``); null for iterations recorded before it.
 
 This module knows nothing of training, grading or HTTP.
 """
@@ -80,6 +83,7 @@ class LoopIteration(OrgOwned, Timestamps, Base):
     canary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     revisions: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     train_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # issue 16: loop.lineage.Plan
     started_at: Mapped[datetime] = mapped_column(default=utc_now)
     finished_at: Mapped[datetime | None]
 

@@ -1,0 +1,264 @@
+"""The loop's lineage: where an iteration's candidate starts, how many steps it trains, at what temperature.
+
+Before issue 16 every iteration restarted from the deployed adapter with
+``train.steps`` steps, so a candidate the gate refused as "not better yet"
+was thrown away with everything it had learnt. ``plan`` decides instead,
+from the loop's own iterations (newest first, one loop of one organisation):
+
+* **start** -- with ``algorithm.lineage`` (default on), the newest candidate
+  trained against the version deployed now that was **not worse** than it on
+  the gate (pooled deciding mean difference >= 0 and no suite down by more
+  than ``gate.max_regression``); a candidate that was worse, rolled back or
+  failed is skipped, so the lineage goes back to its not-worse ancestor, and
+  when none is left, to the deployed adapter (or the base). A promotion or
+  rollback changes the deployed version and so starts a new lineage (the
+  promoted candidate *is* the deployed adapter). ``algorithm.continue_from``
+  names the start of the first iteration (``resolve_continue_from`` checks
+  it belongs to this deployment's loop: a run of one of its iterations or a
+  version of the adapter named like the deployment, in the same organisation).
+  ``lineage = false`` is the behaviour before issue 16.
+* **steps** -- with ``algorithm.max_steps``, an iteration whose predecessor
+  still improved on its own start (its gate reward above its parent's) trains
+  twice the predecessor's steps, up to ``max_steps``; after one that got
+  worse it goes back to ``train.steps``; otherwise it keeps the predecessor's.
+* **temperature** -- with ``algorithm.late_temperature``, rollouts are sampled
+  at it once the start's gate reward reaches ``algorithm.late_reward``.
+
+The *gate reward* of an iteration is the pooled mean of its deciding gate
+suites (weighted by their sizes), for the baseline and for the candidate.
+``Plan.to_json`` is stored on the iteration (``loop_iterations.plan``). This
+module reads rows it is given; it writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from teachloop.core.errors import InvalidInput, NotFound
+from teachloop.core.ids import is_id
+from teachloop.core.loop import IterationStatus
+from teachloop.store.repos.deployments import AdapterVersions
+from teachloop.store.schema.deployments import AdapterVersion, Deployment
+from teachloop.store.schema.loops import Loop, LoopIteration
+from teachloop.store.schema.runs import TrainingRun
+
+if TYPE_CHECKING:
+    from teachloop.loop.config import LoopConfig
+
+#: Statuses of iterations that trained and gated a candidate.
+TRAINED = (IterationStatus.REJECTED, IterationStatus.CANARY, IterationStatus.PROMOTED, IterationStatus.ROLLED_BACK,
+           IterationStatus.SUPERSEDED)
+
+
+@dataclass(frozen=True)
+class ContinueFrom:
+    """A resolved ``algorithm.continue_from``: the PEFT folder (blob key) the first candidate starts from."""
+
+    ref: str
+    adapter_key: str
+    run_id: str | None = None
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one iteration trains.
+
+    Attributes:
+        start: ``base`` (a fresh adapter), ``deployed`` (a copy of the deployed adapter), ``candidate`` (a
+            copy of an earlier candidate of the lineage) or ``continue_from`` (the configured start).
+        adapter_key: blob key of the PEFT folder the candidate starts from (None: a fresh adapter).
+        parent_iteration: the iteration whose candidate it continues, if any.
+        parent_reward: the gate reward of the start (the parent candidate's, or the deployed version's
+            as last measured), if known.
+        steps: training steps of this iteration.
+        temperature: rollout temperature, or None for the config's.
+        reason: why, in words.
+    """
+
+    start: str
+    adapter_key: str | None
+    steps: int
+    parent_iteration: int | None = None
+    parent_reward: float | None = None
+    temperature: float | None = None
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored on the iteration."""
+        return {"start": self.start, "parent_iteration": self.parent_iteration, "parent_reward": self.parent_reward,
+                "steps": self.steps, "temperature": self.temperature, "reason": self.reason}
+
+
+def gate_rewards(gate: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(baseline, candidate) pooled means of the deciding suites of a stored gate decision, or None."""
+    suites = [s for s in (gate or {}).get("suites", []) if s.get("deciding") and s.get("n")]
+    n = sum(int(s["n"]) for s in suites)
+    if not n:
+        return None
+    base = sum(float(s["baseline_mean"]) * int(s["n"]) for s in suites) / n
+    cand = sum(float(s["candidate_mean"]) * int(s["n"]) for s in suites) / n
+    return base, cand
+
+
+def not_worse(gate: dict[str, Any] | None, max_regression: float) -> bool:
+    """Whether a gated candidate was not worse than its baseline (see the module docstring)."""
+    rewards = gate_rewards(gate)
+    if rewards is None:
+        return False
+    if any(s.get("mean_diff") is not None and -float(s["mean_diff"]) > max_regression
+           for s in (gate or {}).get("suites", [])):
+        return False
+    return rewards[1] >= rewards[0]
+
+
+def base_steps(cfg: LoopConfig) -> int:
+    """``algorithm.train.steps`` (or the training config's default)."""
+    from teachloop.train.config import TrainConfig
+
+    steps = cfg.algorithm.train.get("steps")
+    return int(steps) if steps is not None else int(TrainConfig.model_fields["steps"].default)
+
+
+def _progress(it: LoopIteration) -> float | None:
+    """How much ``it``'s candidate improved on its own start (gate reward), or None."""
+    rewards = gate_rewards(it.gate)
+    if rewards is None:
+        return None
+    parent = (it.plan or {}).get("parent_reward")
+    start = float(parent) if parent is not None and (it.plan or {}).get("start") == "candidate" else rewards[0]
+    return rewards[1] - start
+
+
+def _steps(cfg: LoopConfig, trained: Sequence[LoopIteration]) -> tuple[int, str]:
+    first = base_steps(cfg)
+    cap = cfg.algorithm.max_steps
+    if cap is None or not trained:
+        return first, ""
+    last = trained[0]
+    steps = int((last.plan or {}).get("steps") or first)
+    progress = _progress(last)
+    if progress is None:
+        return steps, ""
+    if progress > 0:
+        return min(cap, max(first, 2 * steps)), f"iteration {last.number} still improved ({progress:+.3f}): " \
+                                                 f"{min(cap, max(first, 2 * steps))} steps"
+    if progress < 0:
+        return first, f"iteration {last.number} got worse ({progress:+.3f}): back to {first} steps"
+    return steps, f"iteration {last.number} did not move: {steps} steps"
+
+
+def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[LoopIteration],
+         final_adapter: Callable[[str], str | None], *, continue_from: ContinueFrom | None = None) -> Plan:
+    """The plan of the next iteration (see the module docstring).
+
+    ``history`` is the loop's iterations, newest first (the one being planned excluded);
+    ``final_adapter(run_id)`` gives a run's final adapter blob key (None when it has none).
+    """
+    a = cfg.algorithm
+    trained = [it for it in history if it.status in TRAINED and it.run_id]
+    steps, why_steps = _steps(cfg, trained)
+    deployed_id = deployed.id if deployed is not None else None
+    start, key, parent, parent_reward = "base", None, None, None
+    reason = "a fresh adapter (algorithm.warm_start = false)"
+    if a.warm_start:
+        if deployed is not None:
+            start, key, reason = "deployed", deployed.blob_key, f"the deployed adapter {deployed.ref}"
+        else:
+            reason = "a fresh adapter (the deployment serves the base model)"
+        last_gate = next((it for it in trained if it.baseline_version_id == deployed_id and gate_rewards(it.gate)),
+                         None)
+        promoted = next((it for it in trained if deployed_id and it.candidate_version_id == deployed_id
+                         and gate_rewards(it.gate)), None)
+        if last_gate is not None:
+            parent_reward = gate_rewards(last_gate.gate)[0]  # type: ignore[index]
+        elif promoted is not None:  # just promoted: its gate measured it as the candidate
+            parent_reward = gate_rewards(promoted.gate)[1]  # type: ignore[index]
+        if not trained and continue_from is not None:
+            start, key, reason = "continue_from", continue_from.adapter_key, \
+                f"algorithm.continue_from = {continue_from.ref}"
+            parent_reward = None
+        elif a.lineage:
+            for it in trained:
+                if it.baseline_version_id != deployed_id:
+                    break  # trained against another deployed version: a promotion or rollback since
+                if it.status != IterationStatus.REJECTED or not not_worse(it.gate, cfg.gate.max_regression):
+                    continue
+                run_key = final_adapter(str(it.run_id))
+                if run_key is None:
+                    continue
+                rewards = gate_rewards(it.gate)
+                start, key, parent = "candidate", run_key, it.number
+                parent_reward = rewards[1] if rewards else None
+                reason = f"the candidate of iteration {it.number} (not worse than the deployed version on the gate)"
+                break
+    temperature = None
+    if a.late_temperature is not None and parent_reward is not None and parent_reward >= a.late_reward:
+        temperature = a.late_temperature
+        reason += f"; rollouts at temperature {temperature:g} (start's gate reward {parent_reward:.3f} >= " \
+                  f"{a.late_reward:g})"
+    if why_steps:
+        reason += f"; {why_steps}"
+    return Plan(start, key, steps, parent, parent_reward, temperature, reason)
+
+
+def final_adapters(session: Session, org_id: str, run_ids: Sequence[str]) -> dict[str, str | None]:
+    """Final adapter blob keys of the organisation's runs ``run_ids``."""
+    if not run_ids:
+        return {}
+    rows = session.execute(select(TrainingRun.id, TrainingRun.final_adapter_key)
+                           .where(TrainingRun.org_id == org_id, TrainingRun.id.in_(list(run_ids)))).all()
+    return {r[0]: r[1] for r in rows}
+
+
+def resolve_continue_from(session: Session, org_id: str, deployment: Deployment, ref: str,
+                          field: str = "algorithm.continue_from") -> ContinueFrom:
+    """Check that ``ref`` is a candidate of this deployment's loop in this organisation; ``InvalidInput`` otherwise.
+
+    A run id must be the run of an iteration of the deployment's loop; an adapter version
+    (``NAME@N`` or ``av_...``) must be a version of the adapter the loop publishes for the
+    deployment (named like it). Another organisation's id reads as not found.
+    """
+    ref = ref.strip()
+    if is_id(ref, "run"):
+        loop = session.scalar(select(Loop).where(Loop.org_id == org_id, Loop.deployment_id == deployment.id))
+        it = None if loop is None else session.scalar(
+            select(LoopIteration).where(LoopIteration.org_id == org_id, LoopIteration.loop_id == loop.id,
+                                        LoopIteration.run_id == ref))
+        if it is None:
+            raise InvalidInput(f"config field {field}: run {ref!r} is not a candidate of the loop of deployment "
+                               f"{deployment.name!r} (a run of another deployment or organisation, or none)",
+                               param=field)
+        key = final_adapters(session, org_id, [ref]).get(ref)
+        if key is None:
+            raise InvalidInput(f"config field {field}: run {ref!r} has no final adapter", param=field)
+        return ContinueFrom(ref, key, run_id=ref)
+    try:
+        version = AdapterVersions(session).resolve(org_id, ref)
+    except (NotFound, InvalidInput):
+        raise InvalidInput(f"config field {field}: adapter version {ref!r} not found", param=field) from None
+    if version.name != deployment.name:
+        raise InvalidInput(f"config field {field}: {version.ref} is a candidate of another deployment; the loop "
+                           f"of {deployment.name!r} continues only its own ({deployment.name}@N)", param=field)
+    if version.base_model != deployment.base_model:
+        raise InvalidInput(f"config field {field}: {version.ref} was trained on {version.base_model!r}, the "
+                           f"deployment serves {deployment.base_model!r}", param=field)
+    return ContinueFrom(ref, version.blob_key, version_id=version.id)
+
+
+__all__ = [
+    "TRAINED",
+    "ContinueFrom",
+    "Plan",
+    "base_steps",
+    "final_adapters",
+    "gate_rewards",
+    "not_worse",
+    "plan",
+    "resolve_continue_from",
+]

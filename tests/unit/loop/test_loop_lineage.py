@@ -1,0 +1,207 @@
+"""The loop keeps what it learns (issue 16): the lineage's start, adaptive steps, late temperature, the
+switch back to the behaviour before it, and ``algorithm.continue_from`` confined to the deployment's own loop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from teachloop.core.errors import InvalidInput
+from teachloop.loop import LoopRunner, configure_loop, history, validate_loop_config
+from teachloop.loop.lineage import gate_rewards, not_worse, plan
+from teachloop.render import Renderer
+from teachloop.store import Tenancy
+from teachloop.store.repos.deployments import AdapterVersions, Deployments, DeploymentState
+from teachloop.store.schema.deployments import AdapterVersion
+from teachloop.store.schema.loops import LoopIteration
+from tests.unit.loop.conftest import DEPLOYMENT, Store, arithmetic_traffic, deps_for, grpo_config
+from tests.unit.loop.fakes import OracleEngine
+
+LONG = {"rl": {"prompts_per_step": 2, "group_size": 2, "max_tokens": 16}, "steps": 2, "lora": {"rank": 4}}
+
+
+def _gate(base: float, cand: float, n: int = 100) -> dict[str, Any]:
+    return {"passed": False, "suites": [{"name": "arithmetic", "metric": "reward", "n": n, "deciding": True,
+                                         "baseline_mean": base, "candidate_mean": cand, "mean_diff": cand - base}]}
+
+
+def _it(number: int, status: str, base: float, cand: float, *, baseline: str | None = "av_dep",
+        plan_: dict[str, Any] | None = None, candidate: str | None = None) -> LoopIteration:
+    return LoopIteration(number=number, status=status, run_id=f"run_{number}", baseline_version_id=baseline,
+                         candidate_version_id=candidate, gate=_gate(base, cand), plan=plan_)
+
+
+DEPLOYED = AdapterVersion(id="av_dep", name=DEPLOYMENT, version=1, digest="sha256:" + "d" * 64, blob_key="dep-key",
+                          base_model="tiny-base")
+
+
+def _cfg(**algorithm: Any) -> Any:
+    return validate_loop_config(grpo_config(algorithm={"kind": "grpo", "train": {**LONG, "steps": 4}, **algorithm}))
+
+
+def _keys(run_id: str) -> str | None:
+    return f"key-{run_id}"
+
+
+def test_the_not_worse_rule_reads_the_gate_record() -> None:
+    assert gate_rewards(_gate(0.5, 0.6)) == pytest.approx((0.5, 0.6))
+    assert gate_rewards({"suites": []}) is None and not not_worse(None, 0.05)
+    assert not_worse(_gate(0.5, 0.5), 0.05) and not_worse(_gate(0.5, 0.52), 0.05)
+    assert not not_worse(_gate(0.5, 0.49), 0.05)  # pooled mean below the deployed version's
+    guard = _gate(0.5, 0.6)
+    guard["suites"].append({"name": "holdout", "n": 10, "deciding": False, "baseline_mean": 0.9,
+                            "candidate_mean": 0.7, "mean_diff": -0.2})
+    assert not not_worse(guard, 0.05)  # a suite fell by more than max_regression
+
+
+def test_the_newest_not_worse_candidate_of_the_lineage_is_continued() -> None:
+    cfg = _cfg()
+    p = plan(cfg, DEPLOYED, [], _keys)
+    assert (p.start, p.adapter_key, p.steps, p.temperature) == ("deployed", "dep-key", 4, None)
+    # iteration 2 was worse than the deployed version: skipped, back to its not-worse ancestor (iteration 1)
+    hist = [_it(2, "rejected", 0.5, 0.4), _it(1, "rejected", 0.5, 0.55)]
+    p = plan(cfg, DEPLOYED, hist, _keys)
+    assert (p.start, p.adapter_key, p.parent_iteration, p.parent_reward) == ("candidate", "key-run_1", 1, 0.55)
+    # failed, rolled back and untrained iterations never start a lineage
+    hist = [_it(3, "rolled_back", 0.5, 0.9), _it(2, "failed", 0.5, 0.9), *hist]
+    assert plan(cfg, DEPLOYED, hist, _keys).parent_iteration == 1
+    # a promotion since: its candidate is the deployed adapter, a new lineage starts from it
+    promoted = _it(4, "promoted", 0.5, 0.7, candidate="av_new")
+    new = AdapterVersion(id="av_new", name=DEPLOYMENT, version=2, digest="sha256:" + "e" * 64, blob_key="new-key",
+                         base_model="tiny-base")
+    p = plan(cfg, new, [promoted, *hist], _keys)
+    assert (p.start, p.adapter_key, p.parent_reward) == ("deployed", "new-key", 0.7)
+    # a candidate whose run left no adapter is passed over
+    assert plan(cfg, DEPLOYED, [_it(1, "rejected", 0.5, 0.6)], lambda r: None).start == "deployed"
+
+
+def test_steps_adapt_to_how_much_the_candidate_still_improves_and_late_rollouts_cool() -> None:
+    cfg = _cfg(max_steps=12, late_temperature=0.5, late_reward=0.8)
+    first = _it(1, "rejected", 0.5, 0.6, plan_={"start": "deployed", "steps": 4})
+    p = plan(cfg, DEPLOYED, [first], _keys)
+    assert p.steps == 8 and "still improved" in p.reason and p.temperature is None  # 0.6 < late_reward
+    second = _it(2, "rejected", 0.5, 0.85, plan_={"start": "candidate", "parent_reward": 0.6, "steps": 8})
+    p = plan(cfg, DEPLOYED, [second, first], _keys)
+    assert p.steps == 12 and p.parent_iteration == 2  # doubled, capped at max_steps
+    assert p.temperature == 0.5 and "temperature 0.5" in p.reason  # the start's gate reward 0.85 >= 0.8
+    worse = _it(3, "rejected", 0.5, 0.7, plan_={"start": "candidate", "parent_reward": 0.85, "steps": 12})
+    p = plan(cfg, DEPLOYED, [worse, second, first], _keys)
+    assert p.steps == 4 and "got worse" in p.reason and p.parent_iteration == 3  # 0.7 is still not worse than 0.5
+    flat = _it(3, "rejected", 0.5, 0.85, plan_={"start": "candidate", "parent_reward": 0.85, "steps": 12})
+    assert plan(cfg, DEPLOYED, [flat, second, first], _keys).steps == 12
+
+
+def test_the_switch_gives_the_behaviour_before_issue_16() -> None:
+    cfg = _cfg(lineage=False)
+    hist = [_it(2, "rejected", 0.5, 0.9, plan_={"steps": 4}), _it(1, "rejected", 0.5, 0.6)]
+    p = plan(cfg, DEPLOYED, hist, _keys)
+    assert (p.start, p.adapter_key, p.steps, p.temperature) == ("deployed", "dep-key", 4, None)
+    assert plan(_cfg(warm_start=False), DEPLOYED, hist, _keys).adapter_key is None
+
+
+def test_config_rules_name_the_field() -> None:
+    for algorithm, field in (({"max_steps": 2}, "algorithm.max_steps"),
+                             ({"continue_from": "calc@1", "warm_start": False}, "algorithm.continue_from"),
+                             ({"late_temperature": 0}, "algorithm.late_temperature")):
+        with pytest.raises(InvalidInput) as info:
+            _cfg(**algorithm)
+        assert info.value.param == field
+    with pytest.raises(InvalidInput) as info:
+        validate_loop_config(grpo_config(algorithm={"kind": "sft", "late_temperature": 0.5, "train": {"steps": 2}}))
+    assert info.value.param == "algorithm.late_temperature"
+
+
+class _Recording(OracleEngine):
+    """Every adapter answers as badly as the base (so each candidate is "not better" but not worse), and the
+    digest of each folder an adapter is loaded from is recorded."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        super().__init__(renderer)
+        self.wrong_adapters = _All()  # type: ignore[assignment]
+        self.loaded: list[tuple[str, str]] = []
+
+    def load_adapter(self, name: str, path: Any) -> Any:
+        self.loaded.append((name, _folder_digest(Path(path))))
+        return super().load_adapter(name, path)
+
+
+class _All:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _folder_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def _two_iterations(store: Store, renderer: Renderer, **algorithm: Any) -> tuple[_Recording, list[dict[str, Any]]]:
+    engine = _Recording(renderer)
+    configure_loop(store.db, store.blobs, store.org_id,
+                   grpo_config(algorithm={"kind": "grpo", "train": LONG, **algorithm}, gate={"max_tokens": 16}),
+                   cache=store.cache)
+    runner = LoopRunner(deps_for(store, engine, renderer), DEPLOYMENT)
+    arithmetic_traffic(store, 20)
+    assert asyncio.run(runner.tick()).status == "rejected"
+    arithmetic_traffic(store, 20, seed=5)
+    assert asyncio.run(runner.tick()).status == "rejected"
+    return engine, history(store.db, store.org_id, DEPLOYMENT)
+
+
+def test_the_next_iteration_trains_on_from_a_candidate_that_was_not_worse(store: Store, renderer: Renderer,
+                                                                          tmp_path: Path) -> None:
+    engine, (second, first) = _two_iterations(store, renderer, max_steps=8)
+    assert first["plan"]["start"] == "base" and first["plan"]["steps"] == 2
+    assert second["plan"]["start"] == "candidate" and second["plan"]["parent_iteration"] == 1
+    assert second["plan"]["steps"] == 2  # equal to its start: neither better nor worse, the steps stay
+    assert second["run"]["steps"] == 2
+    # the second run's adapter started as a copy of the first run's final adapter
+    from teachloop.train.runs import RunStore
+
+    run1 = RunStore(store.db, store.blobs).get(store.org_id, first["run"]["id"])
+    assert run1.final_adapter_key is not None
+    want = _folder_digest(store.blobs.get_dir(run1.final_adapter_key, tmp_path / "run1"))
+    assert (f"run:{second['run']['id']}", want) in engine.loaded
+
+
+def test_with_the_switch_off_every_iteration_restarts(store: Store, renderer: Renderer) -> None:
+    engine, (second, first) = _two_iterations(store, renderer, lineage=False)
+    assert first["plan"]["start"] == second["plan"]["start"] == "base"
+    assert not any(name.startswith("run:") for name, _ in engine.loaded)  # a fresh adapter each time
+
+
+def test_continue_from_is_confined_to_the_deployments_own_loop(store: Store, renderer: Renderer) -> None:
+    engine, (_, first) = _two_iterations(store, renderer)
+    run_id = first["run"]["id"]
+    with store.db.session() as s:
+        Deployments(s).create(store.org_id, "other", DeploymentState("tiny-base"))
+        other = Tenancy(s).create_org("rival").id
+        Deployments(s).create(other, DEPLOYMENT, DeploymentState("tiny-base"))
+        mine, _ = AdapterVersions(s).publish(store.org_id, name=DEPLOYMENT, digest="sha256:" + "a" * 64,
+                                             blob_key="sha256:" + "a" * 64, base_model="tiny-base", actor="t")
+        theirs, _ = AdapterVersions(s).publish(store.org_id, name="other", digest="sha256:" + "b" * 64,
+                                               blob_key="sha256:" + "b" * 64, base_model="tiny-base", actor="t")
+        rivals, _ = AdapterVersions(s).publish(other, name=DEPLOYMENT, digest="sha256:" + "c" * 64,
+                                               blob_key="sha256:" + "c" * 64, base_model="tiny-base", actor="t")
+        mine_ref, theirs_ref, rivals_id = mine.ref, theirs.ref, rivals.id
+
+    def configure(deployment: str, ref: str, org: str | None = None) -> None:
+        raw = grpo_config(algorithm={"kind": "grpo", "train": LONG, "continue_from": ref})
+        configure_loop(store.db, store.blobs, org or store.org_id, {**raw, "deployment": deployment},
+                       cache=store.cache)
+
+    configure(DEPLOYMENT, run_id)  # its own loop's run, and its own adapter version: accepted
+    configure(DEPLOYMENT, mine_ref)
+    for deployment, ref, org, why in (("other", run_id, None, "not a candidate of the loop of deployment 'other'"),
+                                      (DEPLOYMENT, theirs_ref, None, "another deployment"),
+                                      (DEPLOYMENT, rivals_id, None, "not found"),  # another organisation's
+                                      (DEPLOYMENT, run_id, other, "not a candidate")):
+        with pytest.raises(InvalidInput, match=why) as info:
+            configure(deployment, ref, org)
+        assert info.value.param == "algorithm.continue_from"
