@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from teachloop import __version__
-from teachloop.cli import admin, data, demo, deploy, env, loop, market, models, server, traces, train
+from teachloop.cli import admin, data, demo, deploy, env, loop, market, models, server, traces, train, work
 
 app = typer.Typer(
     name="teachloop",
@@ -32,6 +32,7 @@ _GROUPS: list[tuple[typer.Typer, str | None]] = [
     (loop.app, "loop"),
     (data.app, "data"),
     (market.app, "market"),
+    (work.app, "work"),
     (demo.app, None),  # demo
 ]
 

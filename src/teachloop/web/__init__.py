@@ -15,11 +15,14 @@ How the console is built (see ``docs/console.md`` for adding a page):
 - one module per area, each an ``APIRouter(route_class=ConsoleRoute,
   dependencies=[Depends(require_csrf)])``: ``signin``, ``overview``, ``traces``,
   ``deployments``, ``loops``, ``runs``, ``environments``, ``datasets``,
-  ``market``, ``settings``; ``router`` below includes them all. ``charts`` computes the
+  ``market``, ``work`` (the expert's pages) and ``work_owner`` (the project
+  owner's), ``settings``; ``router`` below includes them all. ``charts`` computes the
   server-rendered SVG line charts that ``templates/_chart.html`` draws.
 - ``templates/`` (``base.html`` holds the layout, skip link and navigation) and
-  ``static/console.css``, served at ``/static/console.css``. There is no
-  JavaScript: every page reads and every action posts as a plain HTML form.
+  ``static/console.css``, served at ``/static/console.css``. Every page reads and
+  every action posts as a plain HTML form; the one script, ``static/work.js``, only
+  adds keyboard shortcuts to the expert's work pages (which alone allow it in their
+  Content-Security-Policy, ``work.SCRIPT_CSP``).
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ from teachloop.web import (
     settings,
     signin,
     traces,
+    work,
+    work_owner,
 )
 from teachloop.web.auth import require_csrf
 from teachloop.web.render import ConsoleRoute
 
 #: the static files the console serves (name -> media type); nothing else under /static is answered
-STATIC = {"console.css": "text/css; charset=utf-8"}
+STATIC = {"console.css": "text/css; charset=utf-8", "work.js": "text/javascript; charset=utf-8"}
 
 _static = APIRouter(route_class=ConsoleRoute, dependencies=[Depends(require_csrf)])
 
@@ -65,7 +70,8 @@ def static_file(name: str) -> Response:
 #: every console route, flat (``create_app`` hands these routes to the guard, which matches paths against them)
 router = APIRouter()
 for _area in (signin.router, overview.router, traces.router, deployments.router, loops.router, runs.router,
-              environments.router, datasets.router, market.router, settings.router, _static):
+              environments.router, datasets.router, market.router, work.router, work_owner.router, settings.router,
+              _static):
     router.routes.extend(_area.routes)
 
 

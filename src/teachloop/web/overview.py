@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from teachloop.core.tenancy import Role
 from teachloop.store.repos.loops import Loops
@@ -30,6 +30,8 @@ RECENT = timedelta(hours=24)
 @router.get("/")
 def overview(request: Request, viewer: SignedIn) -> Response:
     """Deployments, traffic and the loops of the organisation at a glance."""
+    if viewer.role is Role.EXPERT:  # an expert reads no tenant data: their home is their work
+        return RedirectResponse("/work", status_code=303)
     require(viewer, Role.VIEWER, "reading the overview")
     org = viewer.principal.org_id
     since = utc_now() - RECENT

@@ -50,6 +50,7 @@ NAV: list[tuple[str, str]] = [
     ("Environments", "/environments"),
     ("Datasets", "/datasets"),
     ("Market", "/market"),
+    ("Work", "/work"),
     ("Settings", "/settings"),
 ]
 
