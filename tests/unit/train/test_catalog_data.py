@@ -48,9 +48,9 @@ def test_a_run_trains_on_a_bought_dataset_metered_once(engine: Any, renderer: An
                        env_cache=tmp_path / "envs")
     previous = install_usage_gate(MarketUsageGate())
     try:
-        with pytest.raises(NotFound, match="data.train"):  # not bought: exactly like a dataset that is not there
+        with pytest.raises(NotFound, match=r"data\.train"):  # not bought: exactly like a dataset that is not there
             asyncio.run(Trainer(_cfg("dataset:datavendor/numbers@1"), deps).run())
-        with pytest.raises(NotFound, match="data.train"):
+        with pytest.raises(NotFound, match=r"data\.train"):
             asyncio.run(Trainer(_cfg("dataset:datavendor/nothing@1"), deps).run())
         orders.deposit(db, orders.TestCharges(), buyer, "dep", Money(amount=1000, currency="USD"), "card")
         with db.session() as s:
