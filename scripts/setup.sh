@@ -68,6 +68,13 @@ spec="."
 if [ -n "$EXTRAS" ]; then spec=".[$EXTRAS]"; fi
 pip_quiet install -q -e "$spec" \
   || die "could not install teachloop ('pip install -e $spec'); see pip's output above, fix it and re-run scripts/setup.sh"
+case ",$EXTRAS," in *,dev,*)
+  # tests/integration/test_tinker_cookbook.py: the cookbook's recipes against our server. 0.5.8 pins
+  # transformers<=5.5.4 (its code runs on ours) and 0.6.1 needs a tml-renderers we cannot get, so --no-deps.
+  pip_quiet install -q --no-deps tinker-cookbook==0.5.8 tml-renderers==0.2.1 chz blobfile lxml pycryptodomex \
+    pyrage termcolor pylatexenc \
+    || echo "setup: warning: could not install tinker-cookbook; tests/integration/test_tinker_cookbook.py will skip" >&2;;
+esac
 "$VENV/bin/python" -c "import teachloop, torch; print('setup: teachloop', teachloop.__version__, 'torch', torch.__version__)" \
   || die "teachloop or torch does not import after the install; see the traceback above"
 rm -f "$VENV"/.teachloop-*

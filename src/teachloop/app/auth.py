@@ -13,6 +13,10 @@ and runs in a read transaction; the key's ``last_used_at`` is refreshed
 separately, at most once a minute, and a busy database never fails a request
 over it.
 
+The dependencies are coroutines (only a key check the guard did not make runs
+in a thread): FastAPI runs a plain ``def`` dependency in its thread pool, one
+thread hop per dependency per request.
+
 This module is the one place routers get the caller and the app's runtime from:
 ``Viewer`` (reads), ``Member`` (writes), ``Admin`` (grants), ``Operator``
 (platform), ``Deps`` (``AppDeps``) and ``ServingDep`` (the ``serve.Serving``
@@ -22,9 +26,10 @@ runtime on ``app.state.serving``; 503 when the app has none).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -37,7 +42,7 @@ from teachloop.store.repos.keys import ApiKeys
 _bearer = HTTPBearer(auto_error=False, description="A teachloop API key: `tl_<prefix>_<secret>`.")
 
 
-def get_deps(request: Request) -> AppDeps:
+async def get_deps(request: Request) -> AppDeps:
     """The ``AppDeps`` the app was created with."""
     deps: AppDeps = request.app.state.deps
     return deps
@@ -49,6 +54,19 @@ def current_serving(request: Request) -> Serving:
     if not isinstance(serving, Serving):
         raise ServiceUnavailable("serving is not configured on this server")
     return serving
+
+
+#: The prefix the Tinker SDK requires of API keys; ``X-API-Key: tml-<teachloop key>`` authenticates as that key.
+TINKER_KEY_PREFIX = "tml-"
+
+
+def bearer_header(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The ``Authorization`` value to check: the header itself, else ``Bearer <key>`` for a Tinker SDK
+    ``X-API-Key: tml-<key>`` (the Tinker API's clients; the key's organisation and role apply)."""
+    if authorization is not None or x_api_key is None:
+        return authorization
+    key = x_api_key.strip()
+    return f"Bearer {key.removeprefix(TINKER_KEY_PREFIX)}"
 
 
 def authenticate(deps: AppDeps, header: str | None) -> Principal:
@@ -72,7 +90,7 @@ def authenticate(deps: AppDeps, header: str | None) -> Principal:
     return principal
 
 
-def require_principal(
+async def require_principal(
     request: Request,
     deps: Annotated[AppDeps, Depends(get_deps)],
     _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
@@ -81,12 +99,13 @@ def require_principal(
     known = getattr(request.state, "principal", None)
     if isinstance(known, Principal):  # the guard authenticated this request already
         return known
-    principal = authenticate(deps, request.headers.get("authorization"))
+    header = bearer_header(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    principal = await to_thread.run_sync(authenticate, deps, header)
     request.state.principal = principal
     return principal
 
 
-def require_operator(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+async def require_operator(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
     """The caller, who must hold a platform operator key; ``Forbidden`` (403) for any organisation role."""
     if principal.role is not Role.OPERATOR:
         raise Forbidden(
@@ -96,10 +115,10 @@ def require_operator(principal: Annotated[Principal, Depends(require_principal)]
     return principal
 
 
-def require_role(role: Role) -> Callable[[Principal], Principal]:
+def require_role(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency: the caller, whose role must include ``role`` (owner > admin > member > viewer); else 403."""
 
-    def check(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
         if not principal.role.at_least(role):
             raise Forbidden(f"this call needs the {role.value} role or higher; this key has {principal.role.value}")
         return principal
@@ -116,8 +135,13 @@ Viewer = Annotated[Principal, Depends(require_role(Role.VIEWER))]
 Member = Annotated[Principal, Depends(require_role(Role.MEMBER))]
 #: A caller with at least the admin role (grants to other organisations).
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
-#: The app's serving runtime.
-ServingDep = Annotated[Serving, Depends(current_serving)]
+async def _serving(request: Request) -> Serving:
+    return current_serving(request)
 
-__all__ = ["Admin", "CurrentPrincipal", "Deps", "Member", "Operator", "ServingDep", "Viewer", "authenticate",
+
+#: The app's serving runtime.
+ServingDep = Annotated[Serving, Depends(_serving)]
+
+__all__ = ["TINKER_KEY_PREFIX", "Admin", "CurrentPrincipal", "Deps", "Member", "Operator", "ServingDep", "Viewer",
+           "authenticate", "bearer_header",
            "current_serving", "get_deps", "require_operator", "require_principal", "require_role"]

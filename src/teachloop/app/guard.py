@@ -10,7 +10,8 @@ middleware runs first, for every HTTP request except the public paths
    (``auth.authenticate``); a missing, malformed, unknown or revoked key is
    answered 401 whatever the method, path or body -- unknown paths included,
    so a caller without a key learns nothing about which routes exist. The
-   ``Principal`` is left on the request's state, where ``require_principal``
+   ``Principal`` is left on the request's state (the Tinker SDK's ``X-API-Key: tml-<key>`` counts as
+   ``Bearer <key>``, ``auth.bearer_header``), where ``require_principal``
    picks it up instead of checking the key again.
 2. **Body size.** A body larger than ``Settings.max_body_bytes``
    (``TEACHLOOP_MAX_BODY_BYTES``) is refused with 413 ``request_too_large``:
@@ -37,7 +38,7 @@ from anyio import to_thread
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from teachloop.app.auth import authenticate
+from teachloop.app.auth import authenticate, bearer_header
 from teachloop.app.deps import AppDeps
 from teachloop.app.errors import render
 from teachloop.core.errors import PayloadTooLarge, TeachloopError
@@ -84,7 +85,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if not self._is_page(scope):
-            header = _header(scope, b"authorization")
+            header = bearer_header(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
             try:
                 principal = await to_thread.run_sync(authenticate, self.deps, header)
             except TeachloopError as err:

@@ -20,7 +20,7 @@ from teachloop.store.schema.base import (
 from teachloop.store.schema.billing import BillingInvoice, BillingPrice, BillingQuota
 from teachloop.store.schema.console import ConsoleSession, ServerSecret, SigninAttempt, SigninLink
 from teachloop.store.schema.datasets import Dataset, DatasetRow
-from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange
+from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange, UpstreamEndpoint
 from teachloop.store.schema.environments import EnvironmentEval, EnvironmentVersion
 from teachloop.store.schema.idempotency import IdempotencyKey
 from teachloop.store.schema.jobs import JobRow, JobStatus
@@ -36,7 +36,20 @@ from teachloop.store.schema.market import (
 from teachloop.store.schema.requests import DataRequest, RequestProposal
 from teachloop.store.schema.runs import RunCheckpoint, RunMetric, TrainingRun
 from teachloop.store.schema.tenancy import ApiKey, Membership, Organisation, User
+from teachloop.store.schema.tinker import TinkerCheckpoint, TinkerModel, TinkerSession
 from teachloop.store.schema.traces import Feedback, Trace
+from teachloop.store.schema.work import (
+    WorkAnswer,
+    WorkAssignment,
+    WorkDispute,
+    WorkExam,
+    WorkExamAttempt,
+    WorkExpert,
+    WorkItem,
+    WorkPayPeriod,
+    WorkProject,
+    WorkTemplate,
+)
 
 __all__ = [
     "GLOBAL_TABLE",
@@ -80,11 +93,25 @@ __all__ = [
     "SigninAttempt",
     "SigninLink",
     "Timestamps",
+    "TinkerCheckpoint",
+    "TinkerModel",
+    "TinkerSession",
     "Trace",
     "TraceScore",
     "TrainingRun",
     "UTCDateTime",
+    "UpstreamEndpoint",
     "User",
+    "WorkAnswer",
+    "WorkAssignment",
+    "WorkDispute",
+    "WorkExam",
+    "WorkExamAttempt",
+    "WorkExpert",
+    "WorkItem",
+    "WorkPayPeriod",
+    "WorkProject",
+    "WorkTemplate",
     "id_column",
     "ref_column",
     "utc_now",
