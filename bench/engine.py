@@ -13,6 +13,12 @@ in peak RSS.
 
     python bench/engine.py                 # 5 rounds, prints a markdown table
     python bench/engine.py --rounds 3 --json out.json
+    python bench/engine.py --packs all,lm_head,none    # also the engine with fewer prepacked weights
+
+``--packs`` adds a teachloop contender per oneDNN prepacking mode (``all``: every
+projection has a prepacked copy beside the dense weights, the default;
+``lm_head``: only the unembedding, what ``low_memory`` loads; ``none``: one copy
+of the weights), to weigh the duplicate weights' memory against their speed.
 """
 
 from __future__ import annotations
@@ -51,11 +57,12 @@ def worker(contender: str, workload: str, reps: int) -> dict[str, float]:
     import torch
 
     model_dir = _model_dir()
-    if contender == "teachloop":
+    if contender.startswith("teachloop"):
         from teachloop.core import SamplingParams
         from teachloop.engine.torch_engine import TorchEngine
 
-        engine = TorchEngine(model_dir, device="cpu")
+        mode = contender.partition(":")[2] or "all"
+        engine = TorchEngine(model_dir, device="cpu", pack={"all": None, "lm_head": "lm_head", "none": False}[mode])
         prompts = _prompts(engine.tokenizer)
 
         def run(seed: int) -> int:
@@ -100,6 +107,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload (median reported)")
     ap.add_argument("--reps", type=int, default=1, help="timed runs inside one worker per round")
     ap.add_argument("--workloads", default="batch1,group")
+    ap.add_argument("--packs", default="all", help="teachloop prepacking modes to run: all, lm_head, none")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--worker", nargs=2, metavar=("CONTENDER", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -109,9 +117,10 @@ def main() -> None:
     _model_dir()  # pull once, outside the timings
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for workload in args.workloads.split(","):
-        results[workload] = {"teachloop": [], "transformers": []}
+        names = ["teachloop" if m == "all" else f"teachloop:{m}" for m in args.packs.split(",")] + ["transformers"]
+        results[workload] = {n: [] for n in names}
         for rnd in range(args.rounds):
-            order = ["teachloop", "transformers"] if rnd % 2 == 0 else ["transformers", "teachloop"]
+            order = names if rnd % 2 == 0 else names[::-1]
             for contender in order:
                 proc = subprocess.run(
                     [sys.executable, __file__, "--worker", contender, workload, "--reps", str(args.reps)],
@@ -134,12 +143,15 @@ def main() -> None:
             toks = figs[0]["tokens"]
             med[contender] = {"seconds": s, "tokens_per_s": toks / s, "peak_rss_mb": rss, "tokens": toks}
             print(f"| {workload} | {contender} | {toks:.0f} | {s:.2f} | {toks / s:.1f} | {rss:.0f} |")
-        ratio = med["teachloop"]["tokens_per_s"] / med["transformers"]["tokens_per_s"]
-        med["ratio_tokens_per_s"] = {"teachloop_over_transformers": ratio}
+        med["ratio_tokens_per_s"] = {
+            f"{c.replace(':', '_')}_over_transformers": med[c]["tokens_per_s"] / med["transformers"]["tokens_per_s"]
+            for c in by if c != "transformers"
+        }
         summary[workload] = med
     for workload, med in summary.items():
-        print(f"\n{workload}: teachloop / transformers generate = "
-              f"{med['ratio_tokens_per_s']['teachloop_over_transformers']:.2f}x tokens/s")
+        for key, ratio in med["ratio_tokens_per_s"].items():
+            print(f"\n{workload}: {key.removesuffix('_over_transformers')} / transformers generate = "
+                  f"{ratio:.2f}x tokens/s")
     if args.json:
         args.json.write_text(json.dumps({"rounds": args.rounds, "results": results, "summary": summary}, indent=2))
 

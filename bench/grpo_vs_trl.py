@@ -23,6 +23,15 @@ Contenders:
 - ``teachloop-lowmem`` (``--lowmem``): ``teachloop-full`` with ``low_memory``
   (layer activation checkpointing, only the unembedding prepacked).
 
+Workloads (``--workload``):
+
+- ``short`` (default): the arithmetic prompts as they are (~40 tokens), 4 prompts
+  x 8 completions, 32 max new tokens.
+- ``long``: the same problems behind a ~1,000-token block of notes in the user
+  message (the same text for every prompt of a run; its length is calibrated
+  with the model's tokenizer), 4 prompts x 8 completions, 64 max new tokens:
+  a step whose memory is dominated by the prompts' activations.
+
 Each contender runs in its own subprocess (its peak RSS is its own); the
 contenders alternate round by round; the first step of every worker is a
 warm-up and is not counted. Figures: median seconds per step, completion
@@ -30,6 +39,14 @@ tokens per second (completion tokens / step time), peak RSS, and the ratios.
 
     python bench/grpo_vs_trl.py                    # 2 rounds x 4 timed steps each
     python bench/grpo_vs_trl.py --rounds 1 --steps 3 --json out.json
+    python bench/grpo_vs_trl.py --workload long --rounds 1 --steps 2
+    python bench/grpo_vs_trl.py --phases 8,8,150,48    # where one step's memory goes, phase by phase
+
+``--phases P,G,PROMPT,NEW`` runs one teachloop GRPO step's engine calls on random
+tokens (P prompts of PROMPT tokens, G samples of NEW tokens each: sample,
+forward_backward with PPO, optim_step) and prints the RSS before, the peak
+during (sampled every 5 ms) and the RSS after each phase, for each
+``--micro-batch-tokens`` value given (one process each).
 """
 
 from __future__ import annotations
@@ -49,6 +66,8 @@ from typing import Any
 PROMPTS, GROUP, MAX_NEW, LR, RANK, ALPHA = 4, 8, 32, 2e-4, 16, 32
 WORKERS = ["teachloop", "teachloop-full", "teachloop-lowmem", "trl", "trl-nockpt"]
 LEVEL = 2
+#: workload -> (prompts per step, completions per prompt, max new tokens, tokens of notes before each question)
+WORKLOADS: dict[str, tuple[int, int, int, int]] = {"short": (PROMPTS, GROUP, MAX_NEW, 0), "long": (4, 8, 64, 1000)}
 
 
 def _model_dir() -> Path:
@@ -58,23 +77,62 @@ def _model_dir() -> Path:
     return ensure_default_model(Settings.from_env())
 
 
-def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True) -> dict[str, Any]:
+def _notes(path: Path, tokens: int) -> str:
+    """A deterministic block of prose of about ``tokens`` tokens under the model's tokenizer ("" for 0)."""
+    if tokens <= 0:
+        return ""
+    import random
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    rng = random.Random(16)
+    words = ["the", "ledger", "of", "river", "counts", "seven", "boats", "and", "a", "mill", "near", "stone",
+             "bridge", "where", "traders", "weigh", "grain", "before", "noon", "each", "day"]
+    text = ""
+    while len(tok.encode(text)) < tokens:
+        text += " ".join(rng.choice(words) for _ in range(12)).capitalize() + ". "
+    return "Notes (not needed for the question):\n" + text.strip()
+
+
+def _env(path: Path, context: int) -> Any:
+    """The arithmetic environment, its questions behind ``context`` tokens of notes when ``context > 0``."""
+    from teachloop.envs import Arithmetic
+
+    notes = _notes(path, context)
+
+    class LongArithmetic(Arithmetic):
+        def tasks(self, seed: int = 0) -> Any:
+            for task in super().tasks(seed):
+                if not notes:
+                    yield task
+                    continue
+                prompt = tuple(m.model_copy(update={"content": f"{notes}\n\n{m.content}"}) if m.role == "user"
+                               else m for m in task.prompt)
+                yield task.model_copy(update={"prompt": prompt})
+
+    return LongArithmetic(level=LEVEL)
+
+
+def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True, workload: str = "short") -> dict[str, Any]:
+    from teachloop.catalog.envref import ResolvedEnv
     from teachloop.engine.torch_engine import TorchEngine
     from teachloop.render import Renderer
     from teachloop.train.config import LoraSection, OptimSection, RLSection
-    from teachloop.train.envref import resolve_env
     from teachloop.train.grpo import GRPO
 
+    prompts, group, max_new, context = WORKLOADS[workload]
     path = _model_dir()
     engine = TorchEngine(path, device="cpu", pack="lm_head" if low_memory else None)
     engine.fw.checkpoint_layers = low_memory
     renderer = Renderer.from_pretrained(path)
     engine.create_adapter("bench", LoraSection(rank=RANK, alpha=ALPHA).spec(seed=0))
-    rl = RLSection(env="arithmetic", env_args={"level": LEVEL}, prompts_per_step=PROMPTS, group_size=GROUP,
-                   max_tokens=MAX_NEW, temperature=1.0, loss="ppo", drop_zero_variance=False)
+    rl = RLSection(env="arithmetic", env_args={"level": LEVEL}, prompts_per_step=prompts, group_size=group,
+                   max_tokens=max_new, temperature=1.0, loss="ppo", drop_zero_variance=False)
+    env = _env(path, context)
+    resolved = ResolvedEnv(env, f"bench:arithmetic+{context}", env.name, None, f"sha256:bench-{context}")
     algo = GRPO(rl=rl, optim=OptimSection(lr=LR, grad_clip=1.0), total_steps=steps, seed=0,
-                env=resolve_env("arithmetic", level=LEVEL), engine=engine, renderer=renderer, adapter="bench",
-                skip_zero_gradient=skip)
+                env=resolved, engine=engine, renderer=renderer, adapter="bench", skip_zero_gradient=skip)
     times, tokens, rewards, trained = [], [], [], []
 
     async def go() -> None:
@@ -89,18 +147,19 @@ def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True) -> di
     return {"step_seconds": times, "completion_tokens": tokens, "reward_mean": rewards, "trained_sequences": trained}
 
 
-def run_trl(steps: int, checkpointing: bool = True) -> dict[str, Any]:
+def run_trl(steps: int, checkpointing: bool = True, workload: str = "short") -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from teachloop.envs import Arithmetic, to_trl_reward
+    from teachloop.envs import to_trl_reward
 
+    prompts, group, max_new, context = WORKLOADS[workload]
     path = _model_dir()
-    env = Arithmetic(level=LEVEL)
-    tasks = env.take(PROMPTS * (steps + 2), seed=0)
+    env = _env(path, context)
+    tasks = env.take(prompts * (steps + 2), seed=0)
     data = Dataset.from_list([{"prompt": [m.to_openai() for m in t.prompt], "answer": t.answer} for t in tasks])
     reward = to_trl_reward(env.grader, answer_column="answer")
     tok = AutoTokenizer.from_pretrained(str(path))
@@ -118,12 +177,12 @@ def run_trl(steps: int, checkpointing: bool = True) -> dict[str, Any]:
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if logs and "completions/mean_length" in logs:
-                lengths.append(logs["completions/mean_length"] * PROMPTS * GROUP)
+                lengths.append(logs["completions/mean_length"] * prompts * group)
                 rewards.append(logs.get("reward", 0.0))
 
     args = GRPOConfig(
-        output_dir=os.environ.get("TMPDIR", "/tmp") + "/trl-bench", per_device_train_batch_size=PROMPTS * GROUP,
-        num_generations=GROUP, max_completion_length=MAX_NEW, learning_rate=LR, beta=0.0, use_vllm=False,
+        output_dir=os.environ.get("TMPDIR", "/tmp") + "/trl-bench", per_device_train_batch_size=prompts * group,
+        num_generations=group, max_completion_length=max_new, learning_rate=LR, beta=0.0, use_vllm=False,
         temperature=1.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         bf16=False, seed=0, dataloader_num_workers=0, gradient_checkpointing=checkpointing,
     )
@@ -133,7 +192,58 @@ def run_trl(steps: int, checkpointing: bool = True) -> dict[str, Any]:
                           peft_config=peft, callbacks=[Timer()])
     trainer.train()
     return {"step_seconds": times, "completion_tokens": lengths, "reward_mean": rewards,
-            "trained_sequences": [float(PROMPTS * GROUP)] * len(times)}
+            "trained_sequences": [float(prompts * group)] * len(times)}
+
+
+def run_phases(shape: str, micro_batch_tokens: int) -> None:
+    """RSS per phase of one GRPO step's engine calls (see the module docstring)."""
+    import random
+    import threading
+
+    import psutil
+
+    from teachloop.core.sampling import SamplingParams
+    from teachloop.core.training import AdamParams, Datum, LoraSpec, LossConfig
+    from teachloop.engine.torch_engine import TorchEngine
+
+    prompts_n, group, plen, new = (int(x) for x in shape.split(","))
+    proc, peak, done = psutil.Process(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+    def phase(name: str, fn: Any) -> Any:
+        before = peak[0] = proc.memory_info().rss
+        t0 = time.perf_counter()
+        out = fn()
+        mb = 2**20
+        print(f"{name:17s} {time.perf_counter() - t0:7.1f} s  RSS before {before / mb:6.0f} MB, peak "
+              f"{peak[0] / mb:6.0f} MB, after {proc.memory_info().rss / mb:6.0f} MB", flush=True)
+        return out
+
+    engine = phase("load", lambda: TorchEngine(_model_dir(), device="cpu"))
+    engine.micro_batch_tokens = micro_batch_tokens
+    print(f"micro_batch_tokens = {micro_batch_tokens}; {prompts_n} prompts x {group} samples, {plen}-token prompts, "
+          f"{new} new tokens", flush=True)
+    phase("create_adapter", lambda: engine.create_adapter("a", LoraSpec(rank=RANK, alpha=ALPHA, seed=0)))
+    rng = random.Random(0)
+    prompts = [[rng.randrange(100, 40000) for _ in range(plen)] for _ in range(prompts_n)]
+    params = SamplingParams(max_tokens=new, temperature=1.0, stop=[], seed=1)
+    out = phase("sample", lambda: engine.sample(prompts, group, params, adapter="a"))
+    datums = []
+    for p, samples in zip(prompts, out, strict=True):
+        for j, s in enumerate(samples):
+            mask = [0.0] * len(p) + [1.0] * len(s.tokens)
+            datums.append(Datum.from_sequence(p + s.tokens, mask, advantages=[m * (j - 3.5) / 2.3 for m in mask],
+                                              sampler_logprobs=[0.0] * len(p) + list(s.logprobs)))
+    phase("forward_backward", lambda: engine.forward_backward(datums, "ppo", LossConfig(), adapter="a",
+                                                              logprobs_for="weighted"))
+    phase("optim_step", lambda: engine.optim_step("a", AdamParams(learning_rate=LR)))
+    done.set()
+    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 def main() -> None:
@@ -141,18 +251,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (each contender once per round)")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per worker (plus one warm-up step)")
     ap.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="short",
+                    help="short: ~40-token prompts, 32 new tokens; long: ~1,000-token prompts, 64 new tokens")
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--lowmem", action="store_true",
                     help="also run teachloop-full with low_memory (layer activation checkpointing)")
     ap.add_argument("--trl-no-checkpointing", action="store_true",
                     help="also run TRL with gradient_checkpointing=False")
+    ap.add_argument("--phases", metavar="P,G,PROMPT,NEW", help="RSS per phase of one step's engine calls")
+    ap.add_argument("--micro-batch-tokens", default="2048", help="with --phases: comma-separated values to try")
     args = ap.parse_args()
+    if args.phases:
+        for value in args.micro_batch_tokens.split(","):
+            subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                            f"import grpo_vs_trl as b; b.run_phases({args.phases!r}, {int(value)})"], check=True)
+        return
     if args.worker:
         if args.worker.startswith("trl"):
-            fig = run_trl(args.steps + 1, checkpointing=args.worker == "trl")
+            fig = run_trl(args.steps + 1, checkpointing=args.worker == "trl", workload=args.workload)
         else:
             fig = run_teachloop(args.steps + 1, low_memory=args.worker == "teachloop-lowmem",
-                                skip=args.worker == "teachloop")
+                                skip=args.worker == "teachloop", workload=args.workload)
         fig["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(fig))
         return
@@ -163,7 +282,8 @@ def main() -> None:
     for rnd in range(args.rounds):
         for who in (names if rnd % 2 == 0 else names[::-1]):
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "--worker", who, "--steps", str(args.steps)],
+            proc = subprocess.run([sys.executable, __file__, "--worker", who, "--steps", str(args.steps),
+                                   "--workload", args.workload],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{who} failed:\n{proc.stderr[-4000:]}")
@@ -190,7 +310,7 @@ def main() -> None:
               f"| {s['completion_tokens_per_s']:.1f} | {s['peak_rss_mb']:.0f} |")
     for who in names[:-1]:
         t = summary[who]
-        print(f"\n{who}: step time / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.25); "
+        print(f"\n{who}: step time / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.2); "
               f"peak RSS / TRL = {t['peak_rss_mb'] / r['peak_rss_mb']:.3f} (target <= 0.5); "
               f"completion tokens/s / TRL = {t['completion_tokens_per_s'] / r['completion_tokens_per_s']:.2f}x")
     if args.json:

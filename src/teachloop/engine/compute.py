@@ -14,12 +14,20 @@ engine methods may call each other and callbacks (streaming ``on_token``)
 may use the engine. Calls from other threads queue up and run one at a time
 in arrival order, which also serialises the engine's state.
 
+``trim_heap`` hands the heap's free pages back to the operating system
+(glibc ``malloc_trim``): a training step frees its activations when its
+backward is done, but glibc keeps the pages for reuse, so without it a
+process's RSS between steps stays at the step's peak.
+
 This module knows nothing about models; it only runs callables.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -79,4 +87,23 @@ class ComputeThread:
             del item, fut, fn, args, kwargs
 
 
-__all__ = ["ComputeThread"]
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return lib if lib is not None and hasattr(lib, "malloc_trim") else None
+
+
+def trim_heap() -> bool:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim(0)``); False where there is no glibc."""
+    lib = _libc()
+    if lib is None:
+        return False
+    lib.malloc_trim(0)
+    return True
+
+
+__all__ = ["ComputeThread", "trim_heap"]

@@ -4,11 +4,15 @@ Pure torch functions shared by every engine (the torch engine and the fake):
 given the current policy's logprobs of the selected target tokens and the
 per-token inputs of those tokens, return a scalar loss (a *sum*, see
 ``core/training.py`` for the definitions) and ``"name:reduction"`` metrics.
+Every loss is a sum over datums (DPO: over (chosen, rejected) pairs), so a
+batch split into micro-batches has the loss and gradient of the sum of theirs;
+``merge_metrics`` combines the micro-batches' metrics into the batch's.
 This module knows nothing about models, tokens or adapters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -106,4 +110,45 @@ def _need(value: torch.Tensor | None, name: str, loss: str) -> torch.Tensor:
     return value
 
 
-__all__ = ["TokenInputs", "compute_loss"]
+#: ``:mean`` metrics averaged over DPO pairs (``pairs:sum``) rather than over tokens
+_PAIR_MEANS = frozenset({"reward_margin:mean", "accuracy:mean"})
+
+
+def merge_metrics(parts: Sequence[Mapping[str, float]], weight_sums: Sequence[float]) -> dict[str, float]:
+    """The metrics of a batch from those ``compute_loss`` gave for each of its micro-batches.
+
+    ``:sum`` metrics add up. A ``:mean`` is re-weighted by what it averaged over
+    in each part: ``nll:mean`` by the part's sum of weights (``weight_sums``),
+    DPO's per-pair means by ``pairs:sum``, every other mean (ratio, clip
+    fraction, KL, entropy) by the part's nonzero-weight tokens (``tokens:sum``);
+    a part that averaged over nothing does not count. Any other key keeps the
+    last part's value. Equal to computing the metrics on the whole batch, up to
+    float rounding.
+    """
+    if len(parts) != len(weight_sums):
+        raise ValueError("one weight sum per part")
+    out: dict[str, float] = {}
+    keys = list(dict.fromkeys(k for part in parts for k in part))
+    for key in keys:
+        present = [(part, w) for part, w in zip(parts, weight_sums, strict=True) if key in part]
+        if key.endswith(":sum"):
+            out[key] = sum(part[key] for part, _ in present)
+            continue
+        if not key.endswith(":mean"):
+            out[key] = present[-1][0][key]
+            continue
+        if key == "nll:mean":
+            weights = [w for _, w in present]
+        elif key in _PAIR_MEANS:
+            weights = [part.get("pairs:sum", 0.0) for part, _ in present]
+        else:
+            weights = [part.get("tokens:sum", 0.0) for part, _ in present]
+        total = sum(weights)
+        if total > 0:
+            out[key] = sum(part[key] * w for (part, _), w in zip(present, weights, strict=True)) / total
+        else:
+            out[key] = sum(part[key] for part, _ in present) / len(present)
+    return out
+
+
+__all__ = ["TokenInputs", "compute_loss", "merge_metrics"]

@@ -46,11 +46,11 @@ from teachloop.core.training import (
     OptimStepResult,
 )
 from teachloop.engine.base import AdapterInfo, LogprobsFor
-from teachloop.engine.compute import ComputeThread
+from teachloop.engine.compute import ComputeThread, trim_heap
 from teachloop.engine.hf_generic import build_forward, lora_target_groups, lora_targets
 from teachloop.engine.llama import Segments, single
-from teachloop.engine.losses import TokenInputs, compute_loss
-from teachloop.engine.packing import plan_packing
+from teachloop.engine.losses import TokenInputs, compute_loss, merge_metrics
+from teachloop.engine.packing import micro_batches, plan_packing
 from teachloop.engine.prefix import PrefixCache
 from teachloop.engine.sampler import DecodeBatch, SampleRequest, sample_all
 
@@ -638,7 +638,61 @@ class TorchEngine:
             raise InvalidInput("dpo needs (chosen, rejected) pairs: an even number of datums", param="batch")
         config.clip_bounds(loss)
 
+    #: packed tokens per micro-batch of ``forward_backward``: its activations (and so its peak memory)
+    #: are bounded by this, not by the batch (``packing.micro_batches``; gradients accumulate)
+    micro_batch_tokens: int = 1024
+
     def _run(
+        self,
+        batch: Sequence[Datum],
+        loss: LossFn,
+        config: LossConfig,
+        adapter: str | None,
+        logprobs_for: LogprobsFor,
+        backward: bool,
+    ) -> ForwardBackwardResult:
+        """``_run_one`` per micro-batch when training (the loss is a sum over datums); one pass otherwise."""
+        parts = (
+            micro_batches([d.input_tokens for d in batch], self.micro_batch_tokens, pairs=loss == "dpo")
+            if backward and batch and all(isinstance(d, Datum) for d in batch)
+            else []
+        )
+        if len(parts) == 1:
+            result = self._run_part(batch, loss, config, adapter, logprobs_for)
+        elif not parts:
+            result = self._run_one(batch, loss, config, adapter, logprobs_for, backward)
+        else:
+            self._validate(batch, loss, config)  # all or nothing: no gradient is added for a bad batch
+            results = [self._run_part([batch[i] for i in idx], loss, config, adapter, logprobs_for)
+                       for idx in parts]
+            out: list[list[float]] = [[] for _ in batch]
+            for idx, res in zip(parts, results, strict=True):
+                for i, lps in zip(idx, res.logprobs, strict=True):
+                    out[i] = lps
+            weight_sums = [sum(sum(batch[i].weights or [1.0] * batch[i].num_tokens) for i in idx) for idx in parts]
+            result = ForwardBackwardResult(
+                loss=sum(r.loss for r in results), logprobs=out,
+                metrics=merge_metrics([r.metrics for r in results], weight_sums),
+                num_tokens=sum(r.num_tokens for r in results),
+            )
+        if backward:
+            trim_heap()  # the step's activations are freed: hand their pages back before the next phase
+        return result
+
+    def _run_part(
+        self, part: Sequence[Datum], loss: LossFn, config: LossConfig, adapter: str | None, logprobs_for: LogprobsFor
+    ) -> ForwardBackwardResult:
+        """One micro-batch; one that must exceed ``micro_batch_tokens`` (a long prompt's group) checkpoints its layers."""
+        big = len(plan_packing([d.input_tokens for d in part]).tokens) > self.micro_batch_tokens
+        if not big or self.fw.checkpoint_layers:
+            return self._run_one(part, loss, config, adapter, logprobs_for, True)
+        self.fw.checkpoint_layers = True  # where it pays: this micro-batch's activations are what sets the peak
+        try:
+            return self._run_one(part, loss, config, adapter, logprobs_for, True)
+        finally:
+            self.fw.checkpoint_layers = False
+
+    def _run_one(
         self,
         batch: Sequence[Datum],
         loss: LossFn,
