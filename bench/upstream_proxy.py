@@ -1,14 +1,25 @@
 """The latency teachloop adds in front of an upstream model (issue 17), measured in the same run.
 
-Three processes: an OpenAI-compatible **upstream** (a minimal ASGI app on uvicorn answering a fixed chat
-completion), a **teachloop** server (no model loaded; one deployment whose primary arm is that upstream,
-with prices, so every call is relayed, priced and traced to SQLite before it is answered), and this
-process as the caller. Each round sends requests alternately straight to the upstream and through
-teachloop (one keep-alive ``httpx`` client each, sequential, the same body), so both contenders share
-whatever else the machine is doing. Prints per-contender medians (p50, p90) per round, the median over
-rounds, the p50 overhead (through teachloop minus direct) and the ratio.
+Processes: an OpenAI-compatible **upstream** (a minimal ASGI app on uvicorn answering a fixed chat
+completion), **teachloop** servers (no model loaded; one deployment each whose primary arm is that upstream,
+with prices, so every call is relayed, priced and traced to SQLite), and this process as the caller. The
+teachloop contenders:
 
-    python bench/upstream_proxy.py --rounds 5 --requests 200
+* ``teachloop`` -- this tree as configured by default: the answer waits for its trace's commit;
+* ``queued`` -- this tree with ``ServingConfig(upstream_commit_first=False)``: the trace is queued on the
+  same writer before the answer and committed right after it;
+* ``baseline`` (with ``--baseline-rev REV``) -- this tree with the files under ``--baseline-paths``
+  (default: ``src/teachloop/serve`` and ``src/teachloop/app/routes/openai.py``) as they are at ``REV``
+  (read with ``git show``; files added since are left out), so only those files differ;
+* ``baseline src`` (with ``--baseline-src DIR``) -- any prepared source tree, e.g. this one with a change
+  undone by hand where the file at ``REV`` would not import with the rest of the tree.
+
+Each round sends requests round-robin, one by one, straight to the upstream and through each teachloop
+(one keep-alive ``httpx`` client each, sequential, the same body), so all contenders share whatever else the
+machine is doing. Prints per-contender p50 and p90 per round, the median over rounds, and each teachloop's
+p50 overhead (minus direct) and ratio.
+
+    python bench/upstream_proxy.py --rounds 5 --requests 200 [--baseline-rev HEAD]
 """
 
 from __future__ import annotations
@@ -58,13 +69,13 @@ def serve_upstream(port: int) -> None:
     uvicorn.run(upstream_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def serve_teachloop(port: int, home: Path) -> None:
+def serve_teachloop(port: int, home: Path, commit_first: bool = True) -> None:
     import uvicorn
     from cryptography.fernet import Fernet
 
     from teachloop.app import AppDeps, create_app
     from teachloop.core.settings import Settings
-    from teachloop.serve import Serving
+    from teachloop.serve import Serving, ServingConfig
     from teachloop.store import BlobStore, Database, bootstrap
 
     settings = Settings(home=home, model_cache=home / "models", database_url=f"sqlite:///{home / 'teachloop.db'}",
@@ -76,7 +87,8 @@ def serve_teachloop(port: int, home: Path) -> None:
         assert first.key is not None
         (home / "key").write_text(first.key.secret)
     blobs = BlobStore(settings.blob_url)
-    serving = Serving(db, blobs, upstream_key=Fernet.generate_key().decode())
+    config = ServingConfig() if commit_first else ServingConfig(upstream_commit_first=False)
+    serving = Serving(db, blobs, upstream_key=Fernet.generate_key().decode(), config=config)
     serving.start()
     uvicorn.run(create_app(AppDeps(settings, db, blobs, serving=serving)), host="127.0.0.1", port=port,
                 log_level="warning", access_log=False)
@@ -110,6 +122,25 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def baseline_tree(rev: str, paths: list[str]) -> Path:
+    """A copy of this tree's ``src`` with ``paths`` (files or folders) as they are at ``rev``."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    out = Path(tempfile.mkdtemp(prefix="tl-bench-baseline-"))
+    shutil.copytree(root / "src", out / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in paths:
+        for f in (out / path).rglob("*.py") if (out / path).is_dir() else [out / path]:
+            f.unlink(missing_ok=True)
+        listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "--", path], cwd=root, check=True,
+                                capture_output=True, text=True).stdout.split()
+        for name in listed:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(subprocess.run(["git", "show", f"{rev}:{name}"], cwd=root, check=True,
+                                                    capture_output=True).stdout)
+    return out / "src"
+
+
 def main() -> None:
     import httpx
 
@@ -117,26 +148,42 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200, help="Requests per contender per round.")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--baseline-rev", default=None, help="Also run this tree with --baseline-paths at REV.")
+    parser.add_argument("--baseline-paths", nargs="+",
+                        default=["src/teachloop/serve", "src/teachloop/app/routes/openai.py"])
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="Also run a prepared source tree (the folder holding teachloop/), named 'baseline src'.")
+    parser.add_argument("--no-queued", action="store_true", help="Leave out the upstream_commit_first=False server.")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="tl-bench-upstream-"))
-    up_port, tl_port = _port(), _port()
+    src = Path(__file__).resolve().parents[1] / "src"
+    servers = [("teachloop", src, "1")]
+    if not args.no_queued:
+        servers.append(("queued", src, "0"))
+    if args.baseline_rev:
+        servers.append((f"baseline {args.baseline_rev}", baseline_tree(args.baseline_rev, args.baseline_paths), "1"))
+    if args.baseline_src:
+        servers.append(("baseline src", args.baseline_src.resolve(), "1"))
+    up_port = _port()
     me = [sys.executable, str(Path(__file__).resolve())]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    procs = [subprocess.Popen([*me, "--serve-upstream", str(up_port)], env=env),
-             subprocess.Popen([*me, "--serve-teachloop", str(tl_port), str(home)], env=env)]
+    procs = [subprocess.Popen([*me, "--serve-upstream", str(up_port)], env={**os.environ, "PYTHONPATH": str(src)})]
     try:
-        upstream, teachloop = f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{tl_port}"
+        upstream = f"http://127.0.0.1:{up_port}/v1"
         _wait(upstream + "/models/teacher", procs[0])
-        _wait(teachloop + "/healthz", procs[1])
-        key = (home / "key").read_text()
-        created = httpx.post(f"{teachloop}/api/deployments", headers={"Authorization": f"Bearer {key}"}, json={
-            "name": "support", "base_model": "smollm2-135m-instruct",
-            "upstream": {"base_url": upstream, "model": "teacher", "api_key": KEY},
-            "prices": {"teacher": {"prompt_per_1m": 15, "completion_per_1m": 60}}}, timeout=30)
-        assert created.status_code == 201, created.text
-        direct = httpx.Client(base_url=upstream, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
-        proxied = httpx.Client(base_url=teachloop + "/v1", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        clients = {"direct": httpx.Client(base_url=upstream, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)}
+        for name, tree, commit_first in servers:
+            home, port = Path(tempfile.mkdtemp(prefix="tl-bench-upstream-")), _port()
+            procs.append(subprocess.Popen([*me, "--serve-teachloop", str(port), str(home), commit_first],
+                                          env={**os.environ, "PYTHONPATH": str(tree)}))
+            url = f"http://127.0.0.1:{port}"
+            _wait(url + "/healthz", procs[-1])
+            key = (home / "key").read_text()
+            created = httpx.post(f"{url}/api/deployments", headers={"Authorization": f"Bearer {key}"}, json={
+                "name": "support", "base_model": "smollm2-135m-instruct",
+                "upstream": {"base_url": upstream, "model": "teacher", "api_key": KEY},
+                "prices": {"teacher": {"prompt_per_1m": 15, "completion_per_1m": 60}}}, timeout=30)
+            assert created.status_code == 201, created.text
+            clients[name] = httpx.Client(base_url=url + "/v1", headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
         def once(client: httpx.Client) -> float:
             t0 = time.perf_counter()
@@ -146,24 +193,30 @@ def main() -> None:
             return elapsed
 
         for _ in range(args.warmup):
-            once(direct)
-            once(proxied)
-        rows = []
-        print(f"{'round':>5} {'direct p50':>11} {'direct p90':>11} {'teachloop p50':>14} {'teachloop p90':>14} "
-              f"{'overhead p50':>13}")
+            for client in clients.values():
+                once(client)
+        names = list(clients)
+        rounds: list[dict[str, tuple[float, float]]] = []
+        print(f"load average before: {os.getloadavg()[0]:.1f}")
+        print(f"{'round':>5} " + " ".join(f"{n + ' p50/p90':>28}" for n in names))
         for r in range(args.rounds):
-            d, p = [], []
-            for _ in range(args.requests):  # alternate request by request
-                d.append(once(direct))
-                p.append(once(proxied))
-            row = (statistics.median(d), _pct(d, 0.9), statistics.median(p), _pct(p, 0.9))
-            rows.append(row)
-            print(f"{r + 1:>5} {row[0]:>9.2f}ms {row[1]:>9.2f}ms {row[2]:>12.2f}ms {row[3]:>12.2f}ms "
-                  f"{row[2] - row[0]:>11.2f}ms", flush=True)
-        med = [statistics.median(x[i] for x in rows) for i in range(4)]
-        print(f"median over {args.rounds} rounds: direct p50 {med[0]:.2f} ms (p90 {med[1]:.2f}), through teachloop "
-              f"p50 {med[2]:.2f} ms (p90 {med[3]:.2f}); p50 overhead {med[2] - med[0]:.2f} ms "
-              f"(target <= 5 ms), ratio {med[2] / med[0]:.2f}x")
+            got: dict[str, list[float]] = {n: [] for n in names}
+            for _ in range(args.requests):  # round-robin, request by request
+                for n in names:
+                    got[n].append(once(clients[n]))
+            rounds.append({n: (statistics.median(v), _pct(v, 0.9)) for n, v in got.items()})
+            print(f"{r + 1:>5} " + " ".join(f"{rounds[-1][n][0]:>13.2f} /{rounds[-1][n][1]:>9.2f} ms" for n in names),
+                  flush=True)
+        med = {n: (statistics.median(x[n][0] for x in rounds), statistics.median(x[n][1] for x in rounds))
+               for n in names}
+        print(f"median over {args.rounds} rounds x {args.requests} requests (load average after: "
+              f"{os.getloadavg()[0]:.1f}):")
+        for n in names:
+            line = f"  {n:<24} p50 {med[n][0]:7.2f} ms  p90 {med[n][1]:7.2f} ms"
+            if n != "direct":
+                line += (f"  p50 overhead {med[n][0] - med['direct'][0]:6.2f} ms (target <= 5 ms), "
+                         f"ratio {med[n][0] / med['direct'][0]:.2f}x")
+            print(line)
     finally:
         for proc in procs:
             proc.terminate()
@@ -174,6 +227,6 @@ if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--serve-upstream":
         serve_upstream(int(sys.argv[2]))
     elif len(sys.argv) >= 4 and sys.argv[1] == "--serve-teachloop":
-        serve_teachloop(int(sys.argv[2]), Path(sys.argv[3]))
+        serve_teachloop(int(sys.argv[2]), Path(sys.argv[3]), len(sys.argv) < 5 or sys.argv[4] == "1")
     else:
         main()

@@ -25,7 +25,7 @@ resolves the target once, and ``upstream_chat`` relays the request through
 ``serve.upstream`` instead of the scheduler (only chat completions relay; the
 other endpoints refuse such a deployment naming ``model``). A deployment with a
 shadow arm sends ``shadow_percent`` % of requests there as well, in the
-background (``shadow``): the caller only sees the primary's answer, the
+background (``shadow``, run by ``serve.shadow``): the caller only sees the primary's answer, the
 shadow's is traced with ``arm: "shadow"`` and ``shadow_of`` naming the trace it
 shadowed. Each trace carries ``cost_micro`` when the deployment prices the
 model that answered (``prices``: upstream model id, adapter ``NAME@N`` or
@@ -72,6 +72,7 @@ from teachloop.serve.scheduler import (
     SinkEvent,
     TokenEvent,
 )
+from teachloop.serve.shadow import Shadows
 from teachloop.serve.text import TextStream, TokenText, cut_at_stops
 from teachloop.serve.traces import TraceWriter
 from teachloop.serve.upstream import KeyBox, Relayed, Streamed, Upstream, UpstreamRelay, UpstreamRequest
@@ -103,6 +104,8 @@ class ServingConfig:
         sync_interval_s: how often deployments are re-read to preload and unload adapters.
         capture_traces: store every completion (turn off only to measure its cost).
         prefix_cache: reuse the keys/values of prompt prefixes seen before (``engine/prefix.py``).
+        upstream_commit_first: an upstream arm's answer waits for its trace's commit, as a local one does; off,
+            the trace is queued before the answer and committed just after it (``serve.upstream``).
     """
 
     max_rows: int = 32
@@ -113,6 +116,7 @@ class ServingConfig:
     sync_interval_s: float = 2.0
     capture_traces: bool = True
     prefix_cache: bool = True
+    upstream_commit_first: bool = True
 
 
 @dataclass(frozen=True)
@@ -256,9 +260,9 @@ class Serving:
         # upstream arms (serve.upstream): the Fernet key (None: TEACHLOOP_UPSTREAM_KEY), decrypted endpoints by id
         self._upstream_key = upstream_key
         self._keys: KeyBox | None = None
-        self._upstreams: dict[str, Upstream] = {}
+        self._upstreams: dict[str, tuple[str, Upstream]] = {}  # id -> (org id, endpoint); rows are immutable
         self.relay = UpstreamRelay()
-        self._background: set[asyncio.Task[None]] = set()
+        self.shadows = Shadows(self)
 
     @property
     def vocab_size(self) -> int:
@@ -342,10 +346,11 @@ class Serving:
                 bucket = canary_bucket(dep.id, user) if user else random.randrange(100)
                 if bucket < dep.canary_percent:
                     version_id, upstream_id, arm = dep.canary_version_id, dep.canary_upstream_id, "canary"
-            target = _arm(session, org_id, dep, model, arm, version_id, upstream_id)
+            target = _arm(session, org_id, dep, model, arm, version_id, upstream_id, self._upstreams)
             shadowing = dep.shadow_version_id or dep.shadow_upstream_id
             if shadowing and dep.shadow_percent > 0 and random.randrange(100) < dep.shadow_percent:
-                shadow = _arm(session, org_id, dep, model, "shadow", dep.shadow_version_id, dep.shadow_upstream_id)
+                shadow = _arm(session, org_id, dep, model, "shadow", dep.shadow_version_id, dep.shadow_upstream_id,
+                              self._upstreams)
                 target = replace(target, shadow=shadow)
             return target
 
@@ -367,9 +372,11 @@ class Serving:
                 row = session.get(UpstreamEndpoint, upstream_id)
                 if row is None or row.org_id != org_id:
                     raise NotFound(f"upstream {upstream_id!r} not found", param="model")
-                cached = Upstream.of(row, self.keybox())
+                cached = (row.org_id, Upstream.of(row, self.keybox()))
             self._upstreams[upstream_id] = cached
-        return cached
+        if cached[0] != org_id:
+            raise NotFound(f"upstream {upstream_id!r} not found", param="model")
+        return cached[1]
 
     async def route(self, principal: Principal, chat: ChatInput) -> Target:
         """Quotas, then what serves ``chat.model`` (resolved once: pass it to ``open_chat`` or ``upstream_chat``)."""
@@ -381,8 +388,9 @@ class Serving:
 
         return await asyncio.get_running_loop().run_in_executor(None, work)
 
-    def _upstream_request(self, principal: Principal, chat: ChatInput, body: dict[str, Any], target: Target,
-                          shadow_of: str | None = None) -> UpstreamRequest:
+    def upstream_request(self, principal: Principal, chat: ChatInput, body: dict[str, Any], target: Target,
+                         shadow_of: str | None = None) -> UpstreamRequest:
+        """The relay of ``body`` to the target's upstream, with its trace columns (may read the database once)."""
         assert target.upstream_id is not None
         upstream = self.upstream(principal.org_id, target.upstream_id)
         trace = {
@@ -393,16 +401,17 @@ class Serving:
             "stream": bool(body.get("stream")), "user": chat.user, "request_metadata": dict(chat.metadata),
             "shadow_of": shadow_of,
         }
-        return UpstreamRequest(upstream, body, trace, target.price, chat.include_usage, self.relay, self.traces)
+        return UpstreamRequest(upstream, body, trace, target.price, chat.include_usage, self.relay, self.traces,
+                               self.config.upstream_commit_first)
 
     async def upstream_chat(self, principal: Principal, chat: ChatInput, body: dict[str, Any],
                             target: Target) -> Relayed | Streamed:
         """Relay ``body`` (the caller's request, as sent) to the target's upstream; traced like a local call."""
         if target.upstream_id in self._upstreams:  # the endpoint is cached: no thread hop for the database
-            request = self._upstream_request(principal, chat, body, target)
+            request = self.upstream_request(principal, chat, body, target)
         else:
             loop = asyncio.get_running_loop()
-            request = await loop.run_in_executor(None, self._upstream_request, principal, chat, body, target)
+            request = await loop.run_in_executor(None, self.upstream_request, principal, chat, body, target)
         org_id = principal.org_id
         self.usage.started(org_id)
         answered = False
@@ -423,34 +432,7 @@ class Serving:
     def shadow(self, principal: Principal, chat: ChatInput, body: dict[str, Any], target: Target,
                trace_id: str) -> None:
         """Send the request to ``target.shadow`` in the background (if set); its trace names ``trace_id``."""
-        if target.shadow is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._run_shadow(principal, chat, body, target.shadow,
-                                                                       trace_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _run_shadow(self, principal: Principal, chat: ChatInput, body: dict[str, Any], shadow: Target,
-                          trace_id: str) -> None:
-        quiet = replace(chat, stream=False, include_usage=False)
-        try:
-            if shadow.upstream_id is not None:
-                sent = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-                loop = asyncio.get_running_loop()
-                request = await loop.run_in_executor(None, self._upstream_request, principal, quiet, sent, shadow,
-                                                     trace_id)
-                await request.complete()
-                return
-            run = await self.open_chat(principal, quiet, target=shadow)
-            run.shadow_of = trace_id
-            try:
-                await run.record(await run.replies())
-            finally:
-                run.close()
-        except TeachloopError as err:  # a shadow never fails the caller: its failure is logged (and traced upstream)
-            log.warning("shadow of %s failed: %s", trace_id, err)
-        except Exception:
-            log.exception("shadow of %s failed", trace_id)
+        self.shadows.send(principal, chat, body, target, trace_id)
 
     # ------------------------------------------------------------------ chat
     async def open_chat(self, principal: Principal, chat: ChatInput, target: Target | None = None) -> ChatRun:
@@ -599,15 +581,21 @@ def _price(prices: dict[str, Any] | None, *names: str | None) -> dict[str, Any] 
 
 
 def _arm(session: Any, org_id: str, dep: Deployment, model: str, arm: str, version_id: str | None,
-         upstream_id: str | None) -> Target:
-    """The target of one arm of ``dep``: an upstream, an adapter version, or the base model alone."""
+         upstream_id: str | None, known: dict[str, tuple[str, Upstream]]) -> Target:
+    """The target of one arm of ``dep``: an upstream (``known`` endpoints read no row), an adapter version, or
+    the base model alone."""
     target = Target(model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
                     arm=arm)
     if upstream_id is not None:
-        row = session.get(UpstreamEndpoint, upstream_id)
-        if row is None or row.org_id != org_id:
-            raise NotFound(f"upstream {upstream_id!r} not found", param="model")
-        return replace(target, upstream_id=row.id, upstream_model=row.model, price=_price(dep.prices, row.model))
+        owner, endpoint = known.get(upstream_id, (None, None))
+        upstream_model = endpoint.model if endpoint is not None and owner == org_id else None
+        if upstream_model is None:
+            row = session.get(UpstreamEndpoint, upstream_id)
+            if row is None or row.org_id != org_id:
+                raise NotFound(f"upstream {upstream_id!r} not found", param="model")
+            upstream_model = row.model
+        return replace(target, upstream_id=upstream_id, upstream_model=upstream_model,
+                       price=_price(dep.prices, upstream_model))
     if version_id is None:
         return replace(target, price=_price(dep.prices, dep.base_model))
     version = AdapterVersions(session).get(org_id, version_id)

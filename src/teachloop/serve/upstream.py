@@ -23,7 +23,14 @@ key naming ``upstream.api_key`` without echoing it) and stores it encrypted.
 * every call, answered or failed, writes one trace like a local call's (prompt,
   choices, tokens from the upstream's ``usage``, latency, time to first token)
   plus ``upstream_id``, ``cost_micro`` and, on failure, ``error`` (what
-  happened, the status and the attempts) with ``finish_reason: "error"``.
+  happened, the status and the attempts) with ``finish_reason: "error"``,
+  through the serving process's one ``TraceWriter``. By default the answer
+  (or the stream's ``[DONE]``) waits for that trace's commit, as a local
+  call's does; with ``commit_first=False`` (``ServingConfig.upstream_commit_first``)
+  the row is queued first and its commit awaited right after the answer is
+  sent, in the same request (``Relayed.committed``, or the stream's tail), so
+  a graceful shutdown still writes it and a failed write is logged -- only a
+  process killed in those few milliseconds loses the trace of an answered call.
 
 Blocking work (the database) runs in threads; the relay itself is async. No
 HTTP framework here: the OpenAI router turns what this returns into responses.
@@ -36,6 +43,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -318,10 +326,24 @@ def trace_choices(choices: list[dict[str, Any]], completion_tokens: int) -> list
 
 @dataclass
 class Relayed:
-    """An answered non-streaming call: the body to send and the trace id."""
+    """An answered non-streaming call: the body to send, the trace id, and (``commit_first`` off) the trace's commit.
+
+    ``committed`` is None when the trace was committed before this was returned; otherwise await it
+    (``await_commit``) once the body has been sent.
+    """
 
     body: dict[str, Any]
     trace_id: str
+    committed: Future[None] | None = None
+
+    async def await_commit(self) -> None:
+        """Wait for the trace's commit (after the answer went out); a failed write is logged, never raised."""
+        if self.committed is None:
+            return
+        try:
+            await asyncio.wrap_future(self.committed)
+        except Exception as err:  # the answer is already sent: nothing left to fail
+            log.error("the trace %s of an answered upstream call was not stored: %s", self.trace_id, err)
 
 
 @dataclass
@@ -337,7 +359,8 @@ class UpstreamRequest:
     """One request to an upstream arm, with what its trace needs.
 
     ``trace`` holds the trace columns known before the call (prompt, params, deployment, arm, org, key);
-    ``price`` the model's price or None; ``writer`` stores the trace row.
+    ``price`` the model's price or None; ``writer`` stores the trace row; ``commit_first`` whether an
+    answer waits for its trace's commit (see the module docstring).
     """
 
     upstream: Upstream
@@ -347,6 +370,7 @@ class UpstreamRequest:
     include_usage: bool
     relay: UpstreamRelay
     writer: TraceWriter
+    commit_first: bool = True
     trace_id: str = field(default_factory=lambda: new_id("tr"))
     started: float = field(default_factory=time.perf_counter)
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -405,6 +429,8 @@ class UpstreamRequest:
         call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         call.completion_tokens = int(usage.get("completion_tokens") or 0)
         call.choices = list(body.get("choices") or [])
+        if not self.commit_first:  # queued now (a closed writer still refuses here), committed after the answer
+            return Relayed(self._answer(body), self.trace_id, self.writer.submit(self.values(call)))
         await self.write(self.values(call))
         return Relayed(self._answer(body), self.trace_id)
 
@@ -422,6 +448,7 @@ class UpstreamRequest:
     async def _frames(self, resp: httpx.Response, call: Call) -> AsyncIterator[bytes]:
         choices: dict[int, dict[str, Any]] = {}
         done = False
+        committed: Relayed | None = None  # the trace queued before [DONE] (``commit_first`` off)
         try:
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
@@ -451,8 +478,13 @@ class UpstreamRequest:
             if not done:
                 raise UpstreamError(f"the upstream at {self.upstream.base_url} ended the stream before [DONE]",
                                     code="upstream_stream_cut")
-            await self.write(self.values(call))
-            yield SSE_DONE
+            if self.commit_first:
+                await self.write(self.values(call))
+                yield SSE_DONE
+            else:
+                committed = Relayed({}, self.trace_id, self.writer.submit(self.values(call)))
+                yield SSE_DONE  # the caller has its answer; a cancel from here on keeps the queued trace
+                await committed.await_commit()
         except (TeachloopError, httpx.HTTPError, ValueError) as err:
             failure = err if isinstance(err, TeachloopError) else (
                 _failure(err, self.upstream) if isinstance(err, httpx.TimeoutException) else
@@ -461,6 +493,8 @@ class UpstreamRequest:
             await self._record_failure(call, failure, "stream_cut" if call.ttft_ms is not None else _what(failure))
             yield sse_error(failure)
         except (asyncio.CancelledError, GeneratorExit):  # the caller left: trace what it got, cancelled
+            if committed is not None:  # it left after [DONE]: the full trace is queued already
+                raise
             call.choices = [{**c, "finish_reason": "cancelled"} for c in choices.values()]
             values = self.values(call)
             values["finish_reason"] = "cancelled"

@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import openai
@@ -296,3 +297,22 @@ def test_cli_creates_and_switches_an_upstream_arm_with_the_key_from_the_environm
             assert len(rows) == 1 and KEY not in rows[0].key_ciphertext
     finally:
         db.close()
+
+
+def test_with_commit_first_off_the_answer_goes_out_first_and_the_trace_is_still_committed_in_the_request(
+    client: TestClient, serving: Serving, tenants: Tenants, database: Database, upstream: FakeUpstream
+) -> None:
+    serving.config = replace(serving.config, upstream_commit_first=False)
+    acme = tenants.acme
+    assert _create(client, acme.owner, "support", _spec(upstream), prices={"teacher": PRICE}).status_code == 201
+    oai = _oai(client, acme.member)
+    out = oai.chat.completions.create(model="support", messages=[{"role": "user", "content": "hello"}])
+    assert out.choices[0].message.content == "teacher: hello"
+    trace = _trace(database, out.id.removeprefix("chatcmpl-"))  # committed by the time the request ended
+    assert trace.cost_micro == 11 * 15 + 3 * 60 and trace.error is None
+    chunks = list(oai.chat.completions.create(model="support", messages=[{"role": "user", "content": "a b"}],
+                                              stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "teacher: a b"
+    trace = _trace(database, chunks[0].id.removeprefix("chatcmpl-"))
+    assert trace.stream and trace.finish_reason == "stop" and trace.choices[0]["message"]["content"] == "teacher: a b"
+    assert len(_traces(database)) == 2 and serving.traces.stats().failures == 0

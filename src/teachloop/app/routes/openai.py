@@ -20,7 +20,8 @@ Every response carries ``x-teachloop-trace-id``; the completion
 ``id`` is ``chatcmpl-<trace id>``. A deployment arm answered by an upstream
 (``serve.upstream``) is relayed: the upstream's body (or stream) passes
 through with the teachloop id and the deployment's name as ``model``, and its
-errors keep the upstream's status. A deployment with a shadow arm also sends
+errors keep the upstream's status; its trace is committed before the answer
+unless ``ServingConfig.upstream_commit_first`` is off (then just after it). A deployment with a shadow arm also sends
 the request there in the background (never seen by the caller).
 
 The request body and its checks live in ``serve.chat``; ``service.Serving`` does the
@@ -36,6 +37,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
 from teachloop.app.auth import Member, ServingDep, Viewer
 from teachloop.core.chat import Message
@@ -317,8 +319,9 @@ async def _relay(serving: Serving, principal: Principal, chat: ChatInput, body: 
     raw = body.model_dump(exclude_unset=True, by_alias=True)
     out = await serving.upstream_chat(principal, chat, raw, target)
     serving.shadow(principal, chat, raw, target, out.trace_id)
-    if isinstance(out, Relayed):
-        return JSONResponse(out.body, headers={TRACE_HEADER: out.trace_id})
+    if isinstance(out, Relayed):  # a trace not committed yet (upstream_commit_first off) is awaited after the body
+        return JSONResponse(out.body, headers={TRACE_HEADER: out.trace_id},
+                            background=BackgroundTask(out.await_commit) if out.committed is not None else None)
     return StreamingResponse(out.frames, media_type="text/event-stream",
                              headers={TRACE_HEADER: out.trace_id, "cache-control": "no-cache"})
 
