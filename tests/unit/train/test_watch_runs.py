@@ -21,7 +21,7 @@ ENVS = "tests.unit.train.conftest:"
 def _config(train_env: str, eval_env: str, steps: int) -> dict[str, Any]:
     # every 2 steps on 6 held-out tasks; a window of 4 evaluations spans 6 training steps
     return {
-        "name": f"watch-{train_env.lower()}", "algorithm": "grpo", "steps": steps, "checkpoint_every": 0, "seed": 1,
+        "name": f"watch-{train_env.lower()}", "algorithm": "grpo", "steps": steps, "checkpoint_every": 0, "seed": 0,
         "lora": {"rank": 8, "unembed": True}, "optim": {"lr": 5e-2},
         "rl": {"env": ENVS + train_env, "prompts_per_step": 4, "group_size": 4, "max_tokens": 6},
         "eval": {"env": ENVS + eval_env, "tasks": 6, "every": 2},
