@@ -117,11 +117,12 @@ def list_experts(org: str | None = OrgOpt) -> None:
 
     with handle_errors(), StoreContext(org) as ctx, ctx.database.session(write=False) as s:
         rows = [(e, review.quality(s, ctx.org_id, e.user_id)) for e in workforce.list_experts(s, ctx.org_id)]
-    table = Table("handle", "user", "gold", "wilson lower", "accepted", "rejected", "status")
+    table = Table("handle", "gold", "wilson lower", "accepted", "rejected", "status")
+    table.add_column("user", no_wrap=True, min_width=30)  # ids are copied from here: never cut
     for e, q in rows:
         wl = "-" if q.wilson_lower is None else f"{q.wilson_lower:.2f}"
-        table.add_row(e.handle, e.user_id, f"{q.gold_correct}/{q.gold_answers}", wl, str(q.accepted),
-                      str(q.rejected), q.status + (f": {q.pause_reason}" if q.pause_reason else ""))
+        table.add_row(e.handle, f"{q.gold_correct}/{q.gold_answers}", wl, str(q.accepted),
+                      str(q.rejected), q.status + (f": {q.pause_reason}" if q.pause_reason else ""), e.user_id)
     console.print(table)
 
 
