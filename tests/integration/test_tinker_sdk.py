@@ -525,3 +525,29 @@ def test_protocol_dedup_order_and_malformed_bodies(server: Server) -> None:
     other = http.post("/retrieve_future", json={"request_id": late["request_id"]},
                       headers={"X-API-Key": server.other_key})
     assert other.status_code == 404
+
+
+def test_a_session_whose_client_went_away_is_ended_and_its_run_cancelled_saying_why(server: Server) -> None:
+    """A client that exits without finishing its session (the cookbook's recipes do) stops heartbeating: after
+    ``session_timeout`` the next session call ends it as interrupted, its run cancelled with the reason and its
+    adapters unloaded. A live session is left alone. (Last in the module: it ends every silent session.)"""
+    from sqlalchemy import select
+
+    from teachloop.store.schema.runs import TrainingRun
+    from teachloop.store.schema.tinker import TinkerModel
+
+    tc = _client(server).create_lora_training_client(BASE, rank=4, seed=9).result()
+    model_id = str(tc.model_id)
+    service = server.app.state.tinker
+    assert service.reap(force=True) == []  # its client heartbeats: nothing is stale at the default timeout
+    timeout, service.session_timeout = service.session_timeout, 0.0
+    try:
+        time.sleep(0.05)
+        ended = service.reap(force=True)
+    finally:
+        service.session_timeout = timeout
+    assert model_id.split(":")[0] in ended
+    with server.database.session(write=False) as s:
+        run = s.get(TrainingRun, s.scalar(select(TinkerModel.run_id).where(TinkerModel.id == model_id)))
+        assert run is not None and run.status == "cancelled" and "no heartbeat" in (run.error or "")
+    assert model_id not in service._training  # its adapter is unloaded

@@ -131,8 +131,16 @@ class Records:
                 run = s.get(TrainingRun, model.run_id)
                 if run is not None and run.status == "running":
                     run.status, run.finished_at = run_status, utc_now()
-                    run.error = detail if run_status == "failed" else None
+                    run.error = detail if run_status in ("failed", "cancelled") else None
             return [m.id for m in models]
+
+    def stale_sessions(self, before: datetime) -> list[tuple[str, str]]:
+        """(org id, session id) of every active session with no heartbeat (nor creation) since ``before``."""
+        with self.db.session(write=False) as s:
+            seen = func.coalesce(TinkerSession.last_seen_at, TinkerSession.created_at)
+            rows = s.execute(select(TinkerSession.org_id, TinkerSession.id).where(
+                TinkerSession.status == "active", seen < before)).all()
+            return [(org, sid) for org, sid in rows]
 
     def sessions(self, org_id: str, *, limit: int, offset: int) -> tuple[list[SessionRow], int]:
         """The organisation's sessions, newest first, and their total count."""

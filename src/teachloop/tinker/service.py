@@ -169,11 +169,15 @@ class TinkerService:
         workers: threads running requests (engine work itself runs on each engine's compute thread).
         long_poll: seconds ``retrieve_future`` waits before answering ``try_again`` (SDK limit: 45).
         max_chunk_len: ``fwdbwd_max_chunk_len`` advertised to clients (tests force chunking with 1).
+        session_timeout: seconds without a heartbeat after which a session is ended as ``interrupted``
+            (its runs cancelled, saying why; its adapters unloaded). The SDK heartbeats every few
+            seconds while a client lives; a client that exits without finishing its session (the
+            cookbook's recipes do) is noticed here, at the next session call of any client.
     """
 
     def __init__(
         self, records: Records, models: Sequence[HostedModel], *, workers: int = 4, long_poll: float = 25.0,
-        max_chunk_len: int = 1024, max_snapshots: int = MAX_SNAPSHOTS,
+        max_chunk_len: int = 1024, max_snapshots: int = MAX_SNAPSHOTS, session_timeout: float = 300.0,
     ) -> None:
         if not models:
             raise InvalidInput("the Tinker API needs at least one base model", param="models")
@@ -189,6 +193,8 @@ class TinkerService:
         self._samplers: dict[str, _Sampler] = {}
         self._creating: dict[str, Future] = {}
         self._path_adapters: dict[str, str] = {}
+        self.session_timeout = session_timeout
+        self._reaped_at = 0.0
 
     def close(self) -> None:
         """Stop taking work (running requests finish)."""
@@ -292,12 +298,35 @@ class TinkerService:
             meta.setdefault("display_name", str(body["display_name"]))
         sid = self.records.create_session(p.org_id, tags=[str(t) for t in tags], user_metadata=meta,
                                           sdk_version=str(body.get("sdk_version") or "") or None)
+        self.reap()
         return {"type": "create_session", "session_id": sid}
 
     def heartbeat(self, p: Principal, session_id: str) -> dict[str, Any]:
-        """Record that the session's client is alive."""
+        """Record that the session's client is alive (and end the sessions whose clients went away)."""
         self.records.touch_session(p.org_id, session_id)
+        self.reap()
         return {"type": "session_heartbeat"}
+
+    def reap(self, *, now: float | None = None, force: bool = False) -> list[str]:
+        """End, as ``interrupted``, the active sessions silent for ``session_timeout`` s; their ids.
+
+        Runs at most every 30 s unless ``force`` (called from heartbeats and new sessions).
+        """
+        import time
+        from datetime import timedelta
+
+        from teachloop.store.schema.base import utc_now
+
+        clock = time.monotonic() if now is None else now
+        if not force and clock - self._reaped_at < 30.0:
+            return []
+        self._reaped_at = clock
+        ended = []
+        for org_id, sid in self.records.stale_sessions(utc_now() - timedelta(seconds=self.session_timeout)):
+            self._finish(org_id, sid, "interrupted",
+                         f"no heartbeat for {self.session_timeout:.0f} s: the client went away without finishing")
+            ended.append(sid)
+        return ended
 
     def finish_session(self, p: Principal, session_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """End the session: its runs become completed, failed or cancelled; its samplers and models unload."""
@@ -306,12 +335,16 @@ class TinkerService:
         if status not in ("success", "errored", "interrupted"):
             raise InvalidInput("reason.type must be success, errored or interrupted", param="reason")
         detail = body.get("detail")
-        self.records.finish_session(p.org_id, session_id, status, str(detail) if detail is not None else None)
+        self._finish(p.org_id, session_id, status, str(detail) if detail is not None else None)
+        return {"session_id": session_id, "status": status}
+
+    def _finish(self, org_id: str, session_id: str, status: str, detail: str | None) -> None:
+        self.records.finish_session(org_id, session_id, status, detail)
         with self._lock:
-            samplers = [s for s in self._samplers.values() if s.session_id == session_id and s.org_id == p.org_id]
+            samplers = [s for s in self._samplers.values() if s.session_id == session_id and s.org_id == org_id]
             for s in samplers:
                 del self._samplers[s.sampler_id]
-            models = [m for m in self._training.values() if m.session_id == session_id and m.org_id == p.org_id]
+            models = [m for m in self._training.values() if m.session_id == session_id and m.org_id == org_id]
             for m in models:
                 del self._training[m.model_id]
             names = {name for m in models for name in (m.adapter, *(snap for _, snap in m.snapshots))}
@@ -320,7 +353,6 @@ class TinkerService:
             for name in (m.adapter, *(snap for _, snap in m.snapshots)):
                 if m.hosted.engine.has_adapter(name):
                     m.hosted.engine.delete_adapter(name)
-        return {"session_id": session_id, "status": status}
 
     # ------------------------------------------------------------------ models
     def _spec(self, lora: LoraShape) -> LoraSpec:
