@@ -16,8 +16,9 @@ teachloop contenders:
 
 Each round sends requests round-robin, one by one, straight to the upstream and through each teachloop
 (one keep-alive ``httpx`` client each, sequential, the same body), so all contenders share whatever else the
-machine is doing. Prints per-contender p50 and p90 per round, the median over rounds, and each teachloop's
-p50 overhead (minus direct) and ratio.
+machine is doing. Prints per-contender p50 and p90 per round, the median over rounds, each teachloop's
+p50 overhead (minus direct) and ratio, and each server's CPU per call (``/proc`` user + system time over
+the round; for ``direct``, the upstream's CPU per request it answered, every contender's included).
 
     python bench/upstream_proxy.py --rounds 5 --requests 200 [--baseline-rev HEAD]
 """
@@ -117,6 +118,12 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(url)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -170,6 +177,7 @@ def main() -> None:
     try:
         upstream = f"http://127.0.0.1:{up_port}/v1"
         _wait(upstream + "/models/teacher", procs[0])
+        pids = {"direct": procs[0].pid}
         clients = {"direct": httpx.Client(base_url=upstream, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)}
         for name, tree, commit_first in servers:
             home, port = Path(tempfile.mkdtemp(prefix="tl-bench-upstream-")), _port()
@@ -183,6 +191,7 @@ def main() -> None:
                 "upstream": {"base_url": upstream, "model": "teacher", "api_key": KEY},
                 "prices": {"teacher": {"prompt_per_1m": 15, "completion_per_1m": 60}}}, timeout=30)
             assert created.status_code == 201, created.text
+            pids[name] = procs[-1].pid
             clients[name] = httpx.Client(base_url=url + "/v1", headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
         def once(client: httpx.Client) -> float:
@@ -197,14 +206,19 @@ def main() -> None:
                 once(client)
         names = list(clients)
         rounds: list[dict[str, tuple[float, float]]] = []
+        cpu: dict[str, list[float]] = {n: [] for n in names}  # server CPU ms per call, per round
         print(f"load average before: {os.getloadavg()[0]:.1f}")
         print(f"{'round':>5} " + " ".join(f"{n + ' p50/p90':>28}" for n in names))
         for r in range(args.rounds):
             got: dict[str, list[float]] = {n: [] for n in names}
+            cpu0 = {n: _cpu_s(pids[n]) for n in names}
             for _ in range(args.requests):  # round-robin, request by request
                 for n in names:
                     got[n].append(once(clients[n]))
             rounds.append({n: (statistics.median(v), _pct(v, 0.9)) for n, v in got.items()})
+            for n in names:  # the upstream serves every contender: its CPU per call is per request it answered
+                calls = args.requests * (len(names) if n == "direct" else 1)
+                cpu[n].append((_cpu_s(pids[n]) - cpu0[n]) * 1000 / calls)
             print(f"{r + 1:>5} " + " ".join(f"{rounds[-1][n][0]:>13.2f} /{rounds[-1][n][1]:>9.2f} ms" for n in names),
                   flush=True)
         med = {n: (statistics.median(x[n][0] for x in rounds), statistics.median(x[n][1] for x in rounds))
@@ -212,7 +226,8 @@ def main() -> None:
         print(f"median over {args.rounds} rounds x {args.requests} requests (load average after: "
               f"{os.getloadavg()[0]:.1f}):")
         for n in names:
-            line = f"  {n:<24} p50 {med[n][0]:7.2f} ms  p90 {med[n][1]:7.2f} ms"
+            line = (f"  {n:<24} p50 {med[n][0]:7.2f} ms  p90 {med[n][1]:7.2f} ms  "
+                    f"server CPU {statistics.median(cpu[n]):5.2f} ms/call")
             if n != "direct":
                 line += (f"  p50 overhead {med[n][0] - med['direct'][0]:6.2f} ms (target <= 5 ms), "
                          f"ratio {med[n][0] / med['direct'][0]:.2f}x")

@@ -1,7 +1,8 @@
 """``create_app(deps)``: the ASGI app -- routers, authentication and error rendering.
 
 The factory wires; it holds no state of its own and opens nothing: the caller
-builds ``AppDeps`` and closes them. Every request outside ``routes.PUBLIC``
+builds ``AppDeps`` and closes them (the app's lifespan only closes, at shutdown, the
+keep-alive connections the upstream relay opened on the server's event loop). Every request outside ``routes.PUBLIC``
 (``/healthz``) passes ``guard.RequestGuard`` first -- 401 without a valid key,
 then 413 for a body over ``Settings.max_body_bytes`` -- before a route reads its
 body; every router in ``routes.PROTECTED`` is also mounted behind
@@ -22,6 +23,9 @@ session cookie) and refuses any under ``/v1``, ``/api`` or ``/metrics``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, Depends, FastAPI
 
 from teachloop import __version__
@@ -34,9 +38,16 @@ from teachloop.market.quotas import serving_admission
 from teachloop.serve.service import Serving
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await app.state.serving.relay.aclose()  # the upstream relay's keep-alive connections, on this loop
+
+
 def create_app(deps: AppDeps, *, pages: APIRouter | None = None) -> FastAPI:
     """The teachloop HTTP app over ``deps`` (with the page routes of ``pages``, e.g. the web console)."""
     app = FastAPI(
+        lifespan=_lifespan,
         title="teachloop",
         version=__version__,
         description="Serve, reward, train and redeploy LoRA-adapted language models in one loop.",

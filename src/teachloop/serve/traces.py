@@ -56,9 +56,14 @@ class TraceWriterStats:
     failures: int
 
 
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    """The columns to insert: ``tools`` given as None is left out, so it stays SQL NULL (not JSON null)."""
+    return {k: v for k, v in values.items() if v is not None or k not in ("tools",)}
+
+
 def trace_row(values: dict[str, Any]) -> Trace:
     """A ``Trace`` from column values; JSON columns given as None stay SQL NULL."""
-    return Trace(**{k: v for k, v in values.items() if v is not None or k not in ("tools",)})
+    return Trace(**_columns(values))
 
 
 class TraceWriter:
@@ -144,7 +149,7 @@ class TraceWriter:
         t0 = time.perf_counter()
         try:
             with self.database.session() as session:
-                Traces(session).add_many(trace_row(values) for values, _, _ in batch)
+                Traces(session).insert_many([_columns(values) for values, _, _ in batch])
         except Exception as err:
             if len(batch) > 1:
                 for one in batch:

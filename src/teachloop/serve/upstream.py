@@ -7,7 +7,9 @@ the ``Upstream`` a request is sent with, whose ``repr`` hides it.
 ``GET /models/{model}``; a 404 is refused naming ``upstream.model``, a refused
 key naming ``upstream.api_key`` without echoing it) and stores it encrypted.
 
-``UpstreamRelay`` sends requests with one shared ``httpx.AsyncClient``:
+``UpstreamRelay`` sends requests with one shared ``aiohttp.ClientSession`` per event loop (keep-alive;
+aiohttp rather than httpx because the relay's own CPU is what the proxy adds to every call: about 0.3 ms
+per call against httpx's 1.2-1.7 ms, see ``bench/README.md``, "Upstream proxy"):
 
 * the caller's body passes through (``stream``, ``tools``, ``response_format``,
   ``n``, ``logprobs`` and the rest) with ``model`` replaced by the upstream's;
@@ -48,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -70,6 +73,8 @@ log = logging.getLogger(__name__)
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_BACKOFF_S = 2.0
+_READ_BUFSIZE = 2**20
+_RELAY_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 class KeyBox:
@@ -120,13 +125,15 @@ class Upstream:
                    row.connect_timeout_s, row.max_retries)
 
     @property
-    def timeout(self) -> httpx.Timeout:
+    def timeout(self) -> aiohttp.ClientTimeout:
         """Connect within ``connect_timeout_s``; every read (the first byte included) within ``timeout_s``."""
-        return httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s)
+        return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.connect_timeout_s,
+                                     sock_read=self.timeout_s)
 
     def headers(self) -> dict[str, str]:
         """The request headers (the key as a bearer token)."""
-        return {"Authorization": f"Bearer {self.key}", "Accept": "application/json"}
+        return {"Authorization": f"Bearer {self.key}", "Accept": "application/json",
+                "Content-Type": "application/json"}
 
 
 def upstream_json(row: UpstreamEndpoint | None) -> dict[str, Any] | None:
@@ -204,11 +211,11 @@ def _error_of(resp_status: int, body: bytes, retry_after: str | None, upstream: 
 def _failure(err: BaseException, upstream: Upstream) -> TeachloopError:
     if isinstance(err, TeachloopError):
         return err
-    if isinstance(err, httpx.TimeoutException):
-        what = "connect" if isinstance(err, httpx.ConnectTimeout) else "answer"
+    if isinstance(err, TimeoutError):  # aiohttp's socket timeouts are TimeoutErrors too
+        what = "connect" if isinstance(err, aiohttp.ConnectionTimeoutError) else "answer"
         return UpstreamTimeout(f"the upstream at {upstream.base_url} did not {what} in time "
                                f"({upstream.connect_timeout_s if what == 'connect' else upstream.timeout_s} s)")
-    if isinstance(err, httpx.ConnectError):
+    if isinstance(err, aiohttp.ClientConnectorError):
         return UpstreamError(f"could not connect to the upstream at {upstream.base_url} (connection refused)",
                              code="upstream_unreachable")
     return UpstreamError(f"the upstream at {upstream.base_url} failed: {type(err).__name__}")
@@ -239,48 +246,53 @@ class UpstreamRelay:
     """Sends chat completions to upstreams (see the module docstring); one per ``Serving``."""
 
     def __init__(self) -> None:
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def client(self) -> httpx.AsyncClient:
-        """The shared client of the running event loop."""
+    def client(self) -> aiohttp.ClientSession:
+        """The shared session of the running event loop (a session belongs to the loop that made it)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+            connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=30)
+            # a streamed line (one SSE frame) may be long: logprobs of many tokens
+            self._client = aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFSIZE,
+                                                 auto_decompress=True, skip_auto_headers=("User-Agent",))
             self._loop = loop
         return self._client
 
     async def aclose(self) -> None:
-        """Close the shared client."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Close the shared session (when the loop that made it is the running one)."""
+        client, self._client = self._client, None
+        if client is not None and not client.closed and self._loop is asyncio.get_running_loop():
+            await client.close()
 
-    async def send(self, upstream: Upstream, body: dict[str, Any], call: Call) -> httpx.Response:
-        """POST ``body`` (a stream is left unread) with retries; raises the caller's error on failure."""
+    async def send(self, upstream: Upstream, body: dict[str, Any], call: Call) -> aiohttp.ClientResponse:
+        """POST ``body`` (the response is left unread) with retries; raises the caller's error on failure."""
         client = self.client()
         url = f"{upstream.base_url}/chat/completions"
-        stream = bool(body.get("stream"))
+        data = json.dumps(body, ensure_ascii=False).encode()
         last: BaseException | None = None
         for attempt in range(upstream.max_retries + 1):
             if attempt:
                 await asyncio.sleep(min(_MAX_BACKOFF_S, 0.1 * 2 ** (attempt - 1)))
             call.attempts = attempt + 1
             try:
-                request = client.build_request("POST", url, json=body, headers=upstream.headers(),
-                                               timeout=upstream.timeout)
-                resp = await client.send(request, stream=stream)
-            except (httpx.TimeoutException, httpx.ConnectError, httpx.RemoteProtocolError) as err:
+                resp = await client.post(url, data=data, headers=upstream.headers(), timeout=upstream.timeout)
+            except (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as err:
                 last = err
                 continue
-            except httpx.HTTPError as err:
+            except aiohttp.ClientError as err:
                 raise _failure(err, upstream) from None
-            if resp.status_code < 400:
+            if resp.status < 400:
                 return resp
-            raw = await resp.aread()
-            await resp.aclose()
-            last = _error_of(resp.status_code, raw, resp.headers.get("retry-after"), upstream)
-            if resp.status_code not in _RETRY_STATUSES:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            finally:
+                resp.release()
+            last = _error_of(resp.status, raw, resp.headers.get("retry-after"), upstream)
+            if resp.status not in _RETRY_STATUSES:
                 break
         assert last is not None
         raise _failure(last, upstream) from None
@@ -417,11 +429,18 @@ class UpstreamRequest:
             resp = await self.relay.send(self.upstream, self.outgoing(), call)
             call.ttft_ms = (time.perf_counter() - self.started) * 1000
             try:
-                body = resp.json()
+                raw = await resp.read()
+            finally:
+                resp.release()
+            try:
+                body = json.loads(raw)
             except ValueError:
                 raise UpstreamError(f"the upstream at {self.upstream.base_url} answered with a body that is not "
                                     "JSON") from None
-        except (TeachloopError, httpx.HTTPError) as err:
+            if not isinstance(body, dict):
+                raise UpstreamError(f"the upstream at {self.upstream.base_url} answered with JSON that is not an "
+                                    "object")
+        except (TeachloopError, *_RELAY_ERRORS) as err:
             failure = _failure(err, self.upstream)
             await self._record_failure(call, failure, _what(failure))
             raise failure from None
@@ -445,15 +464,15 @@ class UpstreamRequest:
             raise
         return Streamed(self._frames(resp, call), self.trace_id)
 
-    async def _frames(self, resp: httpx.Response, call: Call) -> AsyncIterator[bytes]:
+    async def _frames(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncIterator[bytes]:
         choices: dict[int, dict[str, Any]] = {}
         done = False
         committed: Relayed | None = None  # the trace queued before [DONE] (``commit_first`` off)
         try:
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
+            async for raw_line in resp.content:
+                if not raw_line.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
+                data = raw_line[5:].decode().strip()
                 if data == "[DONE]":
                     done = True
                     break
@@ -485,9 +504,9 @@ class UpstreamRequest:
                 committed = Relayed({}, self.trace_id, self.writer.submit(self.values(call)))
                 yield SSE_DONE  # the caller has its answer; a cancel from here on keeps the queued trace
                 await committed.await_commit()
-        except (TeachloopError, httpx.HTTPError, ValueError) as err:
+        except (TeachloopError, *_RELAY_ERRORS, ValueError) as err:
             failure = err if isinstance(err, TeachloopError) else (
-                _failure(err, self.upstream) if isinstance(err, httpx.TimeoutException) else
+                _failure(err, self.upstream) if isinstance(err, TimeoutError) else
                 UpstreamError(f"the upstream stream broke: {type(err).__name__}", code="upstream_stream_cut"))
             call.choices = list(choices.values())
             await self._record_failure(call, failure, "stream_cut" if call.ttft_ms is not None else _what(failure))
@@ -504,7 +523,7 @@ class UpstreamRequest:
                 log.warning("the trace of cancelled upstream call %s was not stored: %s", self.trace_id, err)
             raise
         finally:
-            await resp.aclose()
+            resp.release()
 
 
 def _what(err: TeachloopError) -> str:
