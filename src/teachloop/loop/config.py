@@ -84,6 +84,7 @@ from teachloop.train.config import validate_config
 LOOP_OWNED = {"algorithm", "model", "name"}
 LOOP_OWNED_DATA = {"train", "eval"}
 LOOP_OWNED_RL = {"env", "env_args"}
+LOOP_OWNED_EVAL = {"env", "env_args", "tasks", "seed"}  # grpo: algorithm.eval_tasks / eval_seed
 
 
 Signal = Literal["grader", "feedback"]
@@ -250,6 +251,14 @@ class AlgorithmConfig(_Section):
                                                        "late_reward (null: rl.temperature throughout).")
     late_reward: float = Field(default=0.8, description="Gate reward (candidate mean) from which late_temperature "
                                                         "applies.")
+    # -- issue 16: a held-out evaluation during every GRPO run, so the reward-hack alarm (train.watch) can fire
+    eval_tasks: int = Field(default=16, ge=0, le=1000,
+                            description="GRPO: held-out tasks each run evaluates greedily (at step 0, every "
+                                        "eval.every steps and at the end) from the first gate environment (else "
+                                        "the grader source's environment), so a run whose training reward rises "
+                                        "while held-out reward falls raises the reward-hack alarm and its "
+                                        "candidate is never gated nor promoted (0: no evaluation, no alarm).")
+    eval_seed: int = Field(default=2_000_003, description="Seed of that held-out task stream (not the gate's).")
 
 
 class GateEnv(_Section):
@@ -274,6 +283,11 @@ class GateConfig(_Section):
     holdout: bool = Field(default=True, description="Evaluate on the snapshot's holdout split.")
     holdout_max: int = Field(default=200, ge=1, le=100_000, description="Holdout rows evaluated at most.")
     environments: list[GateEnv] = Field(default_factory=list)
+    fresh_tasks: bool = Field(default=True,
+                              description="Each iteration evaluates on its own slice of every environment's held-out "
+                                          "stream (iteration k: tasks (k-1)*tasks .. k*tasks-1 of the seed), so no "
+                                          "decision reuses the tasks of an earlier one; false: the first tasks every "
+                                          "time, the deployed version's rewards on them computed once.")
     max_tokens: int = Field(default=64, ge=1, le=8192, description="Reply length of greedy evaluation.")
     bootstrap_samples: int = Field(default=10_000, ge=100, le=1_000_000)
 
@@ -290,7 +304,14 @@ class PromotionConfig(_Section):
     signals: list[Signal] = Field(default_factory=lambda: list(SIGNALS), min_length=1,
                                   description="Online signals watched: grader and/or feedback.")
     min_samples: int = Field(default=20, ge=1, description="Scored requests per arm before a signal counts.")
-    max_drop: float = Field(default=0.05, ge=0, description="Roll back when a signal falls by more than this.")
+    max_drop: float = Field(default=0.05, ge=0,
+                            description="Non-inferiority margin: the canary is rolled back once a signal is shown "
+                                        "worse by more than this, promoted once every signal is shown not worse by "
+                                        "more than this (sequential test, loop.promotion); the watch rolls back on a "
+                                        "fall of more than this.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1,
+                              description="Coverage of the canary's sequential test, shared by its signals: a canary "
+                                          "as good as the primary is rolled back with probability <= 1 - this.")
     allow_blind_promotion: bool = Field(default=False,
                                         description="Promote a canary that served canary_min_requests even when no "
                                                     "signal reached min_samples on both arms.")
@@ -424,7 +445,7 @@ def _check_train(cfg: LoopConfig) -> None:
     for key in LOOP_OWNED & set(train):
         raise InvalidInput(f"config field algorithm.train.{key}: set by the loop; remove it",
                            param=f"algorithm.train.{key}")
-    for section, owned in (("data", LOOP_OWNED_DATA), ("rl", LOOP_OWNED_RL)):
+    for section, owned in (("data", LOOP_OWNED_DATA), ("rl", LOOP_OWNED_RL), ("eval", LOOP_OWNED_EVAL)):
         value = train.get(section)
         if value is not None and not isinstance(value, dict):
             raise InvalidInput(f"config field algorithm.train.{section}: must be a table", param=f"algorithm.train.{section}")
@@ -438,7 +459,8 @@ def _check_train(cfg: LoopConfig) -> None:
     if kind != "grpo" and "rl" in train:
         raise InvalidInput(f"config field algorithm.train.rl: {kind} takes a data section, not rl",
                            param="algorithm.train.rl")
-    probe = training_dict(cfg, model="probe", name="probe", env="arithmetic", env_args={}, data_path="probe.jsonl")
+    probe = training_dict(cfg, model="probe", name="probe", env="arithmetic", env_args={}, data_path="probe.jsonl",
+                          eval_env="arithmetic")
     try:
         validate_config(probe)
     except InvalidInput as err:
@@ -448,12 +470,24 @@ def _check_train(cfg: LoopConfig) -> None:
 
 
 def training_dict(cfg: LoopConfig, *, model: str, name: str, env: str | None, env_args: dict[str, Any] | None,
-                  data_path: str | None, eval_path: str | None = None) -> dict[str, Any]:
-    """The training config (as a dict for ``train.validate_config``) of one iteration."""
+                  data_path: str | None, eval_path: str | None = None, eval_env: str | None = None,
+                  eval_env_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The training config (as a dict for ``train.validate_config``) of one iteration.
+
+    GRPO runs evaluate ``algorithm.eval_tasks`` held-out tasks of ``eval_env`` (seed ``algorithm.eval_seed``) so
+    the reward-hack alarm can fire; the best-checkpoint pick is off unless ``algorithm.train.eval.keep_best`` asks
+    for it (the gate judges the run's last adapter). Without ``eval_env`` (or with ``eval_tasks = 0``) and for
+    SFT/DPO, no environment evaluation runs (SFT/DPO evaluate on the holdout file).
+    """
     train = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.algorithm.train.items()}
     out: dict[str, Any] = {**train, "algorithm": cfg.algorithm.kind, "model": model, "name": name}
     out.setdefault("checkpoint_every", 0)
-    out["eval"] = {**train.get("eval", {}), "tasks": 0}  # the loop's gate evaluates
+    user_eval = dict(train.get("eval", {}))
+    if cfg.algorithm.kind == "grpo" and eval_env is not None and cfg.algorithm.eval_tasks > 0:
+        out["eval"] = {"keep_best": False, **user_eval, "env": eval_env, "env_args": dict(eval_env_args or {}),
+                       "tasks": cfg.algorithm.eval_tasks, "seed": cfg.algorithm.eval_seed}
+    else:
+        out["eval"] = {**user_eval, "tasks": 0}  # the loop's gate evaluates
     if cfg.algorithm.kind == "grpo":
         out["rl"] = {**train.get("rl", {}), "env": env, "env_args": env_args or {}}
     else:

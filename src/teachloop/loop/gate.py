@@ -119,6 +119,7 @@ class Suite:
     baseline: list[float]
     candidate: list[float]
     deciding: bool = True
+    sample: dict[str, Any] | None = None  # where the examples came from (an environment's stream slice), if known
 
     @property
     def diffs(self) -> list[float]:
@@ -131,7 +132,8 @@ class Suite:
         return {"name": self.name, "metric": self.metric, "n": n, "deciding": self.deciding,
                 "baseline_mean": statistics.fmean(self.baseline) if n else None,
                 "candidate_mean": statistics.fmean(self.candidate) if n else None,
-                "mean_diff": statistics.fmean(self.diffs) if n else None}
+                "mean_diff": statistics.fmean(self.diffs) if n else None,
+                **({"sample": self.sample} if self.sample is not None else {})}
 
 
 @dataclass
@@ -192,6 +194,31 @@ async def reward_suite(name: str, env: Environment, tasks: Sequence[Task], basel
     return Suite(name, "reward", [t.id for t in tasks], base_r, [g.rewards[0] for g in cand], deciding)
 
 
+def stream_slice(env: Environment, *, seed: int, tasks: int, iteration: int | None,
+                 fresh: bool) -> tuple[list[Task], dict[str, Any]]:
+    """The gate's held-out tasks of one environment for one iteration, and the record naming them.
+
+    With ``fresh`` (``gate.fresh_tasks``), iteration ``k`` (1-based) takes positions ``[(k - 1) * tasks, k *
+    tasks)`` of the environment's task stream for ``seed``: disjoint slices, so no two iterations' gates use the
+    same task of the stream. Otherwise every iteration takes the first ``tasks``. The record gives the seed, the
+    offset, the task ids, and how many of the slice's prompts already occurred earlier in the stream (an
+    environment with few distinct problems repeats them: disjoint positions, not always distinct prompts). A
+    finite stream may run out: the slice is then shorter, or empty.
+    """
+    offset = (iteration - 1) * tasks if fresh and iteration is not None and iteration > 0 else 0
+    stream = env.take(offset + tasks, seed)
+    taken = stream[offset:]
+    earlier = {_prompt_text(t) for t in stream[:offset]}
+    record = {"seed": seed, "offset": offset, "tasks": len(taken), "fresh": bool(fresh),
+              "task_ids": [t.id for t in taken],
+              "repeated_prompts": sum(1 for t in taken if _prompt_text(t) in earlier)}
+    return taken, record
+
+
+def _prompt_text(task: Task) -> str:
+    return " ".join(" ".join(str(m.content or "").split()).lower() for m in task.prompt)
+
+
 def _logprob(engine: Engine, renderer: Renderer, messages: list[Any], adapter: str | None) -> tuple[float, float]:
     """(mean, sum) of the log-probabilities of the last reply's tokens."""
     from teachloop.core.chat import Message
@@ -235,4 +262,5 @@ __all__ = [
     "paired_test",
     "reward_suite",
     "sign_test",
+    "stream_slice",
 ]

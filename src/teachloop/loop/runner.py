@@ -72,7 +72,7 @@ from teachloop.loop.config import (
 )
 from teachloop.loop.curation import curate
 from teachloop.loop.distill import gate_baseline
-from teachloop.loop.gate import GateDecision, Suite, decide, likelihood_suite, reward_suite
+from teachloop.loop.gate import GateDecision, Suite, decide, likelihood_suite, reward_suite, stream_slice
 from teachloop.loop.scoring import AnswerFinder, score_new_traffic
 from teachloop.loop.sources import collect, send_to_experts
 from teachloop.loop.training import TrainDeps, holdout_env, publish_candidate, snapshot, train_candidate
@@ -313,7 +313,7 @@ class LoopRunner:
             stage = IterationStage.GATE
             self._emit("stage", number=it.number, stage=IterationStage.GATE, run=run.id)
             holdout = [r.candidate.content for r in report.rows if r.split == "holdout"][: cfg.gate.holdout_max]
-            decision = await self.gate(cfg, refs, holdout, baseline, run_adapter)
+            decision = await self.gate(cfg, refs, holdout, baseline, run_adapter, iteration=it.number)
             self._update_it(it.id, gate=decision.to_json())
             self._emit("gate", number=it.number, decision=decision.to_json())
             if not decision.passed:
@@ -354,8 +354,14 @@ class LoopRunner:
             return AdapterVersions(s).get(self.deps.org_id, version_id)
 
     async def gate(self, cfg: LoopConfig, refs: References, holdout: list[dict[str, Any]],
-                   baseline: AdapterVersion | None, candidate: str) -> GateDecision:
-        """Evaluate the candidate against the deployed version (or the base) and decide."""
+                   baseline: AdapterVersion | None, candidate: str, *, iteration: int | None = None) -> GateDecision:
+        """Evaluate the candidate against the deployed version (or the base) and decide.
+
+        With ``gate.fresh_tasks`` each environment suite of iteration ``iteration`` uses its own slice of the
+        held-out stream (``gate.stream_slice``), named in the suite's ``sample`` record; the deployed version's
+        rewards are then measured on every slice (no cache). Without it, every iteration uses the same tasks
+        and the deployed version's rewards on them are computed once per version and reused.
+        """
         d = self.deps
         base_name = None
         loaded = False
@@ -387,13 +393,20 @@ class LoopRunner:
                 else:
                     suites.append(await likelihood_suite(holdout, d.engine, d.renderer, base_name, candidate))
             for spec, env_ref in zip(g.environments, refs.gate_envs, strict=True):
-                tasks = env_ref.env.take(spec.tasks, spec.seed)
-                # the deployed version's greedy rewards on a fixed task set do not change: computed once
+                tasks, sample = stream_slice(env_ref.env, seed=spec.seed, tasks=spec.tasks, iteration=iteration,
+                                             fresh=g.fresh_tasks)
+                if not tasks:
+                    empty = (f"the held-out stream of {env_ref.ref} (seed {spec.seed}) has no tasks left at offset "
+                             f"{sample['offset']}")
+                # the deployed version's greedy rewards on a fixed task set do not change: computed once; a fresh
+                # slice per iteration is measured every time (keyed by the slice all the same)
                 key = (teacher[0] if teacher else baseline.digest if baseline else "base", env_ref.digest, spec.tasks,
-                       spec.seed, g.max_tokens)
+                       spec.seed, sample["offset"], g.max_tokens)
                 suite = await reward_suite(env_ref.ref, env_ref.env, tasks, base_c, cand_c, max_tokens=g.max_tokens,
                                            deciding=g.metric == "reward", baseline_rewards=self._gate_cache.get(key))
-                self._gate_cache[key] = list(suite.baseline)
+                suite.sample = sample
+                if not g.fresh_tasks:
+                    self._gate_cache[key] = list(suite.baseline)
                 suites.append(suite)
             return decide(suites, g, baseline=teacher[0] if teacher else baseline.ref if baseline else "base",
                           candidate=candidate,

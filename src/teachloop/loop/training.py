@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from teachloop.catalog.adapters import publish_adapter
 from teachloop.catalog.datasets import record_snapshot
-from teachloop.catalog.envref import fetch_package
+from teachloop.catalog.envref import ResolvedEnv, fetch_package
 from teachloop.core.errors import TeachloopError
 from teachloop.core.files import file_digest
 from teachloop.engine.base import AdapterInfo, Engine
@@ -120,14 +120,29 @@ def grader_env_ref(cfg: LoopConfig, refs: References, database: Database, blobs:
     if src is None:
         raise TeachloopError("grpo needs a grader source to score the traffic prompts")
     index = cfg.sources.index(src)
-    env = refs.source_envs[index]
+    return _local_ref(refs.source_envs[index], src.env_args, database, blobs, org_id, cache)
+
+
+def _local_ref(env: ResolvedEnv, args: dict[str, Any], database: Database, blobs: BlobStore, org_id: str,
+               cache: Path) -> tuple[str, dict[str, Any]]:
     if env.version is None:
-        return env.ref, dict(src.env_args)
+        return env.ref, dict(args)
     from teachloop.store.repos.environments import EnvironmentRegistry
 
     with database.session(write=False) as s:
         row = EnvironmentRegistry(s).resolve(org_id, env.ref)
-    return str(fetch_package(blobs, row.blob_key, row.digest, cache)), dict(src.env_args)
+    return str(fetch_package(blobs, row.blob_key, row.digest, cache)), dict(args)
+
+
+def eval_env_ref(cfg: LoopConfig, refs: References, database: Database, blobs: BlobStore, org_id: str,
+                 cache: Path) -> tuple[str, dict[str, Any]] | None:
+    """(a locally loadable reference, its arguments) of the environment a GRPO run evaluates on held out -- the
+    first gate environment, else the grader source's -- or None (``algorithm.eval_tasks = 0``, not GRPO)."""
+    if cfg.algorithm.kind != "grpo" or cfg.algorithm.eval_tasks == 0:
+        return None
+    if cfg.gate.environments:
+        return _local_ref(refs.gate_envs[0], cfg.gate.environments[0].env_args, database, blobs, org_id, cache)
+    return grader_env_ref(cfg, refs, database, blobs, org_id, cache)
 
 
 @dataclass
@@ -170,6 +185,7 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
     with tempfile.TemporaryDirectory(prefix="teachloop-loop-") as tmp:
         folder = Path(tmp)
         env = env_args = data_path = eval_path = None
+        held_out = eval_env_ref(cfg, refs, deps.database, deps.blobs, deps.org_id, deps.env_cache)
         if cfg.algorithm.kind == "grpo":
             path = _write_jsonl(folder / "prompts.jsonl", [{"messages": r["messages"], "answer": r.get("answer"),
                                                             "info": r.get("info", {})} for r in train])
@@ -181,7 +197,8 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
             if holdout:
                 eval_path = str(_write_jsonl(folder / "holdout.jsonl", holdout))
         raw = training_dict(cfg, model=dep.base_model, name=name, env=env, env_args=env_args, data_path=data_path,
-                            eval_path=eval_path)
+                            eval_path=eval_path, eval_env=held_out[0] if held_out else None,
+                            eval_env_args=held_out[1] if held_out else None)
         if steps is not None:
             raw["steps"] = steps
         if temperature is not None and "rl" in raw:
@@ -250,6 +267,7 @@ __all__ = [
     "BudgetExceeded",
     "TrainDeps",
     "WarmStart",
+    "eval_env_ref",
     "grader_env_ref",
     "holdout_env",
     "new_rows",

@@ -52,3 +52,36 @@ class FailingEngine(FakeEngine):
 
     def optim_step(self, adapter: str, params: AdamParams) -> OptimStepResult:
         raise RuntimeError("simulated optimizer failure (out of memory)")
+
+
+class GamingEngine(FakeEngine):
+    """Adapters learn to game a grader that pays per digit: after ``k`` optimizer steps an adapter replies
+    ``"seven"`` followed by ``k`` digits (sampled rollouts ``k`` or ``k + 1``, so a GRPO group has
+    advantages; greedy replies exactly ``k``). The base model replies ``"seven"``. A grader paying per digit
+    (``tests.unit.train.conftest:Padded``) sees training reward rise; the honest grade of the same task
+    (``InWords``: the share of non-digit characters) falls -- a reward hack, deterministically."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+        self.eos = renderer.stop_token_ids()[0]
+        self.steps: dict[str, int] = {}
+        super().__init__(vocab_size=len(renderer.tokenizer), eos_token_id=self.eos, seed=1)
+
+    def optim_step(self, adapter: str, params: AdamParams) -> OptimStepResult:
+        self.steps[adapter] = self.steps.get(adapter, 0) + 1
+        return super().optim_step(adapter, params)
+
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, params: SamplingParams, adapter: str | None = None,
+               **kw: Any) -> list[list[SampledSequence]]:
+        k = self.steps.get(adapter, 0) if adapter is not None else 0
+        greedy = not params.temperature
+        out = []
+        for _ in prompts:
+            group = []
+            for j in range(n):
+                digits = k if greedy or adapter is None else k + j % 2
+                text = "seven" + " 1" * digits
+                tokens = self.renderer.encode(text)[: max(1, params.max_tokens - 1)] + [self.eos]
+                group.append(SampledSequence(list(tokens), [-0.5] * len(tokens), "stop"))
+            out.append(group)
+        return out

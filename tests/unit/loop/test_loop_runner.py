@@ -161,13 +161,19 @@ def test_a_better_candidate_goes_to_canary_then_is_rolled_back_on_a_feedback_dro
     with store.db.session(write=False) as s:
         version = s.get(type(Deployments(s).adapters.get(store.org_id, dep.canary_version_id)), dep.canary_version_id)
         assert version is not None and version.source_run_id == it["run"]["id"]
-    # the canary serves; users rate it far below the primary arm
+    # the canary serves; users rate it far below the primary arm: 6 ratings per arm do not show it yet (the
+    # sequential test's bounds are still wider than the drop), 26 do
     _serve(store, engine, 6, version=None, arm="primary", good=True, feedback=1.0)
     _serve(store, engine, 6, version=dep.canary_version_id, arm="canary", good=True, feedback=0.0)
+    result = _tick(runner)
+    assert result.phase == "canary" and "not yet shown non-inferior" in result.note and "(n=6/6)" in result.note
+    _serve(store, engine, 20, version=None, arm="primary", good=True, feedback=1.0)
+    _serve(store, engine, 20, version=dep.canary_version_id, arm="canary", good=True, feedback=0.0)
     result = _tick(runner)
     assert result.phase == "idle"
     [it] = history(store.db, store.org_id, DEPLOYMENT)
     assert it["status"] == "rolled_back" and "feedback score fell from 1.000 to 0.000 during the canary" in it["reason"]
+    assert "shown worse, upper bound" in it["reason"] and "(n=26/26)" in it["reason"]
     dep = _dep(store)
     assert (dep.adapter_version_id, dep.canary_version_id, dep.canary_percent) == (None, None, 0)
     with store.db.session(write=False) as s:
@@ -176,16 +182,17 @@ def test_a_better_candidate_goes_to_canary_then_is_rolled_back_on_a_feedback_dro
 
 
 def test_a_good_canary_is_promoted_and_watched_for_as_long_as_it_serves(store: Store, renderer: Renderer) -> None:
-    runner, engine, it = _iterate_to_canary(store, renderer)
+    runner, engine, it = _iterate_to_canary(store, renderer, promotion={"max_drop": 0.5})
     cand = _dep(store).canary_version_id
-    _serve(store, engine, 6, version=None, arm="primary", good=True)
-    _serve(store, engine, 6, version=cand, arm="canary", good=True)
+    _serve(store, engine, 60, version=None, arm="primary", good=True)
+    _serve(store, engine, 60, version=cand, arm="canary", good=True)
     waiting = _tick(runner)
     assert waiting.phase == "watch"
     dep = _dep(store)
     assert (dep.adapter_version_id, dep.canary_version_id) == (cand, None)
     [it] = history(store.db, store.org_id, DEPLOYMENT)
-    assert it["status"] == "promoted" and "canary passed: grader 1.000 -> 1.000" in it["reason"]
+    assert it["status"] == "promoted" and "canary passed, shown non-inferior" in it["reason"]
+    assert "grader 1.000 -> 1.000 (n=60/60), difference +0.000, 97.5% bounds [" in it["reason"]  # alpha shared by 2 signals
     assert it["canary"]["canary"]["candidate"]["grader_mean"] == 1.0
     # while the promoted version is watched, the trigger still starts iterations (12 + 3 newly graded >= 10)
     _serve(store, engine, 3, version=cand, arm="primary", good=True)
