@@ -6,7 +6,11 @@ Two kinds of figures:
   prompt and generation tokens (counters) and the time to first token, time per
   output token and end-to-end latency (histograms). ``ChatRun.record`` calls
   ``observe`` once per request whose replies are complete, before its trace is
-  written, with the same latency the trace stores.
+  written, with the same latency the trace stores. A call relayed to an upstream
+  arm (``serve.upstream``) is counted by ``observe_trace`` from its trace row: an
+  answered one in the same families as a local call, and every one (answered,
+  failed or cancelled, primary, canary or shadow) in ``upstream_requests`` by arm and
+  outcome.
 - **Live state**, read at scrape time by ``ServingCollector``: the scheduler's
   running and waiting requests, batch rows and outcome counters
   (``Scheduler.stats``), the trace writer's backlog, lag and failures
@@ -102,6 +106,7 @@ class ServingMetrics:
         self._ttft: dict[SeriesKey, _Histogram] = {}
         self._tpot: dict[SeriesKey, _Histogram] = {}
         self._e2e: dict[SeriesKey, _Histogram] = {}
+        self._upstream: dict[tuple[str, str, str, str], int] = {}  # (org, deployment, arm, outcome)
 
     def observe(self, run: ChatRun, replies: Sequence[Reply], latency_ms: float) -> None:
         """Count one request whose replies are complete; ``latency_ms`` is its end-to-end latency.
@@ -113,10 +118,37 @@ class ServingMetrics:
         completion = sum(r.completion_tokens for r in replies)
         longest = max((r.completion_tokens for r in replies), default=0)
         finish = replies[0].finish_reason if replies else "stop"
-        ttft_ms = run.ttft_ms
+        self._answered(key, finish, run.prompt_tokens, completion, longest, run.ttft_ms, latency_ms)
+
+    def observe_trace(self, row: Mapping[str, object]) -> None:
+        """Count one upstream call from its trace row (``serve.upstream``: answered, failed or cancelled).
+
+        Every call counts in ``upstream_requests`` by arm and outcome (``ok``, ``cancelled``, or the trace's
+        ``error.what``); an answered one (not a shadow's) also counts like a local request.
+        """
+        key = (str(row["org_id"]), deployment_label(_opt_str(row.get("deployment_id")), str(row["model"])))
+        error = row.get("error")
+        finish = str(row.get("finish_reason") or "stop")
+        outcome = (str(error.get("what", "error")) if isinstance(error, dict) else
+                   "cancelled" if finish == "cancelled" else "ok")
+        arm = str(row.get("arm") or "primary")
+        with self._lock:
+            label = (*key, arm, outcome)
+            self._upstream[label] = self._upstream.get(label, 0) + 1
+        if outcome == "ok" and arm != "shadow":
+            prompt, completion = _int(row.get("prompt_tokens")), _int(row.get("completion_tokens"))
+            choices = row.get("choices")
+            longest = max((_int(c.get("completion_tokens")) for c in choices if isinstance(c, dict)), default=0) \
+                if isinstance(choices, list) else completion
+            ttft = row.get("ttft_ms")
+            self._answered(key, finish, prompt, completion, longest, float(ttft) if isinstance(ttft, int | float)
+                           else None, float(_num(row.get("latency_ms"))))
+
+    def _answered(self, key: SeriesKey, finish: str, prompt_tokens: int, completion: int, longest: int,
+                  ttft_ms: float | None, latency_ms: float) -> None:
         with self._lock:
             self._requests[(*key, finish)] = self._requests.get((*key, finish), 0) + 1
-            self._prompt[key] = self._prompt.get(key, 0) + run.prompt_tokens
+            self._prompt[key] = self._prompt.get(key, 0) + prompt_tokens
             self._generation[key] = self._generation.get(key, 0) + completion
             self._hist(self._e2e, key, E2E_BUCKETS).observe(latency_ms / 1000)
             if ttft_ms is not None:
@@ -126,8 +158,8 @@ class ServingMetrics:
                     self._hist(self._tpot, key, TPOT_BUCKETS).observe(tpot)
         log.info(
             "request done: deployment=%s prompt_tokens=%d completion_tokens=%d ttft_ms=%s latency_ms=%.1f",
-            key[1], run.prompt_tokens, completion, f"{ttft_ms:.1f}" if ttft_ms is not None else "-", latency_ms,
-            extra={"deployment": key[1], "prompt_tokens": run.prompt_tokens, "completion_tokens": completion,
+            key[1], prompt_tokens, completion, f"{ttft_ms:.1f}" if ttft_ms is not None else "-", latency_ms,
+            extra={"deployment": key[1], "prompt_tokens": prompt_tokens, "completion_tokens": completion,
                    "ttft_ms": ttft_ms, "latency_ms": latency_ms, "finish_reason": finish},
         )
 
@@ -148,6 +180,7 @@ class ServingMetrics:
 
         with self._lock:
             requests = dict(self._requests)
+            upstream = dict(self._upstream)
             counters = [(name, doc, dict(table)) for name, doc, table in (
                 ("prompt_tokens", "Prompt tokens of the requests answered.", self._prompt),
                 ("generation_tokens", "Tokens generated for the requests answered (every choice).",
@@ -167,6 +200,17 @@ class ServingMetrics:
         summed: dict[tuple[str, ...], float] = {}
         for (org_id, deployment, finish), count in requests.items():
             label = (*labels((org_id, deployment)), finish)
+            summed[label] = summed.get(label, 0) + count
+        for label, value in sorted(summed.items()):
+            family.add_metric(list(label), value)
+        out.append(family)
+        family = CounterMetricFamily(f"{PREFIX}upstream_requests", "Calls relayed to upstream arms, by arm (primary, "
+                                     "canary, shadow) and outcome (ok, cancelled, or the trace's error.what: "
+                                     "connection_refused, rate_limited, timeout, upstream_status, stream_cut).",
+                                     labels=[*names, "arm", "outcome"])
+        summed = {}
+        for (org_id, deployment, arm, outcome), count in upstream.items():
+            label = (*labels((org_id, deployment)), arm, outcome)
             summed[label] = summed.get(label, 0) + count
         for label, value in sorted(summed.items()):
             family.add_metric(list(label), value)
@@ -192,6 +236,18 @@ class ServingMetrics:
                 hist_family.add_metric(list(label), hist.buckets(), hist.total)
             out.append(hist_family)
         return out
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 @dataclass(frozen=True)

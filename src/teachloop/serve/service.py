@@ -402,7 +402,7 @@ class Serving:
             "shadow_of": shadow_of,
         }
         return UpstreamRequest(upstream, body, trace, target.price, chat.include_usage, self.relay, self.traces,
-                               self.config.upstream_commit_first)
+                               self.config.upstream_commit_first, self.metrics.observe_trace)
 
     async def upstream_chat(self, principal: Principal, chat: ChatInput, body: dict[str, Any],
                             target: Target) -> Relayed | Streamed:

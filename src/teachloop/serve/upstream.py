@@ -44,7 +44,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -372,7 +372,8 @@ class UpstreamRequest:
 
     ``trace`` holds the trace columns known before the call (prompt, params, deployment, arm, org, key);
     ``price`` the model's price or None; ``writer`` stores the trace row; ``commit_first`` whether an
-    answer waits for its trace's commit (see the module docstring).
+    answer waits for its trace's commit (see the module docstring); ``observe`` is called with every
+    trace row before it is stored (the serving process's Prometheus metrics).
     """
 
     upstream: Upstream
@@ -383,6 +384,7 @@ class UpstreamRequest:
     relay: UpstreamRelay
     writer: TraceWriter
     commit_first: bool = True
+    observe: Callable[[dict[str, Any]], None] | None = None
     trace_id: str = field(default_factory=lambda: new_id("tr"))
     started: float = field(default_factory=time.perf_counter)
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -408,7 +410,13 @@ class UpstreamRequest:
 
     async def write(self, values: dict[str, Any]) -> None:
         """Store the trace row and wait for its commit."""
-        await self.writer.write(values)
+        await asyncio.wrap_future(self.submit(values))
+
+    def submit(self, values: dict[str, Any]) -> Future[None]:
+        """Queue the trace row (counted in the metrics first); the future resolves at its commit."""
+        if self.observe is not None:
+            self.observe(values)
+        return self.writer.submit(values)
 
     async def _record_failure(self, call: Call, err: TeachloopError, what: str) -> None:
         call.error = error_record(err, call.attempts, what)
@@ -449,7 +457,7 @@ class UpstreamRequest:
         call.completion_tokens = int(usage.get("completion_tokens") or 0)
         call.choices = list(body.get("choices") or [])
         if not self.commit_first:  # queued now (a closed writer still refuses here), committed after the answer
-            return Relayed(self._answer(body), self.trace_id, self.writer.submit(self.values(call)))
+            return Relayed(self._answer(body), self.trace_id, self.submit(self.values(call)))
         await self.write(self.values(call))
         return Relayed(self._answer(body), self.trace_id)
 
@@ -501,7 +509,7 @@ class UpstreamRequest:
                 await self.write(self.values(call))
                 yield SSE_DONE
             else:
-                committed = Relayed({}, self.trace_id, self.writer.submit(self.values(call)))
+                committed = Relayed({}, self.trace_id, self.submit(self.values(call)))
                 yield SSE_DONE  # the caller has its answer; a cancel from here on keeps the queued trace
                 await committed.await_commit()
         except (TeachloopError, *_RELAY_ERRORS, ValueError) as err:
@@ -518,7 +526,7 @@ class UpstreamRequest:
             values = self.values(call)
             values["finish_reason"] = "cancelled"
             try:  # never awaits: a cancelled task cannot
-                self.writer.submit(values)
+                self.submit(values)
             except TeachloopError as err:
                 log.warning("the trace of cancelled upstream call %s was not stored: %s", self.trace_id, err)
             raise

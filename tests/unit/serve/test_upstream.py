@@ -68,6 +68,14 @@ def _traces(database: Database) -> list[Trace]:
         return rows
 
 
+def _metric(client: TestClient, name: str) -> dict[tuple[str, ...], float]:
+    """The samples of one Prometheus family of the app's serving process, by label values."""
+    serving: Serving = client.app.state.serving  # type: ignore[attr-defined]
+    family = next(f for f in serving.metrics.families() if f.name == f"teachloop_{name}")
+    return {tuple(sample.labels.values()): sample.value for sample in family.samples
+            if sample.name.endswith(("_total", "_count")) or sample.name == family.name}
+
+
 def test_an_upstream_arm_passes_requests_through_and_traces_them_like_a_local_call(
     client: TestClient, tenants: Tenants, database: Database, upstream: FakeUpstream
 ) -> None:
@@ -162,6 +170,8 @@ def test_upstream_failures_reach_the_caller_in_openais_shape_and_leave_a_trace(
     assert trace.id in str(err) or stream  # the caller can find the trace that says what happened
     if model == "cut":  # what arrived before the cut is kept
         assert trace.choices[0]["message"]["content"] == "teacher: a"
+    assert _metric(client, "upstream_requests") == {("support", "primary", what): 1}
+    assert _metric(client, "requests") == {}  # a failed call is not an answered request
 
 
 def test_retries_are_bounded_and_a_recovered_call_is_one_trace(
@@ -172,6 +182,12 @@ def test_retries_are_bounded_and_a_recovered_call_is_one_trace(
     out = _oai(client, acme.member).chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
     assert out.choices[0].message.content == "teacher: x" and len(upstream.requests) == 2
     assert [t.finish_reason for t in _traces(database)] == ["stop"]
+    # counted once, like a local request, with the upstream's token usage
+    assert _metric(client, "upstream_requests") == {("support", "primary", "ok"): 1}
+    assert _metric(client, "requests") == {("support", "stop"): 1}
+    trace = _traces(database)[0]
+    assert _metric(client, "prompt_tokens") == {("support",): trace.prompt_tokens} and trace.prompt_tokens > 0
+    assert _metric(client, "e2e_request_latency_seconds") == {("support",): 1}
 
 
 def test_bad_upstream_configuration_is_refused_naming_the_field_and_never_echoes_the_key(
