@@ -1,4 +1,4 @@
-"""Upstream and shadow arms and prices from the console (issue 17): the forms on the deployments pages.
+"""Upstream, canary and shadow arms and prices from the console (issue 17): the forms on the deployments pages.
 
 Each form POSTs the body ``/api/deployments`` takes to the same ``serve.deployments`` call, against a
 real local OpenAI-compatible upstream (``tests.unit.serve.upstream_server.FakeUpstream``), so a set
@@ -63,7 +63,7 @@ def _snapshot(database: Database) -> tuple[Any, ...]:
     """Everything a refused form must leave as it was."""
     with database.session(write=False) as s:
         deps = [(d.name, d.revision, d.adapter_version_id, d.canary_version_id, d.canary_percent, d.upstream_id,
-                 d.shadow_version_id, d.shadow_upstream_id, d.shadow_percent, dict(d.prices or {}))
+                 d.canary_upstream_id, d.shadow_version_id, d.shadow_upstream_id, d.shadow_percent, dict(d.prices or {}))
                 for d in s.scalars(select(Deployment).order_by(Deployment.org_id, Deployment.name))]
         return (deps, s.scalar(select(func.count()).select_from(UpstreamEndpoint)),
                 s.scalar(select(func.count()).select_from(DeploymentChange)))
@@ -168,6 +168,17 @@ def _refused_case(up: FakeUpstream) -> list[tuple[str, dict[str, Any], int, str,
         (f"{PAGE}/shadow", {"percent": "20"}, 400, "shadow.adapter", 'value="20"'),
         (f"{PAGE}/shadow", {"adapter": "nobot@1", "percent": "20"}, 404, "shadow.adapter", 'value="nobot@1"'),
         (f"{PAGE}/shadow", _form(up, model="missing", percent="20"), 400, "shadow.upstream.model", 'value="20"'),
+        (f"{PAGE}/canary", _form(up, percent="0"), 400, "canary.percent", 'value="teacher"'),
+        (f"{PAGE}/canary", _form(up, percent="100"), 400, "canary.percent", 'value="100"'),
+        (f"{PAGE}/canary", {"adapter": "bot@1", "percent": "most"}, 400, "canary.percent", 'value="bot@1"'),
+        (f"{PAGE}/canary", _form(up, adapter="bot@1", percent="20"), 400, "canary.upstream", 'value="bot@1"'),
+        (f"{PAGE}/canary", {"percent": "20"}, 400, "canary.adapter", 'value="20"'),
+        (f"{PAGE}/canary", {"adapter": "nobot@1", "percent": "20"}, 404, "canary.adapter", 'value="nobot@1"'),
+        (f"{PAGE}/canary", _form(up, model="missing", percent="20"), 400, "canary.upstream.model", 'value="20"'),
+        (f"{PAGE}/canary", _form(up, base_url="ftp://example.com/v1", percent="20"), 400, "canary.upstream.base_url",
+         "ftp://example.com"),
+        (f"{PAGE}/canary", _form(up, api_key="", percent="20"), 400, "canary.upstream.api_key", 'value="teacher"'),
+        (f"{PAGE}/canary", _form(up, max_retries="9", percent="20"), 400, "canary.upstream.max_retries", 'value="9"'),
         (f"{PAGE}/prices", {"price_model": ["teacher"], "price_prompt": ["-1"], "price_completion": ["2"],
                             "price_currency": ["USD"]}, 400, "prices.teacher.prompt_per_1m", 'value="-1"'),
         (f"{PAGE}/prices", {"price_model": ["teacher"], "price_prompt": ["1"], "price_completion": [""],
@@ -253,7 +264,10 @@ def test_viewers_csrf_and_other_organisations_are_refused_and_write_nothing(
     page = _html(client.get(PAGE), 200)
     assert 'type="password"' not in page and f'action="{PAGE}/shadow"' not in page
     assert 'action="/deployments"' not in _html(client.get("/deployments"), 200)
+    assert f'action="{PAGE}/canary"' not in page and f"{PAGE}/promote" not in page
     for action, data in ((f"{PAGE}/upstream", _form(upstream)), (f"{PAGE}/shadow", {"adapter": "bot@1", "percent": "5"}),
+                         (f"{PAGE}/canary", _form(upstream, percent="20")), (f"{PAGE}/canary/remove", {}),
+                         (f"{PAGE}/promote", {}), (f"{PAGE}/split", {"percent": "50"}),
                          (f"{PAGE}/shadow/remove", {}), (f"{PAGE}/prices", {"price_model": ["x"]}),
                          ("/deployments", {"name": "v", **_form(upstream)})):
         _html(_post(client, action, data), 403)
@@ -261,9 +275,86 @@ def test_viewers_csrf_and_other_organisations_are_refused_and_write_nothing(
         sign_in(member, world.acme.member)
         token = csrf_of(member.get(PAGE).text)
         _html(member.post(f"{PAGE}/upstream", data=_form(upstream)), 403)  # no CSRF token
+        _html(member.post(f"{PAGE}/canary", data=_form(upstream, percent="20")), 403)
+        _html(member.post(f"{PAGE}/canary", data={**_form(upstream, percent="20"), "csrf_token": "0" * 64}), 403)
+        _html(member.post(f"{PAGE}/promote", data={}), 403)
         _html(member.post(f"{PAGE}/upstream", data={**_form(upstream), "csrf_token": "0" * 64}), 403)
         theirs = member.post("/deployments/gx-only/upstream", data={**_form(upstream), "csrf_token": token})
         missing = member.post("/deployments/nothing/upstream", data={**_form(upstream), "csrf_token": token})
         assert _html(theirs, 404).replace("gx-only", "nothing") == _html(missing, 404)
         _html(member.post("/deployments/gx-only/shadow/remove", data={"csrf_token": token}), 404)
+        theirs = member.post("/deployments/gx-only/canary", data={**_form(upstream, percent="20"), "csrf_token": token})
+        missing = member.post("/deployments/nothing/canary", data={**_form(upstream, percent="20"), "csrf_token": token})
+        assert _html(theirs, 404).replace("gx-only", "nothing") == _html(missing, 404)
+        _html(member.post("/deployments/gx-only/canary/remove", data={"csrf_token": token}), 404)
     assert _snapshot(database) == before
+
+
+def _upstream_count(database: Database) -> int:
+    with database.session(write=False) as s:
+        return int(s.scalar(select(func.count()).select_from(UpstreamEndpoint)) or 0)
+
+
+def test_an_upstream_canary_is_set_split_and_promoted_and_every_page_names_the_upstream(
+    client: Any, world: World, database: Database, upstream: FakeUpstream
+) -> None:
+    acme = world.acme
+    sign_in(client, acme.member)
+    page = _html(client.get(PAGE), 200)
+    assert f'action="{PAGE}/canary"' in page and 'id="canary-api-key"' in page and "Replace the canary" in page
+
+    # a canary that is an upstream, for 30 % of users (the adapter primary stays)
+    done = _post(client, f"{PAGE}/canary", _form(upstream, percent="30"))
+    assert done.status_code == 303 and done.headers["location"] == f"{PAGE}?done=canary-4", done.text
+    row = _deployment(database, acme.id)
+    assert row.canary_upstream_id is not None and row.canary_version_id is None and row.canary_percent == 30
+    assert row.adapter_version_id is not None and row.upstream_id is None
+    canary_id, stored = row.canary_upstream_id, _upstream_count(database)
+    assert any(_chat(client, acme.key) == "teacher: hello" for _ in range(40))  # some requests reach the canary
+    label = f"upstream teacher at {upstream.base_url}"
+    page = _html(client.get(PAGE), 200)
+    assert "Upstream for 30 % of users:" in page and "<dt>API key</dt><dd>set</dd>" in page
+    assert f'href="{PAGE}/promote"' in page and "End the canary" in page
+    assert f"{label} · 30 %" in page  # the revision's row
+    assert f"{label} · 30 %" in _html(client.get("/"), 200)  # the overview
+    assert f"<td>{label}</td>" in _html(client.get("/deployments"), 200)
+    assert f"canary {label} for 30 %" in _html(client.get("/loops/support"), 200)
+
+    # the split: a dry run first, then the same upstream row at 60 %
+    confirm = _html(client.get(f"{PAGE}/split", params={"percent": "60"}), 200)
+    assert f"{label} for 30 % of users" in confirm and f"{label} for 60 % of users" in confirm
+    assert _deployment(database, acme.id).canary_percent == 30
+    assert _post(client, f"{PAGE}/split", {"percent": "60"}, page=f"{PAGE}/split?percent=60").status_code == 303
+    row = _deployment(database, acme.id)
+    assert (row.canary_upstream_id, row.canary_percent, row.revision) == (canary_id, 60, 5)
+    assert _html(client.get(f"{PAGE}/split", params={"percent": "100"}), 400)
+
+    # promotion: the canary's upstream row becomes the primary arm; nothing is stored anew, no key asked for
+    confirm = _html(client.get(f"{PAGE}/promote"), 200)
+    assert "serve the canary upstream to everyone" in confirm and f"<dd>{label}</dd>" in confirm
+    assert _post(client, f"{PAGE}/promote", {}, page=f"{PAGE}/promote").status_code == 303
+    row = _deployment(database, acme.id)
+    assert (row.upstream_id, row.adapter_version_id, row.canary_upstream_id, row.canary_version_id,
+            row.canary_percent, row.revision) == (canary_id, None, None, None, 0, 6)
+    assert _upstream_count(database) == stored
+    assert all(_chat(client, acme.key) == "teacher: hello" for _ in range(5))
+    page = _html(client.get(PAGE), 200)
+    assert "Promote the canary" not in page and "Start a canary" in page
+    overview = _html(client.get("/"), 200)
+    assert f"<td>{label}</td>" in overview and "<td>bot@2</td>" not in overview
+    loop = _html(client.get("/loops/support"), 200)
+    assert f"<dd>{label}</dd>" in loop and "base model" not in loop.split("Serving (revision")[1][:300]
+    assert client.get(f"{PAGE}/promote").status_code == 409  # no canary any more
+
+    # an adapter canary from the same form, then the canary ended; the primary upstream stays
+    assert _post(client, f"{PAGE}/canary", {"adapter": "bot@3", "percent": "15"}).status_code == 303
+    row = _deployment(database, acme.id)
+    assert row.canary_version_id is not None and row.canary_upstream_id is None and row.canary_percent == 15
+    assert f"<td>{label}</td>" in _html(client.get("/"), 200) and "bot@3 · 15 %" in _html(client.get("/"), 200)
+    assert _post(client, f"{PAGE}/canary/remove", {}).status_code == 303
+    row = _deployment(database, acme.id)
+    assert (row.canary_version_id, row.canary_upstream_id, row.canary_percent, row.upstream_id) == (
+        None, None, 0, canary_id)
+    # the REST view agrees
+    api = client.get("/api/deployments/support", headers={"Authorization": f"Bearer {acme.key}"}).json()
+    assert api["upstream"]["model"] == "teacher" and api["canary"] is None and KEY not in str(api)

@@ -8,12 +8,14 @@
   retries), the shadow's share, the prices, and every revision (action, arms,
   who, when).
 - ``/deployments/{name}/rollback`` (``?to_revision=N`` optional),
-  ``/deployments/{name}/promote`` (the canary becomes the primary version for
-  everyone), ``/deployments/{name}/split`` (``?percent=N``, the canary's share):
+  ``/deployments/{name}/promote`` (the canary -- an adapter version or an
+  upstream -- becomes the primary arm for everyone), ``/deployments/{name}/split`` (``?percent=N``, the canary's share):
   GET shows what will change and a confirm button; only the POST changes it.
 - Arm forms (POST, then a redirect to the deployment's page):
   ``POST /deployments`` (create), ``/deployments/{name}/upstream`` (set or
-  replace the primary arm by an upstream), ``/deployments/{name}/shadow`` (an
+  replace the primary arm by an upstream), ``/deployments/{name}/canary`` (an
+  adapter or an upstream for ``percent`` % of users, 1-99),
+  ``/deployments/{name}/canary/remove``, ``/deployments/{name}/shadow`` (an
   adapter or an upstream for ``percent`` % of requests, 1-99),
   ``/deployments/{name}/shadow/remove`` and ``/deployments/{name}/prices``
   (the whole price list, replaced). Each builds the same ``DeploymentCreate``
@@ -22,15 +24,18 @@
   upstream is probed, stored as a new row with its key encrypted, and the
   change resyncs this server). Bad input re-renders the page with the form's
   values, a message naming the field (``upstream.base_url``,
-  ``shadow.percent``, ``prices.MODEL.prompt_per_1m``, ...) and the error's
+  ``canary.upstream.model``, ``shadow.percent``, ``prices.MODEL.prompt_per_1m``, ...) and the error's
   status, and writes nothing. An API key is write-only: it is never put back
   in a page, not even in the re-rendered form.
 
 Rollback, promote and split go through ``store.Deployments`` exactly as
 ``/api/deployments`` does (rollback as ``POST /api/deployments/{name}/rollback``;
-promote and split as a ``PATCH`` of versions the deployment already serves, so
-there is nothing new to preload) and then resync this server's adapters, so the
-next request is served by the new state. Reading needs the viewer role, every
+promote and split as a ``PATCH`` of arms the deployment already serves, so
+there is nothing new to preload or probe) and then resync this server's
+adapters, so the next request is served by the new state. An upstream canary is
+promoted as its stored row (the same ``upstream_id`` becomes the primary arm):
+the REST API has no promote, and its ``PATCH`` would need the key again to
+store a new row, which the console never holds. Reading needs the viewer role, every
 change member (the API's rule for ``/api/deployments``). Another
 organisation's deployment is a 404 page like a missing one.
 """
@@ -79,6 +84,26 @@ class StateView:
     shadow: str | None = None
     shadow_upstream: str | None = None
     shadow_percent: int = 0
+
+    @property
+    def primary(self) -> str:
+        """The primary arm in words: ``upstream MODEL at BASE_URL``, the adapter ``name@N`` or ``base model``.
+
+        The one description every page uses (deployments list, overview, loop page, revisions).
+        """
+        if self.upstream:
+            return f"upstream {self.upstream}"
+        return self.adapter or "base model"
+
+    @property
+    def canary_arm(self) -> str | None:
+        """The canary in words (``name@N`` or ``upstream MODEL at BASE_URL``); None without a canary."""
+        return self.canary or (f"upstream {self.canary_upstream}" if self.canary_upstream else None)
+
+    @property
+    def shadow_arm(self) -> str | None:
+        """The shadow arm in words, like ``canary_arm``; None without one."""
+        return self.shadow or (f"upstream {self.shadow_upstream}" if self.shadow_upstream else None)
 
 
 def _ref(versions: dict[str, AdapterVersion], version_id: str | None) -> str | None:
@@ -310,6 +335,69 @@ def set_primary_upstream(
         return _refused(request, viewer, name, "upstream", err, "", values)
 
 
+def _arm_body(arm: str, what: str, percent: str, adapter: str, base_url: str, model: str, api_key: str,
+              timeout_s: str, connect_timeout_s: str, max_retries: str) -> dict[str, Any]:
+    """The ``canary`` / ``shadow`` object of a PATCH body: an adapter or an upstream for ``percent`` % (1-99).
+
+    ``arm`` is the body's field (``canary``, ``shadow``), ``what`` what the share is of (users, requests).
+    """
+    share = _number(percent, f"{arm}.percent", int)
+    if share is None or not 1 <= share <= 99:
+        raise InvalidInput(f"{arm}.percent: the {arm}'s share must be 1-99 % of {what}", param=f"{arm}.percent")
+    body: dict[str, Any] = {"percent": share}
+    has_upstream = _upstream_given(base_url, model, api_key)
+    if adapter.strip() and has_upstream:
+        raise InvalidInput(f"{arm}.upstream: the {arm} is an adapter or an upstream, not both; clear one",
+                           param=f"{arm}.upstream")
+    if not adapter.strip() and not has_upstream:
+        raise InvalidInput(f"{arm}.adapter: give the {arm} an adapter (NAME@N) or an upstream (base URL, model, "
+                           "API key)", param=f"{arm}.adapter")
+    if adapter.strip():
+        body["adapter"] = adapter.strip()
+    else:
+        body["upstream"] = _upstream_body(f"{arm}.upstream", base_url, model, api_key, timeout_s, connect_timeout_s,
+                                          max_retries)
+    return body
+
+
+@router.post("/deployments/{name}/canary")
+def set_canary(
+    request: Request,
+    viewer: SignedIn,
+    name: str,
+    percent: NumberField = "",
+    adapter: ShortField = "",
+    base_url: UrlField = "",
+    model: ShortField = "",
+    api_key: KeyField = "",
+    timeout_s: NumberField = "",
+    connect_timeout_s: NumberField = "",
+    max_retries: NumberField = "",
+    check_upstream: ShortField = "",
+) -> Response:
+    """Set (or replace) the canary: an adapter or an upstream for ``percent`` % (1-99) of users."""
+    require(viewer, WRITE_ROLE, "changing a deployment")
+    values = {"percent": percent, "adapter": adapter, "base_url": base_url, "model": model, "timeout_s": timeout_s,
+              "connect_timeout_s": connect_timeout_s, "max_retries": max_retries,
+              "check_upstream": bool(check_upstream)}
+    try:
+        canary = _arm_body("canary", "users", percent, adapter, base_url, model, api_key, timeout_s,
+                           connect_timeout_s, max_retries)
+        return _patch(request, viewer, name, {"canary": canary, "check_upstream": bool(check_upstream)})
+    except TeachloopError as err:
+        return _refused(request, viewer, name, "canary", err, "canary", values)
+
+
+@router.post("/deployments/{name}/canary/remove")
+def remove_canary(request: Request, viewer: SignedIn, name: str) -> Response:
+    """End the canary (a PATCH with ``canary: null``): everyone gets the primary arm."""
+    require(viewer, WRITE_ROLE, "changing a deployment")
+    try:
+        return _patch(request, viewer, name, {"canary": None})
+    except TeachloopError as err:
+        return _refused(request, viewer, name, "canary", err, "canary", {})
+
+
 @router.post("/deployments/{name}/shadow")
 def set_shadow(
     request: Request,
@@ -331,22 +419,8 @@ def set_shadow(
               "connect_timeout_s": connect_timeout_s, "max_retries": max_retries,
               "check_upstream": bool(check_upstream)}
     try:
-        share = _number(percent, "shadow.percent", int)
-        if share is None or not 1 <= share <= 99:
-            raise InvalidInput("shadow.percent: the shadow's share must be 1-99 % of requests", param="shadow.percent")
-        shadow: dict[str, Any] = {"percent": share}
-        has_upstream = _upstream_given(base_url, model, api_key)
-        if adapter.strip() and has_upstream:
-            raise InvalidInput("shadow.upstream: the shadow is an adapter or an upstream, not both; clear one",
-                               param="shadow.upstream")
-        if not adapter.strip() and not has_upstream:
-            raise InvalidInput("shadow.adapter: give the shadow an adapter (NAME@N) or an upstream (base URL, model, "
-                               "API key)", param="shadow.adapter")
-        if adapter.strip():
-            shadow["adapter"] = adapter.strip()
-        else:
-            shadow["upstream"] = _upstream_body("shadow.upstream", base_url, model, api_key, timeout_s,
-                                                connect_timeout_s, max_retries)
+        shadow = _arm_body("shadow", "requests", percent, adapter, base_url, model, api_key, timeout_s,
+                           connect_timeout_s, max_retries)
         return _patch(request, viewer, name, {"shadow": shadow, "check_upstream": bool(check_upstream)})
     except TeachloopError as err:
         return _refused(request, viewer, name, "shadow", err, "shadow", values)
@@ -410,13 +484,14 @@ def _change(session: Session, viewer: Viewer, name: str, action: str, to_revisio
         restored = repo.history(org, name)[0].restored_from
         return row, f"restore the state of revision {restored}"
     current = DeploymentState.of(repo.get(org, name))
-    if current.canary_version_id is None:
+    if current.canary_version_id is None and current.canary_upstream_id is None:
         raise Conflict(f"deployment {name!r} has no canary to {'promote' if action == 'promote' else 'split'}",
                        param="canary")
-    if action == "promote":
-        state = replace(current, adapter_version_id=current.canary_version_id, upstream_id=None,  # issue 17
+    if action == "promote":  # the canary arm, adapter or upstream, becomes the primary one (issue 17)
+        state = replace(current, adapter_version_id=current.canary_version_id, upstream_id=current.canary_upstream_id,
                         canary_version_id=None, canary_upstream_id=None, canary_percent=0)
-        sentence = "serve the canary version to everyone and end the canary"
+        what = "upstream" if current.canary_upstream_id else "version"
+        sentence = f"serve the canary {what} to everyone and end the canary"
     else:
         if percent is None or not 1 <= percent <= 99:
             raise InvalidInput("the canary's share must be 1-99 %", param="percent")
