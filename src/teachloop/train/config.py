@@ -126,6 +126,11 @@ class RLSection(_Section):
         "IS-corrected; pipelining only, no wall-clock gain on one CPU engine).",
     )
     episode_timeout_s: float | None = Field(default=None, gt=0, description="Per-episode timeout.")
+    merge_turns: bool = Field(
+        default=True,
+        description="Multi-turn: train an episode as one sequence of its sampled tokens where each turn's context "
+        "extends the previous one token for token (else one sequence per turn).",
+    )
 
     def loss_config(self) -> LossConfig:
         """As the engine's ``LossConfig``."""

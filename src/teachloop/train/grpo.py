@@ -3,10 +3,22 @@
 One step: take ``prompts_per_step`` tasks from the seeded task stream (the
 tasks of step ``t`` depend only on ``t``), sample ``group_size`` episodes of
 each through ``EngineCompleter`` (one batched engine call, prompt prefilled
-once per group), compute group advantages, turn every model turn into a
-``Datum`` carrying the sampler's logprobs (no re-tokenisation, no second
-forward pass for the old policy), and call ``forward_backward`` with PPO-clip,
-importance sampling or CISPO, then ``optim_step``.
+once per group), compute group advantages, turn every episode into training sequences
+carrying the sampler's logprobs (no re-tokenisation, no second forward pass
+for the old policy), and call ``forward_backward`` with PPO-clip, importance
+sampling or CISPO, then ``optim_step``.
+
+Multi-turn episodes (``episode_sequences``): the tokens trained are exactly the
+sampled ids. When a turn's context extends the previous sequence token for token
+(the earlier prompt, the sampled reply, then the tool/environment/user tokens
+of the next prompt), the turn is appended to it, so an episode is one sequence:
+every assistant turn's sampled tokens have mask 1 and their sampler logprobs,
+every observation token (template, tool, user) mask 0. Where re-rendering
+changed the context (a chat template that rewrites earlier turns, a reply that
+re-tokenises differently) the turn starts a new sequence with its own context,
+so a logprob is never paired with a token the sampler did not produce. Every
+turn of an episode carries the episode's advantage (its reward reaches every
+turn). ``rl.merge_turns = false`` trains one sequence per turn instead.
 
 With ``overlap`` the rollouts of step ``t + 1`` are sampled from a snapshot of
 the adapter taken before step ``t`` updates it, while step ``t`` trains; they
@@ -32,11 +44,12 @@ import contextlib
 import itertools
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from teachloop.catalog.envref import ResolvedEnv
-from teachloop.core.rl import Task, TrajectoryGroup
+from teachloop.core.rl import ModelTurn, Task, TrajectoryGroup
 from teachloop.core.sampling import SamplingParams
 from teachloop.core.training import Datum
 from teachloop.engine.base import Engine
@@ -56,25 +69,53 @@ class Batch:
     stats: dict[str, float]
 
 
+@dataclass
+class TrainSequence:
+    """One training sequence of an episode: tokens, loss mask (1 = sampled) and sampler logprobs, aligned."""
+
+    tokens: list[int]
+    mask: list[int]
+    logprobs: list[float]
+    turns: int = 1
+
+
+def episode_sequences(turns: Iterable[ModelTurn], merge: bool = True) -> list[TrainSequence]:
+    """The training sequences of one episode's model turns (see the module docstring)."""
+    out: list[TrainSequence] = []
+    for turn in turns:
+        if not turn.tokens:
+            continue
+        p, c, lp = list(turn.prompt_tokens), list(turn.tokens), list(turn.logprobs)
+        last = out[-1] if out and merge else None
+        if last is not None and len(p) >= len(last.tokens) and p[:len(last.tokens)] == last.tokens:
+            obs = p[len(last.tokens):]
+            last.tokens += obs + c
+            last.mask += [0] * len(obs) + [1] * len(c)
+            last.logprobs += [0.0] * len(obs) + lp
+            last.turns += 1
+        else:
+            out.append(TrainSequence(p + c, [0] * len(p) + [1] * len(c), [0.0] * len(p) + lp))
+    return out
+
+
 def build_batch(groups: list[TrajectoryGroup], rl: RLSection, skip_zero_gradient: bool = True) -> Batch:
-    """Advantages per group, then one Datum per model turn of every kept trajectory (see the module docstring)."""
+    """Advantages per group, then the training sequences of every kept trajectory (see the module docstring)."""
     rewards = [[t.reward for t in g.trajectories] for g in groups]
     advs, dropped = assign(rewards, rl.advantage, rl.drop_zero_variance)
     seqs: list[tuple[list[int], list[int], list[float], list[float]]] = []
-    comp_tokens = truncated = turns_total = 0
+    comp_tokens = truncated = turns_total = merged = 0
     for g, group_adv in zip(groups, advs, strict=True):
         if group_adv is None:
             continue
         for traj, a in zip(g.trajectories, group_adv, strict=True):
+            for seq in episode_sequences(traj.turns, rl.merge_turns):
+                seqs.append((seq.tokens, seq.mask, [float(a) * m for m in seq.mask], seq.logprobs))
+                comp_tokens += sum(seq.mask)
+                merged += seq.turns - 1
             for turn in traj.turns:
-                if not turn.tokens:
-                    continue
-                p, c = list(turn.prompt_tokens), list(turn.tokens)
-                seqs.append((p + c, [0] * len(p) + [1] * len(c), [0.0] * len(p) + [a] * len(c),
-                             [0.0] * len(p) + list(turn.logprobs)))
-                comp_tokens += len(c)
-                truncated += turn.stop_reason == "length"
-                turns_total += 1
+                if turn.tokens:
+                    truncated += turn.stop_reason == "length"
+                    turns_total += 1
     datums: list[Datum] = []
     zero: list[Datum] = []
     n_seq = len(seqs)
@@ -99,6 +140,8 @@ def build_batch(groups: list[TrajectoryGroup], rl: RLSection, skip_zero_gradient
         "completion_len_mean": statistics.fmean(all_lens) if all_lens else 0.0,
         "truncated_frac": truncated / turns_total if turns_total else 0.0,
         "train_turns": float(turns_total),
+        "train_sequences": float(n_seq),
+        "merged_turns": float(merged),
         "skipped_zero_gradient": float(len(zero)),
     }
     return Batch(datums, stats)
@@ -182,4 +225,4 @@ class GRPO:
                 self.engine.delete_adapter(self.sampler)
 
 
-__all__ = ["GRPO", "Batch", "build_batch"]
+__all__ = ["GRPO", "Batch", "TrainSequence", "build_batch", "episode_sequences"]

@@ -7,6 +7,10 @@ environment answers as the user. An assistant turn with neither ends the
 game; it is graded on its final ``answer: N``. Reward 1.0 for the right
 number, minus ``penalty`` (0..1) per guess beyond the binary-search bound,
 floored at 0.5. ``high`` is 2..10^9; infinite unless ``size``.
+
+The system prompt carries a worked binary-search example in prose (1.1.0):
+without it the default 135M model never writes a guess, every episode ends
+after one turn and RL has nothing multi-turn to learn from (issue 16).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class GuessNumber(Environment):
     """Find a secret number with higher/lower hints (tool or 'guess: N'), then give 'answer: N'."""
 
     name = "guess_number"
-    version = "1.0.0"
+    version = "1.1.0"
     tools = (guess,)
 
     def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05):
@@ -57,6 +61,19 @@ class GuessNumber(Environment):
         self.bound = math.ceil(math.log2(high)) + 1
         self.max_turns = 2 * self.bound + 2
         self.grader = FunctionGrader(self._reward, name="guess_number", timeout_s=5)
+        self._example = self._worked_example()
+
+    def _worked_example(self) -> str:
+        """A binary-search game in prose (not as chat turns: small models then write both sides)."""
+        secret, lo, hi, steps = max(1, self.high // 3), 1, self.high, []
+        while True:
+            mid = (lo + hi) // 2
+            hint = _hint(mid, secret, {})
+            steps.append(f"'guess: {mid}', told '{hint}'")
+            if hint == "correct":
+                break
+            lo, hi = (mid + 1, hi) if hint == "higher" else (lo, mid - 1)
+        return f"Example with secret {secret}: you reply " + "; then ".join(steps) + f"; then 'answer: {secret}'."
 
     def _reward(self, completion: str, messages: tuple[Message, ...], info: dict[str, Any]) -> float:
         found = last_number(completion)
@@ -71,8 +88,9 @@ class GuessNumber(Environment):
         i = 0
         while self.size is None or i < self.size:
             secret = rng.randint(1, self.high)
-            prompt = (system(f"Find the secret integer between 1 and {self.high}. Use the guess tool or write "
-                             "'guess: N'; you are told higher or lower. When sure, reply 'answer: N'."),
+            prompt = (system(f"Find the secret integer between 1 and {self.high}. Each turn, call the guess tool "
+                             "or reply with only 'guess: N'; you are told higher, lower or correct. When told "
+                             f"correct, reply only 'answer: N'. {self._example}"),
                       user("I have picked a number. Start guessing."))
             yield Task(id=f"guess_number-{seed}-{i}", prompt=prompt, answer=str(secret), info={"secret": secret},
                        tools=(guess.spec,))
