@@ -134,3 +134,14 @@ def test_guess_number_penalises_wasted_guesses_and_wrong_answers() -> None:
     sample = Sample(task, (*task.prompt, *wasted, Message(role="assistant", content=f"answer: {secret}")))
     assert asyncio.run(env.score(sample)).value == pytest.approx(0.8)
     assert score(env, task, f"answer: {secret + 1}") == 0.0
+
+
+def test_guess_number_text_mode_offers_no_tool_and_is_won_in_text() -> None:
+    env = GuessNumber(high=10, tool=False)
+    assert env.tools == () and GuessNumber(high=10).tools != ()
+    task = env.take(1, seed=2)[0]
+    assert task.tools == () and "# Tools" not in task.prompt[0].content and "guess: 5" in task.prompt[0].content
+    t = asyncio.run(run_episode(env, task, binary_search(10, use_tool=False)))
+    assert t.failure is None and t.reward == 1.0 and "tool_calls" not in t.metadata
+    with pytest.raises(ValueError, match="tool must be true or false"):
+        GuessNumber(high=10, tool="false")  # type: ignore[arg-type]

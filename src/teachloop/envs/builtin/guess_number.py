@@ -6,7 +6,8 @@ tool (the environment executes it and answers "higher", "lower" or
 environment answers as the user. An assistant turn with neither ends the
 game; it is graded on its final ``answer: N``. Reward 1.0 for the right
 number, minus ``penalty`` (0..1) per guess beyond the binary-search bound,
-floored at 0.5. ``high`` is 2..10^9; infinite unless ``size``.
+floored at 0.5. ``high`` is 2..10^9; infinite unless ``size``. ``tool=False``
+offers no tool (text protocol only, no tool section in the prompt).
 
 The system prompt carries a worked binary-search example in prose (1.1.0):
 without it the default 135M model never writes a guess, every episode ends
@@ -27,7 +28,7 @@ from teachloop.envs.base import Environment, system, user
 from teachloop.envs.builtin._args import float_arg, int_arg, size_arg
 from teachloop.envs.extract import last_number
 from teachloop.envs.graders import FunctionGrader
-from teachloop.envs.tools import tool
+from teachloop.envs.tools import Tool, tool
 
 _GUESS = re.compile(r"guess\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
 
@@ -52,10 +53,15 @@ class GuessNumber(Environment):
 
     name = "guess_number"
     version = "1.1.0"
-    tools = (guess,)
+    tools: tuple[Tool, ...] = (guess,)
 
-    def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05):
+    def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05, tool: bool = True):
         self.high = int_arg("high", high, 2, 10**9)
+        if not isinstance(tool, bool):
+            raise ValueError(f"tool must be true or false, got {tool!r}")
+        self.tool = tool
+        if not self.tool:  # text only: no tool section in the prompt (small models without tool training)
+            self.tools = ()
         self.size = size_arg(size)
         self.penalty = float_arg("penalty", penalty, 0.0, 1.0)
         self.bound = math.ceil(math.log2(high)) + 1
@@ -64,15 +70,17 @@ class GuessNumber(Environment):
         self._example = self._worked_example()
 
     def _worked_example(self) -> str:
-        """A binary-search game in prose (not as chat turns: small models then write both sides)."""
+        """A binary-search game: in prose with the tool, as a transcript in text mode."""
         secret, lo, hi, steps = max(1, self.high // 3), 1, self.high, []
         while True:
             mid = (lo + hi) // 2
             hint = _hint(mid, secret, {})
-            steps.append(f"'guess: {mid}', told '{hint}'")
+            steps.append(f"'guess: {mid}', told '{hint}'" if self.tool else f"assistant: guess: {mid}\nuser: {hint}")
             if hint == "correct":
                 break
             lo, hi = (mid + 1, hi) if hint == "higher" else (lo, mid - 1)
+        if not self.tool:
+            return f"Example with a secret of {secret}:\n" + "\n".join(steps) + f"\nassistant: answer: {secret}"
         return f"Example with secret {secret}: you reply " + "; then ".join(steps) + f"; then 'answer: {secret}'."
 
     def _reward(self, completion: str, messages: tuple[Message, ...], info: dict[str, Any]) -> float:
@@ -88,12 +96,12 @@ class GuessNumber(Environment):
         i = 0
         while self.size is None or i < self.size:
             secret = rng.randint(1, self.high)
-            prompt = (system(f"Find the secret integer between 1 and {self.high}. Each turn, call the guess tool "
-                             "or reply with only 'guess: N'; you are told higher, lower or correct. When told "
-                             f"correct, reply only 'answer: N'. {self._example}"),
+            how = "call the guess tool or reply with only 'guess: N'" if self.tool else "reply with one line 'guess: N'"
+            prompt = (system(f"Find the secret integer between 1 and {self.high}. Each turn, {how}; you are told "
+                             f"higher, lower or correct. When told correct, reply only 'answer: N'. {self._example}"),
                       user("I have picked a number. Start guessing."))
             yield Task(id=f"guess_number-{seed}-{i}", prompt=prompt, answer=str(secret), info={"secret": secret},
-                       tools=(guess.spec,))
+                       tools=(guess.spec,) if self.tool else ())
             i += 1
 
     def reference(self, task: Task) -> str:
