@@ -110,6 +110,7 @@ def loop_config(args: argparse.Namespace) -> dict[str, Any]:
         "gate": {"metric": "likelihood", "test": "bootstrap", "confidence": 0.9, "max_regression": 0.1,
                  "max_tokens": 16, "environments": [{**env, "tasks": args.gate_tasks, "seed": 1_000_003}]},
         "promotion": {"canary_percent": 50, "canary_min_requests": 6, "min_samples": 6, "signals": ["feedback"],
+                      "canary_max_samples": 6,
                       "allow_blind_promotion": True, "watch_requests": 6},
     }
 

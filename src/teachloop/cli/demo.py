@@ -106,6 +106,9 @@ def loop_config(opts: DemoOptions) -> dict[str, Any]:
                  "environments": [{**env, "tasks": opts.gate_tasks, "seed": 1_000_003}]},
         "promotion": {"canary_percent": opts.canary_percent, "canary_min_requests": max(4, opts.requests // 6),
                       "min_samples": max(4, opts.requests // 6), "max_drop": 0.1, "signals": ["grader"],
+                      # the sequential test stops at one round's canary share: a clearly worse canary is rolled
+                      # back, a clearly better one promoted as soon as shown; one in between after that round
+                      "canary_max_samples": max(4, opts.requests // 6, opts.requests * opts.canary_percent // 100),
                       "watch_requests": max(4, opts.requests // 2)},
         "budget": {"train_minutes_per_day": 60},
     }

@@ -312,6 +312,13 @@ class PromotionConfig(_Section):
     confidence: float = Field(default=0.95, gt=0.5, lt=1,
                               description="Coverage of the canary's sequential test, shared by its signals: a canary "
                                           "as good as the primary is rolled back with probability <= 1 - this.")
+    canary_max_samples: int | None = Field(
+        default=400, ge=1,
+        description="The canary's planned sample: once every signal with min_samples on both arms has this many "
+                    "on the canary arm, the test stops -- promoted if no signal was shown worse and every observed "
+                    "difference is above -max_drop, else rolled back. A canary as good as the primary is seldom "
+                    "shown non-inferior at a small margin (thousands of samples per arm), so without a horizon it "
+                    "waits for canary_max_minutes. null: no horizon.")
     allow_blind_promotion: bool = Field(default=False,
                                         description="Promote a canary that served canary_min_requests even when no "
                                                     "signal reached min_samples on both arms.")

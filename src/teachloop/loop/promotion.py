@@ -24,7 +24,13 @@ switches on its next request, without a restart.
   promotion. The canary passes once it served ``min_requests`` requests
   (and ``min_minutes`` passed) and every signal with ``min_samples`` on both
   arms (at least one) is shown non-inferior; otherwise it waits. A canary
-  still undecided after ``canary_max_minutes`` is rolled back as
+  about as good as the primary is seldom *shown* non-inferior at a small
+  margin (thousands of samples per arm), so the test has a planned sample,
+  ``canary_max_samples``: once every such signal has that many on the canary
+  arm, it stops -- promoted when no signal was shown worse and every observed
+  difference is above ``-max_drop`` ("not shown worse", a weaker statement
+  than "shown non-inferior", and the reason says which), else rolled back.
+  A canary still undecided after ``canary_max_minutes`` is rolled back as
   inconclusive. A canary drawn from the same distribution as the primary is
   rolled back as worse with probability at most ``1 - confidence``, however
   often it is judged. Every reason names the bounds and the sample sizes.
@@ -204,6 +210,14 @@ def judge(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigure
         if all(b.non_inferior for b in bounds):
             return Verdict("pass", f"{phase} passed, shown non-inferior (every lower bound > -max_drop): {shown}",
                            bounds)
+        horizon = cfg.canary_max_samples
+        if horizon is not None and all(b.n_canary >= horizon for b in bounds):
+            if all(b.diff > -b.max_drop for b in bounds):
+                return Verdict("pass", f"{phase} passed at its planned sample ({horizon} per signal, "
+                                       f"canary_max_samples): not shown worse, every observed difference > "
+                                       f"-max_drop: {shown}", bounds)
+            return Verdict("rollback", f"{phase} ended at its planned sample ({horizon} per signal, "
+                                       f"canary_max_samples) with an observed drop beyond max_drop: {shown}", bounds)
         if timed_out:
             return Verdict("rollback", f"{phase} inconclusive after {minutes:.0f} min (canary_max_minutes "
                                        f"{cfg.canary_max_minutes:g}), neither shown worse nor non-inferior: {shown}",
