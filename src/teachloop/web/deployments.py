@@ -360,11 +360,28 @@ def _arm_body(arm: str, what: str, percent: str, adapter: str, base_url: str, mo
     return body
 
 
-@router.post("/deployments/{name}/canary")
-def set_canary(
-    request: Request,
-    viewer: SignedIn,
-    name: str,
+@dataclass(frozen=True)
+class ArmForm:
+    """The canary and shadow forms' fields: an adapter, or an upstream (the key is never kept), and a share."""
+
+    percent: str
+    adapter: str
+    base_url: str
+    model: str
+    api_key: str
+    timeout_s: str
+    connect_timeout_s: str
+    max_retries: str
+    check_upstream: bool
+
+    def shown(self) -> dict[str, Any]:
+        """What the form shows again when refused (everything but the key)."""
+        return {"percent": self.percent, "adapter": self.adapter, "base_url": self.base_url, "model": self.model,
+                "timeout_s": self.timeout_s, "connect_timeout_s": self.connect_timeout_s,
+                "max_retries": self.max_retries, "check_upstream": self.check_upstream}
+
+
+def arm_form(
     percent: NumberField = "",
     adapter: ShortField = "",
     base_url: UrlField = "",
@@ -374,66 +391,55 @@ def set_canary(
     connect_timeout_s: NumberField = "",
     max_retries: NumberField = "",
     check_upstream: ShortField = "",
-) -> Response:
-    """Set (or replace) the canary: an adapter or an upstream for ``percent`` % (1-99) of users."""
+) -> ArmForm:
+    """The posted canary or shadow form."""
+    return ArmForm(percent, adapter, base_url, model, api_key, timeout_s, connect_timeout_s, max_retries,
+                   bool(check_upstream))
+
+
+ArmFields = Annotated[ArmForm, Depends(arm_form)]
+
+
+def _set_arm(request: Request, viewer: Viewer, name: str, arm: str, unit: str, form: ArmForm) -> Response:
     require(viewer, WRITE_ROLE, "changing a deployment")
-    values = {"percent": percent, "adapter": adapter, "base_url": base_url, "model": model, "timeout_s": timeout_s,
-              "connect_timeout_s": connect_timeout_s, "max_retries": max_retries,
-              "check_upstream": bool(check_upstream)}
     try:
-        canary = _arm_body("canary", "users", percent, adapter, base_url, model, api_key, timeout_s,
-                           connect_timeout_s, max_retries)
-        return _patch(request, viewer, name, {"canary": canary, "check_upstream": bool(check_upstream)})
+        body = _arm_body(arm, unit, form.percent, form.adapter, form.base_url, form.model, form.api_key,
+                         form.timeout_s, form.connect_timeout_s, form.max_retries)
+        return _patch(request, viewer, name, {arm: body, "check_upstream": form.check_upstream})
     except TeachloopError as err:
-        return _refused(request, viewer, name, "canary", err, "canary", values)
+        return _refused(request, viewer, name, arm, err, arm, form.shown())
+
+
+def _remove_arm(request: Request, viewer: Viewer, name: str, arm: str) -> Response:
+    require(viewer, WRITE_ROLE, "changing a deployment")
+    try:
+        return _patch(request, viewer, name, {arm: None})
+    except TeachloopError as err:
+        return _refused(request, viewer, name, arm, err, arm, {})
+
+
+@router.post("/deployments/{name}/canary")
+def set_canary(request: Request, viewer: SignedIn, name: str, form: ArmFields) -> Response:
+    """Set (or replace) the canary: an adapter or an upstream for ``percent`` % (1-99) of users."""
+    return _set_arm(request, viewer, name, "canary", "users", form)
 
 
 @router.post("/deployments/{name}/canary/remove")
 def remove_canary(request: Request, viewer: SignedIn, name: str) -> Response:
     """End the canary (a PATCH with ``canary: null``): everyone gets the primary arm."""
-    require(viewer, WRITE_ROLE, "changing a deployment")
-    try:
-        return _patch(request, viewer, name, {"canary": None})
-    except TeachloopError as err:
-        return _refused(request, viewer, name, "canary", err, "canary", {})
+    return _remove_arm(request, viewer, name, "canary")
 
 
 @router.post("/deployments/{name}/shadow")
-def set_shadow(
-    request: Request,
-    viewer: SignedIn,
-    name: str,
-    percent: NumberField = "",
-    adapter: ShortField = "",
-    base_url: UrlField = "",
-    model: ShortField = "",
-    api_key: KeyField = "",
-    timeout_s: NumberField = "",
-    connect_timeout_s: NumberField = "",
-    max_retries: NumberField = "",
-    check_upstream: ShortField = "",
-) -> Response:
+def set_shadow(request: Request, viewer: SignedIn, name: str, form: ArmFields) -> Response:
     """Set the shadow arm: an adapter or an upstream for ``percent`` % (1-99) of requests."""
-    require(viewer, WRITE_ROLE, "changing a deployment")
-    values = {"percent": percent, "adapter": adapter, "base_url": base_url, "model": model, "timeout_s": timeout_s,
-              "connect_timeout_s": connect_timeout_s, "max_retries": max_retries,
-              "check_upstream": bool(check_upstream)}
-    try:
-        shadow = _arm_body("shadow", "requests", percent, adapter, base_url, model, api_key, timeout_s,
-                           connect_timeout_s, max_retries)
-        return _patch(request, viewer, name, {"shadow": shadow, "check_upstream": bool(check_upstream)})
-    except TeachloopError as err:
-        return _refused(request, viewer, name, "shadow", err, "shadow", values)
+    return _set_arm(request, viewer, name, "shadow", "requests", form)
 
 
 @router.post("/deployments/{name}/shadow/remove")
 def remove_shadow(request: Request, viewer: SignedIn, name: str) -> Response:
     """End the shadow arm (a PATCH with ``shadow: null``)."""
-    require(viewer, WRITE_ROLE, "changing a deployment")
-    try:
-        return _patch(request, viewer, name, {"shadow": None})
-    except TeachloopError as err:
-        return _refused(request, viewer, name, "shadow", err, "shadow", {})
+    return _remove_arm(request, viewer, name, "shadow")
 
 
 @router.post("/deployments/{name}/prices")
