@@ -14,7 +14,9 @@ was trained on. (At ``high = 10`` the secrets themselves necessarily recur:
 there are ten.) Success is the share of held-out episodes whose final
 ``answer`` is the secret (reward > 0), with a 95% t-interval over tasks; the
 shaped reward (1.0, less the penalty for guesses beyond the binary-search
-bound) is printed beside it. References: a random final answer succeeds with
+bound) is printed beside it. Greedy decoding plays identical tasks identically
+(``guess_number``'s tasks differ only in the secret), so each distinct task
+(by ``Task.hash``) is played once and counted as often as it occurs. References: a random final answer succeeds with
 probability 1/high; a binary-search policy always does.
 
     OMP_NUM_THREADS=1 python bench/learn_multiturn.py --config examples/train/grpo-arithmetic.toml
@@ -48,15 +50,17 @@ def _evaluate(engine: Any, renderer: Any, env: Any, adapter: str | None, n: int,
     from teachloop.envs.rollout import rollout
 
     tasks = env.take(n, seed=seed)
+    unique = list({t.hash: t for t in tasks}.values())  # greedy: identical tasks play identically, run each once
     t0 = time.perf_counter()
-    groups = asyncio.run(rollout(env, tasks, EngineCompleter(engine, renderer, adapter=adapter), group_size=1,
+    groups = asyncio.run(rollout(env, unique, EngineCompleter(engine, renderer, adapter=adapter), group_size=1,
                                  params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
-                                 max_concurrent_groups=len(tasks)))
-    trajs = [g.trajectories[0] for g in groups]
+                                 max_concurrent_groups=len(unique)))
+    by_hash = {g.task.hash: g.trajectories[0] for g in groups}
+    trajs = [by_hash[t.hash] for t in tasks]
     success = [1.0 if t.reward > 0 else 0.0 for t in trajs]
     acc, lo, hi = mean_ci95(success)
     turns = collections.Counter(t.metadata.get("model_turns", 0) for t in trajs)
-    return {"acc": acc, "lo": max(0.0, lo or 0.0), "hi": min(1.0, hi or 0.0), "n": len(trajs),
+    return {"acc": acc, "lo": max(0.0, lo or 0.0), "hi": min(1.0, hi or 0.0), "n": len(trajs), "distinct": len(unique),
             "reward": statistics.fmean(t.reward for t in trajs),
             "turns_mean": statistics.fmean(t.metadata.get("model_turns", 0) for t in trajs),
             "turns": dict(sorted(turns.items())), "seconds": time.perf_counter() - t0,
