@@ -13,12 +13,15 @@ in peak RSS.
 
     python bench/engine.py                 # 5 rounds, prints a markdown table
     python bench/engine.py --rounds 3 --json out.json
-    python bench/engine.py --packs all,lm_head,none    # also the engine with fewer prepacked weights
+    python bench/engine.py --packs all,dense,lm_head,none    # the engine's weight modes side by side
 
-``--packs`` adds a teachloop contender per oneDNN prepacking mode (``all``: every
-projection has a prepacked copy beside the dense weights, the default;
-``lm_head``: only the unembedding, what ``low_memory`` loads; ``none``: one copy
-of the weights), to weigh the duplicate weights' memory against their speed.
+``--packs`` runs a teachloop contender per weight mode (``LlamaForward``'s ``pack``):
+``all`` (the default: a oneDNN-prepacked copy of every projection beside the dense weights),
+``dense`` (oneDNN multiplies by the dense weights, one copy of them; what ``low_memory`` loads),
+``lm_head`` (a prepacked copy of the unembedding only) and ``none`` (plain
+``F.linear``, one copy), to weigh duplicate weights' memory against their speed.
+Besides the peak RSS of the whole run, each worker reports the peak once the
+model is loaded (``load_rss_mb``, before any sampling).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import time
 from pathlib import Path
 
 NEW_TOKENS = 32
+#: ``--packs`` names -> ``TorchEngine(pack=...)``
+PACKS: dict[str, bool | str] = {"all": "all", "dense": "dense", "lm_head": "lm_head", "none": False}
 QUESTIONS = ["What is 26 - 15?", "What is 48 + 37?", "What is 72 - 29?", "What is 15 + 66?"]
 
 
@@ -62,12 +67,13 @@ def worker(contender: str, workload: str, reps: int) -> dict[str, float]:
         from teachloop.engine.torch_engine import TorchEngine
 
         mode = contender.partition(":")[2] or "all"
-        engine = TorchEngine(model_dir, device="cpu", pack={"all": None, "lm_head": "lm_head", "none": False}[mode])
+        engine = TorchEngine(model_dir, device="cpu", pack=PACKS[mode])
+        load_rss = _peak_rss_mb()
         prompts = _prompts(engine.tokenizer)
 
         def run(seed: int) -> int:
             ps, n = (prompts[:1], 1) if workload == "batch1" else (prompts, 8)
-            out = engine.sample(ps, n, SamplingParams(max_tokens=NEW_TOKENS, temperature=1.0, stop=[], seed=seed))
+            out = engine.sample(ps, n, SamplingParams(max_tokens=NEW_TOKENS, temperature=1.0, stop=(), seed=seed))
             return sum(len(s.tokens) for g in out for s in g)
 
     else:
@@ -76,6 +82,7 @@ def worker(contender: str, workload: str, reps: int) -> dict[str, float]:
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         tok.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        load_rss = _peak_rss_mb()
         prompts = _prompts(tok)
 
         def run(seed: int) -> int:
@@ -98,8 +105,11 @@ def worker(contender: str, workload: str, reps: int) -> dict[str, float]:
         t0 = time.perf_counter()
         tokens = run(r + 1)
         times.append(time.perf_counter() - t0)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": statistics.median(times), "tokens": tokens, "peak_rss_mb": rss_mb}
+    return {"seconds": statistics.median(times), "tokens": tokens, "peak_rss_mb": _peak_rss_mb(), "load_rss_mb": load_rss}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -107,7 +117,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload (median reported)")
     ap.add_argument("--reps", type=int, default=1, help="timed runs inside one worker per round")
     ap.add_argument("--workloads", default="batch1,group")
-    ap.add_argument("--packs", default="all", help="teachloop prepacking modes to run: all, lm_head, none")
+    ap.add_argument("--packs", default="all", help="teachloop weight modes to run: all, dense, lm_head, none")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--worker", nargs=2, metavar=("CONTENDER", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -130,19 +140,22 @@ def main() -> None:
                     sys.exit(f"{contender} {workload} failed:\n{proc.stderr[-3000:]}")
                 fig = json.loads(proc.stdout.strip().splitlines()[-1])
                 results[workload][contender].append(fig)
-                print(f"  {workload:7s} round {rnd + 1} {contender:12s} {fig['tokens'] / fig['seconds']:8.1f} tok/s "
-                      f"rss {fig['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                print(f"  {workload:7s} round {rnd + 1} {contender:17s} {fig['tokens'] / fig['seconds']:8.1f} tok/s "
+                      f"rss loaded {fig['load_rss_mb']:.0f} MB, peak {fig['peak_rss_mb']:.0f} MB", file=sys.stderr)
     summary = {}
-    print("\n| workload | contender | tokens | median s | tokens/s | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print("\n| workload | contender | tokens | median s | tokens/s | RSS loaded MB | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
     for workload, by in results.items():
         med = {}
         for contender, figs in by.items():
             s = statistics.median(f["seconds"] for f in figs)
             rss = statistics.median(f["peak_rss_mb"] for f in figs)
+            loaded = statistics.median(f["load_rss_mb"] for f in figs)
             toks = figs[0]["tokens"]
-            med[contender] = {"seconds": s, "tokens_per_s": toks / s, "peak_rss_mb": rss, "tokens": toks}
-            print(f"| {workload} | {contender} | {toks:.0f} | {s:.2f} | {toks / s:.1f} | {rss:.0f} |")
+            med[contender] = {
+                "seconds": s, "tokens_per_s": toks / s, "peak_rss_mb": rss, "load_rss_mb": loaded, "tokens": toks,
+            }
+            print(f"| {workload} | {contender} | {toks:.0f} | {s:.2f} | {toks / s:.1f} | {loaded:.0f} | {rss:.0f} |")
         med["ratio_tokens_per_s"] = {
             f"{c.replace(':', '_')}_over_transformers": med[c]["tokens_per_s"] / med["transformers"]["tokens_per_s"]
             for c in by if c != "transformers"

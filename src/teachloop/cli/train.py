@@ -153,7 +153,8 @@ def _build_engine(path: Path, settings: Any, cfg: Any) -> Any:
     """The engine holding the base model (loads the weights: only after every check passed)."""
     from teachloop.engine.factory import load_engine
 
-    return load_engine(settings, str(path), pull=False, pack="lm_head" if cfg.low_memory else None)
+    # low_memory: one copy of the weights (oneDNN reads the dense ones) instead of a prepacked second copy
+    return load_engine(settings, str(path), pull=False, pack="dense" if cfg.low_memory else None)
 
 
 def _run(cfg: Any, store: StoreContext, run: Any, dry_run: bool) -> None:

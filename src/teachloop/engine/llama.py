@@ -10,7 +10,8 @@ Two entry points:
 
 * ``forward_packed`` runs a batch of variable-length sequences *packed* into
   one ``[T, hidden]`` tensor: every matmul sees only real tokens (no padding);
-  attention is computed per sequence (padded only inside the attention call).
+  attention is computed per sequence (padded only inside the attention call;
+  ``engine/attention.py`` plans it).
   It is used for training (autograd flows into the LoRA weights), for logprob
   recomputation, and for prefill (it can hand each layer's K/V to a sink).
 * ``decode_step`` advances a batch of rows by one token each against a
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from teachloop.core.errors import ModelError
+from teachloop.engine.attention import AttentionPlan, Segments
 from teachloop.engine.ops import (
     PackedLinear,
     RMSNormFn,
@@ -105,7 +107,8 @@ class Proj:
     weight: torch.Tensor  # [out, in]
     bias: torch.Tensor | None
     lora: dict[str, LoraWeights] = field(default_factory=dict)
-    packed: torch.Tensor | None = None  # oneDNN-prepacked copy of ``weight`` (CPU fast path)
+    #: what oneDNN multiplies by on CPU: a prepacked copy of ``weight``, or ``weight`` itself (``PACK_MODES``)
+    packed: torch.Tensor | None = None
 
 
 @dataclass
@@ -202,127 +205,24 @@ class KVCache:
         return moved
 
 
-@dataclass
-class Segments:
-    """How packed tokens split into segments.
-
-    Attributes:
-        lens: tokens per segment, in packing order.
-        parent: per segment, the index of the (root, earlier) segment it
-            continues, or -1 for a root. A child sees all its parent's tokens
-            as context and its positions continue after them.
-        starts: per segment, the absolute position of a root's first token
-            (default 0); ignored for children.
-    """
-
-    lens: list[int]
-    parent: list[int] | None = None
-    starts: list[int] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.lens or min(self.lens) < 1:
-            raise ValueError("every segment needs at least one token")
-        if self.parent is None:
-            self.parent = [-1] * len(self.lens)
-        for i, p in enumerate(self.parent):
-            if p >= i or (p >= 0 and self.parent[p] != -1):
-                raise ValueError("a segment's parent must be an earlier root segment")
-
-
-class _AttentionPlan:
-    """Index tensors for causal attention over packed (possibly prefix-sharing) segments.
-
-    Every segment is one row of a padded attention call: its queries are its own
-    tokens; its keys are its parent's tokens (if any) followed by its own; query
-    ``t`` sees every parent key and its own keys ``<= t``. Without children and
-    with equal lengths this is a plain batched causal attention (no gather).
-    Roots and children run as two calls, each padded only to its own longest
-    segment: a group's short completions are not padded to its long prompt (with
-    a 1,000-token prompt and 64-token completions that padding held most of a
-    training step's activations), and the roots need no explicit mask.
-    """
-
-    def __init__(self, segs: Segments, device: Any) -> None:
-        lens = segs.lens
-        parent = segs.parent or [-1] * len(lens)
-        offsets = [0]
-        for n in lens:
-            offsets.append(offsets[-1] + n)
-        starts = segs.starts or [0] * len(lens)
-        pos: list[torch.Tensor] = []
-        for i, n in enumerate(lens):
-            p = parent[i]
-            first = (starts[p] + lens[p]) if p >= 0 else starts[i]
-            pos.append(torch.arange(first, first + n))
-        self.positions = torch.cat(pos).to(device)
-        self.n_seg = len(lens)
-        self.has_children = any(p >= 0 for p in parent)
-        self.uniform = not self.has_children and all(n == lens[0] for n in lens)
-        self.lq = max(lens)
-        if self.uniform:
-            return
-        #: one padded call per kind of segment: (q_idx, k_idx, valid query rows (flat), mask or None)
-        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        order: list[torch.Tensor] = []
-        for kind in ("roots", "children"):
-            segs_k = [i for i in range(len(lens)) if (parent[i] >= 0) == (kind == "children")]
-            if not segs_k:
-                continue
-            prefix = [lens[parent[i]] if parent[i] >= 0 else 0 for i in segs_k]
-            lq = max(lens[i] for i in segs_k)
-            lk = max(pl + lens[i] for pl, i in zip(prefix, segs_k, strict=True))
-            q_idx = torch.zeros(len(segs_k), lq, dtype=torch.long)
-            k_idx = torch.zeros(len(segs_k), lk, dtype=torch.long)
-            q_valid = torch.zeros(len(segs_k), lq, dtype=torch.bool)
-            for row, i in enumerate(segs_k):
-                n = lens[i]
-                q_idx[row, :n] = torch.arange(offsets[i], offsets[i] + n)
-                q_valid[row, :n] = True
-                if parent[i] >= 0:
-                    k_idx[row, : prefix[row]] = torch.arange(offsets[parent[i]], offsets[parent[i]] + prefix[row])
-                k_idx[row, prefix[row] : prefix[row] + n] = torch.arange(offsets[i], offsets[i] + n)
-                order.append(q_idx[row, :n])
-            mask: torch.Tensor | None = None
-            if kind == "children":
-                t = torch.arange(lq)[None, :, None]
-                j = torch.arange(lk)[None, None, :]
-                pl = torch.tensor(prefix)[:, None, None]
-                n_t = torch.tensor([lens[i] for i in segs_k])[:, None, None]
-                visible = (j < pl) | ((j - pl <= t) & (j - pl < n_t))
-                # padded query rows see key 0 so softmax stays finite; their output is dropped
-                visible[:, :, 0] = True
-                mask = visible[:, None].to(device)
-            self.calls.append((q_idx.to(device), k_idx.to(device), q_valid.view(-1).to(device), mask))
-        # the calls' outputs come in (roots, children) order; ``inverse`` puts them back in packed order
-        self.inverse = torch.argsort(torch.cat(order)).to(device) if self.has_children else None
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``q`` ``[T, H, d]``, ``k``/``v`` ``[T, KV, d]`` -> attention output ``[T, H, d]``."""
-        if self.uniform:
-            qp = q.view(self.n_seg, self.lq, q.shape[1], q.shape[2]).transpose(1, 2)
-            kp = k.view(self.n_seg, self.lq, k.shape[1], k.shape[2]).transpose(1, 2)
-            vp = v.view(self.n_seg, self.lq, v.shape[1], v.shape[2]).transpose(1, 2)
-            out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
-            return out.transpose(1, 2).reshape(q.shape)
-        outs: list[torch.Tensor] = []
-        for q_idx, k_idx, q_valid, mask in self.calls:
-            qp = q[q_idx].transpose(1, 2)  # [S, H, Lq, d]
-            kp = k[k_idx].transpose(1, 2)  # [S, KV, Lk, d]
-            vp = v[k_idx].transpose(1, 2)
-            if mask is None:  # roots only, right-padded: the causal mask alone is exact for real rows
-                out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
-            else:
-                out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=True)
-            outs.append(out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])[q_valid])
-        if self.inverse is None:
-            return outs[0]
-        return torch.cat(outs).index_select(0, self.inverse)
-
-
 def _base_linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
     if proj.packed is not None and x.dim() == 2 and x.dtype == torch.float32:
         return PackedLinear.apply(x, proj.weight, proj.packed, proj.bias)  # type: ignore[no-any-return]
     return F.linear(x, proj.weight, proj.bias)
+
+
+#: ``pack`` modes of ``LlamaForward`` (every base projection runs through oneDNN on CPU except with ``False``):
+#: ``"all"`` (or ``True``): a prepacked copy of every projection beside the dense weight (twice the
+#: weights' memory; the dense copy is what the backward multiplies by and what PEFT wraps), fastest;
+#: ``"dense"``: oneDNN multiplies by the dense weights themselves, one copy of the weights, but its
+#: kernel reads the plain layout more slowly (``low_memory`` loads this);
+#: ``"lm_head"``: a oneDNN-prepacked copy of the unembedding only (+ vocab x hidden floats);
+#: ``False``: plain ``F.linear`` (MKL on CPU; the only mode off CPU or below float32).
+#: ``bench/README.md`` ("Engine sampling") has the measured speed and memory of each.
+PACK_MODES: tuple[bool | str, ...] = ("all", "dense", "lm_head", True, False)
+
+#: the mode ``pack=None`` picks on CPU in float32 (speed over memory: see ``PACK_MODES``)
+DEFAULT_PACK = "all"
 
 
 def can_pack(device: Any) -> bool:
@@ -385,18 +285,23 @@ class LlamaForward:
         self.lm_head = Proj(_base(hf_model.lm_head).weight, _base(hf_model.lm_head).bias)
         device = self.embed.device
         if pack is None:
-            pack = can_pack(device) and self.embed.dtype == torch.float32
+            pack = DEFAULT_PACK if can_pack(device) and self.embed.dtype == torch.float32 else False
+        if pack not in PACK_MODES:
+            raise ValueError(f"pack must be one of {', '.join(map(repr, PACK_MODES))}; got {pack!r}")
+        #: the prepacking mode in effect (``PACK_MODES``): ``"dense"`` (or ``"lm_head"``) keeps one copy
+        #: of each decoder projection, ``"all"`` a second, prepacked one; ``False``: plain ``F.linear``
+        self.pack: bool | str = "all" if pack is True else pack
         self.packed = bool(pack)
-        #: ``True``/``"all"``: every projection prepacked (fastest, a second copy of the weights);
-        #: ``"lm_head"``: only the unembedding (the largest gain, 1/5 of the memory).
         #: recompute each decoder layer in the backward pass instead of keeping its activations
         #: (training memory ~ one layer's activations; costs about one more forward pass)
         self.checkpoint_layers = False
         #: stacked LoRA factors per (block, adapter, modules), valid while the parameters' versions match
         self._stack_cache: dict[tuple[int, str, tuple[str, ...]], tuple[Any, torch.Tensor, torch.Tensor]] = {}
-        if self.packed:
-            for proj in self._projections()[:1] if pack == "lm_head" else self._projections():
+        for i, proj in enumerate(self._projections() if self.packed else []):
+            if self.pack == "all" or (self.pack == "lm_head" and i == 0):
                 proj.packed = torch.ops.mkldnn._reorder_linear_weight(proj.weight.detach(), 32)
+            else:  # oneDNN reads the dense weight itself: the same tensor, no second copy
+                proj.packed = proj.weight.detach()
         self.refresh_adapters()
 
     def _projections(self) -> list[Proj]:
@@ -586,7 +491,7 @@ class LlamaForward:
         layer's rotated keys and values as ``[T, kv_heads, head_dim]``.
         """
         segs = segments if isinstance(segments, Segments) else Segments(list(segments))
-        plan = _AttentionPlan(segs, tokens.device)
+        plan = AttentionPlan(segs, tokens.device)
         x = self.embed[tokens]
         cos, sin = self._rope(plan.positions, x.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
@@ -846,8 +751,10 @@ def _lora_delta(x: torch.Tensor, w: LoraWeights, training: bool) -> torch.Tensor
 
 __all__ = [
     "ATTN_MODULES",
+    "DEFAULT_PACK",
     "FAST_ROPE_TYPES",
     "MLP_MODULES",
+    "PACK_MODES",
     "SUPPORTED_ARCHITECTURES",
     "UNEMBED_MODULES",
     "AdapterRows",

@@ -236,7 +236,10 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(default=10, ge=0, description="Checkpoint every N steps (0: only at the end).")
     low_memory: bool = Field(
         default=False,
-        description="Recompute each layer's activations in the backward pass (much less memory, ~1 more forward).",
+        description=(
+            "Recompute each layer's activations in the backward pass (much less memory, ~1 more forward) "
+            "and keep one copy of the base weights instead of a oneDNN-prepacked second one (slower sampling)."
+        ),
     )
     lora: LoraSection = Field(default_factory=LoraSection)
     optim: OptimSection = Field(default_factory=OptimSection)
