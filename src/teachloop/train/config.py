@@ -238,7 +238,7 @@ class TrainConfig(BaseModel):
         default=False,
         description=(
             "Recompute each layer's activations in the backward pass (much less memory, ~1 more forward) "
-            "and keep one copy of the base weights instead of a oneDNN-prepacked second one (slower sampling)."
+            "and keep one copy of the base weights (the engine's default too: pack='dense')."
         ),
     )
     lora: LoraSection = Field(default_factory=LoraSection)

@@ -62,15 +62,15 @@ def _copies(fw: LlamaForward) -> list[bool]:
     return out
 
 
-def test_dense_keeps_one_copy_of_every_projection(model_dir: Path) -> None:
-    fw = _forward(model_dir, "dense")
-    assert fw.pack == "dense"
+def test_dense_the_default_keeps_one_copy_of_every_projection(model_dir: Path) -> None:
+    fw = _forward(model_dir, None)
+    assert fw.pack == DEFAULT_PACK == "dense"
     assert not any(_copies(fw))
 
 
 def test_all_and_lm_head_hold_prepacked_copies(model_dir: Path) -> None:
-    fw = _forward(model_dir, None)
-    assert fw.pack == DEFAULT_PACK == "all"
+    fw = _forward(model_dir, "all")
+    assert fw.pack == "all"
     assert all(_copies(fw))
     copies = _copies(_forward(model_dir, "lm_head"))
     assert copies[0] and not any(copies[1:])
