@@ -14,7 +14,9 @@
   the deployed adapter version, or from the PEFT folder the iteration's
   ``loop.lineage.Plan`` names (an earlier candidate: ``init_key``), with the
   plan's steps and temperature (``WarmStart`` makes the trainer's fresh
-  adapter a copy of it). A training-time budget is enforced between steps:
+  adapter a copy of it), at ``algorithm.continue_lr_scale`` times the lr
+  ramped up over ``continue_warmup`` of its steps (``continued_optim``: a
+  fresh AdamW moves every parameter by about lr at its first steps). A training-time budget is enforced between steps:
   past it the run is stopped (``BudgetExceeded``) and recorded as failed.
 * ``publish_candidate`` fetches the run's final adapter and publishes it with
   ``catalog.adapters.publish_adapter`` as the next version of the adapter
@@ -50,7 +52,7 @@ from teachloop.store.db import Database
 from teachloop.store.repos.datasets import NewRow
 from teachloop.store.schema.datasets import Dataset
 from teachloop.store.schema.deployments import AdapterVersion
-from teachloop.train.config import validate_config
+from teachloop.train.config import OptimSection, TrainConfig, validate_config
 from teachloop.train.runs import RunInfo
 from teachloop.train.trainer import Trainer, TrainerDeps
 from teachloop.train.watch import refuse_alarmed
@@ -203,9 +205,11 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
             raw["steps"] = steps
         if temperature is not None and "rl" in raw:
             raw["rl"] = {**raw["rl"], "temperature": temperature}
+        key = init_key or (warm_start.blob_key if warm_start is not None else None)
+        if key is not None:
+            raw = continued_optim(raw, cfg.algorithm.continue_lr_scale, cfg.algorithm.continue_warmup)
         tc = validate_config(raw)
         engine: Engine = deps.engine
-        key = init_key or (warm_start.blob_key if warm_start is not None else None)
         if key is not None:
             init = deps.blobs.get_dir(key, folder / "init")
             engine = cast(Engine, WarmStart(deps.engine, init))
@@ -229,6 +233,19 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
         run = await trainer.run()
         refuse_alarmed(run)  # issue 16: a run that raised a reward-hack alarm is never gated nor promoted
         return run
+
+
+def continued_optim(raw: dict[str, Any], lr_scale: float, warmup: float) -> dict[str, Any]:
+    """The training config of a run that continues a trained adapter: ``lr_scale`` times the lr, ramped up over
+    ``warmup`` of its steps (``algorithm.continue_lr_scale`` / ``continue_warmup``); unchanged when the config's
+    ``optim`` sets ``warmup_steps`` itself, or with (1.0, 0.0)."""
+    optim = dict(raw.get("optim") or {})
+    if "warmup_steps" in optim or (lr_scale == 1.0 and warmup == 0.0):
+        return raw
+    lr = float(optim.get("lr", OptimSection.model_fields["lr"].default))
+    steps = int(raw.get("steps", TrainConfig.model_fields["steps"].default))
+    optim.update(lr=lr * lr_scale, warmup_steps=int(steps * warmup))
+    return {**raw, "optim": optim}
 
 
 def publish_candidate(database: Database, blobs: BlobStore, org_id: str, deployment: str, base_model: str,
@@ -267,6 +284,7 @@ __all__ = [
     "BudgetExceeded",
     "TrainDeps",
     "WarmStart",
+    "continued_optim",
     "eval_env_ref",
     "grader_env_ref",
     "holdout_env",

@@ -168,6 +168,21 @@ def test_the_next_iteration_trains_on_from_a_candidate_that_was_not_worse(store:
     assert run1.final_adapter_key is not None
     want = _folder_digest(store.blobs.get_dir(run1.final_adapter_key, tmp_path / "run1"))
     assert (f"run:{second['run']['id']}", want) in engine.loaded
+    # ... at half the lr (algorithm.continue_lr_scale): a fresh AdamW would shake the trained adapter
+    run2 = RunStore(store.db, store.blobs).get(store.org_id, second["run"]["id"])
+    assert run2.config["optim"]["lr"] == run1.config["optim"]["lr"] * 0.5
+
+
+def test_a_continued_run_trains_at_a_scaled_lr_ramped_up_unless_the_config_sets_a_warmup() -> None:
+    from teachloop.loop.training import continued_optim
+
+    raw = {"steps": 12, "optim": {"lr": 4e-4}}
+    assert continued_optim(raw, 0.5, 0.34)["optim"] == {"lr": 2e-4, "warmup_steps": 4}
+    assert raw["optim"] == {"lr": 4e-4}  # not changed in place
+    mine = {"steps": 12, "optim": {"lr": 4e-4, "warmup_steps": 0}}
+    assert continued_optim(mine, 0.5, 0.34) == mine  # the config's own schedule wins
+    assert continued_optim({"steps": 10, "optim": {"lr": 1e-4}}, 1.0, 0.0) == {"steps": 10, "optim": {"lr": 1e-4}}
+    assert continued_optim({"steps": 10}, 1.0, 0.2)["optim"]["warmup_steps"] == 2
 
 
 def test_with_the_switch_off_every_iteration_restarts(store: Store, renderer: Renderer) -> None:
