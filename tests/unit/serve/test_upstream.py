@@ -329,6 +329,11 @@ def test_with_commit_first_off_the_answer_goes_out_first_and_the_trace_is_still_
     chunks = list(oai.chat.completions.create(model="support", messages=[{"role": "user", "content": "a b"}],
                                               stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "teacher: a b"
-    trace = _trace(database, chunks[0].id.removeprefix("chatcmpl-"))
+    # the client stops reading at [DONE], which may end the request before the queued trace's commit: it is
+    # still committed, by the writer, moments later
+    trace_id, deadline = chunks[0].id.removeprefix("chatcmpl-"), time.monotonic() + 10
+    while time.monotonic() < deadline and not any(t.id == trace_id for t in _traces(database)):
+        time.sleep(0.02)
+    trace = _trace(database, trace_id)
     assert trace.stream and trace.finish_reason == "stop" and trace.choices[0]["message"]["content"] == "teacher: a b"
     assert len(_traces(database)) == 2 and serving.traces.stats().failures == 0

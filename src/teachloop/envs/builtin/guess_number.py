@@ -1,17 +1,12 @@
 """Guess the number: a multi-turn game with a tool.
 
-The model finds a secret integer in ``[1, high]``. It may call the ``guess``
-tool (the environment executes it and answers "higher", "lower" or
-"correct"), or, for models without tool calling, write ``guess: N`` and the
-environment answers as the user. An assistant turn with neither ends the
-game; it is graded on its final ``answer: N``. Reward 1.0 for the right
-number, minus ``penalty`` (0..1) per guess beyond the binary-search bound,
-floored at 0.5. ``high`` is 2..10^9; infinite unless ``size``. ``tool=False``
-offers no tool (text protocol only, no tool section in the prompt).
-
-The system prompt carries a worked binary-search example in prose (1.1.0):
-without it the default 135M model never writes a guess, every episode ends
-after one turn and RL has nothing multi-turn to learn from (issue 16).
+The model finds a secret integer in ``[1, high]`` (2..10^9; infinite unless ``size``). It may call
+the ``guess`` tool (the environment answers "higher", "lower" or "correct"), or write ``guess: N``
+and the environment answers as the user; ``tool=False`` offers no tool (text protocol only). A turn
+with neither ends the game, graded on its final ``answer: N``: 1.0 for the right number, minus
+``penalty`` (0..1) per guess beyond the binary-search bound, floored at 0.5. The system prompt
+carries a worked binary-search example (1.1.0): without it the default 135M model never guesses
+and RL has nothing multi-turn to learn from (issue 16).
 """
 
 from __future__ import annotations
@@ -59,11 +54,8 @@ class GuessNumber(Environment):
         self.high = int_arg("high", high, 2, 10**9)
         if not isinstance(tool, bool):
             raise ValueError(f"tool must be true or false, got {tool!r}")
-        self.tool = tool
-        if not self.tool:  # text only: no tool section in the prompt (small models without tool training)
-            self.tools = ()
-        self.size = size_arg(size)
-        self.penalty = float_arg("penalty", penalty, 0.0, 1.0)
+        self.tool, self.tools = tool, self.tools if tool else ()  # text only: no tool section in the prompt
+        self.size, self.penalty = size_arg(size), float_arg("penalty", penalty, 0.0, 1.0)
         self.bound = math.ceil(math.log2(high)) + 1
         self.max_turns = 2 * self.bound + 2
         self.grader = FunctionGrader(self._reward, name="guess_number", timeout_s=5)
@@ -71,29 +63,23 @@ class GuessNumber(Environment):
 
     def _worked_example(self) -> str:
         """A binary-search game: in prose with the tool, as a transcript in text mode."""
-        secret, lo, hi, steps = max(1, self.high // 3), 1, self.high, []
-        while True:
-            mid = (lo + hi) // 2
-            hint = _hint(mid, secret, {})
+        secret, lo, hi, steps, hint = max(1, self.high // 3), 1, self.high, [], ""
+        while hint != "correct":
+            hint = _hint(mid := (lo + hi) // 2, secret, {})
             steps.append(f"'guess: {mid}', told '{hint}'" if self.tool else f"assistant: guess: {mid}\nuser: {hint}")
-            if hint == "correct":
-                break
             lo, hi = (mid + 1, hi) if hint == "higher" else (lo, mid - 1)
         if not self.tool:
             return f"Example with a secret of {secret}:\n" + "\n".join(steps) + f"\nassistant: answer: {secret}"
         return f"Example with secret {secret}: you reply " + "; then ".join(steps) + f"; then 'answer: {secret}'."
 
     def _reward(self, completion: str, messages: tuple[Message, ...], info: dict[str, Any]) -> float:
-        found = last_number(completion)
-        if found is None or found != str(info["secret"]):
+        if last_number(completion) != str(info["secret"]):
             return 0.0
-        guesses = sum(len(m.tool_calls) for m in messages) + sum(
-            1 for m in messages if m.role == "assistant" and _GUESS.search(m.content))
+        guesses = sum(len(m.tool_calls) + (m.role == "assistant" and bool(_GUESS.search(m.content))) for m in messages)
         return max(0.5, 1.0 - self.penalty * max(0, guesses - self.bound))
 
     def tasks(self, seed: int = 0) -> Iterator[Task]:
-        rng = random.Random(f"guess_number:{seed}:{self.high}")
-        i = 0
+        rng, i = random.Random(f"guess_number:{seed}:{self.high}"), 0
         while self.size is None or i < self.size:
             secret = rng.randint(1, self.high)
             how = "call the guess tool or reply with only 'guess: N'" if self.tool else "reply with one line 'guess: N'"
@@ -109,7 +95,6 @@ class GuessNumber(Environment):
 
     async def env_response(self, task: Task, messages: list[Message], state: dict[str, Any]) -> list[Message] | None:
         said = messages[-1].content
-        found = _GUESS.findall(said)
-        if not found or re.search(r"answer\s*:", said, re.IGNORECASE):
+        if not (found := _GUESS.findall(said)) or re.search(r"answer\s*:", said, re.IGNORECASE):
             return None
         return [user(_hint(int(found[-1]), int(task.info["secret"]), state))]
