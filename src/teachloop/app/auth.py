@@ -13,9 +13,10 @@ and runs in a read transaction; the key's ``last_used_at`` is refreshed
 separately, at most once a minute, and a busy database never fails a request
 over it.
 
-The dependencies are coroutines (only a key check the guard did not make runs
-in a thread): FastAPI runs a plain ``def`` dependency in its thread pool, one
-thread hop per dependency per request.
+The dependencies are coroutines: FastAPI runs a plain ``def`` dependency in its
+thread pool, one thread hop per dependency per request. ``authenticate_request``
+reads the key through ``Database.run_read`` (in the event loop's thread on SQLite,
+in a worker thread on PostgreSQL); only the once-a-minute write goes to a thread.
 
 This module is the one place routers get the caller and the app's runtime from:
 ``Viewer`` (reads), ``Member`` (writes), ``Admin`` (grants), ``Operator``
@@ -69,11 +70,9 @@ def bearer_header(authorization: str | None, x_api_key: str | None) -> str | Non
     return f"Bearer {key.removeprefix(TINKER_KEY_PREFIX)}"
 
 
-def authenticate(deps: AppDeps, header: str | None) -> Principal:
-    """The caller named by an ``Authorization`` header value; ``Unauthorized`` (401) when missing, unknown or revoked.
-
-    Blocking (database reads, and the ``last_used_at`` write at most once a minute).
-    """
+def check_key(deps: AppDeps, header: str | None) -> tuple[Principal, bool]:
+    """The caller named by an ``Authorization`` header value, and whether its ``last_used_at`` is due a refresh;
+    ``Unauthorized`` (401) when missing, unknown or revoked. Blocking, one read transaction (no write lock)."""
     secret = None
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
@@ -83,10 +82,32 @@ def authenticate(deps: AppDeps, header: str | None) -> Principal:
     with deps.database.session(write=False) as session:  # no write lock on the request path
         keys = ApiKeys(session)
         principal = keys.authenticate(secret, touch=False)
-        stale = keys.is_stale(principal.key_id)
+        return principal, keys.is_stale(principal.key_id)
+
+
+def touch_key(deps: AppDeps, key_id: str) -> None:
+    """Refresh the key's ``last_used_at`` (if still stale); best effort: a busy database is ignored. Blocking."""
+    with contextlib.suppress(ServiceUnavailable), deps.database.session() as session:
+        ApiKeys(session).touch(key_id)
+
+
+def authenticate(deps: AppDeps, header: str | None) -> Principal:
+    """The caller named by an ``Authorization`` header value; ``Unauthorized`` (401) when missing, unknown or revoked.
+
+    Blocking (a database read, and the ``last_used_at`` write at most once a minute).
+    """
+    principal, stale = check_key(deps, header)
     if stale:  # at most once a minute per key; best effort
-        with contextlib.suppress(ServiceUnavailable), deps.database.session() as session:
-            ApiKeys(session).touch(principal.key_id)
+        touch_key(deps, principal.key_id)
+    return principal
+
+
+async def authenticate_request(deps: AppDeps, header: str | None) -> Principal:
+    """``authenticate`` from a coroutine: the read through ``Database.run_read`` (no thread hop on SQLite),
+    the once-a-minute ``last_used_at`` write in a worker thread (it may wait for SQLite's write lock)."""
+    principal, stale = await deps.database.run_read(check_key, deps, header)
+    if stale:
+        await to_thread.run_sync(touch_key, deps, principal.key_id)
     return principal
 
 
@@ -100,7 +121,7 @@ async def require_principal(
     if isinstance(known, Principal):  # the guard authenticated this request already
         return known
     header = bearer_header(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    principal = await to_thread.run_sync(authenticate, deps, header)
+    principal = await authenticate_request(deps, header)
     request.state.principal = principal
     return principal
 
@@ -143,5 +164,5 @@ async def _serving(request: Request) -> Serving:
 ServingDep = Annotated[Serving, Depends(_serving)]
 
 __all__ = ["TINKER_KEY_PREFIX", "Admin", "CurrentPrincipal", "Deps", "Member", "Operator", "ServingDep", "Viewer",
-           "authenticate", "bearer_header",
-           "current_serving", "get_deps", "require_operator", "require_principal", "require_role"]
+           "authenticate", "authenticate_request", "bearer_header", "check_key",
+           "current_serving", "get_deps", "require_operator", "require_principal", "require_role", "touch_key"]

@@ -7,7 +7,7 @@ middleware runs first, for every HTTP request except the public paths
 (``/healthz``), in this order:
 
 1. **Authentication.** The ``Authorization: Bearer`` key is checked
-   (``auth.authenticate``); a missing, malformed, unknown or revoked key is
+   (``auth.authenticate_request``: no thread hop on SQLite); a missing, malformed, unknown or revoked key is
    answered 401 whatever the method, path or body -- unknown paths included,
    so a caller without a key learns nothing about which routes exist. The
    ``Principal`` is left on the request's state (the Tinker SDK's ``X-API-Key: tml-<key>`` counts as
@@ -34,11 +34,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from anyio import to_thread
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from teachloop.app.auth import authenticate, bearer_header
+from teachloop.app.auth import authenticate_request, bearer_header
 from teachloop.app.deps import AppDeps
 from teachloop.app.errors import render
 from teachloop.core.errors import PayloadTooLarge, TeachloopError
@@ -87,7 +86,7 @@ class RequestGuard:
         if not self._is_page(scope):
             header = bearer_header(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
             try:
-                principal = await to_thread.run_sync(authenticate, self.deps, header)
+                principal = await authenticate_request(self.deps, header)
             except TeachloopError as err:
                 await render(err)(scope, receive, send)
                 return

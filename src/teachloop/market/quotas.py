@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from teachloop.core.billing import Quota, QuotaName, parse_period, period_of
@@ -46,6 +46,10 @@ def _next_midnight(now: datetime) -> datetime:
     return datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
 
 
+#: An organisation's limits (name, limit), read before every completion.
+_LIMITS = select(BillingQuota.name, BillingQuota.limit).where(BillingQuota.org_id == bindparam("org_id"))
+
+
 class Quotas:
     """An organisation's quotas over one session (see the module docstring)."""
 
@@ -54,7 +58,7 @@ class Quotas:
 
     def limits(self, org_id: str) -> dict[QuotaName, int]:
         """The organisation's limits by quota name."""
-        rows = self.session.execute(select(BillingQuota.name, BillingQuota.limit).where(BillingQuota.org_id == org_id))
+        rows = self.session.connection().execute(_LIMITS, {"org_id": org_id})  # Core: every request checks this
         return {QuotaName(name): int(limit) for name, limit in rows}
 
     def set(self, org_id: str, name: object, limit: int | None, *, actor: str = "operator") -> None:

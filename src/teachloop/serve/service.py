@@ -52,6 +52,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from teachloop.core.chat import Message, ToolSpec
 from teachloop.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable, TeachloopError
 from teachloop.core.ids import new_id
@@ -334,7 +336,7 @@ class Serving:
     def resolve(self, org_id: str, model: str, user: str | None = None) -> Target:
         """What serves ``model`` for this organisation; ``ModelNotFound`` (404) when nothing does."""
         with self.database.session(write=False) as session:
-            dep = Deployments(session).find(org_id, model)
+            dep = Deployments(session).find_row(org_id, model)  # Core: every request reads it
             if dep is None:
                 if model in self.served_models():
                     return Target(model=model, base_model=model)
@@ -386,7 +388,7 @@ class Serving:
                 self.admission(principal.org_id, chat.model)
             return self.resolve(principal.org_id, chat.model, chat.user)
 
-        return await asyncio.get_running_loop().run_in_executor(None, work)
+        return await self.database.run_read(work)  # reads only: no thread hop on SQLite
 
     def upstream_request(self, principal: Principal, chat: ChatInput, body: dict[str, Any], target: Target,
                          shadow_of: str | None = None) -> UpstreamRequest:
@@ -580,7 +582,7 @@ def _price(prices: dict[str, Any] | None, *names: str | None) -> dict[str, Any] 
     return None
 
 
-def _arm(session: Any, org_id: str, dep: Deployment, model: str, arm: str, version_id: str | None,
+def _arm(session: Any, org_id: str, dep: Deployment | Row[Any], model: str, arm: str, version_id: str | None,
          upstream_id: str | None, known: dict[str, tuple[str, Upstream]]) -> Target:
     """The target of one arm of ``dep``: an upstream (``known`` endpoints read no row), an adapter version, or
     the base model alone."""

@@ -15,18 +15,24 @@ operation leaves nothing behind. Driver errors never escape raw: unreachable
 servers, locked files and unmigrated schemas become ``ServiceUnavailable`` or
 ``ConfigurationError`` naming the URL with its password masked.
 
+``run_read(fn, *args)`` runs a short blocking read for a coroutine: on SQLite in the calling thread
+(``reads_inline``: a WAL read transaction never waits for the write lock, and the work holds the GIL
+for all but the C step, so a worker thread would only add two hops, ~0.25 ms, to every request);
+on PostgreSQL in a worker thread, since a read waits on the network. Writes never go through it.
+
 ``migrate()`` runs the Alembic migrations shipped in ``store/migrations`` up to
 head. This module knows nothing about the tables themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -35,6 +41,9 @@ from sqlalchemy.pool import StaticPool
 
 from teachloop.core.errors import ConfigurationError, Conflict, ServiceUnavailable, TeachloopError
 from teachloop.core.settings import Settings
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -164,6 +173,18 @@ class Database:
     def is_memory(self) -> bool:
         """Whether this is an in-memory SQLite database (one shared connection)."""
         return self.dialect == "sqlite" and self.url.database in (None, "", ":memory:")
+
+    @property
+    def reads_inline(self) -> bool:
+        """Whether ``run_read`` runs reads in the calling thread (SQLite) rather than a worker (PostgreSQL)."""
+        return self.dialect == "sqlite"
+
+    async def run_read(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)``, a short read, from a coroutine: inline on SQLite, in a worker thread on
+        PostgreSQL (see the module docstring). ``fn`` must not write: a write may wait for SQLite's lock."""
+        if self.reads_inline:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     def _build_engine(self, echo: bool) -> Engine:
         if self.dialect == "postgresql":

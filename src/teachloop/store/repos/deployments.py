@@ -27,7 +27,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import Conflict, InvalidInput, NotFound
@@ -188,6 +188,11 @@ class AdapterVersions:
         return {r.id: r for r in rows}
 
 
+#: A deployment by organisation and name, as Core columns (``Deployments.find_row``).
+_FIND_ROW = select(*Deployment.__table__.columns).where(Deployment.org_id == bindparam("org_id"),
+                                                         Deployment.name == bindparam("name"))
+
+
 class Deployments:
     """Deployments and their change history within a caller-owned session."""
 
@@ -208,6 +213,11 @@ class Deployments:
     def find(self, org_id: str, name: str) -> Deployment | None:
         """The organisation's deployment called ``name``, or None."""
         return self.session.scalar(select(Deployment).where(Deployment.org_id == org_id, Deployment.name == name))
+
+    def find_row(self, org_id: str, name: str) -> Row[Any] | None:
+        """``find`` as a read-only Core row (the ``Deployment`` columns as attributes, no ORM object): what the
+        serving path reads for every request."""
+        return self.session.connection().execute(_FIND_ROW, {"org_id": org_id, "name": name}).first()
 
     def list(self, org_id: str) -> list[Deployment]:
         """The organisation's deployments, by name."""

@@ -20,9 +20,9 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import InvalidInput, NotFound, Unauthorized
@@ -37,6 +37,15 @@ KEY_RE = re.compile(r"^tl_([a-z2-7]{12})_([a-z2-7]{52})$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 _CREATE_HINT = "create one with `teachloop admin keys create`"
 _DUMMY_HASH = hashlib.sha256(b"teachloop: no such key").hexdigest()
+
+
+#: The key named by a prefix, with its user's membership in the key's organisation (None when it has left).
+_AUTH = (
+    select(ApiKey.id, ApiKey.org_id, ApiKey.user_id, ApiKey.role, ApiKey.secret_hash, ApiKey.revoked_at,
+           ApiKey.last_used_at, Membership.id.label("membership_id"))
+    .outerjoin(Membership, and_(Membership.org_id == ApiKey.org_id, Membership.user_id == ApiKey.user_id))
+    .where(ApiKey.prefix == bindparam("prefix"))
+)
 
 
 def _b32(nbytes: int) -> str:
@@ -65,6 +74,7 @@ class ApiKeys:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.audit = AuditLog(session)
+        self._last_used: dict[str, datetime | None] = {}  # key id -> last_used_at, as authenticate read it
 
     def create_key(
         self, org_id: str, user_id: str | None, role: Role | str, name: str, *, actor: str = "system"
@@ -125,6 +135,8 @@ class ApiKeys:
 
         With ``touch`` (in a write session) it also refreshes ``last_used_at``, at
         most once a minute; with ``touch=False`` it only reads (see ``touch``).
+        One statement (the key and its user's membership, ``_AUTH``) on the session's connection: this runs
+        for every API request.
         """
         if not plaintext or not plaintext.strip():
             raise Unauthorized(
@@ -133,38 +145,33 @@ class ApiKeys:
         match = KEY_RE.match(plaintext.strip())
         if match is None:
             raise Unauthorized(f"malformed API key: expected tl_<prefix>_<secret>; {_CREATE_HINT}")
-        key = self.session.scalar(select(ApiKey).where(ApiKey.prefix == match.group(1)))
+        key = self.session.connection().execute(_AUTH, {"prefix": match.group(1)}).first()
         stored = key.secret_hash if key is not None else _DUMMY_HASH
         if not hmac.compare_digest(stored, hash_key(plaintext.strip())) or key is None:
             raise Unauthorized(f"unknown API key; check TEACHLOOP_API_KEY or {_CREATE_HINT}")
         if key.revoked_at is not None:
             raise Unauthorized(f"API key revoked; {_CREATE_HINT}")
-        if key.user_id is not None:
-            still_member = self.session.scalar(
-                select(Membership.id).where(
-                    Membership.org_id == key.org_id, Membership.user_id == key.user_id
-                )
-            )
-            if still_member is None:
-                raise Unauthorized(f"the API key's user is no longer in its organisation; {_CREATE_HINT}")
-        if touch and self.is_stale(key.id):
-            key.last_used_at = utc_now()
-            self.session.flush()
-        return Principal(org_id=key.org_id, user_id=key.user_id, key_id=key.id, role=key.role_enum)
+        if key.user_id is not None and key.membership_id is None:
+            raise Unauthorized(f"the API key's user is no longer in its organisation; {_CREATE_HINT}")
+        self._last_used[key.id] = key.last_used_at
+        if touch:
+            self.touch(key.id)
+        return Principal(org_id=key.org_id, user_id=key.user_id, key_id=key.id, role=Role(key.role))
 
     def is_stale(self, key_id: str) -> bool:
-        """Whether the key's ``last_used_at`` is due a refresh (cheap right after ``authenticate``)."""
-        key = self.session.get(ApiKey, key_id)  # from the identity map when just authenticated
-        return key is not None and (
-            key.last_used_at is None or utc_now() - key.last_used_at >= LAST_USED_RESOLUTION
-        )
+        """Whether the key's ``last_used_at`` is due a refresh (no read right after ``authenticate``)."""
+        if key_id in self._last_used:
+            last = self._last_used[key_id]
+        else:
+            last = self.session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
+        return last is None or utc_now() - last >= LAST_USED_RESOLUTION
 
     def touch(self, key_id: str) -> None:
         """Record that the key was used now, if it is stale (for callers that authenticated read-only)."""
-        key = self.session.get(ApiKey, key_id)
-        if key is not None and self.is_stale(key_id):
-            key.last_used_at = utc_now()
-            self.session.flush()
+        if self.is_stale(key_id):
+            now = utc_now()
+            self.session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+            self._last_used[key_id] = now
 
     def get(self, org_id: str, key_id: str) -> ApiKey:
         """The organisation's key with this id; ``NotFound`` otherwise."""
