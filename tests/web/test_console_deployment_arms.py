@@ -189,6 +189,11 @@ def _refused_case(up: FakeUpstream) -> list[tuple[str, dict[str, Any], int, str,
         ("/deployments", {"name": "bad-url", **_form(up, base_url="file:///etc/passwd")}, 400, "upstream.base_url",
          'value="bad-url"'),
         ("/deployments", {"name": "gone", **_form(up, model="missing")}, 400, "upstream.model", 'value="gone"'),
+        # the create form parses its upstream fields as the upstream, canary and shadow forms do (one parse)
+        ("/deployments", {"name": "slow", **_form(up, timeout_s="soon")}, 400, "upstream.timeout_s", 'value="soon"'),
+        ("/deployments", {"name": "slow", **_form(up, max_retries="x")}, 400, "upstream.max_retries", 'value="slow"'),
+        (f"{PAGE}/shadow", _form(up, connect_timeout_s="fast", percent="20"), 400,
+         "shadow.upstream.connect_timeout_s", 'value="fast"'),
         ("/deployments", {"name": "support", **_form(up)}, 409, "name", 'value="support"'),
     ]
 
