@@ -10,7 +10,8 @@
   series per arm, the last ``ONLINE_DAYS`` days, at most the newest
   ``ONLINE_SCORES`` scores), and the newest
   ``ITERATIONS`` iterations: trigger, data, run, baseline and candidate, the
-  gate's test and per-suite figures, the decision and its reason, the canary
+  gate's test and per-suite figures (an environment suite's slice of the task
+  stream: fresh or fixed, offset, tasks, repeated prompts), the decision and its reason, the canary
   and watch evidence (both arms' online figures and the verdict) and the
   deployment revisions it wrote.
 - ``POST /loops/{deployment}/pause`` and ``/resume``: ``loop.service.set_enabled``,
@@ -36,7 +37,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.responses import RedirectResponse, Response
 
-from teachloop.core.loop import CanaryRecord, Revisions
+from teachloop.core.loop import CanaryRecord, GateSample, Revisions
 from teachloop.core.tenancy import Role
 from teachloop.loop.config import LoopConfig
 from teachloop.loop.service import find_loop, set_enabled
@@ -71,6 +72,7 @@ class SuiteView:
     baseline_mean: float | None
     candidate_mean: float | None
     mean_diff: float | None
+    sample: str | None = None  # an environment suite's slice of the task stream, in words (GateSample.describe)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ def _str(value: Any) -> str | None:
     return str(value) if value is not None else None
 
 
+def _sample(raw: Any) -> str | None:
+    sample = GateSample.of(raw)
+    return sample.describe() if sample is not None else None
+
+
 def gate_view(record: dict[str, Any] | None) -> GateView | None:
     """The gate's decision record (``loop.gate.GateDecision.to_json``) as a ``GateView``; None when absent."""
     if not record:
@@ -120,7 +127,8 @@ def gate_view(record: dict[str, Any] | None) -> GateView | None:
     raw = record.get("test")
     test: dict[str, Any] = raw if isinstance(raw, dict) else {}
     suites = [SuiteView(str(s.get("name", "")), str(s.get("metric", "")), _int(s.get("n")), bool(s.get("deciding")),
-                        _num(s.get("baseline_mean")), _num(s.get("candidate_mean")), _num(s.get("mean_diff")))
+                        _num(s.get("baseline_mean")), _num(s.get("candidate_mean")), _num(s.get("mean_diff")),
+                        _sample(s.get("sample")))
               for s in record.get("suites") or [] if isinstance(s, dict)]
     passed = record.get("passed")
     return GateView(passed if isinstance(passed, bool) else None, _str(record.get("reason")), _str(test.get("method")),
