@@ -57,7 +57,7 @@ from teachloop.core.tenancy import Role
 from teachloop.serve import deployments as service
 from teachloop.serve.deployments import DeploymentCreate, DeploymentPatch
 from teachloop.store.repos.deployments import AdapterVersions, Deployments, DeploymentState
-from teachloop.store.schema.deployments import AdapterVersion, Deployment, UpstreamEndpoint
+from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange, UpstreamEndpoint
 from teachloop.web.auth import SignedIn, Viewer, app_deps, require, require_csrf, serving_of
 from teachloop.web.render import ConsoleRoute, page
 
@@ -133,6 +133,17 @@ def _state_view(session: Session, org_id: str, state: DeploymentState) -> StateV
                      _label(upstreams, state.upstream_id), _label(upstreams, state.canary_upstream_id),
                      _ref(versions, state.shadow_version_id), _label(upstreams, state.shadow_upstream_id),
                      state.shadow_percent)
+
+
+def primaries_at(session: Session, org_id: str, deployment_id: str, revisions: set[int]) -> dict[int, str]:
+    """The primary arm in words (``StateView.primary``) at each of ``revisions`` of a deployment, from its
+    append-only change rows; a revision without a row is left out."""
+    if not revisions:
+        return {}
+    changes = session.scalars(select(DeploymentChange).where(
+        DeploymentChange.org_id == org_id, DeploymentChange.deployment_id == deployment_id,
+        DeploymentChange.revision.in_(revisions)))
+    return {c.revision: _state_view(session, org_id, DeploymentState(**c.state)).primary for c in changes}
 
 
 def deployment_rows(session: Session, org_id: str) -> list[tuple[Deployment, StateView]]:
@@ -554,4 +565,4 @@ def apply_change(
     return RedirectResponse(f"/deployments/{name}?done={action}-{revision_now}", status_code=303)
 
 
-__all__ = ["StateView", "deployment_rows", "router"]
+__all__ = ["StateView", "deployment_rows", "primaries_at", "router"]
