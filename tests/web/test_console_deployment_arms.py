@@ -189,6 +189,11 @@ def _refused_case(up: FakeUpstream) -> list[tuple[str, dict[str, Any], int, str,
         ("/deployments", {"name": "bad-url", **_form(up, base_url="file:///etc/passwd")}, 400, "upstream.base_url",
          'value="bad-url"'),
         ("/deployments", {"name": "gone", **_form(up, model="missing")}, 400, "upstream.model", 'value="gone"'),
+        # the create form parses its upstream fields as the upstream, canary and shadow forms do (one parse)
+        ("/deployments", {"name": "slow", **_form(up, timeout_s="soon")}, 400, "upstream.timeout_s", 'value="soon"'),
+        ("/deployments", {"name": "slow", **_form(up, max_retries="x")}, 400, "upstream.max_retries", 'value="slow"'),
+        (f"{PAGE}/shadow", _form(up, connect_timeout_s="fast", percent="20"), 400,
+         "shadow.upstream.connect_timeout_s", 'value="fast"'),
         ("/deployments", {"name": "support", **_form(up)}, 409, "name", 'value="support"'),
     ]
 
@@ -358,3 +363,39 @@ def test_an_upstream_canary_is_set_split_and_promoted_and_every_page_names_the_u
     # the REST view agrees
     api = client.get("/api/deployments/support", headers={"Authorization": f"Bearer {acme.key}"}).json()
     assert api["upstream"]["model"] == "teacher" and api["canary"] is None and KEY not in str(api)
+
+
+def test_the_loop_page_names_an_upstream_primary_as_the_baseline_of_an_iteration_that_started_on_it(
+    client: Any, world: World, database: Database, upstream: FakeUpstream
+) -> None:
+    from teachloop.core.loop import Revisions
+    from teachloop.store.repos.loops import Loops
+
+    acme = world.acme
+    sign_in(client, acme.member)
+    assert _post(client, f"{PAGE}/upstream", _form(upstream)).status_code == 303
+    row = _deployment(database, acme.id)
+    assert row.upstream_id is not None and row.adapter_version_id is None
+    with database.session() as s:  # as the runner starts an iteration: the deployed version, the revision in force
+        loops = Loops(s)
+        loop = loops.list(acme.id)[0]
+        started = loops.start_iteration(acme.id, loop.id, "interval", baseline_version_id=row.adapter_version_id,
+                                        revisions=Revisions(before=row.revision))
+        loops.update_iteration(acme.id, started.id, gate={"passed": False, "reason": "not better",
+                                                          "baseline": "upstream:teacher", "suites": []})
+        gated = loops.start_iteration(acme.id, loop.id, "interval")  # no revision recorded: the gate's record says
+        loops.update_iteration(acme.id, gated.id, gate={"passed": False, "reason": "not better",
+                                                        "baseline": "upstream:teacher", "suites": []})
+    # the deployment moves on (back to its adapter): the iteration still names what it started from
+    assert _post(client, f"{PAGE}/rollback", {}, page=f"{PAGE}/rollback").status_code == 303
+    assert _deployment(database, acme.id).upstream_id is None
+    html = _html(client.get("/loops/support"), 200)
+
+    def baseline(number: int) -> str:
+        found = re.search(rf'id="it-{number}-h">.*?<dt>Baseline → candidate</dt><dd>([^<]*)</dd>', html, re.S)
+        assert found is not None, number
+        return found.group(1)
+
+    assert baseline(started.number) == f"upstream teacher at {upstream.base_url} → —"
+    assert baseline(gated.number) == "upstream teacher → —"
+    assert baseline(1) == "base model → —" and baseline(2) == "bot@2 → bot@3"  # the seeded iterations, as before

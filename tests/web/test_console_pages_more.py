@@ -96,6 +96,29 @@ def test_loop_page_shows_state_iterations_gate_canary_and_online_reward(client: 
     assert len(primary) == 8 and primary[-1][1] < primary[0][1]  # newer scores are higher
 
 
+def test_loop_page_names_each_gate_suites_slice_of_the_task_stream(client: Any, world: World,
+                                                                  database: Database) -> None:
+    fresh = {"seed": 7, "offset": 64, "tasks": 64, "fresh": True, "task_ids": [f"t{i}" for i in range(64)],
+             "repeated_prompts": 3}
+    suites = [{"name": "arithmetic", "metric": "reward", "n": 64, "deciding": True, "baseline_mean": 0.5,
+               "candidate_mean": 0.6, "mean_diff": 0.1, "sample": fresh},
+              {"name": XSS, "metric": "reward", "n": 1, "deciding": False, "baseline_mean": 0.5, "candidate_mean": 0.5,
+               "mean_diff": 0.0, "sample": {**fresh, "fresh": False, "offset": 0, "tasks": 1, "repeated_prompts": 1,
+                                            "task_ids": [XSS]}},
+              {"name": "old-row", "metric": "reward", "n": 2, "deciding": False, "sample": {"offset": XSS}}]
+    with database.session() as s:
+        loops = Loops(s)
+        loop = loops.list(world.acme.id)[0]
+        it = loops.start_iteration(world.acme.id, loop.id, "interval")
+        loops.update_iteration(world.acme.id, it.id, gate={"passed": False, "reason": "not better", "suites": suites})
+    sign_in(client, world.acme.viewer)
+    html = client.get("/loops/support").text
+    assert "<td>fresh slice: offset 64, 64 tasks, 3 repeated prompts</td>" in html
+    assert f"<td>{ESCAPED}" in html and "<td>fixed slice: offset 0, 1 task, 1 repeated prompt</td>" in html
+    assert "<td>old-row</td>" in html and XSS not in html  # a record that is no sample shows none
+    assert re.search(r"<td>holdout</td>(<td>[^<]*</td>){6}<td>—</td></tr>", html)  # a holdout suite has no slice
+
+
 def test_pause_and_resume_need_the_member_role(client: Any, world: World, database: Database) -> None:
     def enabled() -> bool:
         with database.session(write=False) as s:

@@ -8,7 +8,9 @@
   deployment's base model here; ``--background`` queues it as a worker job
   instead (``teachloop up`` or ``teachloop worker`` runs it).
 - ``status`` and ``history`` show every iteration: the data used (dataset
-  and digest, counts), the run, the eval figures, the decision and its reason.
+  and digest, counts), the run, the eval figures (with each environment
+  suite's slice of the task stream: fresh or fixed, offset, tasks, repeated
+  prompts), the decision and its reason, all stored text escaped.
 - ``pause`` / ``resume``.
 
 Talks to the database and blob store directly, like ``teachloop deploy``.
@@ -25,11 +27,13 @@ from typing import Any
 import typer
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from teachloop.cli._common import StoreContext, console, is_tty
 from teachloop.cli.admin import errors
+from teachloop.core.loop import GateSample
 
 app = typer.Typer(help="The loop of a deployment: traffic -> data -> training -> gate -> canary -> promotion.",
                   no_args_is_help=True)
@@ -42,18 +46,24 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, int | float) else "-"
 
 
+def _suite_line(suite: dict[str, Any]) -> str:
+    """One gate suite: its means, size and (an environment's) task slice, e.g. ``(fresh slice: offset 64, ...)``."""
+    sample = GateSample.of(suite.get("sample"))
+    return (f"{suite.get('name')} {_fmt(suite.get('baseline_mean'))}->{_fmt(suite.get('candidate_mean'))} "
+            f"n={suite.get('n')}" + (f" ({sample.describe()})" if sample else ""))
+
+
 def _gate_line(gate: dict[str, Any]) -> str:
     if not gate:
         return ""
-    suites = ", ".join(f"{s['name']} {_fmt(s['baseline_mean'])}->{_fmt(s['candidate_mean'])} n={s['n']}"
-                       for s in gate.get("suites", []))
+    suites = ", ".join(_suite_line(s) for s in gate.get("suites", []) if isinstance(s, dict))
     test = gate.get("test") or {}
     return f"{suites}; p={_fmt(test.get('p_value'))}" if test else suites
 
 
 def history_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """The iterations as a table."""
-    table = Table(title=title, title_justify="left", show_lines=False)
+    """The iterations as a table (every stored text escaped: a reason or suite name is never rich markup)."""
+    table = Table(title=escape(title), title_justify="left", show_lines=False)
     for col in ("#", "status", "data", "run", "baseline -> candidate", "eval (baseline->candidate)", "reason"):
         table.add_column(col, overflow="fold")
     for it in rows:
@@ -62,9 +72,10 @@ def history_table(rows: list[dict[str, Any]], title: str) -> Table:
         data = f"{ds.get('ref') or '-'} {str(ds.get('digest') or '')[7:19]}\n{counts.get('train', 0)} train / " \
                f"{counts.get('holdout', 0)} holdout" if ds else f"{counts.get('train', '-')} rows"
         run = it.get("run") or {}
-        table.add_row(str(it["number"]), it["status"], data, f"{run.get('id', '-')}\n{run.get('status') or ''}",
-                      f"{it['baseline']} -> {it.get('candidate') or '-'}", _gate_line(it.get("gate") or {}),
-                      it.get("reason") or "")
+        cells = (str(it["number"]), it["status"], data, f"{run.get('id', '-')}\n{run.get('status') or ''}",
+                 f"{it['baseline']} -> {it.get('candidate') or '-'}", _gate_line(it.get("gate") or {}),
+                 it.get("reason") or "")
+        table.add_row(*(escape(str(c)) for c in cells))
     return table
 
 

@@ -3,8 +3,9 @@
 ``LoopPhase``, ``IterationStatus`` and ``IterationStage`` are ``StrEnum``s:
 their values are what the database columns hold, so a member compares equal
 to the stored string and old rows read unchanged. ``CanaryRecord`` (an
-iteration's ``canary`` column) and ``Revisions`` (its ``revisions`` column)
-are frozen pydantic models; the loop repository converts them at its
+iteration's ``canary`` column), ``Revisions`` (its ``revisions`` column)
+and ``GateSample`` (a suite's ``sample`` entry in its ``gate`` record) are
+frozen pydantic models; the loop repository converts them at its
 boundary (``store.repos.loops``), so no code reads or writes their keys as
 bare strings. Unset fields are left out of the stored JSON.
 """
@@ -114,5 +115,38 @@ class Revisions(BaseModel):
     rolled_back: int | None = Field(default=None, description="The revision that rolled the candidate back.")
 
 
-__all__ = ["CanaryRecord", "IterationStage", "IterationStatus", "Judgement", "LoopPhase", "OnlineSummary",
-           "Revisions"]
+class GateSample(BaseModel):
+    """Where one gate suite's tasks came from: a slice of an environment's held-out task stream.
+
+    Stored as the ``sample`` entry of a suite in an iteration's ``gate`` record (``loop.gate.stream_slice``
+    writes it); a suite of holdout rows has none.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int = Field(description="The seed of the environment's task stream.")
+    offset: int = Field(ge=0, description="Position of the slice's first task in the stream.")
+    tasks: int = Field(ge=0, description="Tasks in the slice (fewer than asked when a finite stream ran out).")
+    fresh: bool = Field(description="A slice of its own per iteration (gate.fresh_tasks), else the stream's head.")
+    task_ids: list[str] = Field(default_factory=list, description="The slice's task ids, in stream order.")
+    repeated_prompts: int = Field(ge=0, description="Tasks of the slice whose prompt occurred earlier in the stream.")
+
+    @classmethod
+    def of(cls, raw: object) -> GateSample | None:
+        """A stored ``sample`` entry as a record; None when absent or not a sample record (older rows)."""
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return cls.model_validate(raw)
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            return None
+
+    def describe(self) -> str:
+        """The slice in one line, e.g. ``fresh slice: offset 64, 64 tasks, 3 repeated prompts``."""
+        return (f"{'fresh' if self.fresh else 'fixed'} slice: offset {self.offset}, {self.tasks} "
+                f"task{'' if self.tasks == 1 else 's'}, {self.repeated_prompts} repeated "
+                f"prompt{'' if self.repeated_prompts == 1 else 's'}")
+
+
+__all__ = ["CanaryRecord", "GateSample", "IterationStage", "IterationStatus", "Judgement", "LoopPhase",
+           "OnlineSummary", "Revisions"]

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from teachloop.core.loop import GateSample
 from teachloop.core.rl import ChatCompleter, Task
 from teachloop.core.sampling import SamplingParams
 from teachloop.engine.base import Engine
@@ -209,10 +210,9 @@ def stream_slice(env: Environment, *, seed: int, tasks: int, iteration: int | No
     stream = env.take(offset + tasks, seed)
     taken = stream[offset:]
     earlier = {_prompt_text(t) for t in stream[:offset]}
-    record = {"seed": seed, "offset": offset, "tasks": len(taken), "fresh": bool(fresh),
-              "task_ids": [t.id for t in taken],
-              "repeated_prompts": sum(1 for t in taken if _prompt_text(t) in earlier)}
-    return taken, record
+    record = GateSample(seed=seed, offset=offset, tasks=len(taken), fresh=bool(fresh), task_ids=[t.id for t in taken],
+                        repeated_prompts=sum(1 for t in taken if _prompt_text(t) in earlier))
+    return taken, record.model_dump()
 
 
 def _prompt_text(task: Task) -> str:

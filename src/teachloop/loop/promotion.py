@@ -52,6 +52,7 @@ knows about training or the gate.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -154,15 +155,22 @@ def _signal(figures: OnlineFigures, signal: str) -> tuple[int, float | None]:
     return figures.feedback, figures.feedback_mean
 
 
+def _evidenced(cfg: PromotionConfig, baseline: OnlineFigures,
+               candidate: OnlineFigures) -> Iterator[tuple[str, int, float, int, float]]:
+    """(signal, n and mean of the baseline, n and mean of the candidate) of every configured signal with
+    ``min_samples`` on both sides, in ``cfg.signals`` order: the evidence both the test and the watch judge."""
+    for signal in cfg.signals:
+        bn, bmean = _signal(baseline, signal)
+        cn, cmean = _signal(candidate, signal)
+        if bmean is not None and cmean is not None and bn >= cfg.min_samples and cn >= cfg.min_samples:
+            yield signal, bn, bmean, cn, cmean
+
+
 def _compare(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigures,
              phase: str) -> tuple[list[str], Verdict | None]:
     """The watch's margin rule: (the signals with enough samples on both sides, described; a rollback on a drop)."""
     seen = []
-    for signal in cfg.signals:
-        bn, bmean = _signal(baseline, signal)
-        cn, cmean = _signal(candidate, signal)
-        if bmean is None or cmean is None or bn < cfg.min_samples or cn < cfg.min_samples:
-            continue
+    for signal, bn, bmean, cn, cmean in _evidenced(cfg, baseline, candidate):
         seen.append(f"{signal} {bmean:.3f} -> {cmean:.3f} (n={bn}/{cn})")
         if bmean - cmean > cfg.max_drop:
             return seen, Verdict("rollback", f"{signal} score fell from {bmean:.3f} to {cmean:.3f} during the {phase} "
@@ -176,15 +184,9 @@ def _counts(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigu
 
 def canary_bounds(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigures) -> tuple[Bounds, ...]:
     """The sequential test's bounds of every signal with ``min_samples`` on both arms."""
-    out = []
-    for signal in cfg.signals:
-        bn, bmean = _signal(baseline, signal)
-        cn, cmean = _signal(candidate, signal)
-        if bmean is None or cmean is None or bn < cfg.min_samples or cn < cfg.min_samples:
-            continue
-        out.append(difference_bounds(signal, bn, bmean, cn, cmean, confidence=cfg.confidence,
-                                     max_drop=cfg.max_drop, signals=len(cfg.signals)))
-    return tuple(out)
+    return tuple(difference_bounds(signal, bn, bmean, cn, cmean, confidence=cfg.confidence, max_drop=cfg.max_drop,
+                                   signals=len(cfg.signals))
+                 for signal, bn, bmean, cn, cmean in _evidenced(cfg, baseline, candidate))
 
 
 def judge(cfg: PromotionConfig, baseline: OnlineFigures, candidate: OnlineFigures, *, min_requests: int,

@@ -31,7 +31,6 @@ from typing import Any
 from teachloop.core.errors import ServiceUnavailable
 from teachloop.store.db import Database
 from teachloop.store.repos.traces import Traces
-from teachloop.store.schema.traces import Trace
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +58,6 @@ class TraceWriterStats:
 def _columns(values: dict[str, Any]) -> dict[str, Any]:
     """The columns to insert: ``tools`` given as None is left out, so it stays SQL NULL (not JSON null)."""
     return {k: v for k, v in values.items() if v is not None or k not in ("tools",)}
-
-
-def trace_row(values: dict[str, Any]) -> Trace:
-    """A ``Trace`` from column values; JSON columns given as None stay SQL NULL."""
-    return Trace(**_columns(values))
 
 
 class TraceWriter:
@@ -178,4 +172,4 @@ def _settle(future: Future[None], error: BaseException | None) -> None:
             future.set_exception(error)
 
 
-__all__ = ["TraceWriter", "TraceWriterStats", "trace_row"]
+__all__ = ["TraceWriter", "TraceWriterStats"]

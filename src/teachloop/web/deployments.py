@@ -57,7 +57,7 @@ from teachloop.core.tenancy import Role
 from teachloop.serve import deployments as service
 from teachloop.serve.deployments import DeploymentCreate, DeploymentPatch
 from teachloop.store.repos.deployments import AdapterVersions, Deployments, DeploymentState
-from teachloop.store.schema.deployments import AdapterVersion, Deployment, UpstreamEndpoint
+from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange, UpstreamEndpoint
 from teachloop.web.auth import SignedIn, Viewer, app_deps, require, require_csrf, serving_of
 from teachloop.web.render import ConsoleRoute, page
 
@@ -135,6 +135,17 @@ def _state_view(session: Session, org_id: str, state: DeploymentState) -> StateV
                      state.shadow_percent)
 
 
+def primaries_at(session: Session, org_id: str, deployment_id: str, revisions: set[int]) -> dict[int, str]:
+    """The primary arm in words (``StateView.primary``) at each of ``revisions`` of a deployment, from its
+    append-only change rows; a revision without a row is left out."""
+    if not revisions:
+        return {}
+    changes = session.scalars(select(DeploymentChange).where(
+        DeploymentChange.org_id == org_id, DeploymentChange.deployment_id == deployment_id,
+        DeploymentChange.revision.in_(revisions)))
+    return {c.revision: _state_view(session, org_id, DeploymentState(**c.state)).primary for c in changes}
+
+
 def deployment_rows(session: Session, org_id: str) -> list[tuple[Deployment, StateView]]:
     """The organisation's deployments with their states named (shared with the overview)."""
     return [(d, _state_view(session, org_id, DeploymentState.of(d))) for d in Deployments(session).list(org_id)]
@@ -204,18 +215,6 @@ def _number(raw: str, param: str, kind: type[int] | type[float]) -> int | float 
         raise InvalidInput(f"{param}: must be {what}, got {raw.strip()[:40]!r}", param=param) from None
 
 
-def _upstream_body(prefix: str, base_url: str, model: str, api_key: str, timeout_s: str, connect_timeout_s: str,
-                   max_retries: str) -> dict[str, Any]:
-    """The ``upstream`` object of a REST body from form fields (blank limits keep their defaults)."""
-    body: dict[str, Any] = {"base_url": base_url, "model": model, "api_key": api_key}
-    for field, raw, kind in (("timeout_s", timeout_s, float), ("connect_timeout_s", connect_timeout_s, float),
-                             ("max_retries", max_retries, int)):
-        value = _number(raw, f"{prefix}.{field}", kind)
-        if value is not None:
-            body[field] = value
-    return body
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -253,10 +252,6 @@ def _refused(request: Request, viewer: Viewer, name: str | None, form: str, err:
     return _detail_page(request, viewer, name, status=err.status, failed=failed)
 
 
-def _upstream_given(base_url: str, model: str, api_key: str) -> bool:
-    return bool(base_url.strip() or model.strip() or api_key)
-
-
 UrlField = Annotated[str, Form(max_length=2000)]
 ShortField = Annotated[str, Form(max_length=300)]
 KeyField = Annotated[str, Form(max_length=4000)]
@@ -265,13 +260,47 @@ NumberField = Annotated[str, Form(max_length=20)]
 PriceRows = Annotated[list[Annotated[str, StringConstraints(max_length=300)]], Form(max_length=100)]
 
 
-@router.post("/deployments")
-def create_from_form(
-    request: Request,
-    viewer: SignedIn,
-    name: ShortField = "",
-    base_model: ShortField = "",
-    adapter: ShortField = "",
+@dataclass(frozen=True)
+class UpstreamForm:
+    """An upstream's fields as posted -- every form that sets an upstream arm takes these (the key is never kept).
+
+    ``check_upstream``: probe the upstream before storing it (the form's checkbox).
+    """
+
+    base_url: str
+    model: str
+    api_key: str
+    timeout_s: str
+    connect_timeout_s: str
+    max_retries: str
+    check_upstream: bool
+
+    def given(self) -> bool:
+        """Whether any upstream field is filled in (a blank upstream part means "no upstream")."""
+        return bool(self.base_url.strip() or self.model.strip() or self.api_key)
+
+    def body(self, prefix: str) -> dict[str, Any]:
+        """The ``upstream`` object of a REST body (blank limits keep their defaults).
+
+        A limit that is not a number is ``InvalidInput`` naming ``{prefix}.{field}``.
+        """
+        body: dict[str, Any] = {"base_url": self.base_url, "model": self.model, "api_key": self.api_key}
+        for field, raw, kind in (("timeout_s", self.timeout_s, float),
+                                 ("connect_timeout_s", self.connect_timeout_s, float),
+                                 ("max_retries", self.max_retries, int)):
+            value = _number(raw, f"{prefix}.{field}", kind)
+            if value is not None:
+                body[field] = value
+        return body
+
+    def shown(self) -> dict[str, Any]:
+        """What the form shows again when refused (everything but the key)."""
+        return {"base_url": self.base_url, "model": self.model, "timeout_s": self.timeout_s,
+                "connect_timeout_s": self.connect_timeout_s, "max_retries": self.max_retries,
+                "check_upstream": self.check_upstream}
+
+
+def upstream_form(
     base_url: UrlField = "",
     model: ShortField = "",
     api_key: KeyField = "",
@@ -279,21 +308,34 @@ def create_from_form(
     connect_timeout_s: NumberField = "",
     max_retries: NumberField = "",
     check_upstream: ShortField = "",
+) -> UpstreamForm:
+    """The posted upstream fields (of the create, upstream, canary or shadow form)."""
+    return UpstreamForm(base_url, model, api_key, timeout_s, connect_timeout_s, max_retries, bool(check_upstream))
+
+
+UpstreamFields = Annotated[UpstreamForm, Depends(upstream_form)]
+
+
+@router.post("/deployments")
+def create_from_form(
+    request: Request,
+    viewer: SignedIn,
+    upstream: UpstreamFields,
+    name: ShortField = "",
+    base_model: ShortField = "",
+    adapter: ShortField = "",
 ) -> Response:
     """Create a deployment whose primary arm is an adapter or an upstream (``create_deployment``, as the API)."""
     require(viewer, WRITE_ROLE, "creating a deployment")
-    values = {"name": name, "base_model": base_model, "adapter": adapter, "base_url": base_url, "model": model,
-              "timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s, "max_retries": max_retries,
-              "check_upstream": bool(check_upstream)}
+    values = {"name": name, "base_model": base_model, "adapter": adapter, **upstream.shown()}
     try:
-        body: dict[str, Any] = {"name": name.strip(), "check_upstream": bool(check_upstream)}
+        body: dict[str, Any] = {"name": name.strip(), "check_upstream": upstream.check_upstream}
         if base_model.strip():
             body["base_model"] = base_model.strip()
         if adapter.strip():
             body["adapter"] = adapter.strip()
-        if _upstream_given(base_url, model, api_key):
-            body["upstream"] = _upstream_body("upstream", base_url, model, api_key, timeout_s, connect_timeout_s,
-                                              max_retries)
+        if upstream.given():
+            body["upstream"] = upstream.body("upstream")
         if not body["name"]:
             raise InvalidInput("name: give the deployment a name (what clients pass as model)", param="name")
         created = service.create_deployment(serving_of(request), viewer.principal,
@@ -312,89 +354,51 @@ def _patch(request: Request, viewer: Viewer, name: str, body: dict[str, Any]) ->
 
 
 @router.post("/deployments/{name}/upstream")
-def set_primary_upstream(
-    request: Request,
-    viewer: SignedIn,
-    name: str,
-    base_url: UrlField = "",
-    model: ShortField = "",
-    api_key: KeyField = "",
-    timeout_s: NumberField = "",
-    connect_timeout_s: NumberField = "",
-    max_retries: NumberField = "",
-    check_upstream: ShortField = "",
-) -> Response:
+def set_primary_upstream(request: Request, viewer: SignedIn, name: str, upstream: UpstreamFields) -> Response:
     """Set (or replace) the primary arm by an upstream: a PATCH with ``upstream``, probed first when checked."""
     require(viewer, WRITE_ROLE, "changing a deployment")
-    values = {"base_url": base_url, "model": model, "timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s,
-              "max_retries": max_retries, "check_upstream": bool(check_upstream)}
     try:
-        upstream = _upstream_body("upstream", base_url, model, api_key, timeout_s, connect_timeout_s, max_retries)
-        return _patch(request, viewer, name, {"upstream": upstream, "check_upstream": bool(check_upstream)})
+        return _patch(request, viewer, name, {"upstream": upstream.body("upstream"),
+                                              "check_upstream": upstream.check_upstream})
     except TeachloopError as err:
-        return _refused(request, viewer, name, "upstream", err, "", values)
-
-
-def _arm_body(arm: str, what: str, percent: str, adapter: str, base_url: str, model: str, api_key: str,
-              timeout_s: str, connect_timeout_s: str, max_retries: str) -> dict[str, Any]:
-    """The ``canary`` / ``shadow`` object of a PATCH body: an adapter or an upstream for ``percent`` % (1-99).
-
-    ``arm`` is the body's field (``canary``, ``shadow``), ``what`` what the share is of (users, requests).
-    """
-    share = _number(percent, f"{arm}.percent", int)
-    if share is None or not 1 <= share <= 99:
-        raise InvalidInput(f"{arm}.percent: the {arm}'s share must be 1-99 % of {what}", param=f"{arm}.percent")
-    body: dict[str, Any] = {"percent": share}
-    has_upstream = _upstream_given(base_url, model, api_key)
-    if adapter.strip() and has_upstream:
-        raise InvalidInput(f"{arm}.upstream: the {arm} is an adapter or an upstream, not both; clear one",
-                           param=f"{arm}.upstream")
-    if not adapter.strip() and not has_upstream:
-        raise InvalidInput(f"{arm}.adapter: give the {arm} an adapter (NAME@N) or an upstream (base URL, model, "
-                           "API key)", param=f"{arm}.adapter")
-    if adapter.strip():
-        body["adapter"] = adapter.strip()
-    else:
-        body["upstream"] = _upstream_body(f"{arm}.upstream", base_url, model, api_key, timeout_s, connect_timeout_s,
-                                          max_retries)
-    return body
+        return _refused(request, viewer, name, "upstream", err, "", upstream.shown())
 
 
 @dataclass(frozen=True)
 class ArmForm:
-    """The canary and shadow forms' fields: an adapter, or an upstream (the key is never kept), and a share."""
+    """The canary and shadow forms' fields: an adapter or an upstream, and a share."""
 
     percent: str
     adapter: str
-    base_url: str
-    model: str
-    api_key: str
-    timeout_s: str
-    connect_timeout_s: str
-    max_retries: str
-    check_upstream: bool
+    upstream: UpstreamForm
+
+    def body(self, arm: str, what: str) -> dict[str, Any]:
+        """The ``canary`` / ``shadow`` object of a PATCH body: an adapter or an upstream for ``percent`` % (1-99).
+
+        ``arm`` is the body's field (``canary``, ``shadow``), ``what`` what the share is of (users, requests).
+        """
+        share = _number(self.percent, f"{arm}.percent", int)
+        if share is None or not 1 <= share <= 99:
+            raise InvalidInput(f"{arm}.percent: the {arm}'s share must be 1-99 % of {what}", param=f"{arm}.percent")
+        adapter, has_upstream = self.adapter.strip(), self.upstream.given()
+        if adapter and has_upstream:
+            raise InvalidInput(f"{arm}.upstream: the {arm} is an adapter or an upstream, not both; clear one",
+                               param=f"{arm}.upstream")
+        if not adapter and not has_upstream:
+            raise InvalidInput(f"{arm}.adapter: give the {arm} an adapter (NAME@N) or an upstream (base URL, model, "
+                               "API key)", param=f"{arm}.adapter")
+        if adapter:
+            return {"percent": share, "adapter": adapter}
+        return {"percent": share, "upstream": self.upstream.body(f"{arm}.upstream")}
 
     def shown(self) -> dict[str, Any]:
         """What the form shows again when refused (everything but the key)."""
-        return {"percent": self.percent, "adapter": self.adapter, "base_url": self.base_url, "model": self.model,
-                "timeout_s": self.timeout_s, "connect_timeout_s": self.connect_timeout_s,
-                "max_retries": self.max_retries, "check_upstream": self.check_upstream}
+        return {"percent": self.percent, "adapter": self.adapter, **self.upstream.shown()}
 
 
-def arm_form(
-    percent: NumberField = "",
-    adapter: ShortField = "",
-    base_url: UrlField = "",
-    model: ShortField = "",
-    api_key: KeyField = "",
-    timeout_s: NumberField = "",
-    connect_timeout_s: NumberField = "",
-    max_retries: NumberField = "",
-    check_upstream: ShortField = "",
-) -> ArmForm:
+def arm_form(upstream: UpstreamFields, percent: NumberField = "", adapter: ShortField = "") -> ArmForm:
     """The posted canary or shadow form."""
-    return ArmForm(percent, adapter, base_url, model, api_key, timeout_s, connect_timeout_s, max_retries,
-                   bool(check_upstream))
+    return ArmForm(percent, adapter, upstream)
 
 
 ArmFields = Annotated[ArmForm, Depends(arm_form)]
@@ -403,9 +407,7 @@ ArmFields = Annotated[ArmForm, Depends(arm_form)]
 def _set_arm(request: Request, viewer: Viewer, name: str, arm: str, unit: str, form: ArmForm) -> Response:
     require(viewer, WRITE_ROLE, "changing a deployment")
     try:
-        body = _arm_body(arm, unit, form.percent, form.adapter, form.base_url, form.model, form.api_key,
-                         form.timeout_s, form.connect_timeout_s, form.max_retries)
-        return _patch(request, viewer, name, {arm: body, "check_upstream": form.check_upstream})
+        return _patch(request, viewer, name, {arm: form.body(arm, unit), "check_upstream": form.upstream.check_upstream})
     except TeachloopError as err:
         return _refused(request, viewer, name, arm, err, arm, form.shown())
 
@@ -563,4 +565,4 @@ def apply_change(
     return RedirectResponse(f"/deployments/{name}?done={action}-{revision_now}", status_code=303)
 
 
-__all__ = ["StateView", "deployment_rows", "router"]
+__all__ = ["StateView", "deployment_rows", "primaries_at", "router"]

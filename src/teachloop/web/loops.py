@@ -9,8 +9,11 @@
   (the grader's mean score of the loop's scored traffic per time bucket, one
   series per arm, the last ``ONLINE_DAYS`` days, at most the newest
   ``ONLINE_SCORES`` scores), and the newest
-  ``ITERATIONS`` iterations: trigger, data, run, baseline and candidate, the
-  gate's test and per-suite figures, the decision and its reason, the canary
+  ``ITERATIONS`` iterations: trigger, data, run, baseline (the deployed adapter
+  version, or the primary arm -- an upstream or the base model -- at the
+  revision the iteration started from) and candidate, the
+  gate's test and per-suite figures (an environment suite's slice of the task
+  stream: fresh or fixed, offset, tasks, repeated prompts), the decision and its reason, the canary
   and watch evidence (both arms' online figures and the verdict) and the
   deployment revisions it wrote.
 - ``POST /loops/{deployment}/pause`` and ``/resume``: ``loop.service.set_enabled``,
@@ -36,7 +39,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.responses import RedirectResponse, Response
 
-from teachloop.core.loop import CanaryRecord, Revisions
+from teachloop.core.loop import CanaryRecord, GateSample, Revisions
 from teachloop.core.tenancy import Role
 from teachloop.loop.config import LoopConfig
 from teachloop.loop.service import find_loop, set_enabled
@@ -47,7 +50,7 @@ from teachloop.store.schema.datasets import Dataset
 from teachloop.store.schema.loops import LoopIteration, TraceScore
 from teachloop.web.auth import SignedIn, app_deps, require, require_csrf
 from teachloop.web.charts import LineChart, line_chart
-from teachloop.web.deployments import StateView, deployment_rows
+from teachloop.web.deployments import StateView, deployment_rows, primaries_at
 from teachloop.web.render import ConsoleRoute, page
 
 router = APIRouter(route_class=ConsoleRoute, dependencies=[Depends(require_csrf)])
@@ -71,6 +74,7 @@ class SuiteView:
     baseline_mean: float | None
     candidate_mean: float | None
     mean_diff: float | None
+    sample: str | None = None  # an environment suite's slice of the task stream, in words (GateSample.describe)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,11 @@ def _str(value: Any) -> str | None:
     return str(value) if value is not None else None
 
 
+def _sample(raw: Any) -> str | None:
+    sample = GateSample.of(raw)
+    return sample.describe() if sample is not None else None
+
+
 def gate_view(record: dict[str, Any] | None) -> GateView | None:
     """The gate's decision record (``loop.gate.GateDecision.to_json``) as a ``GateView``; None when absent."""
     if not record:
@@ -120,7 +129,8 @@ def gate_view(record: dict[str, Any] | None) -> GateView | None:
     raw = record.get("test")
     test: dict[str, Any] = raw if isinstance(raw, dict) else {}
     suites = [SuiteView(str(s.get("name", "")), str(s.get("metric", "")), _int(s.get("n")), bool(s.get("deciding")),
-                        _num(s.get("baseline_mean")), _num(s.get("candidate_mean")), _num(s.get("mean_diff")))
+                        _num(s.get("baseline_mean")), _num(s.get("candidate_mean")), _num(s.get("mean_diff")),
+                        _sample(s.get("sample")))
               for s in record.get("suites") or [] if isinstance(s, dict)]
     passed = record.get("passed")
     return GateView(passed if isinstance(passed, bool) else None, _str(record.get("reason")), _str(test.get("method")),
@@ -199,13 +209,29 @@ def loop_list(request: Request, viewer: SignedIn) -> Response:
     return page(request, "loops.html", rows=rows)
 
 
-def _iterations(session: Any, org: str, loop_id: str) -> list[IterationView]:
+def _baseline(row: LoopIteration, refs: dict[str, str], primaries: dict[int, str]) -> str:
+    """What the iteration compared against: the deployed adapter version, else the primary arm at the revision it
+    started from (an upstream, or the base model), else the gate record's ``upstream:MODEL``, else the base model."""
+    if row.baseline_version_id:
+        return refs.get(row.baseline_version_id, row.baseline_version_id)
+    before = revisions_of(row).before
+    if before is not None and before in primaries:
+        return primaries[before]
+    gated = (row.gate or {}).get("baseline")
+    if isinstance(gated, str) and gated.startswith("upstream:"):
+        return f"upstream {gated.removeprefix('upstream:')}"
+    return "base model"
+
+
+def _iterations(session: Any, org: str, loop_id: str, deployment_id: str) -> list[IterationView]:
     rows = Loops(session).iterations(org, loop_id, limit=ITERATIONS)
     ids = {i for r in rows for i in (r.baseline_version_id, r.candidate_version_id) if i}
     refs = {v.id: v.ref for v in AdapterVersions(session).by_ids(org, ids).values()}
+    started = {b for r in rows if not r.baseline_version_id and (b := revisions_of(r).before) is not None}
+    primaries = primaries_at(session, org, deployment_id, started)
     ids = {r.dataset_id for r in rows if r.dataset_id}
     names = {d.id: d.ref for d in session.scalars(select(Dataset).where(Dataset.org_id == org, Dataset.id.in_(ids)))}
-    return [IterationView(r, names.get(r.dataset_id or ""), refs.get(r.baseline_version_id or "", "base model"),
+    return [IterationView(r, names.get(r.dataset_id or ""), _baseline(r, refs, primaries),
                           refs.get(r.candidate_version_id) if r.candidate_version_id else None, gate_view(r.gate),
                           canary_of(r), revisions_of(r)) for r in rows]
 
@@ -219,7 +245,7 @@ def loop_detail(request: Request, viewer: SignedIn, deployment: str, done: str =
         loop = find_loop(session, org, deployment)
         dep = Deployments(session).get(org, deployment)
         serving: StateView = next(state for d, state in deployment_rows(session, org) if d.id == dep.id)
-        iterations = _iterations(session, org, loop.id)
+        iterations = _iterations(session, org, loop.id, dep.id)
         scores = online_scores(session, org, loop.id)
         chart = online_chart(scores)
     return page(request, "loop.html", lp=loop, name=dep.name, revision=dep.revision, serving=serving,

@@ -5,10 +5,13 @@ slice of the held-out task stream, and the iteration's gate record names the sli
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import pytest
+from rich.console import Console
 
+from teachloop.cli.loop import history_table
 from teachloop.envs import Arithmetic
 from teachloop.loop import LoopRunner, configure_loop, history
 from teachloop.loop.gate import stream_slice
@@ -52,6 +55,25 @@ def test_two_iterations_are_gated_on_disjoint_slices_named_in_their_records(stor
     stream = Arithmetic(level=1).take(40, 1_000_003)  # the records name exactly the stream's two slices
     assert a["task_ids"] == [t.id for t in stream[:20]] and b["task_ids"] == [t.id for t in stream[20:]]
     assert first["n"] == second["n"] == 20
+    # ``teachloop loop history`` names each iteration's slice, compactly
+    its = sorted(history(store.db, store.org_id, DEPLOYMENT), key=lambda i: i["number"])
+    shown = _table_text(its)
+    assert f"fresh slice: offset 0, 20 tasks, {a['repeated_prompts']} repeated prompt" in shown
+    assert f"fresh slice: offset 20, 20 tasks, {b['repeated_prompts']} repeated prompt" in shown
+    # stored text is never rich markup: a suite name or reason with brackets is printed as it is
+    odd = {**its[1], "reason": "closed [/x] early", "gate": {**its[1]["gate"], "suites": [
+        {**second, "name": "[bold]arith[/bold]", "sample": {**b, "fresh": False, "tasks": 1, "repeated_prompts": 1}},
+        {**second, "name": "junk", "sample": {"offset": "<b>"}}]}}
+    shown = _table_text([odd])
+    assert "[bold]arith[/bold]" in shown and "closed [/x] early" in shown
+    assert "fixed slice: offset 20, 1 task, 1 repeated prompt)" in shown and "<b>" not in shown
+
+
+def _table_text(rows: list[dict[str, Any]]) -> str:
+    """What ``teachloop loop history`` prints for ``rows`` (wide enough that no cell folds)."""
+    console = Console(width=1000, record=True, file=io.StringIO())
+    console.print(history_table(rows, "loop of calc"))
+    return console.export_text()
 
 
 def test_fresh_tasks_off_gates_every_iteration_on_the_same_tasks(store: Store, renderer: Renderer) -> None:
