@@ -31,11 +31,13 @@
    (``--svg``, default ``HOME/demo.svg``; ``train.plot.svg_plot``).
 
 The loop keeps what it learns (``algorithm.lineage``: each iteration continues
-the newest candidate that was not worse than the deployed version; steps
-double while the candidate still improves, up to 4x ``--steps``; rollouts at
-temperature 0.7 once the gate reward reaches 0.8). ``--restart`` runs the
-behaviour before issue 16 instead (every iteration restarts from the deployed
-adapter with ``--steps`` steps), which ``bench/loop_vs_offline.py`` compares.
+the newest candidate that was not worse than the deployed version, with the
+AdamW state its run ended with (``keep_optimizer``); steps double while the
+candidate still improves, up to 4x ``--steps``; rollouts at temperature 0.7
+once the gate reward reaches 0.8). ``--restart`` runs the behaviour before
+issue 16 instead (every iteration restarts from the deployed adapter with
+``--steps`` steps and a fresh AdamW), which ``bench/loop_vs_offline.py``
+compares.
 
 The demo stops after ``--iterations`` promotions, ``--max-rounds`` rounds or
 ``--budget-min`` minutes, whichever comes first.
@@ -87,8 +89,9 @@ class DemoOptions:
 def keep(opts: DemoOptions) -> dict[str, Any]:
     """The loop's lineage fields (issue 16), or those of the behaviour before it (``lineage = False``)."""
     if not opts.lineage:
-        return {"lineage": False, "max_steps": None, "late_temperature": None}
-    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": 0.7, "late_reward": 0.8}
+        return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
+    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": 0.7, "late_reward": 0.8,
+            "keep_optimizer": True}
 
 
 def loop_config(opts: DemoOptions) -> dict[str, Any]:
@@ -495,8 +498,9 @@ def run_demo(opts: DemoOptions, home: Path, *, model_dir: Path | None = None) ->
         start = ""
         if it.get("plan"):
             pl = it["plan"]
-            start = f"from {pl['start']}{' ' + str(pl['parent_iteration']) if pl.get('parent_iteration') else ''}, " \
-                    f"{pl['steps']} steps  "
+            kept = " + its AdamW state" if (pl.get("optimizer") or {}).get("restored") else ""
+            start = f"from {pl['start']}{' ' + str(pl['parent_iteration']) if pl.get('parent_iteration') else ''}" \
+                    f"{kept}, {pl['steps']} steps  "
         console.print(f"  {it['number']}: {it['status']:11s} {it.get('candidate') or '-':8s} "
                       f"train {it['train_seconds']:.0f}s  {start}gate: {suites or '-'}", highlight=False)
     console.print("[bold]the deployed model's online reward (traffic it served to everyone):[/]")

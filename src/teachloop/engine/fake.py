@@ -14,7 +14,9 @@ to match against real text. As in the torch engine, a list of stop strings
 replaces EOS, and the token that completes a stop string is the last one returned.
 
 ``load_adapter`` and ``load_checkpoint`` are all-or-nothing, as the ``Engine``
-contract asks: a bad folder raises and leaves the adapter of that name as it was.
+contract asks: a bad folder raises and leaves the adapter of that name as it was
+(an optimizer state whose moments do not fit the adapter included:
+``engine.optim_state``, the torch engine's check).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from teachloop.core.training import (
 )
 from teachloop.engine.base import AdapterInfo, LogprobsFor
 from teachloop.engine.losses import TokenInputs, compute_loss
+from teachloop.engine.optim_state import check_optimizer_state
 from teachloop.engine.sampler import _choose
 
 #: What the default ``decode`` maps token ``i`` to: ``LETTERS[i % len(LETTERS)]``.
@@ -198,10 +201,14 @@ class FakeEngine:
         path = Path(path)
         state = self._read_adapter(path / "adapter")
         try:
-            state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+            opt_state = torch.load(path / "optimizer.pt", weights_only=True)
+            check_optimizer_state(opt_state, [state.A, state.B], path, ["A", "B"])
+            state.optimizer.load_state_dict(opt_state)
             state.step = int(json.loads((path / "checkpoint.json").read_text())["step"])
         except FileNotFoundError as err:
             raise NotFound(f"{path} is not a checkpoint folder: {Path(str(err.filename)).name} is missing") from None
+        except ModelError:
+            raise
         except Exception as err:
             raise ModelError(f"{path} is not a readable checkpoint: {_first_line(err)}") from None
         self._adapters[name] = state

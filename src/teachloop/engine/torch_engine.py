@@ -50,6 +50,7 @@ from teachloop.engine.compute import ComputeThread, trim_heap
 from teachloop.engine.hf_generic import build_forward, lora_target_groups, lora_targets
 from teachloop.engine.llama import Segments, single
 from teachloop.engine.losses import TokenInputs, compute_loss, merge_metrics
+from teachloop.engine.optim_state import check_optimizer_state
 from teachloop.engine.packing import micro_batches, plan_packing
 from teachloop.engine.prefix import PrefixCache
 from teachloop.engine.sampler import DecodeBatch, SampleRequest, sample_all
@@ -459,7 +460,8 @@ class TorchEngine:
         with self._lock, self._restoring(name):
             info = self._install(name, spec, state_dict, path / "adapter")
             state = self._adapters[name]
-            _check_optimizer_state(opt_state, state.params, path)
+            names = [k.replace(f".{name}.", ".") for k, _ in self._peft.named_parameters() if _owned_by(k, name)]
+            check_optimizer_state(opt_state, state.params, path, names)
             try:
                 state.optimizer.load_state_dict(opt_state)
             except (ValueError, KeyError, RuntimeError) as err:
@@ -798,29 +800,6 @@ class TorchEngine:
                 grad_norm=norm,
                 metrics={"lr": params.learning_rate, "grad_norm": norm, "accumulated_calls": float(calls)},
             )
-
-
-def _check_optimizer_state(opt_state: Any, params: Sequence[torch.Tensor], path: Path) -> None:
-    """Raise ``ModelError`` unless ``opt_state`` (an AdamW state dict) has one moment per parameter, shaped alike.
-
-    ``Optimizer.load_state_dict`` checks only the number of parameters; a
-    foreign checkpoint's moments of another shape would fail at the next step.
-    """
-    try:
-        groups = opt_state["param_groups"]
-        ids = [i for g in groups for i in g["params"]]
-        moments = opt_state["state"]
-    except (KeyError, TypeError):
-        raise ModelError(f"{path / 'optimizer.pt'} is not an optimizer state") from None
-    if len(ids) != len(params):
-        raise ModelError(f"optimizer state in {path} has {len(ids)} parameters; the adapter has {len(params)}")
-    for index, param in zip(ids, params, strict=True):
-        for name, value in (moments.get(index) or {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(param.shape):
-                raise ModelError(
-                    f"optimizer state in {path} does not fit the adapter: {name} of parameter {index} has shape "
-                    f"{tuple(value.shape)}, expected {tuple(param.shape)}"
-                )
 
 
 def _owned_by(param_name: str, adapter: str) -> bool:

@@ -259,14 +259,21 @@ class AlgorithmConfig(_Section):
                                         "while held-out reward falls raises the reward-hack alarm and its "
                                         "candidate is never gated nor promoted (0: no evaluation, no alarm).")
     eval_seed: int = Field(default=2_000_003, description="Seed of that held-out task stream (not the gate's).")
-    # -- a run that continues a trained adapter starts a fresh AdamW: its first updates move every parameter by
+    # -- a run that continues a trained adapter with a fresh AdamW: its first updates move every parameter by
     #    about lr whatever its gradient (the bias-corrected m / sqrt(v) is +-1), which grows a fresh adapter but
-    #    shakes a trained one
+    #    shakes a trained one. So the run that trained the start hands its AdamW state on (keep_optimizer); the
+    #    lr scale and warmup below are for a start without one (e.g. an adapter pushed by hand)
+    keep_optimizer: bool = Field(default=True,
+                                 description="A run that continues an adapter a run of this loop trained (a "
+                                             "candidate of the lineage, the deployed version it promoted) restores "
+                                             "that run's AdamW state (moments and step count) with it and trains at "
+                                             "the plain train.optim.lr, as if it had never stopped (false: a fresh "
+                                             "AdamW every run, at continue_lr_scale).")
     continue_lr_scale: float = Field(default=0.5, gt=0, le=1,
                                      description="A run that starts from a trained adapter (the deployed one or a "
-                                                 "candidate of the lineage) trains at this fraction of "
-                                                 "train.optim.lr, unless train.optim sets warmup_steps itself "
-                                                 "(1.0 with continue_warmup 0: as before issue 16's rerun; "
+                                                 "candidate of the lineage) without its AdamW state trains at this "
+                                                 "fraction of train.optim.lr, unless train.optim sets warmup_steps "
+                                                 "itself (1.0 with continue_warmup 0: as before issue 16's rerun; "
                                                  "bench/README.md, 'Loop vs offline').")
     continue_warmup: float = Field(default=0.34, ge=0, lt=1,
                                    description="... and ramps the lr up linearly over this fraction of its steps.")

@@ -23,6 +23,17 @@ from the loop's own iterations (newest first, one loop of one organisation):
   worse it goes back to ``train.steps``; otherwise it keeps the predecessor's.
 * **temperature** -- with ``algorithm.late_temperature``, rollouts are sampled
   at it once the start's gate reward reaches ``algorithm.late_reward``.
+* **optimizer state** -- with ``algorithm.keep_optimizer`` (default on), a start
+  that a run of this loop trained (a candidate of the lineage, the deployed
+  version when a loop run made it, a ``continue_from`` of this loop) also names
+  that run's last checkpoint (``state_key``: its adapter and AdamW moments and
+  step count, which the trainer stores at every run's end), so the next run
+  continues as if it had never stopped (``loop.training``). The run is found
+  only among this loop's own iterations, read in the loop's organisation: a
+  version's ``source_run_id`` that is not a run of one of them (a hand-pushed
+  adapter, another deployment's or organisation's run) names no state, and the
+  run then starts a fresh AdamW at ``continue_lr_scale`` (``Plan.optimizer``
+  says which and why).
 
 The *gate reward* of an iteration is the pooled mean of its deciding gate
 suites (weighted by their sizes), for the baseline and for the candidate.
@@ -33,7 +44,7 @@ module reads rows it is given; it writes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -63,6 +74,7 @@ class ContinueFrom:
     adapter_key: str
     run_id: str | None = None
     version_id: str | None = None
+    state_run: str | None = None  # the run of this loop whose final AdamW state goes with it, if any
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,10 @@ class Plan:
         steps: training steps of this iteration.
         temperature: rollout temperature, or None for the config's.
         reason: why, in words.
+        state_key: blob key of the checkpoint (adapter + AdamW state) of the run that trained the start, restored
+            with it; None: the run starts a fresh AdamW.
+        state_run: that run's id.
+        optimizer: what happens to the optimizer, in words (why no state is restored, when none is).
     """
 
     start: str
@@ -88,11 +104,21 @@ class Plan:
     parent_reward: float | None = None
     temperature: float | None = None
     reason: str = ""
+    state_key: str | None = None
+    state_run: str | None = None
+    optimizer: str = ""
+
+    def without_state(self, why: str) -> Plan:
+        """This plan with a fresh AdamW instead of the saved state, ``why`` recorded."""
+        return replace(self, state_key=None, optimizer=f"a fresh AdamW: the saved state of run {self.state_run} "
+                                                        f"is not restored ({why})")
 
     def to_json(self) -> dict[str, Any]:
         """As stored on the iteration."""
         return {"start": self.start, "parent_iteration": self.parent_iteration, "parent_reward": self.parent_reward,
-                "steps": self.steps, "temperature": self.temperature, "reason": self.reason}
+                "steps": self.steps, "temperature": self.temperature, "reason": self.reason,
+                "optimizer": {"restored": self.state_key is not None, "run": self.state_run,
+                              "reason": self.optimizer}}
 
 
 def gate_rewards(gate: dict[str, Any] | None) -> tuple[float, float] | None:
@@ -154,21 +180,26 @@ def _steps(cfg: LoopConfig, trained: Sequence[LoopIteration]) -> tuple[int, str]
 
 
 def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[LoopIteration],
-         final_adapter: Callable[[str], str | None], *, continue_from: ContinueFrom | None = None) -> Plan:
+         final_adapter: Callable[[str], str | None], *, continue_from: ContinueFrom | None = None,
+         final_state: Callable[[str], str | None] | None = None) -> Plan:
     """The plan of the next iteration (see the module docstring).
 
     ``history`` is the loop's iterations, newest first (the one being planned excluded);
-    ``final_adapter(run_id)`` gives a run's final adapter blob key (None when it has none).
+    ``final_adapter(run_id)`` gives a run's final adapter blob key (None when it has none),
+    ``final_state(run_id)`` its final checkpoint's (None when it has none; no callable: no state at all).
     """
     a = cfg.algorithm
     trained = [it for it in history if it.status in TRAINED and it.run_id]
     steps, why_steps = _steps(cfg, trained)
     deployed_id = deployed.id if deployed is not None else None
     start, key, parent, parent_reward = "base", None, None, None
+    state_run: str | None = None  # the run of this loop that trained the start
+    own_runs = {str(it.run_id) for it in history if it.run_id}
     reason = "a fresh adapter (algorithm.warm_start = false)"
     if a.warm_start:
         if deployed is not None:
             start, key, reason = "deployed", deployed.blob_key, f"the deployed adapter {deployed.ref}"
+            state_run = deployed.source_run_id if deployed.source_run_id in own_runs else None
         else:
             reason = "a fresh adapter (the deployment serves the base model)"
         last_gate = next((it for it in trained if it.baseline_version_id == deployed_id and gate_rewards(it.gate)),
@@ -182,7 +213,7 @@ def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[Loo
         if not trained and continue_from is not None:
             start, key, reason = "continue_from", continue_from.adapter_key, \
                 f"algorithm.continue_from = {continue_from.ref}"
-            parent_reward = None
+            parent_reward, state_run = None, continue_from.state_run
         elif a.lineage:
             for it in trained:
                 if it.baseline_version_id != deployed_id:
@@ -193,7 +224,7 @@ def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[Loo
                 if run_key is None:
                     continue
                 rewards = gate_rewards(it.gate)
-                start, key, parent = "candidate", run_key, it.number
+                start, key, parent, state_run = "candidate", run_key, it.number, str(it.run_id)
                 parent_reward = rewards[1] if rewards else None
                 reason = f"the candidate of iteration {it.number} (not worse than the deployed version on the gate)"
                 break
@@ -204,7 +235,24 @@ def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[Loo
                   f"{a.late_reward:g})"
     if why_steps:
         reason += f"; {why_steps}"
-    return Plan(start, key, steps, parent, parent_reward, temperature, reason)
+    if key is None:
+        return Plan(start, key, steps, parent, parent_reward, temperature, reason, optimizer="a fresh adapter and AdamW")
+    state_key, optimizer = _state(cfg, state_run, final_state)
+    return Plan(start, key, steps, parent, parent_reward, temperature, reason, state_key, state_run, optimizer)
+
+
+def _state(cfg: LoopConfig, run: str | None, final_state: Callable[[str], str | None] | None) -> tuple[str | None, str]:
+    """(the blob key of the AdamW state restored with a trained start, what happens to the optimizer)."""
+    a = cfg.algorithm
+    fresh = f"a fresh AdamW at {a.continue_lr_scale:g} x lr, ramped up over {a.continue_warmup:g} of the steps"
+    if not a.keep_optimizer:
+        return None, f"{fresh} (algorithm.keep_optimizer = false)"
+    if run is None:
+        return None, f"{fresh}: no run of this loop trained the start (e.g. an adapter pushed by hand)"
+    key = final_state(run) if final_state is not None else None
+    if key is None:
+        return None, f"{fresh}: run {run} left no final checkpoint"
+    return key, f"the AdamW state of run {run} (moments and step count), at the plain lr"
 
 
 def final_adapters(session: Session, org_id: str, run_ids: Sequence[str]) -> dict[str, str | None]:
@@ -214,6 +262,19 @@ def final_adapters(session: Session, org_id: str, run_ids: Sequence[str]) -> dic
     rows = session.execute(select(TrainingRun.id, TrainingRun.final_adapter_key)
                            .where(TrainingRun.org_id == org_id, TrainingRun.id.in_(list(run_ids)))).all()
     return {r[0]: r[1] for r in rows}
+
+
+def final_states(session: Session, org_id: str, run_ids: Sequence[str]) -> dict[str, str | None]:
+    """Blob keys of the final checkpoints (adapter + optimizer state) of the organisation's runs ``run_ids``:
+    a completed run's last checkpoint when it was written at its last step (the trainer writes one at the end of
+    every run), else None."""
+    if not run_ids:
+        return {}
+    rows = session.execute(select(TrainingRun.id, TrainingRun.status, TrainingRun.step,
+                                  TrainingRun.last_checkpoint_step, TrainingRun.last_checkpoint_key)
+                           .where(TrainingRun.org_id == org_id, TrainingRun.id.in_(list(run_ids)))).all()
+    return {run_id: key if status == "completed" and at is not None and at == step else None
+            for run_id, status, step, at, key in rows}
 
 
 def resolve_continue_from(session: Session, org_id: str, deployment: Deployment, ref: str,
@@ -226,18 +287,14 @@ def resolve_continue_from(session: Session, org_id: str, deployment: Deployment,
     """
     ref = ref.strip()
     if is_id(ref, "run"):
-        loop = session.scalar(select(Loop).where(Loop.org_id == org_id, Loop.deployment_id == deployment.id))
-        it = None if loop is None else session.scalar(
-            select(LoopIteration).where(LoopIteration.org_id == org_id, LoopIteration.loop_id == loop.id,
-                                        LoopIteration.run_id == ref))
-        if it is None:
+        if _loop_run(session, org_id, deployment, ref) is None:
             raise InvalidInput(f"config field {field}: run {ref!r} is not a candidate of the loop of deployment "
                                f"{deployment.name!r} (a run of another deployment or organisation, or none)",
                                param=field)
         key = final_adapters(session, org_id, [ref]).get(ref)
         if key is None:
             raise InvalidInput(f"config field {field}: run {ref!r} has no final adapter", param=field)
-        return ContinueFrom(ref, key, run_id=ref)
+        return ContinueFrom(ref, key, run_id=ref, state_run=ref)
     try:
         version = AdapterVersions(session).resolve(org_id, ref)
     except (NotFound, InvalidInput):
@@ -248,7 +305,19 @@ def resolve_continue_from(session: Session, org_id: str, deployment: Deployment,
     if version.base_model != deployment.base_model:
         raise InvalidInput(f"config field {field}: {version.ref} was trained on {version.base_model!r}, the "
                            f"deployment serves {deployment.base_model!r}", param=field)
-    return ContinueFrom(ref, version.blob_key, version_id=version.id)
+    return ContinueFrom(ref, version.blob_key, version_id=version.id,
+                        state_run=_loop_run(session, org_id, deployment, version.source_run_id))
+
+
+def _loop_run(session: Session, org_id: str, deployment: Deployment, run_id: str | None) -> str | None:
+    """``run_id`` when it is the run of an iteration of the deployment's loop in ``org_id``, else None."""
+    if run_id is None:
+        return None
+    loop = session.scalar(select(Loop).where(Loop.org_id == org_id, Loop.deployment_id == deployment.id))
+    found = None if loop is None else session.scalar(
+        select(LoopIteration.id).where(LoopIteration.org_id == org_id, LoopIteration.loop_id == loop.id,
+                                       LoopIteration.run_id == run_id))
+    return run_id if found is not None else None
 
 
 __all__ = [
@@ -257,6 +326,7 @@ __all__ = [
     "Plan",
     "base_steps",
     "final_adapters",
+    "final_states",
     "gate_rewards",
     "not_worse",
     "plan",

@@ -18,7 +18,10 @@ A tick:
    snapshot -> plan -> train -> gate -> canary (the watch goes on meanwhile).
    The plan (``loop.lineage``) says where the candidate starts -- the newest
    candidate of the lineage that was not worse than the deployed version, or
-   the deployed adapter -- and its steps and temperature. Each
+   the deployed adapter -- with the AdamW state of the run that trained it
+   when one of this loop's runs did (``loop.training.check_state`` checks it
+   can be restored first; the plan records why not), and its steps and
+   temperature. Each
    dataset another organisation granted through the marketplace is checked and
    metered once per iteration first (``meter_bought_sources``); a revoked
    (refunded) entitlement fails the iteration, naming the dataset, before
@@ -75,7 +78,14 @@ from teachloop.loop.distill import gate_baseline
 from teachloop.loop.gate import GateDecision, Suite, decide, likelihood_suite, reward_suite, stream_slice
 from teachloop.loop.scoring import AnswerFinder, score_new_traffic
 from teachloop.loop.sources import collect, send_to_experts
-from teachloop.loop.training import TrainDeps, holdout_env, publish_candidate, snapshot, train_candidate
+from teachloop.loop.training import (
+    TrainDeps,
+    check_state,
+    holdout_env,
+    publish_candidate,
+    snapshot,
+    train_candidate,
+)
 from teachloop.loop.trigger import budget_left, day_start, due
 from teachloop.store.repos.deployments import AdapterVersions, Deployments
 from teachloop.store.repos.loops import Loops, OnlineFigures, canary_of, revisions_of
@@ -292,6 +302,10 @@ class LoopRunner:
             stage = IterationStage.TRAIN
             baseline = self._version(dep.adapter_version_id)
             plan = self._plan(loop, cfg, refs, it, baseline)
+            if plan.adapter_key is not None and plan.state_key is not None:
+                why = await asyncio.to_thread(check_state, d, plan.adapter_key, plan.state_key)
+                if why is not None:  # recorded on the plan; the run starts a fresh AdamW
+                    plan = plan.without_state(why)
             self._update_it(it.id, plan=plan.to_json())
             self._emit("plan", number=it.number, plan=plan.to_json())
             started = self.clock()
@@ -303,7 +317,7 @@ class LoopRunner:
 
             try:
                 run = await train_candidate(d, cfg, refs, report.rows, name=f"{cfg.deployment}-loop-{it.number}",
-                                            init_key=plan.adapter_key, steps=plan.steps,
+                                            init_key=plan.adapter_key, init_state=plan.state_key, steps=plan.steps,
                                             temperature=plan.temperature, budget_s=budget_s, on_step=on_step,
                                             on_run=lambda run_id: self._update_it(it.id, run_id=run_id))
             finally:
@@ -338,8 +352,11 @@ class LoopRunner:
         d = self.deps
         with d.database.session(write=False) as s:
             past = [p for p in Loops(s).iterations(d.org_id, loop.id, limit=100) if p.id != it.id]
-            keys = lineage.final_adapters(s, d.org_id, [str(p.run_id) for p in past if p.run_id])
-        return lineage.plan(cfg, deployed, past, keys.get, continue_from=refs.continue_from)
+            runs = [str(p.run_id) for p in past if p.run_id]
+            keys = lineage.final_adapters(s, d.org_id, runs)
+            start = refs.continue_from.state_run if refs.continue_from is not None else None
+            states = lineage.final_states(s, d.org_id, runs + ([start] if start else []))
+        return lineage.plan(cfg, deployed, past, keys.get, continue_from=refs.continue_from, final_state=states.get)
 
     def _finish(self, it: LoopIteration, status: IterationStatus, reason: str, **fields: Any) -> LoopIteration:
         row = self._update_it(it.id, status=status, reason=reason, finished_at=self.clock(), stage=IterationStage.DONE,

@@ -14,10 +14,28 @@
   the deployed adapter version, or from the PEFT folder the iteration's
   ``loop.lineage.Plan`` names (an earlier candidate: ``init_key``), with the
   plan's steps and temperature (``WarmStart`` makes the trainer's fresh
-  adapter a copy of it), at ``algorithm.continue_lr_scale`` times the lr
-  ramped up over ``continue_warmup`` of its steps (``continued_optim``: a
-  fresh AdamW moves every parameter by about lr at its first steps). A training-time budget is enforced between steps:
+  adapter a copy of it). A training-time budget is enforced between steps:
   past it the run is stopped (``BudgetExceeded``) and recorded as failed.
+* **The optimizer state goes with the candidate.** Every training run ends
+  with a checkpoint (``train.Trainer``: the adapter, the AdamW moments and
+  step count, ``engine.save_checkpoint``) in the blob store beside its final
+  adapter. When the plan names that checkpoint (``init_state``: the run that
+  trained the start, found only among the loop's own runs), the run restores
+  it whole (``engine.load_checkpoint``) and trains at the plain
+  ``optim.lr`` with the config's schedule over its own steps: with the
+  default constant lr and no warmup, N steps then M restored steps give the
+  weights of one run of N + M steps (tested). ``check_state`` first makes
+  sure the checkpoint can be restored -- its adapter is the start's folder
+  (same digest; not so when ``eval.keep_best`` made an earlier step the
+  final adapter) and the engine accepts its moments (a state of another LoRA
+  rank or other target modules is refused by ``engine.optim_state``, naming
+  the parameter and both shapes) -- and the runner otherwise records why on
+  the plan and starts a fresh AdamW, never a half-restored one.
+* A start without saved state (the deployed adapter pushed by hand,
+  ``keep_optimizer = false``, a refused state) starts a fresh AdamW at
+  ``algorithm.continue_lr_scale`` times the lr, ramped up over
+  ``continue_warmup`` of its steps (``continued_optim``: a fresh AdamW moves
+  every parameter by about lr at its first steps).
 * ``publish_candidate`` fetches the run's final adapter and publishes it with
   ``catalog.adapters.publish_adapter`` as the next version of the adapter
   named like the deployment, with ``source_run_id`` (the digest is the one
@@ -31,6 +49,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +59,7 @@ from teachloop.catalog.adapters import publish_adapter
 from teachloop.catalog.datasets import record_snapshot
 from teachloop.catalog.envref import ResolvedEnv, fetch_package
 from teachloop.core.errors import TeachloopError
-from teachloop.core.files import file_digest
+from teachloop.core.files import file_digest, folder_digest
 from teachloop.engine.base import AdapterInfo, Engine
 from teachloop.envs.builtin.traffic import TrafficPrompts
 from teachloop.loop.config import LoopConfig, References, training_dict
@@ -87,23 +106,28 @@ def snapshot(database: Database, blobs: BlobStore, org_id: str, cfg: LoopConfig,
 
 
 class WarmStart:
-    """An engine whose next ``create_adapter`` loads a given PEFT folder instead of a fresh adapter.
+    """An engine whose next ``create_adapter`` loads a given PEFT folder (or checkpoint) instead of a fresh adapter.
 
     The trainer creates its run's adapter with ``create_adapter``; wrapped in
     ``WarmStart(engine, folder)`` that adapter starts as a copy of ``folder``
-    (whose LoRA shape wins over the config's ``[lora]``). Every other call goes
-    to the wrapped engine.
+    (whose LoRA shape wins over the config's ``[lora]``); with
+    ``checkpoint=True`` ``folder`` is a checkpoint and the adapter's optimizer
+    state and step count are restored with it. Every other call goes to the
+    wrapped engine.
     """
 
-    def __init__(self, engine: Engine, folder: Path) -> None:
+    def __init__(self, engine: Engine, folder: Path, *, checkpoint: bool = False) -> None:
         self._engine = engine
         self._folder = folder
+        self._checkpoint = checkpoint
         self.used = False
 
     def create_adapter(self, name: str, spec: Any) -> AdapterInfo:
         if self.used:
             return self._engine.create_adapter(name, spec)
         self.used = True
+        if self._checkpoint:
+            return self._engine.load_checkpoint(name, self._folder)
         return self._engine.load_adapter(name, self._folder)
 
     def __getattr__(self, attr: str) -> Any:
@@ -174,12 +198,14 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
                           name: str, warm_start: AdapterVersion | None = None, budget_s: float,
                           on_step: Callable[[int, dict[str, Any]], None] | None = None,
                           on_run: Callable[[str], object] | None = None, init_key: str | None = None,
-                          steps: int | None = None, temperature: float | None = None) -> RunInfo:
+                          init_state: str | None = None, steps: int | None = None,
+                          temperature: float | None = None) -> RunInfo:
     """Train the iteration's candidate (see the module docstring); raises on failure (the run is marked failed).
 
     ``init_key`` (a PEFT folder in the blob store: an earlier candidate of the lineage) overrides
-    ``warm_start``; ``steps`` and ``temperature`` override ``train.steps`` and ``rl.temperature``
-    (the iteration's ``loop.lineage.Plan``).
+    ``warm_start``; ``init_state`` (the checkpoint of the run that trained that folder, passed by
+    ``check_state``) is restored instead of it, optimizer state included; ``steps`` and ``temperature``
+    override ``train.steps`` and ``rl.temperature`` (the iteration's ``loop.lineage.Plan``).
     """
     train = [r.candidate.content for r in rows if r.split == "train"]
     holdout = [r.candidate.content for r in rows if r.split == "holdout"]
@@ -206,11 +232,16 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
         if temperature is not None and "rl" in raw:
             raw["rl"] = {**raw["rl"], "temperature": temperature}
         key = init_key or (warm_start.blob_key if warm_start is not None else None)
-        if key is not None:
+        if init_state is not None and key is None:
+            raise TeachloopError("init_state needs the folder it was saved with (init_key)")
+        if key is not None and init_state is None:  # a fresh AdamW on a trained adapter: the stop-gap
             raw = continued_optim(raw, cfg.algorithm.continue_lr_scale, cfg.algorithm.continue_warmup)
         tc = validate_config(raw)
         engine: Engine = deps.engine
-        if key is not None:
+        if init_state is not None:  # moments restored: the plain lr, as if the run had never stopped
+            engine = cast(Engine, WarmStart(deps.engine, deps.blobs.get_dir(init_state, folder / "init"),
+                                            checkpoint=True))
+        elif key is not None:
             init = deps.blobs.get_dir(key, folder / "init")
             engine = cast(Engine, WarmStart(deps.engine, init))
         started = time.monotonic()
@@ -235,8 +266,37 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
         return run
 
 
+def check_state(deps: TrainDeps, adapter_key: str, state_key: str) -> str | None:
+    """Why the checkpoint ``state_key`` cannot be restored as the PEFT folder ``adapter_key``, or None if it can.
+
+    It can when the checkpoint's adapter is that folder (the same digest: the moments were saved with
+    these weights) and the engine loads it (``load_checkpoint``, all or nothing: moments that do not
+    fit the adapter are refused there, naming the parameter and both shapes). Loads it once under a
+    scratch name and drops it; changes nothing.
+    """
+    with tempfile.TemporaryDirectory(prefix="teachloop-state-") as tmp:
+        try:
+            ckpt = deps.blobs.get_dir(state_key, Path(tmp) / "state")
+            start = deps.blobs.get_dir(adapter_key, Path(tmp) / "start")
+            if not (ckpt / "adapter").is_dir() or folder_digest(ckpt / "adapter") != folder_digest(start):
+                return (f"its checkpoint {state_key} holds another adapter than {adapter_key} (e.g. "
+                        "eval.keep_best made an earlier step the run's final adapter)")
+        except TeachloopError as err:
+            return str(err)
+        probe = f"loop-state-check:{uuid.uuid4().hex[:12]}"
+        try:
+            deps.engine.load_checkpoint(probe, ckpt)
+        except TeachloopError as err:
+            return str(err).replace(str(ckpt), state_key)
+        finally:
+            if deps.engine.has_adapter(probe):
+                deps.engine.delete_adapter(probe)
+    return None
+
+
 def continued_optim(raw: dict[str, Any], lr_scale: float, warmup: float) -> dict[str, Any]:
-    """The training config of a run that continues a trained adapter: ``lr_scale`` times the lr, ramped up over
+    """The training config of a run that continues a trained adapter with a fresh AdamW (no saved state):
+    ``lr_scale`` times the lr, ramped up over
     ``warmup`` of its steps (``algorithm.continue_lr_scale`` / ``continue_warmup``); unchanged when the config's
     ``optim`` sets ``warmup_steps`` itself, or with (1.0, 0.0)."""
     optim = dict(raw.get("optim") or {})
@@ -284,6 +344,7 @@ __all__ = [
     "BudgetExceeded",
     "TrainDeps",
     "WarmStart",
+    "check_state",
     "continued_optim",
     "eval_env_ref",
     "grader_env_ref",

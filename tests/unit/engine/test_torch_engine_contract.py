@@ -13,6 +13,7 @@ Tests taking ``device`` run on ``cpu`` and, where a CUDA GPU is present, on ``cu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -385,6 +386,9 @@ def test_a_bad_checkpoint_raises_one_line_and_changes_nothing(
     with pytest.raises((ModelError, NotFound)) as err:
         engine.load_checkpoint("a", tmp_path / "ck")
     _one_line(err.value, tmp_path / "ck")
+    if breaker is _ck_foreign_optimizer:  # names the parameter that differs and both shapes (engine.optim_state)
+        assert re.search(r"exp_avg of \S+\.lora_[AB]\.weight \(parameter \d+\) has shape \(\d+, \d+\), expected",
+                         str(err.value)), str(err.value)
     _assert_same(_state(engine, "a"), before)
     with pytest.raises((ModelError, NotFound)):
         engine.load_checkpoint("fresh", tmp_path / "ck")

@@ -1,14 +1,19 @@
 """The loop keeps what it learns (issue 16): the lineage's start, adaptive steps, late temperature, the
-switch back to the behaviour before it, and ``algorithm.continue_from`` confined to the deployment's own loop."""
+switch back to the behaviour before it, ``algorithm.continue_from`` confined to the deployment's own loop, and
+the AdamW state that goes with a continued candidate (restored, checked through the checkpoints the runs stored;
+a state that does not fit refused with the reason on the plan; never one of a run outside the loop)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from teachloop.core.errors import InvalidInput
 from teachloop.loop import LoopRunner, configure_loop, history, validate_loop_config
@@ -103,6 +108,31 @@ def test_the_switch_gives_the_behaviour_before_issue_16() -> None:
     assert plan(_cfg(warm_start=False), DEPLOYED, hist, _keys).adapter_key is None
 
 
+def test_the_state_of_the_run_that_trained_the_start_goes_with_it_and_only_a_run_of_this_loop() -> None:
+    cfg = _cfg()
+    states = {"run_1": "ckpt-1", "run_9": "ckpt-9"}.get
+    hist = [_it(2, "rejected", 0.5, 0.4), _it(1, "rejected", 0.5, 0.55)]
+    p = plan(cfg, DEPLOYED, hist, _keys, final_state=states)
+    assert (p.adapter_key, p.state_key, p.state_run) == ("key-run_1", "ckpt-1", "run_1")
+    assert p.to_json()["optimizer"] == {"restored": True, "run": "run_1", "reason": p.optimizer}
+    # the deployed version: its source run's state only when that run is one of this loop's iterations
+    mine = AdapterVersion(id="av_dep", name=DEPLOYMENT, version=1, digest="sha256:" + "d" * 64, blob_key="dep-key",
+                          base_model="tiny-base", source_run_id="run_1")
+    assert plan(cfg, mine, [], _keys, final_state=states).state_key is None  # no iteration of this loop made it
+    p = plan(_cfg(lineage=False), mine, hist, _keys, final_state=states)
+    assert (p.start, p.state_key) == ("deployed", "ckpt-1")
+    foreign = AdapterVersion(id="av_dep", name=DEPLOYMENT, version=1, digest="sha256:" + "d" * 64,
+                             blob_key="dep-key", base_model="tiny-base", source_run_id="run_9")  # not of this loop
+    p = plan(_cfg(lineage=False), foreign, hist, _keys, final_state=states)
+    assert p.state_key is None and "no run of this loop" in p.optimizer
+    assert plan(cfg, DEPLOYED, hist, _keys, final_state=lambda r: None).state_key is None  # no final checkpoint
+    assert plan(_cfg(keep_optimizer=False), DEPLOYED, hist, _keys, final_state=states).state_key is None
+    assert plan(_cfg(warm_start=False), DEPLOYED, hist, _keys, final_state=states).state_key is None
+    refused = plan(cfg, DEPLOYED, hist, _keys, final_state=states).without_state("it does not fit")
+    assert refused.state_key is None and refused.to_json()["optimizer"]["restored"] is False
+    assert "it does not fit" in refused.optimizer
+
+
 def test_config_rules_name_the_field() -> None:
     for algorithm, field in (({"max_steps": 2}, "algorithm.max_steps"),
                              ({"continue_from": "calc@1", "warm_start": False}, "algorithm.continue_from"),
@@ -116,7 +146,8 @@ def test_config_rules_name_the_field() -> None:
 
 
 class _Recording(OracleEngine):
-    """Every adapter answers as badly as the base (so each candidate is "not better" but not worse), and the
+    """Every adapter answers as badly as the base when greedy (so each candidate is "not better" but not worse),
+    and right in every other rollout sample (so each group has a reward spread and GRPO really steps AdamW); the
     digest of each folder an adapter is loaded from is recorded."""
 
     def __init__(self, renderer: Renderer) -> None:
@@ -124,9 +155,24 @@ class _Recording(OracleEngine):
         self.wrong_adapters = _All()  # type: ignore[assignment]
         self.loaded: list[tuple[str, str]] = []
 
+    def sample(self, prompts: Any, n: int, params: Any, adapter: str | None = None, **kw: Any) -> Any:
+        wrong = super().sample(prompts, n, params, adapter, **kw)
+        if params.temperature == 0 or adapter is None:
+            return wrong
+        self.wrong_adapters = set()
+        try:
+            right = super().sample(prompts, n, params, adapter, **kw)
+        finally:
+            self.wrong_adapters = _All()  # type: ignore[assignment]
+        return [[r[i] if i % 2 == 0 else w[i] for i in range(n)] for r, w in zip(right, wrong, strict=True)]
+
     def load_adapter(self, name: str, path: Any) -> Any:
         self.loaded.append((name, _folder_digest(Path(path))))
         return super().load_adapter(name, path)
+
+    def load_checkpoint(self, name: str, path: Any) -> Any:
+        self.loaded.append((name, _folder_digest(Path(path) / "adapter")))
+        return super().load_checkpoint(name, path)
 
 
 class _All:
@@ -141,7 +187,8 @@ def _folder_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _two_iterations(store: Store, renderer: Renderer, **algorithm: Any) -> tuple[_Recording, list[dict[str, Any]]]:
+def _two_iterations(store: Store, renderer: Renderer, between: Callable[[], object] = lambda: None,
+                    **algorithm: Any) -> tuple[_Recording, list[dict[str, Any]]]:
     engine = _Recording(renderer)
     configure_loop(store.db, store.blobs, store.org_id,
                    grpo_config(algorithm={"kind": "grpo", "train": LONG, **algorithm}, gate={"max_tokens": 16}),
@@ -149,6 +196,7 @@ def _two_iterations(store: Store, renderer: Renderer, **algorithm: Any) -> tuple
     runner = LoopRunner(deps_for(store, engine, renderer), DEPLOYMENT)
     arithmetic_traffic(store, 20)
     assert asyncio.run(runner.tick()).status == "rejected"
+    between()
     arithmetic_traffic(store, 20, seed=5)
     assert asyncio.run(runner.tick()).status == "rejected"
     return engine, history(store.db, store.org_id, DEPLOYMENT)
@@ -168,9 +216,72 @@ def test_the_next_iteration_trains_on_from_a_candidate_that_was_not_worse(store:
     assert run1.final_adapter_key is not None
     want = _folder_digest(store.blobs.get_dir(run1.final_adapter_key, tmp_path / "run1"))
     assert (f"run:{second['run']['id']}", want) in engine.loaded
-    # ... at half the lr (algorithm.continue_lr_scale): a fresh AdamW would shake the trained adapter
+    # ... with its AdamW state (test_a_continued_candidate_carries_its_optimizer_state), so at the plain lr
     run2 = RunStore(store.db, store.blobs).get(store.org_id, second["run"]["id"])
-    assert run2.config["optim"]["lr"] == run1.config["optim"]["lr"] * 0.5
+    assert run2.config["optim"] == run1.config["optim"]
+
+
+def _stored_steps(store: Store, run: dict[str, Any], tmp: Path) -> tuple[int, set[int]]:
+    """(the engine's step count, AdamW's per-parameter step counts) in the checkpoint the run ended with."""
+    from teachloop.train.runs import RunStore
+
+    info = RunStore(store.db, store.blobs).get(store.org_id, run["id"])
+    folder = store.blobs.get_dir(str(info.last_checkpoint_key), tmp / info.id)
+    state = torch.load(folder / "optimizer.pt", weights_only=True)["state"]
+    return json.loads((folder / "checkpoint.json").read_text())["step"], {int(v["step"]) for v in state.values()}
+
+
+def test_a_continued_candidate_carries_its_optimizer_state(store: Store, renderer: Renderer, tmp_path: Path) -> None:
+    _, (second, first) = _two_iterations(store, renderer)
+    assert first["plan"]["optimizer"]["restored"] is False  # a fresh adapter
+    opt = second["plan"]["optimizer"]
+    assert opt["restored"] is True and opt["run"] == first["run"]["id"] and "plain lr" in opt["reason"]
+    # what the runs stored: the second run's AdamW counted on from the first's 2 steps (a fresh one ends at 2)
+    assert _stored_steps(store, first["run"], tmp_path) == (2, {2})
+    assert _stored_steps(store, second["run"], tmp_path) == (4, {4})
+
+
+def test_with_keep_optimizer_off_a_continued_run_starts_a_fresh_adamw_at_the_scaled_lr(store: Store,
+                                                                                       renderer: Renderer,
+                                                                                       tmp_path: Path) -> None:
+    from teachloop.train.runs import RunStore
+
+    _, (second, first) = _two_iterations(store, renderer, keep_optimizer=False)
+    assert second["plan"]["start"] == "candidate" and second["plan"]["optimizer"]["restored"] is False
+    assert "keep_optimizer = false" in second["plan"]["optimizer"]["reason"]
+    assert _stored_steps(store, second["run"], tmp_path) == (2, {2})
+    runs = RunStore(store.db, store.blobs)
+    run1, run2 = (runs.get(store.org_id, r["run"]["id"]) for r in (first, second))
+    assert run2.config["optim"]["lr"] == run1.config["optim"]["lr"] * 0.5  # algorithm.continue_lr_scale
+
+
+def test_a_saved_state_that_does_not_fit_the_adapter_is_not_restored_and_the_plan_says_why(
+        store: Store, renderer: Renderer, tmp_path: Path) -> None:
+    from teachloop.train.runs import RunStore
+
+    runs = RunStore(store.db, store.blobs)
+
+    def other_rank() -> None:  # the first run's checkpoint now holds the moments of a rank-8 adapter
+        (run,) = [r for r in runs.list_runs(store.org_id)]
+        vocab = len(renderer.tokenizer)
+        params = [torch.nn.Parameter(torch.zeros(vocab, 8)), torch.nn.Parameter(torch.zeros(8, vocab))]
+        opt = torch.optim.AdamW(params)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+        store.blobs.put_file(f"{run.last_checkpoint_key}/optimizer.pt", tmp_path / "optimizer.pt")
+
+    _, (second, first) = _two_iterations(store, renderer, between=other_rank)
+    assert second["status"] == "rejected"  # the iteration trained and was gated: the state was set aside
+    opt = second["plan"]["optimizer"]
+    assert opt["restored"] is False and opt["run"] == first["run"]["id"]
+    vocab = len(renderer.tokenizer)
+    assert f"exp_avg of A (parameter 0) has shape ({vocab}, 8), expected ({vocab}, 4)" in opt["reason"]
+    assert "runs/" in opt["reason"] and "/tmp" not in opt["reason"]  # names the stored checkpoint
+    assert _stored_steps(store, second["run"], tmp_path) == (2, {2})  # a fresh AdamW ...
+    run1, run2 = (runs.get(store.org_id, r["run"]["id"]) for r in (first, second))
+    assert run2.config["optim"]["lr"] == run1.config["optim"]["lr"] * 0.5  # ... at the stop-gap's lr
 
 
 def test_a_continued_run_trains_at_a_scaled_lr_ramped_up_unless_the_config_sets_a_warmup() -> None:
