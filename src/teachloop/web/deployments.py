@@ -48,7 +48,6 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import BaseModel, StringConstraints, ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.responses import RedirectResponse, Response
 
@@ -57,7 +56,7 @@ from teachloop.core.tenancy import Role
 from teachloop.serve import deployments as service
 from teachloop.serve.deployments import DeploymentCreate, DeploymentPatch
 from teachloop.store.repos.deployments import AdapterVersions, Deployments, DeploymentState
-from teachloop.store.schema.deployments import AdapterVersion, Deployment, DeploymentChange, UpstreamEndpoint
+from teachloop.store.schema.deployments import AdapterVersion, Deployment, UpstreamEndpoint
 from teachloop.web.auth import SignedIn, Viewer, app_deps, require, require_csrf, serving_of
 from teachloop.web.render import ConsoleRoute, page
 
@@ -124,10 +123,7 @@ def _state_view(session: Session, org_id: str, state: DeploymentState) -> StateV
     ids = {i for i in (state.adapter_version_id, state.canary_version_id, state.shadow_version_id) if i}
     versions = AdapterVersions(session).by_ids(org_id, ids)
     up_ids = {i for i in (state.upstream_id, state.canary_upstream_id, state.shadow_upstream_id) if i}
-    upstreams: dict[str, UpstreamEndpoint] = {}
-    if up_ids:
-        query = select(UpstreamEndpoint).where(UpstreamEndpoint.org_id == org_id, UpstreamEndpoint.id.in_(up_ids))
-        upstreams = {u.id: u for u in session.scalars(query)}
+    upstreams = Deployments(session).upstreams(org_id, up_ids)
     return StateView(state.base_model, _ref(versions, state.adapter_version_id),
                      _ref(versions, state.canary_version_id), state.canary_percent,
                      _label(upstreams, state.upstream_id), _label(upstreams, state.canary_upstream_id),
@@ -137,13 +133,9 @@ def _state_view(session: Session, org_id: str, state: DeploymentState) -> StateV
 
 def primaries_at(session: Session, org_id: str, deployment_id: str, revisions: set[int]) -> dict[int, str]:
     """The primary arm in words (``StateView.primary``) at each of ``revisions`` of a deployment, from its
-    append-only change rows; a revision without a row is left out."""
-    if not revisions:
-        return {}
-    changes = session.scalars(select(DeploymentChange).where(
-        DeploymentChange.org_id == org_id, DeploymentChange.deployment_id == deployment_id,
-        DeploymentChange.revision.in_(revisions)))
-    return {c.revision: _state_view(session, org_id, DeploymentState(**c.state)).primary for c in changes}
+    append-only change rows (``Deployments.states_at``); a revision without a row is left out."""
+    states = Deployments(session).states_at(org_id, deployment_id, revisions)
+    return {revision: _state_view(session, org_id, state).primary for revision, state in states.items()}
 
 
 def deployment_rows(session: Session, org_id: str) -> list[tuple[Deployment, StateView]]:

@@ -16,7 +16,8 @@ with the whole new state and bumps ``revision``; a change that sets the state
 it already has writes nothing. ``rollback`` walks back through the effective
 history: each rollback restores the state in force before the one now in force
 (so two rollbacks after updates A -> B -> C give B, then A), or an explicit
-``to_revision``. This module knows nothing of engines, blobs or HTTP; it stores
+``to_revision``. ``states_at`` reads the state at past revisions back from the
+change rows. This module knows nothing of engines, blobs or HTTP; it stores
 blob keys the caller wrote.
 """
 
@@ -233,6 +234,25 @@ class Deployments:
                 .order_by(DeploymentChange.revision.desc())
             )
         )
+
+    def states_at(self, org_id: str, deployment_id: str, revisions: set[int]) -> dict[int, DeploymentState]:
+        """The deployment's state at each of ``revisions``, from its append-only change rows (one query); a
+        revision without a row is left out. How a record that kept only a revision (a loop iteration's
+        ``revisions.before``) learns what was served then -- an upstream primary included."""
+        if not revisions:
+            return {}
+        changes = self.session.scalars(select(DeploymentChange).where(
+            DeploymentChange.org_id == org_id, DeploymentChange.deployment_id == deployment_id,
+            DeploymentChange.revision.in_(revisions)))
+        return {c.revision: DeploymentState(**c.state) for c in changes}
+
+    def upstreams(self, org_id: str, ids: set[str]) -> dict[str, UpstreamEndpoint]:
+        """The organisation's upstream endpoints among ``ids``, by id (their keys stay encrypted)."""
+        if not ids:
+            return {}
+        rows = self.session.scalars(
+            select(UpstreamEndpoint).where(UpstreamEndpoint.org_id == org_id, UpstreamEndpoint.id.in_(ids)))
+        return {r.id: r for r in rows}
 
     def served_versions(self, base_model: str) -> builtins.list[AdapterVersion]:
         """Every adapter version some deployment of ``base_model`` serves, in any organisation (system use)."""
