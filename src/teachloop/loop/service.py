@@ -5,7 +5,11 @@
   config changes nothing.
 * ``loop_json`` / ``iteration_json`` / ``status`` / ``history`` present a
   loop and its iterations: the data used (dataset and digest, counts), the
-  run, the gate's figures and the decision with its reason, the canary.
+  run, the baseline, the gate's figures and the decision with its reason, the
+  canary. An arm is named ``NAME@N`` (an adapter version), ``upstream:MODEL``
+  (an upstream, the gate record's word; ``arm_name``) or ``base``; an
+  iteration's baseline is the primary arm at the revision it started from
+  (``primaries_at``, from the deployment's change rows).
 * ``set_enabled`` pauses or resumes a loop; ``enqueue_tick`` queues a ``loop``
   job for the worker (one tick; the handler queues the next), ``request_tick``
   does so for an existing loop only.
@@ -32,7 +36,7 @@ from teachloop.store.db import Database
 from teachloop.store.queue import JobQueue
 from teachloop.store.repos.datasets import Datasets
 from teachloop.store.repos.deployments import AdapterVersions, Deployments
-from teachloop.store.repos.loops import Loops
+from teachloop.store.repos.loops import Loops, revisions_of
 from teachloop.store.schema.base import utc_now
 from teachloop.store.schema.datasets import Dataset
 from teachloop.store.schema.loops import Loop, LoopIteration
@@ -83,9 +87,49 @@ def loop_json(loop: Loop, deployment: str) -> dict[str, Any]:
             "created_at": _iso(loop.created_at), "updated_at": _iso(loop.updated_at)}
 
 
+def arm_name(version_id: str | None, upstream_id: str | None, versions: dict[str, str],
+             models: dict[str, str]) -> str | None:
+    """An arm as the loop's records name it: the adapter ``NAME@N`` (``versions``: id -> ref) or, for an
+    upstream, ``upstream:MODEL`` (``models``: upstream id -> model; the gate record's word); None: no such arm."""
+    if upstream_id:
+        return f"upstream:{models.get(upstream_id, upstream_id)}"
+    if version_id:
+        return versions.get(version_id, version_id)
+    return None
+
+
+def primaries_at(session: Any, org_id: str, deployment_id: str, revisions: set[int]) -> dict[int, str]:
+    """The primary arm (``arm_name``, else ``base``) at each of ``revisions`` of a deployment, read from its
+    append-only change rows (``Deployments.states_at``); a revision without a row is left out."""
+    repo = Deployments(session)
+    states = repo.states_at(org_id, deployment_id, revisions)
+    ids = {s.adapter_version_id for s in states.values() if s.adapter_version_id}
+    versions = {v.id: v.ref for v in AdapterVersions(session).by_ids(org_id, ids).values()}
+    up_ids = {s.upstream_id for s in states.values() if s.upstream_id}
+    models = {u.id: u.model for u in repo.upstreams(org_id, up_ids).values()}
+    return {revision: arm_name(state.adapter_version_id, state.upstream_id, versions, models) or "base"
+            for revision, state in states.items()}
+
+
+def _baseline(it: LoopIteration, refs: dict[str, str], primaries: dict[int, str]) -> str:
+    """What the iteration compared against: the deployed adapter version, else the primary arm at the revision it
+    started from (``upstream:MODEL`` or ``base``), else the gate record's ``upstream:MODEL``, else ``base``."""
+    if it.baseline_version_id:
+        return refs.get(it.baseline_version_id, "base")
+    before = revisions_of(it).before
+    if before is not None and before in primaries:
+        return primaries[before]
+    gated = (it.gate or {}).get("baseline")
+    return gated if isinstance(gated, str) and gated.startswith("upstream:") else "base"
+
+
 def iteration_json(it: LoopIteration, *, dataset: Dataset | None = None, run: TrainingRun | None = None,
-                   versions: dict[str, str] | None = None) -> dict[str, Any]:
-    """An iteration: data used, run, eval figures, decision and reason, canary."""
+                   versions: dict[str, str] | None = None, primaries: dict[int, str] | None = None) -> dict[str, Any]:
+    """An iteration: data used, run, eval figures, decision and reason, canary.
+
+    ``versions``: adapter version id -> ``NAME@N``; ``primaries``: revision -> the primary arm then
+    (``primaries_at``), which names the baseline of an iteration that started on an upstream or the base model.
+    """
     refs = versions or {}
     return {
         "id": it.id, "number": it.number, "trigger": it.trigger, "status": it.status, "stage": it.stage,
@@ -95,7 +139,7 @@ def iteration_json(it: LoopIteration, *, dataset: Dataset | None = None, run: Tr
         "counts": it.counts,
         "run": {"id": it.run_id, "status": run.status if run else None, "steps": run.step if run else None,
                 "error": run.error if run else None} if it.run_id else None,
-        "baseline": refs.get(it.baseline_version_id or "", "base"),
+        "baseline": _baseline(it, refs, primaries or {}),
         "candidate": refs.get(it.candidate_version_id or "") if it.candidate_version_id else None,
         "plan": it.plan,  # issue 16: where the candidate started, its steps and temperature (loop.lineage)
         "gate": it.gate, "canary": it.canary, "revisions": it.revisions, "train_seconds": it.train_seconds,
@@ -113,8 +157,10 @@ def history(database: Database, org_id: str, deployment: str, *, limit: int = 10
         runs = {r.id: r for r in s.scalars(select(TrainingRun).where(TrainingRun.id.in_(run_ids)))}
         ids = {i for r in rows for i in (r.baseline_version_id, r.candidate_version_id) if i}
         versions = {v.id: v.ref for v in AdapterVersions(s).by_ids(org_id, ids).values()}
-        out = [iteration_json(r, dataset=ds.get(r.dataset_id or ""), run=runs.get(r.run_id or ""), versions=versions)
-               for r in rows]
+        started = {b for r in rows if not r.baseline_version_id and (b := revisions_of(r).before) is not None}
+        primaries = primaries_at(s, org_id, loop.deployment_id, started)
+        out = [iteration_json(r, dataset=ds.get(r.dataset_id or ""), run=runs.get(r.run_id or ""), versions=versions,
+                              primaries=primaries) for r in rows]
         if any(src.get("kind") == "upstream" for src in (loop.config or {}).get("sources", [])):
             # issue 17: student vs teacher and cost per 1,000 requests over the traffic of each iteration: from
             # the end of the one before (rows are newest first) to its own end (now, while it runs or canaries)
@@ -133,11 +179,14 @@ def status(database: Database, org_id: str, deployment: str) -> dict[str, Any]:
         since = utc_now() - timedelta(days=1)
         current = repo.online(org_id, loop.id, dep.id, since=since, adapter_version_id=dep.adapter_version_id,
                               arm="primary")
-        serving = {"revision": dep.revision, "adapter_version_id": dep.adapter_version_id,
-                   "canary_version_id": dep.canary_version_id, "canary_percent": dep.canary_percent}
-        versions = AdapterVersions(s).by_ids(org_id, {i for i in (dep.adapter_version_id, dep.canary_version_id) if i})
-        serving["adapter"] = versions[dep.adapter_version_id].ref if dep.adapter_version_id else "base"
-        serving["canary"] = versions[dep.canary_version_id].ref if dep.canary_version_id else None
+        serving: dict[str, Any] = {"revision": dep.revision, "adapter_version_id": dep.adapter_version_id,
+                                   "canary_version_id": dep.canary_version_id, "canary_percent": dep.canary_percent}
+        ids = {i for i in (dep.adapter_version_id, dep.canary_version_id) if i}
+        versions = {v.id: v.ref for v in AdapterVersions(s).by_ids(org_id, ids).values()}
+        up_ids = {i for i in (dep.upstream_id, dep.canary_upstream_id) if i}
+        models = {u.id: u.model for u in Deployments(s).upstreams(org_id, up_ids).values()}
+        serving["adapter"] = arm_name(dep.adapter_version_id, dep.upstream_id, versions, models) or "base"
+        serving["canary"] = arm_name(dep.canary_version_id, dep.canary_upstream_id, versions, models)
         out = loop_json(loop, deployment)
     out["serving"] = serving
     out["online_24h"] = current.to_json()
@@ -170,6 +219,7 @@ def request_tick(database: Database, queue: JobQueue, org_id: str, deployment: s
 
 __all__ = [
     "JOB_KIND",
+    "arm_name",
     "configure_deployment_loop",
     "configure_loop",
     "enqueue_tick",
@@ -177,6 +227,7 @@ __all__ = [
     "history",
     "iteration_json",
     "loop_json",
+    "primaries_at",
     "request_tick",
     "set_enabled",
     "status",

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from teachloop.app import AppDeps, create_app, job_handlers
 from teachloop.cli.main import app as cli
+from teachloop.core.loop import Revisions
 from teachloop.core.settings import Settings
 from teachloop.core.tenancy import Role
 from teachloop.loop import LoopRunner, enqueue_tick
@@ -22,6 +25,7 @@ from teachloop.store import ApiKeys, JobStatus, Worker
 from teachloop.store.repos.loops import Loops
 from tests.unit.loop.conftest import DEPLOYMENT, Store, arithmetic_traffic, deps_for, grpo_config
 from tests.unit.loop.fakes import OracleEngine
+from tests.unit.serve.upstream_server import KEY, FakeUpstream
 
 
 @pytest.fixture
@@ -42,6 +46,29 @@ def client(store: Store, tmp_path: Path) -> Any:
 
 def _h(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
+    """A local OpenAI-compatible upstream (model ``teacher``), with a Fernet key to store its API key under."""
+    monkeypatch.setenv("TEACHLOOP_UPSTREAM_KEY", Fernet.generate_key().decode())
+    with FakeUpstream() as up:
+        yield up
+
+
+def _iterations_on(db: Any, org_id: str, revision: int) -> tuple[int, int]:
+    """Two iterations as the runner starts them on an upstream primary (no adapter version): one recording the
+    revision in force, one without (an older row) whose gate record names the teacher; their numbers."""
+    with db.session() as s:
+        loops = Loops(s)
+        loop = loops.list(org_id)[0]
+        started = loops.start_iteration(org_id, loop.id, "interval", baseline_version_id=None,
+                                        revisions=Revisions(before=revision))
+        gated = loops.start_iteration(org_id, loop.id, "interval")
+        for it in (started, gated):
+            loops.update_iteration(org_id, it.id, gate={"passed": False, "reason": "not better",
+                                                        "baseline": "upstream:teacher", "suites": []})
+        return started.number, gated.number
 
 
 def test_rest_put_refuses_bad_configs_with_the_field_and_stores_good_ones(client: Any, keys: dict[str, str],
@@ -91,6 +118,31 @@ def test_rest_datasets_and_iterations_after_an_iteration(client: Any, keys: dict
     assert lineage["source_kind"] == "grader" and lineage["source_trace_id"].startswith("tr_")
     assert lineage["env_ref"] == "arithmetic" and lineage["env_digest"].startswith("sha256:")
     assert client.get("/api/datasets/calc-loop@7", headers=_h(keys["viewer"])).status_code == 404
+
+
+def test_rest_names_an_upstream_primary_as_serving_and_as_the_baseline_of_iterations_that_started_on_it(
+    client: Any, keys: dict[str, str], store: Store, upstream: FakeUpstream
+) -> None:
+    url = f"/api/loops/{DEPLOYMENT}"
+    assert client.put(url, json=grpo_config(), headers=_h(keys["member"])).status_code == 200
+    spec = {"base_url": upstream.base_url, "model": "teacher", "api_key": KEY}
+    r = client.patch(f"/api/deployments/{DEPLOYMENT}", json={"upstream": spec}, headers=_h(keys["member"]))
+    assert r.status_code == 200, r.text
+    revision = r.json()["revision"]
+    serving = client.get(url, headers=_h(keys["viewer"])).json()["serving"]
+    assert serving["adapter"] == "upstream:teacher" and serving["adapter_version_id"] is None
+    started, gated = _iterations_on(store.db, store.org_id, revision)
+    # the deployment moves on (back to the base model): the iterations still name what they started from
+    back = client.post(f"/api/deployments/{DEPLOYMENT}/rollback", json={}, headers=_h(keys["member"]))
+    assert back.status_code == 200 and back.json()["upstream"] is None, back.text
+    with store.db.session() as s:
+        loops = Loops(s)
+        on_base = loops.start_iteration(store.org_id, loops.list(store.org_id)[0].id, "interval",
+                                        revisions=Revisions(before=back.json()["revision"])).number
+    data = client.get(f"{url}/iterations", headers=_h(keys["viewer"])).json()["data"]
+    assert {it["number"]: it["baseline"] for it in data} == {started: "upstream:teacher", gated: "upstream:teacher",
+                                                             on_base: "base"}
+    assert client.get(url, headers=_h(keys["viewer"])).json()["serving"]["adapter"] == "base"
 
 
 def test_the_worker_runs_a_loop_job_and_queues_the_next_tick_once(store: Store, renderer: Renderer,
@@ -188,6 +240,32 @@ def test_cli_loop_and_data(teachloop_home: Path, tmp_path: Path, monkeypatch: py
                                                      code=2)
     assert "not found" in _run("data", "show", "nope@1", code=2)
     db.close()
+
+
+def test_cli_loop_status_and_history_name_an_upstream_primary(teachloop_home: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               upstream: FakeUpstream) -> None:
+    monkeypatch.setenv("TEACHLOOP_MODEL", "tiny-base")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    _run("admin", "init")
+    _run("deploy", "create", DEPLOYMENT, "--upstream-url", upstream.base_url, "--upstream-model", "teacher")
+    cfg = tmp_path / "loop.toml"
+    cfg.write_text('deployment = "calc"\n[[sources]]\nkind = "grader"\nenv = "arithmetic"\n[trigger]\nevery = 10\n'
+                   '[algorithm]\nkind = "grpo"\n')
+    assert "created the loop of 'calc'" in _run("loop", "set", str(cfg))
+    from teachloop.store import Database, Tenancy
+
+    db = Database(Settings.from_env().database_url)
+    with db.session(write=False) as s:
+        org_id = Tenancy(s).list_orgs()[0].id
+    started, gated = _iterations_on(db, org_id, 1)
+    db.close()
+    out = _run("loop", "status", DEPLOYMENT)
+    assert "serving upstream:teacher (revision 1)" in out
+    latest = json.loads(_run("loop", "status", DEPLOYMENT, "--json"))["latest_iteration"]
+    assert latest["number"] == gated and latest["baseline"] == "upstream:teacher"
+    hist = [json.loads(line) for line in _run("loop", "history", DEPLOYMENT, "--json").splitlines()]
+    assert {it["number"]: it["baseline"] for it in hist} == {started: "upstream:teacher", gated: "upstream:teacher"}
 
 
 def test_rest_import_and_grants(client: Any, keys: dict[str, str], store: Store) -> None:

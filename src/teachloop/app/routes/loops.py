@@ -100,7 +100,9 @@ class Iteration(BaseModel):
     dataset: IterationDataset | None = Field(description="The curated dataset, once made.")
     counts: dict[str, Any] = Field(description="Curation counts (traces seen, kept, dropped by each rule).")
     run: IterationRun | None = Field(description="The training run, once started.")
-    baseline: str = Field(description="The adapter served when it started (NAME@N, or base).")
+    baseline: str = Field(description="The primary arm it was compared against, as served when it started: the "
+                          "adapter NAME@N, upstream:MODEL for an upstream (an OpenAI-compatible hosted model; the "
+                          "gate record's baseline), or base for the base model.")
     candidate: str | None = Field(description="The adapter version it trained (NAME@N).")
     gate: dict[str, Any] = Field(description="The offline eval gate's figures and decision (test, passed, ...).")
     canary: CanaryRecord = Field(description="The canary and, once promoted, the watch.")
@@ -126,8 +128,9 @@ class LoopServing(BaseModel):
     adapter_version_id: str | None = Field(description="The adapter version served to everyone (null: the base).")
     canary_version_id: str | None = Field(description="The canary's adapter version, if any.")
     canary_percent: int = Field(description="Share of users on the canary.")
-    adapter: str = Field(description="NAME@N of the adapter served, or base.")
-    canary: str | None = Field(description="NAME@N of the canary, if any.")
+    adapter: str = Field(description="The primary arm: NAME@N of the adapter served, upstream:MODEL for an "
+                         "upstream, or base.")
+    canary: str | None = Field(description="The canary arm, if any: NAME@N, or upstream:MODEL for an upstream.")
 
 
 class LoopStatus(LoopOut):
