@@ -4,8 +4,8 @@
   random Llama, fast): a stream closed after its first chunks has its rows dropped at once and
   its trace records the tokens produced so far with ``finish_reason: "cancelled"``.
 - ``test_mixed_traffic_answers_each_request_as_if_it_were_alone`` (``model``: SmolLM2-135M-Instruct):
-  a differential test. A seeded random mix of greedy requests -- prompts of one to twenty
-  sentences, ``max_tokens`` 1..64, ``n`` 1 or 2, some ``stop`` strings, streaming and not, to the
+  a differential test. A seeded random mix of greedy requests -- prompts of one to ten
+  sentences, ``max_tokens`` 1..40, ``n`` 1 or 2, some ``stop`` strings, streaming and not, to the
   base model and to two deployed LoRA adapters, an OpenAI-Agents-style prompt over 256 tokens
   with tools (its KV cache grows inside a step), and streams the client closes after a chunk or
   two -- is sent concurrently. No request fails, and every answer that was not cancelled equals,
@@ -215,9 +215,9 @@ class Ask:
 def _mix(rng: random.Random, models: list[str]) -> list[Ask]:
     asks = []
     for i in range(22):
-        k = rng.randint(1, 20)
+        k = rng.randint(1, 10)  # prompts of ~20-250 tokens: prefilling them is most of this test's time
         text = " ".join(rng.choice(SENTENCES) for _ in range(k))
-        max_tokens = rng.randint(1, 16) if rng.random() < 0.7 else rng.randint(17, 64)
+        max_tokens = rng.randint(1, 16) if rng.random() < 0.7 else rng.randint(17, 40)
         asks.append(Ask(
             label=f"#{i}", model=rng.choice(models),
             messages=[{"role": "user", "content": f"{text}\n\n{rng.choice(ASKS)}"}],
@@ -273,23 +273,31 @@ async def _send(client: openai.AsyncOpenAI, ask: Ask) -> Any:
 
 
 def _deploy_adapters(server: Server, tmp: Path) -> list[str]:
-    """Two LoRA adapters with seeded random weights (so they answer unlike the base), published and deployed."""
+    """Two LoRA adapters with seeded random weights (so they answer unlike the base), published and deployed.
+
+    They are made on the serving engine itself (on its compute thread, before any traffic, and deleted once
+    saved): a second copy of the model just to write two adapter folders cost seconds and tested nothing."""
     import torch
 
     from teachloop.core.training import LoraSpec
-    from teachloop.engine.torch_engine import TorchEngine
     from teachloop.serve import publish_adapter
 
-    assert server.serving.engine is not None
-    trainer = TorchEngine(server.serving.engine.model_name, device="cpu")  # type: ignore[attr-defined]
+    engine: Any = server.serving.engine
+    assert engine is not None
     names = []
     for k, name in enumerate(("support", "sales")):
-        trainer.create_adapter(name, LoraSpec(rank=8, seed=10 + k))
-        generator = torch.Generator().manual_seed(SEED + k)
-        with torch.no_grad():
-            for p in trainer._adapters[name].params:  # A is random and B zero: perturb both
-                p.add_(0.06 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-        folder = trainer.save_adapter(name, tmp / name)
+        scratch = f"scratch-{name}"
+        engine.create_adapter(scratch, LoraSpec(rank=8, seed=10 + k))
+
+        def perturb(scratch: str = scratch, k: int = k) -> None:  # A is random and B zero: perturb both
+            generator = torch.Generator().manual_seed(SEED + k)
+            with torch.no_grad():
+                for p in engine._adapters[scratch].params:
+                    p.add_(0.06 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+
+        engine.exclusive(perturb)
+        folder = engine.save_adapter(scratch, tmp / name)
+        engine.delete_adapter(scratch)
         with server.database.session() as s:
             publish_adapter(s, server.serving.blobs, server.org_id, name=f"{name}-lora", folder=folder,
                             base_model=DEFAULT_MODEL)
@@ -298,7 +306,6 @@ def _deploy_adapters(server: Server, tmp: Path) -> list[str]:
                        headers={"Authorization": f"Bearer {server.key}"}, timeout=60)
         assert r.status_code == 201, r.text
         names.append(name)
-    del trainer
     return names
 
 
@@ -327,13 +334,11 @@ async def _traffic(server: Server, asks: list[Ask], models: list[str]) -> Outcom
     scheduler = server.serving.scheduler
     assert scheduler is not None
     client = _aclient(server)
-    probes = []  # the adapters are live and answer unlike the base and each other
-    for model in models:
-        probe = await client.chat.completions.create(
+    probes = [p.choices[0].message.content for p in await asyncio.gather(*(  # the adapters are live and answer
+        client.chat.completions.create(  # unlike the base and each other (asked together: one batch, not three)
             model=model, messages=[{"role": "user", "content": "Describe the sea in one sentence."}], max_tokens=12,
             temperature=0,
-        )
-        probes.append(probe.choices[0].message.content)
+        ) for model in models))]
     before = scheduler.stats()
     together = await asyncio.gather(*(_timed(client, a) for a in asks), return_exceptions=True)
     after = scheduler.stats()

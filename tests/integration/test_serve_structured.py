@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,12 @@ def _valid_calls(message: Any, names: set[str]) -> list[Any]:
     return calls
 
 
+def _together(*calls: Callable[[], Any]) -> list[Any]:
+    """Each call's result, the calls made at the same time (the server batches them: one wait, not several)."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
+
+
 def _traces(server: Server) -> int:
     with server.database.session(write=False) as s:
         return s.query(Trace).count()
@@ -93,14 +100,21 @@ def test_json_schema_replies_parse_and_validate_whole_sampled_and_streamed(smol:
     [choice] = greedy.choices
     assert choice.finish_reason == "stop", choice
     city = _city(choice.message.content)
-    sampled = client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK_CITY, response_format=CITY_FORMAT,
-                                             max_tokens=300, temperature=1.0, n=3, seed=7)
+
+    def sample() -> Any:
+        return client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK_CITY, response_format=CITY_FORMAT,
+                                              max_tokens=300, temperature=1.0, n=3, seed=7)
+
+    def stream() -> str:
+        streamed = client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK_CITY, response_format=CITY_FORMAT,
+                                                  max_tokens=300, temperature=0, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+
+    sampled, streamed = _together(sample, stream)  # one batch: the greedy stream must still equal the greedy reply
     for c in sampled.choices:
         assert c.finish_reason == "stop"
         _city(c.message.content)
-    streamed = client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK_CITY, response_format=CITY_FORMAT,
-                                              max_tokens=300, temperature=0, stream=True)
-    assert _city("".join(c.choices[0].delta.content or "" for c in streamed if c.choices)) == city
+    assert _city(streamed) == city
     with smol.database.session(write=False) as s:
         trace = s.get(Trace, greedy.id.removeprefix("chatcmpl-"))
         assert trace is not None and trace.choices[0]["message"]["content"] == choice.message.content
@@ -120,8 +134,18 @@ def test_json_object_replies_are_json_objects(smol: Server) -> None:
 
 def test_required_and_named_tool_choices_give_valid_calls(smol: Server) -> None:
     client: Any = _client(smol)  # the openai stubs' overloads do not take these dict literals
-    required = client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK_WEATHER, tools=TOOLS,
+
+    def require() -> Any:
+        return client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK_WEATHER, tools=TOOLS,
                                               tool_choice="required", max_tokens=200, temperature=0.7, n=2, seed=1)
+
+    def stream() -> list[Any]:
+        streamed = client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=ASK_WEATHER, tools=TOOLS, max_tokens=200, temperature=0, stream=True,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        return [c.choices[0].delta for c in streamed if c.choices and c.choices[0].delta.tool_calls]
+
+    required, deltas = _together(require, stream)  # one batch of both; the named choice below asks alone
     for choice in required.choices:
         assert choice.finish_reason == "tool_calls", choice
         _valid_calls(choice.message, {"get_weather", "add"})
@@ -132,10 +156,6 @@ def test_required_and_named_tool_choices_give_valid_calls(smol: Server) -> None:
     [choice] = named.choices
     assert choice.finish_reason == "tool_calls"
     [call] = _valid_calls(choice.message, {"add"})
-    streamed = client.chat.completions.create(model=DEFAULT_MODEL, messages=ASK_WEATHER, tools=TOOLS,
-                                              tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                                              max_tokens=200, temperature=0, stream=True)
-    deltas = [c.choices[0].delta for c in streamed if c.choices and c.choices[0].delta.tool_calls]
     [delta] = deltas
     [streamed_call] = delta.tool_calls or []
     assert streamed_call.function is not None and streamed_call.function.name == "get_weather"
