@@ -1,6 +1,6 @@
 """Authentication: ``Authorization: Bearer <key>`` -> ``Principal``.
 
-``authenticate`` checks a key. ``guard.RequestGuard`` calls it for every request
+``authenticate_request`` checks a key. ``guard.RequestGuard`` calls it for every request
 but the public health check before the body is read (so a keyless request is
 401 whatever its body) and leaves the ``Principal`` on the request's state.
 ``require_principal`` is the dependency ``create_app`` puts on every router
@@ -91,20 +91,10 @@ def touch_key(deps: AppDeps, key_id: str) -> None:
         ApiKeys(session).touch(key_id)
 
 
-def authenticate(deps: AppDeps, header: str | None) -> Principal:
-    """The caller named by an ``Authorization`` header value; ``Unauthorized`` (401) when missing, unknown or revoked.
-
-    Blocking (a database read, and the ``last_used_at`` write at most once a minute).
-    """
-    principal, stale = check_key(deps, header)
-    if stale:  # at most once a minute per key; best effort
-        touch_key(deps, principal.key_id)
-    return principal
-
-
 async def authenticate_request(deps: AppDeps, header: str | None) -> Principal:
-    """``authenticate`` from a coroutine: the read through ``Database.run_read`` (no thread hop on SQLite),
-    the once-a-minute ``last_used_at`` write in a worker thread (it may wait for SQLite's write lock)."""
+    """The caller named by an ``Authorization`` header value; ``Unauthorized`` (401) when missing, unknown or
+    revoked. The read (``check_key``) goes through ``Database.run_read`` (no thread hop on SQLite); the
+    once-a-minute ``last_used_at`` write (``touch_key``) runs in a worker thread (it may wait for SQLite's lock)."""
     principal, stale = await deps.database.run_read(check_key, deps, header)
     if stale:
         await to_thread.run_sync(touch_key, deps, principal.key_id)
@@ -164,5 +154,5 @@ async def _serving(request: Request) -> Serving:
 ServingDep = Annotated[Serving, Depends(_serving)]
 
 __all__ = ["TINKER_KEY_PREFIX", "Admin", "CurrentPrincipal", "Deps", "Member", "Operator", "ServingDep", "Viewer",
-           "authenticate", "authenticate_request", "bearer_header", "check_key",
+           "authenticate_request", "bearer_header", "check_key",
            "current_serving", "get_deps", "require_operator", "require_principal", "require_role", "touch_key"]
