@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -58,7 +59,7 @@ def test_the_key_check_agrees_with_the_rows_for_any_key_states(
             if state == "operator":
                 created = ApiKeys(s).create_operator_key(tenant.org_id, f"op{i}-{len(made)}")
             else:
-                user = tenancy.create_user(f"u{i}-{threading.get_ident()}-{id(made)}-{len(made)}@acme.test")
+                user = tenancy.create_user(f"u{i}-{uuid.uuid4().hex}@acme.test")  # unique across examples
                 tenancy.add_member(tenant.org_id, user.id, Role.MEMBER)
                 created = ApiKeys(s).create_key(tenant.org_id, user.id, Role.MEMBER, f"k{i}-{len(made)}")
             made.append((state, created.secret, created.key.id))
