@@ -10,7 +10,7 @@ up: install
 	$(BIN)/teachloop up
 
 test: install-dev browser lint typecheck layers
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The console's browser tests drive Debian's chromium (never a browser downloaded by `playwright install`).
 # Installed with apt-get only when missing and when we may (root, as in CI); otherwise those tests skip, saying why.
