@@ -145,7 +145,7 @@ def test_the_demo_runs_on_the_tiny_model(tmp_path: Path) -> None:
     from teachloop.cli.demo import DemoOptions, run_demo
 
     model = tiny_llama(tmp_path / "models")
-    result = run_demo(DemoOptions(iterations=1, requests=16, users=4, steps=2, gate_tasks=8, max_rounds=2,
+    result = run_demo(DemoOptions(iterations=1, requests=16, users=4, steps=2, prompts=4, gate_tasks=8, max_rounds=2,
                                   fresh_tasks=8, reference_minutes=0.05), tmp_path / "home", model_dir=model)
     rounds = result.rounds
     assert [r.number for r in rounds] == [0, 1] and all(r.requests == 16 for r in rounds)

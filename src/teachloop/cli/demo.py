@@ -7,7 +7,8 @@
    under uvicorn, in a thread of this process); the loop trains and evaluates
    on the same engine.
 3. Over REST: a deployment ``calc`` of the base model, and its loop config --
-   GRPO on the prompts users sent, graded by the ``arithmetic`` environment
+   GRPO on the prompts users sent (``--prompts`` per step, 8 by default as in
+   the offline reference, x 8 samples), graded by the ``arithmetic`` environment
    (level 1, the answer found by task lookup), a paired gate on the holdout
    prompts and 200 held-out tasks, a 25% canary, a watch after promotion.
 4. Rounds: simulated users send one-digit arithmetic questions ("What is 7 +
@@ -76,6 +77,7 @@ class DemoOptions:
     max_rounds: int = 12
     budget_min: float = 28.0
     steps: int = 12
+    prompts: int = 8  # GRPO prompts per step (x 8 samples): the offline reference's batch
     gate_tasks: int = 200
     canary_percent: int = 25
     seed: int = 0
@@ -104,7 +106,7 @@ def loop_config(opts: DemoOptions) -> dict[str, Any]:
         "trigger": {"every": max(8, opts.requests // 2), "min_examples": 16},
         "algorithm": {"kind": "grpo", "warm_start": True, **keep(opts), "train": {
             "steps": opts.steps, "seed": opts.seed, "lora": {"rank": 16, "alpha": 32}, "optim": {"lr": 5e-4},
-            "rl": {"prompts_per_step": 4, "group_size": 8, "max_tokens": 32, "temperature": 1.0}}},
+            "rl": {"prompts_per_step": opts.prompts, "group_size": 8, "max_tokens": 32, "temperature": 1.0}}},
         "gate": {"metric": "reward", "test": "bootstrap", "confidence": 0.95, "max_tokens": 32,
                  "environments": [{**env, "tasks": opts.gate_tasks, "seed": 1_000_003}]},
         "promotion": {"canary_percent": opts.canary_percent, "canary_min_requests": max(4, opts.requests // 6),
@@ -543,6 +545,7 @@ def demo(
     requests: int = typer.Option(96, "--requests", min=8, help="Requests per round of traffic."),
     users: int = typer.Option(24, "--users", min=1, help="Simulated users sending concurrently."),
     steps: int = typer.Option(12, "--steps", min=1, help="GRPO steps per iteration."),
+    prompts: int = typer.Option(8, "--prompts", min=1, help="GRPO prompts per step (each sampled 8 times)."),
     max_rounds: int = typer.Option(12, "--max-rounds", min=1, help="Rounds of traffic at most."),
     budget_min: float = typer.Option(28.0, "--budget-min", min=1, help="Start no round after this many minutes."),
     restart: bool = typer.Option(False, "--restart", help="The loop before issue 16: every iteration restarts from "
@@ -556,8 +559,8 @@ def demo(
     """Run the loop end to end: simulated users -> traces -> grader -> GRPO -> gate -> canary -> better model."""
     with handle_errors():
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
-        opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, max_rounds=max_rounds,
-                           budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
+        opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, prompts=prompts,
+                           max_rounds=max_rounds, budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
                            svg=svg)
         run_demo(opts, folder)
 
