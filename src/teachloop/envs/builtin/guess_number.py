@@ -7,6 +7,18 @@ with neither ends the game, graded on its final ``answer: N``: 1.0 for the right
 ``penalty`` (0..1) per guess beyond the binary-search bound, floored at 0.5. The system prompt
 carries a worked binary-search example (1.1.0): without it the default 135M model never guesses
 and RL has nothing multi-turn to learn from (issue 16).
+
+1.2.0 closes two ways to win or wander without answering, both stricter than 1.1.0 for every policy:
+
+* the text reply right after "correct" ends the game and is graded as the final answer (the prompt asks
+  for 'answer: N' then). 1.1.0 let the game go on to ``max_turns``: a model that walked past
+  "correct" spent up to 10 more turns guessing, and the episode's last reply was graded instead.
+* a final reply that is a guess ('guess: N' without 'answer') is not an answer and earns 0. 1.1.0
+  graded its last number, so a game cut off at ``max_turns`` whose last guess happened to be the
+  secret counted as won (a random final guess wins 1/high of the time).
+
+A policy that ignores the hints gains nothing from either; a scan 1, 2, 3, ... that answers after
+"correct" wins in both versions (shaped reward below 1 past the binary-search bound).
 """
 
 from __future__ import annotations
@@ -26,10 +38,13 @@ from teachloop.envs.graders import FunctionGrader
 from teachloop.envs.tools import Tool, tool
 
 _GUESS = re.compile(r"guess\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
+_ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
 
 
 def _hint(n: int, secret: int, state: dict[str, Any]) -> str:
     state["guesses"] = state.get("guesses", 0) + 1
+    if n == secret:
+        state["found"] = True
     return "correct" if n == secret else ("higher" if secret > n else "lower")
 
 
@@ -47,7 +62,7 @@ class GuessNumber(Environment):
     """Find a secret number with higher/lower hints (tool or 'guess: N'), then give 'answer: N'."""
 
     name = "guess_number"
-    version = "1.1.0"
+    version = "1.2.0"
     tools: tuple[Tool, ...] = (guess,)
 
     def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05, tool: bool = True):
@@ -73,8 +88,8 @@ class GuessNumber(Environment):
         return f"Example with secret {secret}: you reply " + "; then ".join(steps) + f"; then 'answer: {secret}'."
 
     def _reward(self, completion: str, messages: tuple[Message, ...], info: dict[str, Any]) -> float:
-        if last_number(completion) != str(info["secret"]):
-            return 0.0
+        if last_number(completion) != str(info["secret"]) or (_GUESS.search(completion) and not _ANSWER.search(completion)):
+            return 0.0  # a wrong number, or a guess where the final answer should be
         guesses = sum(len(m.tool_calls) + (m.role == "assistant" and bool(_GUESS.search(m.content))) for m in messages)
         return max(0.5, 1.0 - self.penalty * max(0, guesses - self.bound))
 
@@ -95,6 +110,6 @@ class GuessNumber(Environment):
 
     async def env_response(self, task: Task, messages: list[Message], state: dict[str, Any]) -> list[Message] | None:
         said = messages[-1].content
-        if not (found := _GUESS.findall(said)) or re.search(r"answer\s*:", said, re.IGNORECASE):
-            return None
+        if state.get("found") or not (found := _GUESS.findall(said)) or _ANSWER.search(said):
+            return None  # answered, told "correct" last turn (this reply is the final answer), or no guess
         return [user(_hint(int(found[-1]), int(task.info["secret"]), state))]
