@@ -21,6 +21,7 @@ from teachloop.envs import (
     ScriptedCompleter,
 )
 from teachloop.envs.builtin.countdown import evaluate
+from teachloop.envs.builtin.guess_number import CORRECT
 from teachloop.envs.rollout import run_episode
 
 
@@ -104,7 +105,7 @@ def binary_search(high: int, use_tool: bool) -> ScriptedCompleter:
             if m.role == "assistant":
                 last = int(json.loads(m.tool_calls[0].arguments)["number"]) if m.tool_calls else int(m.content.split(":")[1])
             elif m.role in ("tool", "user") and last is not None:
-                if m.content == "correct":
+                if m.content.startswith("correct"):
                     return f"answer: {last}"
                 lo, hi = (last + 1, hi) if m.content == "higher" else (lo, last - 1)
         guess = (lo + hi) // 2
@@ -140,7 +141,7 @@ def scan(after_correct: str) -> ScriptedCompleter:
     """Guesses 1, 2, 3, ... ignoring 'higher'/'lower'; after 'correct' replies ``after_correct`` (formatted)."""
     def script(messages: list[Message]) -> str:
         said = [m.content for m in messages if m.role == "assistant"]
-        if messages[-1].content == "correct":
+        if messages[-1].content.startswith("correct"):
             return after_correct.format(last=said[-1].split(":")[1].strip(), next=len(said) + 1)
         return f"guess: {len(said) + 1}"
 
@@ -155,6 +156,8 @@ def test_guess_number_ends_the_game_on_the_reply_after_correct() -> None:
     walked = asyncio.run(run_episode(env, task, scan("guess: {next}")))
     assert walked.metadata["model_turns"] == secret + 1 and walked.metadata["stop"] == "done"
     assert walked.reward == 0.0 and walked.completion == f"guess: {secret + 1}"
+    told = [m.content for m in walked.messages if m.role == "user"][1:]  # after the opening request
+    assert told == ["higher"] * (secret - 1) + [CORRECT] and str(secret) not in CORRECT  # restates, never tells
     won = asyncio.run(run_episode(env, task, scan("answer: {last}")))
     assert won.metadata["model_turns"] == secret + 1 and won.completion == f"answer: {secret}"
     assert won.reward == max(0.5, 1.0 - env.penalty * max(0, secret - env.bound)) > 0
