@@ -52,7 +52,8 @@ def _evaluate(engine: Any, renderer: Any, env: Any, adapter: str | None, n: int,
     tasks = env.take(n, seed=seed)
     unique = list({t.hash: t for t in tasks}.values())  # greedy: identical tasks play identically, run each once
     t0 = time.perf_counter()
-    groups = asyncio.run(rollout(env, unique, EngineCompleter(engine, renderer, adapter=adapter), group_size=1,
+    groups = asyncio.run(rollout(env, unique, EngineCompleter(engine, renderer, adapter=adapter, prefix_cache=True),
+                                 group_size=1,
                                  params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
                                  max_concurrent_groups=len(unique)))
     by_hash = {g.task.hash: g.trajectories[0] for g in groups}
@@ -105,6 +106,7 @@ def main() -> None:
     engine, renderer = TorchEngine(path, device="cpu"), Renderer.from_pretrained(path)
     env = resolve_env("guess_number", **rl.env_args)
     eval_env = env.env
+    print(f"environment guess_number {eval_env.version} (base and trained model measured on it)", flush=True)
     before = _evaluate(engine, renderer, eval_env, None, args.eval_n, eval_seed, eval_tokens)
     print(f"before: {_fmt(before)}\n  {before['example']}", flush=True)
 
@@ -132,7 +134,7 @@ def main() -> None:
     load_mid = _loadavg()
     after = _evaluate(engine, renderer, eval_env, "learn", args.eval_n, eval_seed, eval_tokens)
     print(f"after:  {_fmt(after)}\n  {after['example']}")
-    results = {"config": str(args.config), "high": args.high, "before": before, "after": after,
+    results = {"config": str(args.config), "high": args.high, "env_version": eval_env.version, "before": before, "after": after,
                "steps": len(curve), "minutes": trained_s / 60, "random_final_answer": 1 / args.high,
                "curve": curve, "loadavg_after_training": load_mid, "loadavg_end": _loadavg()}
     print(f"\nguess_number high={args.high}, greedy success on {args.eval_n} held-out tasks (eval.seed {eval_seed})")

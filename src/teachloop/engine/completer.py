@@ -10,6 +10,14 @@ event-loop tick are gathered into one ``engine.sample`` call per distinct
 When ``params.stop`` is None, sampling stops at the template's end-of-turn
 tokens (not only the model's EOS). With a seed, results depend on which calls
 were batched together.
+
+``prefix_cache=True`` asks an engine with a prefix cache (``TorchEngine``) to
+reuse the keys/values of prompt prefixes it prefilled before: every turn of a
+multi-turn episode extends the previous turn's prompt, and every episode of a
+group (every task of ``guess_number``) starts with the same system prompt, so
+a turn prefills only its new tokens instead of the whole conversation. The
+sampled tokens and logprobs are those of a whole prefill up to float32
+rounding; engines without a prefix cache ignore the flag.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from dataclasses import dataclass
 
 from teachloop.core.chat import Message, ToolSpec
 from teachloop.core.rl import Completion, ModelTurn
-from teachloop.core.sampling import SamplingParams
+from teachloop.core.sampling import SampledSequence, SamplingParams
 from teachloop.engine.base import Engine
 from teachloop.render import Renderer
 
@@ -36,10 +44,12 @@ class _Pending:
 class EngineCompleter:
     """A ``ChatCompleter`` over ``engine`` + ``renderer`` (optionally through ``adapter``)."""
 
-    def __init__(self, engine: Engine, renderer: Renderer, adapter: str | None = None) -> None:
+    def __init__(self, engine: Engine, renderer: Renderer, adapter: str | None = None, *,
+                 prefix_cache: bool = False) -> None:
         self.engine = engine
         self.renderer = renderer
         self.adapter = adapter
+        self.prefix_cache = prefix_cache and hasattr(engine, "prefix")
         self._pending: list[_Pending] = []
         self._flush_task: asyncio.Task[None] | None = None
 
@@ -71,9 +81,8 @@ class EngineCompleter:
                 groups.setdefault((p.params.model_dump_json(), p.n), []).append(p)
             for items in groups.values():
                 try:
-                    results = await asyncio.to_thread(
-                        self.engine.sample, [p.prompt for p in items], items[0].n, items[0].params, self.adapter
-                    )
+                    prompts, n, params = [p.prompt for p in items], items[0].n, items[0].params
+                    results = await asyncio.to_thread(self._sample, prompts, n, params)
                 except Exception as err:  # delivered to every waiter of this group
                     for p in items:
                         if not p.future.done():
@@ -94,6 +103,11 @@ class EngineCompleter:
                     ]
                     if not p.future.done():
                         p.future.set_result(completions)
+
+    def _sample(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[SampledSequence]]:
+        if self.prefix_cache:
+            return self.engine.sample(prompts, n, params, self.adapter, prefix_cache=True)  # type: ignore[call-arg]
+        return self.engine.sample(prompts, n, params, self.adapter)
 
 
 __all__ = ["EngineCompleter"]

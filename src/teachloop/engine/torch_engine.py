@@ -523,11 +523,16 @@ class TorchEngine:
         adapter: str | None = None,
         *,
         top_logprobs: int = 0,
+        prefix_cache: bool = False,
     ) -> list[list[SampledSequence]]:
         """``n`` continuations of each prompt; all prompts prefilled in one pass, samples share it.
 
         One RNG seeded from ``params.seed`` drives the whole call, so the same
-        call with the same seed returns the same sequences.
+        call with the same seed returns the same sequences. ``prefix_cache``
+        reuses the keys/values of prompt prefixes an earlier call prefilled under
+        the same adapter version (``self.prefix``; a multi-turn episode's next
+        turn extends its previous prompt) and prefills only the rest: the same
+        tokens and logprobs as a whole prefill up to float32 rounding.
         """
         if adapter is not None:
             self._check_name(adapter)
@@ -544,7 +549,8 @@ class TorchEngine:
             ]
             longest = max((len(p) for p in prompts), default=0)
             capacity = max(1, min(self.context_length, longest + params.max_tokens + 1))
-            return sample_all(self.batch(rows=max(1, len(reqs) * n), capacity=capacity), reqs)
+            return sample_all(self.batch(rows=max(1, len(reqs) * n), capacity=capacity, prefix_cache=prefix_cache),
+                              reqs)
 
     @_on_compute
     def logprobs(self, sequences: Sequence[Sequence[int]], adapter: str | None = None) -> list[list[float]]:

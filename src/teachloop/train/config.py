@@ -131,6 +131,11 @@ class RLSection(_Section):
         description="Multi-turn: train an episode as one sequence of its sampled tokens where each turn's context "
         "extends the previous one token for token (else one sequence per turn).",
     )
+    prefix_cache: bool = Field(
+        default=True,
+        description="Rollouts reuse the keys/values of prompt prefixes prefilled before under the same adapter "
+        "version (the shared system prompt, the earlier turns of an episode): same samples up to float32 rounding.",
+    )
 
     def loss_config(self) -> LossConfig:
         """As the engine's ``LossConfig``."""

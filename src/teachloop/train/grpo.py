@@ -6,7 +6,9 @@ each through ``EngineCompleter`` (one batched engine call, prompt prefilled
 once per group), compute group advantages, turn every episode into training sequences
 carrying the sampler's logprobs (no re-tokenisation, no second forward pass
 for the old policy), and call ``forward_backward`` with PPO-clip, importance
-sampling or CISPO, then ``optim_step``.
+sampling or CISPO, then ``optim_step``. With ``rl.prefix_cache`` (default) the
+rollouts reuse the engine's cached prompt prefixes, so a multi-turn episode's
+turn prefills only the tokens added since its previous turn.
 
 Multi-turn episodes (``episode_sequences``): the tokens trained are exactly the
 sampled ids. When a turn's context extends the previous sequence token for token
@@ -156,7 +158,7 @@ class GRPO:
         self.skip_zero_gradient = skip_zero_gradient
         self.env, self.engine, self.renderer, self.adapter = env, engine, renderer, adapter
         self.sampler = f"{adapter}:sampler" if rl.overlap else adapter
-        self.completer = EngineCompleter(engine, renderer, adapter=self.sampler)
+        self.completer = EngineCompleter(engine, renderer, adapter=self.sampler, prefix_cache=rl.prefix_cache)
         self._pending: asyncio.Task[tuple[list[TrajectoryGroup], float]] | None = None
         self._pending_step = -1
 

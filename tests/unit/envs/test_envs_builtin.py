@@ -21,6 +21,7 @@ from teachloop.envs import (
     ScriptedCompleter,
 )
 from teachloop.envs.builtin.countdown import evaluate
+from teachloop.envs.builtin.guess_number import CORRECT
 from teachloop.envs.rollout import run_episode
 
 
@@ -104,7 +105,7 @@ def binary_search(high: int, use_tool: bool) -> ScriptedCompleter:
             if m.role == "assistant":
                 last = int(json.loads(m.tool_calls[0].arguments)["number"]) if m.tool_calls else int(m.content.split(":")[1])
             elif m.role in ("tool", "user") and last is not None:
-                if m.content == "correct":
+                if m.content.startswith("correct"):
                     return f"answer: {last}"
                 lo, hi = (last + 1, hi) if m.content == "higher" else (lo, last - 1)
         guess = (lo + hi) // 2
@@ -134,6 +135,43 @@ def test_guess_number_penalises_wasted_guesses_and_wrong_answers() -> None:
     sample = Sample(task, (*task.prompt, *wasted, Message(role="assistant", content=f"answer: {secret}")))
     assert asyncio.run(env.score(sample)).value == pytest.approx(0.8)
     assert score(env, task, f"answer: {secret + 1}") == 0.0
+
+
+def scan(after_correct: str) -> ScriptedCompleter:
+    """Guesses 1, 2, 3, ... ignoring 'higher'/'lower'; after 'correct' replies ``after_correct`` (formatted)."""
+    def script(messages: list[Message]) -> str:
+        said = [m.content for m in messages if m.role == "assistant"]
+        if messages[-1].content.startswith("correct"):
+            return after_correct.format(last=said[-1].split(":")[1].strip(), next=len(said) + 1)
+        return f"guess: {len(said) + 1}"
+
+    return ScriptedCompleter(script)
+
+
+def test_guess_number_ends_the_game_on_the_reply_after_correct() -> None:
+    """1.2.0: walking past 'correct' ends the game there and loses; answering then wins (a scan: below 1)."""
+    env = GuessNumber(high=10, tool=False)
+    task = next(t for t in env.take(20, seed=1) if int(t.answer or 0) >= 3)
+    secret = int(task.answer or 0)
+    walked = asyncio.run(run_episode(env, task, scan("guess: {next}")))
+    assert walked.metadata["model_turns"] == secret + 1 and walked.metadata["stop"] == "done"
+    assert walked.reward == 0.0 and walked.completion == f"guess: {secret + 1}"
+    told = [m.content for m in walked.messages if m.role == "user"][1:]  # after the opening request
+    assert told == ["higher"] * (secret - 1) + [CORRECT] and str(secret) not in CORRECT  # restates, never tells
+    won = asyncio.run(run_episode(env, task, scan("answer: {last}")))
+    assert won.metadata["model_turns"] == secret + 1 and won.completion == f"answer: {secret}"
+    assert won.reward == max(0.5, 1.0 - env.penalty * max(0, secret - env.bound)) > 0
+
+
+def test_guess_number_a_final_guess_is_not_an_answer() -> None:
+    """1.2.0: a game cut off at max_turns on a guess of the secret earns 0; 'answer: N' is what is graded."""
+    env = GuessNumber(high=10, tool=False)
+    task = env.take(1, seed=3)[0]
+    secret = int(task.answer or 0)
+    guesses = [Message(role="assistant", content=f"guess: {secret}")]
+    assert asyncio.run(env.score(Sample(task, (*task.prompt, *guesses)))).value == 0.0
+    assert score(env, task, f"guess: {secret}") == 0.0
+    assert score(env, task, f"answer: {secret}") == 1.0
 
 
 def test_guess_number_text_mode_offers_no_tool_and_is_won_in_text() -> None:

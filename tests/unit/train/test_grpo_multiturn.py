@@ -140,3 +140,28 @@ def test_a_trajectory_without_turns_trains_nothing() -> None:
     ))
     batch = build_batch([group], RLSection(env="x"))
     assert len(batch.datums) == 1 and batch.datums[0].target_tokens == [2, 3, 4]
+
+
+def test_prefix_reuse_across_turns_samples_what_whole_prefills_sample(engine: Any, renderer: Any) -> None:
+    """``prefix_cache``: later turns reuse their earlier prompt's keys/values; same tokens, logprobs to 1e-4."""
+    engine.create_adapter("p", LoraSpec(rank=4, seed=3))
+    env = _Chatty()
+    params = SamplingParams(max_tokens=5, temperature=1.0, seed=11)
+
+    def play(reuse: bool) -> list[TrajectoryGroup]:
+        completer = EngineCompleter(engine, renderer, adapter="p", prefix_cache=reuse)
+        return asyncio.run(rollout(env, env.take(2), completer, group_size=3, params=params))
+
+    engine.prefix.clear()
+    whole = play(False)
+    assert engine.prefix.stats().queries == 0, "without prefix_cache nothing is looked up"
+    reused = play(True)
+    stats = engine.prefix.stats()
+    assert stats.hits > 0 and stats.hit_rate > 0.3, f"later turns did not reuse their prefixes: {stats}"
+    for gw, gr in zip(whole, reused, strict=True):
+        for tw, tr in zip(gw.trajectories, gr.trajectories, strict=True):
+            assert [t.prompt_tokens for t in tw.turns] == [t.prompt_tokens for t in tr.turns]
+            assert [t.tokens for t in tw.turns] == [t.tokens for t in tr.turns]
+            for a, b in zip(tw.turns, tr.turns, strict=True):
+                assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)), default=0.0) < 1e-4
+    engine.delete_adapter("p")

@@ -1,12 +1,12 @@
 """Guess the number: a multi-turn game with a tool.
 
-The model finds a secret integer in ``[1, high]`` (2..10^9; infinite unless ``size``). It may call
-the ``guess`` tool (the environment answers "higher", "lower" or "correct"), or write ``guess: N``
-and the environment answers as the user; ``tool=False`` offers no tool (text protocol only). A turn
-with neither ends the game, graded on its final ``answer: N``: 1.0 for the right number, minus
-``penalty`` (0..1) per guess beyond the binary-search bound, floored at 0.5. The system prompt
-carries a worked binary-search example (1.1.0): without it the default 135M model never guesses
-and RL has nothing multi-turn to learn from (issue 16).
+Find a secret integer in ``[1, high]`` (2..10^9; infinite unless ``size``): call the ``guess`` tool or
+write ``guess: N`` (``tool=False``: text only) and get "higher", "lower" or, for the secret, "correct.
+Now reply only 'answer: N'." A turn without a guess, or the text reply after "correct", ends the game,
+graded on that final ``answer: N`` (a final guess is no answer): 1.0 for the secret, minus ``penalty``
+per guess beyond the binary-search bound, floored at 0.5. The prompt carries a worked example (1.1.0).
+1.2.0 (issue 16, bench/README.md), stricter for every policy: 1.1.0 ran on to ``max_turns`` after
+"correct", graded a cut-off game's last guess, and said only "correct" (0 answers in 94 games).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from teachloop.envs.extract import last_number
 from teachloop.envs.graders import FunctionGrader
 from teachloop.envs.tools import Tool, tool
 
-_GUESS = re.compile(r"guess\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
+_GUESS, _ANSWER = re.compile(r"guess\s*[:=]?\s*(-?\d+)", re.IGNORECASE), re.compile(r"answer\s*:", re.IGNORECASE)
+CORRECT = "correct. Now reply only 'answer: N'."
 
 
 def _hint(n: int, secret: int, state: dict[str, Any]) -> str:
-    state["guesses"] = state.get("guesses", 0) + 1
-    return "correct" if n == secret else ("higher" if secret > n else "lower")
+    state["guesses"], state["found"] = state.get("guesses", 0) + 1, state.get("found") or n == secret
+    return CORRECT if n == secret else ("higher" if secret > n else "lower")
 
 
 @tool
@@ -47,7 +48,7 @@ class GuessNumber(Environment):
     """Find a secret number with higher/lower hints (tool or 'guess: N'), then give 'answer: N'."""
 
     name = "guess_number"
-    version = "1.1.0"
+    version = "1.2.0"
     tools: tuple[Tool, ...] = (guess,)
 
     def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05, tool: bool = True):
@@ -64,7 +65,7 @@ class GuessNumber(Environment):
     def _worked_example(self) -> str:
         """A binary-search game: in prose with the tool, as a transcript in text mode."""
         secret, lo, hi, steps, hint = max(1, self.high // 3), 1, self.high, [], ""
-        while hint != "correct":
+        while hint != CORRECT:
             hint = _hint(mid := (lo + hi) // 2, secret, {})
             steps.append(f"'guess: {mid}', told '{hint}'" if self.tool else f"assistant: guess: {mid}\nuser: {hint}")
             lo, hi = (mid + 1, hi) if hint == "higher" else (lo, mid - 1)
@@ -73,8 +74,8 @@ class GuessNumber(Environment):
         return f"Example with secret {secret}: you reply " + "; then ".join(steps) + f"; then 'answer: {secret}'."
 
     def _reward(self, completion: str, messages: tuple[Message, ...], info: dict[str, Any]) -> float:
-        if last_number(completion) != str(info["secret"]):
-            return 0.0
+        if last_number(completion) != str(info["secret"]) or (_GUESS.search(completion) and not _ANSWER.search(completion)):
+            return 0.0  # a wrong number, or a guess as the final answer
         guesses = sum(len(m.tool_calls) + (m.role == "assistant" and bool(_GUESS.search(m.content))) for m in messages)
         return max(0.5, 1.0 - self.penalty * max(0, guesses - self.bound))
 
@@ -94,7 +95,6 @@ class GuessNumber(Environment):
         return f"answer: {task.answer}"
 
     async def env_response(self, task: Task, messages: list[Message], state: dict[str, Any]) -> list[Message] | None:
-        said = messages[-1].content
-        if not (found := _GUESS.findall(said)) or re.search(r"answer\s*:", said, re.IGNORECASE):
-            return None
+        if state.get("found") or not (found := _GUESS.findall(said := messages[-1].content)) or _ANSWER.search(said):
+            return None  # told "correct" last turn (this reply is the final answer), answered, or no guess
         return [user(_hint(int(found[-1]), int(task.info["secret"]), state))]
