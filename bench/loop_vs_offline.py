@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=96, help="requests per round (the demo's default)")
     ap.add_argument("--users", type=int, default=24)
     ap.add_argument("--steps", type=int, default=12, help="GRPO steps per iteration (lineage: the first)")
-    ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step of the loop (the demo's default)")
+    ap.add_argument("--prompts", type=int, default=4, help="GRPO prompts per step of the loop (the demo's default)")
     ap.add_argument("--fresh-tasks", type=int, default=100)
     ap.add_argument("--gate-tasks", type=int, default=200, help="held-out tasks of the gate (the demo's default)")
     ap.add_argument("--order", default="lineage,restart,offline")
