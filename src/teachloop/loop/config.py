@@ -297,7 +297,9 @@ class GateConfig(_Section):
     test: Literal["bootstrap", "sign"] = Field(default="bootstrap", description="Paired test.")
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     min_improvement: float = Field(default=0.0, ge=0, description="The lower confidence bound must exceed this.")
-    max_regression: float = Field(default=0.05, ge=0, description="No suite's mean may drop by more than this.")
+    max_regression: float = Field(default=0.05, ge=0,
+                                  description="No suite's mean may drop by more than this where the drop is shown at "
+                                              "`confidence` (the gate's test on that suite, the other way round).")
     holdout: bool = Field(default=True, description="Evaluate on the snapshot's holdout split.")
     holdout_max: int = Field(default=200, ge=1, le=100_000, description="Holdout rows evaluated at most.")
     environments: list[GateEnv] = Field(default_factory=list)

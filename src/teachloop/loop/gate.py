@@ -23,9 +23,14 @@ one-sided paired test at ``confidence``:
   exact test when rewards are 0/1); passes when p <= 1 - confidence and the
   mean difference exceeds ``min_improvement``.
 
-Every suite is also a guard: the candidate is refused if any suite's mean
-drops by more than ``max_regression``. An equal candidate never passes (its
-differences are all zero). The decision record names the test, the figures
+Every suite is also a guard: the candidate is refused if any suite is *shown*
+worse -- its mean drops by more than ``max_regression`` **and** the same
+one-sided test, run on that suite's differences the other way round, finds
+the drop at ``confidence`` (``regression_test``). So one example lost on a
+16-row holdout (a drop of 0.0625) does not veto a candidate the pooled test
+finds better, while ten examples lost out of forty do. The verdict of every
+suite is stored with its summary (``regression``). An equal candidate never
+passes (its differences are all zero). The decision record names the test, the figures
 of every suite and the reason. This module knows nothing of the store; the
 suites take ``ChatCompleter``s and an engine, so tests run on fakes.
 """
@@ -110,6 +115,15 @@ def paired_test(method: str, diffs: Sequence[float], cfg: GateConfig) -> PairedT
                             samples=cfg.bootstrap_samples)
 
 
+def regression_test(method: str, diffs: Sequence[float], cfg: GateConfig) -> PairedTest:
+    """Whether ``diffs`` (candidate - baseline) show the candidate *worse*: the configured one-sided test of
+    ``mean(baseline - candidate) > 0``; ``passed`` means the drop is shown at ``cfg.confidence``."""
+    worse = [-d for d in diffs]
+    if method == "sign":
+        return sign_test(worse, confidence=cfg.confidence)
+    return paired_bootstrap(worse, confidence=cfg.confidence, samples=cfg.bootstrap_samples)
+
+
 @dataclass
 class Suite:
     """Per-example scores of both models on one set of examples (higher is better)."""
@@ -121,6 +135,7 @@ class Suite:
     candidate: list[float]
     deciding: bool = True
     sample: dict[str, Any] | None = None  # where the examples came from (an environment's stream slice), if known
+    regression: dict[str, Any] | None = None  # the guard's verdict (``decide``): drop, whether shown, p-value
 
     @property
     def diffs(self) -> list[float]:
@@ -134,7 +149,8 @@ class Suite:
                 "baseline_mean": statistics.fmean(self.baseline) if n else None,
                 "candidate_mean": statistics.fmean(self.candidate) if n else None,
                 "mean_diff": statistics.fmean(self.diffs) if n else None,
-                **({"sample": self.sample} if self.sample is not None else {})}
+                **({"sample": self.sample} if self.sample is not None else {}),
+                **({"regression": self.regression} if self.regression is not None else {})}
 
 
 @dataclass
@@ -164,11 +180,17 @@ def decide(suites: Sequence[Suite], cfg: GateConfig, *, baseline: str = "", cand
                             baseline, candidate)
     diffs = [d for s in deciding for d in s.diffs]
     test = paired_test(cfg.test, diffs, cfg)
+    refused = None
     for s in suites:
         drop = -statistics.fmean(s.diffs)
-        if drop > cfg.max_regression:
-            return GateDecision(False, f"{s.name} ({s.metric}) fell by {drop:.4g} > max_regression "
-                                       f"{cfg.max_regression:g}", test, list(suites), baseline, candidate)
+        shown = regression_test(cfg.test, s.diffs, cfg)
+        s.regression = {"drop": drop, "shown": shown.passed, "p_value": shown.p_value,
+                        "guarded": drop > cfg.max_regression and shown.passed}
+        if refused is None and s.regression["guarded"]:
+            refused = (f"{s.name} ({s.metric}) fell by {drop:.4g} > max_regression {cfg.max_regression:g}, "
+                       f"a drop shown at {cfg.confidence:.0%} confidence (p = {shown.p_value:.3g}, n = {shown.n})")
+    if refused is not None:
+        return GateDecision(False, refused, test, list(suites), baseline, candidate)
     figures = f"mean diff {test.mean_diff:+.4g} over {test.n} paired examples, p = {test.p_value:.3g}"
     if test.lower_bound is not None:
         figures += f", {cfg.confidence:.0%} lower bound {test.lower_bound:+.4g}"
@@ -260,6 +282,7 @@ __all__ = [
     "likelihood_suite",
     "paired_bootstrap",
     "paired_test",
+    "regression_test",
     "reward_suite",
     "sign_test",
     "stream_slice",

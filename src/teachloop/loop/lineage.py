@@ -7,8 +7,9 @@ from the loop's own iterations (newest first, one loop of one organisation):
 
 * **start** -- with ``algorithm.lineage`` (default on), the newest candidate
   trained against the version deployed now that was **not worse** than it on
-  the gate (pooled deciding mean difference >= 0 and no suite down by more
-  than ``gate.max_regression``); a candidate that was worse, rolled back or
+  the gate (pooled deciding mean difference >= 0 and no suite the gate's
+  guard refused: down by more than ``gate.max_regression``, a drop shown at
+  the gate's confidence); a candidate that was worse, rolled back or
   failed is skipped, so the lineage goes back to its not-worse ancestor, and
   when none is left, to the deployed adapter (or the base). A promotion or
   rollback changes the deployed version and so starts a new lineage (the
@@ -137,10 +138,17 @@ def not_worse(gate: dict[str, Any] | None, max_regression: float) -> bool:
     rewards = gate_rewards(gate)
     if rewards is None:
         return False
-    if any(s.get("mean_diff") is not None and -float(s["mean_diff"]) > max_regression
-           for s in (gate or {}).get("suites", [])):
+    if any(_guarded(s, max_regression) for s in (gate or {}).get("suites", [])):
         return False
     return rewards[1] >= rewards[0]
+
+
+def _guarded(suite: dict[str, Any], max_regression: float) -> bool:
+    """Whether the gate's guard refused on this suite: its stored verdict, or for a record written before the
+    verdict was stored, a mean drop of more than ``max_regression``."""
+    if isinstance(suite.get("regression"), dict):
+        return bool(suite["regression"].get("guarded"))
+    return suite.get("mean_diff") is not None and -float(suite["mean_diff"]) > max_regression
 
 
 def base_steps(cfg: LoopConfig) -> int:

@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teachloop.core.chat import Message
 from teachloop.envs import Arithmetic, ScriptedCompleter
 from teachloop.loop import BudgetConfig, GateConfig, TriggerConfig, budget_left, decide, due, reward_suite
-from teachloop.loop.gate import Suite, paired_bootstrap, sign_test
+from teachloop.loop.gate import Suite, paired_bootstrap, regression_test, sign_test
 from teachloop.loop.trigger import day_start
 
 
@@ -62,6 +64,48 @@ def test_decide_pools_deciding_suites_and_guards_every_suite() -> None:
     assert not empty.passed and "no examples" in empty.reason
     sign = decide([holdout], _gate(test="sign"))
     assert sign.passed and sign.test is not None and sign.test.method.startswith("exact sign test")
+
+
+def test_the_guard_refuses_a_drop_that_is_shown_not_one_lost_example() -> None:
+    # the loop's refused candidate of 2026-12-06: arithmetic 0.725 -> 0.800 over 200 tasks, holdout one of 16 lost
+    arithmetic = _suite("arithmetic", [1.0] * 145 + [0.0] * 55, [1.0] * 160 + [0.0] * 40)
+    holdout = _suite("holdout", [1.0] * 16, [1.0] * 15 + [0.0])
+    ok = decide([arithmetic, holdout], _gate())
+    assert ok.passed, ok.reason
+    verdict = ok.to_json()["suites"][1]["regression"]
+    assert verdict["drop"] == pytest.approx(0.0625) and not verdict["shown"] and not verdict["guarded"]
+    assert verdict["p_value"] > 0.05
+    # ten of forty lost, none won: shown, so refused whatever the pooled test says
+    fell = _suite("holdout", [1.0] * 40, [1.0] * 30 + [0.0] * 10)
+    refused = decide([arithmetic, fell], _gate())
+    assert not refused.passed and "holdout (reward) fell by 0.25 > max_regression 0.05" in refused.reason
+    assert "shown at 95% confidence" in refused.reason
+    assert refused.to_json()["suites"][1]["regression"]["guarded"]
+    # a shown drop within max_regression is not refused by the guard
+    small = _suite("holdout", [1.0] * 400, [1.0] * 384 + [0.0] * 16, deciding=False)  # 0.04 down, shown
+    assert regression_test("bootstrap", small.diffs, _gate()).passed
+    assert decide([arithmetic, small], _gate()).passed
+    # the sign test guards the same way
+    assert not decide([arithmetic, fell], _gate(test="sign")).passed
+    assert decide([arithmetic, holdout], _gate(test="sign")).passed
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([-1.0, 0.0, 1.0]), min_size=1, max_size=60), st.sampled_from(["bootstrap", "sign"]),
+       st.sampled_from([0.0, 0.05, 0.2]))
+def test_the_guard_refuses_only_drops_beyond_the_margin_that_its_test_shows(
+        diffs: list[float], method: str, margin: float) -> None:
+    cfg = _gate(test=method, max_regression=margin, bootstrap_samples=500)
+    base = [1.0 if d < 0 else 0.0 for d in diffs]
+    guarded = _suite("guarded", base, [b + d for b, d in zip(base, diffs, strict=True)], deciding=False)
+    better = _suite("env", [0.0] * 60, [1.0] * 60)
+    decision = decide([better, guarded], cfg)
+    drop = -sum(diffs) / len(diffs)
+    shown = regression_test(method, diffs, cfg)
+    assert decision.passed == (not (drop > margin and shown.passed))
+    assert decision.to_json()["suites"][1]["regression"]["guarded"] == (not decision.passed)
+    if shown.passed:  # a test that shows a drop never does so for a suite that did not drop
+        assert drop > 0
 
 
 def test_reward_suite_scores_both_models_on_the_same_tasks() -> None:

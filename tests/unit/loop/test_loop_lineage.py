@@ -60,7 +60,11 @@ def test_the_not_worse_rule_reads_the_gate_record() -> None:
     guard = _gate(0.5, 0.6)
     guard["suites"].append({"name": "holdout", "n": 10, "deciding": False, "baseline_mean": 0.9,
                             "candidate_mean": 0.7, "mean_diff": -0.2})
-    assert not not_worse(guard, 0.05)  # a suite fell by more than max_regression
+    assert not not_worse(guard, 0.05)  # a suite fell by more than max_regression (a record without verdicts)
+    guard["suites"][-1]["regression"] = {"drop": 0.2, "shown": False, "p_value": 0.3, "guarded": False}
+    assert not_worse(guard, 0.05)  # the gate's guard did not refuse on it: the drop was not shown
+    guard["suites"][-1]["regression"] = {"drop": 0.2, "shown": True, "p_value": 0.01, "guarded": True}
+    assert not not_worse(guard, 0.05)
 
 
 def test_the_newest_not_worse_candidate_of_the_lineage_is_continued() -> None:
