@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,9 @@ def _org(database: Database, name: str) -> Org:
 
 
 @pytest.fixture
-def deps(tmp_path: Path) -> Iterator[AppDeps]:
-    url = f"sqlite:///{tmp_path / 't.db'}"
+def deps(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[AppDeps]:
+    url = migrated_sqlite(tmp_path / "t.db")
     database = Database(url)
-    database.migrate()
     settings = Settings(home=tmp_path / "home", model_cache=tmp_path / "models", database_url=url,
                         blob_url=str(tmp_path / "blobs"), engine="fake", max_body_bytes=1024 * 1024)
     d = AppDeps(settings, database, BlobStore(settings.blob_url))

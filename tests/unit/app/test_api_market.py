@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    database = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    database.migrate()
+def world(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[World]:
+    database = Database(migrated_sqlite(tmp_path / "m.db"))
     blobs = BlobStore(tmp_path / "blobs")
     settings = Settings(home=tmp_path, model_cache=tmp_path / "models", database_url="sqlite://",
                         blob_url=str(tmp_path))

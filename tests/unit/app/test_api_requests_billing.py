@@ -9,7 +9,7 @@ embedding model for matching (called once). Listings are rows of ``market_listin
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,10 +48,9 @@ class Keys:
 
 
 @pytest.fixture
-def deps(tmp_path: Path) -> Iterator[AppDeps]:
-    url = f"sqlite:///{tmp_path / 't.db'}"
+def deps(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[AppDeps]:
+    url = migrated_sqlite(tmp_path / "t.db")
     database = Database(url)
-    database.migrate()
     blobs = BlobStore(tmp_path / "blobs")
     tokenizer = tiny_tokenizer()
     serving = Serving(database, blobs, engine=EchoEngine(tokenizer), renderer=Renderer(tokenizer), base_model=BASE,

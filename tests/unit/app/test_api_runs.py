@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def deps(tmp_path: Path, tiny_model: Path) -> Iterator[AppDeps]:
-    url = f"sqlite:///{tmp_path / 't.db'}"
+def deps(tmp_path: Path, migrated_sqlite: Callable[[Path], str], tiny_model: Path) -> Iterator[AppDeps]:
+    url = migrated_sqlite(tmp_path / "t.db")
     database = Database(url)
-    database.migrate()
     settings = Settings(home=tmp_path, model_cache=tmp_path / "models", database_url=url,
                         blob_url=str(tmp_path / "blobs"), engine="fake", model=str(tiny_model))
     d = AppDeps(settings, database, BlobStore(settings.blob_url))

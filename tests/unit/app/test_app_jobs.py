@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from teachloop.app import AppDeps, job_handlers
@@ -9,10 +10,9 @@ from teachloop.core.settings import Settings
 from teachloop.store import BlobStore, Database, JobStatus, Worker, bootstrap
 
 
-def test_echo_job_round_trip(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 't.db'}"
+def test_echo_job_round_trip(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> None:
+    url = migrated_sqlite(tmp_path / "t.db")
     database = Database(url)
-    database.migrate()
     settings = Settings(
         home=tmp_path, model_cache=tmp_path / "m", database_url=url, blob_url=str(tmp_path / "b")
     )

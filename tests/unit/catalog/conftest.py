@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.unit.loop.conftest import Store, _migrated, add_trace, store
+from tests.unit.loop.conftest import Store, add_trace, store
 
-__all__ = ["Store", "_migrated", "add_trace", "store"]
+__all__ = ["Store", "add_trace", "store"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,8 @@ D1, D2, D3 = ("sha256:" + c * 64 for c in "abc")
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'hub.db'}")
-    database.migrate()
+def db(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+    database = Database(migrated_sqlite(tmp_path / "hub.db"))
     yield database
     database.close()
 

@@ -8,7 +8,7 @@ account in USD and deposits ``FUNDS`` into the buyer's balance.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,11 @@ FUNDS = 10_000
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+def db(request: pytest.FixtureRequest, tmp_path: Path,
+       migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
     """A migrated database, emptied after the test (PostgreSQL is shared by the session)."""
     url = (
-        f"sqlite:///{tmp_path / 'ledger.db'}"
+        migrated_sqlite(tmp_path / "ledger.db")
         if request.param == "sqlite"
         else request.getfixturevalue("postgres_url")
     )
@@ -34,9 +35,9 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite file database."""
-    yield from _database(f"sqlite:///{tmp_path / 'ledger.db'}")
+def sqlite_db(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+    """A migrated SQLite file database (a copy of the session's template)."""
+    yield from _database(migrated_sqlite(tmp_path / "ledger.db"))
 
 
 def _database(url: str) -> Iterator[Database]:

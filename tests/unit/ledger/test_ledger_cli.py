@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,12 @@ from tests.unit.ledger.conftest import make_org, open_book
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_sqlite: Callable[[Path], str]) -> Path:
     path = tmp_path / "cli.db"
+    url = migrated_sqlite(path)
     monkeypatch.setenv("TEACHLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TEACHLOOP_DATABASE_URL", f"sqlite:///{path}")
-    db = Database(f"sqlite:///{path}")
-    db.migrate()
+    monkeypatch.setenv("TEACHLOOP_DATABASE_URL", url)
+    db = Database(url)
     org = make_org(db, "acme")
     book = open_book(db, org)
     with db.session() as s:

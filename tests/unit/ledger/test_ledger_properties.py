@@ -12,6 +12,7 @@ retries with another body are 409 and change nothing.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,9 +253,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert all(a.held >= 0 for a in accounts.values() if a.non_negative)
 
 
-def test_random_sequences_keep_every_invariant(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'prop.db'}")
-    db.migrate()
+def test_random_sequences_keep_every_invariant(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> None:
+    db = Database(migrated_sqlite(tmp_path / "prop.db"))
     LedgerMachine.db = db
     try:
         run_state_machine_as_test(

@@ -3,9 +3,8 @@ serving writes it, the fake engine behind the tiny tokenizer's renderer, and loo
 
 from __future__ import annotations
 
-import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,20 +41,9 @@ class Store:
     cache: Path
 
 
-@pytest.fixture(scope="session")
-def _migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("loop-template") / "teachloop.db"
-    db = Database(f"sqlite:///{path}")
-    db.migrate()
-    db.close()
-    return path
-
-
 @pytest.fixture
-def store(_migrated: Path, tmp_path: Path) -> Iterator[Store]:
-    path = tmp_path / "teachloop.db"
-    shutil.copy(_migrated, path)
-    db = Database(f"sqlite:///{path}")
+def store(migrated_sqlite: Callable[[Path], str], tmp_path: Path) -> Iterator[Store]:
+    db = Database(migrated_sqlite(tmp_path / "teachloop.db"))
     with db.session() as s:
         org_id = Tenancy(s).create_org("acme").id
         dep = Deployments(s).create(org_id, DEPLOYMENT, DeploymentState(BASE))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,9 +20,8 @@ LATER = datetime(2026, 12, 5, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'billing.db'}")
-    database.migrate()
+def db(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+    database = Database(migrated_sqlite(tmp_path / "billing.db"))
     yield database
     database.close()
 

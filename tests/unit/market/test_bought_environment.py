@@ -4,7 +4,7 @@ and billed run per use, refused by name after a refund; never bought answers lik
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +23,8 @@ from teachloop.store.schema.market import MarketUsage
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Database, BlobStore, str, str, str, str]]:
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    db.migrate()
+def world(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[tuple[Database, BlobStore, str, str, str, str]]:
+    db = Database(migrated_sqlite(tmp_path / "m.db"))
     blobs = BlobStore(str(tmp_path / "blobs"))
     with db.session() as s:
         seller = Tenancy(s).create_org("envmaker").id

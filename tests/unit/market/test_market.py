@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -82,9 +83,8 @@ def _chat(i: int) -> dict:
 
 
 @pytest.fixture
-def world(tmp_path: Path):  # type: ignore[no-untyped-def]
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    db.migrate()
+def world(tmp_path: Path, migrated_sqlite: Callable[[Path], str]):  # type: ignore[no-untyped-def]
+    db = Database(migrated_sqlite(tmp_path / "m.db"))
     blobs = BlobStore(str(tmp_path / "blobs"))
     seller, buyer, other = _org(db, "seller"), _org(db, "buyer"), _org(db, "other")
     # 3 rows by expert ann (CC-BY-4.0), 1 row by expert bob (CC-BY-NC-4.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,12 @@ def _chat(i: int) -> dict:
 
 
 @pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_sqlite: Callable[[Path], str]) -> Database:
+    url = migrated_sqlite(tmp_path / "cli.db")
     monkeypatch.setenv("TEACHLOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TEACHLOOP_DATABASE_URL", url)
     monkeypatch.setenv("COLUMNS", "200")
     database = Database(url)
-    database.migrate()
     blobs = BlobStore(str(tmp_path / "blobs"))
     rows = [expert_label(_chat(i), "ann", license="CC-BY-4.0") for i in range(3)]
     rows.append(expert_label(_chat(9), "bob", license="CC-BY-NC-4.0"))

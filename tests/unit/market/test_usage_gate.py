@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,8 @@ def _chat(i: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Database, BlobStore, str, str, str]]:
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    db.migrate()
+def world(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[tuple[Database, BlobStore, str, str, str]]:
+    db = Database(migrated_sqlite(tmp_path / "m.db"))
     blobs = BlobStore(str(tmp_path / "blobs"))
     rows = [NewRow(content=_chat(i), split="train", source_kind="import", license="CC-BY-4.0") for i in range(4)]
     with db.session() as s:

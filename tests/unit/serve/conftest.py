@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,21 +48,10 @@ def renderer(tokenizer) -> Renderer:  # type: ignore[no-untyped-def]
     return Renderer(tokenizer)
 
 
-@pytest.fixture(scope="session")
-def _migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "teachloop.db"
-    db = Database(f"sqlite:///{path}")
-    db.migrate()
-    db.close()
-    return path
-
-
 @pytest.fixture
-def database(_migrated: Path, tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite file database (copied from a session template)."""
-    path = tmp_path / "teachloop.db"
-    shutil.copy(_migrated, path)
-    db = Database(f"sqlite:///{path}")
+def database(migrated_sqlite: Callable[[Path], str], tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite file database (copied from the session's template)."""
+    db = Database(migrated_sqlite(tmp_path / "teachloop.db"))
     yield db
     db.close()
 

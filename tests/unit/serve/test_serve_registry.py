@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,11 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'r.db'}" if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+def db(request: pytest.FixtureRequest, tmp_path: Path,
+       migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+    url = migrated_sqlite(tmp_path / "r.db") if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
     database = Database(url)
-    database.migrate()
+    database.migrate()  # a no-op on the SQLite copy; PostgreSQL is shared by the session
     try:
         yield database
     finally:

@@ -203,7 +203,7 @@ class _Template:
 
 
 @pytest.fixture(scope="module")
-def _template(tmp_path_factory: pytest.TempPathFactory, _migrated: Path, tokenizer: Any,
+def _template(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite: Callable[[Path], str], tokenizer: Any,
               renderer: Any) -> _Template:
     """Build the two organisations' world once (through the app, as a probe's world would be) and keep its files.
 
@@ -218,8 +218,7 @@ def _template(tmp_path_factory: pytest.TempPathFactory, _migrated: Path, tokeniz
 
     root = tmp_path_factory.mktemp("tenancy-world")
     db_path, blob_dir = root / "teachloop.db", root / "blobs"
-    shutil.copy(_migrated, db_path)
-    database, blobs = Database(f"sqlite:///{db_path}"), BlobStore(blob_dir)
+    database, blobs = Database(migrated_sqlite(db_path)), BlobStore(blob_dir)
     tenants = Tenants(_tenant(database, "acme"), _tenant(database, "globex"))
     serving = Serving(database, blobs, engine=EchoEngine(tokenizer), renderer=renderer, base_model=base,
                       config=ServingConfig(sync_interval_s=0.1, max_rows=8, max_queue=4))

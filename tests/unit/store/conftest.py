@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    """A migrated database, emptied after the test (PostgreSQL is shared by the session)."""
+def db(db_url: str, migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+    """A migrated database, emptied after the test (PostgreSQL is shared by the session; a SQLite file is a copy
+    of the session's migrated template, so ``migrate`` here is the no-op it is on an up-to-date database)."""
+    if db_url.startswith("sqlite:///"):
+        migrated_sqlite(Path(db_url.removeprefix("sqlite:///")))
     database = Database(db_url)
     database.migrate()
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,9 +33,8 @@ def renderer(tiny_dir: Path) -> Renderer:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[Database, BlobStore, str]]:
-    db = Database(f"sqlite:///{tmp_path / 'train.db'}")
-    db.migrate()
+def store(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[tuple[Database, BlobStore, str]]:
+    db = Database(migrated_sqlite(tmp_path / "train.db"))
     with db.session() as s:
         org_id = Tenancy(s).create_org("acme").id
     try:

@@ -3,8 +3,7 @@ an organisation with an owner, a reviewer member and experts, and helpers to mak
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,20 +19,9 @@ from teachloop.work import projects, workforce
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="session")
-def _work_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("work-template") / "teachloop.db"
-    db = Database(f"sqlite:///{path}")
-    db.migrate()
-    db.close()
-    return path
-
-
 @pytest.fixture
-def db(_work_template: Path, tmp_path: Path) -> Iterator[Database]:
-    path = tmp_path / "teachloop.db"
-    shutil.copy(_work_template, path)
-    database = Database(f"sqlite:///{path}")
+def db(migrated_sqlite: Callable[[Path], str], tmp_path: Path) -> Iterator[Database]:
+    database = Database(migrated_sqlite(tmp_path / "teachloop.db"))
     yield database
     database.close()
 

@@ -16,7 +16,7 @@ from teachloop.loop.sources import collect, send_to_experts
 from teachloop.store import Tenancy
 from teachloop.store.repos.traces import Traces
 from teachloop.work import projects, results, review, tasks, workforce
-from tests.unit.loop.conftest import Store, _migrated, add_trace, sft_config, store  # noqa: F401
+from tests.unit.loop.conftest import Store, add_trace, sft_config, store  # noqa: F401
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 

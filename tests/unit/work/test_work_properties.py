@@ -5,9 +5,9 @@ balances is exactly the rate times the accepted answers, with the ledger balance
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,9 +29,8 @@ OPS = st.lists(st.tuples(st.sampled_from(["lease", "submit", "wait", "accept", "
                          st.sampled_from(["a", "b"])), min_size=1, max_size=40)
 
 
-def _world(template: Path, folder: Path) -> tuple[Database, str, str, list[str], str]:
-    shutil.copy(template, folder / "t.db")
-    db = Database(f"sqlite:///{folder / 't.db'}")
+def _world(migrated_sqlite: Callable[[Path], str], folder: Path) -> tuple[Database, str, str, list[str], str]:
+    db = Database(migrated_sqlite(folder / "t.db"))
     with db.session() as s:
         t = Tenancy(s)
         org = t.create_org("acme").id
@@ -64,9 +63,9 @@ def _invariants(db: Database, now) -> None:  # type: ignore[no-untyped-def]
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
-def test_any_sequence_keeps_the_quorum_and_pays_exactly(_work_template: Path, ops: list[tuple[str, int, str]]) -> None:
+def test_any_sequence_keeps_the_quorum_and_pays_exactly(migrated_sqlite: Callable[[Path], str], ops: list[tuple[str, int, str]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        db, org, reviewer, experts, p = _world(_work_template, Path(tmp))
+        db, org, reviewer, experts, p = _world(migrated_sqlite, Path(tmp))
         now = T0
         try:
             for op, who, choice in ops:
@@ -105,9 +104,9 @@ def test_any_sequence_keeps_the_quorum_and_pays_exactly(_work_template: Path, op
             db.close()
 
 
-def test_a_refused_submission_changes_nothing(_work_template: Path) -> None:
+def test_a_refused_submission_changes_nothing(migrated_sqlite: Callable[[Path], str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        db, org, _, experts, p = _world(_work_template, Path(tmp))
+        db, org, _, experts, p = _world(migrated_sqlite, Path(tmp))
         try:
             with db.session() as s:
                 lease = tasks.next_task(s, org, experts[0], p, now=T0)
