@@ -160,8 +160,12 @@ class Engine(Protocol):
         n: int,
         params: SamplingParams,
         adapter: str | None = None,
+        *,
+        prefix_cache: bool = False,
     ) -> list[list[SampledSequence]]:
-        """``n`` continuations of each prompt."""
+        """``n`` continuations of each prompt. ``prefix_cache``: reuse the keys/values of prompt prefixes an
+        earlier call prefilled (the same tokens and logprobs as a whole prefill); an engine without a prefix
+        cache ignores it."""
         ...
 
     def logprobs(self, sequences: Sequence[Sequence[int]], adapter: str | None = None) -> list[list[float]]:

@@ -49,7 +49,7 @@ class EngineCompleter:
         self.engine = engine
         self.renderer = renderer
         self.adapter = adapter
-        self.prefix_cache = prefix_cache and hasattr(engine, "prefix")
+        self.prefix_cache = prefix_cache
         self._pending: list[_Pending] = []
         self._flush_task: asyncio.Task[None] | None = None
 
@@ -106,7 +106,7 @@ class EngineCompleter:
 
     def _sample(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[SampledSequence]]:
         if self.prefix_cache:
-            return self.engine.sample(prompts, n, params, self.adapter, prefix_cache=True)  # type: ignore[call-arg]
+            return self.engine.sample(prompts, n, params, self.adapter, prefix_cache=True)
         return self.engine.sample(prompts, n, params, self.adapter)
 
 

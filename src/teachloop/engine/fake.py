@@ -244,8 +244,10 @@ class FakeEngine:
         adapter: str | None = None,
         *,
         top_logprobs: int = 0,
+        prefix_cache: bool = False,
     ) -> list[list[SampledSequence]]:
-        """``n`` continuations per prompt from the bigram model."""
+        """``n`` continuations per prompt from the bigram model (``prefix_cache`` is ignored: a bigram
+        model has no prefix to reuse)."""
         check_n(n)
         with torch.no_grad():
             table = self._logits_table(adapter)
