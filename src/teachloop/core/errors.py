@@ -172,6 +172,12 @@ class ModelError(TeachloopError):
     code = "model_error"
 
 
+def first_line(err: object) -> str:
+    """The first line of ``str(err)`` (a library's multi-line message in a one-line error), else its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
 __all__ = [
     "ConfigurationError",
     "Conflict",
@@ -187,4 +193,5 @@ __all__ = [
     "ServiceUnavailable",
     "TeachloopError",
     "Unauthorized",
+    "first_line",
 ]

@@ -34,6 +34,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import torch
 
 from teachloop.core.errors import Conflict, InvalidInput, ModelError, NotFound
+from teachloop.core.files import replace_dir
 from teachloop.core.sampling import SampledSequence, SamplingParams
 from teachloop.core.training import (
     RL_LOSSES,
@@ -45,6 +46,7 @@ from teachloop.core.training import (
     LossFn,
     OptimStepResult,
 )
+from teachloop.engine.adapter_files import read_peft_adapter
 from teachloop.engine.base import AdapterInfo, LogprobsFor
 from teachloop.engine.compute import ComputeThread, trim_heap
 from teachloop.engine.hf_generic import build_forward, lora_target_groups, lora_targets
@@ -306,7 +308,7 @@ class TorchEngine:
                 cfg = json.loads(cfg_path.read_text())
                 cfg["base_model_name_or_path"] = str(self._path)
                 cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-                _replace_dir(src, path)
+                replace_dir(src, path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             return path
@@ -320,55 +322,9 @@ class TorchEngine:
         this name is restored (weights, optimizer state and step).
         """
         self._check_name(name)
-        spec, state_dict = self._read_adapter(Path(path))
+        spec, state_dict = read_peft_adapter(Path(path), self.hf, lora_target_groups(self.fw), self.device)
         with self._lock, self._restoring(name):
             return self._install(name, spec, state_dict, Path(path))
-
-    def _read_adapter(self, path: Path) -> tuple[LoraSpec, dict[str, torch.Tensor]]:
-        """Config and weights of a PEFT adapter folder, checked against the base; changes nothing."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        cfg_file = path / "adapter_config.json"
-        if not cfg_file.is_file():
-            raise NotFound(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except (OSError, ValueError) as err:
-            raise ModelError(f"{cfg_file} is not valid JSON: {err}".splitlines()[0]) from None
-        if not isinstance(cfg, dict):
-            raise ModelError(f"{cfg_file} is not a JSON object")
-        spec = _spec_from_peft(cfg, lora_target_groups(self.fw))
-        weights_file = path / "adapter_model.safetensors"
-        if not weights_file.is_file():
-            raise NotFound(f"{path} has no adapter_model.safetensors")
-        try:
-            state_dict = load_file(str(weights_file), device=str(self.device))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ModelError(f"cannot read {weights_file}: {err}".splitlines()[0]) from None
-        modules = dict(self.hf.named_modules())
-        found = 0
-        for key, tensor in state_dict.items():
-            if ".lora_A." not in key and ".lora_B." not in key:
-                continue
-            found += 1
-            owner = key.split(".lora_")[0].removeprefix("base_model.model.")
-            module = modules.get(owner)
-            weight = getattr(module, "weight", None)
-            if weight is None or weight.dim() != 2:
-                raise ModelError(f"adapter at {path} does not fit this base model: no layer {owner!r}")
-            out_f, in_f = weight.shape
-            if type(getattr(module, "base_layer", module)).__name__ == "Conv1D":  # GPT-2 style: weight [in, out]
-                in_f, out_f = out_f, in_f
-            want = (spec.rank, in_f) if ".lora_A." in key else (out_f, spec.rank)
-            if tuple(tensor.shape) != want:
-                raise ModelError(
-                    f"adapter at {path} does not fit this base model: {key} has shape {tuple(tensor.shape)}, "
-                    f"expected {want} (rank {spec.rank})"
-                )
-        if not found:
-            raise ModelError(f"{weights_file} holds no LoRA weights")
-        return spec, state_dict
 
     def _install(self, name: str, spec: LoraSpec, state_dict: dict[str, torch.Tensor], path: Path) -> AdapterInfo:
         from peft.utils import set_peft_model_state_dict
@@ -431,7 +387,7 @@ class TorchEngine:
                 torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
                 meta = {"format": CHECKPOINT_FORMAT, "step": state.step, "spec": state.spec.model_dump()}
                 (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2))
-                _replace_dir(tmp, path)
+                replace_dir(tmp, path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             return path
@@ -452,7 +408,7 @@ class TorchEngine:
             raise ModelError(f"{meta_file} is not a valid checkpoint record: {err}".splitlines()[0]) from None
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ModelError(f"checkpoint {path} has format {meta.get('format')}, expected {CHECKPOINT_FORMAT}")
-        _, state_dict = self._read_adapter(path / "adapter")
+        _, state_dict = read_peft_adapter(path / "adapter", self.hf, lora_target_groups(self.fw), self.device)
         try:
             opt_state = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
         except (OSError, RuntimeError, ValueError, EOFError) as err:
@@ -486,11 +442,12 @@ class TorchEngine:
                     base.lm_head.weight = torch.nn.Parameter(base.get_input_embeddings().weight.detach().clone())  # type: ignore[operator]
                     base.config.tie_word_embeddings = False
                 merged = PeftModel.from_pretrained(base, str(Path(tmp) / "adapter")).merge_and_unload()
-                out = Path(tempfile.mkdtemp(prefix=".tmp-merge-", dir=path.parent if path.parent.exists() else None))
+                path.parent.mkdir(parents=True, exist_ok=True)  # staged beside it: replace_dir renames, never copies
+                out = Path(tempfile.mkdtemp(prefix=".tmp-merge-", dir=path.parent))
                 try:
                     merged.save_pretrained(str(out))
                     self.tokenizer.save_pretrained(str(out))
-                    _replace_dir(out, path)
+                    replace_dir(out, path)
                 finally:
                     shutil.rmtree(out, ignore_errors=True)
             return path
@@ -811,39 +768,6 @@ class TorchEngine:
 def _owned_by(param_name: str, adapter: str) -> bool:
     """Whether a PEFT parameter name belongs to ``adapter``'s LoRA factors."""
     return f".lora_A.{adapter}." in param_name or f".lora_B.{adapter}." in param_name
-
-
-def _spec_from_peft(cfg: dict[str, Any], groups: dict[str, list[str]]) -> LoraSpec:
-    targets = cfg.get("target_modules") or []
-    if isinstance(targets, str):
-        targets = [targets]
-    names = set(targets) | {t.split(".")[-1] for t in targets}
-    try:
-        return LoraSpec(
-            rank=int(cfg.get("r", 8)),
-            alpha=float(cfg.get("lora_alpha", 8)),
-            dropout=float(cfg.get("lora_dropout", 0.0)),
-            train_attn=bool(names & set(groups["attn"])),
-            train_mlp=bool(names & set(groups["mlp"])),
-            train_unembed=bool(names & set(groups["unembed"])),
-        )
-    except ValueError as err:
-        raise ModelError(f"unsupported adapter_config.json: {err}".splitlines()[0]) from None
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Move folder ``src`` to ``dest``, replacing ``dest`` with at most a moment where neither exists."""
-    dest = Path(dest)
-    staging = dest.with_name(f".{dest.name}.new-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(src, staging) if src.parent != dest.parent else os.replace(src, staging)
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-        os.replace(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, dest)
 
 
 __all__ = ["CHECKPOINT_FORMAT", "TorchEngine", "resolve_device"]

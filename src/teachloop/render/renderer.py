@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from pydantic import ValidationError
 
 from teachloop.core.chat import Message, ToolSpec
-from teachloop.core.errors import InvalidInput, ModelError
+from teachloop.core.errors import InvalidInput, ModelError, first_line
 from teachloop.render.tools import arguments_object, inline_tools, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -250,8 +250,8 @@ class Renderer:
                 conv, tools=cast(Any, tools), chat_template=self.chat_template, tokenize=False, add_generation_prompt=gen
             )
         except Exception as err:  # jinja errors, raise_exception() in templates
-            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InvalidInput(f"the chat template of renderer {self.name!r} rejected the messages: {msg}") from None
+            raise InvalidInput(f"the chat template of renderer {self.name!r} rejected the messages: "
+                               f"{first_line(err)}") from None
         return str(out)
 
     def _layout(

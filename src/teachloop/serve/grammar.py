@@ -50,7 +50,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
 from teachloop.core.chat import ToolSpec
-from teachloop.core.errors import InvalidInput, ModelError
+from teachloop.core.errors import InvalidInput, ModelError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -192,7 +192,7 @@ def _json_grammar(response_format: Mapping[str, Any]) -> str:
         grammar = LLMatcher.grammar_from_json_schema(dict(schema), defaults=JSON_OPTIONS,
                                                      overrides={"lenient": not strict})
     except ValueError as err:
-        raise InvalidInput(f"response_format: the schema cannot be compiled: {_first_line(err)}",
+        raise InvalidInput(f"response_format: the schema cannot be compiled: {first_line(err)}",
                            param="response_format") from None
     _check(grammar, "response_format", "the json_schema" + (" (strict)" if strict else ""))
     return str(grammar)
@@ -233,7 +233,7 @@ def _meta_check(schema: Mapping[str, Any], param: str, what: str = "the schema")
     except jsonschema.SchemaError as err:
         where = "/".join(str(p) for p in err.path)
         raise InvalidInput(f"{param}: {what} is not a valid JSON schema{f' at {where}' if where else ''}: "
-                           f"{_first_line(err.message)}", param=param) from None
+                           f"{first_line(err.message)}", param=param) from None
 
 
 def _check(grammar: str, param: str, what: str) -> None:
@@ -241,12 +241,7 @@ def _check(grammar: str, param: str, what: str) -> None:
 
     error = LLMatcher.validate_grammar(grammar)
     if error:
-        raise InvalidInput(f"{param}: {what} cannot be enforced: {_first_line(error)}", param=param)
-
-
-def _first_line(err: object) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise InvalidInput(f"{param}: {what} cannot be enforced: {first_line(error)}", param=param)
 
 
 class GrammarConstraint:
@@ -306,7 +301,7 @@ class Grammars:
                     self._llg = llguidance.hf.from_tokenizer(cast(Any, self.tokenizer), eos_token=self.stop_ids or None)
                 except (ValueError, TypeError) as err:
                     raise InvalidInput(f"{param}: structured outputs are not available for this model's tokenizer "
-                                       f"({_first_line(err)})", param=param) from None
+                                       f"({first_line(err)})", param=param) from None
             return self._llg
 
     def compiled(self, structure: Structure) -> LLMatcher:
@@ -320,7 +315,7 @@ class Grammars:
 
         matcher = LLMatcher(self._llg_tokenizer(structure.param), structure.grammar, log_level=0)
         if matcher.is_error():
-            raise InvalidInput(f"{structure.param}: the grammar cannot be compiled: {_first_line(matcher.get_error())}",
+            raise InvalidInput(f"{structure.param}: the grammar cannot be compiled: {first_line(matcher.get_error())}",
                                param=structure.param)
         for warning in matcher.get_grammar_warnings():
             log.debug("grammar warning (%s): %s", structure.param, warning)
