@@ -310,6 +310,16 @@ class GateConfig(_Section):
                                           "time, the deployed version's rewards on them computed once.")
     max_tokens: int = Field(default=64, ge=1, le=8192, description="Reply length of greedy evaluation.")
     bootstrap_samples: int = Field(default=10_000, ge=100, le=1_000_000)
+    looks: int = Field(default=4, ge=1, le=20,
+                       description="Group-sequential gate: the environments' tasks are evaluated in this many equal "
+                                   "chunks, and after each chunk but the last the gate may stop early (efficacy at "
+                                   "`interim_confidence`, futility from half the tasks on; loop.gate). 1: all at once.")
+    interim_confidence: float = Field(default=0.999, gt=0.5, lt=1,
+                                      description="Confidence an interim look needs to pass early (Haybittle-Peto: "
+                                                  "so strict that the final look keeps about the stated confidence).")
+    futility: bool = Field(default=True,
+                           description="Stop and refuse at an interim look from half the tasks on when the candidate "
+                                       "is not ahead (pooled mean difference <= min_improvement).")
 
 
 class PromotionConfig(_Section):

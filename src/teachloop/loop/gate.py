@@ -31,8 +31,21 @@ the drop at ``confidence`` (``regression_test``). So one example lost on a
 finds better, while ten examples lost out of forty do. The verdict of every
 suite is stored with its summary (``regression``). An equal candidate never
 passes (its differences are all zero). The decision record names the test, the figures
-of every suite and the reason. This module knows nothing of the store; the
-suites take ``ChatCompleter``s and an engine, so tests run on fakes.
+of every suite and the reason.
+
+**Group-sequential looks** (``looks``, default 4). The environments' tasks are
+evaluated in ``looks`` equal chunks; after each chunk but the last, ``interim``
+may stop the gate early: for *efficacy* when ``decide`` at
+``interim_confidence`` (0.999) passes on what is evaluated so far -- the
+Haybittle-Peto rule: interim looks so strict that the final look keeps about
+the stated confidence -- or, with ``futility`` and from half the tasks on,
+when the candidate is not ahead (pooled mean difference <= ``min_improvement``:
+it could hardly be shown better, and stopping can only make a pass rarer).
+The decision is always ``decide`` at ``confidence`` on the tasks evaluated;
+the record's ``sequential`` entry says how many looks ran and why it stopped.
+
+This module knows nothing of the store; the suites take ``ChatCompleter``s and
+an engine, so tests run on fakes.
 """
 
 from __future__ import annotations
@@ -142,6 +155,12 @@ class Suite:
         """Per-example ``candidate - baseline``."""
         return [c - b for b, c in zip(self.baseline, self.candidate, strict=True)]
 
+    def extend(self, more: Suite) -> None:
+        """Append ``more``'s examples (the next chunk of the same suite)."""
+        self.ids += more.ids
+        self.baseline += more.baseline
+        self.candidate += more.candidate
+
     def summary(self) -> dict[str, Any]:
         """Means and size (as stored in the decision record)."""
         n = len(self.ids)
@@ -163,16 +182,59 @@ class GateDecision:
     suites: list[Suite] = field(default_factory=list)
     baseline: str = ""
     candidate: str = ""
+    sequential: dict[str, Any] | None = None  # the looks of a group-sequential gate (``Sequential.record``)
 
     def to_json(self) -> dict[str, Any]:
         """The decision record stored on the iteration."""
         return {"passed": self.passed, "reason": self.reason, "test": self.test.to_json() if self.test else None,
-                "suites": [s.summary() for s in self.suites], "baseline": self.baseline, "candidate": self.candidate}
+                "suites": [s.summary() for s in self.suites], "baseline": self.baseline, "candidate": self.candidate,
+                **({"sequential": self.sequential} if self.sequential is not None else {})}
+
+
+@dataclass
+class Sequential:
+    """Where a group-sequential gate stands: looks taken, environment tasks evaluated of those planned."""
+
+    looks: int
+    planned: int
+    taken: int = 0
+    evaluated: int = 0
+    stopped: str | None = None  # "efficacy" | "futility" | None (ran to the last look)
+
+    def record(self, interim_confidence: float) -> dict[str, Any]:
+        """The decision record's ``sequential`` entry."""
+        return {"looks": self.taken, "of": self.looks, "evaluated": self.evaluated, "planned": self.planned,
+                "stopped": self.stopped, "interim_confidence": interim_confidence}
+
+
+def interim(suites: Sequence[Suite], cfg: GateConfig, state: Sequential) -> str | None:
+    """After a look that is not the last: ``"efficacy"``, ``"futility"`` or None to go on (module docstring)."""
+    deciding = [d for s in suites if s.deciding for d in s.diffs]
+    if not deciding:
+        return None
+    strict = cfg.model_copy(update={"confidence": cfg.interim_confidence})
+    if decide(suites, strict).passed:
+        return "efficacy"
+    if cfg.futility and 2 * state.evaluated >= state.planned and statistics.fmean(deciding) <= cfg.min_improvement:
+        return "futility"
+    return None
 
 
 def decide(suites: Sequence[Suite], cfg: GateConfig, *, baseline: str = "", candidate: str = "",
-           empty_reason: str = "empty holdout and no environments") -> GateDecision:
-    """Pool the deciding suites, run the paired test, apply the regression guards."""
+           empty_reason: str = "empty holdout and no environments", sequential: Sequential | None = None) -> GateDecision:
+    """Pool the deciding suites, run the paired test, apply the regression guards (``sequential``: the looks
+    that evaluated them, stated in the reason and the record)."""
+    decision = _decide(suites, cfg, baseline=baseline, candidate=candidate, empty_reason=empty_reason)
+    if sequential is not None:
+        decision.sequential = sequential.record(cfg.interim_confidence)
+        if sequential.stopped is not None:
+            decision.reason += (f"; stopped early for {sequential.stopped} after {sequential.evaluated} of "
+                                f"{sequential.planned} environment tasks (look {sequential.taken} of {sequential.looks})")
+    return decision
+
+
+def _decide(suites: Sequence[Suite], cfg: GateConfig, *, baseline: str, candidate: str,
+            empty_reason: str) -> GateDecision:
     suites = [s for s in suites if s.ids]
     deciding = [s for s in suites if s.deciding]
     if not deciding:
@@ -277,8 +339,10 @@ async def likelihood_suite(rows: Sequence[dict[str, Any]], engine: Engine, rende
 __all__ = [
     "GateDecision",
     "PairedTest",
+    "Sequential",
     "Suite",
     "decide",
+    "interim",
     "likelihood_suite",
     "paired_bootstrap",
     "paired_test",

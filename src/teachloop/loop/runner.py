@@ -67,6 +67,7 @@ from teachloop.core.rl import ChatCompleter
 from teachloop.engine.completer import EngineCompleter
 from teachloop.loop import lineage, promotion
 from teachloop.loop.config import (
+    GateConfig,
     LoopConfig,
     References,
     check_references,
@@ -75,7 +76,16 @@ from teachloop.loop.config import (
 )
 from teachloop.loop.curation import curate
 from teachloop.loop.distill import gate_baseline
-from teachloop.loop.gate import GateDecision, Suite, decide, likelihood_suite, reward_suite, stream_slice
+from teachloop.loop.gate import (
+    GateDecision,
+    Sequential,
+    Suite,
+    decide,
+    interim,
+    likelihood_suite,
+    reward_suite,
+    stream_slice,
+)
 from teachloop.loop.scoring import AnswerFinder, score_new_traffic
 from teachloop.loop.sources import collect, send_to_experts
 from teachloop.loop.training import (
@@ -377,7 +387,9 @@ class LoopRunner:
         With ``gate.fresh_tasks`` each environment suite of iteration ``iteration`` uses its own slice of the
         held-out stream (``gate.stream_slice``), named in the suite's ``sample`` record; the deployed version's
         rewards are then measured on every slice (no cache). Without it, every iteration uses the same tasks
-        and the deployed version's rewards on them are computed once per version and reused.
+        and the deployed version's rewards on them are computed once per version and reused. The environment
+        tasks are evaluated in ``gate.looks`` chunks and the gate may stop after any but the last
+        (``loop.gate.interim``); the holdout suite is evaluated whole first.
         """
         d = self.deps
         base_name = None
@@ -409,6 +421,7 @@ class LoopRunner:
                                  "gate.environments is empty; add gate.environments or use gate.metric = 'likelihood'")
                 else:
                     suites.append(await likelihood_suite(holdout, d.engine, d.renderer, base_name, candidate))
+            planned: list[tuple[Any, Any, list[Any], dict[str, Any], tuple[Any, ...]]] = []
             for spec, env_ref in zip(g.environments, refs.gate_envs, strict=True):
                 tasks, sample = stream_slice(env_ref.env, seed=spec.seed, tasks=spec.tasks, iteration=iteration,
                                              fresh=g.fresh_tasks)
@@ -419,18 +432,54 @@ class LoopRunner:
                 # slice per iteration is measured every time (keyed by the slice all the same)
                 key = (teacher[0] if teacher else baseline.digest if baseline else "base", env_ref.digest, spec.tasks,
                        spec.seed, sample["offset"], g.max_tokens)
-                suite = await reward_suite(env_ref.ref, env_ref.env, tasks, base_c, cand_c, max_tokens=g.max_tokens,
-                                           deciding=g.metric == "reward", baseline_rewards=self._gate_cache.get(key))
-                suite.sample = sample
-                if not g.fresh_tasks:
-                    self._gate_cache[key] = list(suite.baseline)
-                suites.append(suite)
+                planned.append((spec, env_ref, tasks, sample, key))
+            seq = await self._looks(g, suites, planned, base_c, cand_c)
             return decide(suites, g, baseline=teacher[0] if teacher else baseline.ref if baseline else "base",
-                          candidate=candidate,
-                          empty_reason=empty)
+                          candidate=candidate, empty_reason=empty, sequential=seq)
         finally:
             if loaded and base_name is not None:
                 drop_adapter(d.engine, base_name)
+
+    async def _looks(self, g: GateConfig, suites: list[Suite],
+                     planned: list[tuple[Any, Any, list[Any], dict[str, Any], tuple[Any, ...]]],
+                     base_c: ChatCompleter, cand_c: ChatCompleter) -> Sequential | None:
+        """Evaluate the environment suites in ``g.looks`` chunks, appending them to ``suites``; stop early when
+        ``gate.interim`` says so (module docstring of ``loop.gate``). None when there is no environment task."""
+        total = sum(len(tasks) for _, _, tasks, _, _ in planned)
+        if not total:
+            return None
+        seq = Sequential(looks=g.looks, planned=total)
+        env_suites: dict[int, Suite] = {}  # planned environment -> its suite so far
+        for look in range(g.looks):
+            for i, (_, env_ref, tasks, sample, key) in enumerate(planned):
+                size = -(-len(tasks) // g.looks)
+                chunk = tasks[look * size:(look + 1) * size]
+                if not chunk:
+                    continue
+                cached = self._gate_cache.get(key)
+                part = await reward_suite(env_ref.ref, env_ref.env, chunk, base_c, cand_c, max_tokens=g.max_tokens,
+                                          deciding=g.metric == "reward",
+                                          baseline_rewards=cached[look * size:(look + 1) * size] if cached else None)
+                so_far = env_suites.get(i)
+                if so_far is None:
+                    part.sample = sample
+                    env_suites[i] = part
+                    suites.append(part)
+                else:
+                    so_far.extend(part)
+                seq.evaluated += len(chunk)
+            seq.taken = look + 1
+            if seq.evaluated >= total:
+                break
+            seq.stopped = interim(suites, g, seq)
+            if seq.stopped is not None:
+                break
+        if not g.fresh_tasks:  # a complete fixed slice: the deployed version's rewards on it are kept
+            for i, suite in env_suites.items():
+                _, _, tasks, _, key = planned[i]
+                if len(suite.ids) == len(tasks):
+                    self._gate_cache[key] = list(suite.baseline)
+        return seq
 
     # ------------------------------------------------------------------ promotion
     def _start_canary(self, loop: Loop, cfg: LoopConfig, it: LoopIteration, version: AdapterVersion,

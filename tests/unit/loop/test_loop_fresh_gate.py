@@ -27,12 +27,12 @@ class _AllAdapters:
         return True
 
 
-def _two_iterations(store: Store, renderer: Renderer, *, fresh: bool) -> list[dict[str, Any]]:
+def _two_iterations(store: Store, renderer: Renderer, *, fresh: bool, looks: int = 1) -> list[dict[str, Any]]:
     """Two rejected iterations (the candidate answers as badly as the base) gated on 20 arithmetic tasks."""
     engine = OracleEngine(renderer)
     engine.wrong_adapters = _AllAdapters()  # type: ignore[assignment]
     raw = grpo_config(algorithm={"kind": "grpo", "train": LONG},
-                      gate={"max_tokens": 16, "fresh_tasks": fresh,
+                      gate={"max_tokens": 16, "fresh_tasks": fresh, "looks": looks,
                             "environments": [{"env": "arithmetic", "env_args": {"level": 1}, "tasks": 20,
                                               "seed": 1_000_003}]})
     configure_loop(store.db, store.blobs, store.org_id, raw, cache=store.cache)
@@ -43,7 +43,8 @@ def _two_iterations(store: Store, renderer: Renderer, *, fresh: bool) -> list[di
     assert asyncio.run(runner.tick()).iteration == 2
     its = sorted(history(store.db, store.org_id, DEPLOYMENT), key=lambda i: i["number"])
     assert [i["status"] for i in its] == ["rejected", "rejected"], [i["reason"] for i in its]
-    return [next(s for s in i["gate"]["suites"] if s["name"] == "arithmetic") for i in its]
+    return [{**next(s for s in i["gate"]["suites"] if s["name"] == "arithmetic"), "sequential": i["gate"]["sequential"],
+             "reason": i["reason"]} for i in its]
 
 
 def test_two_iterations_are_gated_on_disjoint_slices_named_in_their_records(store: Store, renderer: Renderer) -> None:
@@ -79,6 +80,31 @@ def _table_text(rows: list[dict[str, Any]]) -> str:
 def test_fresh_tasks_off_gates_every_iteration_on_the_same_tasks(store: Store, renderer: Renderer) -> None:
     first, second = _two_iterations(store, renderer, fresh=False)
     assert first["sample"]["task_ids"] == second["sample"]["task_ids"] and second["sample"]["offset"] == 0
+
+
+def test_the_sequential_gate_stops_a_candidate_that_is_not_ahead_half_way(store: Store, renderer: Renderer) -> None:
+    first, second = _two_iterations(store, renderer, fresh=False, looks=4)
+    # chunks of 5 tasks; after the second look (10 of 20) the candidate is not ahead: stopped, refused
+    for suite in (first, second):
+        assert suite["n"] == 10 and suite["sequential"] == {"looks": 2, "of": 4, "evaluated": 10, "planned": 20,
+                                                           "stopped": "futility", "interim_confidence": 0.999}
+        assert "stopped early for futility after 10 of 20 environment tasks (look 2 of 4)" in suite["reason"]
+
+
+def test_the_sequential_gate_passes_an_overwhelming_candidate_at_the_first_look(store: Store,
+                                                                                renderer: Renderer) -> None:
+    engine = OracleEngine(renderer)  # every adapter answers right, the base 999
+    raw = grpo_config(algorithm={"kind": "grpo", "train": LONG},
+                      gate={"max_tokens": 16, "looks": 4, "environments": [
+                          {"env": "arithmetic", "env_args": {"level": 1}, "tasks": 80, "seed": 1_000_003}]})
+    configure_loop(store.db, store.blobs, store.org_id, raw, cache=store.cache)
+    runner = LoopRunner(deps_for(store, engine, renderer), DEPLOYMENT)
+    arithmetic_traffic(store, 20)
+    asyncio.run(runner.tick())
+    it = history(store.db, store.org_id, DEPLOYMENT)[0]
+    assert it["gate"]["passed"] and it["gate"]["sequential"]["stopped"] == "efficacy", it["reason"]
+    assert it["gate"]["sequential"]["evaluated"] == 20 and it["gate"]["sequential"]["looks"] == 1
+    assert next(s for s in it["gate"]["suites"] if s["name"] == "arithmetic")["n"] == 20
 
 
 @pytest.mark.parametrize("iteration", [1, 2, 7])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from teachloop.core.chat import Message
 from teachloop.envs import Arithmetic, ScriptedCompleter
 from teachloop.loop import BudgetConfig, GateConfig, TriggerConfig, budget_left, decide, due, reward_suite
-from teachloop.loop.gate import Suite, paired_bootstrap, regression_test, sign_test
+from teachloop.loop.gate import Sequential, Suite, interim, paired_bootstrap, regression_test, sign_test
 from teachloop.loop.trigger import day_start
 
 
@@ -106,6 +106,67 @@ def test_the_guard_refuses_only_drops_beyond_the_margin_that_its_test_shows(
     assert decision.to_json()["suites"][1]["regression"]["guarded"] == (not decision.passed)
     if shown.passed:  # a test that shows a drop never does so for a suite that did not drop
         assert drop > 0
+
+
+def test_an_interim_look_stops_for_efficacy_only_when_overwhelming_and_for_futility_from_half_way() -> None:
+    cfg = _gate()
+    # the demo's first candidate: 0.12 -> 0.77 on the first 50 of 200 tasks
+    far = _suite("arithmetic", [1.0] * 6 + [0.0] * 44, [1.0] * 38 + [0.0] * 12)
+    assert interim([far], cfg, Sequential(looks=4, planned=200, taken=1, evaluated=50)) == "efficacy"
+    # better at 95% on these 50 but not at 99.9%: go on
+    good = _suite("arithmetic", [1.0] * 30 + [0.0] * 20, [0.0] * 3 + [1.0] * 27 + [1.0] * 10 + [0.0] * 10)  # 10 won, 3 lost
+    assert decide([good], cfg).passed
+    assert interim([good], cfg, Sequential(looks=4, planned=200, taken=1, evaluated=50)) is None
+    # not ahead: a quarter of the way it goes on, half way it stops
+    behind = _suite("arithmetic", [1.0] * 30 + [0.0] * 20, [1.0] * 29 + [0.0] * 21)
+    assert interim([behind], cfg, Sequential(looks=4, planned=200, taken=1, evaluated=50)) is None
+    assert interim([behind], cfg, Sequential(looks=4, planned=100, taken=2, evaluated=50)) == "futility"
+    assert interim([behind], _gate(futility=False), Sequential(looks=4, planned=100, taken=2, evaluated=50)) is None
+    # a guard that refuses at 99.9% keeps an overwhelming candidate from stopping early
+    fell = _suite("holdout", [1.0] * 200, [0.0] * 200, deciding=False)
+    assert interim([far, fell], cfg, Sequential(looks=4, planned=200, taken=1, evaluated=50)) is None
+    # the record and the reason say what happened
+    seq = Sequential(looks=4, planned=200, taken=1, evaluated=50, stopped="efficacy")
+    d = decide([far], cfg, sequential=seq)
+    assert d.passed and "stopped early for efficacy after 50 of 200 environment tasks (look 1 of 4)" in d.reason
+    assert d.to_json()["sequential"] == {"looks": 1, "of": 4, "evaluated": 50, "planned": 200, "stopped": "efficacy",
+                                         "interim_confidence": 0.999}
+    assert "sequential" not in decide([far], cfg).to_json()
+
+
+def _sequential_pass(rng: Any, cfg: GateConfig, p_base: float, p_cand: float, n: int = 200) -> bool:
+    """One simulated gate: per task, 0/1 rewards of both versions; looks of n / cfg.looks tasks."""
+    base = [float(rng.random() < p_base) for _ in range(n)]
+    cand = [float(rng.random() < p_cand) for _ in range(n)]
+    size = n // cfg.looks
+    for look in range(1, cfg.looks + 1):
+        suite = _suite("env", base[: look * size], cand[: look * size])
+        if look == cfg.looks:
+            return decide([suite], cfg).passed
+        stopped = interim([suite], cfg, Sequential(looks=cfg.looks, planned=n, taken=look, evaluated=look * size))
+        if stopped is not None:
+            return decide([suite], cfg).passed
+    raise AssertionError("unreachable")
+
+
+def test_the_sequential_gate_keeps_its_false_pass_rate_where_peeking_at_95_percent_does_not() -> None:
+    import random
+
+    sims = 400
+    cfg = _gate(bootstrap_samples=500)
+    # a candidate exactly as good as the deployed version: the fixed test passes it in ~5% of gates
+    rate = sum(_sequential_pass(random.Random(i), cfg, 0.5, 0.5) for i in range(sims)) / sims
+    se = (0.05 * 0.95 / sims) ** 0.5
+    assert rate <= 0.05 + 3 * se, rate
+    # the same looks without the Haybittle-Peto boundary (interim at 95%) pass it far more often: the test can fail
+    peeking = _gate(bootstrap_samples=500, interim_confidence=0.95, futility=False)
+    naive = sum(_sequential_pass(random.Random(i), peeking, 0.5, 0.5) for i in range(sims)) / sims
+    assert naive > rate and naive > 0.05 + 3 * se, (naive, rate)
+    # and it still passes a clearly better candidate about as often as the fixed test does
+    power = sum(_sequential_pass(random.Random(i), cfg, 0.5, 0.7) for i in range(100)) / 100
+    fixed = sum(_sequential_pass(random.Random(i), _gate(bootstrap_samples=500, looks=1), 0.5, 0.7)
+                for i in range(100)) / 100
+    assert power >= fixed - 0.1 and power > 0.8, (power, fixed)
 
 
 def test_reward_suite_scores_both_models_on_the_same_tasks() -> None:
