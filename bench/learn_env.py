@@ -22,7 +22,8 @@ The contenders, the same for every environment (nothing is tuned per family):
   8 prompts x 8 completions, lr 5e-4 constant, grad clip 1.0, LoRA r=16
   alpha=32 on attention+MLP, PPO-clip, temperature 1.0, ``--max-tokens`` new
   tokens (the environment's own 512 is too slow on a CPU; one value for all
-  families and both contenders).
+  families and both contenders). ``--advantage no_std`` tries Dr. GRPO's
+  advantage (no division by the group's reward std) instead of the default.
 - with ``--trl``: TRL ``GRPOTrainer`` with the setup of ``learn_arithmetic.py``
   (4 prompts x 8, lr 2e-4, beta 0, the same LoRA), on the same filtered
   training stream, rewarded by the environment's own grader, evaluated by the
@@ -172,14 +173,14 @@ def pick(specs: list[str], n: int, max_new: int) -> None:
 
 
 def train_teachloop(engine: Any, renderer: Any, env: WithoutPrompts, spec: str, budget_s: float,
-                    max_new: int) -> tuple[int, list[dict[str, float]]]:
+                    max_new: int, advantage: str = "grpo") -> tuple[int, list[dict[str, float]]]:
     from teachloop.catalog.envref import ResolvedEnv
     from teachloop.train.config import LoraSection, OptimSection, RLSection
     from teachloop.train.grpo import GRPO
 
     engine.create_adapter("learn", LoraSection(rank=16, alpha=32).spec(seed=0))
     rl = RLSection(env=spec, task_seed=TRAIN_SEED, prompts_per_step=8, group_size=8, max_tokens=max_new,
-                   temperature=1.0, loss="ppo")
+                   temperature=1.0, loss="ppo", advantage=advantage)
     resolved = ResolvedEnv(env=env, ref=spec, name=env.inner.name, version=None, digest="")
     algo = GRPO(rl=rl, optim=OptimSection(lr=5e-4, grad_clip=1.0), total_steps=10**6, seed=0, env=resolved,
                 engine=engine, renderer=renderer, adapter="learn")
@@ -290,8 +291,8 @@ def run(args: argparse.Namespace) -> None:
                                      str(budget), str(args.max_tokens), str(out)], stdout=log,
                                     stderr=subprocess.STDOUT, env={**os.environ})
         t0 = time.perf_counter()
-        steps, curve = train_teachloop(engine, renderer, env, spec, budget, args.max_tokens)
-        results["teachloop"] = {"steps": steps, "minutes": (time.perf_counter() - t0) / 60,
+        steps, curve = train_teachloop(engine, renderer, env, spec, budget, args.max_tokens, args.advantage)
+        results["teachloop"] = {"steps": steps, "minutes": (time.perf_counter() - t0) / 60, "advantage": args.advantage,
                                 "cpu_seconds": curve.pop()["cpu_seconds"], "curve": curve}
         results["loadavg_after_teachloop"] = Path("/proc/loadavg").read_text().split()[:3]
         if proc is not None:
@@ -333,6 +334,8 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=200, help="held-out prompts")
     ap.add_argument("--max-tokens", type=int, default=64, help="new tokens, training and evaluation")
     ap.add_argument("--trl", action="store_true", help="also train TRL, at the same time, under the same budget")
+    ap.add_argument("--advantage", choices=["grpo", "no_std"], default="grpo",
+                    help="teachloop's rl.advantage (the recipe's default: grpo; no_std: Dr. GRPO, no per-group std)")
     ap.add_argument("--out", help="write the results JSON here")
     ap.add_argument("--trl-worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
