@@ -8,8 +8,8 @@ except the public one: it returns that principal, or checks the key itself when
 the app runs without the guard, and it is what marks the routes as secured in
 the OpenAPI document. A handler that needs the caller declares ``principal:
 CurrentPrincipal``; a platform-operator route declares ``principal: Operator``
-(``require_operator``: 403 for every organisation role). The key check itself lives in ``store.ApiKeys.authenticate``
-and runs in a read transaction; the key's ``last_used_at`` is refreshed
+(``require_operator``: 403 for every organisation role). The key check itself lives in ``store.repos.keys.authenticate_key``
+(one Core statement in a read transaction, no ORM session); the key's ``last_used_at`` is refreshed
 separately, at most once a minute, and a busy database never fails a request
 over it.
 
@@ -38,7 +38,7 @@ from teachloop.app.deps import AppDeps
 from teachloop.core.errors import Forbidden, ServiceUnavailable, Unauthorized
 from teachloop.core.tenancy import Principal, Role
 from teachloop.serve.service import Serving
-from teachloop.store.repos.keys import ApiKeys
+from teachloop.store.repos.keys import ApiKeys, authenticate_key, is_due
 
 _bearer = HTTPBearer(auto_error=False, description="A teachloop API key: `tl_<prefix>_<secret>`.")
 
@@ -79,10 +79,9 @@ def check_key(deps: AppDeps, header: str | None) -> tuple[Principal, bool]:
         if scheme.lower() != "bearer":
             raise Unauthorized("the Authorization header must read `Bearer <API key>`")
         secret = value.strip()
-    with deps.database.session(write=False) as session:  # no write lock on the request path
-        keys = ApiKeys(session)
-        principal = keys.authenticate(secret, touch=False)
-        return principal, keys.is_stale(principal.key_id)
+    with deps.database.connection(write=False) as conn:  # Core, no ORM session; no write lock on the request path
+        principal, last_used = authenticate_key(conn, secret)
+    return principal, is_due(last_used)
 
 
 def touch_key(deps: AppDeps, key_id: str) -> None:

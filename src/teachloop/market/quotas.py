@@ -14,7 +14,7 @@ returns the ``(org_id, model) -> None`` callable that ``serve.Serving(admission=
 before it queues a completion (tokens per day, spend), and ``run_admission`` is the
 ``(session, org_id) -> None`` callable ``train.jobs.submit_run(admit=...)`` calls inside the
 transaction that would create the run (concurrent runs, spend). A check that finds no quota
-for the organisation costs one indexed read.
+for the organisation costs one indexed read (on a Core connection, no ORM session).
 """
 
 from __future__ import annotations
@@ -134,6 +134,9 @@ def serving_admission(database: Database) -> Callable[[str, str], None]:
     """The callable ``serve.Serving(admission=...)`` calls before queueing a completion."""
 
     def admit(org_id: str, model: str) -> None:
+        with database.connection(write=False) as conn:  # Core, no ORM session: every completion runs this
+            if conn.execute(_LIMITS, {"org_id": org_id}).first() is None:
+                return  # no quota set: nothing to count
         with database.session(write=False) as session:
             Quotas(session).check(org_id, (QuotaName.TOKENS_PER_DAY, QuotaName.SPEND_PER_MONTH))
 

@@ -52,7 +52,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from teachloop.core.chat import Message, ToolSpec
 from teachloop.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable, TeachloopError
@@ -81,7 +83,7 @@ from teachloop.serve.upstream import KeyBox, Relayed, Streamed, Upstream, Upstre
 from teachloop.serve.usage import Usage
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
-from teachloop.store.repos.deployments import AdapterVersions, Deployments
+from teachloop.store.repos.deployments import AdapterVersions, Deployments, find_deployment_row
 from teachloop.store.schema.deployments import Deployment, UpstreamEndpoint
 
 log = logging.getLogger(__name__)
@@ -335,8 +337,8 @@ class Serving:
 
     def resolve(self, org_id: str, model: str, user: str | None = None) -> Target:
         """What serves ``model`` for this organisation; ``ModelNotFound`` (404) when nothing does."""
-        with self.database.session(write=False) as session:
-            dep = Deployments(session).find_row(org_id, model)  # Core: every request reads it
+        with self.database.connection(write=False) as conn:  # Core, no ORM session: every request reads it
+            dep = find_deployment_row(conn, org_id, model)
             if dep is None:
                 if model in self.served_models():
                     return Target(model=model, base_model=model)
@@ -348,10 +350,10 @@ class Serving:
                 bucket = canary_bucket(dep.id, user) if user else random.randrange(100)
                 if bucket < dep.canary_percent:
                     version_id, upstream_id, arm = dep.canary_version_id, dep.canary_upstream_id, "canary"
-            target = _arm(session, org_id, dep, model, arm, version_id, upstream_id, self._upstreams)
+            target = _arm(conn, org_id, dep, model, arm, version_id, upstream_id, self._upstreams)
             shadowing = dep.shadow_version_id or dep.shadow_upstream_id
             if shadowing and dep.shadow_percent > 0 and random.randrange(100) < dep.shadow_percent:
-                shadow = _arm(session, org_id, dep, model, "shadow", dep.shadow_version_id, dep.shadow_upstream_id,
+                shadow = _arm(conn, org_id, dep, model, "shadow", dep.shadow_version_id, dep.shadow_upstream_id,
                               self._upstreams)
                 target = replace(target, shadow=shadow)
             return target
@@ -582,17 +584,18 @@ def _price(prices: dict[str, Any] | None, *names: str | None) -> dict[str, Any] 
     return None
 
 
-def _arm(session: Any, org_id: str, dep: Deployment | Row[Any], model: str, arm: str, version_id: str | None,
+def _arm(conn: Connection, org_id: str, dep: Deployment | Row[Any], model: str, arm: str, version_id: str | None,
          upstream_id: str | None, known: dict[str, tuple[str, Upstream]]) -> Target:
     """The target of one arm of ``dep``: an upstream (``known`` endpoints read no row), an adapter version, or
-    the base model alone."""
+    the base model alone (reads on ``conn``, in the caller's transaction)."""
     target = Target(model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
                     arm=arm)
     if upstream_id is not None:
         owner, endpoint = known.get(upstream_id, (None, None))
         upstream_model = endpoint.model if endpoint is not None and owner == org_id else None
         if upstream_model is None:
-            row = session.get(UpstreamEndpoint, upstream_id)
+            row = conn.execute(select(UpstreamEndpoint.org_id, UpstreamEndpoint.model)
+                               .where(UpstreamEndpoint.id == upstream_id)).first()
             if row is None or row.org_id != org_id:
                 raise NotFound(f"upstream {upstream_id!r} not found", param="model")
             upstream_model = row.model
@@ -600,7 +603,8 @@ def _arm(session: Any, org_id: str, dep: Deployment | Row[Any], model: str, arm:
                        price=_price(dep.prices, upstream_model))
     if version_id is None:
         return replace(target, price=_price(dep.prices, dep.base_model))
-    version = AdapterVersions(session).get(org_id, version_id)
+    with Session(bind=conn) as session:  # joins the caller's transaction
+        version = AdapterVersions(session).get(org_id, version_id)
     return replace(target, adapter_version_id=version.id, adapter_ref=version.ref, digest=version.digest,
                    blob_key=version.blob_key, price=_price(dep.prices, version.ref, version.name, dep.base_model))
 
