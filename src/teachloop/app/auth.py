@@ -102,15 +102,18 @@ async def authenticate_request(deps: AppDeps, header: str | None) -> Principal:
 
 async def require_principal(
     request: Request,
-    deps: Annotated[AppDeps, Depends(get_deps)],
     _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> Principal:
-    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked."""
+    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked.
+
+    The app's ``AppDeps`` are read off ``request.app.state`` rather than through ``Depends(get_deps)``:
+    FastAPI solves this dependency's sub-dependencies once per route that needs the caller (twice for a
+    route with a role), and each solve costs more CPU than the attribute read."""
     known = getattr(request.state, "principal", None)
     if isinstance(known, Principal):  # the guard authenticated this request already
         return known
     header = bearer_header(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    principal = await authenticate_request(deps, header)
+    principal = await authenticate_request(request.app.state.deps, header)
     request.state.principal = principal
     return principal
 
