@@ -100,15 +100,8 @@ async def authenticate_request(deps: AppDeps, header: str | None) -> Principal:
     return principal
 
 
-async def require_principal(
-    request: Request,
-    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-) -> Principal:
-    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked.
-
-    The app's ``AppDeps`` are read off ``request.app.state`` rather than through ``Depends(get_deps)``:
-    FastAPI solves this dependency's sub-dependencies once per route that needs the caller (twice for a
-    route with a role), and each solve costs more CPU than the attribute read."""
+async def _caller(request: Request) -> Principal:
+    """The principal the guard left on the request, else the bearer key checked now (and left there)."""
     known = getattr(request.state, "principal", None)
     if isinstance(known, Principal):  # the guard authenticated this request already
         return known
@@ -118,8 +111,23 @@ async def require_principal(
     return principal
 
 
-async def require_operator(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+async def require_principal(
+    request: Request,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> Principal:
+    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked.
+
+    The role checks (``require_role``, ``require_operator``) get the caller the same way (``_caller``) rather
+    than through ``Depends(require_principal)``, and this reads ``AppDeps`` off ``request.app.state`` rather than
+    through ``Depends(get_deps)``: FastAPI solves a cached dependency's sub-dependencies again wherever it is
+    named, and each solve costs more CPU than the read. Every router in ``routes.PROTECTED`` depends on this one,
+    which is what documents the security scheme of its routes."""
+    return await _caller(request)
+
+
+async def require_operator(request: Request) -> Principal:
     """The caller, who must hold a platform operator key; ``Forbidden`` (403) for any organisation role."""
+    principal = await _caller(request)
     if principal.role is not Role.OPERATOR:
         raise Forbidden(
             f"this route is for the platform operator (a key from `teachloop admin keys operator`); "
@@ -128,10 +136,11 @@ async def require_operator(principal: Annotated[Principal, Depends(require_princ
     return principal
 
 
-def require_role(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+def require_role(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the caller, whose role must include ``role`` (owner > admin > member > viewer); else 403."""
 
-    async def check(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    async def check(request: Request) -> Principal:
+        principal = await _caller(request)
         if not principal.role.at_least(role):
             raise Forbidden(f"this call needs the {role.value} role or higher; this key has {principal.role.value}")
         return principal
