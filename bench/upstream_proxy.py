@@ -9,8 +9,9 @@ teachloop contenders:
 * ``queued`` -- this tree with ``ServingConfig(upstream_commit_first=False)``: the trace is queued on the
   same writer before the answer and committed right after it;
 * ``baseline`` (with ``--baseline-rev REV``) -- this tree with the files under ``--baseline-paths``
-  (default: ``src/teachloop/serve`` and ``src/teachloop/app/routes/openai.py``) as they are at ``REV``
-  (read with ``git show``; files added since are left out), so only those files differ;
+  (default: ``src/teachloop``, the whole package: the request path spans ``app``, ``serve``, ``store`` and
+  ``market``) as they are at ``REV`` (read with ``git show``; files added since are left out), so only those
+  files differ (name fewer paths, e.g. ``src/teachloop/serve``, to isolate one change);
 * ``baseline src`` (with ``--baseline-src DIR``) -- any prepared source tree, e.g. this one with a change
   undone by hand where the file at ``REV`` would not import with the rest of the tree.
 
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--baseline-rev", default=None, help="Also run this tree with --baseline-paths at REV.")
     parser.add_argument("--baseline-paths", nargs="+",
-                        default=["src/teachloop/serve", "src/teachloop/app/routes/openai.py"])
+                        default=["src/teachloop"])
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="Also run a prepared source tree (the folder holding teachloop/), named 'baseline src'.")
     parser.add_argument("--no-queued", action="store_true", help="Leave out the upstream_commit_first=False server.")

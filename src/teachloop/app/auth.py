@@ -8,8 +8,8 @@ except the public one: it returns that principal, or checks the key itself when
 the app runs without the guard, and it is what marks the routes as secured in
 the OpenAPI document. A handler that needs the caller declares ``principal:
 CurrentPrincipal``; a platform-operator route declares ``principal: Operator``
-(``require_operator``: 403 for every organisation role). The key check itself lives in ``store.ApiKeys.authenticate``
-and runs in a read transaction; the key's ``last_used_at`` is refreshed
+(``require_operator``: 403 for every organisation role). The key check itself lives in ``store.repos.keys.authenticate_key``
+(one Core statement in a read transaction, no ORM session); the key's ``last_used_at`` is refreshed
 separately, at most once a minute, and a busy database never fails a request
 over it.
 
@@ -38,7 +38,7 @@ from teachloop.app.deps import AppDeps
 from teachloop.core.errors import Forbidden, ServiceUnavailable, Unauthorized
 from teachloop.core.tenancy import Principal, Role
 from teachloop.serve.service import Serving
-from teachloop.store.repos.keys import ApiKeys
+from teachloop.store.repos.keys import ApiKeys, authenticate_key, is_due
 
 _bearer = HTTPBearer(auto_error=False, description="A teachloop API key: `tl_<prefix>_<secret>`.")
 
@@ -79,10 +79,9 @@ def check_key(deps: AppDeps, header: str | None) -> tuple[Principal, bool]:
         if scheme.lower() != "bearer":
             raise Unauthorized("the Authorization header must read `Bearer <API key>`")
         secret = value.strip()
-    with deps.database.session(write=False) as session:  # no write lock on the request path
-        keys = ApiKeys(session)
-        principal = keys.authenticate(secret, touch=False)
-        return principal, keys.is_stale(principal.key_id)
+    with deps.database.connection(write=False) as conn:  # Core, no ORM session; no write lock on the request path
+        principal, last_used = authenticate_key(conn, secret)
+    return principal, is_due(last_used)
 
 
 def touch_key(deps: AppDeps, key_id: str) -> None:
@@ -101,23 +100,34 @@ async def authenticate_request(deps: AppDeps, header: str | None) -> Principal:
     return principal
 
 
-async def require_principal(
-    request: Request,
-    deps: Annotated[AppDeps, Depends(get_deps)],
-    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-) -> Principal:
-    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked."""
+async def _caller(request: Request) -> Principal:
+    """The principal the guard left on the request, else the bearer key checked now (and left there)."""
     known = getattr(request.state, "principal", None)
     if isinstance(known, Principal):  # the guard authenticated this request already
         return known
     header = bearer_header(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    principal = await authenticate_request(deps, header)
+    principal = await authenticate_request(request.app.state.deps, header)
     request.state.principal = principal
     return principal
 
 
-async def require_operator(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+async def require_principal(
+    request: Request,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> Principal:
+    """The caller, from the bearer API key; ``Unauthorized`` (401) when missing, unknown or revoked.
+
+    The role checks (``require_role``, ``require_operator``) get the caller the same way (``_caller``) rather
+    than through ``Depends(require_principal)``, and this reads ``AppDeps`` off ``request.app.state`` rather than
+    through ``Depends(get_deps)``: FastAPI solves a cached dependency's sub-dependencies again wherever it is
+    named, and each solve costs more CPU than the read. Every router in ``routes.PROTECTED`` depends on this one,
+    which is what documents the security scheme of its routes."""
+    return await _caller(request)
+
+
+async def require_operator(request: Request) -> Principal:
     """The caller, who must hold a platform operator key; ``Forbidden`` (403) for any organisation role."""
+    principal = await _caller(request)
     if principal.role is not Role.OPERATOR:
         raise Forbidden(
             f"this route is for the platform operator (a key from `teachloop admin keys operator`); "
@@ -126,10 +136,11 @@ async def require_operator(principal: Annotated[Principal, Depends(require_princ
     return principal
 
 
-def require_role(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+def require_role(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the caller, whose role must include ``role`` (owner > admin > member > viewer); else 403."""
 
-    async def check(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    async def check(request: Request) -> Principal:
+        principal = await _caller(request)
         if not principal.role.at_least(role):
             raise Forbidden(f"this call needs the {role.value} role or higher; this key has {principal.role.value}")
         return principal

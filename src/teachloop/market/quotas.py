@@ -10,11 +10,11 @@ An operator sets, per organisation, any of (``core.billing.QuotaName``):
 ``Quotas(session)`` sets, removes and reads them. The checks raise ``QuotaExceeded`` with
 ``param`` = the quota's name; a request that is refused stores nothing. They are wired in
 without ``serve`` or ``train`` importing this package: ``serving_admission(database)``
-returns the ``(org_id, model) -> None`` callable that ``serve.Serving(admission=...)`` calls
+returns the ``(org_id, model, conn) -> None`` callable that ``serve.Serving(admission=...)`` calls
 before it queues a completion (tokens per day, spend), and ``run_admission`` is the
 ``(session, org_id) -> None`` callable ``train.jobs.submit_run(admit=...)`` calls inside the
 transaction that would create the run (concurrent runs, spend). A check that finds no quota
-for the organisation costs one indexed read.
+for the organisation costs one indexed read (on a Core connection, no ORM session).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from teachloop.core.billing import Quota, QuotaName, parse_period, period_of
@@ -130,11 +131,17 @@ class Quotas:
                 f"(retry after {retry} s)", param=name.value, retry_after=retry)
 
 
-def serving_admission(database: Database) -> Callable[[str, str], None]:
-    """The callable ``serve.Serving(admission=...)`` calls before queueing a completion."""
+def serving_admission(database: Database) -> Callable[[str, str, Connection | None], None]:
+    """The callable ``serve.Serving(admission=...)`` calls before queueing a completion: ``(org_id, model, conn)``,
+    reading on ``conn`` (the caller's read transaction) or, without one, in a read transaction of its own."""
 
-    def admit(org_id: str, model: str) -> None:
-        with database.session(write=False) as session:
+    def admit(org_id: str, model: str, conn: Connection | None = None) -> None:
+        if conn is None:
+            with database.connection(write=False) as conn:
+                return admit(org_id, model, conn)
+        if conn.execute(_LIMITS, {"org_id": org_id}).first() is None:
+            return  # no quota set: nothing to count (Core, no ORM session: every completion runs this)
+        with Session(bind=conn) as session:  # joins the caller's transaction
             Quotas(session).check(org_id, (QuotaName.TOKENS_PER_DAY, QuotaName.SPEND_PER_MONTH))
 
     return admit

@@ -52,7 +52,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from teachloop.core.chat import Message, ToolSpec
 from teachloop.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable, TeachloopError
@@ -81,7 +83,7 @@ from teachloop.serve.upstream import KeyBox, Relayed, Streamed, Upstream, Upstre
 from teachloop.serve.usage import Usage
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
-from teachloop.store.repos.deployments import AdapterVersions, Deployments
+from teachloop.store.repos.deployments import AdapterVersions, Deployments, find_deployment_row
 from teachloop.store.schema.deployments import Deployment, UpstreamEndpoint
 
 log = logging.getLogger(__name__)
@@ -226,7 +228,7 @@ class Serving:
         renderer: Renderer | None = None,
         base_model: str | None = None,
         config: ServingConfig | None = None,
-        admission: Callable[[str, str], None] | None = None,
+        admission: Callable[[str, str, Connection], None] | None = None,
         upstream_key: str | None = None,
     ) -> None:
         if engine is not None and (renderer is None or not base_model):
@@ -237,8 +239,9 @@ class Serving:
         self.renderer = renderer
         self.base_model = base_model if engine is not None else None
         self.config = config or ServingConfig()
-        # (org_id, model) -> None, raising e.g. QuotaExceeded (429) before anything is queued or traced; the app
-        # wires the market's quotas in here (serve cannot import market)
+        # (org_id, model, conn) -> None, raising e.g. QuotaExceeded (429) before anything is queued or traced, reading
+        # on ``conn`` (the resolve's read transaction); the app wires the market's quotas in here (serve cannot
+        # import market)
         self.admission = admission
         self.scheduler = (
             Scheduler(engine, max_rows=self.config.max_rows, max_queue=self.config.max_queue,
@@ -333,28 +336,29 @@ class Serving:
         """Base model ids this process serves without an adapter."""
         return [self.base_model] if self.base_model else []
 
-    def resolve(self, org_id: str, model: str, user: str | None = None) -> Target:
-        """What serves ``model`` for this organisation; ``ModelNotFound`` (404) when nothing does."""
-        with self.database.session(write=False) as session:
-            dep = Deployments(session).find_row(org_id, model)  # Core: every request reads it
-            if dep is None:
-                if model in self.served_models():
-                    return Target(model=model, base_model=model)
-                raise ModelNotFound(
-                    f"the model {model!r} does not exist or you do not have access to it", param="model"
-                )
-            version_id, upstream_id, arm = dep.adapter_version_id, dep.upstream_id, "primary"
-            if (dep.canary_version_id or dep.canary_upstream_id) and dep.canary_percent > 0:
-                bucket = canary_bucket(dep.id, user) if user else random.randrange(100)
-                if bucket < dep.canary_percent:
-                    version_id, upstream_id, arm = dep.canary_version_id, dep.canary_upstream_id, "canary"
-            target = _arm(session, org_id, dep, model, arm, version_id, upstream_id, self._upstreams)
-            shadowing = dep.shadow_version_id or dep.shadow_upstream_id
-            if shadowing and dep.shadow_percent > 0 and random.randrange(100) < dep.shadow_percent:
-                shadow = _arm(session, org_id, dep, model, "shadow", dep.shadow_version_id, dep.shadow_upstream_id,
-                              self._upstreams)
-                target = replace(target, shadow=shadow)
-            return target
+    def resolve(self, org_id: str, model: str, user: str | None = None, conn: Connection | None = None) -> Target:
+        """What serves ``model`` for this organisation; ``ModelNotFound`` (404) when nothing does. Reads on ``conn``
+        (in its transaction), else in a read transaction of its own: Core, no ORM session (every request reads it)."""
+        if conn is None:
+            with self.database.connection(write=False) as conn:
+                return self.resolve(org_id, model, user, conn)
+        dep = find_deployment_row(conn, org_id, model)
+        if dep is None:
+            if model in self.served_models():
+                return Target(model=model, base_model=model)
+            raise ModelNotFound(f"the model {model!r} does not exist or you do not have access to it", param="model")
+        version_id, upstream_id, arm = dep.adapter_version_id, dep.upstream_id, "primary"
+        if (dep.canary_version_id or dep.canary_upstream_id) and dep.canary_percent > 0:
+            bucket = canary_bucket(dep.id, user) if user else random.randrange(100)
+            if bucket < dep.canary_percent:
+                version_id, upstream_id, arm = dep.canary_version_id, dep.canary_upstream_id, "canary"
+        target = _arm(conn, org_id, dep, model, arm, version_id, upstream_id, self._upstreams)
+        shadowing = dep.shadow_version_id or dep.shadow_upstream_id
+        if shadowing and dep.shadow_percent > 0 and random.randrange(100) < dep.shadow_percent:
+            shadow = _arm(conn, org_id, dep, model, "shadow", dep.shadow_version_id, dep.shadow_upstream_id,
+                          self._upstreams)
+            target = replace(target, shadow=shadow)
+        return target
 
     # ------------------------------------------------------------------ upstream arms and shadows
     def keybox(self) -> KeyBox:
@@ -380,15 +384,18 @@ class Serving:
             raise NotFound(f"upstream {upstream_id!r} not found", param="model")
         return cached[1]
 
-    async def route(self, principal: Principal, chat: ChatInput) -> Target:
-        """Quotas, then what serves ``chat.model`` (resolved once: pass it to ``open_chat`` or ``upstream_chat``)."""
-
-        def work() -> Target:
+    def admit(self, org_id: str, model: str, user: str | None) -> Target:
+        """Quotas first (an organisation past its limit is refused before any work), then ``resolve``: one read
+        transaction for both."""
+        with self.database.connection(write=False) as conn:
             if self.admission is not None:
-                self.admission(principal.org_id, chat.model)
-            return self.resolve(principal.org_id, chat.model, chat.user)
+                self.admission(org_id, model, conn)
+            return self.resolve(org_id, model, user, conn)
 
-        return await self.database.run_read(work)  # reads only: no thread hop on SQLite
+    async def route(self, principal: Principal, chat: ChatInput) -> Target:
+        """``admit`` ``chat.model`` (resolved once: pass it to ``open_chat`` or ``upstream_chat``)."""
+        # reads only: no thread hop on SQLite
+        return await self.database.run_read(self.admit, principal.org_id, chat.model, chat.user)
 
     def upstream_request(self, principal: Principal, chat: ChatInput, body: dict[str, Any], target: Target,
                          shadow_of: str | None = None) -> UpstreamRequest:
@@ -470,10 +477,8 @@ class Serving:
                 self.pool.release(adapter)
 
     def generation_target(self, org_id: str, model: str, user: str | None) -> Target:
-        """``resolve``, then ``ServiceUnavailable`` (503) unless this process can generate for the target."""
-        if self.admission is not None:  # quotas first: an organisation past its limit is refused before any work
-            self.admission(org_id, model)
-        target = self.resolve(org_id, model, user)
+        """``admit``, then ``ServiceUnavailable`` (503) unless this process can generate for the target."""
+        target = self.admit(org_id, model, user)
         if target.upstream_id is not None:
             raise InvalidInput(f"model {model!r} is answered by an upstream; only /v1/chat/completions relays to it",
                                param="model")
@@ -488,9 +493,7 @@ class Serving:
 
     def _prepare(self, org_id: str, chat: ChatInput, target: Target | None = None) -> _Prepared:
         if target is None:
-            if self.admission is not None:  # quotas first: an organisation past its limit is refused before any work
-                self.admission(org_id, chat.model)
-            target = self.resolve(org_id, chat.model, chat.user)
+            target = self.admit(org_id, chat.model, chat.user)
         if target.upstream_id is not None:
             raise InvalidInput(f"model {chat.model!r} is answered by an upstream; only /v1/chat/completions relays "
                                "to it", param="model")
@@ -582,17 +585,18 @@ def _price(prices: dict[str, Any] | None, *names: str | None) -> dict[str, Any] 
     return None
 
 
-def _arm(session: Any, org_id: str, dep: Deployment | Row[Any], model: str, arm: str, version_id: str | None,
+def _arm(conn: Connection, org_id: str, dep: Deployment | Row[Any], model: str, arm: str, version_id: str | None,
          upstream_id: str | None, known: dict[str, tuple[str, Upstream]]) -> Target:
     """The target of one arm of ``dep``: an upstream (``known`` endpoints read no row), an adapter version, or
-    the base model alone."""
+    the base model alone (reads on ``conn``, in the caller's transaction)."""
     target = Target(model=model, base_model=dep.base_model, deployment_id=dep.id, deployment_revision=dep.revision,
                     arm=arm)
     if upstream_id is not None:
         owner, endpoint = known.get(upstream_id, (None, None))
         upstream_model = endpoint.model if endpoint is not None and owner == org_id else None
         if upstream_model is None:
-            row = session.get(UpstreamEndpoint, upstream_id)
+            row = conn.execute(select(UpstreamEndpoint.org_id, UpstreamEndpoint.model)
+                               .where(UpstreamEndpoint.id == upstream_id)).first()
             if row is None or row.org_id != org_id:
                 raise NotFound(f"upstream {upstream_id!r} not found", param="model")
             upstream_model = row.model
@@ -600,7 +604,8 @@ def _arm(session: Any, org_id: str, dep: Deployment | Row[Any], model: str, arm:
                        price=_price(dep.prices, upstream_model))
     if version_id is None:
         return replace(target, price=_price(dep.prices, dep.base_model))
-    version = AdapterVersions(session).get(org_id, version_id)
+    with Session(bind=conn) as session:  # joins the caller's transaction
+        version = AdapterVersions(session).get(org_id, version_id)
     return replace(target, adapter_version_id=version.id, adapter_ref=version.ref, digest=version.digest,
                    blob_key=version.blob_key, price=_price(dep.prices, version.ref, version.name, dep.base_model))
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from teachloop.core.errors import ServiceUnavailable
 from teachloop.store.db import Database
-from teachloop.store.repos.traces import Traces
+from teachloop.store.repos.traces import insert_trace_rows
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ class TraceWriter:
     def _write(self, batch: list[tuple[dict[str, Any], Future[None], float]]) -> None:
         t0 = time.perf_counter()
         try:
-            with self.database.session() as session:
-                Traces(session).insert_many([_columns(values) for values, _, _ in batch])
+            with self.database.connection() as conn:  # Core: no ORM session per commit
+                insert_trace_rows(conn, [_columns(values) for values, _, _ in batch])
         except Exception as err:
             if len(batch) > 1:
                 for one in batch:

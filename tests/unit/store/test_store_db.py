@@ -152,3 +152,46 @@ def test_timestamps_are_aware_utc(db: Database) -> None:
         org = Tenancy(s).get_org(org_id)
         assert org.created_at.utcoffset() is not None
         assert org.created_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+def test_core_connection_commits_reads_roll_back_and_errors_are_translated(db: Database) -> None:
+    """``Database.connection`` is ``session`` without the ORM: same transaction rules, same errors."""
+    table = Organisation.__table__
+    with db.connection() as conn:
+        conn.execute(table.insert(), {"id": "org_kept", "name": "kept"})
+    with db.connection(write=False) as conn:
+        conn.execute(table.insert(), {"id": "org_ghost", "name": "ghost"})
+    with pytest.raises(RuntimeError), db.connection() as conn:
+        conn.execute(table.insert(), {"id": "org_half", "name": "half-done"})
+        raise RuntimeError("boom")
+    with pytest.raises(Conflict), db.connection() as conn:
+        conn.execute(table.insert(), {"id": "org_twice", "name": "kept"})
+    with db.connection(write=False) as conn:
+        assert [r.name for r in conn.execute(select(Organisation.name))] == ["kept"]
+
+
+@pytest.mark.parametrize("core", [True, False])
+def test_a_write_that_cannot_get_the_sqlite_lock_is_busy_not_a_driver_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, core: bool
+) -> None:
+    """``BEGIN IMMEDIATE`` goes straight to the driver; when the lock stays taken it is ``ServiceUnavailable``."""
+    import sqlite3
+
+    from teachloop.store import db as db_module
+
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    database = Database(f"sqlite:///{tmp_path / 'locked.db'}")
+    database.migrate()
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ServiceUnavailable, match="busy"), database.connection() if core else database.session():
+            pass
+        with database.connection(write=False) as conn:  # a read never waits for the lock
+            assert conn.execute(select(Organisation.id)).all() == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        database.close()
+    with database.connection() if core else database.session():
+        pass  # the lock is free again: the pooled connection still works

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import Conflict, InvalidInput, NotFound
@@ -194,6 +195,11 @@ _FIND_ROW = select(*Deployment.__table__.columns).where(Deployment.org_id == bin
                                                          Deployment.name == bindparam("name"))
 
 
+def find_deployment_row(conn: Connection, org_id: str, name: str) -> Row[Any] | None:
+    """``Deployments.find_row`` on a Core connection (``Database.connection``: no ORM session per request)."""
+    return conn.execute(_FIND_ROW, {"org_id": org_id, "name": name}).first()
+
+
 class Deployments:
     """Deployments and their change history within a caller-owned session."""
 
@@ -218,7 +224,7 @@ class Deployments:
     def find_row(self, org_id: str, name: str) -> Row[Any] | None:
         """``find`` as a read-only Core row (the ``Deployment`` columns as attributes, no ORM object): what the
         serving path reads for every request."""
-        return self.session.connection().execute(_FIND_ROW, {"org_id": org_id, "name": name}).first()
+        return find_deployment_row(self.session.connection(), org_id, name)
 
     def list(self, org_id: str) -> list[Deployment]:
         """The organisation's deployments, by name."""
@@ -412,4 +418,4 @@ class Deployments:
         self.audit.record(row.org_id, actor, f"deployment.{action}", row.id, detail)
 
 
-__all__ = ["NAME_RE", "AdapterVersions", "DeploymentState", "Deployments", "check_name"]
+__all__ = ["NAME_RE", "AdapterVersions", "DeploymentState", "Deployments", "check_name", "find_deployment_row"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import InvalidInput, NotFound, Unauthorized
@@ -135,28 +136,13 @@ class ApiKeys:
 
         With ``touch`` (in a write session) it also refreshes ``last_used_at``, at
         most once a minute; with ``touch=False`` it only reads (see ``touch``).
-        One statement (the key and its user's membership, ``_AUTH``) on the session's connection: this runs
-        for every API request.
+        One statement (``authenticate_key``) on the session's connection: this runs for every API request.
         """
-        if not plaintext or not plaintext.strip():
-            raise Unauthorized(
-                f"missing API key; send `Authorization: Bearer <key>` ({_CREATE_HINT}, or run `teachloop admin init`)"
-            )
-        match = KEY_RE.match(plaintext.strip())
-        if match is None:
-            raise Unauthorized(f"malformed API key: expected tl_<prefix>_<secret>; {_CREATE_HINT}")
-        key = self.session.connection().execute(_AUTH, {"prefix": match.group(1)}).first()
-        stored = key.secret_hash if key is not None else _DUMMY_HASH
-        if not hmac.compare_digest(stored, hash_key(plaintext.strip())) or key is None:
-            raise Unauthorized(f"unknown API key; check TEACHLOOP_API_KEY or {_CREATE_HINT}")
-        if key.revoked_at is not None:
-            raise Unauthorized(f"API key revoked; {_CREATE_HINT}")
-        if key.user_id is not None and key.membership_id is None:
-            raise Unauthorized(f"the API key's user is no longer in its organisation; {_CREATE_HINT}")
-        self._last_used[key.id] = key.last_used_at
+        principal, last_used = authenticate_key(self.session.connection(), plaintext)
+        self._last_used[principal.key_id] = last_used
         if touch:
-            self.touch(key.id)
-        return Principal(org_id=key.org_id, user_id=key.user_id, key_id=key.id, role=Role(key.role))
+            self.touch(principal.key_id)
+        return principal
 
     def is_stale(self, key_id: str) -> bool:
         """Whether the key's ``last_used_at`` is due a refresh (no read right after ``authenticate``)."""
@@ -164,7 +150,7 @@ class ApiKeys:
             last = self._last_used[key_id]
         else:
             last = self.session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
-        return last is None or utc_now() - last >= LAST_USED_RESOLUTION
+        return is_due(last)
 
     def touch(self, key_id: str) -> None:
         """Record that the key was used now, if it is stale (for callers that authenticated read-only)."""
@@ -197,6 +183,36 @@ class ApiKeys:
         return key
 
 
+def authenticate_key(conn: Connection, plaintext: str | None) -> tuple[Principal, datetime | None]:
+    """The principal a key stands for, and the key's ``last_used_at`` (for ``is_due``); ``Unauthorized`` with
+    the reason for a missing, malformed, unknown or revoked key, or one whose user has left the organisation.
+
+    One Core statement (the key and its user's membership, ``_AUTH``) on ``conn``, in whatever transaction
+    it is in (``Database.connection(write=False)`` on the request path: no ORM session per request).
+    """
+    if not plaintext or not plaintext.strip():
+        raise Unauthorized(
+            f"missing API key; send `Authorization: Bearer <key>` ({_CREATE_HINT}, or run `teachloop admin init`)"
+        )
+    match = KEY_RE.match(plaintext.strip())
+    if match is None:
+        raise Unauthorized(f"malformed API key: expected tl_<prefix>_<secret>; {_CREATE_HINT}")
+    key = conn.execute(_AUTH, {"prefix": match.group(1)}).first()
+    stored = key.secret_hash if key is not None else _DUMMY_HASH
+    if not hmac.compare_digest(stored, hash_key(plaintext.strip())) or key is None:
+        raise Unauthorized(f"unknown API key; check TEACHLOOP_API_KEY or {_CREATE_HINT}")
+    if key.revoked_at is not None:
+        raise Unauthorized(f"API key revoked; {_CREATE_HINT}")
+    if key.user_id is not None and key.membership_id is None:
+        raise Unauthorized(f"the API key's user is no longer in its organisation; {_CREATE_HINT}")
+    return Principal(org_id=key.org_id, user_id=key.user_id, key_id=key.id, role=Role(key.role)), key.last_used_at
+
+
+def is_due(last_used: datetime | None) -> bool:
+    """Whether a key last used at ``last_used`` is due a ``last_used_at`` refresh (``LAST_USED_RESOLUTION``)."""
+    return last_used is None or utc_now() - last_used >= LAST_USED_RESOLUTION
+
+
 def _key_name(name: str) -> str:
     name = name.strip()
     if not 1 <= len(name) <= 200:
@@ -217,4 +233,4 @@ def may_grant(member: Role, wanted: Role) -> bool:
     return member in ranked and wanted in ranked and member.at_least(wanted)
 
 
-__all__ = ["KEY_RE", "ApiKeys", "CreatedKey", "hash_key", "may_grant"]
+__all__ = ["KEY_RE", "ApiKeys", "CreatedKey", "authenticate_key", "hash_key", "is_due", "may_grant"]

@@ -19,9 +19,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, exists, insert, or_, select
+from sqlalchemy import Select, Table, and_, exists, insert, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from teachloop.core.errors import InvalidInput, NotFound
@@ -101,6 +102,19 @@ class TraceFilter:
                 raise InvalidInput(f"metadata filters are key=value strings, got {key!r}", param="metadata")
 
 
+_INSERT = insert(cast(Table, Trace.__table__))
+
+
+def insert_trace_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """``Traces.insert_many`` on a Core connection, in its transaction (``Database.connection``: the trace writer
+    commits a batch without an ORM session). A lone row is one ``execute``, cheaper than an executemany of one."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    for group in groups.values():
+        conn.execute(_INSERT, group[0] if len(group) == 1 else group)
+
+
 class Traces:
     """Traces and their feedback within a caller-owned session."""
 
@@ -120,11 +134,7 @@ class Traces:
         One executemany per set of columns (a column left out takes its default, e.g. ``tools`` stays SQL
         NULL), through Core rather than the ORM's unit of work, which costs several times the CPU per row.
         """
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault(tuple(sorted(row)), []).append(row)
-        for group in groups.values():
-            self.session.execute(insert(Trace), group)
+        insert_trace_rows(self.session.connection(), rows)
 
     def add_feedback(
         self,
@@ -245,4 +255,4 @@ class Traces:
         return q.limit(f.limit) if paged else q
 
 
-__all__ = ["MAX_LIMIT", "TraceFilter", "Traces", "trace_id_of"]
+__all__ = ["MAX_LIMIT", "TraceFilter", "Traces", "insert_trace_rows", "trace_id_of"]
