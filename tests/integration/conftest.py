@@ -4,13 +4,21 @@
 shared model cache ``$TEACHLOOP_MODEL_CACHE`` or, by default, ``<repo>/.cache/models``.
 The first run downloads 93 MB and converts (~30 s); later runs find it in well under
 a second. Concurrent test processes wait on the cache's lock instead of converting twice.
+
+``_close_tinker_clients`` (every test): each ``tinker.ServiceClient`` a test or a cookbook
+recipe made is closed when the test ends, while its server still runs. A client left open
+keeps its session's heartbeat thread calling a server the module has shut down, printing a
+warning every few seconds until the process exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +53,25 @@ def default_model_dir(model_settings: Settings) -> Path:
     from teachloop.engine.models import ensure_default_model
 
     return ensure_default_model(model_settings, progress=True)
+
+
+@pytest.fixture(autouse=True)
+def _close_tinker_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every ``tinker.ServiceClient`` made during the test, at its end (see the module docstring)."""
+    try:
+        import tinker
+    except ImportError:
+        yield
+        return
+    made: list[Any] = []
+    init = tinker.ServiceClient.__init__
+
+    def tracked(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(tinker.ServiceClient, "__init__", tracked)
+    yield
+    for client in made:  # a no-op for a client the test closed; an abandoned session may already be finished
+        with contextlib.suppress(Exception):
+            client.close("success").result(timeout=30)
