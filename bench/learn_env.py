@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
 import json
 import os
@@ -57,6 +58,7 @@ from typing import Any
 
 from teachloop.core.rl import Task
 from teachloop.envs.base import Environment
+from teachloop.envs.extract import last_number
 from teachloop.envs.graders.base import Sample, Score
 
 EVAL_SEED = 1_000_003
@@ -140,9 +142,20 @@ def evaluate(engine: Any, renderer: Any, env: Environment, tasks: list[Task], ad
                                  max_concurrent_groups=len(tasks)))
     scores = [statistics.fmean(g.rewards) for g in groups]
     sample = groups[0].trajectories[0]
+    finals = [last_number(g.trajectories[0].completion) for g in groups]
+    top, count = collections.Counter(finals).most_common(1)[0]
     return {"score": _ci(scores), "exact": _ci([1.0 if s >= 0.999 else 0.0 for s in scores]),
             "example": {"question": tasks[0].prompt[-1].content[-200:], "answer": tasks[0].answer,
-                        "reply": sample.completion[:300]}}
+                        "reply": sample.completion[:300]},
+            "most_common_final_number": {"value": top, "share": count / len(groups),
+                                         "distinct": len(set(finals))}}
+
+
+def majority_answer(tasks: list[Task]) -> dict[str, Any]:
+    """The exact rate of always giving the evaluation set's most common answer: the floor a policy that learnt only
+    the answers' distribution reaches (letter_counting: '1' is the answer to 21 of 50 prompts)."""
+    value, count = collections.Counter(str(t.answer) for t in tasks).most_common(1)[0]
+    return {"value": value, "exact": count / len(tasks)}
 
 
 def _fmt(e: dict[str, float]) -> str:
@@ -278,9 +291,12 @@ def run(args: argparse.Namespace) -> None:
     eval_env = load_env(spec)
     before = evaluate(engine, renderer, eval_env, tasks, None, args.max_tokens)
     print(f"base: {_line(before)}", flush=True)
+    majority = majority_answer(tasks)
+    print(f"always answering the most common answer {majority['value']!r}: exact {100 * majority['exact']:.1f}%",
+          flush=True)
     results: dict[str, Any] = {"env": spec, "eval_seed": EVAL_SEED, "train_seed": TRAIN_SEED,
                                "raw_overlap_removed": raw_overlap, "max_tokens": args.max_tokens,
-                               "budget_min": args.budget_min, "before": before,
+                               "budget_min": args.budget_min, "before": before, "majority_answer": majority,
                                "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
     with tempfile.TemporaryDirectory() as tmp:
         out, proc = Path(tmp) / "trl-adapter", None
@@ -311,14 +327,17 @@ def run(args: argparse.Namespace) -> None:
     results["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     print(f"\n{spec}: greedy on {len(tasks)} held-out prompts, {args.max_tokens} new tokens")
     print(f"base:            {_line(before)}")
+    print(f"{'majority answer:':16s} exact {100 * majority['exact']:.1f}% (always {majority['value']!r})")
     for name in ("teachloop", "trl"):
         if name in results:
             r = results[name]
             gain = 100 * (r["after"]["exact"]["acc"] - before["exact"]["acc"])
             r["gain_exact_points"] = gain
             r["gain_score_points"] = 100 * (r["after"]["score"]["acc"] - before["score"]["acc"])
+            common = r["after"]["most_common_final_number"]
             print(f"{name + ':':16s} {_line(r['after'])} after {r['steps']} steps / {r['minutes']:.1f} min "
-                  f"({r['cpu_seconds']:.0f} CPU-s) -> exact {gain:+.1f} points")
+                  f"({r['cpu_seconds']:.0f} CPU-s) -> exact {gain:+.1f} points; final number {common['value']!r} in "
+                  f"{100 * common['share']:.0f}% of replies, {common['distinct']} distinct")
     print(f"load average: start {results['loadavg_start']}, end {results['loadavg_end']}")
     text = json.dumps(results)
     print(text)
