@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from teachloop.core.errors import (
     ConfigurationError,
@@ -63,7 +63,7 @@ from teachloop.core.errors import (
     TeachloopError,
 )
 from teachloop.core.loop import CanaryRecord, IterationStage, IterationStatus, Judgement, LoopPhase, Revisions
-from teachloop.core.rl import ChatCompleter
+from teachloop.core.rl import ChatCompleter, Task
 from teachloop.engine.completer import EngineCompleter
 from teachloop.loop import lineage, promotion
 from teachloop.loop.config import (
@@ -138,6 +138,16 @@ def drop_adapter(engine: Any, name: str) -> None:
     with contextlib.suppress(Exception):
         if engine.has_adapter(name) and len(engine.list_adapters()) > 1:
             engine.delete_adapter(name)
+
+
+class _GateSlice(NamedTuple):
+    """One gate environment's held-out tasks for an iteration: its reference, the tasks, the ``sample`` record
+    (``gate.stream_slice``) and the key of the deployed version's cached rewards on them."""
+
+    env_ref: Any
+    tasks: list[Task]
+    sample: dict[str, Any]
+    key: tuple[Any, ...]
 
 
 class LoopRunner:
@@ -421,7 +431,7 @@ class LoopRunner:
                                  "gate.environments is empty; add gate.environments or use gate.metric = 'likelihood'")
                 else:
                     suites.append(await likelihood_suite(holdout, d.engine, d.renderer, base_name, candidate))
-            planned: list[tuple[Any, Any, list[Any], dict[str, Any], tuple[Any, ...]]] = []
+            planned: list[_GateSlice] = []
             for spec, env_ref in zip(g.environments, refs.gate_envs, strict=True):
                 tasks, sample = stream_slice(env_ref.env, seed=spec.seed, tasks=spec.tasks, iteration=iteration,
                                              fresh=g.fresh_tasks)
@@ -432,7 +442,7 @@ class LoopRunner:
                 # slice per iteration is measured every time (keyed by the slice all the same)
                 key = (teacher[0] if teacher else baseline.digest if baseline else "base", env_ref.digest, spec.tasks,
                        spec.seed, sample["offset"], g.max_tokens)
-                planned.append((spec, env_ref, tasks, sample, key))
+                planned.append(_GateSlice(env_ref, tasks, sample, key))
             seq = await self._looks(g, suites, planned, base_c, cand_c)
             return decide(suites, g, baseline=teacher[0] if teacher else baseline.ref if baseline else "base",
                           candidate=candidate, empty_reason=empty, sequential=seq)
@@ -441,17 +451,17 @@ class LoopRunner:
                 drop_adapter(d.engine, base_name)
 
     async def _looks(self, g: GateConfig, suites: list[Suite],
-                     planned: list[tuple[Any, Any, list[Any], dict[str, Any], tuple[Any, ...]]],
+                     planned: list[_GateSlice],
                      base_c: ChatCompleter, cand_c: ChatCompleter) -> Sequential | None:
         """Evaluate the environment suites in ``g.looks`` chunks, appending them to ``suites``; stop early when
         ``gate.interim`` says so (module docstring of ``loop.gate``). None when there is no environment task."""
-        total = sum(len(tasks) for _, _, tasks, _, _ in planned)
+        total = sum(len(p.tasks) for p in planned)
         if not total:
             return None
         seq = Sequential(looks=g.looks, planned=total)
         env_suites: dict[int, Suite] = {}  # planned environment -> its suite so far
         for look in range(g.looks):
-            for i, (_, env_ref, tasks, sample, key) in enumerate(planned):
+            for i, (env_ref, tasks, sample, key) in enumerate(planned):
                 size = -(-len(tasks) // g.looks)
                 chunk = tasks[look * size:(look + 1) * size]
                 if not chunk:
@@ -476,9 +486,8 @@ class LoopRunner:
                 break
         if not g.fresh_tasks:  # a complete fixed slice: the deployed version's rewards on it are kept
             for i, suite in env_suites.items():
-                _, _, tasks, _, key = planned[i]
-                if len(suite.ids) == len(tasks):
-                    self._gate_cache[key] = list(suite.baseline)
+                if len(suite.ids) == len(planned[i].tasks):
+                    self._gate_cache[planned[i].key] = list(suite.baseline)
         return seq
 
     # ------------------------------------------------------------------ promotion
