@@ -78,6 +78,7 @@ class DemoOptions:
     budget_min: float = 28.0
     steps: int = 12
     prompts: int = 4  # GRPO prompts per step (x 8 samples); 8 made iterations too long for the budget (bench/README)
+    failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
     gate_tasks: int = 200
     canary_percent: int = 25
     seed: int = 0
@@ -93,7 +94,7 @@ def keep(opts: DemoOptions) -> dict[str, Any]:
     if not opts.lineage:
         return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
     return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": 0.7, "late_reward": 0.8,
-            "keep_optimizer": True}
+            "keep_optimizer": True, "failure_share": opts.failure_share}
 
 
 def loop_config(opts: DemoOptions) -> dict[str, Any]:
@@ -546,6 +547,9 @@ def demo(
     users: int = typer.Option(24, "--users", min=1, help="Simulated users sending concurrently."),
     steps: int = typer.Option(12, "--steps", min=1, help="GRPO steps per iteration."),
     prompts: int = typer.Option(4, "--prompts", min=1, help="GRPO prompts per step (each sampled 8 times)."),
+    failure_share: float = typer.Option(0.0, "--failure-share", min=0.0, max=0.99,
+                                        help="Share of GRPO tasks drawn from the prompts whose served reply the "
+                                             "grader failed (the loop's algorithm.failure_share)."),
     max_rounds: int = typer.Option(12, "--max-rounds", min=1, help="Rounds of traffic at most."),
     budget_min: float = typer.Option(28.0, "--budget-min", min=1, help="Start no round after this many minutes."),
     restart: bool = typer.Option(False, "--restart", help="The loop before issue 16: every iteration restarts from "
@@ -560,7 +564,7 @@ def demo(
     with handle_errors():
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
         opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, prompts=prompts,
-                           max_rounds=max_rounds, budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
+                           failure_share=failure_share, max_rounds=max_rounds, budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
                            svg=svg)
         run_demo(opts, folder)
 

@@ -251,6 +251,11 @@ class AlgorithmConfig(_Section):
                                                        "late_reward (null: rl.temperature throughout).")
     late_reward: float = Field(default=0.8, description="Gate reward (candidate mean) from which late_temperature "
                                                         "applies.")
+    failure_share: float = Field(default=0.0, ge=0, lt=1,
+                                 description="GRPO: the share of a run's tasks drawn from the traffic prompts whose "
+                                             "served reply the grader scored below full marks, the rest from all "
+                                             "prompts (envs.builtin.traffic: a group of samples that all score "
+                                             "alike teaches nothing; 0: every prompt alike).")
     # -- issue 16: a held-out evaluation during every GRPO run, so the reward-hack alarm (train.watch) can fire
     eval_tasks: int = Field(default=16, ge=0, le=1000,
                             description="GRPO: held-out tasks each run evaluates greedily (at step 0, every "
@@ -452,6 +457,9 @@ def _check_lineage(cfg: LoopConfig) -> None:
     if a.late_temperature is not None and a.kind != "grpo":
         raise InvalidInput("config field algorithm.late_temperature: only grpo samples rollouts",
                            param="algorithm.late_temperature")
+    if a.failure_share and a.kind != "grpo":
+        raise InvalidInput("config field algorithm.failure_share: only grpo trains on the traffic prompts' stream",
+                           param="algorithm.failure_share")
 
 
 def _live(src: Any, algorithm: str) -> bool:

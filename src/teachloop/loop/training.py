@@ -9,8 +9,9 @@
   iteration's ``TrainConfig``: SFT/DPO read the files as ``data.train`` /
   ``data.eval``; GRPO trains on the built-in environment ``traffic``
   (``envs.builtin.traffic.TrafficPrompts``) over the prompts file (its digest
-  pinned in the environment arguments), graded by the grader source's
-  environment. With ``warm_start`` the candidate starts from
+  pinned in the environment arguments; each row with the score its served
+  reply got, so ``algorithm.failure_share`` can draw the failed prompts more
+  often), graded by the grader source's environment. With ``warm_start`` the candidate starts from
   the deployed adapter version, or from the PEFT folder the iteration's
   ``loop.lineage.Plan`` names (an earlier candidate: ``init_key``), with the
   plan's steps and temperature (``WarmStart`` makes the trainer's fresh
@@ -134,6 +135,13 @@ class WarmStart:
         return getattr(self._engine, attr)
 
 
+def prompt_rows(rows: Sequence[Curated]) -> list[dict[str, Any]]:
+    """The train split as the ``traffic`` environment's prompt rows, each with the score its served reply got
+    (what ``algorithm.failure_share`` draws failed prompts by; None where the source has none)."""
+    return [{"messages": c.content["messages"], "answer": c.content.get("answer"), "info": c.content.get("info", {}),
+             "score": c.score} for c in (r.candidate for r in rows if r.split == "train")]
+
+
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -212,14 +220,16 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
     dep = refs.deployment
     with tempfile.TemporaryDirectory(prefix="teachloop-loop-") as tmp:
         folder = Path(tmp)
-        env = env_args = data_path = eval_path = None
+        env = data_path = eval_path = None
+        env_args: dict[str, Any] | None = None
         held_out = eval_env_ref(cfg, refs, deps.database, deps.blobs, deps.org_id, deps.env_cache)
         if cfg.algorithm.kind == "grpo":
-            path = _write_jsonl(folder / "prompts.jsonl", [{"messages": r["messages"], "answer": r.get("answer"),
-                                                            "info": r.get("info", {})} for r in train])
+            path = _write_jsonl(folder / "prompts.jsonl", prompt_rows(rows))
             inner, inner_args = grader_env_ref(cfg, refs, deps.database, deps.blobs, deps.org_id, deps.env_cache)
-            env, env_args = TRAFFIC_ENV, {"path": str(path), "digest": file_digest(path), "env": inner,
-                                          "env_args": inner_args}
+            env = TRAFFIC_ENV
+            env_args = {"path": str(path), "digest": file_digest(path), "env": inner, "env_args": inner_args}
+            if cfg.algorithm.failure_share:
+                env_args["failure_share"] = cfg.algorithm.failure_share
         else:
             data_path = str(_write_jsonl(folder / "train.jsonl", train))
             if holdout:
@@ -350,6 +360,7 @@ __all__ = [
     "grader_env_ref",
     "holdout_env",
     "new_rows",
+    "prompt_rows",
     "publish_candidate",
     "snapshot",
     "train_candidate",

@@ -140,13 +140,18 @@ def test_the_state_of_the_run_that_trained_the_start_goes_with_it_and_only_a_run
 def test_config_rules_name_the_field() -> None:
     for algorithm, field in (({"max_steps": 2}, "algorithm.max_steps"),
                              ({"continue_from": "calc@1", "warm_start": False}, "algorithm.continue_from"),
-                             ({"late_temperature": 0}, "algorithm.late_temperature")):
+                             ({"late_temperature": 0}, "algorithm.late_temperature"),
+                             ({"failure_share": 1.0}, "algorithm.failure_share"),
+                             ({"failure_share": -0.5}, "algorithm.failure_share")):
         with pytest.raises(InvalidInput) as info:
             _cfg(**algorithm)
         assert info.value.param == field
     with pytest.raises(InvalidInput) as info:
         validate_loop_config(grpo_config(algorithm={"kind": "sft", "late_temperature": 0.5, "train": {"steps": 2}}))
     assert info.value.param == "algorithm.late_temperature"
+    with pytest.raises(InvalidInput, match="only grpo") as info:
+        validate_loop_config(grpo_config(algorithm={"kind": "sft", "failure_share": 0.5, "train": {"steps": 2}}))
+    assert info.value.param == "algorithm.failure_share"
 
 
 class _Recording(OracleEngine):

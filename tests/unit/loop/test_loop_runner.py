@@ -396,3 +396,34 @@ def test_warm_start_loads_the_deployed_adapter(fake_engine: Any, tmp_path: Any) 
     assert folder_digest(fake_engine.save_adapter("run:1", tmp_path / "run1")) == folder_digest(saved)
     warm.create_adapter("run:2", LoraSpec(rank=8, seed=1))  # only the first adapter is warm-started
     assert fake_engine.list_adapters()[-1].spec.rank == 8
+
+
+def test_failure_share_reaches_the_run_and_the_prompts_carry_their_served_scores(
+    store: Store, fake_engine: Any, renderer: Renderer
+) -> None:
+    from teachloop.loop.curation import Curated
+    from teachloop.loop.sources import Candidate
+    from teachloop.loop.training import prompt_rows
+    from teachloop.store.schema.runs import TrainingRun
+
+    _configure(store, grpo_config(algorithm={"kind": "grpo", "failure_share": 0.5, "train": LONG}))
+    arithmetic_traffic(store, 20, correct_every=2)
+    _tick(_runner(store, fake_engine, renderer))
+    [it] = history(store.db, store.org_id, DEPLOYMENT)
+    with store.db.session(write=False) as s:
+        run = s.get(TrainingRun, it["run"]["id"])
+        assert run is not None
+        env_args = run.config["rl"]["env_args"]
+    assert run.config["rl"]["env"] == "traffic" and env_args["failure_share"] == 0.5
+    _configure(store, grpo_config(algorithm={"kind": "grpo", "train": LONG}))  # the default: nothing extra pinned
+    arithmetic_traffic(store, 20, correct_every=2, seed=5)
+    _tick(_runner(store, fake_engine, renderer))
+    with store.db.session(write=False) as s:
+        newest = s.get(TrainingRun, history(store.db, store.org_id, DEPLOYMENT)[0]["run"]["id"])
+        assert newest is not None and "failure_share" not in newest.config["rl"]["env_args"]
+    msgs = [{"role": "user", "content": "2 + 2?"}]
+    rows = [Curated(Candidate({"messages": msgs, "answer": "4"}, "grader", None, {}, 0.0), "train"),
+            Curated(Candidate({"messages": msgs, "answer": "5"}, "grader", None, {}, 1.0), "holdout"),
+            Curated(Candidate({"messages": msgs, "answer": "6"}, "dataset", None, {}, None), "train")]
+    assert prompt_rows(rows) == [{"messages": msgs, "answer": "4", "info": {}, "score": 0.0},
+                                 {"messages": msgs, "answer": "6", "info": {}, "score": None}]

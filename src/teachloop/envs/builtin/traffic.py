@@ -1,29 +1,22 @@
 """``traffic``: prompts from a JSONL file (served traffic), re-posed by an environment whose grader scores them.
 
-GRPO trains on an environment's task stream; the loop trains on the prompts
-its users sent. ``TrafficPrompts`` is that environment: its tasks are the
-prompt rows of a snapshot (``{"messages": [...], "answer": ..., "info": ...}``),
-and it scores an episode with the wrapped environment (``env``), comparing
-the reply with the row's reference answer -- the answer the loop found for
-the prompt (a task lookup or the request metadata).
-
-Build it from a JSONL file (``path`` plus its ``digest``, checked on load, so
-the training run's environment digest pins the data) -- that is how a
-training config names it: ``rl.env = "traffic"`` with ``env_args = {path,
-digest, env, env_args}`` -- or from rows in memory (``from_rows``, for the
-eval gate). A ``path`` is read only for trusted callers (the loop in-process;
-see ``envs.registry``): a reference from the API or a stored config may not
-make the server read its files. The wrapped ``env`` is always resolved as
-untrusted (a loop config's reference: never code). ``tasks(seed)`` cycles
-through the rows forever, each pass a fresh seeded shuffle (``cycle=False``:
-each row once, in order). This module knows nothing of the store.
+GRPO trains on an environment's task stream; the loop trains on the prompts its users sent. The tasks are
+a snapshot's prompt rows (``{"messages": [...], "answer": ..., "info": ..., "score": ...}``), scored by
+the wrapped environment (``env``) against the row's reference answer (found by the loop). Built from a
+JSONL file (``path`` and its ``digest``, checked on load, so the run's environment digest pins the data:
+``rl.env = "traffic"``, ``env_args = {path, digest, env, env_args}``), read only for trusted callers (the
+loop in-process; ``envs.registry``), or from rows in memory (``from_rows``, the eval gate). The wrapped
+``env`` is always resolved as untrusted. ``tasks(seed)`` cycles through the rows forever, each pass a
+fresh seeded shuffle (``cycle=False``: each row once, in order). With ``failure_share = s`` (the loop's
+``algorithm.failure_share``) each task comes with probability ``s`` from a seeded cycle over the rows
+whose served reply failed (``score`` below the top of ``reward_range``: a prompt answered right is mostly a
+group of equal rewards, which teaches GRPO nothing), else from the plain cycle (``envs.streams``); with
+``s = 0``, or no row or every row failed, it is the plain cycle. This module knows nothing of the store.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +28,7 @@ from teachloop.core.rl import Task
 from teachloop.envs.base import Environment
 from teachloop.envs.graders.base import Sample, Score
 from teachloop.envs.registry import load, references_trusted
+from teachloop.envs.streams import mixed, shuffled_cycle
 
 
 def _task(i: int, row: dict[str, Any]) -> Task:
@@ -51,7 +45,7 @@ class TrafficPrompts(Environment):
     version = "1.0.0"
 
     def __init__(self, path: str | None = None, digest: str | None = None, env: str | None = None,
-                 env_args: dict[str, Any] | None = None, *, cycle: bool = True,
+                 env_args: dict[str, Any] | None = None, failure_share: float = 0.0, *, cycle: bool = True,
                  rows: Sequence[dict[str, Any]] | None = None, inner: Environment | None = None) -> None:
         if rows is None and not references_trusted():
             raise InvalidInput("traffic reads a prompts file only for trusted callers (the loop); a reference "
@@ -70,9 +64,14 @@ class TrafficPrompts(Environment):
             rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
         if not rows:
             raise InvalidInput("TrafficPrompts needs at least one prompt", param="rows")
+        if not 0 <= failure_share < 1:
+            raise InvalidInput(f"failure_share must be in [0, 1), not {failure_share}", param="failure_share")
         self.inner = inner
         self.cycle = cycle
+        self.failure_share = float(failure_share)
         self._tasks = [_task(i, r) for i, r in enumerate(rows)]
+        top = inner.reward_range[1]
+        self.failed = [i for i, r in enumerate(rows) if r.get("score") is not None and float(r["score"]) < top]
         self.grader = inner.grader
         self.sampling = inner.sampling
         self.reward_range = inner.reward_range
@@ -86,11 +85,12 @@ class TrafficPrompts(Environment):
         if not self.cycle:
             yield from self._tasks
             return
-        for epoch in itertools.count():
-            order = list(range(len(self._tasks)))
-            random.Random(f"traffic:{seed}:{epoch}").shuffle(order)
-            for i in order:
-                yield self._tasks[i]
+        stream = shuffled_cycle(range(len(self._tasks)), f"traffic:{seed}")
+        if self.failure_share and 0 < len(self.failed) < len(self._tasks):
+            stream = mixed(stream, shuffled_cycle(self.failed, f"traffic-failed:{seed}"), self.failure_share,
+                           f"traffic-mix:{seed}")
+        for i in stream:
+            yield self._tasks[i]
 
     async def score(self, sample: Sample) -> Score:
         """The wrapped environment's reward of the reply (compared with the row's answer)."""
