@@ -48,7 +48,8 @@ def _opts(args: Any, lineage: bool) -> Any:
 
     return DemoOptions(iterations=10_000, requests=args.requests, users=args.users, max_rounds=10_000,
                        budget_min=args.budget_min, steps=args.steps, prompts=args.prompts,
-                       failure_share=args.failure_share if lineage else 0.0, lineage=lineage, reference=False,
+                       failure_share=args.failure_share if lineage else 0.0,
+                       late_temperature=args.late_temperature or None, lineage=lineage, reference=False,
                        fresh_tasks=args.fresh_tasks, gate_tasks=args.gate_tasks)
 
 
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=24)
     ap.add_argument("--steps", type=int, default=12, help="GRPO steps per iteration (lineage: the first)")
     ap.add_argument("--prompts", type=int, default=4, help="GRPO prompts per step of the loop (the demo's default)")
+    ap.add_argument("--late-temperature", type=float, default=0.7,
+                    help="lineage: the loop's algorithm.late_temperature (0: rl.temperature throughout)")
     ap.add_argument("--failure-share", type=float, default=0.0,
                     help="lineage: the loop's algorithm.failure_share (the demo's --failure-share)")
     ap.add_argument("--fresh-tasks", type=int, default=100)
@@ -141,7 +144,8 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in order}
     common = ["--budget-min", str(args.budget_min), "--requests", str(args.requests), "--users", str(args.users),
               "--steps", str(args.steps), "--prompts", str(args.prompts),
-              "--failure-share", str(args.failure_share), "--fresh-tasks", str(args.fresh_tasks), "--gate-tasks", str(args.gate_tasks)]
+              "--failure-share", str(args.failure_share), "--late-temperature", str(args.late_temperature),
+              "--fresh-tasks", str(args.fresh_tasks), "--gate-tasks", str(args.gate_tasks)]
     for rep in range(0 if args.summarise else args.repeats):
         for kind in order if rep % 2 == 0 else list(reversed(order)):
             loops = [r["loop_minutes"] for k in ("lineage", "restart") for r in results.get(k, [])]

@@ -79,6 +79,7 @@ class DemoOptions:
     steps: int = 12
     prompts: int = 4  # GRPO prompts per step (x 8 samples); 8 made iterations too long for the budget (bench/README)
     failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
+    late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
     gate_tasks: int = 200
     canary_percent: int = 25
     seed: int = 0
@@ -93,7 +94,7 @@ def keep(opts: DemoOptions) -> dict[str, Any]:
     """The loop's lineage fields (issue 16), or those of the behaviour before it (``lineage = False``)."""
     if not opts.lineage:
         return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
-    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": 0.7, "late_reward": 0.8,
+    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": opts.late_temperature, "late_reward": 0.8,
             "keep_optimizer": True, "failure_share": opts.failure_share}
 
 
