@@ -215,8 +215,6 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
     ``check_state``) is restored instead of it, optimizer state included; ``steps`` and ``temperature``
     override ``train.steps`` and ``rl.temperature`` (the iteration's ``loop.lineage.Plan``).
     """
-    train = [r.candidate.content for r in rows if r.split == "train"]
-    holdout = [r.candidate.content for r in rows if r.split == "holdout"]
     dep = refs.deployment
     with tempfile.TemporaryDirectory(prefix="teachloop-loop-") as tmp:
         folder = Path(tmp)
@@ -231,6 +229,8 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
             if cfg.algorithm.failure_share:
                 env_args["failure_share"] = cfg.algorithm.failure_share
         else:
+            train = [r.candidate.content for r in rows if r.split == "train"]
+            holdout = [r.candidate.content for r in rows if r.split == "holdout"]
             data_path = str(_write_jsonl(folder / "train.jsonl", train))
             if holdout:
                 eval_path = str(_write_jsonl(folder / "holdout.jsonl", holdout))

@@ -71,7 +71,7 @@ class TrafficPrompts(Environment):
         self.failure_share = float(failure_share)
         self._tasks = [_task(i, r) for i, r in enumerate(rows)]
         top = inner.reward_range[1]
-        self.failed = [i for i, r in enumerate(rows) if r.get("score") is not None and float(r["score"]) < top]
+        self._failed = [i for i, r in enumerate(rows) if r.get("score") is not None and float(r["score"]) < top]
         self.grader = inner.grader
         self.sampling = inner.sampling
         self.reward_range = inner.reward_range
@@ -86,8 +86,8 @@ class TrafficPrompts(Environment):
             yield from self._tasks
             return
         stream = shuffled_cycle(range(len(self._tasks)), f"traffic:{seed}")
-        if self.failure_share and 0 < len(self.failed) < len(self._tasks):
-            stream = mixed(stream, shuffled_cycle(self.failed, f"traffic-failed:{seed}"), self.failure_share,
+        if self.failure_share and 0 < len(self._failed) < len(self._tasks):
+            stream = mixed(stream, shuffled_cycle(self._failed, f"traffic-failed:{seed}"), self.failure_share,
                            f"traffic-mix:{seed}")
         for i in stream:
             yield self._tasks[i]
