@@ -211,7 +211,7 @@ def train_teachloop(engine: Any, renderer: Any, env: WithoutPrompts, spec: str, 
 
     asyncio.run(go())
     curve.append({"cpu_seconds": time.process_time() - cpu0})
-    trained = {prompt_key(t) for s in range(step) for t in algo.tasks_for(s)}
+    trained = {prompt_key(t) for s in range(step) for d in range(algo.rl.extra_draws + 1) for t in algo.tasks_for(s, d)}
     if trained & env.excluded:
         sys.exit(f"BUG: {len(trained & env.excluded)} evaluation prompts were trained on")
     print(f"  teachloop trained on {len(trained)} distinct prompts, none of them an evaluation prompt", flush=True)

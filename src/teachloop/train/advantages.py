@@ -4,7 +4,9 @@
 ``"grpo"``) divides by their standard deviation; ``"no_std"`` keeps the
 centred rewards (Dr. GRPO: no length/difficulty re-weighting through the std).
 A group whose rewards are all equal carries no signal; ``assign`` drops it when
-asked and counts it. Pure Python; knows nothing about models or environments.
+asked and counts it. ``pick_groups`` chooses a step's groups out of more than one
+draw of them (dynamic sampling, ``rl.extra_draws``). Pure Python; knows nothing
+about models or environments.
 """
 
 from __future__ import annotations
@@ -50,4 +52,18 @@ def assign(
     return out, dropped
 
 
-__all__ = ["AdvantageMode", "assign", "group_advantages", "has_variance"]
+def pick_groups(groups: Sequence[Sequence[float]], n: int) -> list[int]:
+    """Indices of the ``n`` groups a step trains on, out of every group it sampled, in sampling order.
+
+    Dynamic sampling (DAPO): the first ``n`` groups whose rewards vary, then, when fewer than ``n`` do, groups
+    with all-equal rewards in sampling order until there are ``n`` (or none is left). So the step trains on as
+    many groups as without extra draws, and a group that carries signal is never left out for one that does not.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    varied = [i for i, r in enumerate(groups) if has_variance(r)][:n]
+    flat = [i for i, r in enumerate(groups) if not has_variance(r)][:n - len(varied)]
+    return sorted(varied + flat)
+
+
+__all__ = ["AdvantageMode", "assign", "group_advantages", "has_variance", "pick_groups"]

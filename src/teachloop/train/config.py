@@ -117,6 +117,12 @@ class RLSection(_Section):
         default="grpo", description="grpo: (r - mean) / std per group; no_std: r - mean (Dr. GRPO)."
     )
     drop_zero_variance: bool = Field(default=True, description="Skip groups whose rewards are all equal.")
+    extra_draws: int = Field(
+        default=0, ge=0, le=16,
+        description="Dynamic sampling (DAPO): while fewer than prompts_per_step of a step's groups have rewards that "
+        "vary, roll out up to this many more batches of prompts_per_step tasks, then train on prompts_per_step "
+        "groups, those that vary first (0: one draw per step).",
+    )
     loss_agg: Literal["token_mean", "seq_mean"] = Field(
         default="token_mean", description="Normalise the loss per token of the batch, or per sequence."
     )

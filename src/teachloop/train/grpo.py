@@ -22,6 +22,18 @@ so a logprob is never paired with a token the sampler did not produce. Every
 turn of an episode carries the episode's advantage (its reward reaches every
 turn). ``rl.merge_turns = false`` trains one sequence per turn instead.
 
+Dynamic sampling (DAPO, ``rl.extra_draws = K > 0``): a group whose rewards are
+all equal teaches nothing, and once the policy answers most tasks right (or
+none) most groups are such. While fewer than ``prompts_per_step`` of the step's
+groups vary, the step rolls out another batch of ``prompts_per_step`` tasks, at
+most ``K`` more, and trains on ``prompts_per_step`` groups, those that vary first
+(``advantages.pick_groups``). The stream is laid out in ``K + 1`` slots of
+``prompts_per_step`` tasks per step (draw ``d`` of step ``t`` takes slot
+``t (K + 1) + d``; a slot not needed is skipped), so a step's tasks still depend
+only on ``t`` and a resumed step draws the same; a finite stream that runs out
+ends the extra draws, not the step. ``reward_mean`` and ``reward_std`` describe
+every group sampled; ``draws`` and ``groups_sampled`` count them.
+
 With ``overlap`` the rollouts of step ``t + 1`` are sampled from a snapshot of
 the adapter taken before step ``t`` updates it, while step ``t`` trains; they
 are one step off-policy and the loss's importance ratio against the stored
@@ -58,7 +70,7 @@ from teachloop.engine.base import Engine
 from teachloop.engine.completer import EngineCompleter
 from teachloop.envs.rollout import rollout
 from teachloop.render import Renderer
-from teachloop.train.advantages import assign
+from teachloop.train.advantages import assign, has_variance, pick_groups
 from teachloop.train.config import OptimSection, RLSection
 from teachloop.train.metrics import policy_metrics
 
@@ -162,24 +174,33 @@ class GRPO:
         self._pending: asyncio.Task[tuple[list[TrajectoryGroup], float]] | None = None
         self._pending_step = -1
 
-    def tasks_for(self, step: int) -> list[Task]:
-        """The tasks of optimizer step ``step`` (a pure function of the task seed and the step)."""
-        n = self.rl.prompts_per_step
-        return list(itertools.islice(self.env.env.tasks(self.rl.task_seed), step * n, (step + 1) * n))
+    def tasks_for(self, step: int, draw: int = 0) -> list[Task]:
+        """The tasks of draw ``draw`` of optimizer step ``step`` (a pure function of the task seed, the step and
+        the draw; draw 0 is every step's, the others dynamic sampling's: see the module docstring)."""
+        n, slots = self.rl.prompts_per_step, self.rl.extra_draws + 1
+        first = (step * slots + draw) * n
+        return list(itertools.islice(self.env.env.tasks(self.rl.task_seed), first, first + n))
 
-    def params_for(self, step: int) -> SamplingParams:
-        """Sampling parameters of step ``step``, seeded by (run seed, step) so a resumed step resamples alike."""
+    def params_for(self, step: int, draw: int = 0) -> SamplingParams:
+        """Sampling parameters of a step's draw, seeded by (run seed, step, draw) so a resumed step resamples
+        alike."""
         return SamplingParams(max_tokens=self.rl.max_tokens, temperature=self.rl.temperature, top_p=self.rl.top_p,
-                              seed=(self.seed * 1_000_003 + step) % (2**31))
+                              seed=(self.seed * 1_000_003 + step + draw * 1_000_000_007) % (2**31))
 
     async def _rollouts(self, step: int) -> tuple[list[TrajectoryGroup], float]:
+        """Every group the step samples: its first draw, then dynamic sampling's extra draws while needed."""
         tasks = self.tasks_for(step)
         if not tasks:
             raise RuntimeError(f"environment {self.env.ref} ran out of tasks at step {step}")
         t0 = time.perf_counter()
-        groups = await rollout(self.env.env, tasks, self.completer, group_size=self.rl.group_size,
-                               params=self.params_for(step), timeout_s=self.rl.episode_timeout_s,
-                               max_concurrent_groups=len(tasks))
+        groups: list[TrajectoryGroup] = []
+        for draw in range(self.rl.extra_draws + 1):
+            if draw and (sum(has_variance(_rewards(g)) for g in groups) >= self.rl.prompts_per_step
+                         or not (tasks := self.tasks_for(step, draw))):
+                break
+            groups += await rollout(self.env.env, tasks, self.completer, group_size=self.rl.group_size,
+                                    params=self.params_for(step, draw), timeout_s=self.rl.episode_timeout_s,
+                                    max_concurrent_groups=len(tasks))
         return groups, time.perf_counter() - t0
 
     async def step(self, step: int) -> dict[str, Any]:
@@ -197,9 +218,17 @@ class GRPO:
                 self._pending_step = step + 1
         else:
             groups, rollout_s = await self._rollouts(step)
+        sampled = groups
+        if len(groups) > self.rl.prompts_per_step:  # dynamic sampling drew more than one batch
+            groups = [groups[i] for i in pick_groups([_rewards(g) for g in groups], self.rl.prompts_per_step)]
         batch = build_batch(groups, self.rl, self.skip_zero_gradient)
         t1 = time.perf_counter()
         metrics: dict[str, Any] = dict(batch.stats)
+        if self.rl.extra_draws:
+            flat = [r for g in sampled for r in _rewards(g)]
+            metrics.update({"reward_mean": statistics.fmean(flat), "reward_std": statistics.pstdev(flat),
+                            "groups_sampled": float(len(sampled)),
+                            "draws": float(-(-len(sampled) // self.rl.prompts_per_step))})
         if batch.datums:
             fb = await asyncio.to_thread(self.engine.forward_backward, batch.datums, self.rl.loss,
                                          self.rl.loss_config(), adapter=self.adapter, logprobs_for="weighted")
@@ -208,7 +237,7 @@ class GRPO:
         else:
             metrics["trained"] = 0.0  # every group had zero reward variance: nothing to learn from
         done = time.perf_counter()
-        comp_tokens = sum(len(turn.tokens) for g in groups for t in g.trajectories for turn in t.turns)
+        comp_tokens = sum(len(turn.tokens) for g in sampled for t in g.trajectories for turn in t.turns)
         metrics.update({
             "step_seconds": done - t0, "rollout_seconds": rollout_s, "train_seconds": done - t1,
             "completion_tokens": float(comp_tokens), "tokens_per_s": comp_tokens / max(done - t0, 1e-9),
@@ -225,6 +254,10 @@ class GRPO:
         if self.rl.overlap and self.sampler != self.adapter:
             with contextlib.suppress(Exception):  # nothing left to clean up
                 self.engine.delete_adapter(self.sampler)
+
+
+def _rewards(group: TrajectoryGroup) -> list[float]:
+    return [t.reward for t in group.trajectories]
 
 
 __all__ = ["GRPO", "Batch", "TrainSequence", "build_batch", "episode_sequences"]

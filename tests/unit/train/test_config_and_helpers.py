@@ -120,7 +120,7 @@ _EVERY_FIELD = {
     "rl.env": "digits", "rl.env_args": "{ level = 3 }", "rl.task_seed": "5", "rl.prompts_per_step": "2",
     "rl.group_size": "3", "rl.max_tokens": "9", "rl.temperature": "0.7", "rl.top_p": "0.9",
     "rl.loss": "cispo", "rl.clip_low": "0.5", "rl.clip_high": "4.0", "rl.kl_coef": "0.05", "rl.advantage": "no_std",
-    "rl.drop_zero_variance": "false", "rl.loss_agg": "seq_mean", "rl.overlap": "true", "rl.episode_timeout_s": "9.5", "rl.merge_turns": "false",
+    "rl.drop_zero_variance": "false", "rl.extra_draws": "2", "rl.loss_agg": "seq_mean", "rl.overlap": "true", "rl.episode_timeout_s": "9.5", "rl.merge_turns": "false",
     "rl.prefix_cache": "false",
     "data.train": "t.jsonl", "data.eval": "e.jsonl", "data.holdout_frac": "0.1", "data.batch_size": "2",
     "data.max_seq_len": "99", "data.max_skipped_frac": "0.5", "data.train_on": "last_assistant",
