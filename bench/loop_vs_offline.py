@@ -50,6 +50,7 @@ def _opts(args: Any, lineage: bool) -> Any:
                        budget_min=args.budget_min, steps=args.steps, prompts=args.prompts,
                        failure_share=args.failure_share if lineage else 0.0,
                        late_temperature=args.late_temperature or None, lineage=lineage, reference=False,
+                       late_extra_draws=args.late_extra_draws if lineage and args.late_extra_draws else None,
                        fresh_tasks=args.fresh_tasks, gate_tasks=args.gate_tasks)
 
 
@@ -121,6 +122,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="GRPO prompts per step of the loop (the demo's default)")
     ap.add_argument("--late-temperature", type=float, default=0.7,
                     help="lineage: the loop's algorithm.late_temperature (0: rl.temperature throughout)")
+    ap.add_argument("--late-extra-draws", type=int, default=0,
+                    help="lineage: the loop's algorithm.late_extra_draws (dynamic sampling once the gate reward "
+                         "reaches 0.8; 0: off)")
     ap.add_argument("--failure-share", type=float, default=0.0,
                     help="lineage: the loop's algorithm.failure_share (the demo's --failure-share)")
     ap.add_argument("--fresh-tasks", type=int, default=100)
@@ -145,6 +149,7 @@ def main() -> None:
     common = ["--budget-min", str(args.budget_min), "--requests", str(args.requests), "--users", str(args.users),
               "--steps", str(args.steps), "--prompts", str(args.prompts),
               "--failure-share", str(args.failure_share), "--late-temperature", str(args.late_temperature),
+              "--late-extra-draws", str(args.late_extra_draws),
               "--fresh-tasks", str(args.fresh_tasks), "--gate-tasks", str(args.gate_tasks)]
     for rep in range(0 if args.summarise else args.repeats):
         for kind in order if rep % 2 == 0 else list(reversed(order)):

@@ -80,6 +80,7 @@ class DemoOptions:
     prompts: int = 4  # GRPO prompts per step (x 8 samples); 8 made iterations too long for the budget (bench/README)
     failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
     late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
+    late_extra_draws: int | None = None  # algorithm.late_extra_draws: dynamic sampling once the lineage is good
     gate_tasks: int = 200
     canary_percent: int = 25
     seed: int = 0
@@ -95,7 +96,7 @@ def keep(opts: DemoOptions) -> dict[str, Any]:
     if not opts.lineage:
         return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
     return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": opts.late_temperature, "late_reward": 0.8,
-            "keep_optimizer": True, "failure_share": opts.failure_share}
+            "keep_optimizer": True, "failure_share": opts.failure_share, "late_extra_draws": opts.late_extra_draws}
 
 
 def loop_config(opts: DemoOptions) -> dict[str, Any]:
@@ -551,6 +552,10 @@ def demo(
     failure_share: float = typer.Option(0.0, "--failure-share", min=0.0, max=0.99,
                                         help="Share of GRPO tasks drawn from the prompts whose served reply the "
                                              "grader failed (the loop's algorithm.failure_share)."),
+    late_extra_draws: int = typer.Option(None, "--late-extra-draws", min=0, max=16,
+                                         help="Once the lineage's gate reward reaches 0.8, GRPO steps draw up to "
+                                              "this many more batches of prompts while too few groups' rewards "
+                                              "vary (the loop's algorithm.late_extra_draws; default: off)."),
     max_rounds: int = typer.Option(12, "--max-rounds", min=1, help="Rounds of traffic at most."),
     budget_min: float = typer.Option(28.0, "--budget-min", min=1, help="Start no round after this many minutes."),
     restart: bool = typer.Option(False, "--restart", help="The loop before issue 16: every iteration restarts from "
@@ -565,7 +570,8 @@ def demo(
     with handle_errors():
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
         opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, prompts=prompts,
-                           failure_share=failure_share, max_rounds=max_rounds, budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
+                           failure_share=failure_share, late_extra_draws=late_extra_draws, max_rounds=max_rounds,
+                           budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
                            svg=svg)
         run_demo(opts, folder)
 

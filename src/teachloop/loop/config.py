@@ -250,7 +250,13 @@ class AlgorithmConfig(_Section):
                                            description="Rollout temperature once the lineage's gate reward reaches "
                                                        "late_reward (null: rl.temperature throughout).")
     late_reward: float = Field(default=0.8, description="Gate reward (candidate mean) from which late_temperature "
-                                                        "applies.")
+                                                        "and late_extra_draws apply.")
+    late_extra_draws: int | None = Field(default=None, ge=0, le=16,
+                                         description="GRPO: rl.extra_draws (dynamic sampling: more batches of "
+                                                     "prompts while too few groups' rewards vary) once the "
+                                                     "lineage's gate reward reaches late_reward, when most groups "
+                                                     "of a good policy are all correct (null: rl.extra_draws "
+                                                     "throughout).")
     failure_share: float = Field(default=0.0, ge=0, lt=1,
                                  description="GRPO: the share of a run's tasks drawn from the traffic prompts whose "
                                              "served reply the grader scored below full marks, the rest from all "
@@ -457,6 +463,9 @@ def _check_lineage(cfg: LoopConfig) -> None:
     if a.late_temperature is not None and a.kind != "grpo":
         raise InvalidInput("config field algorithm.late_temperature: only grpo samples rollouts",
                            param="algorithm.late_temperature")
+    if a.late_extra_draws is not None and a.kind != "grpo":
+        raise InvalidInput("config field algorithm.late_extra_draws: only grpo samples rollouts",
+                           param="algorithm.late_extra_draws")
     if a.failure_share and a.kind != "grpo":
         raise InvalidInput("config field algorithm.failure_share: only grpo trains on the traffic prompts' stream",
                            param="algorithm.failure_share")

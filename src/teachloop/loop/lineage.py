@@ -23,7 +23,11 @@ from the loop's own iterations (newest first, one loop of one organisation):
   twice the predecessor's steps, up to ``max_steps``; after one that got
   worse it goes back to ``train.steps``; otherwise it keeps the predecessor's.
 * **temperature** -- with ``algorithm.late_temperature``, rollouts are sampled
-  at it once the start's gate reward reaches ``algorithm.late_reward``.
+  at it once the start's gate reward reaches ``algorithm.late_reward``; with
+  ``algorithm.late_extra_draws``, from then on a step also draws that many more
+  batches of prompts at most while too few of its groups' rewards vary
+  (``rl.extra_draws``, dynamic sampling: a good policy's groups are mostly all
+  correct, and teach nothing).
 * **optimizer state** -- with ``algorithm.keep_optimizer`` (default on), a start
   that a run of this loop trained (a candidate of the lineage, the deployed
   version when a loop run made it, a ``continue_from`` of this loop) also names
@@ -91,6 +95,7 @@ class Plan:
             as last measured), if known.
         steps: training steps of this iteration.
         temperature: rollout temperature, or None for the config's.
+        extra_draws: dynamic sampling's extra draws per step (``rl.extra_draws``), or None for the config's.
         reason: why, in words.
         state_key: blob key of the checkpoint (adapter + AdamW state) of the run that trained the start, restored
             with it; None: the run starts a fresh AdamW.
@@ -108,6 +113,7 @@ class Plan:
     state_key: str | None = None
     state_run: str | None = None
     optimizer: str = ""
+    extra_draws: int | None = None
 
     def without_state(self, why: str) -> Plan:
         """This plan with a fresh AdamW instead of the saved state, ``why`` recorded."""
@@ -117,7 +123,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         """As stored on the iteration."""
         return {"start": self.start, "parent_iteration": self.parent_iteration, "parent_reward": self.parent_reward,
-                "steps": self.steps, "temperature": self.temperature, "reason": self.reason,
+                "steps": self.steps, "temperature": self.temperature, "extra_draws": self.extra_draws,
+                "reason": self.reason,
                 "optimizer": {"restored": self.state_key is not None, "run": self.state_run,
                               "reason": self.optimizer}}
 
@@ -236,17 +243,21 @@ def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[Loo
                 parent_reward = rewards[1] if rewards else None
                 reason = f"the candidate of iteration {it.number} (not worse than the deployed version on the gate)"
                 break
-    temperature = None
-    if a.late_temperature is not None and parent_reward is not None and parent_reward >= a.late_reward:
-        temperature = a.late_temperature
-        reason += f"; rollouts at temperature {temperature:g} (start's gate reward {parent_reward:.3f} >= " \
-                  f"{a.late_reward:g})"
+    temperature = extra_draws = None
+    if parent_reward is not None and parent_reward >= a.late_reward:
+        temperature, extra_draws = a.late_temperature, a.late_extra_draws
+        late = ([f"rollouts at temperature {temperature:g}"] if temperature is not None else []) + \
+               ([f"up to {extra_draws} extra draws a step"] if extra_draws is not None else [])
+        if late:
+            reason += f"; {' and '.join(late)} (start's gate reward {parent_reward:.3f} >= {a.late_reward:g})"
     if why_steps:
         reason += f"; {why_steps}"
     if key is None:
-        return Plan(start, key, steps, parent, parent_reward, temperature, reason, optimizer="a fresh adapter and AdamW")
+        return Plan(start, key, steps, parent, parent_reward, temperature, reason,
+                    optimizer="a fresh adapter and AdamW", extra_draws=extra_draws)
     state_key, optimizer = _state(cfg, state_run, final_state)
-    return Plan(start, key, steps, parent, parent_reward, temperature, reason, state_key, state_run, optimizer)
+    return Plan(start, key, steps, parent, parent_reward, temperature, reason, state_key, state_run, optimizer,
+                extra_draws)
 
 
 def _state(cfg: LoopConfig, run: str | None, final_state: Callable[[str], str | None] | None) -> tuple[str | None, str]:

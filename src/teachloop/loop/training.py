@@ -14,7 +14,7 @@
   often), graded by the grader source's environment. With ``warm_start`` the candidate starts from
   the deployed adapter version, or from the PEFT folder the iteration's
   ``loop.lineage.Plan`` names (an earlier candidate: ``init_key``), with the
-  plan's steps and temperature (``WarmStart`` makes the trainer's fresh
+  plan's steps, temperature and extra draws (``WarmStart`` makes the trainer's fresh
   adapter a copy of it). A training-time budget is enforced between steps:
   past it the run is stopped (``BudgetExceeded``) and recorded as failed.
 * **The optimizer state goes with the candidate.** Every training run ends
@@ -207,13 +207,14 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
                           on_step: Callable[[int, dict[str, Any]], None] | None = None,
                           on_run: Callable[[str], object] | None = None, init_key: str | None = None,
                           init_state: str | None = None, steps: int | None = None,
-                          temperature: float | None = None) -> RunInfo:
+                          temperature: float | None = None, extra_draws: int | None = None) -> RunInfo:
     """Train the iteration's candidate (see the module docstring); raises on failure (the run is marked failed).
 
     ``init_key`` (a PEFT folder in the blob store: an earlier candidate of the lineage) overrides
     ``warm_start``; ``init_state`` (the checkpoint of the run that trained that folder, passed by
-    ``check_state``) is restored instead of it, optimizer state included; ``steps`` and ``temperature``
-    override ``train.steps`` and ``rl.temperature`` (the iteration's ``loop.lineage.Plan``).
+    ``check_state``) is restored instead of it, optimizer state included; ``steps``, ``temperature`` and
+    ``extra_draws`` override ``train.steps``, ``rl.temperature`` and ``rl.extra_draws`` (the iteration's
+    ``loop.lineage.Plan``).
     """
     dep = refs.deployment
     with tempfile.TemporaryDirectory(prefix="teachloop-loop-") as tmp:
@@ -239,8 +240,9 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
                             eval_env_args=held_out[1] if held_out else None)
         if steps is not None:
             raw["steps"] = steps
-        if temperature is not None and "rl" in raw:
-            raw["rl"] = {**raw["rl"], "temperature": temperature}
+        if "rl" in raw:
+            late = {"temperature": temperature, "extra_draws": extra_draws}
+            raw["rl"] = {**raw["rl"], **{k: v for k, v in late.items() if v is not None}}
         key = init_key or (warm_start.blob_key if warm_start is not None else None)
         if init_state is not None and key is None:
             raise TeachloopError("init_state needs the folder it was saved with (init_key)")

@@ -89,14 +89,18 @@ def test_the_newest_not_worse_candidate_of_the_lineage_is_continued() -> None:
 
 
 def test_steps_adapt_to_how_much_the_candidate_still_improves_and_late_rollouts_cool() -> None:
-    cfg = _cfg(max_steps=12, late_temperature=0.5, late_reward=0.8)
+    cfg = _cfg(max_steps=12, late_temperature=0.5, late_reward=0.8, late_extra_draws=2)
     first = _it(1, "rejected", 0.5, 0.6, plan_={"start": "deployed", "steps": 4})
     p = plan(cfg, DEPLOYED, [first], _keys)
     assert p.steps == 8 and "still improved" in p.reason and p.temperature is None  # 0.6 < late_reward
+    assert p.extra_draws is None and p.to_json()["extra_draws"] is None
     second = _it(2, "rejected", 0.5, 0.85, plan_={"start": "candidate", "parent_reward": 0.6, "steps": 8})
     p = plan(cfg, DEPLOYED, [second, first], _keys)
     assert p.steps == 12 and p.parent_iteration == 2  # doubled, capped at max_steps
     assert p.temperature == 0.5 and "temperature 0.5" in p.reason  # the start's gate reward 0.85 >= 0.8
+    assert p.extra_draws == 2 and "up to 2 extra draws" in p.reason and p.to_json()["extra_draws"] == 2
+    only_draws = plan(_cfg(max_steps=12, late_extra_draws=1), DEPLOYED, [second, first], _keys)
+    assert (only_draws.temperature, only_draws.extra_draws) == (None, 1) and "temperature" not in only_draws.reason
     worse = _it(3, "rejected", 0.5, 0.7, plan_={"start": "candidate", "parent_reward": 0.85, "steps": 12})
     p = plan(cfg, DEPLOYED, [worse, second, first], _keys)
     assert p.steps == 4 and "got worse" in p.reason and p.parent_iteration == 3  # 0.7 is still not worse than 0.5
@@ -141,6 +145,8 @@ def test_config_rules_name_the_field() -> None:
     for algorithm, field in (({"max_steps": 2}, "algorithm.max_steps"),
                              ({"continue_from": "calc@1", "warm_start": False}, "algorithm.continue_from"),
                              ({"late_temperature": 0}, "algorithm.late_temperature"),
+                             ({"late_extra_draws": -1}, "algorithm.late_extra_draws"),
+                             ({"late_extra_draws": 17}, "algorithm.late_extra_draws"),
                              ({"failure_share": 1.0}, "algorithm.failure_share"),
                              ({"failure_share": -0.5}, "algorithm.failure_share")):
         with pytest.raises(InvalidInput) as info:
@@ -149,6 +155,9 @@ def test_config_rules_name_the_field() -> None:
     with pytest.raises(InvalidInput) as info:
         validate_loop_config(grpo_config(algorithm={"kind": "sft", "late_temperature": 0.5, "train": {"steps": 2}}))
     assert info.value.param == "algorithm.late_temperature"
+    with pytest.raises(InvalidInput, match="only grpo") as info:
+        validate_loop_config(grpo_config(algorithm={"kind": "sft", "late_extra_draws": 1, "train": {"steps": 2}}))
+    assert info.value.param == "algorithm.late_extra_draws"
     with pytest.raises(InvalidInput, match="only grpo") as info:
         validate_loop_config(grpo_config(algorithm={"kind": "sft", "failure_share": 0.5, "train": {"steps": 2}}))
     assert info.value.param == "algorithm.failure_share"

@@ -427,3 +427,21 @@ def test_failure_share_reaches_the_run_and_the_prompts_carry_their_served_scores
             Curated(Candidate({"messages": msgs, "answer": "6"}, "dataset", None, {}, None), "train")]
     assert prompt_rows(rows) == [{"messages": msgs, "answer": "4", "info": {}, "score": 0.0},
                                  {"messages": msgs, "answer": "6", "info": {}, "score": None}]
+
+
+def test_late_extra_draws_reach_the_runs_of_a_lineage_that_is_good_enough(
+    store: Store, fake_engine: Any, renderer: Renderer
+) -> None:
+    from teachloop.store.schema.runs import TrainingRun
+
+    _configure(store, grpo_config(algorithm={"kind": "grpo", "late_extra_draws": 2, "late_reward": -1.0,
+                                             "train": LONG}))
+    for seed in (0, 5):
+        arithmetic_traffic(store, 20, correct_every=2, seed=seed)
+        _tick(_runner(store, fake_engine, renderer))
+    second, first = history(store.db, store.org_id, DEPLOYMENT)[:2]
+    assert first["plan"]["extra_draws"] is None  # no gate reward yet: not late
+    assert second["plan"]["extra_draws"] == 2 and "up to 2 extra draws" in second["plan"]["reason"]
+    with store.db.session(write=False) as s:
+        runs = [s.get(TrainingRun, it["run"]["id"]) for it in (first, second)]
+    assert [r.config["rl"]["extra_draws"] for r in runs if r is not None] == [0, 2]
