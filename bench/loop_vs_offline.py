@@ -9,7 +9,7 @@ order given (``--order``, alternated when ``--repeats`` > 1):
 * ``restart`` -- the loop before issue 16 (``teachloop demo --restart``): every iteration
   restarts from the deployed adapter with ``--steps`` steps;
 * ``offline`` -- the demo's offline reference (``bench/learn_arithmetic.py``'s GRPO setup)
-  trained for the median wall clock the loop contenders ran, evaluated greedily on
+  trained for the median minute of the loop contenders' last rounds, evaluated greedily on
   traffic-like tasks at seven points.
 
 Both loop contenders run ``cli.demo.run_demo`` (the demo's traffic, loop config, gate and
@@ -51,6 +51,7 @@ def _opts(args: Any, lineage: bool) -> Any:
                        failure_share=args.failure_share if lineage else 0.0,
                        late_temperature=args.late_temperature or None, lineage=lineage, reference=False,
                        late_extra_draws=args.late_extra_draws if lineage and args.late_extra_draws else None,
+                       late_reward=args.late_reward,
                        fresh_tasks=args.fresh_tasks, gate_tasks=args.gate_tasks)
 
 
@@ -125,6 +126,9 @@ def main() -> None:
     ap.add_argument("--late-extra-draws", type=int, default=0,
                     help="lineage: the loop's algorithm.late_extra_draws (dynamic sampling once the gate reward "
                          "reaches 0.8; 0: off)")
+    ap.add_argument("--late-reward", type=float, default=0.8,
+                    help="lineage: the loop's algorithm.late_reward (the gate reward from which both late settings "
+                         "apply)")
     ap.add_argument("--failure-share", type=float, default=0.0,
                     help="lineage: the loop's algorithm.failure_share (the demo's --failure-share)")
     ap.add_argument("--fresh-tasks", type=int, default=100)
@@ -149,11 +153,14 @@ def main() -> None:
     common = ["--budget-min", str(args.budget_min), "--requests", str(args.requests), "--users", str(args.users),
               "--steps", str(args.steps), "--prompts", str(args.prompts),
               "--failure-share", str(args.failure_share), "--late-temperature", str(args.late_temperature),
-              "--late-extra-draws", str(args.late_extra_draws),
+              "--late-extra-draws", str(args.late_extra_draws), "--late-reward", str(args.late_reward),
               "--fresh-tasks", str(args.fresh_tasks), "--gate-tasks", str(args.gate_tasks)]
     for rep in range(0 if args.summarise else args.repeats):
         for kind in order if rep % 2 == 0 else list(reversed(order)):
-            loops = [r["loop_minutes"] for k in ("lineage", "restart") for r in results.get(k, [])]
+            # the loop's last round, not its wall clock: an iteration still training when the budget ends is never
+            # served, and would give the reference minutes the loop had no round in (22:17 run: 13.7 vs 21.2)
+            loops = [r["rounds"][-1]["minutes"] if r["rounds"] else r["loop_minutes"]
+                     for k in ("lineage", "restart") for r in results.get(k, [])]
             minutes = statistics.median(loops) if loops else args.budget_min
             out = args.out / f"{kind}-{rep}.json"
             print(f"== {kind} (repeat {rep}){f', {minutes:.1f} min' if kind == 'offline' else ''}", flush=True)

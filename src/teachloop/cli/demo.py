@@ -81,6 +81,7 @@ class DemoOptions:
     failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
     late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
     late_extra_draws: int | None = None  # algorithm.late_extra_draws: dynamic sampling once the lineage is good
+    late_reward: float = 0.8  # algorithm.late_reward: the start's gate reward from which both late settings apply
     gate_tasks: int = 200
     canary_percent: int = 25
     seed: int = 0
@@ -95,7 +96,8 @@ def keep(opts: DemoOptions) -> dict[str, Any]:
     """The loop's lineage fields (issue 16), or those of the behaviour before it (``lineage = False``)."""
     if not opts.lineage:
         return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
-    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": opts.late_temperature, "late_reward": 0.8,
+    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": opts.late_temperature,
+            "late_reward": opts.late_reward,
             "keep_optimizer": True, "failure_share": opts.failure_share, "late_extra_draws": opts.late_extra_draws}
 
 
@@ -317,7 +319,7 @@ def summary(rounds: list[Round]) -> list[tuple[str, float, int]]:
     return result
 
 
-def _greedy_reward(engine: Any, renderer: Any, tasks: list[Any], adapter: str | None) -> float:
+def greedy_reward(engine: Any, renderer: Any, tasks: list[Any], adapter: str | None) -> float:
     """Mean grader reward of greedy 32-token replies of ``adapter`` (None: the base) to ``tasks``."""
     from teachloop.core.sampling import SamplingParams
     from teachloop.engine.completer import EngineCompleter
@@ -349,7 +351,7 @@ def fresh_check(engine: Any, renderer: Any, blobs: Any, iterations: list[dict[st
                 name = f"demo-fresh-{versions[ref].version}"
                 with tempfile.TemporaryDirectory(prefix="teachloop-demo-") as tmp:
                     engine.load_adapter(name, blobs.get_dir(versions[ref].blob_key, Path(tmp) / "a"))
-            loaded[ref] = _greedy_reward(engine, renderer, tasks, name)
+            loaded[ref] = greedy_reward(engine, renderer, tasks, name)
         return loaded[ref]
 
     for it in sorted(iterations, key=lambda i: i["number"]):
@@ -393,7 +395,7 @@ def offline_reference(engine: Any, renderer: Any, minutes: float, opts: DemoOpti
 
     for mark in marks:
         asyncio.run(train_until(mark))
-        curve.append((spent / 60, _greedy_reward(engine, renderer, tasks, name)))
+        curve.append((spent / 60, greedy_reward(engine, renderer, tasks, name)))
         if log is not None:
             log(f"offline reference: {spent / 60:5.1f} min, {step} steps: reward {curve[-1][1]:.3f}")
     drop = getattr(engine, "delete_adapter", None)
@@ -582,6 +584,7 @@ __all__ = [
     "Round",
     "app",
     "fresh_check",
+    "greedy_reward",
     "keep",
     "loop_config",
     "loop_curve",
