@@ -168,7 +168,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     except ImportError as err:
         raise ModelError(f"converting a model needs torch and transformers: {err}") from None
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as err:
@@ -180,14 +180,14 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     setattr(model, "hf_quantizer", None)  # noqa: B010 - the attribute is typed as non-optional
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own progress bars while ours run."""
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own progress bars (downloads, "Loading weights") for the block: ours, or none, run."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -224,7 +224,7 @@ def pull_hub(source: HubSource, out: Path, report: ProgressCallback) -> dict[str
     report(PullProgress("download", 0, None, f"loading {source.repo_id} {where}"))
     kwargs: dict[str, Any] = {"revision": source.revision, "local_files_only": not online}
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source.repo_id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(source.repo_id, dtype="auto", **kwargs)
     except ImportError as err:
@@ -240,7 +240,7 @@ def pull_hub(source: HubSource, out: Path, report: ProgressCallback) -> dict[str
             f"{first_line(err)}"
         ) from None
     report(PullProgress("convert", 1, 1, "loaded"))
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {
@@ -273,4 +273,5 @@ __all__ = [
     "file_sha256",
     "pull_hub",
     "pull_wheel_gguf",
+    "quiet_transformers",
 ]

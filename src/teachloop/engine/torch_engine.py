@@ -52,6 +52,7 @@ from teachloop.engine.compute import ComputeThread, trim_heap
 from teachloop.engine.hf_generic import build_forward, lora_target_groups, lora_targets
 from teachloop.engine.llama import Segments, single
 from teachloop.engine.losses import TokenInputs, compute_loss, merge_metrics
+from teachloop.engine.model_sources import quiet_transformers
 from teachloop.engine.optim_state import check_optimizer_state
 from teachloop.engine.packing import micro_batches, plan_packing
 from teachloop.engine.prefix import PrefixCache
@@ -119,8 +120,9 @@ class TorchEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+            with quiet_transformers():  # no "Loading weights" bar in `teachloop up`'s or a run's output
+                self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+                model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load the model at {path}: {err}".splitlines()[0]) from None
         model.requires_grad_(False)
@@ -436,7 +438,8 @@ class TorchEngine:
             path = Path(path)
             with tempfile.TemporaryDirectory() as tmp:
                 self.save_adapter(name, Path(tmp) / "adapter")
-                base = AutoModelForCausalLM.from_pretrained(str(self._path), dtype=torch.float32)
+                with quiet_transformers():
+                    base = AutoModelForCausalLM.from_pretrained(str(self._path), dtype=torch.float32)
                 if self._adapters[name].spec.train_unembed and getattr(base.config, "tie_word_embeddings", False):
                     # merging into a tied unembedding would also move the input embedding: untie first
                     base.lm_head.weight = torch.nn.Parameter(base.get_input_embeddings().weight.detach().clone())  # type: ignore[operator]

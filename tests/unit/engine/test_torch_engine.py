@@ -283,6 +283,22 @@ def _train_steps(engine: TorchEngine, name: str, batch: list[Datum], steps: int,
     return losses
 
 
+def test_loading_and_merging_print_no_transformers_progress_bar(model_dir: Path, tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    assert "Loading weights" in capfd.readouterr().err  # what `teachloop up` printed before
+    engine = TorchEngine(model_dir, device="cpu")
+    engine.create_adapter("x", LoraSpec(rank=4, seed=0))
+    engine.merge_adapter("x", tmp_path / "merged")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # switched off only while the engine loads
+
+
 def test_checkpoint_resume_equals_uninterrupted(engine: TorchEngine, tmp_path: Path) -> None:
     batch = [Datum.from_sequence(_prompt(engine) + [10, 11, 12, 13], [0] * 20 + [1] * 4)]
     engine.create_adapter("run", LoraSpec(rank=4, seed=5))
