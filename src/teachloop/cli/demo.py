@@ -96,9 +96,9 @@ def keep(opts: DemoOptions) -> dict[str, Any]:
     """The loop's lineage fields (issue 16), or those of the behaviour before it (``lineage = False``)."""
     if not opts.lineage:
         return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
-    return {"lineage": True, "max_steps": 4 * opts.steps, "late_temperature": opts.late_temperature,
-            "late_reward": opts.late_reward,
-            "keep_optimizer": True, "failure_share": opts.failure_share, "late_extra_draws": opts.late_extra_draws}
+    return {"lineage": True, "max_steps": 4 * opts.steps, "late_reward": opts.late_reward,
+            "late_temperature": opts.late_temperature, "late_extra_draws": opts.late_extra_draws,
+            "keep_optimizer": True, "failure_share": opts.failure_share}
 
 
 def loop_config(opts: DemoOptions) -> dict[str, Any]:

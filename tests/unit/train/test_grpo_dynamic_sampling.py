@@ -13,6 +13,7 @@ import asyncio
 from collections import Counter
 from typing import Any, ClassVar
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,8 +46,6 @@ def test_pick_groups_prefers_the_groups_that_vary_and_keeps_the_batch_size(group
 
 
 def test_pick_groups_refuses_a_negative_size() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="n must be"):
         pick_groups([[0.0, 1.0]], -1)
 
