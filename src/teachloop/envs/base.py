@@ -7,10 +7,13 @@ An ``Environment`` subclass provides:
   (``Task.hash``) in the same order, in any process. Use ``random.Random(seed)``,
   never the global RNG, and never iterate over sets of strings.
 - the episode -- ``max_turns`` model turns at most. After each model turn the
-  rollout runs the ``tools`` the model called, or else asks ``env_response``
-  for the environment's reply; ``None`` ends the episode. Single-turn
-  environments leave both alone. ``initial_state(task)`` makes the
-  per-episode state dict that ``env_response`` and tools receive.
+  rollout first asks ``is_done``: True ends the episode with that turn as the
+  final reply, whatever it holds (tool calls included, which then do not run).
+  Otherwise it runs the ``tools`` the model called, or else asks
+  ``env_response`` for the environment's reply; ``None`` ends the episode.
+  Single-turn environments leave all three alone. ``initial_state(task)``
+  makes the per-episode state dict that ``is_done``, ``env_response`` and
+  tools receive.
 - the reward -- ``grader`` (any ``Grader``; weighted combinations welcome) or
   an override of ``score``; optionally a ``group_grader`` that scores a whole
   group relative to each other.
@@ -72,6 +75,10 @@ class Environment:
     def initial_state(self, task: Task) -> dict[str, Any]:
         """The per-episode state passed to ``env_response`` and to tools."""
         return {}
+
+    def is_done(self, task: Task, messages: Sequence[Message], state: dict[str, Any]) -> bool:
+        """Whether the model's last turn (``messages[-1]``) ends the episode before its tools or ``env_response`` run."""
+        return False
 
     async def env_response(self, task: Task, messages: list[Message], state: dict[str, Any]) -> list[Message] | None:
         """The environment's reply to the model's last turn, or ``None`` to end the episode."""

@@ -1,8 +1,8 @@
 """Rollouts: run episodes of an environment against a ``ChatCompleter``, concurrently, failures as data.
 
-- ``run_episode`` plays one task to the end: model turn, then the tools the
-  model called or ``env.env_response``, until the environment says done or
-  ``max_turns`` is reached; then ``env.score``. Every ``Completion.turn``
+- ``run_episode`` plays one task to the end: model turn, then (unless
+  ``env.is_done``) the tools the model called or ``env.env_response``, until
+  the environment says done or ``max_turns`` is reached; then ``env.score``. Every ``Completion.turn``
   (token ids and sampler logprobs, when the completer is the engine) is kept
   in ``Trajectory.turns`` in order, so training never re-tokenises.
 - ``rollout_group`` runs ``size`` episodes of one task concurrently. The first
@@ -113,6 +113,13 @@ async def _play(
         if completion.turn is not None:
             turns.append(completion.turn)
         meta["model_turns"] = turn_index + 1
+        try:
+            done = env.is_done(task, list(messages), state)
+        except Exception as err:
+            raise _Fail("env", err) from err
+        if done:
+            meta["stop"] = "done"
+            return
         if message.tool_calls and env.tools:
             meta["tool_calls"] = meta.get("tool_calls", 0) + len(message.tool_calls)
             messages.extend(await _run_tools(env, task, message, state))

@@ -163,6 +163,41 @@ def test_guess_number_ends_the_game_on_the_reply_after_correct() -> None:
     assert won.reward == max(0.5, 1.0 - env.penalty * max(0, secret - env.bound)) > 0
 
 
+def test_guess_number_with_the_tool_ends_the_game_on_the_turn_after_correct() -> None:
+    """1.3.0: a tool call after 'correct' is that game's final reply: it does not run, and it is no answer."""
+    env = GuessNumber(high=10)
+    task = next(t for t in env.take(20, seed=1) if int(t.answer or 0) >= 3)
+    secret = int(task.answer or 0)
+
+    def keep_calling(messages: list[Message]) -> Message:
+        said = sum(m.role == "assistant" for m in messages)
+        call = ToolCall(id=f"c{said}", name="guess", arguments=json.dumps({"number": said + 1}))
+        return Message(role="assistant", tool_calls=(call,))  # guesses 1, 2, 3, ... and never answers
+
+    t = asyncio.run(run_episode(env, task, ScriptedCompleter(keep_calling)))
+    assert t.metadata["stop"] == "done" and t.metadata["model_turns"] == secret + 1 < env.max_turns
+    assert t.metadata["tool_calls"] == secret  # the call after 'correct' ran no tool
+    assert [m.content for m in t.messages if m.role == "tool"][-1] == CORRECT and t.messages[-1].tool_calls
+    assert t.reward == 0.0
+
+
+def test_an_environment_that_says_done_ends_the_episode_before_tools_and_env_response() -> None:
+    """``is_done`` is asked after every model turn; an error in it is the trajectory's env failure."""
+
+    class Once(GuessNumber):
+        def is_done(self, task: Any, messages: Any, state: dict[str, Any]) -> bool:
+            if messages[-1].content == "boom":
+                raise RuntimeError("is_done broke")
+            return True
+
+    env = Once(high=10, tool=False)
+    task = env.take(1)[0]
+    t = asyncio.run(run_episode(env, task, ScriptedCompleter([f"guess: {task.answer}"])))
+    assert t.metadata == {**t.metadata, "stop": "done", "model_turns": 1} and len(t.messages) == len(task.prompt) + 1
+    broken = asyncio.run(run_episode(env, task, ScriptedCompleter(["boom"])))
+    assert broken.failure is not None and broken.failure.kind == "env" and "is_done broke" in broken.failure.message
+
+
 def test_guess_number_a_final_guess_is_not_an_answer() -> None:
     """1.2.0: a game cut off at max_turns on a guess of the secret earns 0; 'answer: N' is what is graded."""
     env = GuessNumber(high=10, tool=False)

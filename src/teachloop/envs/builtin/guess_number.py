@@ -1,20 +1,18 @@
 """Guess the number: a multi-turn game with a tool.
 
-Find a secret integer in ``[1, high]`` (2..10^9; infinite unless ``size``): call the ``guess`` tool or
-write ``guess: N`` (``tool=False``: text only) and get "higher", "lower" or, for the secret, "correct.
-Now reply only 'answer: N'." A turn without a guess, or the text reply after "correct", ends the game,
-graded on that final ``answer: N`` (a final guess is no answer): 1.0 for the secret, minus ``penalty``
-per guess beyond the binary-search bound, floored at 0.5. The prompt carries a worked example (1.1.0).
-1.2.0 (issue 16, bench/README.md), stricter for every policy: 1.1.0 ran on to ``max_turns`` after
-"correct", graded a cut-off game's last guess, and said only "correct" (0 answers in 94 games).
-"""
+Find a secret integer in ``[1, high]`` (2..10^9; infinite unless ``size``): call the ``guess`` tool or write
+``guess: N`` (``tool=False``: text only) and get "higher", "lower" or, for the secret, "correct. Now reply only
+'answer: N'." A turn without a guess, or any reply after "correct" (``is_done``), ends the game, graded on that
+final ``answer: N`` (a final guess is no answer): 1.0 for the secret, minus ``penalty`` per guess beyond the
+binary-search bound, floored at 0.5. The prompt carries a worked example (1.1.0). Stricter for every policy:
+1.1.0 ran on after "correct" and said only "correct" (1.2.0, bench/README.md); 1.2.0 ran a tool call there."""
 
 from __future__ import annotations
 
 import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from teachloop.core.chat import Message
@@ -48,7 +46,7 @@ class GuessNumber(Environment):
     """Find a secret number with higher/lower hints (tool or 'guess: N'), then give 'answer: N'."""
 
     name = "guess_number"
-    version = "1.2.0"
+    version = "1.3.0"
     tools: tuple[Tool, ...] = (guess,)
 
     def __init__(self, high: int = 100, *, size: int | None = None, penalty: float = 0.05, tool: bool = True):
@@ -58,8 +56,7 @@ class GuessNumber(Environment):
         self.tool, self.tools = tool, self.tools if tool else ()  # text only: no tool section in the prompt
         self.size, self.penalty = size_arg(size), float_arg("penalty", penalty, 0.0, 1.0)
         self.bound = math.ceil(math.log2(high)) + 1
-        self.max_turns = 2 * self.bound + 2
-        self.grader = FunctionGrader(self._reward, name="guess_number", timeout_s=5)
+        self.max_turns, self.grader = 2 * self.bound + 2, FunctionGrader(self._reward, name="guess_number", timeout_s=5)
         self._example = self._worked_example()
 
     def _worked_example(self) -> str:
@@ -94,7 +91,10 @@ class GuessNumber(Environment):
     def reference(self, task: Task) -> str:
         return f"answer: {task.answer}"
 
+    def is_done(self, task: Task, messages: Sequence[Message], state: dict[str, Any]) -> bool:
+        return bool(state.get("found"))  # told "correct" last turn: this reply is the final answer
+
     async def env_response(self, task: Task, messages: list[Message], state: dict[str, Any]) -> list[Message] | None:
-        if state.get("found") or not (found := _GUESS.findall(said := messages[-1].content)) or _ANSWER.search(said):
-            return None  # told "correct" last turn (this reply is the final answer), answered, or no guess
+        if not (found := _GUESS.findall(said := messages[-1].content)) or _ANSWER.search(said):
+            return None  # answered, or no guess
         return [user(_hint(int(found[-1]), int(task.info["secret"]), state))]
