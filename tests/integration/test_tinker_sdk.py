@@ -551,3 +551,16 @@ def test_a_session_whose_client_went_away_is_ended_and_its_run_cancelled_saying_
         run = s.get(TrainingRun, s.scalar(select(TinkerModel.run_id).where(TinkerModel.id == model_id)))
         assert run is not None and run.status == "cancelled" and "no heartbeat" in (run.error or "")
     assert model_id not in service._training  # its adapter is unloaded
+    import httpx
+
+    session_id = model_id.split(":")[0]
+    with httpx.Client(base_url=server.url + "/api/v1", headers={"X-API-Key": server.key}, timeout=60) as http:
+        beat = http.post("/session_heartbeat", json={"session_id": session_id})
+        assert beat.status_code == 410 and "has finished (interrupted" in beat.text  # the SDK's loop stops on 410
+        again = http.post(f"/sessions/{session_id}/finish", json={"reason": {"type": "success"}})
+        assert again.status_code == 200 and again.json()["status"] == "interrupted"  # the first finish wins
+        other = http.post("/session_heartbeat", json={"session_id": session_id},
+                          headers={"X-API-Key": server.other_key})
+        assert other.status_code == 404  # another organisation learns nothing
+    with server.database.session(write=False) as s:
+        assert s.get(TrainingRun, run.id).status == "cancelled"  # type: ignore[union-attr]

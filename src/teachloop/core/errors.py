@@ -14,6 +14,7 @@ CLI prints ``str(err)`` on one line and exits non-zero.
     ├── Unauthorized                     401  (PermissionError) missing, unknown or revoked API key
     ├── Forbidden                        403  (PermissionError) authenticated but not allowed
     ├── NotFound                         404  (LookupError)     unknown id *in the caller's organisation*
+    │   └── Gone                         410                    it existed and has ended (a finished Tinker session)
     ├── Conflict                         409  (ValueError)      immutable version clash, duplicate name
     │   ├── InsufficientFunds            409                    a non-negative account would go below zero
     │   └── IdempotencyConflict          409                    an idempotency key reused with another request
@@ -114,6 +115,16 @@ class NotFound(TeachloopError, LookupError):
 
     status = 404
     code = "not_found"
+
+
+class Gone(NotFound):
+    """The named thing existed in the caller's organisation and has ended for good (HTTP 410).
+
+    A finished Tinker session: the SDK stops its heartbeat loop on a 410, as with Thinking Machines' server.
+    """
+
+    status = 410
+    code = "gone"
 
 
 class Conflict(TeachloopError, ValueError):

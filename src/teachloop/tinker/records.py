@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from teachloop.catalog.adapters import publish_adapter
-from teachloop.core.errors import Conflict, InvalidInput, NotFound
+from teachloop.core.errors import Conflict, Gone, InvalidInput, NotFound
 from teachloop.core.tinker import CheckpointRecord, TinkerPath
 from teachloop.store.blobs import BlobStore
 from teachloop.store.db import Database
@@ -111,20 +111,27 @@ class Records:
             return _session(row)
 
     def touch_session(self, org_id: str, session_id: str) -> None:
-        """Record a heartbeat."""
+        """Record a heartbeat; ``Gone`` for a finished session (the SDK then stops heartbeating)."""
         with self.db.session() as s:
             row = s.get(TinkerSession, session_id)
             if row is None or row.org_id != org_id:
                 raise NotFound(f"session {session_id!r} not found", param="session_id")
+            if row.status != "active":
+                raise Gone(f"session {session_id!r} has finished ({row.status}"
+                           f"{': ' + row.detail if row.detail else ''})", param="session_id")
             row.last_seen_at = utc_now()
 
-    def finish_session(self, org_id: str, session_id: str, status: str, detail: str | None) -> list[str]:
-        """Mark the session finished (``success``, ``errored`` or ``interrupted``); its model ids."""
+    def finish_session(self, org_id: str, session_id: str, status: str, detail: str | None) -> tuple[str, list[str]]:
+        """Mark the session finished (``success``, ``errored`` or ``interrupted``): (the status that stands, its
+        model ids). The first finish wins: a finished session keeps its status, detail and runs."""
         run_status = {"success": "completed", "errored": "failed", "interrupted": "cancelled"}[status]
         with self.db.session() as s:
             row = s.get(TinkerSession, session_id)
             if row is None or row.org_id != org_id:
                 raise NotFound(f"session {session_id!r} not found", param="session_id")
+            if row.status != "active":
+                return row.status, [m.id for m in s.scalars(select(TinkerModel)
+                                                           .where(TinkerModel.session_id == session_id))]
             row.status, row.detail = status, detail
             models = s.scalars(select(TinkerModel).where(TinkerModel.session_id == session_id)).all()
             for model in models:
@@ -132,7 +139,7 @@ class Records:
                 if run is not None and run.status == "running":
                     run.status, run.finished_at = run_status, utc_now()
                     run.error = detail if run_status in ("failed", "cancelled") else None
-            return [m.id for m in models]
+            return status, [m.id for m in models]
 
     def stale_sessions(self, before: datetime) -> list[tuple[str, str]]:
         """(org id, session id) of every active session with no heartbeat (nor creation) since ``before``."""

@@ -335,11 +335,12 @@ class TinkerService:
         if status not in ("success", "errored", "interrupted"):
             raise InvalidInput("reason.type must be success, errored or interrupted", param="reason")
         detail = body.get("detail")
-        self._finish(p.org_id, session_id, status, str(detail) if detail is not None else None)
-        return {"session_id": session_id, "status": status}
+        return {"session_id": session_id,
+                "status": self._finish(p.org_id, session_id, status, str(detail) if detail is not None else None)}
 
-    def _finish(self, org_id: str, session_id: str, status: str, detail: str | None) -> None:
-        self.records.finish_session(org_id, session_id, status, detail)
+    def _finish(self, org_id: str, session_id: str, status: str, detail: str | None) -> str:
+        """Finish the session (the first finish wins) and unload what it holds; the status that stands."""
+        status, _ = self.records.finish_session(org_id, session_id, status, detail)
         with self._lock:
             samplers = [s for s in self._samplers.values() if s.session_id == session_id and s.org_id == org_id]
             for s in samplers:
@@ -353,6 +354,7 @@ class TinkerService:
             for name in (m.adapter, *(snap for _, snap in m.snapshots)):
                 if m.hosted.engine.has_adapter(name):
                     m.hosted.engine.delete_adapter(name)
+        return status
 
     # ------------------------------------------------------------------ models
     def _spec(self, lora: LoraShape) -> LoraSpec:
