@@ -1,10 +1,10 @@
 """Structured outputs over real HTTP: the official ``openai`` client against SmolLM2-135M-Instruct.
 
-``response_format`` (json_object, json_schema) and forced tool choices are decoded under
-llguidance grammars (``serve.grammar``), so whatever this small model would have written,
-the reply parses and validates -- alone, streamed, and in batches that mix constrained and
-free requests. A schema the grammar library cannot enforce is a 400 naming the parameter,
-and nothing is stored.
+``response_format`` (json_object, json_schema), forced tool choices and ``parallel_tool_calls:
+false`` (at most one call) are decoded under llguidance grammars (``serve.grammar``), so
+whatever this small model would have written, the reply parses and validates -- alone,
+streamed, and in batches that mix constrained and free requests. A schema the grammar
+library cannot enforce is a 400 naming the parameter, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -160,6 +160,38 @@ def test_required_and_named_tool_choices_give_valid_calls(smol: Server) -> None:
     [streamed_call] = delta.tool_calls or []
     assert streamed_call.function is not None and streamed_call.function.name == "get_weather"
     jsonschema.validate(json.loads(streamed_call.function.arguments or ""), WEATHER_PARAMS)
+
+
+def test_parallel_tool_calls_false_gives_at_most_one_call(smol: Server) -> None:
+    client: Any = _client(smol)  # the openai stubs' overloads do not take these dict literals
+    ask = [{"role": "user", "content": "What is the weather in Paris, in Tokyo and in Lima? And what is 12 + 35? "
+                                       "Call a tool for each question."}]
+    names = {"get_weather", "add"}
+    single = client.chat.completions.create(model=DEFAULT_MODEL, messages=ask, tools=TOOLS, tool_choice="required",
+                                            parallel_tool_calls=False, max_tokens=200, temperature=1.0, n=4, seed=5)
+    for choice in single.choices:  # sampled hot, with three cities asked for: still exactly one call each
+        assert choice.finish_reason == "tool_calls", choice
+        assert len(_valid_calls(choice.message, names)) == 1, choice.message
+    loose = [{"type": "function", "function": {k: v for k, v in t["function"].items() if k != "strict"}} for t in TOOLS]
+    auto = client.chat.completions.create(model=DEFAULT_MODEL, messages=ask, tools=loose, parallel_tool_calls=False,
+                                          max_tokens=120, temperature=1.0, n=4, seed=6)
+    for choice in auto.choices:  # no strict tool, yet a grammar: text, or at most one well-formed call
+        assert len(choice.message.tool_calls or []) <= 1, choice.message
+        for call in choice.message.tool_calls or []:
+            assert call.function.name in names and isinstance(json.loads(call.function.arguments), dict)
+    several = client.chat.completions.create(model=DEFAULT_MODEL, messages=ask, tools=TOOLS, tool_choice="required",
+                                             parallel_tool_calls=True, max_tokens=300, temperature=0.7, n=2, seed=1)
+    for choice in several.choices:  # the default: one or more calls, as before (a long run of calls may be cut)
+        assert choice.finish_reason in ("tool_calls", "length"), choice
+        _valid_calls(choice.message, names)
+    response = client.responses.create(model=DEFAULT_MODEL, input=ask[0]["content"], tool_choice="required",
+                                       parallel_tool_calls=False, max_output_tokens=200, temperature=0,
+                                       tools=[{"type": "function", **t["function"]} for t in TOOLS])
+    [item] = response.output
+    assert item.type == "function_call" and item.name in names and response.parallel_tool_calls is False
+    with smol.database.session(write=False) as s:
+        trace = s.get(Trace, single.id.removeprefix("chatcmpl-"))
+        assert trace is not None and trace.params["parallel_tool_calls"] is False
 
 
 def test_a_concurrent_mix_of_constrained_and_free_requests_all_succeed(smol: Server) -> None:

@@ -210,7 +210,7 @@ def to_chat_input(req: ChatCompletionRequest) -> ChatInput:
         "presence_penalty": req.presence_penalty or None, "frequency_penalty": req.frequency_penalty or None,
         "logit_bias": {str(t): b for t, b in logit_bias} or None,
         "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
-        "response_format": response_format,
+        "response_format": response_format, "parallel_tool_calls": req.parallel_tool_calls,
     }
     return ChatInput(
         model=req.model, messages=messages, tools=offered, n=req.n or 1,
@@ -225,6 +225,7 @@ def to_chat_input(req: ChatCompletionRequest) -> ChatInput:
         response_format=response_format,
         tool_choice={"name": choice.function.name} if isinstance(choice, NamedToolChoice) else choice,
         strict_tools=tuple(t.function.name for t in req.tools or [] if t.function.strict),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
         trace_messages=[m.to_openai() for m in messages],
         trace_tools=[s.to_openai() for s in specs] or None, trace_params={k: v for k, v in params.items() if v is not None},
     )

@@ -7,15 +7,21 @@ A request asks for structure in one of three ways (``structure_kind``, first mat
   (``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, several joined by a
   newline, exactly what ``render.tools`` writes and parses). ``name`` is one of the offered
   functions and ``arguments`` follow that function's ``parameters`` schema. ``"required"``
-  allows one or more calls; a named choice (the caller already narrowed the tools to that
-  function) exactly one.
+  allows one or more calls (exactly one with ``parallel_tool_calls`` false); a named choice
+  (the caller already narrowed the tools to that function) exactly one.
 - ``response_format`` ``{"type": "json_object"}`` (any JSON object) or
   ``{"type": "json_schema", "json_schema": {"schema": ...}}``: ``JSON`` -- the reply is one
   JSON value that validates against the schema.
-- ``tool_choice`` auto (or unset) with at least one ``strict`` function tool:
-  ``TEXT_OR_TOOL_CALLS`` -- free text, but once the model writes ``<tool_call>`` the call
-  must be well formed: an offered name, and arguments that validate against a strict
-  function's schema (any JSON object for a function that is not strict).
+- ``tool_choice`` auto (or unset) with tools offered, when at least one is a ``strict``
+  function or ``parallel_tool_calls`` is false: ``TEXT_OR_TOOL_CALLS`` -- free text, but once
+  the model writes ``<tool_call>`` the call must be well formed: an offered name, and
+  arguments that validate against a strict function's schema (any JSON object for a
+  function that is not strict). With ``parallel_tool_calls`` false at most one call, and no
+  text after it may open another.
+
+``parallel_tool_calls`` false is OpenAI's "at most one tool call per assistant turn", enforced
+by these grammars; true (the default) changes nothing: ``auto`` without strict tools stays free
+text and builds no grammar.
 
 ``strict`` is honoured as OpenAI means it: a strict schema (``json_schema.strict`` or a
 function's ``strict``) must be enforceable in full, so a keyword llguidance cannot enforce
@@ -120,13 +126,17 @@ def structure_kind(
     tools: Sequence[ToolSpec] | None,
     tool_choice: str | Mapping[str, Any] | None,
     strict_tools: Sequence[str] = (),
+    *,
+    parallel_tool_calls: bool = True,
 ) -> StructureKind | None:
     """Which structure a request asks for, or None for free text (cheap: no grammar is built)."""
     if tools and _forced(tool_choice) is not None:
         return StructureKind.TOOL_CALLS
     if _json_type(response_format) is not None:
         return StructureKind.JSON
-    if tools and tool_choice in (None, "auto") and any(t.name in strict_tools for t in tools):
+    if tools and tool_choice in (None, "auto") and (
+        not parallel_tool_calls or any(t.name in strict_tools for t in tools)
+    ):
         return StructureKind.TEXT_OR_TOOL_CALLS
     return None
 
@@ -136,9 +146,14 @@ def plan(
     tools: Sequence[ToolSpec] | None,
     tool_choice: str | Mapping[str, Any] | None,
     strict_tools: Sequence[str] = (),
+    *,
+    parallel_tool_calls: bool = True,
 ) -> Structure | None:
-    """The ``Structure`` a request asks for (None: free text); ``InvalidInput`` for a bad schema."""
-    kind = structure_kind(response_format, tools, tool_choice, strict_tools)
+    """The ``Structure`` a request asks for (None: free text); ``InvalidInput`` for a bad schema.
+
+    ``parallel_tool_calls`` false allows at most one tool call (exactly one when a call is forced).
+    """
+    kind = structure_kind(response_format, tools, tool_choice, strict_tools, parallel_tool_calls=parallel_tool_calls)
     if kind is None:
         return None
     if kind is StructureKind.JSON:
@@ -153,7 +168,8 @@ def plan(
     strict = set(strict_tools)
     if kind is StructureKind.TOOL_CALLS:  # every call validates: strict schemas exactly, others leniently
         bodies = [_call_rule(i, t, _arguments_schema(t), lenient=t.name not in strict) for i, t in enumerate(tools)]
-        top = 'start: call ("\\n" call)*' if forced == "required" else "start: call"
+        several = forced == "required" and parallel_tool_calls
+        top = 'start: call ("\\n" call)*' if several else "start: call"
         rules = [top, f"call: {json.dumps(CALL_OPEN)} call_body"]
     else:  # free text; a call to a strict function validates, any other call is a well-formed call
         bodies = [
@@ -161,7 +177,7 @@ def plan(
             for i, t in enumerate(tools)
         ]
         rules = [
-            "start: (call_head call_body)* TAIL",
+            f"start: (call_head call_body){'*' if parallel_tool_calls else '?'} TAIL",  # TAIL opens no call
             f"call_head[lazy]: TEXT {json.dumps(CALL_OPEN)}",
             "TEXT: /(?s:.*)/",
             f"TAIL: /(?s:.*)/ & ~/(?s:.*){CALL_OPEN}(?s:.*)/",

@@ -438,6 +438,7 @@ def to_chat_input(req: ResponseCreate, history: Sequence[Message] = ()) -> ChatI
         max_tokens_param="max_output_tokens", user=req.user, metadata=metadata, stream=bool(req.stream),
         response_format=response_format, tool_choice=choice,
         strict_tools=tuple(t.name for t in req.tools or [] if t.strict and t.name in offered_names),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
         trace_messages=[m.to_openai() for m in messages], trace_tools=[s.to_openai() for s in specs] or None,
         trace_params={k: v for k, v in params.items() if v is not None},
     )

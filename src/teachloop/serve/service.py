@@ -179,6 +179,8 @@ class ChatInput:
     tool_choice: str | dict[str, str] | None = None
     #: names of the offered functions declared ``strict`` (their calls are grammar-constrained; serve.grammar)
     strict_tools: tuple[str, ...] = ()
+    #: OpenAI's ``parallel_tool_calls``: False allows at most one tool call per reply (a grammar enforces it)
+    parallel_tool_calls: bool = True
     trace_messages: list[dict[str, Any]] = field(default_factory=list)
     trace_tools: list[dict[str, Any]] | None = None
     trace_params: dict[str, Any] = field(default_factory=dict)
@@ -540,7 +542,8 @@ class Serving:
 
     def _constraint(self, chat: ChatInput) -> Callable[[int], GrammarConstraint] | None:
         """The grammar the request's ``response_format`` / ``tool_choice`` / strict tools ask for (serve.grammar)."""
-        structure = plan(chat.response_format, chat.tools, chat.tool_choice, chat.strict_tools)
+        structure = plan(chat.response_format, chat.tools, chat.tool_choice, chat.strict_tools,
+                         parallel_tool_calls=chat.parallel_tool_calls)
         if structure is None or self.grammars is None:
             return None
         return self.grammars.factory(structure)
@@ -562,7 +565,8 @@ class Serving:
         cut = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
         visible = tokens[:cut]
         text, _ = cut_at_stops(self.renderer.decode(visible), (*chat.stop, *self._stop_texts))
-        kind = structure_kind(chat.response_format, chat.tools, chat.tool_choice, chat.strict_tools)
+        kind = structure_kind(chat.response_format, chat.tools, chat.tool_choice, chat.strict_tools,
+                              parallel_tool_calls=chat.parallel_tool_calls)
         if chat.tools and kind is not StructureKind.JSON:
             # under a tool grammar only <tool_call> blocks are calls: a bare JSON reply stays content
             message = self.renderer.parse_reply(text, chat.tools if kind is None else None)

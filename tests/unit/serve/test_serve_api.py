@@ -160,6 +160,8 @@ def test_tool_calls_are_parsed(client: TestClient, tenants: Tenants) -> None:
         ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "metadata": {"k": 1}}, 400, "metadata.k"),
         ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "user": "u" * 300}, 400, "user"),
         ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "tools": "calc"}, 400, "tools"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "parallel_tool_calls": "x"}, 400,
+         "parallel_tool_calls"),
         ({"model": BASE, "messages": [{"role": "tool", "content": "4"}]}, 400, "messages.0.tool_call_id"),
         # refused before a stream starts: a plain JSON error, not an event stream
         ({"model": "nope", "messages": [{"role": "user", "content": "x"}], "stream": True}, 404, "model"),

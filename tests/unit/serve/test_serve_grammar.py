@@ -261,6 +261,75 @@ def test_strict_tools_with_auto_allow_text_but_a_started_call_must_be_valid(
     assert feed(loose, tokenizer, '<tool_call>\n{"name": "add", "arguments": {"anything": [1]}}')  # add is not strict
 
 
+CALL_ADD = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+CALL_WEATHER = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}\n</tool_call>'
+
+
+def test_required_without_parallel_tool_calls_writes_exactly_one_call(
+    grammars: Grammars, tokenizer: Any, renderer: Renderer
+) -> None:
+    tools = [WEATHER, ADD]
+    structure = plan(None, tools, "required", parallel_tool_calls=False)
+    assert structure is not None and structure.kind is StructureKind.TOOL_CALLS
+    build = grammars.factory(structure)
+    for seed in range(10):
+        constraint = build(seed)
+        text = walk(constraint, tokenizer, random.Random(seed), free=seed)
+        assert len(_calls(renderer, text, tools)) == 1 and constraint.finished, text
+    one = build(0)
+    assert feed(one, tokenizer, CALL_ADD) and one.finished
+    assert not feed(one, tokenizer, "\n" + CALL_WEATHER)  # a second call is refused
+    several = plan(None, tools, "required")  # the default (parallel) still allows several
+    assert several is not None and several.grammar != structure.grammar
+    assert feed(grammars.factory(several)(0), tokenizer, CALL_ADD + "\n" + CALL_WEATHER)
+    named = plan(None, tools, {"name": "add"}, parallel_tool_calls=False)  # one call either way
+    assert named is not None and named == plan(None, tools, {"name": "add"})
+
+
+def test_auto_without_parallel_tool_calls_allows_text_or_one_call(
+    grammars: Grammars, tokenizer: Any, renderer: Renderer
+) -> None:
+    tools = [WEATHER, ADD]
+    assert plan(None, tools, "auto") is None and plan(None, tools, None) is None  # the default builds nothing
+    structure = plan(None, tools, "auto", parallel_tool_calls=False)  # no tool is strict
+    assert structure is not None and structure.kind is StructureKind.TEXT_OR_TOOL_CALLS
+    assert plan(None, tools, None, parallel_tool_calls=False) == structure
+    build = grammars.factory(structure)
+    plain = build(0)
+    assert feed(plain, tokenizer, "Hello there! How are you today?") and bool(plain.allowed(len(tokenizer))[END])
+    for seed in range(10):
+        constraint = build(seed)
+        assert feed(constraint, tokenizer, "Let me add. <tool_call>")
+        text = "Let me add. <tool_call>" + walk(constraint, tokenizer, random.Random(seed), free=seed)
+        assert len(_calls(renderer, text, tools, validated=())) == 1, text
+    one = build(0)
+    assert feed(one, tokenizer, "Sure. " + CALL_ADD) and bool(one.allowed(len(tokenizer))[END])
+    assert feed(one, tokenizer, " Done,") and not feed(one, tokenizer, " " + CALL_WEATHER)  # no second call
+    back_to_back = build(0)
+    assert feed(back_to_back, tokenizer, CALL_ADD) and not feed(back_to_back, tokenizer, "\n" + CALL_ADD)
+    loose = build(0)  # not strict: any JSON object, but still an offered name
+    assert feed(loose, tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"anything": [1]}}')
+    assert not feed(build(0), tokenizer, '<tool_call>\n{"name": "delete_everything"')
+    strict = plan(None, tools, "auto", strict_tools=("get_weather",), parallel_tool_calls=False)
+    assert strict is not None
+    checked = grammars.factory(strict)(0)
+    assert feed(checked, tokenizer, CALL_WEATHER) and not feed(checked, tokenizer, "\n" + CALL_ADD)
+    assert not feed(grammars.factory(strict)(0), tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"city": 3')
+    parallel = plan(None, tools, "auto", strict_tools=("get_weather",))  # default with a strict tool: several calls
+    assert parallel is not None and feed(grammars.factory(parallel)(0), tokenizer, CALL_WEATHER + "\n" + CALL_ADD)
+
+
+def test_which_structure_a_request_gets_without_parallel_tool_calls() -> None:
+    tools = [WEATHER]
+    assert structure_kind(None, tools, "auto", parallel_tool_calls=False) is StructureKind.TEXT_OR_TOOL_CALLS
+    assert structure_kind(None, tools, None, parallel_tool_calls=False) is StructureKind.TEXT_OR_TOOL_CALLS
+    assert structure_kind(None, tools, "auto") is None and structure_kind(None, tools, None) is None
+    assert structure_kind(None, tools, "none", parallel_tool_calls=False) is None
+    assert structure_kind(None, None, "auto", parallel_tool_calls=False) is None  # no tools, nothing to limit
+    assert structure_kind(None, tools, "required", parallel_tool_calls=False) is StructureKind.TOOL_CALLS
+    assert structure_kind({"type": "json_object"}, tools, "auto", parallel_tool_calls=False) is StructureKind.JSON
+
+
 def test_tool_schemas_are_checked_and_errors_name_the_function() -> None:
     odd = ToolSpec(name="odd", parameters={"type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}})
     assert plan(None, [odd], "required") is not None  # not strict: compiled leniently
@@ -303,6 +372,8 @@ def test_a_json_reply_is_its_text_even_with_tools_and_tool_grammars_read_only_bl
     assert as_json.message.content == bare and not as_json.message.tool_calls and as_json.finish_reason == "stop"
     strict = serving.reply(ChatInput(model=BASE, messages=[], tools=[WEATHER], strict_tools=("get_weather",)), 0, seq)
     assert strict.message.content == bare and not strict.message.tool_calls  # not a <tool_call> block: content
+    single = serving.reply(ChatInput(model=BASE, messages=[], tools=[WEATHER], parallel_tool_calls=False), 0, seq)
+    assert single.message.content == bare and not single.message.tool_calls  # parsed as its grammar reads it
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -364,3 +435,27 @@ def test_structured_requests_reach_the_job_with_a_constraint(
     with database.session(write=False) as s:
         trace = s.query(Trace).one()
         assert trace.params["response_format"]["json_schema"]["name"] == "ok"
+
+
+def test_parallel_tool_calls_false_reaches_the_job_as_a_one_call_grammar(
+    client: TestClient, tenants: Tenants, engine: Any, database: Database, tokenizer: Any
+) -> None:
+    tools = [TOOL, {"type": "function", "function": {"name": "add", "parameters": ADD.parameters}}]
+    body = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    trace_ids = []
+    for extra in ({}, {"parallel_tool_calls": True},  # the default: auto without strict tools builds no grammar
+                  {"parallel_tool_calls": False}, {"parallel_tool_calls": False, "tool_choice": "required"}):
+        r = client.post(CHAT, json={**body, **extra}, headers=auth(tenants.acme.member))
+        assert r.status_code == 200, r.text
+        trace_ids.append(r.headers["x-teachloop-trace-id"])
+    default, explicit, auto, required = (job for [(job, _)] in engine.prefills)
+    assert default.constraint is None and explicit.constraint is None
+    assert auto.constraint is not None and required.constraint is not None
+    text = auto.constraint(0)
+    assert feed(text, tokenizer, "Hi! " + CALL_ADD) and not feed(text, tokenizer, "\n" + CALL_WEATHER)
+    forced = required.constraint(0)
+    assert not feed(forced, tokenizer, "Hi!") and feed(required.constraint(0), tokenizer, CALL_ADD)
+    assert not feed(required.constraint(0), tokenizer, CALL_ADD + "\n" + CALL_WEATHER)
+    with database.session(write=False) as s:
+        params = [s.get(Trace, trace_id).params for trace_id in trace_ids]  # type: ignore[union-attr]
+    assert [p.get("parallel_tool_calls") for p in params] == [None, True, False, False]

@@ -148,6 +148,9 @@ def test_request_fields_map_to_the_chat_input() -> None:
     assert to_chat_input(ResponseCreate.model_validate({**fields, "tool_choice": "none"})).tools is None
     json_object = ResponseCreate.model_validate({"model": BASE, "input": "x", "text": {"format": {"type": "json_object"}}})
     assert to_chat_input(json_object).response_format == {"type": "json_object"}
+    assert to_chat_input(ResponseCreate.model_validate(fields)).parallel_tool_calls  # unset: True, as OpenAI's
+    single = to_chat_input(ResponseCreate.model_validate({**fields, "parallel_tool_calls": False}))
+    assert single.parallel_tool_calls is False and single.trace_params["parallel_tool_calls"] is False
 
 
 # ---------------------------------------------------------------------------------------------- over HTTP
@@ -277,6 +280,19 @@ def test_function_calls_come_out_as_items_and_events(client: TestClient, tenants
     assert with_history.status_code == 200, with_history.text
 
 
+def test_parallel_tool_calls_false_is_echoed_and_constrains_the_job(client: TestClient, tenants: Tenants,
+                                                                      engine: Any) -> None:
+    loose = [{**TOOLS[0], "strict": False}]
+    single = client.post(URL, json={"model": BASE, "input": CALL, "tools": loose, "parallel_tool_calls": False},
+                         headers=auth(tenants.acme.member))
+    assert single.status_code == 200, single.text
+    assert single.json()["parallel_tool_calls"] is False and single.json()["output"][0]["type"] == "function_call"
+    default = client.post(URL, json={"model": BASE, "input": CALL, "tools": loose}, headers=auth(tenants.acme.member))
+    assert default.json()["parallel_tool_calls"] is True
+    one_call, free = (job for [(job, _)] in engine.prefills)
+    assert one_call.constraint is not None and free.constraint is None
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
@@ -287,6 +303,7 @@ def test_function_calls_come_out_as_items_and_events(client: TestClient, tenants
         ({"max_output_tokens": 0}, "max_output_tokens"),
         ({"max_output_tokens": 10**6}, "max_output_tokens"),
         ({"temperature": 3}, "temperature"),
+        ({"parallel_tool_calls": "x"}, "parallel_tool_calls"),
         ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools.0.name"),
         ({"tool_choice": "required"}, "tool_choice"),

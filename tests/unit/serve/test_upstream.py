@@ -100,12 +100,13 @@ def test_an_upstream_arm_passes_requests_through_and_traces_them_like_a_local_ca
     assert trace.choices[0]["message"]["content"] == "teacher: hello" and trace.finish_reason == "stop"
     assert trace.latency_ms > 0 and trace.error is None and trace.messages[-1]["content"] == "hello"
 
-    # tools, n, logprobs and response_format pass through, and what the upstream gives comes back
+    # tools, parallel_tool_calls, n, logprobs and response_format pass through, and what the upstream gives comes back
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     out = oai.chat.completions.create(model="support", messages=[{"role": "user", "content": "weather?"}],
-                                      tools=tools, n=2, logprobs=True)  # type: ignore[arg-type]
+                                      tools=tools, n=2, logprobs=True, parallel_tool_calls=False)  # type: ignore[arg-type]
     sent = upstream.requests[-1]
     assert sent["tools"][0]["function"]["name"] == "get_weather" and sent["n"] == 2 and sent["logprobs"] is True
+    assert sent["parallel_tool_calls"] is False  # the upstream enforces it, not this server
     assert len(out.choices) == 2 and out.choices[1].message.tool_calls is not None
     assert out.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index]
     assert out.choices[0].logprobs is not None and out.choices[0].logprobs.content[0].token == "teacher"  # type: ignore[index]
