@@ -8,24 +8,28 @@
         print(tl.run_metrics(run.id).data[-1].values)
         tl.deploy_run("arith", run.id)
 
-Methods return the API's own pydantic models (``teachloop.core.api``); errors
-come back as teachloop's exceptions (``NotFound``, ``InvalidInput`` with its
-``param``, ``Conflict``, ...), rebuilt from the OpenAI-shaped error body. A
-request that fails to connect, or answers 429 or 5xx, is retried with
-exponential backoff (``retries`` times); every POST carries an
-``Idempotency-Key`` (the same one on each retry), so a retried run creation
-never makes a second run. ``api_key`` defaults to ``$TEACHLOOP_API_KEY`` and
-``base_url`` to ``$TEACHLOOP_URL``. Only httpx and pydantic are imported
-(``publish_env`` of a folder imports teachloop's catalog to archive it).
+Methods return the API's own pydantic models (``teachloop.core.api``; the
+deployment and adapter methods: the API's JSON records); errors come back as
+teachloop's exceptions (``NotFound``, ``InvalidInput`` with its ``param``,
+``Conflict``, ...), rebuilt from the OpenAI-shaped error body. A request that
+fails to connect, or answers 429 or 5xx, is retried with exponential backoff
+(``retries`` times); every POST carries an ``Idempotency-Key`` (the same one on
+each retry), so a retried run creation never makes a second run.
+``update_deployment`` is a ``PATCH``: it sends only the fields given (``KEEP``,
+their default, leaves one as it is; ``None`` clears it). ``api_key`` defaults
+to ``$TEACHLOOP_API_KEY`` and ``base_url`` to ``$TEACHLOOP_URL``. Only httpx
+and pydantic are imported (``publish_env`` of a folder imports teachloop's
+catalog to archive it).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -48,8 +52,25 @@ from teachloop.core.api import (
     RunList,
     RunMetrics,
 )
+from teachloop.core.upstream import UpstreamSpec
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Keep(enum.Enum):
+    """``update_deployment``'s default for a field: leave it as it is (``None`` clears it)."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+
+
+def _upstream(spec: UpstreamSpec | dict[str, Any] | None) -> dict[str, Any] | None:
+    """An upstream as the API takes it: the spec's fields, its key in clear (``SecretStr`` dumps as stars)."""
+    if not isinstance(spec, UpstreamSpec):
+        return spec
+    return {**spec.model_dump(mode="json"), "api_key": spec.api_key.get_secret_value()}
 
 _BY_STATUS: dict[int, type[errors.TeachloopError]] = {
     400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
@@ -179,13 +200,78 @@ class Client:
             time.sleep(poll_s)
 
     # ---------------------------------------------------------------------------------------------- deployments
+    def create_deployment(
+        self, name: str, *, base_model: str | None = None, adapter: str | None = None, run: str | None = None,
+        canary: str | None = None, canary_percent: int = 0, upstream: UpstreamSpec | dict[str, Any] | None = None,
+        prices: dict[str, dict[str, Any]] | None = None, check_upstream: bool = True,
+    ) -> dict[str, Any]:
+        """Create deployment ``name``: a base model (default: the server's) and an adapter, run or upstream.
+
+        ``adapter`` and ``canary`` are ``NAME@N``, ``NAME`` (newest version) or an ``av_...`` id; ``run``
+        publishes a completed run's final adapter as adapter ``name`` and serves it; ``upstream`` (its key
+        included) makes an OpenAI-compatible endpoint the primary arm; ``prices`` maps model ids to
+        ``{"prompt_per_1m", "completion_per_1m", "currency"}``. The deployment as the API shows it.
+        """
+        if canary_percent and canary is None:
+            raise errors.InvalidInput("canary_percent needs canary", param="canary_percent")
+        body: dict[str, Any] = {"name": name, "base_model": base_model, "adapter": adapter, "run": run,
+                                "upstream": _upstream(upstream), "prices": prices}
+        body = {k: v for k, v in body.items() if v is not None}
+        if canary is not None:
+            body["canary"] = {"adapter": canary, "percent": canary_percent}
+        if not check_upstream:
+            body["check_upstream"] = False
+        return dict(self.request("POST", "/api/deployments", json=body))
+
+    def update_deployment(
+        self, name: str, *, adapter: str | Keep | None = KEEP, canary: str | Keep | None = KEEP,
+        canary_percent: int | None = None, upstream: UpstreamSpec | dict[str, Any] | Keep | None = KEEP,
+        prices: dict[str, dict[str, Any]] | Keep | None = KEEP, check_upstream: bool = True,
+    ) -> dict[str, Any]:
+        """Change what deployment ``name`` serves; a field left as ``KEEP`` keeps its value (``PATCH``).
+
+        ``adapter=None`` serves the base model alone, ``canary=None`` ends the canary, ``upstream=None``
+        goes back from an upstream to the adapter. A canary is replaced whole: ``canary`` (a reference)
+        needs ``canary_percent``. The deployment's ``revision`` grows only when its state changed.
+        """
+        if canary_percent is not None and not isinstance(canary, str):
+            raise errors.InvalidInput("canary_percent needs canary (the adapter reference it applies to)",
+                                      param="canary_percent")
+        if isinstance(canary, str) and canary_percent is None:
+            raise errors.InvalidInput("canary needs canary_percent (a canary is replaced whole)",
+                                      param="canary_percent")
+        fields = {"adapter": adapter, "upstream": upstream if upstream is KEEP else _upstream(upstream),
+                  "prices": prices,
+                  "canary": {"adapter": canary, "percent": canary_percent} if isinstance(canary, str) else canary}
+        body: dict[str, Any] = {k: v for k, v in fields.items() if v is not KEEP}
+        if not check_upstream:
+            body["check_upstream"] = False
+        return dict(self.request("PATCH", f"/api/deployments/{name}", json=body))
+
+    def rollback_deployment(self, name: str, to_revision: int | None = None) -> dict[str, Any]:
+        """Restore the state before the current one (or revision ``to_revision``'s) as a new revision."""
+        body = {"to_revision": to_revision} if to_revision is not None else None
+        return dict(self.request("POST", f"/api/deployments/{name}/rollback", json=body))
+
     def deploy_run(self, name: str, run_id: str) -> dict[str, Any]:
         """Create deployment ``name`` serving the final adapter of a completed run (published as adapter ``name``)."""
-        return dict(self.request("POST", "/api/deployments", json={"name": name, "run": run_id}))
+        return self.create_deployment(name, run=run_id)
 
     def deployments(self) -> list[dict[str, Any]]:
         """The organisation's deployments."""
         return list(self.request("GET", "/api/deployments")["data"])
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        """One deployment (``NotFound`` when the organisation has none of that name)."""
+        return dict(self.request("GET", f"/api/deployments/{name}"))
+
+    def deployment_history(self, name: str) -> list[dict[str, Any]]:
+        """Every change of deployment ``name``, newest first."""
+        return list(self.request("GET", f"/api/deployments/{name}/history")["data"])
+
+    def adapters(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The organisation's adapter versions (of ``name``), newest first per name."""
+        return list(self.request("GET", "/api/adapters", params={"name": name})["data"])
 
     # ---------------------------------------------------------------------------------------------- environments
     def list_envs(self) -> EnvList:
@@ -271,4 +357,4 @@ class Client:
         return self._get(ModelList, "/api/models")
 
 
-__all__ = ["ApiError", "Client"]
+__all__ = ["KEEP", "ApiError", "Client", "Keep"]
