@@ -119,8 +119,8 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=14.0, help="loop budget (the demo's --budget-min)")
     ap.add_argument("--requests", type=int, default=96, help="requests per round (the demo's default)")
     ap.add_argument("--users", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=12, help="GRPO steps per iteration (lineage: the first)")
-    ap.add_argument("--prompts", type=int, default=4, help="GRPO prompts per step of the loop (the demo's default)")
+    ap.add_argument("--steps", type=int, default=6, help="GRPO steps per iteration (lineage: the first)")
+    ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step of the loop (the demo's default)")
     ap.add_argument("--late-temperature", type=float, default=0.7,
                     help="lineage: the loop's algorithm.late_temperature (0: rl.temperature throughout)")
     ap.add_argument("--late-extra-draws", type=int, default=0,

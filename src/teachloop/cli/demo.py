@@ -7,8 +7,8 @@
    under uvicorn, in a thread of this process); the loop trains and evaluates
    on the same engine.
 3. Over REST: a deployment ``calc`` of the base model, and its loop config --
-   GRPO on the prompts users sent (``--prompts`` per step, 4 by default, x 8
-   samples), graded by the ``arithmetic`` environment
+   GRPO on the prompts users sent (``--prompts`` per step, 8 by default, x 8
+   samples, ``--steps`` 6 in the first iteration), graded by the ``arithmetic`` environment
    (level 1, the answer found by task lookup), a paired gate on the holdout
    prompts and 200 held-out tasks, a 25% canary, a watch after promotion.
 4. Rounds: simulated users send one-digit arithmetic questions ("What is 7 +
@@ -76,8 +76,8 @@ class DemoOptions:
     users: int = 24
     max_rounds: int = 12
     budget_min: float = 28.0
-    steps: int = 12
-    prompts: int = 4  # GRPO prompts per step (x 8 samples); 8 made iterations too long for the budget (bench/README)
+    steps: int = 6  # GRPO steps of the first iteration (the lineage doubles them up to 4x while it improves)
+    prompts: int = 8  # GRPO prompts per step (x 8 samples): 4 x 12 did the same work per iteration and drifted
     failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
     late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
     late_extra_draws: int | None = None  # algorithm.late_extra_draws: dynamic sampling once the lineage is good
@@ -549,8 +549,8 @@ def demo(
     iterations: int = typer.Option(3, "--iterations", min=1, help="Stop after this many promotions."),
     requests: int = typer.Option(96, "--requests", min=8, help="Requests per round of traffic."),
     users: int = typer.Option(24, "--users", min=1, help="Simulated users sending concurrently."),
-    steps: int = typer.Option(12, "--steps", min=1, help="GRPO steps per iteration."),
-    prompts: int = typer.Option(4, "--prompts", min=1, help="GRPO prompts per step (each sampled 8 times)."),
+    steps: int = typer.Option(6, "--steps", min=1, help="GRPO steps of the first iteration (then up to 4x)."),
+    prompts: int = typer.Option(8, "--prompts", min=1, help="GRPO prompts per step (each sampled 8 times)."),
     failure_share: float = typer.Option(0.0, "--failure-share", min=0.0, max=0.99,
                                         help="Share of GRPO tasks drawn from the prompts whose served reply the "
                                              "grader failed (the loop's algorithm.failure_share)."),
