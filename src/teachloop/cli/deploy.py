@@ -35,6 +35,8 @@ never returns. Both modes print the deployment as the API shows it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +52,7 @@ from teachloop.core.errors import Conflict, InvalidInput
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from teachloop.client import Client
     from teachloop.core.settings import Settings
     from teachloop.core.upstream import UpstreamSpec
     from teachloop.store import BlobStore
@@ -119,8 +122,10 @@ def _prices(prices: list[str]) -> dict[str, dict[str, int | str]]:
     return out
 
 
-def _refuse_remotely(org: str | None, **refs: str | None) -> None:
-    """Refuse, before anything is sent, what the REST API cannot take: ``--org`` and local adapter folders."""
+@contextmanager
+def _remote(url: str, org: str | None, **refs: str | None) -> Iterator[Client]:
+    """A client of the server at ``url``, after refusing what the REST API cannot take: ``--org`` and local
+    adapter folders (before anything is sent)."""
     if org is not None:
         raise InvalidInput("--org does not apply with --remote: the organisation is the API key's "
                            "($TEACHLOOP_API_KEY); drop --org", param="org")
@@ -128,6 +133,8 @@ def _refuse_remotely(org: str | None, **refs: str | None) -> None:
         if ref is not None and Path(ref).expanduser().is_dir():
             raise InvalidInput(f"--{option} {ref}: a local folder cannot be sent with --remote; push it into the "
                                "server's store with `teachloop deploy push` and pass NAME@N", param=option)
+    with remote_client(url) as client:
+        yield client
 
 
 _UP_URL = "An upstream OpenAI-compatible base URL as the primary arm (e.g. https://api.openai.com/v1)."
@@ -195,8 +202,7 @@ def adapters(
     """List adapter versions."""
     with errors():
         if remote:
-            _refuse_remotely(org)
-            with remote_client(remote) as client:
+            with _remote(remote, org) as client:
                 rows = client.adapters(name)
         else:
             from teachloop.serve.deployments import list_adapters
@@ -244,8 +250,7 @@ def create(
         spec = (_upstream_spec(upstream_url, upstream_model, upstream_key_env, upstream_timeout, upstream_retries)
                 if upstream_url is not None else None)
         if remote:
-            _refuse_remotely(org, adapter=adapter, canary=canary)
-            with remote_client(remote) as client:
+            with _remote(remote, org, adapter=adapter, canary=canary) as client:
                 out = client.create_deployment(name, base_model=base, adapter=adapter, run=run, canary=canary,
                                                canary_percent=canary_percent, upstream=spec, prices=prices or None,
                                                check_upstream=check)
@@ -304,9 +309,9 @@ def update(
         spec = (_upstream_spec(upstream_url, upstream_model, upstream_key_env, upstream_timeout, upstream_retries)
                 if upstream_url is not None else None)
         if remote:
-            _refuse_remotely(org, adapter=adapter, canary=canary)
-            _update_remote(remote, name, adapter=adapter, canary=canary, canary_percent=canary_percent, spec=spec,
-                           check=check)
+            with _remote(remote, org, adapter=adapter, canary=canary) as client:
+                _update_remote(client, name, adapter=adapter, canary=canary, canary_percent=canary_percent,
+                               spec=spec, check=check)
             return
         with StoreContext(org) as ctx:
             with ctx.database.session() as session:
@@ -337,32 +342,31 @@ def update(
             _show(ctx, name)
 
 
-def _update_remote(url: str, name: str, *, adapter: str | None, canary: str | None, canary_percent: int | None,
-                   spec: UpstreamSpec | None, check: bool) -> None:
+def _update_remote(client: Client, name: str, *, adapter: str | None, canary: str | None,
+                   canary_percent: int | None, spec: UpstreamSpec | None, check: bool) -> None:
     """``deploy update`` through ``PATCH /api/deployments/{name}`` (the canary re-sent whole, see the docstring)."""
-    with remote_client(url) as client:
-        current = client.deployment(name)
-        changes: dict[str, Any] = {}
-        if adapter is not None:
-            changes["adapter"] = None if adapter == "base" else adapter
-        if spec is not None:
-            changes["upstream"] = spec
-        if canary == "none":
-            changes["canary"] = None
-        elif canary is not None or canary_percent is not None:
-            held = current["canary"]
-            if canary is None:
-                if held is None:
-                    raise InvalidInput(f"--canary-percent: deployment {name!r} has no canary; pass --canary too",
-                                       param="canary_percent")
-                if held["adapter"] is None:
-                    raise InvalidInput(f"--canary-percent: the canary of {name!r} is an upstream, which the API only "
-                                       "replaces whole (with its key); pass --canary REF or use PATCH",
-                                       param="canary_percent")
-                canary = held["adapter"]["id"]
-            changes["canary"] = canary
-            changes["canary_percent"] = canary_percent if canary_percent is not None else (held or {}).get("percent", 0)
-        out = client.update_deployment(name, check_upstream=check, **changes)
+    current = client.deployment(name)
+    changes: dict[str, Any] = {}
+    if adapter is not None:
+        changes["adapter"] = None if adapter == "base" else adapter
+    if spec is not None:
+        changes["upstream"] = spec
+    if canary == "none":
+        changes["canary"] = None
+    elif canary is not None or canary_percent is not None:
+        held = current["canary"]
+        if canary is None:
+            if held is None:
+                raise InvalidInput(f"--canary-percent: deployment {name!r} has no canary; pass --canary too",
+                                   param="canary_percent")
+            if held["adapter"] is None:
+                raise InvalidInput(f"--canary-percent: the canary of {name!r} is an upstream, which the API only "
+                                   "replaces whole (with its key); pass --canary REF or use PATCH",
+                                   param="canary_percent")
+            canary = held["adapter"]["id"]
+        changes["canary"] = canary
+        changes["canary_percent"] = canary_percent if canary_percent is not None else (held or {}).get("percent", 0)
+    out = client.update_deployment(name, check_upstream=check, **changes)
     if out["revision"] == current["revision"]:
         console.print(f"deployment {name!r} already serves that; nothing changed", highlight=False)
     _table([out])
@@ -380,8 +384,7 @@ def rollback(
 
     with errors():
         if remote:
-            _refuse_remotely(org)
-            with remote_client(remote) as client:
+            with _remote(remote, org) as client:
                 _table([client.rollback_deployment(name, to)])
             return
         with StoreContext(org) as ctx:
@@ -398,8 +401,7 @@ def list_(
     """List deployments."""
     with errors():
         if remote:
-            _refuse_remotely(org)
-            with remote_client(remote) as client:
+            with _remote(remote, org) as client:
                 _table(client.deployments())
             return
         with StoreContext(org) as ctx:
@@ -415,8 +417,7 @@ def history(
     """Every change of a deployment, newest first."""
     with errors():
         if remote:
-            _refuse_remotely(org)
-            with remote_client(remote) as client:
+            with _remote(remote, org) as client:
                 changes = client.deployment_history(name)
                 refs = {v["id"]: v["ref"] for v in client.adapters()}
         else:
