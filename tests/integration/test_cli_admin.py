@@ -18,7 +18,9 @@ KEY = re.compile(r"tl_[a-z2-7]{12}_[a-z2-7]{52}")
 
 @pytest.fixture
 def cli(teachloop_home: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setattr(_common.console, "width", 200)  # tables unfolded, whatever the terminal
+    # tables unfolded, whatever the terminal. rich's ``width`` is a property: restoring it would pin the width it
+    # computed (80 without a terminal) for every later test; ``_width`` (None: follow $COLUMNS) restores cleanly
+    monkeypatch.setattr(_common.console, "_width", 200)
     return CliRunner()
 
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from teachloop.cli._common import console
 from teachloop.cli.main import app
 from teachloop.core.ids import new_id
 from teachloop.core.settings import Settings
@@ -171,6 +172,7 @@ def remote(teachloop_home: Path, serving: Serving, database: Database, blobs: Bl
                             prefix), base_model=BASE)
     monkeypatch.setenv("TEACHLOOP_API_KEY", tenants.acme.member)
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    monkeypatch.setattr(console, "_width", 200)  # also when an earlier test pinned the shared console's width
     with serve_in_thread(create_app(AppDeps(settings, database, blobs, serving=serving))) as url:
         yield url
 
