@@ -8,8 +8,10 @@ a second. Concurrent test processes wait on the cache's lock instead of converti
 ``_close_tinker_clients`` (every test): each ``tinker.ServiceClient`` a test or a cookbook
 recipe made is closed when the test ends, while its server still runs. A client left open
 keeps its session's heartbeat thread calling a server the module has shut down, printing a
-warning every few seconds until the process exits. A close that does not answer in 30 s is
-a pytest warning naming the error, and the client's heartbeat is stopped locally.
+warning every few seconds until the process exits. So is a shadow client holder (what
+``SamplingClient.from_sampler_handle`` makes: it heartbeats the same session, and the SDK
+has no public close for it), so every ``InternalClientHolder`` the test made is closed too.
+A close that does not answer in 30 s is a pytest warning naming the error.
 """
 
 from __future__ import annotations
@@ -59,28 +61,35 @@ def default_model_dir(model_settings: Settings) -> Path:
 
 @pytest.fixture(autouse=True)
 def _close_tinker_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Close every ``tinker.ServiceClient`` made during the test, at its end (see the module docstring)."""
+    """Close every ``tinker.ServiceClient`` made during the test, then every client holder, at its end (see the
+    module docstring)."""
     try:
         import tinker
+        from tinker.lib.internal_client_holder import InternalClientHolder
     except ImportError:
         yield
         return
     made: list[Any] = []
-    init = tinker.ServiceClient.__init__
+    holders: list[Any] = []
+    init, holder_init = tinker.ServiceClient.__init__, InternalClientHolder.__init__
 
     def tracked(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         made.append(self)
 
+    def tracked_holder(self: Any, *args: Any, **kwargs: Any) -> None:
+        holder_init(self, *args, **kwargs)
+        holders.append(self)
+
     monkeypatch.setattr(tinker.ServiceClient, "__init__", tracked)
+    monkeypatch.setattr(InternalClientHolder, "__init__", tracked_holder)
     yield
     for client in made:  # a no-op for a client the test closed; a reaped session's finish changes nothing
         try:
             client.close("success").result(timeout=30)
-        except Exception as err:  # the finish did not answer: stop the heartbeat here, and say so
-            for holder in (getattr(client, "_session_holder", None), getattr(client, "_rest_holder", None)):
-                if holder is not None:
-                    with contextlib.suppress(Exception):
-                        holder.close()
+        except Exception as err:  # the finish did not answer: its holders are closed below, and the test warned
             warnings.warn(f"a tinker ServiceClient's close failed ({type(err).__name__}: {err}); its session's "
                           "heartbeat was stopped locally", stacklevel=1)
+    for holder in holders:  # e.g. the shadow holder of SamplingClient.from_sampler_handle, which heartbeats the
+        with contextlib.suppress(Exception):  # session too and has no public close; a no-op for a closed one
+            holder.close()
