@@ -9,8 +9,13 @@ BIN := $(VENV)/bin
 up: install
 	$(BIN)/teachloop up
 
+# The suite runs on one worker per core, at most 4 (pytest-xdist; tests/conftest.py gives each worker one
+# torch thread, so the workers never oversubscribe the cores). PYTEST_WORKERS=0 runs it in one process. Tests go
+# to workers one by one (xdist's default `load`): schemathesis' operations share one node id, and `loadfile` would
+# run only one of them.
+PYTEST_WORKERS ?= auto
 test: install-dev browser lint typecheck layers
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n $(PYTEST_WORKERS) --maxprocesses 4
 
 # The console's browser tests drive Debian's chromium (never a browser downloaded by `playwright install`).
 # Installed with apt-get only when missing and when we may (root, as in CI); otherwise those tests skip, saying why.
@@ -37,7 +42,7 @@ layers:
 	$(BIN)/lint-imports
 
 unit: install-dev
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --maxprocesses 4 tests/unit
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under ``pytest -n N`` each worker gets one core's worth of threads: N processes with torch's default
+    # team (one thread per core) oversubscribe the cores, and OpenMP's spinning teams then slow every model
+    # test by an order of magnitude. Set before torch is imported (servers a test starts inherit it).
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 _DEFAULT_SERVERS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
 _ISOLATED_VARS = (
     "TEACHLOOP_DATABASE_URL",
