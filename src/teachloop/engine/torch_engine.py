@@ -607,8 +607,11 @@ class TorchEngine:
         config.clip_bounds(loss)
 
     #: packed tokens per micro-batch of ``forward_backward``: its activations (and so its peak memory)
-    #: are bounded by this, not by the batch (``packing.micro_batches``; gradients accumulate)
-    micro_batch_tokens: int = 1024
+    #: are bounded by this, not by the batch (``packing.micro_batches``; gradients accumulate). 768, not
+    #: 1024: two groups of 8 x 32-token completions per micro-batch instead of three (peak 2.3 vs 2.6 GB
+    #: for the step's forward_backward, same time, bench/README.md), while a reasoning-gym group
+    #: (150-token prompt + 8 x 48) still fits whole and is never split.
+    micro_batch_tokens: int = 768
 
     def _run(
         self,
