@@ -115,24 +115,28 @@ def at(curve: list[list[float]], minute: float) -> float:
 
 
 def main() -> None:
+    # the demo's defaults are the bench's (importing the demo's options loads no torch)
+    from teachloop.cli.demo import DemoOptions as Demo
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-min", type=float, default=14.0, help="loop budget (the demo's --budget-min)")
-    ap.add_argument("--requests", type=int, default=96, help="requests per round (the demo's default)")
-    ap.add_argument("--users", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=6, help="GRPO steps per iteration (lineage: the first)")
-    ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step of the loop (the demo's default)")
-    ap.add_argument("--late-temperature", type=float, default=0.7,
+    ap.add_argument("--requests", type=int, default=Demo.requests, help="requests per round (the demo's default)")
+    ap.add_argument("--users", type=int, default=Demo.users)
+    ap.add_argument("--steps", type=int, default=Demo.steps, help="GRPO steps per iteration (lineage: the first)")
+    ap.add_argument("--prompts", type=int, default=Demo.prompts,
+                    help="GRPO prompts per step of the loop (the demo's default)")
+    ap.add_argument("--late-temperature", type=float, default=Demo.late_temperature,
                     help="lineage: the loop's algorithm.late_temperature (0: rl.temperature throughout)")
     ap.add_argument("--late-extra-draws", type=int, default=0,
                     help="lineage: the loop's algorithm.late_extra_draws (dynamic sampling once the gate reward "
                          "reaches 0.8; 0: off)")
-    ap.add_argument("--late-reward", type=float, default=0.8,
+    ap.add_argument("--late-reward", type=float, default=Demo.late_reward,
                     help="lineage: the loop's algorithm.late_reward (the gate reward from which both late settings "
                          "apply)")
     ap.add_argument("--failure-share", type=float, default=0.0,
                     help="lineage: the loop's algorithm.failure_share (the demo's --failure-share)")
-    ap.add_argument("--fresh-tasks", type=int, default=100)
-    ap.add_argument("--gate-tasks", type=int, default=200, help="held-out tasks of the gate (the demo's default)")
+    ap.add_argument("--fresh-tasks", type=int, default=Demo.fresh_tasks)
+    ap.add_argument("--gate-tasks", type=int, default=Demo.gate_tasks, help="held-out tasks of the gate (the demo's default)")
     ap.add_argument("--order", default="lineage,restart,offline")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of all contenders (order alternates)")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "loop_vs_offline")
