@@ -5,7 +5,11 @@ order given (``--order``, alternated when ``--repeats`` > 1):
 
 * ``lineage`` -- the loop as shipped (issue 16): each iteration continues the newest
   candidate that was not worse than the deployed version, steps double while the candidate
-  still improves (up to 4x), rollouts at temperature 0.7 once the gate reward reaches 0.8;
+  still improves (up to 4x), rollouts at temperature 0.7 with dynamic sampling (2 extra
+  draws) once the gate reward reaches 0.8, a 50% canary, and the next iteration right after a
+  promotion (``DemoOptions.tick_after_promotion``);
+* ``before`` -- the same lineage with the demo's defaults of 2026-12-07 morning: no extra
+  draws, a 25% canary, a round of traffic between a promotion and the next iteration;
 * ``restart`` -- the loop before issue 16 (``teachloop demo --restart``): every iteration
   restarts from the deployed adapter with ``--steps`` steps;
 * ``offline`` -- the demo's offline reference (``bench/learn_arithmetic.py``'s GRPO setup)
@@ -30,6 +34,7 @@ threads per process, oversubscription slows serving by an order of magnitude.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -42,25 +47,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+LOOPS = ("lineage", "before", "restart")
 
-def _opts(args: Any, lineage: bool) -> Any:
+
+def _opts(args: Any, kind: str) -> Any:
+    """The demo's options of contender ``kind`` (``lineage``, ``before``, ``restart``; ``offline`` as lineage)."""
     from teachloop.cli.demo import DemoOptions
 
-    return DemoOptions(iterations=10_000, requests=args.requests, users=args.users, max_rounds=10_000,
+    lineage = kind != "restart"
+    opts = DemoOptions(iterations=10_000, requests=args.requests, users=args.users, max_rounds=10_000,
                        budget_min=args.budget_min, steps=args.steps, prompts=args.prompts,
                        failure_share=args.failure_share if lineage else 0.0,
                        late_temperature=args.late_temperature or None, lineage=lineage, reference=False,
                        late_extra_draws=args.late_extra_draws if lineage and args.late_extra_draws else None,
-                       late_reward=args.late_reward,
+                       late_reward=args.late_reward, canary_percent=args.canary_percent,
                        fresh_tasks=args.fresh_tasks, gate_tasks=args.gate_tasks)
+    if kind == "before":  # the demo's defaults of 2026-12-07 05:20 (bench/README.md, "The shipped demo, two repeats")
+        opts = dataclasses.replace(opts, late_extra_draws=None, canary_percent=25, tick_after_promotion=False)
+    return opts
 
 
-def loop_worker(args: Any, lineage: bool, out: Path) -> None:
+def loop_worker(args: Any, kind: str, out: Path) -> None:
     from teachloop.cli.demo import loop_curve, run_demo
 
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as home:
         t0 = time.perf_counter()
-        result = run_demo(_opts(args, lineage), Path(home) / "home")
+        result = run_demo(_opts(args, kind), Path(home) / "home")
         rounds = [{"number": r.number, "minutes": r.minutes, "served": r.served, "reward": r.reward,
                    "counts": r.counts, "overall": r.overall} for r in result.rounds]
         its = [{"number": i["number"], "status": i["status"], "plan": i.get("plan"), "candidate": i.get("candidate"),
@@ -82,7 +94,7 @@ def offline_worker(args: Any, minutes: float, out: Path) -> None:
     path = ensure_default_model(Settings.from_env())
     engine, renderer = TorchEngine(path, device="cpu"), Renderer.from_pretrained(path)
     t0 = time.perf_counter()
-    curve = offline_reference(engine, renderer, minutes, _opts(args, True), log=lambda m: print(m, flush=True))
+    curve = offline_reference(engine, renderer, minutes, _opts(args, "offline"), log=lambda m: print(m, flush=True))
     out.write_text(json.dumps({"curve": curve, "minutes": minutes, "wall_minutes": (time.perf_counter() - t0) / 60}))
 
 
@@ -127,9 +139,11 @@ def main() -> None:
                     help="GRPO prompts per step of the loop (the demo's default)")
     ap.add_argument("--late-temperature", type=float, default=Demo.late_temperature,
                     help="lineage: the loop's algorithm.late_temperature (0: rl.temperature throughout)")
-    ap.add_argument("--late-extra-draws", type=int, default=0,
+    ap.add_argument("--late-extra-draws", type=int, default=Demo.late_extra_draws or 0,
                     help="lineage: the loop's algorithm.late_extra_draws (dynamic sampling once the gate reward "
                          "reaches 0.8; 0: off)")
+    ap.add_argument("--canary-percent", type=int, default=Demo.canary_percent,
+                    help="lineage, restart: the share of users a candidate serves first")
     ap.add_argument("--late-reward", type=float, default=Demo.late_reward,
                     help="lineage: the loop's algorithm.late_reward (the gate reward from which both late settings "
                          "apply)")
@@ -137,7 +151,7 @@ def main() -> None:
                     help="lineage: the loop's algorithm.failure_share (the demo's --failure-share)")
     ap.add_argument("--fresh-tasks", type=int, default=Demo.fresh_tasks)
     ap.add_argument("--gate-tasks", type=int, default=Demo.gate_tasks, help="held-out tasks of the gate (the demo's default)")
-    ap.add_argument("--order", default="lineage,restart,offline")
+    ap.add_argument("--order", default="lineage,restart,offline", help=f"contenders among {LOOPS} and offline")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of all contenders (order alternates)")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "loop_vs_offline")
     ap.add_argument("--summarise", action="store_true",
@@ -149,22 +163,25 @@ def main() -> None:
         if kind == "offline":
             offline_worker(args, float(minutes), Path(out))
         else:
-            loop_worker(args, kind == "lineage", Path(out))
+            loop_worker(args, kind, Path(out))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     order = args.order.split(",")
+    if unknown := [k for k in order if k not in (*LOOPS, "offline")]:
+        ap.error(f"--order: unknown contender(s) {unknown}; choose among {', '.join((*LOOPS, 'offline'))}")
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in order}
     common = ["--budget-min", str(args.budget_min), "--requests", str(args.requests), "--users", str(args.users),
               "--steps", str(args.steps), "--prompts", str(args.prompts),
               "--failure-share", str(args.failure_share), "--late-temperature", str(args.late_temperature),
               "--late-extra-draws", str(args.late_extra_draws), "--late-reward", str(args.late_reward),
+              "--canary-percent", str(args.canary_percent),
               "--fresh-tasks", str(args.fresh_tasks), "--gate-tasks", str(args.gate_tasks)]
     for rep in range(0 if args.summarise else args.repeats):
         for kind in order if rep % 2 == 0 else list(reversed(order)):
             # the loop's last round, not its wall clock: an iteration still training when the budget ends is never
             # served, and would give the reference minutes the loop had no round in (22:17 run: 13.7 vs 21.2)
             loops = [r["rounds"][-1]["minutes"] if r["rounds"] else r["loop_minutes"]
-                     for k in ("lineage", "restart") for r in results.get(k, [])]
+                     for k in LOOPS for r in results.get(k, [])]
             minutes = statistics.median(loops) if loops else args.budget_min
             out = args.out / f"{kind}-{rep}.json"
             print(f"== {kind} (repeat {rep}){f', {minutes:.1f} min' if kind == 'offline' else ''}", flush=True)
@@ -188,7 +205,7 @@ def main() -> None:
                 print(f"{k:9s}  {end:26s} {last2:15s} {r['minutes']:7.1f}  {r['iterations']:10d}  "
                       f"{r['promoted']:8d}  {r['fresh_worse']}/{r['fresh_checked']}")
     off = [r["end"] for r in table.get("offline", [])]
-    for k in ("lineage", "restart"):
+    for k in LOOPS:
         ends = [r["end"] for r in table.get(k, []) if r["end"] is not None]
         if ends and off:
             print(f"{k}: median end {statistics.median(ends):.3f} vs offline end {statistics.median(off):.3f} -> "

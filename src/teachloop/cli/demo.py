@@ -10,13 +10,17 @@
    GRPO on the prompts users sent (``--prompts`` per step, 8 by default, x 8
    samples, ``--steps`` 6 in the first iteration), graded by the ``arithmetic`` environment
    (level 1, the answer found by task lookup), a paired gate on the holdout
-   prompts and 200 held-out tasks, a 25% canary, a watch after promotion.
+   prompts and 200 held-out tasks, a 50% canary, a watch after promotion.
 4. Rounds: simulated users send one-digit arithmetic questions ("What is 7 +
    5?") concurrently through the OpenAI API (``/v1/chat/completions``,
    ``model=calc``, each with a ``user`` id, greedy). After each round the loop
    ticks: it grades the round's traffic (the online reward), and when due runs
    an iteration (snapshot -> GRPO -> gate -> canary), judges the canary, or
-   watches the promoted version.
+   watches the promoted version. A tick that promoted a canary is followed by
+   another at once (``DemoOptions.tick_after_promotion``): the round that
+   judged the canary is new traffic, so the next iteration starts without
+   waiting for a round -- what a worker ticking every ``check_seconds`` does
+   while traffic flows; the promoted version is watched on the rounds after.
 5. It prints each round's online reward per arm and, at the end, the online
    reward of each version the deployment served to everyone, and checks every
    promotion on a **fresh held-out set** (``--fresh-tasks`` tasks of a seed
@@ -34,8 +38,9 @@
 The loop keeps what it learns (``algorithm.lineage``: each iteration continues
 the newest candidate that was not worse than the deployed version, with the
 AdamW state its run ended with (``keep_optimizer``); steps double while the
-candidate still improves, up to 4x ``--steps``; rollouts at temperature 0.7
-once the gate reward reaches 0.8). ``--restart`` runs the behaviour before
+candidate still improves, up to 4x ``--steps``; once the gate reward reaches
+0.8, rollouts at temperature 0.7 with dynamic sampling: up to 2 more batches of
+prompts while too few groups' rewards vary, ``--late-extra-draws``). ``--restart`` runs the behaviour before
 issue 16 instead (every iteration restarts from the deployed adapter with
 ``--steps`` steps and a fresh AdamW), which ``bench/loop_vs_offline.py``
 compares.
@@ -80,10 +85,11 @@ class DemoOptions:
     prompts: int = 8  # GRPO prompts per step (x 8 samples): 4 x 12 did the same work per iteration and drifted
     failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
     late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
-    late_extra_draws: int | None = None  # algorithm.late_extra_draws: dynamic sampling once the lineage is good
+    late_extra_draws: int | None = 2  # algorithm.late_extra_draws: dynamic sampling once the lineage is good (None: off)
     late_reward: float = 0.8  # algorithm.late_reward: the start's gate reward from which both late settings apply
     gate_tasks: int = 200
-    canary_percent: int = 25
+    canary_percent: int = 50  # one round's canary share is the sequential test's horizon: 48 of 96 requests
+    tick_after_promotion: bool = True  # the tick that promoted a canary is followed by another (the module docstring)
     seed: int = 0
     lineage: bool = True
     reference: bool = True
@@ -294,8 +300,10 @@ async def _rounds(url: str, key: str, opts: DemoOptions, runner: Any, database: 
         shown = "  ".join(f"{k} {v:.3f} (n={counts[k]})" for k, v in sorted(reward.items()) if v is not None)
         console.print(f"[bold]round {number}[/]: {answered} requests in {seconds:.0f}s to {served}: online reward "
                       f"{shown}", highlight=False)
-        if result.phase == "idle" and result.iteration is None and result.note:
-            result = await runner.tick()  # a watch just ended: the trigger may be due already
+        if result.iteration is None and (
+                (result.phase == "idle" and result.note)  # a watch just ended: the trigger may be due already
+                or (opts.tick_after_promotion and result.phase == "watch" and "canary" in served)):  # just promoted
+            result = await runner.tick()
         rnd.loop = result.note
         rounds.append(rnd)
         promoted = sum(1 for it in history(database, org_id, DEPLOYMENT) if it["status"] == "promoted"
@@ -554,10 +562,13 @@ def demo(
     failure_share: float = typer.Option(0.0, "--failure-share", min=0.0, max=0.99,
                                         help="Share of GRPO tasks drawn from the prompts whose served reply the "
                                              "grader failed (the loop's algorithm.failure_share)."),
-    late_extra_draws: int = typer.Option(None, "--late-extra-draws", min=0, max=16,
+    late_extra_draws: int = typer.Option(2, "--late-extra-draws", min=0, max=16,
                                          help="Once the lineage's gate reward reaches 0.8, GRPO steps draw up to "
                                               "this many more batches of prompts while too few groups' rewards "
-                                              "vary (the loop's algorithm.late_extra_draws; default: off)."),
+                                              "vary (the loop's algorithm.late_extra_draws; 0: off)."),
+    canary_percent: int = typer.Option(50, "--canary-percent", min=1, max=99,
+                                       help="Share of users a candidate serves first; one round's canary arm is "
+                                            "the sequential test's horizon."),
     max_rounds: int = typer.Option(12, "--max-rounds", min=1, help="Rounds of traffic at most."),
     budget_min: float = typer.Option(28.0, "--budget-min", min=1, help="Start no round after this many minutes."),
     restart: bool = typer.Option(False, "--restart", help="The loop before issue 16: every iteration restarts from "
@@ -572,7 +583,8 @@ def demo(
     with handle_errors():
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
         opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, prompts=prompts,
-                           failure_share=failure_share, late_extra_draws=late_extra_draws, max_rounds=max_rounds,
+                           failure_share=failure_share, late_extra_draws=late_extra_draws or None,
+                           canary_percent=canary_percent, max_rounds=max_rounds,
                            budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
                            svg=svg)
         run_demo(opts, folder)
