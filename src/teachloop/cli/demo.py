@@ -300,15 +300,22 @@ async def _rounds(url: str, key: str, opts: DemoOptions, runner: Any, database: 
         shown = "  ".join(f"{k} {v:.3f} (n={counts[k]})" for k, v in sorted(reward.items()) if v is not None)
         console.print(f"[bold]round {number}[/]: {answered} requests in {seconds:.0f}s to {served}: online reward "
                       f"{shown}", highlight=False)
+        # a canary round whose tick ends in a watch promoted the canary; unless that was the last promotion asked
+        # for (the next round then serves it to everyone, and the demo ends), the next iteration starts at once
+        just_promoted = opts.tick_after_promotion and result.phase == "watch" and "canary" in served
         if result.iteration is None and (
                 (result.phase == "idle" and result.note)  # a watch just ended: the trigger may be due already
-                or (opts.tick_after_promotion and result.phase == "watch" and "canary" in served)):  # just promoted
+                or (just_promoted and len(_promoted(history(database, org_id, DEPLOYMENT))) < opts.iterations)):
             result = await runner.tick()
         rnd.loop = result.note
         rounds.append(rnd)
-        promoted = sum(1 for it in history(database, org_id, DEPLOYMENT) if it["status"] == "promoted"
-                       and "watch" in (it["canary"] or {}))  # promoted, and watched over a round of everyone
+        promoted = sum(1 for it in _promoted(history(database, org_id, DEPLOYMENT))
+                       if "watch" in (it["canary"] or {}))  # promoted, and watched over a round of everyone
     return rounds
+
+
+def _promoted(iterations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [it for it in iterations if it["status"] == "promoted"]
 
 
 def summary(rounds: list[Round]) -> list[tuple[str, float, int]]:

@@ -29,8 +29,8 @@ class FakeRunner:
         return next(self.results, TickResult("idle"))
 
 
-def _drive(monkeypatch: pytest.MonkeyPatch, served: list[str], results: list[TickResult],
-           **opts: Any) -> tuple[FakeRunner, list[demo.Round]]:
+def _drive(monkeypatch: pytest.MonkeyPatch, served: list[str], results: list[TickResult], *,
+           history: Any = None, **opts: Any) -> tuple[FakeRunner, list[demo.Round]]:
     states = iter(served)
     monkeypatch.setattr(demo, "_serving", lambda database, org_id: next(states))
 
@@ -40,7 +40,7 @@ def _drive(monkeypatch: pytest.MonkeyPatch, served: list[str], results: list[Tic
     monkeypatch.setattr(demo, "send_round", send_round)
     monkeypatch.setattr(demo, "round_figures", lambda database, org_id, since: ({"primary:base": 0.5},
                                                                               {"primary:base": 8}))
-    monkeypatch.setattr("teachloop.loop.service.history", lambda database, org_id, name: [])
+    monkeypatch.setattr("teachloop.loop.service.history", history or (lambda database, org_id, name: []))
     runner = FakeRunner(results)
     options = demo.DemoOptions(requests=8, users=2, max_rounds=len(served), budget_min=60, **opts)
     rounds = asyncio.run(demo._rounds("http://x", "key", options, runner, None, "org", 0.0))
@@ -75,3 +75,13 @@ def test_a_tick_in_a_watch_that_promoted_nothing_is_not_repeated(monkeypatch: py
     runner, _ = _drive(monkeypatch, ["calc@1", "calc@1"], [TickResult("watch", note="watching"),
                                                             TickResult("watch", note="watching")])
     assert runner.ticks == 2
+
+
+def test_the_last_promotion_asked_for_is_served_a_round_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --iterations 1: once calc@1 is promoted the demo does not start another iteration; the next round serves
+    # calc@1 to everyone (its watch), then the demo ends
+    promoted = [{"status": "promoted", "canary": {}}]
+    calls = iter([[], promoted, promoted, [{"status": "promoted", "canary": {"watch": {}}}]])
+    runner, rounds = _drive(monkeypatch, ["base", "base + canary calc@1 @ 50%", "calc@1", "calc@1"], _results(),
+                            iterations=1, history=lambda database, org_id, name: next(calls))
+    assert runner.ticks == 3 and len(rounds) == 3  # no extra tick after the promotion; stopped once it was watched
