@@ -5,11 +5,10 @@ order given (``--order``, alternated when ``--repeats`` > 1):
 
 * ``lineage`` -- the loop as shipped (issue 16): each iteration continues the newest
   candidate that was not worse than the deployed version, steps double while the candidate
-  still improves (up to 4x), rollouts at temperature 0.7 with dynamic sampling (2 extra
-  draws) once the gate reward reaches 0.8, a 50% canary, and the next iteration right after a
-  promotion (``DemoOptions.tick_after_promotion``);
-* ``before`` -- the same lineage with the demo's defaults of 2026-12-07 morning: no extra
-  draws, a 25% canary, a round of traffic between a promotion and the next iteration;
+  still improves (up to 4x), rollouts at temperature 0.7 once the gate reward reaches 0.8;
+* ``eager`` -- the same lineage with what was tried on 2026-12-07 (``bench/README.md``): dynamic
+  sampling (2 extra draws) from that point on, a 50% canary, and the next iteration right
+  after a promotion (``DemoOptions.tick_after_promotion``) instead of after a round more;
 * ``restart`` -- the loop before issue 16 (``teachloop demo --restart``): every iteration
   restarts from the deployed adapter with ``--steps`` steps;
 * ``offline`` -- the demo's offline reference (``bench/learn_arithmetic.py``'s GRPO setup)
@@ -47,11 +46,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LOOPS = ("lineage", "before", "restart")
+LOOPS = ("lineage", "eager", "restart")
 
 
 def _opts(args: Any, kind: str) -> Any:
-    """The demo's options of contender ``kind`` (``lineage``, ``before``, ``restart``; ``offline`` as lineage)."""
+    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``restart``; ``offline`` as lineage)."""
     from teachloop.cli.demo import DemoOptions
 
     lineage = kind != "restart"
@@ -62,8 +61,9 @@ def _opts(args: Any, kind: str) -> Any:
                        late_extra_draws=args.late_extra_draws if lineage and args.late_extra_draws else None,
                        late_reward=args.late_reward, canary_percent=args.canary_percent,
                        fresh_tasks=args.fresh_tasks, gate_tasks=args.gate_tasks)
-    if kind == "before":  # the demo's defaults of 2026-12-07 05:20 (bench/README.md, "The shipped demo, two repeats")
-        opts = dataclasses.replace(opts, late_extra_draws=None, canary_percent=25, tick_after_promotion=False)
+    if kind == "eager":  # tried on 2026-12-07 (bench/README.md, "Dynamic sampling, a 50% canary and no round ...")
+        opts = dataclasses.replace(opts, late_extra_draws=args.late_extra_draws or 2, canary_percent=50,
+                                   tick_after_promotion=True)
     return opts
 
 
@@ -141,7 +141,7 @@ def main() -> None:
                     help="lineage: the loop's algorithm.late_temperature (0: rl.temperature throughout)")
     ap.add_argument("--late-extra-draws", type=int, default=Demo.late_extra_draws or 0,
                     help="lineage: the loop's algorithm.late_extra_draws (dynamic sampling once the gate reward "
-                         "reaches 0.8; 0: off)")
+                         "reaches 0.8; 0: off); eager: 2 unless this is set")
     ap.add_argument("--canary-percent", type=int, default=Demo.canary_percent,
                     help="lineage, restart: the share of users a candidate serves first")
     ap.add_argument("--late-reward", type=float, default=Demo.late_reward,

@@ -10,17 +10,19 @@
    GRPO on the prompts users sent (``--prompts`` per step, 8 by default, x 8
    samples, ``--steps`` 6 in the first iteration), graded by the ``arithmetic`` environment
    (level 1, the answer found by task lookup), a paired gate on the holdout
-   prompts and 200 held-out tasks, a 50% canary, a watch after promotion.
+   prompts and 200 held-out tasks, a 25% canary, a watch after promotion.
 4. Rounds: simulated users send one-digit arithmetic questions ("What is 7 +
    5?") concurrently through the OpenAI API (``/v1/chat/completions``,
    ``model=calc``, each with a ``user`` id, greedy). After each round the loop
    ticks: it grades the round's traffic (the online reward), and when due runs
    an iteration (snapshot -> GRPO -> gate -> canary), judges the canary, or
-   watches the promoted version. A tick that promoted a canary is followed by
-   another at once (``DemoOptions.tick_after_promotion``): the round that
-   judged the canary is new traffic, so the next iteration starts without
-   waiting for a round -- what a worker ticking every ``check_seconds`` does
-   while traffic flows; the promoted version is watched on the rounds after.
+   watches the promoted version. With ``DemoOptions.tick_after_promotion``
+   (off by default) a tick that promoted a canary is followed by another at
+   once: the round that judged the canary is new traffic, so the next
+   iteration starts without waiting for a round -- what a worker ticking every
+   ``check_seconds`` does while traffic flows. Measured (``bench/README.md``,
+   2026-12-07): it did not help the demo, and it leaves a version promoted
+   near the budget's end unserved by any round.
 5. It prints each round's online reward per arm and, at the end, the online
    reward of each version the deployment served to everyone, and checks every
    promotion on a **fresh held-out set** (``--fresh-tasks`` tasks of a seed
@@ -38,9 +40,9 @@
 The loop keeps what it learns (``algorithm.lineage``: each iteration continues
 the newest candidate that was not worse than the deployed version, with the
 AdamW state its run ended with (``keep_optimizer``); steps double while the
-candidate still improves, up to 4x ``--steps``; once the gate reward reaches
-0.8, rollouts at temperature 0.7 with dynamic sampling: up to 2 more batches of
-prompts while too few groups' rewards vary, ``--late-extra-draws``). ``--restart`` runs the behaviour before
+candidate still improves, up to 4x ``--steps``; rollouts at temperature 0.7
+once the gate reward reaches 0.8, and with ``--late-extra-draws K`` dynamic
+sampling from then on -- off by default). ``--restart`` runs the behaviour before
 issue 16 instead (every iteration restarts from the deployed adapter with
 ``--steps`` steps and a fresh AdamW), which ``bench/loop_vs_offline.py``
 compares.
@@ -85,11 +87,11 @@ class DemoOptions:
     prompts: int = 8  # GRPO prompts per step (x 8 samples): 4 x 12 did the same work per iteration and drifted
     failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
     late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
-    late_extra_draws: int | None = 2  # algorithm.late_extra_draws: dynamic sampling once the lineage is good (None: off)
+    late_extra_draws: int | None = None  # algorithm.late_extra_draws: dynamic sampling once the lineage is good
     late_reward: float = 0.8  # algorithm.late_reward: the start's gate reward from which both late settings apply
     gate_tasks: int = 200
-    canary_percent: int = 50  # one round's canary share is the sequential test's horizon: 48 of 96 requests
-    tick_after_promotion: bool = True  # the tick that promoted a canary is followed by another (the module docstring)
+    canary_percent: int = 25  # one round's canary share is the sequential test's horizon (24 of 96 requests)
+    tick_after_promotion: bool = False  # the tick that promoted a canary is followed by another (module docstring)
     seed: int = 0
     lineage: bool = True
     reference: bool = True
@@ -569,11 +571,11 @@ def demo(
     failure_share: float = typer.Option(0.0, "--failure-share", min=0.0, max=0.99,
                                         help="Share of GRPO tasks drawn from the prompts whose served reply the "
                                              "grader failed (the loop's algorithm.failure_share)."),
-    late_extra_draws: int = typer.Option(2, "--late-extra-draws", min=0, max=16,
+    late_extra_draws: int = typer.Option(0, "--late-extra-draws", min=0, max=16,
                                          help="Once the lineage's gate reward reaches 0.8, GRPO steps draw up to "
                                               "this many more batches of prompts while too few groups' rewards "
-                                              "vary (the loop's algorithm.late_extra_draws; 0: off)."),
-    canary_percent: int = typer.Option(50, "--canary-percent", min=1, max=99,
+                                              "vary (the loop's algorithm.late_extra_draws; 0, the default: off)."),
+    canary_percent: int = typer.Option(25, "--canary-percent", min=1, max=99,
                                        help="Share of users a candidate serves first; one round's canary arm is "
                                             "the sequential test's horizon."),
     max_rounds: int = typer.Option(12, "--max-rounds", min=1, help="Rounds of traffic at most."),
