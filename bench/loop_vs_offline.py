@@ -9,6 +9,9 @@ order given (``--order``, alternated when ``--repeats`` > 1):
 * ``eager`` -- the same lineage with what was tried on 2026-12-07 (``bench/README.md``): dynamic
   sampling (2 extra draws) from that point on, a 50% canary, and the next iteration right
   after a promotion (``DemoOptions.tick_after_promotion``) instead of after a round more;
+* ``through`` -- the same lineage continuing through candidates the gate found worse, up to
+  ``--through-worse`` (3) in a row (``algorithm.through_worse``), as offline training continues
+  through its dips;
 * ``restart`` -- the loop before issue 16 (``teachloop demo --restart``): every iteration
   restarts from the deployed adapter with ``--steps`` steps;
 * ``offline`` -- the demo's offline reference (``bench/learn_arithmetic.py``'s GRPO setup)
@@ -46,11 +49,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LOOPS = ("lineage", "eager", "restart")
+LOOPS = ("lineage", "eager", "through", "restart")
 
 
 def _opts(args: Any, kind: str) -> Any:
-    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``restart``; ``offline`` as lineage)."""
+    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``through``, ``restart``; ``offline`` as
+    lineage)."""
     from teachloop.cli.demo import DemoOptions
 
     lineage = kind != "restart"
@@ -64,6 +68,8 @@ def _opts(args: Any, kind: str) -> Any:
     if kind == "eager":  # tried on 2026-12-07 (bench/README.md, "Dynamic sampling, a 50% canary and no round ...")
         opts = dataclasses.replace(opts, late_extra_draws=args.late_extra_draws or 2, canary_percent=50,
                                    tick_after_promotion=True)
+    if kind == "through":
+        opts = dataclasses.replace(opts, through_worse=args.through_worse)
     return opts
 
 
@@ -149,6 +155,8 @@ def main() -> None:
                          "apply)")
     ap.add_argument("--failure-share", type=float, default=0.0,
                     help="lineage: the loop's algorithm.failure_share (the demo's --failure-share)")
+    ap.add_argument("--through-worse", type=int, default=3,
+                    help="through: the loop's algorithm.through_worse (worse candidates in a row it continues)")
     ap.add_argument("--fresh-tasks", type=int, default=Demo.fresh_tasks)
     ap.add_argument("--gate-tasks", type=int, default=Demo.gate_tasks, help="held-out tasks of the gate (the demo's default)")
     ap.add_argument("--order", default="lineage,restart,offline", help=f"contenders among {LOOPS} and offline")
@@ -174,7 +182,7 @@ def main() -> None:
               "--steps", str(args.steps), "--prompts", str(args.prompts),
               "--failure-share", str(args.failure_share), "--late-temperature", str(args.late_temperature),
               "--late-extra-draws", str(args.late_extra_draws), "--late-reward", str(args.late_reward),
-              "--canary-percent", str(args.canary_percent),
+              "--canary-percent", str(args.canary_percent), "--through-worse", str(args.through_worse),
               "--fresh-tasks", str(args.fresh_tasks), "--gate-tasks", str(args.gate_tasks)]
     for rep in range(0 if args.summarise else args.repeats):
         for kind in order if rep % 2 == 0 else list(reversed(order)):

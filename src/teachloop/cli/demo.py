@@ -89,6 +89,7 @@ class DemoOptions:
     late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
     late_extra_draws: int | None = None  # algorithm.late_extra_draws: dynamic sampling once the lineage is good
     late_reward: float = 0.8  # algorithm.late_reward: the start's gate reward from which both late settings apply
+    through_worse: int = 0  # algorithm.through_worse: worse candidates in a row the lineage still continues
     gate_tasks: int = 200
     canary_percent: int = 25  # one round's canary share is the sequential test's horizon (24 of 96 requests)
     tick_after_promotion: bool = False  # the tick that promoted a canary is followed by another (module docstring)
@@ -106,7 +107,7 @@ def keep(opts: DemoOptions) -> dict[str, Any]:
         return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
     return {"lineage": True, "max_steps": 4 * opts.steps, "late_reward": opts.late_reward,
             "late_temperature": opts.late_temperature, "late_extra_draws": opts.late_extra_draws,
-            "keep_optimizer": True, "failure_share": opts.failure_share}
+            "keep_optimizer": True, "failure_share": opts.failure_share, "through_worse": opts.through_worse}
 
 
 def loop_config(opts: DemoOptions) -> dict[str, Any]:
@@ -575,6 +576,9 @@ def demo(
                                          help="Once the lineage's gate reward reaches 0.8, GRPO steps draw up to "
                                               "this many more batches of prompts while too few groups' rewards "
                                               "vary (the loop's algorithm.late_extra_draws; 0, the default: off)."),
+    through_worse: int = typer.Option(0, "--through-worse", min=0, max=100,
+                                      help="The lineage also continues a candidate the gate found worse, up to "
+                                           "this many in a row (the loop's algorithm.through_worse; 0: never)."),
     canary_percent: int = typer.Option(25, "--canary-percent", min=1, max=99,
                                        help="Share of users a candidate serves first; one round's canary arm is "
                                             "the sequential test's horizon."),
@@ -593,7 +597,7 @@ def demo(
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
         opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, prompts=prompts,
                            failure_share=failure_share, late_extra_draws=late_extra_draws or None,
-                           canary_percent=canary_percent, max_rounds=max_rounds,
+                           canary_percent=canary_percent, through_worse=through_worse, max_rounds=max_rounds,
                            budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
                            svg=svg)
         run_demo(opts, folder)

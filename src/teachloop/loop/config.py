@@ -242,6 +242,13 @@ class AlgorithmConfig(_Section):
                                       description="The first iteration starts from this candidate of the loop: a "
                                                   "run id (run_...) of one of its iterations, or a version of the "
                                                   "deployment's adapter (NAME@N or av_...).")
+    through_worse: int = Field(default=0, ge=0, le=100,
+                               description="The lineage also continues a candidate that was worse than the deployed "
+                                           "version on the gate (never deployed; not rolled back, not failed), as "
+                                           "long as at most this many candidates in a row of its line were worse; "
+                                           "past that it goes back to the newest not-worse one (0: a worse "
+                                           "candidate is never continued). GRPO's held-out curve dips and "
+                                           "recovers; a lineage that drops each dip drops its steps.")
     max_steps: int | None = Field(default=None, ge=1, le=100_000,
                                   description="Adaptive steps: an iteration whose parent candidate still improved "
                                               "on the gate trains twice as many steps as the last, up to this; one "
@@ -457,6 +464,9 @@ def _check_lineage(cfg: LoopConfig) -> None:
     if a.continue_from is not None and not a.warm_start:
         raise InvalidInput("config field algorithm.continue_from: needs algorithm.warm_start = true",
                            param="algorithm.continue_from")
+    if a.through_worse and not (a.lineage and a.warm_start):
+        raise InvalidInput("config field algorithm.through_worse: needs algorithm.lineage = true and "
+                           "algorithm.warm_start = true", param="algorithm.through_worse")
     if a.max_steps is not None and a.max_steps < base_steps(cfg):
         raise InvalidInput(f"config field algorithm.max_steps: {a.max_steps} is below algorithm.train.steps "
                            f"({base_steps(cfg)})", param="algorithm.max_steps")

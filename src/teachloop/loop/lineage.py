@@ -17,7 +17,14 @@ from the loop's own iterations (newest first, one loop of one organisation):
   names the start of the first iteration (``resolve_continue_from`` checks
   it belongs to this deployment's loop: a run of one of its iterations or a
   version of the adapter named like the deployment, in the same organisation).
-  ``lineage = false`` is the behaviour before issue 16.
+  ``lineage = false`` is the behaviour before issue 16. With
+  ``algorithm.through_worse = N`` the lineage also continues a candidate the
+  gate found worse (a refusal, never a rollback or a failed run), as long as
+  the newest candidate's line (it and its parents, ``Plan.parent_iteration``)
+  ends in at most N worse candidates in a row; a longer run of worse ones
+  goes back to the newest not-worse candidate, as above. GRPO's held-out curve dips and
+  recovers (``bench/README.md``, "Loop vs offline"): a lineage that drops
+  every dip drops the steps that would have climbed out of it.
 * **steps** -- with ``algorithm.max_steps``, an iteration whose predecessor
   still improved on its own start (its gate reward above its parent's) trains
   twice the predecessor's steps, up to ``max_steps``; after one that got
@@ -158,6 +165,19 @@ def _guarded(suite: dict[str, Any], max_regression: float) -> bool:
     return suite.get("mean_diff") is not None and -float(suite["mean_diff"]) > max_regression
 
 
+def _worse_run(it: LoopIteration, by_number: dict[int, LoopIteration], max_regression: float) -> int:
+    """How many candidates in a row, ``it`` and then its parents, were worse than their baseline on the gate
+    (0: ``it`` was not worse). The walk follows ``plan.parent_iteration`` among ``by_number``."""
+    count, seen = 0, set()
+    cur: LoopIteration | None = it
+    while cur is not None and cur.number not in seen and not not_worse(cur.gate, max_regression):
+        seen.add(cur.number)
+        count += 1
+        parent = (cur.plan or {}).get("parent_iteration") if (cur.plan or {}).get("start") == "candidate" else None
+        cur = by_number.get(int(parent)) if parent is not None else None
+    return count
+
+
 def base_steps(cfg: LoopConfig) -> int:
     """``algorithm.train.steps`` (or the training config's default)."""
     from teachloop.train.config import TrainConfig
@@ -230,19 +250,25 @@ def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[Loo
                 f"algorithm.continue_from = {continue_from.ref}"
             parent_reward, state_run = None, continue_from.state_run
         elif a.lineage:
+            by_number = {it.number: it for it in trained}
+            line: list[tuple[LoopIteration, str, int]] = []  # rejected candidates against the deployed version
             for it in trained:
                 if it.baseline_version_id != deployed_id:
                     break  # trained against another deployed version: a promotion or rollback since
-                if it.status != IterationStatus.REJECTED or not not_worse(it.gate, cfg.gate.max_regression):
-                    continue
-                run_key = final_adapter(str(it.run_id))
-                if run_key is None:
-                    continue
+                run_key = final_adapter(str(it.run_id)) if it.status == IterationStatus.REJECTED else None
+                if run_key is not None:
+                    line.append((it, run_key, _worse_run(it, by_number, cfg.gate.max_regression)))
+            chosen = line[0] if line and 0 < line[0][2] <= a.through_worse else \
+                next((c for c in line if c[2] == 0), None)
+            if chosen is not None:
+                it, run_key, worse = chosen
                 rewards = gate_rewards(it.gate)
                 start, key, parent, state_run = "candidate", run_key, it.number, str(it.run_id)
                 parent_reward = rewards[1] if rewards else None
-                reason = f"the candidate of iteration {it.number} (not worse than the deployed version on the gate)"
-                break
+                reason = f"the candidate of iteration {it.number} " + (
+                    "(not worse than the deployed version on the gate)" if not worse else
+                    f"(worse than the deployed version on the gate, {worse} of algorithm.through_worse = "
+                    f"{a.through_worse} in a row)")
     temperature = extra_draws = None
     if parent_reward is not None and parent_reward >= a.late_reward:
         temperature, extra_draws = a.late_temperature, a.late_extra_draws

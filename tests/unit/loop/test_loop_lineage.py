@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teachloop.core.errors import InvalidInput
 from teachloop.loop import LoopRunner, configure_loop, history, validate_loop_config
@@ -108,6 +110,63 @@ def test_steps_adapt_to_how_much_the_candidate_still_improves_and_late_rollouts_
     assert plan(cfg, DEPLOYED, [flat, second, first], _keys).steps == 12
 
 
+def test_through_worse_continues_a_worse_candidate_until_too_many_in_a_row() -> None:
+    def line(*rewards: float) -> list[LoopIteration]:
+        """Iterations 1..n, each continuing the one before, with these candidate gate rewards (deployed: 0.5)."""
+        its = [_it(1, "rejected", 0.5, rewards[0], plan_={"start": "deployed", "steps": 4})]
+        for n, r in enumerate(rewards[1:], start=2):
+            its.append(_it(n, "rejected", 0.5, r, plan_={"start": "candidate", "parent_iteration": n - 1,
+                                                          "parent_reward": rewards[n - 2], "steps": 4}))
+        return its[::-1]
+
+    two = _cfg(through_worse=2)
+    p = plan(two, DEPLOYED, line(0.55, 0.45), _keys)  # one worse in a row: continued
+    assert (p.start, p.parent_iteration, p.parent_reward) == ("candidate", 2, 0.45)
+    assert "1 of algorithm.through_worse = 2 in a row" in p.reason
+    assert plan(two, DEPLOYED, line(0.55, 0.45, 0.4), _keys).parent_iteration == 3  # two in a row
+    assert plan(two, DEPLOYED, line(0.55, 0.45, 0.4, 0.3), _keys).parent_iteration == 1  # three: back to 1
+    assert plan(two, DEPLOYED, line(0.55, 0.45, 0.4, 0.6), _keys).parent_iteration == 4  # climbed out of it
+    assert plan(two, DEPLOYED, line(0.4, 0.35, 0.3), _keys).start == "deployed"  # no not-worse one to go back to
+    # the default (0) is the not-worse rule; a rollback is never continued, whatever through_worse says
+    assert plan(_cfg(), DEPLOYED, line(0.55, 0.45), _keys).parent_iteration == 1
+    rolled = [_it(3, "rolled_back", 0.5, 0.9), *line(0.55, 0.45)]
+    assert plan(two, DEPLOYED, rolled, _keys).parent_iteration == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3), st.lists(st.tuples(st.sampled_from(["rejected", "rolled_back", "failed"]),
+                                             st.sampled_from([0.3, 0.5, 0.7]), st.integers(0, 12)),
+                                   min_size=1, max_size=12))
+def test_the_start_is_the_newest_candidate_while_its_line_ends_in_at_most_n_worse(
+        n: int, rows: list[tuple[str, float, int]]) -> None:
+    """For any history: the plan continues the newest rejected candidate when its run of worse candidates in a
+    row (itself, then its parents) is at most ``through_worse``, else the newest not-worse one (with 0: always
+    the newest not-worse one, the rule before ``through_worse``)."""
+    its = []
+    for number, (status, reward, parent) in enumerate(rows, start=1):
+        start = {"start": "candidate", "parent_iteration": parent} if 0 < parent < number else {"start": "deployed"}
+        its.append(_it(number, status, 0.5, reward, plan_={**start, "steps": 4}))
+    by = {it.number: it for it in its if it.status != "failed"}  # a failed run's candidate is in no line
+
+    def worse_run(it: LoopIteration | None) -> int:
+        k = 0
+        while it is not None and gate_rewards(it.gate)[1] < 0.5:  # type: ignore[index]
+            k += 1
+            parent = (it.plan or {}).get("parent_iteration")
+            it = by.get(parent) if parent else None
+        return k
+
+    hist = its[::-1]
+    p = plan(_cfg(through_worse=n), DEPLOYED, hist, _keys)
+    rejected = [it for it in hist if it.status == "rejected"]
+    newest_not_worse = next((it.number for it in rejected if not_worse(it.gate, 0.05)), None)
+    if rejected and 0 < worse_run(rejected[0]) <= n:
+        assert p.parent_iteration == rejected[0].number and "in a row" in p.reason
+    else:
+        assert p.parent_iteration == newest_not_worse
+    assert p.start == ("candidate" if p.parent_iteration else "deployed")
+
+
 def test_the_switch_gives_the_behaviour_before_issue_16() -> None:
     cfg = _cfg(lineage=False)
     hist = [_it(2, "rejected", 0.5, 0.9, plan_={"steps": 4}), _it(1, "rejected", 0.5, 0.6)]
@@ -148,7 +207,10 @@ def test_config_rules_name_the_field() -> None:
                              ({"late_extra_draws": -1}, "algorithm.late_extra_draws"),
                              ({"late_extra_draws": 17}, "algorithm.late_extra_draws"),
                              ({"failure_share": 1.0}, "algorithm.failure_share"),
-                             ({"failure_share": -0.5}, "algorithm.failure_share")):
+                             ({"failure_share": -0.5}, "algorithm.failure_share"),
+                             ({"through_worse": -1}, "algorithm.through_worse"),
+                             ({"through_worse": 2, "lineage": False}, "algorithm.through_worse"),
+                             ({"through_worse": 2, "warm_start": False}, "algorithm.through_worse")):
         with pytest.raises(InvalidInput) as info:
             _cfg(**algorithm)
         assert info.value.param == field
