@@ -22,9 +22,9 @@ from the loop's own iterations (newest first, one loop of one organisation):
   gate found worse (a refusal, never a rollback or a failed run), as long as
   the newest candidate's line (it and its parents, ``Plan.parent_iteration``)
   ends in at most N worse candidates in a row; a longer run of worse ones
-  goes back to the newest not-worse candidate, as above. GRPO's held-out curve dips and
-  recovers (``bench/README.md``, "Loop vs offline"): a lineage that drops
-  every dip drops the steps that would have climbed out of it.
+  goes back to the newest not-worse candidate, as above. GRPO's held-out
+  curve dips and recovers (``bench/README.md``, "Loop vs offline"): a lineage
+  that drops every dip drops the steps that would have climbed out of it.
 * **steps** -- with ``algorithm.max_steps``, an iteration whose predecessor
   still improved on its own start (its gate reward above its parent's) trains
   twice the predecessor's steps, up to ``max_steps``; after one that got
@@ -250,18 +250,20 @@ def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[Loo
                 f"algorithm.continue_from = {continue_from.ref}"
             parent_reward, state_run = None, continue_from.state_run
         elif a.lineage:
-            by_number = {it.number: it for it in trained}
-            line: list[tuple[LoopIteration, str, int]] = []  # rejected candidates against the deployed version
+            line: list[tuple[LoopIteration, str]] = []  # rejected candidates against the deployed version
             for it in trained:
                 if it.baseline_version_id != deployed_id:
                     break  # trained against another deployed version: a promotion or rollback since
                 run_key = final_adapter(str(it.run_id)) if it.status == IterationStatus.REJECTED else None
                 if run_key is not None:
-                    line.append((it, run_key, _worse_run(it, by_number, cfg.gate.max_regression)))
-            chosen = line[0] if line and 0 < line[0][2] <= a.through_worse else \
-                next((c for c in line if c[2] == 0), None)
+                    line.append((it, run_key))
+            worse = _worse_run(line[0][0], {it.number: it for it in trained}, cfg.gate.max_regression) if line else 0
+            chosen: tuple[LoopIteration, str] | None = line[0] if line and worse <= a.through_worse else None
+            if chosen is None:  # the newest ends too many worse ones in a row: the newest not-worse one
+                worse = 0
+                chosen = next((c for c in line if not_worse(c[0].gate, cfg.gate.max_regression)), None)
             if chosen is not None:
-                it, run_key, worse = chosen
+                it, run_key = chosen
                 rewards = gate_rewards(it.gate)
                 start, key, parent, state_run = "candidate", run_key, it.number, str(it.run_id)
                 parent_reward = rewards[1] if rewards else None
