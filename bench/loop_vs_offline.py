@@ -12,6 +12,9 @@ order given (``--order``, alternated when ``--repeats`` > 1):
 * ``through`` -- the same lineage continuing through candidates the gate found worse, up to
   ``--through-worse`` (3) in a row (``algorithm.through_worse``), as offline training continues
   through its dips;
+* ``few`` -- the same lineage with the demo's traffic before 2026-12-07: the same ``--users`` (24) users
+  every round instead of the next ``--requests`` of ``--population`` (960), so the canary's sticky share of
+  each round is fixed for the run (8 to 28 of 96 requests in earlier runs) instead of near 25%;
 * ``restart`` -- the loop before issue 16 (``teachloop demo --restart``): every iteration
   restarts from the deployed adapter with ``--steps`` steps;
 * ``offline`` -- the demo's offline reference (``bench/learn_arithmetic.py``'s GRPO setup)
@@ -49,16 +52,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LOOPS = ("lineage", "eager", "through", "restart")
+LOOPS = ("lineage", "eager", "through", "few", "restart")
 
 
 def _opts(args: Any, kind: str) -> Any:
-    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``through``, ``restart``; ``offline`` as
+    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``through``, ``few``, ``restart``; ``offline`` as
     lineage)."""
     from teachloop.cli.demo import DemoOptions
 
     lineage = kind != "restart"
-    opts = DemoOptions(iterations=10_000, requests=args.requests, users=args.users, max_rounds=10_000,
+    opts = DemoOptions(iterations=10_000, requests=args.requests, users=args.users, population=args.population,
+                       max_rounds=10_000,
                        budget_min=args.budget_min, steps=args.steps, prompts=args.prompts,
                        failure_share=args.failure_share if lineage else 0.0,
                        late_temperature=args.late_temperature or None, lineage=lineage, reference=False,
@@ -70,6 +74,8 @@ def _opts(args: Any, kind: str) -> Any:
                                    tick_after_promotion=True)
     if kind == "through":
         opts = dataclasses.replace(opts, through_worse=args.through_worse)
+    if kind == "few":  # the demo's traffic before 2026-12-07: user i % users, the same users every round
+        opts = dataclasses.replace(opts, population=args.users)
     return opts
 
 
@@ -139,7 +145,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-min", type=float, default=14.0, help="loop budget (the demo's --budget-min)")
     ap.add_argument("--requests", type=int, default=Demo.requests, help="requests per round (the demo's default)")
-    ap.add_argument("--users", type=int, default=Demo.users)
+    ap.add_argument("--users", type=int, default=Demo.users, help="simulated users sending at once")
+    ap.add_argument("--population", type=int, default=Demo.population,
+                    help="distinct simulated users (the demo's default); few: --users")
     ap.add_argument("--steps", type=int, default=Demo.steps, help="GRPO steps per iteration (lineage: the first)")
     ap.add_argument("--prompts", type=int, default=Demo.prompts,
                     help="GRPO prompts per step of the loop (the demo's default)")
@@ -179,6 +187,7 @@ def main() -> None:
         ap.error(f"--order: unknown contender(s) {unknown}; choose among {', '.join((*LOOPS, 'offline'))}")
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in order}
     common = ["--budget-min", str(args.budget_min), "--requests", str(args.requests), "--users", str(args.users),
+              "--population", str(args.population),
               "--steps", str(args.steps), "--prompts", str(args.prompts),
               "--failure-share", str(args.failure_share), "--late-temperature", str(args.late_temperature),
               "--late-extra-draws", str(args.late_extra_draws), "--late-reward", str(args.late_reward),

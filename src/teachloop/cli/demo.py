@@ -13,7 +13,9 @@
    prompts and 200 held-out tasks, a 25% canary, a watch after promotion.
 4. Rounds: simulated users send one-digit arithmetic questions ("What is 7 +
    5?") concurrently through the OpenAI API (``/v1/chat/completions``,
-   ``model=calc``, each with a ``user`` id, greedy). After each round the loop
+   ``model=calc``, each with a ``user`` id, greedy); each round's requests come
+   from the next ``--requests`` of ``--population`` users, so the canary's
+   sticky share of a round is close to ``--canary-percent``. After each round the loop
    ticks: it grades the round's traffic (the online reward), and when due runs
    an iteration (snapshot -> GRPO -> gate -> canary), judges the canary, or
    watches the promoted version. With ``DemoOptions.tick_after_promotion``
@@ -80,7 +82,12 @@ class DemoOptions:
 
     iterations: int = 3
     requests: int = 96
-    users: int = 24
+    users: int = 24  # simulated users sending at once (the concurrency)
+    #: distinct simulated users: request ``i`` of round ``n`` comes from user ``(n * requests + i) % population``,
+    #: so a round's requests come from ``requests`` different users and the canary's sticky share of a round is
+    #: close to ``canary_percent`` (with 24 users, the demo before 2026-12-07, it was 4 x Binomial(24, 0.25):
+    #: 8 to 28 of 96 requests, the same for the whole run)
+    population: int = 960
     max_rounds: int = 12
     budget_min: float = 28.0
     steps: int = 6  # GRPO steps of the first iteration (the lineage doubles them up to 4x while it improves)
@@ -192,6 +199,11 @@ def serve_in_thread(app_: Any) -> Iterator[str]:
         thread.join(15)
 
 
+def round_users(opts: DemoOptions, number: int) -> list[str]:
+    """The ``user`` id of each of round ``number``'s requests: the next ``opts.requests`` of ``opts.population``."""
+    return [f"user-{(number * opts.requests + i) % opts.population:04d}" for i in range(opts.requests)]
+
+
 async def send_round(url: str, key: str, opts: DemoOptions, number: int) -> tuple[int, float]:
     """One round of simulated users asking arithmetic questions through the OpenAI API; (answered, seconds)."""
     import httpx
@@ -199,18 +211,18 @@ async def send_round(url: str, key: str, opts: DemoOptions, number: int) -> tupl
     from teachloop.envs import Arithmetic
 
     tasks = Arithmetic(level=1).take(opts.requests, seed=10_000 + opts.seed * 100 + number)
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    for i, task in enumerate(tasks):
-        queue.put_nowait((i, task))
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    for user_id, task in zip(round_users(opts, number), tasks, strict=True):
+        queue.put_nowait((user_id, task))
     answered = 0
     started = time.perf_counter()
 
     async def user(k: int, client: httpx.AsyncClient) -> None:
         nonlocal answered
         while not queue.empty():
-            i, task = queue.get_nowait()
+            user_id, task = queue.get_nowait()
             body = {"model": DEPLOYMENT, "messages": [m.to_openai() for m in task.prompt], "max_tokens": 32,
-                    "temperature": 0, "user": f"user-{(i % opts.users):03d}", "metadata": {"app": "calc-demo"}}
+                    "temperature": 0, "user": user_id, "metadata": {"app": "calc-demo"}}
             r = await client.post(f"{url}/v1/chat/completions", json=body)
             r.raise_for_status()
             answered += 1
@@ -567,6 +579,10 @@ def demo(
     iterations: int = typer.Option(3, "--iterations", min=1, help="Stop after this many promotions."),
     requests: int = typer.Option(96, "--requests", min=8, help="Requests per round of traffic."),
     users: int = typer.Option(24, "--users", min=1, help="Simulated users sending concurrently."),
+    population: int = typer.Option(960, "--population", min=1,
+                                   help="Distinct simulated users; each round's requests come from the next "
+                                        "--requests of them, so the canary's share of a round is near "
+                                        "--canary-percent."),
     steps: int = typer.Option(6, "--steps", min=1, help="GRPO steps of the first iteration (then up to 4x)."),
     prompts: int = typer.Option(8, "--prompts", min=1, help="GRPO prompts per step (each sampled 8 times)."),
     failure_share: float = typer.Option(0.0, "--failure-share", min=0.0, max=0.99,
@@ -595,7 +611,8 @@ def demo(
     """Run the loop end to end: simulated users -> traces -> grader -> GRPO -> gate -> canary -> better model."""
     with handle_errors():
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
-        opts = DemoOptions(iterations=iterations, requests=requests, users=users, steps=steps, prompts=prompts,
+        opts = DemoOptions(iterations=iterations, requests=requests, users=users, population=population, steps=steps,
+                           prompts=prompts,
                            failure_share=failure_share, late_extra_draws=late_extra_draws or None,
                            canary_percent=canary_percent, through_worse=through_worse, max_rounds=max_rounds,
                            budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
@@ -615,6 +632,7 @@ __all__ = [
     "loop_curve",
     "offline_reference",
     "print_curves",
+    "round_users",
     "run_demo",
     "summary",
     "write_svg",
