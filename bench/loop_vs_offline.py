@@ -56,14 +56,13 @@ LOOPS = ("lineage", "eager", "through", "few", "restart")
 
 
 def _opts(args: Any, kind: str) -> Any:
-    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``through``, ``few``, ``restart``; ``offline`` as
-    lineage)."""
+    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``through``, ``few``, ``restart``;
+    ``offline`` as lineage)."""
     from teachloop.cli.demo import DemoOptions
 
     lineage = kind != "restart"
     opts = DemoOptions(iterations=10_000, requests=args.requests, users=args.users, population=args.population,
-                       max_rounds=10_000,
-                       budget_min=args.budget_min, steps=args.steps, prompts=args.prompts,
+                       max_rounds=10_000, budget_min=args.budget_min, steps=args.steps, prompts=args.prompts,
                        failure_share=args.failure_share if lineage else 0.0,
                        late_temperature=args.late_temperature or None, lineage=lineage, reference=False,
                        late_extra_draws=args.late_extra_draws if lineage and args.late_extra_draws else None,

@@ -611,10 +611,10 @@ def demo(
     """Run the loop end to end: simulated users -> traces -> grader -> GRPO -> gate -> canary -> better model."""
     with handle_errors():
         folder = home or Path(tempfile.mkdtemp(prefix="teachloop-demo-"))
-        opts = DemoOptions(iterations=iterations, requests=requests, users=users, population=population, steps=steps,
-                           prompts=prompts,
-                           failure_share=failure_share, late_extra_draws=late_extra_draws or None,
-                           canary_percent=canary_percent, through_worse=through_worse, max_rounds=max_rounds,
+        opts = DemoOptions(iterations=iterations, requests=requests, users=users, population=population,
+                           steps=steps, prompts=prompts, failure_share=failure_share,
+                           late_extra_draws=late_extra_draws or None, canary_percent=canary_percent,
+                           through_worse=through_worse, max_rounds=max_rounds,
                            budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
                            svg=svg)
         run_demo(opts, folder)
