@@ -7,6 +7,9 @@
   skipping them; set ``TEACHLOOP_SKIP_POSTGRES=1`` to skip them locally.
 - ``teachloop_home``: an empty ``TEACHLOOP_HOME`` for the test, with the other
   location and key variables cleared so the developer's own setup never leaks in.
+- ``open_database``: ``open(url) -> Database``, migrated, closed after the test. A PostgreSQL one is
+  emptied before and after: the session's database is shared by every test of an xdist worker, and a row
+  one test leaves behind (a queued job, say) must not reach the next, whatever order the worker runs them in.
 - ``migrated_sqlite``: ``make(path) -> url``, a migrated SQLite file at ``path``. The
   migrations run once per session, on a template that each call copies (0.04 s, where
   running them costs ~0.4 s a test). The SQLite migration path itself is tested in
@@ -20,6 +23,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -75,6 +79,35 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _empty(database: Any) -> None:
+    from teachloop.store.schema import Base
+
+    with database.engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {', '.join(t.name for t in Base.metadata.sorted_tables)} CASCADE")
+
+
+@pytest.fixture
+def open_database() -> Iterator[Callable[[str], Any]]:
+    """``open(url)``: a migrated ``Database`` at ``url``, closed after the test; PostgreSQL emptied before and after."""
+    from teachloop.store import Database
+
+    opened: list[Database] = []
+
+    def open_(url: str) -> Database:
+        database = Database(url)
+        database.migrate()  # a no-op on a copy of the migrated SQLite template
+        opened.append(database)
+        if database.dialect == "postgresql":
+            _empty(database)
+        return database
+
+    yield open_
+    for database in opened:
+        if database.dialect == "postgresql":
+            _empty(database)
+        database.close()
 
 
 @pytest.fixture(autouse=True)

@@ -282,39 +282,35 @@ def test_every_new_route_documents_a_response_model(client: TestClient, orgs: tu
 
 @pytest.mark.postgres
 def test_concurrent_retries_with_one_new_key_make_one_run_on_postgres(
-    postgres_url: str, tmp_path: Path, tiny_model: Path
+    postgres_url: str, tmp_path: Path, tiny_model: Path, open_database: Callable[[str], Database]
 ) -> None:
     """Eight requests race with the same new Idempotency-Key: one run, one job, and all eight get it."""
     from teachloop.train.jobs import submit_run
 
-    database = Database(postgres_url)
-    database.migrate()
-    try:
-        org = _org(database, f"race-{new_id('x')[-6:]}")
-        blobs = BlobStore(str(tmp_path / "blobs"))
-        barrier = threading.Barrier(8)
-        results: list[str] = []
-        errors: list[BaseException] = []
+    database = open_database(postgres_url)  # emptied after: its queued job must not reach the next test
+    org = _org(database, f"race-{new_id('x')[-6:]}")
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+    errors: list[BaseException] = []
 
-        def submit() -> None:
-            barrier.wait()
-            try:
-                run, _ = submit_run(database, blobs, org.id, grpo(), idempotency_key="same-key",
-                                    default_model=str(tiny_model))
-                results.append(run.id)
-            except BaseException as err:
-                errors.append(err)
+    def submit() -> None:
+        barrier.wait()
+        try:
+            run, _ = submit_run(database, blobs, org.id, grpo(), idempotency_key="same-key",
+                                default_model=str(tiny_model))
+            results.append(run.id)
+        except BaseException as err:
+            errors.append(err)
 
-        threads = [threading.Thread(target=submit) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not errors, errors
-        assert len(results) == 8 and len(set(results)) == 1
-        with database.session(write=False) as s:
-            runs = s.scalar(select(func.count()).select_from(TrainingRun).where(TrainingRun.org_id == org.id))
-            jobs = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.org_id == org.id))
-        assert (runs, jobs) == (1, 1)
-    finally:
-        database.close()
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(results) == 8 and len(set(results)) == 1
+    with database.session(write=False) as s:
+        runs = s.scalar(select(func.count()).select_from(TrainingRun).where(TrainingRun.org_id == org.id))
+        jobs = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.org_id == org.id))
+    assert (runs, jobs) == (1, 1)

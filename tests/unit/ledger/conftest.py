@@ -8,7 +8,7 @@ account in USD and deposits ``FUNDS`` into the buyer's balance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,40 +17,24 @@ import pytest
 from teachloop.core.money import AccountKind
 from teachloop.ledger import Ledger
 from teachloop.store import Database, Tenancy
-from teachloop.store.schema import Base
 
 FUNDS = 10_000
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path,
-       migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
-    """A migrated database, emptied after the test (PostgreSQL is shared by the session)."""
-    url = (
-        migrated_sqlite(tmp_path / "ledger.db")
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    yield from _database(url)
+def db(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Callable[[Path], str],
+       open_database: Callable[[str], Database]) -> Database:
+    """A migrated database, emptied around the test (PostgreSQL is shared by the session)."""
+    if request.param == "sqlite":
+        return open_database(migrated_sqlite(tmp_path / "ledger.db"))
+    return open_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
-def sqlite_db(tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+def sqlite_db(tmp_path: Path, migrated_sqlite: Callable[[Path], str],
+              open_database: Callable[[str], Database]) -> Database:
     """A migrated SQLite file database (a copy of the session's template)."""
-    yield from _database(migrated_sqlite(tmp_path / "ledger.db"))
-
-
-def _database(url: str) -> Iterator[Database]:
-    database = Database(url)
-    database.migrate()
-    try:
-        yield database
-    finally:
-        if database.dialect == "postgresql":
-            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            with database.engine.begin() as conn:
-                conn.exec_driver_sql(f"TRUNCATE {tables} CASCADE")
-        database.close()
+    return open_database(migrated_sqlite(tmp_path / "ledger.db"))
 
 
 def make_org(db: Database, name: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,6 @@ from teachloop.core.ids import new_id
 from teachloop.store import BlobStore, Database, Tenancy
 from teachloop.store.repos.deployments import AdapterVersions, Deployments, DeploymentState
 from teachloop.store.repos.traces import TraceFilter, Traces
-from teachloop.store.schema import Base
 from teachloop.store.schema.traces import Trace
 from tests.unit.serve.fakes import adapter_folder
 
@@ -23,18 +22,10 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path,
-       migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
+def db(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Callable[[Path], str],
+       open_database: Callable[[str], Database]) -> Database:
     url = migrated_sqlite(tmp_path / "r.db") if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
-    database = Database(url)
-    database.migrate()  # a no-op on the SQLite copy; PostgreSQL is shared by the session
-    try:
-        yield database
-    finally:
-        if database.dialect == "postgresql":
-            with database.engine.begin() as conn:
-                conn.exec_driver_sql(f"TRUNCATE {', '.join(t.name for t in Base.metadata.sorted_tables)} CASCADE")
-        database.close()
+    return open_database(url)  # PostgreSQL is shared by the session: emptied around the test
 
 
 @pytest.fixture

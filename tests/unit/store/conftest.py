@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from teachloop.core.tenancy import Role
 from teachloop.store import Database, Tenancy
-from teachloop.store.schema import Base, Membership
+from teachloop.store.schema import Membership
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -21,21 +21,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def db(db_url: str, migrated_sqlite: Callable[[Path], str]) -> Iterator[Database]:
-    """A migrated database, emptied after the test (PostgreSQL is shared by the session; a SQLite file is a copy
+def db(db_url: str, migrated_sqlite: Callable[[Path], str], open_database: Callable[[str], Database]) -> Database:
+    """A migrated database, emptied around the test (PostgreSQL is shared by the session; a SQLite file is a copy
     of the session's migrated template, so ``migrate`` here is the no-op it is on an up-to-date database)."""
     if db_url.startswith("sqlite:///"):
         migrated_sqlite(Path(db_url.removeprefix("sqlite:///")))
-    database = Database(db_url)
-    database.migrate()
-    try:
-        yield database
-    finally:
-        if database.dialect == "postgresql":
-            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            with database.engine.begin() as conn:
-                conn.exec_driver_sql(f"TRUNCATE {tables} CASCADE")
-        database.close()
+    return open_database(db_url)
 
 
 def _make_tenant(db: Database, name: str) -> Membership:
