@@ -22,6 +22,16 @@ Contenders:
   through the forward/backward pass, as TRL does: the same work, no skipping.
 - ``teachloop-lowmem`` (``--lowmem``): ``teachloop-full`` with ``low_memory``
   (layer activation checkpointing, only the unembedding prepacked).
+- ``floor`` (``--floor``): not a trainer but the arithmetic lower bound of
+  ``teachloop-full``'s step on this CPU: only the float32 GEMMs of the frozen
+  base that an equal-work step cannot avoid, run on the model's own weights
+  at the step's shapes (the rollout's prefill and ``NEW - 1`` decode steps
+  of every row, every row running to the limit; the forward of every packed
+  token in the engine's micro-batches, the unembedding of every completion
+  token, and the input-gradient backward of both), with nothing between
+  them: no attention, norms, LoRA, sampling or Python. A step at or above
+  this time is what float32 on this CPU allows; its ratio to TRL is the
+  best ratio any float32 implementation of the step could report here.
 
 Workloads (``--workload``):
 
@@ -41,6 +51,7 @@ tokens per second (completion tokens / step time), peak RSS, and the ratios.
     python bench/grpo_vs_trl.py --rounds 1 --steps 3 --json out.json
     python bench/grpo_vs_trl.py --workload long --rounds 1 --steps 2
     python bench/grpo_vs_trl.py --phases 8,8,150,48    # where one step's memory goes, phase by phase
+    python bench/grpo_vs_trl.py --rounds 1 --steps 3 --floor   # with the float32 GEMM floor beside them
 
 ``--phases P,G,PROMPT,NEW`` runs one teachloop GRPO step's engine calls on random
 tokens (P prompts of PROMPT tokens, G samples of NEW tokens each: sample,
@@ -64,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPTS, GROUP, MAX_NEW, LR, RANK, ALPHA = 4, 8, 32, 2e-4, 16, 32
-WORKERS = ["teachloop", "teachloop-full", "teachloop-lowmem", "trl", "trl-nockpt"]
+WORKERS = ["teachloop", "teachloop-full", "teachloop-lowmem", "floor", "trl", "trl-nockpt"]
 LEVEL = 2
 #: workload -> (prompts per step, completions per prompt, max new tokens, tokens of notes before each question)
 WORKLOADS: dict[str, tuple[int, int, int, int]] = {"short": (PROMPTS, GROUP, MAX_NEW, 0), "long": (4, 8, 64, 1000)}
@@ -145,6 +156,75 @@ def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True, workl
 
     asyncio.run(go())
     return {"step_seconds": times, "completion_tokens": tokens, "reward_mean": rewards, "trained_sequences": trained}
+
+
+def run_floor(steps: int, workload: str = "short") -> dict[str, Any]:
+    """The ``floor`` contender (module docstring): ``steps`` timings of the GEMMs one equal-work step needs."""
+    import torch
+    import torch.nn.functional as F
+
+    from teachloop.engine.torch_engine import TorchEngine
+    from teachloop.render import Renderer
+
+    prompts, group, max_new, context = WORKLOADS[workload]
+    path = _model_dir()
+    engine = TorchEngine(path, device="cpu")
+    fw = engine.fw
+    renderer = Renderer.from_pretrained(path)
+    lens = [len(renderer.build_prompt([m.to_openai() for m in t.prompt]))
+            for t in _env(path, context).take(prompts, seed=0)]
+    projs = [(b.qkv, b.o, b.gate_up, b.down) for b in fw.blocks]
+    head = fw.lm_head
+    groups = [n + group * max_new for n in lens]  # a group packs its prompt once and its samples' completions
+    micro: list[list[int]] = []  # the engine's micro-batches: [tokens, groups], whole groups up to the bound
+    for g in groups:
+        if micro and micro[-1][0] + g <= engine.micro_batch_tokens:
+            micro[-1] = [micro[-1][0] + g, micro[-1][1] + 1]
+        else:
+            micro.append([g, 1])
+
+    def fwd(x: torch.Tensor, p: Any) -> torch.Tensor:  # what PackedLinear runs (dense or prepacked weights)
+        if p.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, p.packed, p.bias, "none", [], "")
+        return F.linear(x, p.weight, p.bias)
+
+    inputs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def x(rows: int, width: int) -> torch.Tensor:  # made once, outside the timed GEMMs (random: no denormals)
+        return inputs.setdefault((rows, width), torch.randn(rows, width))
+
+    def forward(rows: int, unembed: int) -> None:
+        for layer in projs:
+            for p in layer:
+                fwd(x(rows, p.weight.shape[1]), p)
+        fwd(x(unembed, head.weight.shape[1]), head)
+
+    def backward(rows: int, unembed: int) -> None:  # input gradients only: the base is frozen
+        x(unembed, head.weight.shape[0]).matmul(head.weight)
+        for i, layer in enumerate(projs):
+            for p in layer[(1 if i == 0 else 0):]:  # layer 0's q/k/v input gradient would only reach the embedding
+                x(rows, p.weight.shape[0]).matmul(p.weight)
+
+    def step() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        forward(sum(lens), prompts)  # prefill, once per prompt (the samples share its KV cache)
+        for _ in range(max_new - 1):
+            forward(prompts * group, prompts * group)
+        t1 = time.perf_counter()
+        for rows, g in micro:
+            forward(rows, g * group * max_new)
+            backward(rows, g * group * max_new)
+        return t1 - t0, time.perf_counter() - t1
+
+    step()  # make the inputs
+    times, parts = [], []
+    for _ in range(steps):
+        rollout, train = step()
+        times.append(rollout + train)
+        parts.append((rollout, train))
+    return {"step_seconds": times, "rollout_seconds": [a for a, _ in parts], "train_seconds": [b for _, b in parts],
+            "prompt_tokens": lens, "micro_batches": micro, "completion_tokens": [float(prompts * group * max_new)] * steps,
+            "reward_mean": [0.0] * steps, "trained_sequences": [float(prompts * group)] * steps}
 
 
 def run_trl(steps: int, checkpointing: bool = True, workload: str = "short") -> dict[str, Any]:
@@ -256,6 +336,8 @@ def main() -> None:
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--lowmem", action="store_true",
                     help="also run teachloop-full with low_memory (layer activation checkpointing)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the float32 GEMMs alone of an equal-work step (the floor contender)")
     ap.add_argument("--trl-no-checkpointing", action="store_true",
                     help="also run TRL with gradient_checkpointing=False")
     ap.add_argument("--phases", metavar="P,G,PROMPT,NEW", help="RSS per phase of one step's engine calls")
@@ -267,7 +349,9 @@ def main() -> None:
                             f"import grpo_vs_trl as b; b.run_phases({args.phases!r}, {int(value)})"], check=True)
         return
     if args.worker:
-        if args.worker.startswith("trl"):
+        if args.worker == "floor":
+            fig = run_floor(args.steps + 1, workload=args.workload)
+        elif args.worker.startswith("trl"):
             fig = run_trl(args.steps + 1, checkpointing=args.worker == "trl", workload=args.workload)
         else:
             fig = run_teachloop(args.steps + 1, low_memory=args.worker == "teachloop-lowmem",
@@ -277,6 +361,7 @@ def main() -> None:
         return
     _model_dir()
     names = ["teachloop", "teachloop-full", *(["teachloop-lowmem"] if args.lowmem else []),
+             *(["floor"] if args.floor else []),
              *(["trl-nockpt"] if args.trl_no_checkpointing else []), "trl"]
     raw: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for rnd in range(args.rounds):
@@ -313,6 +398,10 @@ def main() -> None:
         print(f"\n{who}: step time / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.2); "
               f"peak RSS / TRL = {t['peak_rss_mb'] / r['peak_rss_mb']:.3f} (target <= 0.5); "
               f"completion tokens/s / TRL = {t['completion_tokens_per_s'] / r['completion_tokens_per_s']:.2f}x")
+    for f in raw.get("floor", []):
+        print(f"\nfloor: prompts of {f['prompt_tokens']} tokens, micro-batches [tokens, groups] {f['micro_batches']}; "
+              f"median GEMM seconds of the rollout {statistics.median(f['rollout_seconds'][1:]):.2f}, of "
+              f"forward_backward {statistics.median(f['train_seconds'][1:]):.2f}")
     if args.json:
         args.json.write_text(json.dumps({"raw": raw, "summary": summary}, indent=2))
 
