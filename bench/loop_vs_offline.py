@@ -9,6 +9,9 @@ order given (``--order``, alternated when ``--repeats`` > 1):
 * ``eager`` -- the same lineage with what was tried on 2026-12-07 (``bench/README.md``): dynamic
   sampling (2 extra draws) from that point on, a 50% canary, and the next iteration right
   after a promotion (``DemoOptions.tick_after_promotion``) instead of after a round more;
+* ``draws`` -- the same lineage with dynamic sampling once its gate reward reaches 0.8
+  (``algorithm.late_extra_draws``, ``--late-extra-draws`` or 2), the one late-stage change that
+  ``bench/late_stage.py`` showed moving that stage in isolation;
 * ``through`` -- the same lineage continuing through candidates the gate found worse, up to
   ``--through-worse`` (3) in a row (``algorithm.through_worse``), as offline training continues
   through its dips;
@@ -52,11 +55,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LOOPS = ("lineage", "eager", "through", "few", "restart")
+LOOPS = ("lineage", "eager", "draws", "through", "few", "restart")
 
 
 def _opts(args: Any, kind: str) -> Any:
-    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``through``, ``few``, ``restart``;
+    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``draws``, ``through``, ``few``, ``restart``;
     ``offline`` as lineage)."""
     from teachloop.cli.demo import DemoOptions
 
@@ -71,6 +74,8 @@ def _opts(args: Any, kind: str) -> Any:
     if kind == "eager":  # tried on 2026-12-07 (bench/README.md, "Dynamic sampling, a 50% canary and no round ...")
         opts = dataclasses.replace(opts, late_extra_draws=args.late_extra_draws or 2, canary_percent=50,
                                    tick_after_promotion=True)
+    if kind == "draws":
+        opts = dataclasses.replace(opts, late_extra_draws=args.late_extra_draws or 2)
     if kind == "through":
         opts = dataclasses.replace(opts, through_worse=args.through_worse)
     if kind == "few":  # the demo's traffic before 2026-12-07: user i % users, the same users every round
@@ -154,7 +159,7 @@ def main() -> None:
                     help="lineage: the loop's algorithm.late_temperature (0: rl.temperature throughout)")
     ap.add_argument("--late-extra-draws", type=int, default=Demo.late_extra_draws or 0,
                     help="lineage: the loop's algorithm.late_extra_draws (dynamic sampling once the gate reward "
-                         "reaches 0.8; 0: off); eager: 2 unless this is set")
+                         "reaches 0.8; 0: off); eager, draws: 2 unless this is set")
     ap.add_argument("--canary-percent", type=int, default=Demo.canary_percent,
                     help="lineage, restart: the share of users a candidate serves first")
     ap.add_argument("--late-reward", type=float, default=Demo.late_reward,
