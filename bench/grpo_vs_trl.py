@@ -163,6 +163,7 @@ def run_floor(steps: int, workload: str = "short") -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
+    from teachloop.engine.packing import micro_batches, plan_packing
     from teachloop.engine.torch_engine import TorchEngine
     from teachloop.render import Renderer
 
@@ -175,13 +176,13 @@ def run_floor(steps: int, workload: str = "short") -> dict[str, Any]:
             for t in _env(path, context).take(prompts, seed=0)]
     projs = [(b.qkv, b.o, b.gate_up, b.down) for b in fw.blocks]
     head = fw.lm_head
-    groups = [n + group * max_new for n in lens]  # a group packs its prompt once and its samples' completions
-    micro: list[list[int]] = []  # the engine's micro-batches: [tokens, groups], whole groups up to the bound
-    for g in groups:
-        if micro and micro[-1][0] + g <= engine.micro_batch_tokens:
-            micro[-1] = [micro[-1][0] + g, micro[-1][1] + 1]
-        else:
-            micro.append([g, 1])
+    # the step's sequences (each prompt with its samples' completions, distinct tokens) cut into the engine's own
+    # micro-batches: [packed tokens, completion tokens] of each
+    token = iter(range(1, 10**9))
+    seqs = [prompt + [next(token) for _ in range(max_new)]
+            for prompt in ([next(token) for _ in range(n)] for n in lens) for _ in range(group)]
+    micro = [[len(plan_packing([seqs[i] for i in part]).tokens), len(part) * max_new]
+             for part in micro_batches(seqs, engine.micro_batch_tokens)]
 
     def fwd(x: torch.Tensor, p: Any) -> torch.Tensor:  # what PackedLinear runs (dense or prepacked weights)
         if p.packed is not None:
@@ -211,9 +212,9 @@ def run_floor(steps: int, workload: str = "short") -> dict[str, Any]:
         for _ in range(max_new - 1):
             forward(prompts * group, prompts * group)
         t1 = time.perf_counter()
-        for rows, g in micro:
-            forward(rows, g * group * max_new)
-            backward(rows, g * group * max_new)
+        for rows, completions in micro:
+            forward(rows, completions)
+            backward(rows, completions)
         return t1 - t0, time.perf_counter() - t1
 
     step()  # make the inputs
@@ -399,7 +400,7 @@ def main() -> None:
               f"peak RSS / TRL = {t['peak_rss_mb'] / r['peak_rss_mb']:.3f} (target <= 0.5); "
               f"completion tokens/s / TRL = {t['completion_tokens_per_s'] / r['completion_tokens_per_s']:.2f}x")
     for f in raw.get("floor", []):
-        print(f"\nfloor: prompts of {f['prompt_tokens']} tokens, micro-batches [tokens, groups] {f['micro_batches']}; "
+        print(f"\nfloor: prompts of {f['prompt_tokens']} tokens, micro-batches [packed tokens, completion tokens] {f['micro_batches']}; "
               f"median GEMM seconds of the rollout {statistics.median(f['rollout_seconds'][1:]):.2f}, of "
               f"forward_backward {statistics.median(f['train_seconds'][1:]):.2f}")
     if args.json:

@@ -10,6 +10,8 @@
 - ``open_database``: ``open(url) -> Database``, migrated, closed after the test. A PostgreSQL one is
   emptied before and after: the session's database is shared by every test of an xdist worker, and a row
   one test leaves behind (a queued job, say) must not reach the next, whatever order the worker runs them in.
+- ``db_url`` (parametrized: every test that takes it runs on both): a migrated SQLite file (a copy of the
+  template below), or the session's PostgreSQL database; open it with ``open_database``.
 - ``migrated_sqlite``: ``make(path) -> url``, a migrated SQLite file at ``path``. The
   migrations run once per session, on a template that each call copies (0.04 s, where
   running them costs ~0.4 s a test). The SQLite migration path itself is tested in
@@ -105,9 +107,19 @@ def open_database() -> Iterator[Callable[[str], Any]]:
 
     yield open_
     for database in opened:
-        if database.dialect == "postgresql":
-            _empty(database)
-        database.close()
+        try:
+            if database.dialect == "postgresql":
+                _empty(database)
+        finally:
+            database.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Callable[[Path], str]) -> str:
+    """A migrated SQLite file of this test, or the session's PostgreSQL database (``open_database`` empties it)."""
+    if request.param == "sqlite":
+        return migrated_sqlite(tmp_path / "test.db")
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture(autouse=True)

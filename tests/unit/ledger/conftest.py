@@ -21,13 +21,10 @@ from teachloop.store import Database, Tenancy
 FUNDS = 10_000
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Callable[[Path], str],
-       open_database: Callable[[str], Database]) -> Database:
-    """A migrated database, emptied around the test (PostgreSQL is shared by the session)."""
-    if request.param == "sqlite":
-        return open_database(migrated_sqlite(tmp_path / "ledger.db"))
-    return open_database(request.getfixturevalue("postgres_url"))
+@pytest.fixture
+def db(db_url: str, open_database: Callable[[str], Database]) -> Database:
+    """A migrated database, emptied around the test (``db_url``: SQLite and PostgreSQL)."""
+    return open_database(db_url)
 
 
 @pytest.fixture

@@ -21,11 +21,9 @@ from tests.unit.serve.fakes import adapter_folder
 DIGEST = "sha256:" + "ab" * 32
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Callable[[Path], str],
-       open_database: Callable[[str], Database]) -> Database:
-    url = migrated_sqlite(tmp_path / "r.db") if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
-    return open_database(url)  # PostgreSQL is shared by the session: emptied around the test
+@pytest.fixture
+def db(db_url: str, open_database: Callable[[str], Database]) -> Database:
+    return open_database(db_url)  # SQLite and PostgreSQL (shared by the session: emptied around the test)
 
 
 @pytest.fixture
