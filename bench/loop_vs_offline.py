@@ -12,6 +12,10 @@ order given (``--order``, alternated when ``--repeats`` > 1):
 * ``draws`` -- the same lineage with dynamic sampling once its gate reward reaches 0.8
   (``algorithm.late_extra_draws``, ``--late-extra-draws`` or 2), the one late-stage change that
   ``bench/late_stage.py`` showed moving that stage in isolation;
+* ``lowlr`` -- the same lineage at a fraction of the lr once its gate reward reaches 0.8
+  (``algorithm.late_lr_scale``, ``--late-lr-scale`` or 0.5): past ~0.93 the shipped lineage's continuations
+  drifted down within 6-24 steps (run O, ``bench/README.md``) while offline GRPO, at the same lr, kept
+  climbing through its dips; smaller late steps stay nearer the peak the gate kept;
 * ``through`` -- the same lineage continuing through candidates the gate found worse, up to
   ``--through-worse`` (3) in a row (``algorithm.through_worse``), as offline training continues
   through its dips;
@@ -55,12 +59,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LOOPS = ("lineage", "eager", "draws", "through", "few", "restart")
+LOOPS = ("lineage", "eager", "draws", "lowlr", "through", "few", "restart")
 
 
 def _opts(args: Any, kind: str) -> Any:
-    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``draws``, ``through``, ``few``, ``restart``;
-    ``offline`` as lineage)."""
+    """The demo's options of contender ``kind`` (``lineage``, ``eager``, ``draws``, ``lowlr``, ``through``, ``few``,
+    ``restart``; ``offline`` as lineage)."""
     from teachloop.cli.demo import DemoOptions
 
     lineage = kind != "restart"
@@ -76,6 +80,8 @@ def _opts(args: Any, kind: str) -> Any:
                                    tick_after_promotion=True)
     if kind == "draws":
         opts = dataclasses.replace(opts, late_extra_draws=args.late_extra_draws or 2)
+    if kind == "lowlr":
+        opts = dataclasses.replace(opts, late_lr_scale=args.late_lr_scale or 0.5)
     if kind == "through":
         opts = dataclasses.replace(opts, through_worse=args.through_worse)
     if kind == "few":  # the demo's traffic before 2026-12-07: user i % users, the same users every round
@@ -160,6 +166,9 @@ def main() -> None:
     ap.add_argument("--late-extra-draws", type=int, default=Demo.late_extra_draws or 0,
                     help="lineage: the loop's algorithm.late_extra_draws (dynamic sampling once the gate reward "
                          "reaches 0.8; 0: off); eager, draws: 2 unless this is set")
+    ap.add_argument("--late-lr-scale", type=float, default=Demo.late_lr_scale or 0.0,
+                    help="lowlr: the loop's algorithm.late_lr_scale (the lr's fraction once the gate reward reaches "
+                         "0.8); 0: 0.5")
     ap.add_argument("--canary-percent", type=int, default=Demo.canary_percent,
                     help="lineage, restart: the share of users a candidate serves first")
     ap.add_argument("--late-reward", type=float, default=Demo.late_reward,
@@ -195,6 +204,7 @@ def main() -> None:
               "--steps", str(args.steps), "--prompts", str(args.prompts),
               "--failure-share", str(args.failure_share), "--late-temperature", str(args.late_temperature),
               "--late-extra-draws", str(args.late_extra_draws), "--late-reward", str(args.late_reward),
+              "--late-lr-scale", str(args.late_lr_scale),
               "--canary-percent", str(args.canary_percent), "--through-worse", str(args.through_worse),
               "--fresh-tasks", str(args.fresh_tasks), "--gate-tasks", str(args.gate_tasks)]
     for rep in range(0 if args.summarise else args.repeats):

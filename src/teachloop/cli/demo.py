@@ -95,7 +95,8 @@ class DemoOptions:
     failure_share: float = 0.0  # algorithm.failure_share: GRPO tasks drawn from the prompts the served reply failed
     late_temperature: float | None = 0.7  # algorithm.late_temperature (None: rl.temperature throughout)
     late_extra_draws: int | None = None  # algorithm.late_extra_draws: dynamic sampling once the lineage is good
-    late_reward: float = 0.8  # algorithm.late_reward: the start's gate reward from which both late settings apply
+    late_lr_scale: float | None = None  # algorithm.late_lr_scale: a fraction of the lr once the lineage is good
+    late_reward: float = 0.8  # algorithm.late_reward: the start's gate reward from which the late settings apply
     through_worse: int = 0  # algorithm.through_worse: worse candidates in a row the lineage still continues
     gate_tasks: int = 200
     canary_percent: int = 25  # one round's canary share is the sequential test's horizon (24 of 96 requests)
@@ -114,6 +115,7 @@ def keep(opts: DemoOptions) -> dict[str, Any]:
         return {"lineage": False, "max_steps": None, "late_temperature": None, "keep_optimizer": False}
     return {"lineage": True, "max_steps": 4 * opts.steps, "late_reward": opts.late_reward,
             "late_temperature": opts.late_temperature, "late_extra_draws": opts.late_extra_draws,
+            "late_lr_scale": opts.late_lr_scale,
             "keep_optimizer": True, "failure_share": opts.failure_share, "through_worse": opts.through_worse}
 
 
@@ -592,6 +594,10 @@ def demo(
                                          help="Once the lineage's gate reward reaches 0.8, GRPO steps draw up to "
                                               "this many more batches of prompts while too few groups' rewards "
                                               "vary (the loop's algorithm.late_extra_draws; 0, the default: off)."),
+    late_lr_scale: float = typer.Option(1.0, "--late-lr-scale", min=0.01, max=1.0,
+                                        help="Once the lineage's gate reward reaches 0.8, runs train at this "
+                                             "fraction of the lr (the loop's algorithm.late_lr_scale; 1, the "
+                                             "default: the plain lr)."),
     through_worse: int = typer.Option(0, "--through-worse", min=0, max=100,
                                       help="The lineage also continues a candidate the gate found worse, up to "
                                            "this many in a row (the loop's algorithm.through_worse; 0: never)."),
@@ -614,6 +620,7 @@ def demo(
         opts = DemoOptions(iterations=iterations, requests=requests, users=users, population=population,
                            steps=steps, prompts=prompts, failure_share=failure_share,
                            late_extra_draws=late_extra_draws or None, canary_percent=canary_percent,
+                           late_lr_scale=late_lr_scale if late_lr_scale < 1 else None,
                            through_worse=through_worse, max_rounds=max_rounds,
                            budget_min=budget_min, lineage=not restart, reference=reference, fresh_tasks=fresh_tasks,
                            svg=svg)

@@ -256,14 +256,20 @@ class AlgorithmConfig(_Section):
     late_temperature: float | None = Field(default=None, gt=0, le=5,
                                            description="Rollout temperature once the lineage's gate reward reaches "
                                                        "late_reward (null: rl.temperature throughout).")
-    late_reward: float = Field(default=0.8, description="Gate reward (candidate mean) from which late_temperature "
-                                                        "and late_extra_draws apply.")
+    late_reward: float = Field(default=0.8, description="Gate reward (candidate mean) from which late_temperature, "
+                                                        "late_extra_draws and late_lr_scale apply.")
     late_extra_draws: int | None = Field(default=None, ge=0, le=16,
                                          description="GRPO: rl.extra_draws (dynamic sampling: more batches of "
                                                      "prompts while too few groups' rewards vary) once the "
                                                      "lineage's gate reward reaches late_reward, when most groups "
                                                      "of a good policy are all correct (null: rl.extra_draws "
                                                      "throughout).")
+    late_lr_scale: float | None = Field(default=None, gt=0, le=1,
+                                        description="Once the lineage's gate reward reaches late_reward, runs train "
+                                                    "at this fraction of train.optim.lr (an AdamW state restored with "
+                                                    "the start keeps its moments): a good policy near a peak of its "
+                                                    "noisy held-out curve moves less (null: the plain lr "
+                                                    "throughout).")
     failure_share: float = Field(default=0.0, ge=0, lt=1,
                                  description="GRPO: the share of a run's tasks drawn from the traffic prompts whose "
                                              "served reply the grader scored below full marks, the rest from all "

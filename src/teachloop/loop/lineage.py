@@ -34,7 +34,8 @@ from the loop's own iterations (newest first, one loop of one organisation):
   ``algorithm.late_extra_draws``, from then on a step also draws that many more
   batches of prompts at most while too few of its groups' rewards vary
   (``rl.extra_draws``, dynamic sampling: a good policy's groups are mostly all
-  correct, and teach nothing).
+  correct, and teach nothing); with ``algorithm.late_lr_scale``, from then on
+  the run trains at that fraction of ``optim.lr`` (``Plan.lr_scale``).
 * **optimizer state** -- with ``algorithm.keep_optimizer`` (default on), a start
   that a run of this loop trained (a candidate of the lineage, the deployed
   version when a loop run made it, a ``continue_from`` of this loop) also names
@@ -103,6 +104,7 @@ class Plan:
         steps: training steps of this iteration.
         temperature: rollout temperature, or None for the config's.
         extra_draws: dynamic sampling's extra draws per step (``rl.extra_draws``), or None for the config's.
+        lr_scale: the fraction of ``optim.lr`` the run trains at (``algorithm.late_lr_scale``), or None: the plain lr.
         reason: why, in words.
         state_key: blob key of the checkpoint (adapter + AdamW state) of the run that trained the start, restored
             with it; None: the run starts a fresh AdamW.
@@ -121,6 +123,7 @@ class Plan:
     state_run: str | None = None
     optimizer: str = ""
     extra_draws: int | None = None
+    lr_scale: float | None = None
 
     def without_state(self, why: str) -> Plan:
         """This plan with a fresh AdamW instead of the saved state, ``why`` recorded."""
@@ -131,7 +134,7 @@ class Plan:
         """As stored on the iteration."""
         return {"start": self.start, "parent_iteration": self.parent_iteration, "parent_reward": self.parent_reward,
                 "steps": self.steps, "temperature": self.temperature, "extra_draws": self.extra_draws,
-                "reason": self.reason,
+                "lr_scale": self.lr_scale, "reason": self.reason,
                 "optimizer": {"restored": self.state_key is not None, "run": self.state_run,
                               "reason": self.optimizer}}
 
@@ -271,21 +274,22 @@ def plan(cfg: LoopConfig, deployed: AdapterVersion | None, history: Sequence[Loo
                     "(not worse than the deployed version on the gate)" if not worse else
                     f"(worse than the deployed version on the gate, {worse} of algorithm.through_worse = "
                     f"{a.through_worse} in a row)")
-    temperature = extra_draws = None
+    temperature = extra_draws = lr_scale = None
     if parent_reward is not None and parent_reward >= a.late_reward:
-        temperature, extra_draws = a.late_temperature, a.late_extra_draws
+        temperature, extra_draws, lr_scale = a.late_temperature, a.late_extra_draws, a.late_lr_scale
         late = ([f"rollouts at temperature {temperature:g}"] if temperature is not None else []) + \
-               ([f"up to {extra_draws} extra draws a step"] if extra_draws is not None else [])
+               ([f"up to {extra_draws} extra draws a step"] if extra_draws is not None else []) + \
+               ([f"lr x {lr_scale:g}"] if lr_scale is not None else [])
         if late:
             reason += f"; {' and '.join(late)} (start's gate reward {parent_reward:.3f} >= {a.late_reward:g})"
     if why_steps:
         reason += f"; {why_steps}"
     if key is None:
         return Plan(start, key, steps, parent, parent_reward, temperature, reason,
-                    optimizer="a fresh adapter and AdamW", extra_draws=extra_draws)
+                    optimizer="a fresh adapter and AdamW", extra_draws=extra_draws, lr_scale=lr_scale)
     state_key, optimizer = _state(cfg, state_run, final_state)
     return Plan(start, key, steps, parent, parent_reward, temperature, reason, state_key, state_run, optimizer,
-                extra_draws)
+                extra_draws, lr_scale)
 
 
 def _state(cfg: LoopConfig, run: str | None, final_state: Callable[[str], str | None] | None) -> tuple[str | None, str]:

@@ -339,6 +339,7 @@ class LoopRunner:
                 run = await train_candidate(d, cfg, refs, report.rows, name=f"{cfg.deployment}-loop-{it.number}",
                                             init_key=plan.adapter_key, init_state=plan.state_key, steps=plan.steps,
                                             temperature=plan.temperature, extra_draws=plan.extra_draws,
+                                            lr_scale=plan.lr_scale,
                                             budget_s=budget_s, on_step=on_step,
                                             on_run=lambda run_id: self._update_it(it.id, run_id=run_id))
             finally:

@@ -207,14 +207,15 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
                           on_step: Callable[[int, dict[str, Any]], None] | None = None,
                           on_run: Callable[[str], object] | None = None, init_key: str | None = None,
                           init_state: str | None = None, steps: int | None = None,
-                          temperature: float | None = None, extra_draws: int | None = None) -> RunInfo:
+                          temperature: float | None = None, extra_draws: int | None = None,
+                          lr_scale: float | None = None) -> RunInfo:
     """Train the iteration's candidate (see the module docstring); raises on failure (the run is marked failed).
 
     ``init_key`` (a PEFT folder in the blob store: an earlier candidate of the lineage) overrides
     ``warm_start``; ``init_state`` (the checkpoint of the run that trained that folder, passed by
     ``check_state``) is restored instead of it, optimizer state included; ``steps``, ``temperature`` and
-    ``extra_draws`` override ``train.steps``, ``rl.temperature`` and ``rl.extra_draws`` (the iteration's
-    ``loop.lineage.Plan``).
+    ``extra_draws`` override ``train.steps``, ``rl.temperature`` and ``rl.extra_draws``, and ``lr_scale``
+    multiplies ``optim.lr`` (``scaled_lr``; the iteration's ``loop.lineage.Plan``).
     """
     dep = refs.deployment
     with tempfile.TemporaryDirectory(prefix="teachloop-loop-") as tmp:
@@ -248,6 +249,8 @@ async def train_candidate(deps: TrainDeps, cfg: LoopConfig, refs: References, ro
             raise TeachloopError("init_state needs the folder it was saved with (init_key)")
         if key is not None and init_state is None:  # a fresh AdamW on a trained adapter: the stop-gap
             raw = continued_optim(raw, cfg.algorithm.continue_lr_scale, cfg.algorithm.continue_warmup)
+        if lr_scale is not None:
+            raw = scaled_lr(raw, lr_scale)
         tc = validate_config(raw)
         engine: Engine = deps.engine
         if init_state is not None:  # moments restored: the plain lr, as if the run had never stopped
@@ -320,6 +323,14 @@ def continued_optim(raw: dict[str, Any], lr_scale: float, warmup: float) -> dict
     return {**raw, "optim": optim}
 
 
+def scaled_lr(raw: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The training config ``raw`` with ``scale`` times its ``optim.lr`` (the default lr when it sets none);
+    its schedule and warmup are kept (``algorithm.late_lr_scale``)."""
+    optim = dict(raw.get("optim") or {})
+    optim["lr"] = float(optim.get("lr", OptimSection.model_fields["lr"].default)) * scale
+    return {**raw, "optim": optim}
+
+
 def publish_candidate(database: Database, blobs: BlobStore, org_id: str, deployment: str, base_model: str,
                       run: RunInfo, info: dict[str, Any]) -> AdapterVersion:
     """Store the run's final adapter as the next version of adapter ``deployment``."""
@@ -364,6 +375,7 @@ __all__ = [
     "new_rows",
     "prompt_rows",
     "publish_candidate",
+    "scaled_lr",
     "snapshot",
     "train_candidate",
 ]

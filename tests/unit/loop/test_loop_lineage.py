@@ -110,6 +110,19 @@ def test_steps_adapt_to_how_much_the_candidate_still_improves_and_late_rollouts_
     assert plan(cfg, DEPLOYED, [flat, second, first], _keys).steps == 12
 
 
+def test_late_lr_scale_applies_from_the_late_reward_on() -> None:
+    cfg = _cfg(late_lr_scale=0.25, late_reward=0.8)
+    first = _it(1, "rejected", 0.5, 0.6, plan_={"start": "deployed", "steps": 4})
+    early = plan(cfg, DEPLOYED, [first], _keys)
+    assert early.lr_scale is None and early.to_json()["lr_scale"] is None and "lr x" not in early.reason
+    second = _it(2, "rejected", 0.5, 0.85, plan_={"start": "candidate", "parent_reward": 0.6, "steps": 8})
+    late = plan(cfg, DEPLOYED, [second, first], _keys)
+    assert late.lr_scale == 0.25 and late.to_json()["lr_scale"] == 0.25 and "lr x 0.25" in late.reason
+    assert plan(_cfg(), DEPLOYED, [second, first], _keys).lr_scale is None  # off by default
+    # the deployed version's own gate reward counts as the start's: a lineage that was refused all along
+    assert plan(cfg, DEPLOYED, [_it(1, "rejected", 0.9, 0.7)], _keys).lr_scale == 0.25
+
+
 def test_through_worse_continues_a_worse_candidate_until_too_many_in_a_row() -> None:
     def line(*rewards: float) -> list[LoopIteration]:
         """Iterations 1..n, each continuing the one before, with these candidate gate rewards (deployed: 0.5)."""
@@ -206,6 +219,8 @@ def test_config_rules_name_the_field() -> None:
                              ({"late_temperature": 0}, "algorithm.late_temperature"),
                              ({"late_extra_draws": -1}, "algorithm.late_extra_draws"),
                              ({"late_extra_draws": 17}, "algorithm.late_extra_draws"),
+                             ({"late_lr_scale": 0}, "algorithm.late_lr_scale"),
+                             ({"late_lr_scale": 1.5}, "algorithm.late_lr_scale"),
                              ({"failure_share": 1.0}, "algorithm.failure_share"),
                              ({"failure_share": -0.5}, "algorithm.failure_share"),
                              ({"through_worse": -1}, "algorithm.through_worse"),
@@ -374,6 +389,21 @@ def test_a_continued_run_trains_at_a_scaled_lr_ramped_up_unless_the_config_sets_
     assert continued_optim(mine, 0.5, 0.34) == mine  # the config's own schedule wins
     assert continued_optim({"steps": 10, "optim": {"lr": 1e-4}}, 1.0, 0.0) == {"steps": 10, "optim": {"lr": 1e-4}}
     assert continued_optim({"steps": 10}, 1.0, 0.2)["optim"]["warmup_steps"] == 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(lr=st.floats(1e-6, 1e-2), scale=st.floats(0.01, 1.0), warmup=st.sampled_from([None, 0, 3]))
+def test_scaled_lr_multiplies_the_lr_and_keeps_the_rest(lr: float, scale: float, warmup: int | None) -> None:
+    from teachloop.loop.training import scaled_lr
+    from teachloop.train.config import OptimSection
+
+    optim: dict[str, Any] = {"lr": lr, **({"warmup_steps": warmup} if warmup is not None else {})}
+    raw = {"steps": 10, "optim": optim}
+    out = scaled_lr(raw, scale)
+    assert out["optim"] == {**optim, "lr": pytest.approx(lr * scale)} and out["steps"] == 10
+    assert raw["optim"] == optim  # not changed in place
+    default = OptimSection.model_fields["lr"].default
+    assert scaled_lr({"steps": 3}, scale)["optim"] == {"lr": pytest.approx(default * scale)}
 
 
 def test_with_the_switch_off_every_iteration_restarts(store: Store, renderer: Renderer) -> None:

@@ -445,3 +445,25 @@ def test_late_extra_draws_reach_the_runs_of_a_lineage_that_is_good_enough(
     with store.db.session(write=False) as s:
         runs = [s.get(TrainingRun, it["run"]["id"]) for it in (first, second)]
     assert [r.config["rl"]["extra_draws"] for r in runs if r is not None] == [0, 2]
+
+
+def test_late_lr_scale_reaches_the_runs_of_a_lineage_that_is_good_enough(
+    store: Store, fake_engine: Any, renderer: Renderer
+) -> None:
+    from teachloop.store.schema.runs import TrainingRun
+
+    _configure(store, grpo_config(algorithm={"kind": "grpo", "late_lr_scale": 0.25, "late_reward": -1.0,
+                                             "train": {**LONG, "optim": {"lr": 4e-4}}}))
+    for seed in (0, 5):
+        arithmetic_traffic(store, 20, correct_every=2, seed=seed)
+        _tick(_runner(store, fake_engine, renderer))
+    second, first = history(store.db, store.org_id, DEPLOYMENT)[:2]
+    assert first["plan"]["lr_scale"] is None  # no gate reward yet: not late
+    assert second["plan"]["lr_scale"] == 0.25 and "lr x 0.25" in second["plan"]["reason"]
+    with store.db.session(write=False) as s:
+        runs = [s.get(TrainingRun, it["run"]["id"]) for it in (first, second)]
+    lrs = [r.config["optim"]["lr"] for r in runs if r is not None]
+    assert lrs[0] == pytest.approx(4e-4)
+    # the second run continues the first candidate with its AdamW state, so at the plain lr: a quarter of it
+    assert second["plan"]["optimizer"]["restored"] is True
+    assert lrs[1] == pytest.approx(4e-4 * 0.25)
