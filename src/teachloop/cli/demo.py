@@ -44,7 +44,8 @@ the newest candidate that was not worse than the deployed version, with the
 AdamW state its run ended with (``keep_optimizer``); steps double while the
 candidate still improves, up to 4x ``--steps``; rollouts at temperature 0.7
 once the gate reward reaches 0.8, and with ``--late-extra-draws K`` dynamic
-sampling from then on -- off by default). ``--restart`` runs the behaviour before
+sampling from then on, with ``--late-lr-scale F`` a fraction of the lr from then on -- both off by
+default). ``--restart`` runs the behaviour before
 issue 16 instead (every iteration restarts from the deployed adapter with
 ``--steps`` steps and a fresh AdamW), which ``bench/loop_vs_offline.py``
 compares.
