@@ -429,41 +429,39 @@ def test_failure_share_reaches_the_run_and_the_prompts_carry_their_served_scores
                                  {"messages": msgs, "answer": "6", "info": {}, "score": None}]
 
 
-def test_late_extra_draws_reach_the_runs_of_a_lineage_that_is_good_enough(
-    store: Store, fake_engine: Any, renderer: Renderer
-) -> None:
+def _two_late_iterations(store: Store, fake_engine: Any, renderer: Renderer,
+                         algorithm: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Two iterations of a GRPO loop with ``algorithm`` and ``late_reward = -1`` (late from the first gate on):
+    (first, second, the configs of their stored runs)."""
     from teachloop.store.schema.runs import TrainingRun
 
-    _configure(store, grpo_config(algorithm={"kind": "grpo", "late_extra_draws": 2, "late_reward": -1.0,
-                                             "train": LONG}))
+    _configure(store, grpo_config(algorithm={"kind": "grpo", "late_reward": -1.0, "train": LONG, **algorithm}))
     for seed in (0, 5):
         arithmetic_traffic(store, 20, correct_every=2, seed=seed)
         _tick(_runner(store, fake_engine, renderer))
     second, first = history(store.db, store.org_id, DEPLOYMENT)[:2]
-    assert first["plan"]["extra_draws"] is None  # no gate reward yet: not late
-    assert second["plan"]["extra_draws"] == 2 and "up to 2 extra draws" in second["plan"]["reason"]
     with store.db.session(write=False) as s:
         runs = [s.get(TrainingRun, it["run"]["id"]) for it in (first, second)]
-    assert [r.config["rl"]["extra_draws"] for r in runs if r is not None] == [0, 2]
+    return first, second, [r.config for r in runs if r is not None]
+
+
+def test_late_extra_draws_reach_the_runs_of_a_lineage_that_is_good_enough(
+    store: Store, fake_engine: Any, renderer: Renderer
+) -> None:
+    first, second, configs = _two_late_iterations(store, fake_engine, renderer, {"late_extra_draws": 2})
+    assert first["plan"]["extra_draws"] is None  # no gate reward yet: not late
+    assert second["plan"]["extra_draws"] == 2 and "up to 2 extra draws" in second["plan"]["reason"]
+    assert [c["rl"]["extra_draws"] for c in configs] == [0, 2]
 
 
 def test_late_lr_scale_reaches_the_runs_of_a_lineage_that_is_good_enough(
     store: Store, fake_engine: Any, renderer: Renderer
 ) -> None:
-    from teachloop.store.schema.runs import TrainingRun
-
-    _configure(store, grpo_config(algorithm={"kind": "grpo", "late_lr_scale": 0.25, "late_reward": -1.0,
-                                             "train": {**LONG, "optim": {"lr": 4e-4}}}))
-    for seed in (0, 5):
-        arithmetic_traffic(store, 20, correct_every=2, seed=seed)
-        _tick(_runner(store, fake_engine, renderer))
-    second, first = history(store.db, store.org_id, DEPLOYMENT)[:2]
+    first, second, configs = _two_late_iterations(store, fake_engine, renderer, {
+        "late_lr_scale": 0.25, "train": {**LONG, "optim": {"lr": 4e-4}}})
     assert first["plan"]["lr_scale"] is None  # no gate reward yet: not late
     assert second["plan"]["lr_scale"] == 0.25 and "lr x 0.25" in second["plan"]["reason"]
-    with store.db.session(write=False) as s:
-        runs = [s.get(TrainingRun, it["run"]["id"]) for it in (first, second)]
-    lrs = [r.config["optim"]["lr"] for r in runs if r is not None]
-    assert lrs[0] == pytest.approx(4e-4)
+    assert configs[0]["optim"]["lr"] == pytest.approx(4e-4)
     # the second run continues the first candidate with its AdamW state, so at the plain lr: a quarter of it
     assert second["plan"]["optimizer"]["restored"] is True
-    assert lrs[1] == pytest.approx(4e-4 * 0.25)
+    assert configs[1]["optim"]["lr"] == pytest.approx(4e-4 * 0.25)
