@@ -314,13 +314,11 @@ def continued_optim(raw: dict[str, Any], lr_scale: float, warmup: float) -> dict
     ``lr_scale`` times the lr, ramped up over
     ``warmup`` of its steps (``algorithm.continue_lr_scale`` / ``continue_warmup``); unchanged when the config's
     ``optim`` sets ``warmup_steps`` itself, or with (1.0, 0.0)."""
-    optim = dict(raw.get("optim") or {})
-    if "warmup_steps" in optim or (lr_scale == 1.0 and warmup == 0.0):
+    if "warmup_steps" in (raw.get("optim") or {}) or (lr_scale == 1.0 and warmup == 0.0):
         return raw
-    lr = float(optim.get("lr", OptimSection.model_fields["lr"].default))
-    steps = int(raw.get("steps", TrainConfig.model_fields["steps"].default))
-    optim.update(lr=lr * lr_scale, warmup_steps=int(steps * warmup))
-    return {**raw, "optim": optim}
+    out = scaled_lr(raw, lr_scale)  # a new optim dict: raw is not changed
+    out["optim"]["warmup_steps"] = int(int(raw.get("steps", TrainConfig.model_fields["steps"].default)) * warmup)
+    return out
 
 
 def scaled_lr(raw: dict[str, Any], scale: float) -> dict[str, Any]:
