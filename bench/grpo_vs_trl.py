@@ -52,6 +52,14 @@ tokens per second (completion tokens / step time), peak RSS, and the ratios.
     python bench/grpo_vs_trl.py --workload long --rounds 1 --steps 2
     python bench/grpo_vs_trl.py --phases 8,8,150,48    # where one step's memory goes, phase by phase
     python bench/grpo_vs_trl.py --rounds 1 --steps 3 --floor   # with the float32 GEMM floor beside them
+    python bench/grpo_vs_trl.py --rounds 1 --steps 3 --dtype bfloat16   # both sides in bfloat16
+
+``--dtype bfloat16`` runs both sides in bfloat16 mixed precision, the same
+configuration: teachloop with ``TorchEngine(dtype="bfloat16")`` (frozen
+weights stored and multiplied in bfloat16; activations, LoRA factors, their
+gradients and AdamW state float32) and TRL with ``bf16=True`` (its CPU
+autocast: every linear multiplies in bfloat16, the weights and LoRA factors
+stay float32). Meaningful only on a CPU with AMX or AVX512-BF16.
 
 ``--phases P,G,PROMPT,NEW`` runs one teachloop GRPO step's engine calls on random
 tokens (P prompts of PROMPT tokens, G samples of NEW tokens each: sample,
@@ -125,7 +133,8 @@ def _env(path: Path, context: int) -> Any:
     return LongArithmetic(level=LEVEL)
 
 
-def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True, workload: str = "short") -> dict[str, Any]:
+def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True, workload: str = "short",
+                  dtype: str = "float32") -> dict[str, Any]:
     from teachloop.catalog.envref import ResolvedEnv
     from teachloop.engine.torch_engine import TorchEngine
     from teachloop.render import Renderer
@@ -134,7 +143,8 @@ def run_teachloop(steps: int, low_memory: bool = False, skip: bool = True, workl
 
     prompts, group, max_new, context = WORKLOADS[workload]
     path = _model_dir()
-    engine = TorchEngine(path, device="cpu", pack="lm_head" if low_memory else None)
+    pack = "lm_head" if low_memory and dtype == "float32" else None
+    engine = TorchEngine(path, device="cpu", pack=pack, dtype=dtype)
     engine.fw.checkpoint_layers = low_memory
     renderer = Renderer.from_pretrained(path)
     engine.create_adapter("bench", LoraSection(rank=RANK, alpha=ALPHA).spec(seed=0))
@@ -228,7 +238,7 @@ def run_floor(steps: int, workload: str = "short") -> dict[str, Any]:
             "reward_mean": [0.0] * steps, "trained_sequences": [float(prompts * group)] * steps}
 
 
-def run_trl(steps: int, checkpointing: bool = True, workload: str = "short") -> dict[str, Any]:
+def run_trl(steps: int, checkpointing: bool = True, workload: str = "short", dtype: str = "float32") -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -265,7 +275,7 @@ def run_trl(steps: int, checkpointing: bool = True, workload: str = "short") -> 
         output_dir=os.environ.get("TMPDIR", "/tmp") + "/trl-bench", per_device_train_batch_size=prompts * group,
         num_generations=group, max_completion_length=max_new, learning_rate=LR, beta=0.0, use_vllm=False,
         temperature=1.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        bf16=False, seed=0, dataloader_num_workers=0, gradient_checkpointing=checkpointing,
+        bf16=dtype == "bfloat16", seed=0, dataloader_num_workers=0, gradient_checkpointing=checkpointing,
     )
     peft = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -341,9 +351,13 @@ def main() -> None:
                     help="also time the float32 GEMMs alone of an equal-work step (the floor contender)")
     ap.add_argument("--trl-no-checkpointing", action="store_true",
                     help="also run TRL with gradient_checkpointing=False")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: teachloop's bfloat16 weights and TRL's bf16=True (not with --floor)")
     ap.add_argument("--phases", metavar="P,G,PROMPT,NEW", help="RSS per phase of one step's engine calls")
     ap.add_argument("--micro-batch-tokens", default="2048", help="with --phases: comma-separated values to try")
     args = ap.parse_args()
+    if args.floor and args.dtype != "float32":
+        ap.error("--floor times the float32 GEMMs: run it without --dtype bfloat16")
     if args.phases:
         for value in args.micro_batch_tokens.split(","):
             subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -353,10 +367,11 @@ def main() -> None:
         if args.worker == "floor":
             fig = run_floor(args.steps + 1, workload=args.workload)
         elif args.worker.startswith("trl"):
-            fig = run_trl(args.steps + 1, checkpointing=args.worker == "trl", workload=args.workload)
+            fig = run_trl(args.steps + 1, checkpointing=args.worker == "trl", workload=args.workload,
+                          dtype=args.dtype)
         else:
             fig = run_teachloop(args.steps + 1, low_memory=args.worker == "teachloop-lowmem",
-                                skip=args.worker == "teachloop", workload=args.workload)
+                                skip=args.worker == "teachloop", workload=args.workload, dtype=args.dtype)
         fig["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(fig))
         return
@@ -369,7 +384,7 @@ def main() -> None:
         for who in (names if rnd % 2 == 0 else names[::-1]):
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, __file__, "--worker", who, "--steps", str(args.steps),
-                                   "--workload", args.workload],
+                                   "--workload", args.workload, "--dtype", args.dtype],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{who} failed:\n{proc.stderr[-4000:]}")

@@ -32,6 +32,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "TEACHLOOP_MODEL": (DEFAULT_MODEL, "base model served and trained by default: a cached name, a folder or a hub id"),
     "TEACHLOOP_ENGINE": ("torch", "sampling/training backend: torch (CPU or CUDA) or fake (unit tests)"),
     "TEACHLOOP_DEVICE": ("auto", "auto, cpu or cuda[:N]"),
+    "TEACHLOOP_DTYPE": (
+        "float32",
+        "what the torch engine stores the base model's frozen weights in: float32, bfloat16 (half the memory, "
+        "bfloat16 GEMMs; adapters, their gradients and optimizer state stay float32) or auto (bfloat16 on a GPU "
+        "or a CPU with AMX or AVX512-BF16)",
+    ),
     "TEACHLOOP_HOST": ("127.0.0.1", "address the API binds to"),
     "TEACHLOOP_PORT": ("8000", "port the API binds to"),
     "TEACHLOOP_API_KEY": ("", "API key the CLI's HTTP commands and the SDK send (never stored in plain text)"),
@@ -72,6 +78,12 @@ class Settings(BaseModel):
     model: str = Field(default=DEFAULT_MODEL, description="Default base model name, folder or hub id.")
     engine: Literal["torch", "fake"] = Field(default="torch", description="Engine backend.")
     device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        default="float32",
+        description="What the torch engine stores its frozen weights in: float32, bfloat16 (half the memory, "
+        "bfloat16 GEMMs; what is trained stays float32) or auto (bfloat16 where the CPU has AMX or AVX512-BF16 "
+        "or on a GPU).",
+    )
     host: str = Field(default="127.0.0.1", description="API bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1, description="Largest request body accepted.")
@@ -129,6 +141,11 @@ class Settings(BaseModel):
                 f"TEACHLOOP_METRICS_ORG_LABELS must be 1 or 0, got {org_labels!r}",
                 param="TEACHLOOP_METRICS_ORG_LABELS",
             )
+        dtype = (env.get("TEACHLOOP_DTYPE") or "float32").strip().lower()
+        if dtype not in ("float32", "bfloat16", "auto"):
+            raise ConfigurationError(
+                f"TEACHLOOP_DTYPE must be float32, bfloat16 or auto, got {dtype!r}", param="TEACHLOOP_DTYPE"
+            )
         prefix_raw = env.get("TEACHLOOP_PREFIX_CACHE_MB") or "256"
         if not prefix_raw.isdigit():
             raise ConfigurationError(
@@ -150,6 +167,7 @@ class Settings(BaseModel):
             model=env.get("TEACHLOOP_MODEL") or DEFAULT_MODEL,
             engine=engine,  # type: ignore[arg-type]
             device=env.get("TEACHLOOP_DEVICE", "auto"),
+            dtype=dtype,  # type: ignore[arg-type]
             host=env.get("TEACHLOOP_HOST", "127.0.0.1"),
             port=port,
             max_body_bytes=max_body,

@@ -77,7 +77,7 @@ class AttentionPlan:
         self.lq = max(lens)
         if self.uniform:
             return
-        #: one padded call per kind of segment: (q_idx, k_idx, valid query rows (flat), mask or None)
+        #: one padded call per kind of segment: (q_idx, k_idx, indices of the valid (flat) query rows, mask or None)
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         order: list[torch.Tensor] = []
         for kind in ("roots", "children"):
@@ -108,7 +108,7 @@ class AttentionPlan:
                 # padded query rows see key 0 so softmax stays finite; their output is dropped
                 visible[:, :, 0] = True
                 mask = visible[:, None].to(device)
-            self.calls.append((q_idx.to(device), k_idx.to(device), q_valid.view(-1).to(device), mask))
+            self.calls.append((q_idx.to(device), k_idx.to(device), q_valid.view(-1).nonzero().squeeze(1).to(device), mask))
         # the calls' outputs come in (roots, children) order; ``inverse`` puts them back in packed order
         self.inverse = torch.argsort(torch.cat(order)).to(device) if self.has_children else None
 
@@ -122,17 +122,24 @@ class AttentionPlan:
             return out.transpose(1, 2).reshape(q.shape)
         outs: list[torch.Tensor] = []
         for q_idx, k_idx, q_valid, mask in self.calls:
-            qp = q[q_idx].transpose(1, 2)  # [S, H, Lq, d]
-            kp = k[k_idx].transpose(1, 2)  # [S, KV, Lk, d]
-            vp = v[k_idx].transpose(1, 2)
+            # index_select, not ``q[q_idx]``: its backward is an index_add, where advanced indexing's is an
+            # accumulating index_put (8x slower on CPU for the keys a group's prompt shares with its children)
+            qp = _gather(q, q_idx).transpose(1, 2)  # [S, H, Lq, d]
+            kp = _gather(k, k_idx).transpose(1, 2)  # [S, KV, Lk, d]
+            vp = _gather(v, k_idx).transpose(1, 2)
             if mask is None:  # roots only, right-padded: the causal mask alone is exact for real rows
                 out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
             else:
                 out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=True)
-            outs.append(out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])[q_valid])
+            outs.append(out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2]).index_select(0, q_valid))
         if self.inverse is None:
             return outs[0]
         return torch.cat(outs).index_select(0, self.inverse)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` for an index tensor over ``x``'s first dimension, through ``index_select``."""
+    return x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
 
 
 __all__ = ["AttentionPlan", "Segments"]

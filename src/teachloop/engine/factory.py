@@ -5,7 +5,8 @@ cache (pulling the default model, or a known name, on first use when ``pull``)
 and returns a ``LoadedModel``: the engine of the backend named by
 ``TEACHLOOP_ENGINE`` plus the model's chat ``Renderer``, folder and name.
 
-- ``torch`` (default): ``TorchEngine`` on ``settings.device`` (or ``device=``);
+- ``torch`` (default): ``TorchEngine`` on ``settings.device`` (or ``device=``), its frozen
+  weights in ``settings.dtype`` (or ``dtype=``);
   extra keyword options (``pack="lm_head"``) go to its constructor.
 - ``fake``: ``FakeEngine``, a millisecond bigram model for tests and dry runs,
   sized to the model's tokenizer (vocabulary, end-of-turn token, ``decode``) so
@@ -78,7 +79,7 @@ def _fake(renderer: Renderer | None) -> Engine:
 def _torch(path: Path, settings: Settings, opts: dict[str, Any]) -> Engine:
     from teachloop.engine.torch_engine import TorchEngine
 
-    options = {"device": settings.device, **opts}
+    options = {"device": settings.device, "dtype": settings.dtype, **opts}
     return TorchEngine(path, **options)
 
 
@@ -86,7 +87,7 @@ def load_model(settings: Settings, model: str | None = None, *, pull: bool = Tru
                **opts: Any) -> LoadedModel:
     """The engine and renderer of ``model`` (default ``settings.model``) on the configured backend.
 
-    ``opts`` go to the torch engine's constructor (``device=``, ``pack=``); the fake engine ignores them.
+    ``opts`` go to the torch engine's constructor (``device=``, ``dtype=``, ``pack=``); the fake engine ignores them.
     """
     _check_backend(settings)
     name = model or settings.model

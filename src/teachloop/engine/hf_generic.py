@@ -92,6 +92,8 @@ class GenericForward:
         self.kv_heads = 1
         self.head_dim = 1
         self.embed = torch.zeros(0, dtype=torch.float32, device=head.weight.device)
+        #: the dtype of the "hidden states" (logits) ``DecodeBatch`` allocates
+        self.dtype = torch.float32
         #: accepted for interface parity (``train/`` sets it); the generic path keeps every activation
         self.checkpoint_layers = False
         self._layers: list[Any] = []

@@ -48,6 +48,7 @@ from teachloop.engine.ops import (
     RopeFn,
     SwiGLUFn,
     TokenLogprob,
+    cast_linear,
     rms_norm,
     rope,
 )
@@ -206,6 +207,8 @@ class KVCache:
 
 
 def _base_linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
+    if proj.weight.dtype != x.dtype:  # bfloat16 weights under float32 activations (``engine/precision.py``)
+        return cast_linear(x, proj.weight, proj.bias)
     if proj.packed is not None and x.dim() == 2 and x.dtype == torch.float32:
         return PackedLinear.apply(x, proj.weight, proj.packed, proj.bias)  # type: ignore[no-any-return]
     return F.linear(x, proj.weight, proj.bias)
@@ -284,10 +287,16 @@ class LlamaForward:
             )
         self.lm_head = Proj(_base(hf_model.lm_head).weight, _base(hf_model.lm_head).bias)
         device = self.embed.device
+        #: the activations' dtype: the norms' (float32 unless the whole model was loaded in a lower
+        #: precision); projections whose weights are lower (``precision.lower_weights``) go through ``CastLinear``
+        self.dtype: torch.dtype = self.norm.dtype
+        float32_weights = self.lm_head.weight.dtype == torch.float32
         if pack is None:
-            pack = DEFAULT_PACK if can_pack(device) and self.embed.dtype == torch.float32 else False
+            pack = DEFAULT_PACK if can_pack(device) and float32_weights else False
         if pack not in PACK_MODES:
             raise ValueError(f"pack must be one of {', '.join(map(repr, PACK_MODES))}; got {pack!r}")
+        if pack and not float32_weights:
+            raise ValueError(f"pack needs float32 weights; these are {self.lm_head.weight.dtype} (use pack=False)")
         #: the prepacking mode in effect (``PACK_MODES``): ``"dense"`` (or ``"lm_head"``) keeps one copy
         #: of each decoder projection, ``"all"`` a second, prepacked one; ``False``: plain ``F.linear``
         self.pack: bool | str = "all" if pack is True else pack
@@ -492,7 +501,7 @@ class LlamaForward:
         """
         segs = segments if isinstance(segments, Segments) else Segments(list(segments))
         plan = AttentionPlan(segs, tokens.device)
-        x = self.embed[tokens]
+        x = self.embed[tokens].to(self.dtype)
         cos, sin = self._rope(plan.positions, x.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
         grad = training and torch.is_grad_enabled()
@@ -526,7 +535,7 @@ class LlamaForward:
         needed = int(positions.max()) + 1
         if needed > cache.capacity:
             cache.grow(capacity=max(needed, cache.capacity * 2))
-        x = self.embed[tokens]
+        x = self.embed[tokens].to(self.dtype)
         cos, sin = self._rope(positions, x.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
         ar = torch.arange(n, device=tokens.device)
@@ -585,7 +594,7 @@ class LlamaForward:
         # key j is visible to query t of row i iff j <= start_i + t (padded queries see key 0: finite softmax)
         q_pos = torch.tensor(starts, device=dev)[:, None] + torch.arange(lq, device=dev)[None, :]
         mask = (torch.arange(needed, device=dev)[None, None, :] <= q_pos[:, :, None])[:, None]
-        x = self.embed[tokens]
+        x = self.embed[tokens].to(self.dtype)
         cos, sin = self._rope(positions, x.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]
         for i, block in enumerate(self.blocks):

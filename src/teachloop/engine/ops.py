@@ -1,9 +1,11 @@
 """Lean autograd ops for the engine's functional forward (``engine/llama.py``).
 
 Each op saves the least its backward needs and, where the weights are frozen,
-returns gradients for its inputs only: a oneDNN-prepacked linear, RMSNorm,
-SwiGLU, rotary embedding, and the fused unembedding + log-softmax + target
-gather (``TokenLogprob``) that never keeps a ``[tokens, vocab]`` tensor.
+returns gradients for its inputs only: a oneDNN-prepacked linear, a linear whose
+frozen weight is stored in a lower precision than the activations (``CastLinear``:
+bfloat16 GEMMs, float32 everywhere else), RMSNorm, SwiGLU, rotary embedding, and
+the fused unembedding + log-softmax + target gather (``TokenLogprob``) that never
+keeps a ``[tokens, vocab]`` tensor.
 Plain tensors in, plain tensors out; nothing here knows about adapters,
 models or tokens.
 """
@@ -48,6 +50,36 @@ class PackedLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
         (weight,) = ctx.saved_tensors
         return grad.matmul(weight), None, None, None
+
+
+class CastLinear(torch.autograd.Function):
+    """``x @ W.T + b`` for a frozen ``W`` stored in a lower precision than ``x`` (bfloat16 under float32).
+
+    The GEMM runs in ``W``'s dtype (``x`` is cast to it; the products accumulate in
+    float32 inside the kernel) and its result is cast back to ``x``'s dtype, so
+    the activations, norms, attention and LoRA factors around it stay in
+    ``x``'s precision. The backward multiplies the incoming gradient by the same
+    weight the same way and returns the gradient for ``x`` only. Use ``cast_linear``,
+    which skips autograd when no gradient is wanted.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.dtype = x.dtype
+        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (weight,) = ctx.saved_tensors
+        return grad.to(weight.dtype).matmul(weight).to(ctx.dtype), None, None
+
+
+def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``CastLinear`` where ``x`` needs a gradient, the same arithmetic without autograd otherwise."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return CastLinear.apply(x, weight, bias)  # type: ignore[no-any-return]
+    return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
 
 class RMSNormFn(torch.autograd.Function):
@@ -135,8 +167,8 @@ class TokenLogprob(torch.autograd.Function):
             hc, t = h[lo:hi], targets[lo:hi, None]
             if packed is not None:
                 z = torch.ops.mkldnn._linear_pointwise(hc, packed, None, "none", [], "")
-            else:
-                z = hc.matmul(weight.t())
+            else:  # a bfloat16 unembedding multiplies in bfloat16 (see ``CastLinear``)
+                z = hc.to(weight.dtype).matmul(weight.t())
             z = z.float()
             z.sub_(z.amax(-1, keepdim=True))  # shifted logits: exp cannot overflow
             e = z.exp()
@@ -160,4 +192,15 @@ class TokenLogprob(torch.autograd.Function):
         return dh * grad_lp[:, None].to(dh.dtype), None, None, None, None, None
 
 
-__all__ = ["PackedLinear", "RMSNormFn", "RopeFn", "SwiGLUFn", "TokenLogprob", "rms_norm", "rope", "rotate_half"]
+__all__ = [
+    "CastLinear",
+    "PackedLinear",
+    "RMSNormFn",
+    "RopeFn",
+    "SwiGLUFn",
+    "TokenLogprob",
+    "cast_linear",
+    "rms_norm",
+    "rope",
+    "rotate_half",
+]

@@ -106,7 +106,7 @@ class DecodeBatch:
         with torch.inference_mode():  # the cache only ever lives in inference mode (see ``add``)
             self.cache = KVCache(
                 len(fw.blocks), fw.kv_heads, fw.head_dim, rows=initial_rows, capacity=initial_capacity,
-                dtype=fw.embed.dtype, device=self.device,
+                dtype=fw.dtype, device=self.device,
             )
         #: shared prompt-prefix keys/values (``engine.prefix``); None prefills every prompt whole
         self.prefix = prefix_cache
@@ -177,7 +177,7 @@ class DecodeBatch:
                 cached[j] = self._reuse_prefix(scopes[j], req, row_start[j])
         cold = [j for j in range(len(requests)) if cached[j] == 0]
         warm = [j for j in range(len(requests)) if cached[j] > 0]
-        last = torch.empty((len(requests), self.fw.hidden), dtype=self.fw.embed.dtype, device=self.device)
+        last = torch.empty((len(requests), self.fw.hidden), dtype=self.fw.dtype, device=self.device)
         if cold:
             last[torch.tensor(cold, device=self.device)] = self._prefill([requests[j] for j in cold],
                                                                           [row_start[j] for j in cold])

@@ -3,7 +3,8 @@
 Sampling, logprobs and training all run through ``LlamaForward`` (the lean
 functional forward over the same weights); PEFT owns the adapter parameters,
 their initialisation, the on-disk format and merging. Works on CPU (float32,
-oneDNN-prepacked weights) and CUDA. Every method that touches torch runs on the
+oneDNN-prepacked weights; or ``dtype="bfloat16"``: frozen weights in bfloat16,
+everything trained float32, ``engine/precision.py``) and CUDA. Every method that touches torch runs on the
 engine's own compute thread (``engine/compute.py``: one OpenMP team, whoever
 calls), which also serialises them, so a serving scheduler and a trainer can
 share one engine; ``exclusive(fn)`` runs a caller's function there (serving
@@ -55,6 +56,7 @@ from teachloop.engine.losses import TokenInputs, compute_loss, merge_metrics
 from teachloop.engine.model_sources import quiet_transformers
 from teachloop.engine.optim_state import check_optimizer_state
 from teachloop.engine.packing import micro_batches, plan_packing
+from teachloop.engine.precision import WEIGHT_DTYPES, lower_weights, native_bfloat16
 from teachloop.engine.prefix import PrefixCache
 from teachloop.engine.sampler import DecodeBatch, SampleRequest, sample_all
 
@@ -97,15 +99,28 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` -> bfloat16 where the machine multiplies it natively (``native_bfloat16``), else float32."""
+    if dtype == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    if dtype not in WEIGHT_DTYPES:
+        raise InvalidInput(f"unknown dtype {dtype!r}; use auto, {' or '.join(WEIGHT_DTYPES)}", param="dtype")
+    return dtype
+
+
 class TorchEngine:
     """``Engine`` on PyTorch. Build with ``TorchEngine(path)`` for a local Hugging Face model folder."""
 
-    def __init__(self, model_path: str | Path, *, device: str = "auto", pack: bool | str | None = None) -> None:
+    def __init__(
+        self, model_path: str | Path, *, device: str = "auto", pack: bool | str | None = None, dtype: str = "float32"
+    ) -> None:
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json); run `teachloop models pull`")
         self._path = path
         self.device = resolve_device(device)
+        #: what the frozen weights are stored and multiplied in (``precision.WEIGHT_DTYPES``; ``auto`` resolved)
+        self.weights_dtype = resolve_dtype(dtype)
         self._compute = ComputeThread()
         weakref.finalize(self, self._compute.close)
         try:
@@ -127,6 +142,7 @@ class TorchEngine:
             raise ModelError(f"cannot load the model at {path}: {err}".splitlines()[0]) from None
         model.requires_grad_(False)
         model.eval()
+        lower_weights(model, self.weights_dtype)  # float32: unchanged; bfloat16: the fast path's models only
         self.hf: Any = model.to(self.device)  # type: ignore[arg-type]
         self._peft: Any = None
         self.fw = build_forward(self.hf, pack=pack)  # LlamaForward, or GenericForward for other architectures
@@ -776,4 +792,4 @@ def _owned_by(param_name: str, adapter: str) -> bool:
     return f".lora_A.{adapter}." in param_name or f".lora_B.{adapter}." in param_name
 
 
-__all__ = ["CHECKPOINT_FORMAT", "TorchEngine", "resolve_device"]
+__all__ = ["CHECKPOINT_FORMAT", "TorchEngine", "resolve_device", "resolve_dtype"]
