@@ -62,6 +62,11 @@ def lower_weights(hf_model: Any, dtype: str) -> None:
             if isinstance(module, torch.nn.Linear):
                 module.to(target)
     hf_model.lm_head.to(target)
+    # transformers maps the safetensors file and the float32 tensors it loads are views of that mapping;
+    # the ones left (norms) would keep the whole file mapped, its pages resident: copy them out
+    for tensor in [*hf_model.parameters(), *hf_model.buffers()]:
+        if tensor.dtype != target:
+            tensor.data = tensor.data.clone()
 
 
 def native_bfloat16() -> bool:

@@ -102,6 +102,13 @@ def test_weights_are_one_bfloat16_copy_and_what_trains_is_float32(pair: tuple[To
     assert all(p.dtype == torch.float32 for p in bf16._adapters["a"].params)
     params = lambda e: sum(p.numel() * p.element_size() for p in e.hf.parameters())  # noqa: E731
     assert params(bf16) < 0.55 * params(f32)
+    # no tensor is a view of the mapped checkpoint file, which would keep its float32 pages resident
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        mapped = [tuple(int(a, 16) for a in line.split()[0].split("-")) for line in maps.read_text().splitlines()
+                  if line.endswith(".safetensors")]
+        for t in [*bf16.hf.parameters(), *bf16.hf.buffers()]:
+            assert not any(lo <= t.data_ptr() < hi for lo, hi in mapped)
 
 
 def test_logprobs_and_gradients_agree_with_float32(pair: tuple[TorchEngine, TorchEngine]) -> None:
