@@ -45,7 +45,8 @@ Workloads (``--workload``):
 Each contender runs in its own subprocess (its peak RSS is its own); the
 contenders alternate round by round; the first step of every worker is a
 warm-up and is not counted. Figures: median seconds per step, completion
-tokens per second (completion tokens / step time), peak RSS, and the ratios.
+tokens per second (completion tokens / step time), peak RSS, and the ratios (step time to the fastest TRL contender run,
+peak RSS to the leanest).
 
     python bench/grpo_vs_trl.py                    # 2 rounds x 4 timed steps each
     python bench/grpo_vs_trl.py --rounds 1 --steps 3 --json out.json
@@ -60,6 +61,10 @@ weights stored and multiplied in bfloat16; activations, LoRA factors, their
 gradients and AdamW state float32) and TRL with ``bf16=True`` (its CPU
 autocast: every linear multiplies in bfloat16, the weights and LoRA factors
 stay float32). Meaningful only on a CPU with AMX or AVX512-BF16.
+``--trl-bf16-weights`` adds ``trl-bf16w``: TRL with the model loaded in bfloat16 as
+well (PEFT keeps the LoRA factors float32), so its activations are bfloat16 too:
+less precise than teachloop's float32 activations, and whichever TRL is faster is
+the baseline the ratios use.
 
 ``--phases P,G,PROMPT,NEW`` runs one teachloop GRPO step's engine calls on random
 tokens (P prompts of PROMPT tokens, G samples of NEW tokens each: sample,
@@ -83,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPTS, GROUP, MAX_NEW, LR, RANK, ALPHA = 4, 8, 32, 2e-4, 16, 32
-WORKERS = ["teachloop", "teachloop-full", "teachloop-lowmem", "floor", "trl", "trl-nockpt"]
+WORKERS = ["teachloop", "teachloop-full", "teachloop-lowmem", "floor", "trl", "trl-nockpt", "trl-bf16w"]
 LEVEL = 2
 #: workload -> (prompts per step, completions per prompt, max new tokens, tokens of notes before each question)
 WORKLOADS: dict[str, tuple[int, int, int, int]] = {"short": (PROMPTS, GROUP, MAX_NEW, 0), "long": (4, 8, 64, 1000)}
@@ -238,7 +243,8 @@ def run_floor(steps: int, workload: str = "short") -> dict[str, Any]:
             "reward_mean": [0.0] * steps, "trained_sequences": [float(prompts * group)] * steps}
 
 
-def run_trl(steps: int, checkpointing: bool = True, workload: str = "short", dtype: str = "float32") -> dict[str, Any]:
+def run_trl(steps: int, checkpointing: bool = True, workload: str = "short", dtype: str = "float32",
+            bf16_weights: bool = False) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -254,7 +260,7 @@ def run_trl(steps: int, checkpointing: bool = True, workload: str = "short", dty
     data = Dataset.from_list([{"prompt": [m.to_openai() for m in t.prompt], "answer": t.answer} for t in tasks])
     reward = to_trl_reward(env.grader, answer_column="answer")
     tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16 if bf16_weights else torch.float32)
     times: list[float] = []
     lengths: list[float] = []
     rewards: list[float] = []
@@ -353,11 +359,15 @@ def main() -> None:
                     help="also run TRL with gradient_checkpointing=False")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="bfloat16: teachloop's bfloat16 weights and TRL's bf16=True (not with --floor)")
+    ap.add_argument("--trl-bf16-weights", action="store_true",
+                    help="with --dtype bfloat16: also run TRL with the model loaded in bfloat16 (trl-bf16w)")
     ap.add_argument("--phases", metavar="P,G,PROMPT,NEW", help="RSS per phase of one step's engine calls")
     ap.add_argument("--micro-batch-tokens", default="2048", help="with --phases: comma-separated values to try")
     args = ap.parse_args()
     if args.floor and args.dtype != "float32":
         ap.error("--floor times the float32 GEMMs: run it without --dtype bfloat16")
+    if args.trl_bf16_weights and args.dtype != "bfloat16":
+        ap.error("--trl-bf16-weights needs --dtype bfloat16")
     if args.phases:
         for value in args.micro_batch_tokens.split(","):
             subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -367,8 +377,8 @@ def main() -> None:
         if args.worker == "floor":
             fig = run_floor(args.steps + 1, workload=args.workload)
         elif args.worker.startswith("trl"):
-            fig = run_trl(args.steps + 1, checkpointing=args.worker == "trl", workload=args.workload,
-                          dtype=args.dtype)
+            fig = run_trl(args.steps + 1, checkpointing=args.worker != "trl-nockpt", workload=args.workload,
+                          dtype=args.dtype, bf16_weights=args.worker == "trl-bf16w")
         else:
             fig = run_teachloop(args.steps + 1, low_memory=args.worker == "teachloop-lowmem",
                                 skip=args.worker == "teachloop", workload=args.workload, dtype=args.dtype)
@@ -378,7 +388,8 @@ def main() -> None:
     _model_dir()
     names = ["teachloop", "teachloop-full", *(["teachloop-lowmem"] if args.lowmem else []),
              *(["floor"] if args.floor else []),
-             *(["trl-nockpt"] if args.trl_no_checkpointing else []), "trl"]
+             *(["trl-nockpt"] if args.trl_no_checkpointing else []),
+             *(["trl-bf16w"] if args.trl_bf16_weights else []), "trl"]
     raw: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for who in (names if rnd % 2 == 0 else names[::-1]):
@@ -402,17 +413,23 @@ def main() -> None:
                         "peak_rss_mb": max(f["peak_rss_mb"] for f in figs), "timed_steps": len(secs),
                         "trained_sequences": statistics.median(
                             [t for f in figs for t in f["trained_sequences"][1:]] or [0.0])}
-    r = summary["trl"]
     print("\n| contender | timed steps | sequences through fwd/bwd (median) | median s/step | completion tokens/s "
           "| peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for who, s in summary.items():
         print(f"| {who} | {s['timed_steps']:.0f} | {s['trained_sequences']:.0f} | {s['median_step_s']:.2f} "
               f"| {s['completion_tokens_per_s']:.1f} | {s['peak_rss_mb']:.0f} |")
-    for who in names[:-1]:
+    trls = [w for w in names if w.startswith("trl")]
+    fast = min(trls, key=lambda w: summary[w]["median_step_s"])  # the baselines: the fastest TRL for time,
+    lean = min(trls, key=lambda w: summary[w]["peak_rss_mb"])  # the leanest for memory
+    r, m = summary[fast], summary[lean]
+    print(f"\nbaselines: step time against {fast}, peak RSS against {lean}")
+    for who in names:
+        if who in trls:
+            continue
         t = summary[who]
         print(f"\n{who}: step time / TRL = {t['median_step_s'] / r['median_step_s']:.3f} (target <= 0.2); "
-              f"peak RSS / TRL = {t['peak_rss_mb'] / r['peak_rss_mb']:.3f} (target <= 0.5); "
+              f"peak RSS / TRL = {t['peak_rss_mb'] / m['peak_rss_mb']:.3f} (target <= 0.5); "
               f"completion tokens/s / TRL = {t['completion_tokens_per_s'] / r['completion_tokens_per_s']:.2f}x")
     for f in raw.get("floor", []):
         print(f"\nfloor: prompts of {f['prompt_tokens']} tokens, micro-batches [packed tokens, completion tokens] {f['micro_batches']}; "
