@@ -69,10 +69,12 @@ def lower_weights(hf_model: Any, dtype: str) -> None:
             tensor.data = tensor.data.clone()
 
 
-def native_bfloat16() -> bool:
-    """Whether this machine multiplies bfloat16 natively: a CUDA GPU, or a CPU with AMX or AVX512-BF16."""
-    if torch.cuda.is_available():
-        return True
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or AVX512-BF16."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             flags = f.read()

@@ -4,10 +4,10 @@ Sampling, logprobs and training all run through ``LlamaForward`` (the lean
 functional forward over the same weights); PEFT owns the adapter parameters,
 their initialisation, the on-disk format and merging. Works on CPU (float32,
 oneDNN-prepacked weights; or ``dtype="bfloat16"``: frozen weights in bfloat16,
-everything trained float32, ``engine/precision.py``) and CUDA. Every method that touches torch runs on the
-engine's own compute thread (``engine/compute.py``: one OpenMP team, whoever
-calls), which also serialises them, so a serving scheduler and a trainer can
-share one engine; ``exclusive(fn)`` runs a caller's function there (serving
+everything trained float32, ``engine/precision.py``) and CUDA. Every method that
+touches torch runs on the engine's own compute thread (``engine/compute.py``: one
+OpenMP team, whoever calls), which also serialises them, so a serving scheduler
+and a trainer can share one engine; ``exclusive(fn)`` runs a caller's function there (serving
 drives its continuous-batching ``DecodeBatch`` from ``batch()`` that way).
 Loading an adapter or a checkpoint is all-or-nothing: a bad folder leaves the
 adapter of that name as it was.
@@ -99,10 +99,10 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str) -> str:
-    """``auto`` -> bfloat16 where the machine multiplies it natively (``native_bfloat16``), else float32."""
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """``auto`` -> bfloat16 where ``device`` multiplies it natively (``native_bfloat16``), else float32."""
     if dtype == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
+        return "bfloat16" if native_bfloat16(device) else "float32"
     if dtype not in WEIGHT_DTYPES:
         raise InvalidInput(f"unknown dtype {dtype!r}; use auto, {' or '.join(WEIGHT_DTYPES)}", param="dtype")
     return dtype
@@ -120,7 +120,7 @@ class TorchEngine:
         self._path = path
         self.device = resolve_device(device)
         #: what the frozen weights are stored and multiplied in (``precision.WEIGHT_DTYPES``; ``auto`` resolved)
-        self.weights_dtype = resolve_dtype(dtype)
+        self.weights_dtype = resolve_dtype(dtype, self.device)
         self._compute = ComputeThread()
         weakref.finalize(self, self._compute.close)
         try:

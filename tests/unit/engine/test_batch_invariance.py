@@ -1,6 +1,7 @@
 """Batching is invisible: the property test of continuous batching on the real ``DecodeBatch``.
 
-A tiny random-weight Llama (two LoRA adapters and the base) runs random traffic
+A tiny random-weight Llama (two LoRA adapters and the base; float32 weights, and
+bfloat16 ones as ``TEACHLOOP_DTYPE=bfloat16`` loads them) runs random traffic
 through one ``DecodeBatch`` the way the serving scheduler drives it: requests
 arrive between steps, prompts and ``max_tokens`` vary, ``n`` is 1-3, some have
 stop token ids, penalties, a logit bias or a grammar constraint, some are
@@ -34,10 +35,9 @@ from tests._tiny import tiny_llama
 ADAPTERS = (None, "a", "b")
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> TorchEngine:
+def _engine(tmp_path_factory: pytest.TempPathFactory, dtype: str) -> TorchEngine:
     model_dir: Path = tiny_llama(tmp_path_factory.mktemp("tiny-batch"), num_layers=2, hidden_size=64)
-    eng = TorchEngine(model_dir, device="cpu")
+    eng = TorchEngine(model_dir, device="cpu", dtype=dtype)
     for k, name in enumerate(("a", "b")):
         eng.create_adapter(name, LoraSpec(rank=4, seed=k))
         gen = torch.Generator().manual_seed(10 + k)
@@ -46,6 +46,17 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> TorchEngine:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.2)
         eng.fw.refresh_adapters()
     return eng
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> TorchEngine:
+    return _engine(tmp_path_factory, "float32")
+
+
+@pytest.fixture(scope="module")
+def engine_bf16(tmp_path_factory: pytest.TempPathFactory) -> TorchEngine:
+    """The same model and adapters with bfloat16 weights (``TEACHLOOP_DTYPE=bfloat16``)."""
+    return _engine(tmp_path_factory, "bfloat16")
 
 
 class EvenTokens:
@@ -134,11 +145,14 @@ def _solo(engine: TorchEngine, case: Case) -> tuple[list[list[int]], bool]:
     return [s.tokens for s in sorted(seqs, key=lambda s: s.index)], any(s.error is not None for s in seqs)
 
 
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
 @pytest.mark.parametrize("prefix_cache", [False, True], ids=["whole-prefill", "prefix-cache"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_batching_is_invisible(engine: TorchEngine, prefix_cache: bool, data: st.DataObject) -> None:
+def test_batching_is_invisible(request: pytest.FixtureRequest, weights: str, prefix_cache: bool,
+                               data: st.DataObject) -> None:
     """Batched (with or without prefix reuse) == alone on a fresh batch without a prefix cache."""
+    engine: TorchEngine = request.getfixturevalue("engine" if weights == "float32" else "engine_bf16")
     traffic: list[Case] = data.draw(st.lists(cases(engine.vocab_size), min_size=1, max_size=8))
     batch: DecodeBatch = engine.batch(rows=2, capacity=8, prefix_cache=prefix_cache)
     seqs: dict[int, list] = {}

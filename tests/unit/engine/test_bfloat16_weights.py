@@ -182,8 +182,9 @@ def test_unknown_dtypes_are_refused(model_dir: Path) -> None:
         Settings.from_env({"TEACHLOOP_HOME": str(model_dir), "TEACHLOOP_DTYPE": "half"})
     assert Settings.from_env({"TEACHLOOP_HOME": str(model_dir), "TEACHLOOP_DTYPE": "BFloat16"}).dtype == "bfloat16"
     assert Settings.from_env({"TEACHLOOP_HOME": str(model_dir)}).dtype == "float32"
-    assert resolve_dtype("auto") == ("bfloat16" if native_bfloat16() else "float32")
-    assert set(WEIGHT_DTYPES) == {resolve_dtype(d) for d in WEIGHT_DTYPES}
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == ("bfloat16" if native_bfloat16(cpu) else "float32")
+    assert set(WEIGHT_DTYPES) == {resolve_dtype(d, cpu) for d in WEIGHT_DTYPES}
 
 
 def test_bfloat16_weights_off_the_fast_path_are_refused(tmp_path: Path) -> None:
