@@ -108,7 +108,8 @@ class AttentionPlan:
                 # padded query rows see key 0 so softmax stays finite; their output is dropped
                 visible[:, :, 0] = True
                 mask = visible[:, None].to(device)
-            self.calls.append((q_idx.to(device), k_idx.to(device), q_valid.view(-1).nonzero().squeeze(1).to(device), mask))
+            q_rows = q_valid.view(-1).nonzero().squeeze(1)
+            self.calls.append((q_idx.to(device), k_idx.to(device), q_rows.to(device), mask))
         # the calls' outputs come in (roots, children) order; ``inverse`` puts them back in packed order
         self.inverse = torch.argsort(torch.cat(order)).to(device) if self.has_children else None
 
@@ -121,7 +122,7 @@ class AttentionPlan:
             out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
             return out.transpose(1, 2).reshape(q.shape)
         outs: list[torch.Tensor] = []
-        for q_idx, k_idx, q_valid, mask in self.calls:
+        for q_idx, k_idx, q_rows, mask in self.calls:
             # index_select, not ``q[q_idx]``: its backward is an index_add, where advanced indexing's is an
             # accumulating index_put (8x slower on CPU for the keys a group's prompt shares with its children)
             qp = _gather(q, q_idx).transpose(1, 2)  # [S, H, Lq, d]
@@ -131,7 +132,7 @@ class AttentionPlan:
                 out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
             else:
                 out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=True)
-            outs.append(out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2]).index_select(0, q_valid))
+            outs.append(out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2]).index_select(0, q_rows))
         if self.inverse is None:
             return outs[0]
         return torch.cat(outs).index_select(0, self.inverse)

@@ -49,7 +49,7 @@ from teachloop.engine.llama import (
     KVCache,
     LlamaForward,
     Segments,
-    fast_path_problem,
+    model_problem,
 )
 
 #: module-path parts that mark a linear layer as attention / MLP (lower-case substring match)
@@ -65,9 +65,7 @@ def build_forward(hf_model: Any, *, pack: bool | str | None = None) -> LlamaForw
     Typed as ``LlamaForward`` for its callers (``DecodeBatch``, ``TorchEngine``): ``GenericForward`` has
     the same attributes and methods (a test drives both through the engine).
     """
-    cfg = hf_model.config
-    arch = (getattr(cfg, "architectures", None) or [type(hf_model).__name__])[0]
-    if fast_path_problem(cfg.to_dict(), arch) is None:
+    if model_problem(hf_model) is None:
         return LlamaForward(hf_model, pack=pack)
     return cast(LlamaForward, GenericForward(hf_model))
 

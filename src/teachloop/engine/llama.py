@@ -81,6 +81,12 @@ def fast_path_problem(config: Mapping[str, Any], architecture: str | None = None
     return None
 
 
+def model_problem(hf_model: Any) -> str | None:
+    """``fast_path_problem`` of a loaded model: its config, its class name standing in for missing ``architectures``."""
+    cfg = hf_model.config
+    return fast_path_problem(cfg.to_dict(), (getattr(cfg, "architectures", None) or [type(hf_model).__name__])[0])
+
+
 #: rows per chunk of the fused unembedding: ``[128, 49152]`` float32 logits are 25 MB, so the
 #: softmax passes over a chunk run in the L3 cache instead of streaming from memory.
 FUSED_CHUNK = 128
@@ -242,11 +248,10 @@ class LlamaForward:
     """
 
     def __init__(self, hf_model: Any, *, pack: bool | str | None = None) -> None:
-        cfg = hf_model.config
-        arch = (getattr(cfg, "architectures", None) or [type(hf_model).__name__])[0]
-        problem = fast_path_problem(cfg.to_dict(), arch)
+        problem = model_problem(hf_model)
         if problem is not None:
             raise ModelError(problem)
+        cfg = hf_model.config
         self.config = cfg
         self.n_heads: int = cfg.num_attention_heads
         self.kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -773,6 +778,7 @@ __all__ = [
     "Segments",
     "can_pack",
     "fast_path_problem",
+    "model_problem",
     "row_plan",
     "single",
     "token_rows",

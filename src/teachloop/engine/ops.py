@@ -67,7 +67,7 @@ class CastLinear(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.dtype = x.dtype
-        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+        return _cast_mm(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
@@ -79,6 +79,10 @@ def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """``CastLinear`` where ``x`` needs a gradient, the same arithmetic without autograd otherwise."""
     if torch.is_grad_enabled() and x.requires_grad:
         return CastLinear.apply(x, weight, bias)  # type: ignore[no-any-return]
+    return _cast_mm(x, weight, bias)
+
+
+def _cast_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from teachloop.core.errors import ModelError
-from teachloop.engine.llama import fast_path_problem
+from teachloop.engine.llama import model_problem
 
 #: what ``lower_weights`` stores the frozen projections in: ``"float32"`` (as loaded, the default) or
 #: ``"bfloat16"``: half the weights' memory, and GEMMs at the CPU's bfloat16 rate (AMX or AVX512-BF16:
@@ -52,8 +52,7 @@ def lower_weights(hf_model: Any, dtype: str) -> None:
         raise ValueError(f"weights dtype must be one of {', '.join(WEIGHT_DTYPES)}; got {dtype!r}")
     if dtype == "float32":
         return
-    cfg = hf_model.config
-    problem = fast_path_problem(cfg.to_dict(), (getattr(cfg, "architectures", None) or [type(hf_model).__name__])[0])
+    problem = model_problem(hf_model)
     if problem is not None:
         raise ModelError(f"{dtype} weights need the engine's fast path: {problem}")
     target = getattr(torch, dtype)

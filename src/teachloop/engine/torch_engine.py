@@ -7,8 +7,9 @@ oneDNN-prepacked weights; or ``dtype="bfloat16"``: frozen weights in bfloat16,
 everything trained float32, ``engine/precision.py``) and CUDA. Every method that
 touches torch runs on the engine's own compute thread (``engine/compute.py``: one
 OpenMP team, whoever calls), which also serialises them, so a serving scheduler
-and a trainer can share one engine; ``exclusive(fn)`` runs a caller's function there (serving
-drives its continuous-batching ``DecodeBatch`` from ``batch()`` that way).
+and a trainer can share one engine; ``exclusive(fn)`` runs a caller's function
+there (serving drives its continuous-batching ``DecodeBatch`` from ``batch()``
+that way).
 Loading an adapter or a checkpoint is all-or-nothing: a bad folder leaves the
 adapter of that name as it was.
 

@@ -27,7 +27,7 @@ from teachloop.core import AdamParams, Datum, LoraSpec, SamplingParams
 from teachloop.core.errors import ConfigurationError, InvalidInput, ModelError
 from teachloop.core.settings import Settings
 from teachloop.engine import LOGPROB_TOLERANCE
-from teachloop.engine.llama import LlamaForward
+from teachloop.engine.llama import LlamaForward, model_problem
 from teachloop.engine.ops import CastLinear, cast_linear
 from teachloop.engine.precision import WEIGHT_DTYPES, lower_weights, native_bfloat16
 from teachloop.engine.torch_engine import TorchEngine, resolve_dtype
@@ -197,6 +197,7 @@ def test_prepacking_over_bfloat16_weights_is_refused(model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    assert model_problem(hf) is None  # what lower_weights checks first: the fast path takes it
     lower_weights(hf, "bfloat16")
     with pytest.raises(ValueError, match="pack needs float32 weights"):
         LlamaForward(hf, pack="dense")
